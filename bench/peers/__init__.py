@@ -1,0 +1,1 @@
+"""The servers sockpool is measured against, all serving the same handlers."""

@@ -1,0 +1,601 @@
+"""Run every scenario against sockpool and its peers; write bench/results/.
+
+Each scenario runs the servers one after another under the same client load, for
+several rounds (the order rotates each round), and keeps every measurement; the report
+(bench.report) takes medians and ratios to sockpool. Every server is started exactly as
+systemd would start it, through `systemd-socket-activate` on a fresh 127.0.0.1 port, with
+the same worker count; systemd's own Accept=yes runs in a real-systemd container.
+
+    python -m bench.run                 # the full run (make bench), well under 20 minutes
+    python -m bench.run --smoke --out /tmp/x   # seconds: two servers, two scenarios
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench import loadgen, procfs
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+# The interpreter running the harness (the project's venv under make) runs the Python
+# servers too; sockpool and gunicorn are its console scripts.
+PY = Path(sys.executable)
+BIN = PY.parent
+HOST = "127.0.0.1"
+NODE = shutil.which("node") or shutil.which("nodejs") or "node"
+START_TIMEOUT = 30.0
+
+# The handlers each scenario serves: (sync, async).
+ECHO = "sockpool.handlers:echo"
+HTTP = "sockpool.handlers:http_hello"
+HTTP_ASYNC = "sockpool.handlers:http_hello_async"
+MIXED = "bench.handlers:mixed"
+MIXED_ASYNC = "bench.handlers:mixed_async"
+
+
+@dataclass
+class Config:
+    workers: int = 4
+    rounds: int = 3
+    duration: float = 5.0
+    procs: int = 2
+    concurrency: int = 4  # per load process: procs * concurrency connections in flight
+    cold_rounds: int = 5
+    warmup: float = 1.0  # seconds of the same load before measuring (JITs, lazy imports)
+    container: bool = True
+    scenarios: list[str] = field(default_factory=list)
+    servers: list[str] = field(default_factory=list)
+    out: Path = BENCH / "results"
+
+
+@dataclass
+class Spec:
+    """One server as one scenario runs it."""
+
+    server: str  # sockpool, prefork, plainloop, forking, gunicorn, node, accept-yes
+    label: str
+    argv: list[str]
+    dispatcher: bool = False  # its main process only dispatches: measure its CPU/conn
+
+
+def sockpool_argv(cfg: Config, handler: str) -> list[str]:
+    return [
+        str(BIN / "sockpool"),
+        "--workers",
+        str(cfg.workers),
+        "--log-target",
+        "stderr",
+        "--log-level",
+        "warning",
+        handler,
+    ]
+
+
+def py_peer(module: str, *args: str) -> list[str]:
+    return [str(PY), "-m", f"bench.peers.{module}", *args]
+
+
+def gunicorn_argv(cfg: Config) -> list[str]:
+    return [
+        str(BIN / "gunicorn"),
+        "--workers",
+        str(cfg.workers),
+        "--worker-class",
+        "sync",
+        "--no-control-socket",
+        "--log-level",
+        "warning",
+        "bench.peers.wsgi:app",
+    ]
+
+
+def node_argv(cfg: Config, mode: str) -> list[str]:
+    return [NODE, str(BENCH / "peers" / "cluster.js"), mode, str(cfg.workers)]
+
+
+def servers_for(scenario: str, cfg: Config) -> list[Spec]:
+    w = str(cfg.workers)
+    if scenario in ("newconn-echo", "coldstart", "memory"):
+        specs = [
+            Spec("sockpool", "sockpool (echo)", sockpool_argv(cfg, ECHO), dispatcher=True),
+            Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, ECHO)),
+            Spec(
+                "plainloop",
+                "plain loop (accept/send_fds/close)",
+                py_peer("plainloop", "--workers", w, ECHO),
+                dispatcher=True,
+            ),
+            Spec("forking", "ForkingTCPServer", py_peer("forking", ECHO)),
+            Spec("node", "Node.js cluster", node_argv(cfg, "echo"), dispatcher=True),
+        ]
+        if scenario == "coldstart":
+            specs = [s for s in specs if s.server != "plainloop"]
+            specs.append(Spec("gunicorn", "gunicorn sync (HTTP)", gunicorn_argv(cfg)))
+        if scenario == "memory":
+            specs = [s for s in specs if s.server != "forking"]
+            specs.append(Spec("gunicorn", "gunicorn sync (HTTP)", gunicorn_argv(cfg)))
+    elif scenario == "newconn-http":
+        specs = [
+            Spec("sockpool", "sockpool (http_hello)", sockpool_argv(cfg, HTTP), dispatcher=True),
+            Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, HTTP)),
+            Spec("forking", "ForkingTCPServer", py_peer("forking", HTTP)),
+            Spec("gunicorn", "gunicorn sync", gunicorn_argv(cfg)),
+            Spec("node", "Node.js cluster", node_argv(cfg, "http"), dispatcher=True),
+        ]
+    elif scenario == "keepalive":
+        specs = [
+            Spec("sockpool", "sockpool (http_hello)", sockpool_argv(cfg, HTTP)),
+            Spec("sockpool-async", "sockpool (http_hello_async)", sockpool_argv(cfg, HTTP_ASYNC)),
+            Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, HTTP)),
+            Spec(
+                "prefork-async",
+                "shared-accept pool, async",
+                py_peer("prefork", "--workers", w, HTTP_ASYNC),
+            ),
+            Spec("gunicorn", "gunicorn sync (closes each)", gunicorn_argv(cfg)),
+            Spec("node", "Node.js cluster", node_argv(cfg, "http")),
+        ]
+    elif scenario == "mixed":
+        specs = [
+            Spec("sockpool", "sockpool (sync)", sockpool_argv(cfg, MIXED), dispatcher=True),
+            Spec("sockpool-async", "sockpool (async)", sockpool_argv(cfg, MIXED_ASYNC)),
+            Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, MIXED)),
+            Spec(
+                "prefork-async",
+                "shared-accept pool, async",
+                py_peer("prefork", "--workers", w, MIXED_ASYNC),
+            ),
+            Spec("node", "Node.js cluster", node_argv(cfg, "mixed")),
+        ]
+    else:
+        raise ValueError(f"unknown scenario {scenario}")
+    if cfg.servers:
+        specs = [s for s in specs if s.server in cfg.servers]
+    return specs
+
+
+SCENARIOS = ("newconn-echo", "newconn-http", "keepalive", "mixed", "coldstart", "memory")
+MODE = {"newconn-echo": "echo", "newconn-http": "http", "mixed": "mixed", "keepalive": "http"}
+
+
+# --- starting and stopping servers ------------------------------------------------------
+
+
+_next_port = 17200 + (os.getpid() % 40) * 20
+
+
+def free_port() -> int:
+    global _next_port
+    for _ in range(2000):
+        _next_port = 17200 if _next_port >= 18999 else _next_port + 1
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, _next_port))
+            except OSError:
+                continue
+        return _next_port
+    raise RuntimeError("no free port in 17200-18999")
+
+
+class Running:
+    """A server started by systemd-socket-activate on a fresh port (its own session)."""
+
+    def __init__(self, spec: Spec, log: Path) -> None:
+        self.spec = spec
+        self.port = free_port()
+        self.logf = log.open("ab")
+        self.logf.write(f"\n== {spec.label}: {' '.join(spec.argv)}\n".encode())
+        self.logf.flush()
+        env = dict(os.environ, PYTHONPATH=str(REPO))
+        argv = [
+            "systemd-socket-activate",
+            "-l",
+            f"{HOST}:{self.port}",
+            "--fdname=bench",
+            "-E",
+            f"PYTHONPATH={REPO}",
+            "-E",
+            "PATH",
+            *spec.argv,
+        ]
+        self.proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.logf,
+            stderr=self.logf,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not procfs.listening(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"{spec.label}: socket never listened (see {log})")
+            time.sleep(0.005)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid  # systemd-socket-activate execs the server: same pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        # Workers outlive a killed parent in the same session: clear the session.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.logf.close()
+
+
+def one_request(port: int, mode: str, timeout: float = 10.0) -> bool:
+    """One blocking request, answer checked; True when it was right."""
+    with socket.create_connection((HOST, port), timeout=timeout) as s:
+        if mode == "http":
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        else:
+            payload = b"F warm " + os.urandom(8).hex().encode() + b"\n"
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while data := s.recv(65536):
+            chunks.append(data)
+    answer = b"".join(chunks)
+    if mode == "http":
+        return answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nhello\n")
+    return answer == payload
+
+
+def wait_answering(port: int, mode: str, timeout: float = START_TIMEOUT) -> float:
+    """Seconds until the first request is answered (the first connect starts the server)."""
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if one_request(port, mode, timeout=max(0.1, deadline - time.monotonic())):
+                return time.perf_counter() - t0
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no answer on port {port} within {timeout:.0f}s")
+        time.sleep(0.01)
+
+
+def wait_pool(pid: int, nprocs: int, timeout: float = 10.0) -> None:
+    """Until the server's process tree has nprocs processes (all workers forked)."""
+    deadline = time.monotonic() + timeout
+    while len(procfs.descendants(pid)) < nprocs and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+# --- measurements -----------------------------------------------------------------------
+
+
+def pool_pss(pid: int) -> tuple[int, int]:
+    """(total PSS in KiB of the process tree, number of processes)."""
+    pids = procfs.descendants(pid)
+    return sum(procfs.pss_kib(p) for p in pids), len(pids)
+
+
+def run_wrk(port: int, cfg: Config, seconds: float) -> dict[str, Any]:
+    duration = max(1, round(seconds))
+    argv = [
+        "wrk",
+        "-t",
+        str(min(cfg.procs, cfg.workers)),
+        "-c",
+        str(cfg.workers),
+        "-d",
+        f"{duration}s",
+        "--timeout",
+        "5s",
+        "-s",
+        str(BENCH / "report.lua"),
+        f"http://{HOST}:{port}/",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
+    m = re.search(r"WRK_JSON (\{.*\})", out)
+    if not m:
+        raise RuntimeError(f"wrk gave no summary: {out[-500:]}")
+    w = json.loads(m.group(1))
+    errors = {k: w[k] for k in ("connect", "read", "write", "status", "timeout") if w[k]}
+    secs = w["duration_us"] / 1e6
+    return {
+        "ok": w["requests"] - errors.get("status", 0),
+        "failures": sum(errors.values()),
+        "failure_kinds": errors,
+        "rps": w["requests"] / secs if secs else 0.0,
+        "p50_ms": w["p50_us"] / 1e3,
+        "p99_ms": w["p99_us"] / 1e3,
+        "p999_ms": w["p999_us"] / 1e3,
+        "max_ms": w["max_us"] / 1e3,
+    }
+
+
+def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
+    srv = Running(spec, log)
+    try:
+        mode = MODE[scenario]
+        rec: dict[str, Any] = {"startup_s": wait_answering(srv.port, mode)}
+        wait_pool(srv.pid, 1 if spec.server == "forking" else cfg.workers + 1)
+        if cfg.warmup > 0 and scenario != "keepalive":
+            loadgen.run(srv.port, mode, cfg.procs, cfg.concurrency, cfg.warmup, timeout=5)
+        elif cfg.warmup > 0:
+            run_wrk(srv.port, cfg, cfg.warmup)
+        time.sleep(0.2)
+        rec["pss_kib"], rec["nprocs"] = pool_pss(srv.pid)
+        cpu0, ns0 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
+        if scenario == "keepalive":
+            rec.update(run_wrk(srv.port, cfg, cfg.duration))
+        else:
+            res = loadgen.run(srv.port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
+            rec.update(dataclasses.asdict(res))
+            rec["rps"] = res.conns_per_s
+        cpu1, ns1 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
+        if rec["ok"]:
+            rec["main_cpu_us_per_conn"] = (cpu1 - cpu0) / rec["ok"] * 1e6
+            rec["main_run_us_per_conn"] = (ns1 - ns0) / rec["ok"] / 1e3
+        rec["alive"] = srv.proc.poll() is None
+        return rec
+    finally:
+        srv.stop()
+
+
+def run_coldstart(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
+    mode = "http" if spec.server == "gunicorn" else "echo"
+    srv = Running(spec, log)
+    try:
+        t = wait_answering(srv.port, mode)
+        time.sleep(0.3)
+        pss, n = pool_pss(srv.pid)
+        return {"cold_ms": t * 1e3, "ok": 1, "failures": 0, "pss_kib": pss, "nprocs": n}
+    finally:
+        srv.stop()
+
+
+def run_memory(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
+    mode = "http" if spec.server == "gunicorn" else "echo"
+    srv = Running(spec, log)
+    try:
+        wait_answering(srv.port, mode)
+        wait_pool(srv.pid, cfg.workers + 1)
+        for _ in range(4 * cfg.workers):
+            one_request(srv.port, mode)
+        time.sleep(1.0)  # at rest
+        pids = procfs.descendants(srv.pid)
+        per = [procfs.pss_kib(p) for p in pids]
+        return {
+            "ok": 1,
+            "failures": 0,
+            "pss_kib": sum(per),
+            "nprocs": len(pids),
+            "main_pss_kib": per[0],
+            "workers": cfg.workers,
+            "pss_per_worker_kib": sum(per) / cfg.workers,
+        }
+    finally:
+        srv.stop()
+
+
+def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
+    if scenario == "coldstart":
+        return run_coldstart(spec, cfg, log)
+    if scenario == "memory":
+        return run_memory(spec, cfg, log)
+    return run_load(scenario, spec, cfg, log)
+
+
+# --- systemd Accept=yes, in a real-systemd container -------------------------------------
+
+
+def run_accept_yes(cfg: Config, log: Path, rounds: int) -> list[dict[str, Any]]:
+    """Accept=yes, a python3 instance per connection, loaded from inside the container."""
+    from bench import acceptyes
+
+    return acceptyes.run(cfg.procs, cfg.concurrency, cfg.duration, rounds, log)
+
+
+# --- the whole run ----------------------------------------------------------------------
+
+
+def cmd_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unavailable"
+    text = (out.stdout or out.stderr).strip().splitlines()
+    return text[0].strip() if text else "unavailable"
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with contextlib.suppress(OSError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    osname = "Linux"
+    with contextlib.suppress(OSError):
+        m = re.search(r'PRETTY_NAME="([^"]+)"', Path("/etc/os-release").read_text())
+        osname = m.group(1) if m else osname
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_mib": mem,
+        "os": osname,
+        "kernel": platform.release(),
+        "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
+    }
+
+
+def versions() -> dict[str, str]:
+    sockpool = cmd_version(
+        [str(PY), "-c", "import importlib.metadata as m; print(m.version('sockpool'))"]
+    )
+    rev = cmd_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no", "service"],
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    python = cmd_version([str(PY), "--version"]).removeprefix("Python ")
+    gunicorn = cmd_version([str(BIN / "gunicorn"), "--version"])
+    m = re.search(r"\d+(\.\d+)+", gunicorn)
+    return {
+        "sockpool": f"{sockpool} ({rev}{'+changes' if dirty else ''})",
+        "python": python,
+        "gunicorn": m.group(0) if m else gunicorn,
+        "node": cmd_version([NODE, "--version"]),
+        "wrk": cmd_version(["wrk", "--version"]).split(" Copyright")[0].removeprefix("wrk "),
+        "systemd": cmd_version(["systemctl", "--version"]).removeprefix("systemd "),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="sockpool's benchmark harness")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 scenarios, 2 servers")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
+    ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
+    ap.add_argument("--concurrency", type=int, default=4, help="connections in flight per process")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS) + ",accept-yes")
+    ap.add_argument("--servers", default="", help="only these (comma-separated)")
+    ap.add_argument("--no-container", action="store_true", help="skip systemd Accept=yes")
+    ap.add_argument("--out", type=Path, default=BENCH / "results")
+    ap.add_argument("--no-report", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = Config(
+        workers=args.workers,
+        rounds=args.rounds,
+        duration=args.duration,
+        procs=args.procs,
+        concurrency=args.concurrency,
+        scenarios=[s for s in args.scenarios.split(",") if s],
+        servers=[s for s in args.servers.split(",") if s],
+        container=not args.no_container,
+        out=args.out,
+    )
+    if args.smoke:
+        cfg.rounds, cfg.duration, cfg.warmup, cfg.cold_rounds = 1, 1.0, 0.2, 1
+        cfg.scenarios = ["newconn-echo", "newconn-http"]
+        cfg.servers = cfg.servers or ["sockpool", "prefork"]
+        cfg.container = False
+    unknown = set(cfg.scenarios) - {*SCENARIOS, "accept-yes"}
+    if unknown:
+        ap.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    raw = cfg.out / "raw"
+    raw.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC)
+    log = raw / f"servers-{stamp:%Y%m%dT%H%M%SZ}.log"
+    meta: dict[str, Any] = {
+        "date": stamp.strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "versions": versions(),
+        "config": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(cfg).items()
+        },
+        "smoke": args.smoke,
+    }
+    records: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+
+    def note(rec: dict[str, Any]) -> None:
+        records.append(rec)
+        show = {k: rec.get(k) for k in ("rps", "p99_ms", "cold_ms", "pss_kib", "failures")}
+        shown = ", ".join(
+            f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in show.items()
+            if v is not None
+        )
+        print(
+            f"  [{time.monotonic() - t_start:6.0f}s] {rec['scenario']:<13} "
+            f"{rec['server']:<15} r{rec['round']}: {shown}",
+            flush=True,
+        )
+
+    for scenario in cfg.scenarios:
+        if scenario == "accept-yes":
+            continue
+        specs = servers_for(scenario, cfg)
+        rounds = cfg.cold_rounds if scenario == "coldstart" else cfg.rounds
+        if scenario == "memory":
+            rounds = 1
+        print(f"{scenario}: {len(specs)} servers x {rounds} rounds", flush=True)
+        for r in range(rounds):
+            order = specs[r % len(specs) :] + specs[: r % len(specs)]
+            for spec in order:
+                base = {
+                    "scenario": scenario,
+                    "server": spec.server,
+                    "label": spec.label,
+                    "round": r,
+                }
+                try:
+                    rec = base | run_one(scenario, spec, cfg, log) | {"dispatcher": spec.dispatcher}
+                except Exception as exc:  # one server failing must not lose the others
+                    rec = base | {"error": f"{type(exc).__name__}: {exc}", "ok": 0, "failures": 1}
+                note(rec)
+    if "accept-yes" in cfg.scenarios and cfg.container:
+        print(f"accept-yes: systemd Accept=yes in a container x {cfg.rounds} rounds", flush=True)
+        try:
+            for rec in run_accept_yes(cfg, log, cfg.rounds):
+                note(rec)
+        except Exception as exc:
+            note(
+                {
+                    "scenario": "newconn-echo",
+                    "server": "accept-yes",
+                    "label": "systemd Accept=yes",
+                    "round": 0,
+                    "ok": 0,
+                    "failures": 1,
+                    "error": f"{type(exc).__name__}: {exc}",
+                }
+            )
+    meta["machine"]["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    result = {"meta": meta, "records": records}
+    data = json.dumps(result, indent=1)
+    (raw / f"run-{stamp:%Y%m%dT%H%M%SZ}.json").write_text(data)
+    (cfg.out / "results.json").write_text(data)
+    print(f"done in {meta['elapsed_s']:.0f}s: {cfg.out / 'results.json'}", flush=True)
+    if not args.no_report:
+        from bench import report
+
+        report.write(result, cfg.out)
+    errors = [rec for rec in records if rec.get("error")]
+    for rec in errors:
+        print(f"ERROR {rec['scenario']} {rec['server']}: {rec['error']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+# Benchmarks (issue 4): `make bench` measures sockpool against its peers on this machine
+# and writes bench/results/RESULTS.md and bench/results/bench.png (well under 20 minutes);
+# `make bench-smoke` runs the same harness for seconds, into bench/results/raw/smoke.
+# BENCH_ARGS passes options to `python -m bench.run` (--rounds, --duration, --workers,
+# --scenarios, --servers, --no-container; see --help).
+
+BENCH_ARGS ?=
+BENCH_PIP := gunicorn>=22 matplotlib>=3.7
+
+.PHONY: bench bench-smoke bench-deps bench-report
+
+bench-deps: venv $(VENV)/.bench-stamp
+	@scripts/ensure-deps bench
+
+# Bench-only Python packages go into the venv, not into the project's dependencies.
+$(VENV)/.bench-stamp: $(VENV)/.stamp
+	$(PY) -m pip install -q $(foreach p,$(BENCH_PIP),'$(p)')
+	touch $@
+
+bench: bench-deps
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+bench-smoke: bench-deps
+	$(PY) -m bench.run --smoke --out bench/results/raw/smoke $(BENCH_ARGS)
+
+# Re-render the table and plot from bench/results/results.json without measuring again.
+bench-report: bench-deps
+	$(PY) -m bench.report bench/results/results.json

@@ -1,0 +1,527 @@
+"""The dispatcher: accepts on the listeners and hands each connection to the least-busy worker.
+
+One thread, one epoll loop. Signals arrive through a wakeup socket and are handled in the
+loop like any other event (gunicorn's arbiter does the same with a queue), so there is no
+work in signal context and no race with the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+
+from . import channel, log, wire
+from . import worker as worker_mod
+from .config import Config
+from .errors import ExitCode, Fatal
+from .events import Event
+from .listeners import Listener
+from .notify import Notifier
+from .pool import Generation, Pending, Worker, assign, describe_status
+
+ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
+ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
+OVERLOAD_LOG_INTERVAL = 60.0
+_PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET}
+_NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        listeners: list[Listener],
+        config: Config,
+        reload_config: Callable[[], Config],
+        notifier: Notifier,
+    ) -> None:
+        self.listeners = listeners
+        self.reload_config = reload_config
+        self.notifier = notifier
+        self.generations = 0
+        self.active = self._generation(config)
+        self.incoming: Generation | None = None  # a reload's generation, until it is ready
+        self.workers: dict[int, Worker] = {}
+        self.pending: deque[Pending] = deque()
+        self.backlogged: set[Listener] = set()  # may have connections we have not accepted
+        self.respawns: list[tuple[float, Generation]] = []
+        self.next_id = 0
+        self.served = 0
+        self.refused = 0
+        self.announced_ready = False
+        self.stopping = False
+        self.stop_deadline = 0.0
+        self.reload_again = False
+        self.accept_paused_until = 0.0
+        self.next_overload_log = 0.0
+        self.epoll = select.epoll()
+        self.callbacks: dict[int, Callable[[], None]] = {}
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> ExitCode:
+        self._install_signals()
+        log.event(
+            Event.STARTED,
+            "started: %s; %d workers",
+            ", ".join(f"{lst.name} on {lst.address}" for lst in self.listeners),
+            self.active.config.workers,
+        )
+        for listener in self.listeners:
+            listener.sock.setblocking(False)
+            self._watch(listener.sock, lambda lst=listener: self.backlogged.add(lst), edge=True)
+            self.backlogged.add(listener)  # connections may already be queued
+        self._spawn_generation(self.active)
+        try:
+            while self.workers or self.respawns or not self.stopping:
+                for fd, _ in self.epoll.poll(self._timeout()):
+                    callback = self.callbacks.get(fd)  # an earlier one may have unwatched it
+                    if callback:
+                        callback()
+                now = time.monotonic()
+                self._accept(now)
+                self._dispatch()
+                self._housekeeping(now)
+        finally:
+            self._close()
+        return ExitCode.OK
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        if self._can_accept(now) and self._free_capacity() > len(self.pending):
+            return 0.0  # a listener still has connections queued and we have room
+        due = [self.notifier.next_due(now)]
+        due += [at - now for at, _ in self.respawns]
+        if self.stopping:
+            due.append(self.stop_deadline - now)
+        if self.backlogged and self.accept_paused_until > now:
+            due.append(self.accept_paused_until - now)
+        return max(0.0, min(due))
+
+    # -- accepting and handing over ------------------------------------------------------
+    def _accept(self, now: float) -> None:
+        """Accept from backlogged listeners while workers have room (back-pressure: the
+        rest waits in the kernel's backlog, nothing queues up in here)."""
+        if not self._can_accept(now):
+            return
+        budget = self._free_capacity() - len(self.pending)
+        for listener in list(self.backlogged):
+            take = min(budget, ACCEPT_BATCH)
+            while take > 0:
+                try:
+                    fd, addr = listener.sock._accept()  # (fd, addr): no socket object to build
+                except BlockingIOError:
+                    self.backlogged.discard(listener)
+                    break
+                except OSError as exc:
+                    if exc.errno in _PEER_GONE or exc.errno == errno.EINTR:
+                        continue
+                    if exc.errno not in _NO_RESOURCES:
+                        raise
+                    self._pause_accepting(now, exc)
+                    return
+                self.next_id += 1
+                self.pending.append((self.next_id, fd, listener.name, listener.format_peer(addr)))
+                take -= 1
+                budget -= 1
+        if budget <= 0 and self.backlogged:
+            self._log_overload(now)
+
+    def _can_accept(self, now: float) -> bool:
+        return bool(self.backlogged) and not self.stopping and now >= self.accept_paused_until
+
+    def _dispatch(self) -> None:
+        if not self.pending:
+            return
+        routable = [w for w in self.workers.values() if w.generation == self.active.number]
+        for target, items in assign(self.pending, routable).items():
+            for start in range(0, len(items), wire.MAX_FDS):
+                self._send(target, items[start : start + wire.MAX_FDS])
+
+    def _send(self, target: Worker, items: list[Pending]) -> None:
+        data = wire.encode_handoff([(cid, name, peer) for cid, _, name, peer in items])
+        try:
+            channel.send(target.chan, data, [fd for _, fd, _, _ in items])
+        except OSError as exc:
+            # Full queue or a dying worker: keep the connections, try them elsewhere.
+            target.in_flight -= len(items)
+            self.pending.extendleft(reversed(items))
+            if not isinstance(exc, BlockingIOError):
+                target.gone = True
+            return
+        for item in items:
+            target.unacked[item[0]] = item
+
+    def _free_capacity(self) -> int:
+        return sum(w.free for w in self.workers.values() if w.generation == self.active.number)
+
+    # -- messages from workers -----------------------------------------------------------
+    def _on_worker_message(self, w: Worker) -> None:
+        while True:
+            try:
+                message = channel.receive(w.chan, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except wire.WireError as exc:
+                log.log.error("bad message from worker %d: %s", w.pid, exc)
+                continue
+            except ConnectionError:
+                message = None
+            if message is None:  # it exited or is exiting; SIGCHLD will tell us how
+                self._unwatch(w.chan)
+                w.gone = True
+                return
+            data, fds = message
+            try:
+                if fds:
+                    raise wire.WireError(f"{len(fds)} unexpected descriptors")
+                self._handle(w, wire.decode_to_dispatcher(data))
+            except wire.WireError as exc:
+                channel.close_all(fds)
+                log.log.error("bad message from worker %d: %s", w.pid, exc)
+
+    def _handle(self, w: Worker, message: wire.ToDispatcher) -> None:
+        if isinstance(message, wire.Progress):
+            for conn_id in message.acked:
+                item = w.unacked.pop(conn_id, None)
+                if item is not None:
+                    os.close(item[1])  # the worker holds it now
+            w.in_flight -= len(message.done)
+            w.served += len(message.done)
+            self.served += len(message.done)
+        elif isinstance(message, wire.Ready):
+            w.capacity = message.capacity
+            gen = self._generation_of(w)
+            if gen:
+                gen.start_failures = 0
+            log.event(
+                Event.WORKER_STARTED,
+                "worker %d ready (capacity %d)",
+                w.pid,
+                w.capacity,
+                WORKER_PID=w.pid,
+                GENERATION=w.generation,
+            )
+            self._check_generation_ready()
+        elif isinstance(message, wire.Failed):
+            w.failure = message.reason
+        elif isinstance(message, wire.Beat):
+            w.busy_since = message.busy_since
+
+    # -- workers: start, exit, replace ---------------------------------------------------
+    def _generation(self, config: Config) -> Generation:
+        self.generations += 1
+        spec = worker_mod.WorkerSpec(
+            generation=self.generations,
+            handlers={lst.name: h for lst in self.listeners if (h := config.handler_for(lst.name))},
+            default_handler=config.handler,
+            capacity=config.capacity,
+        )
+        return Generation(self.generations, config, spec)
+
+    def _spawn_generation(self, gen: Generation) -> None:
+        for _ in range(gen.config.workers):
+            self._spawn(gen)
+
+    def _spawn(self, gen: Generation) -> None:
+        ours, theirs = channel.pair()
+        pid = os.fork()
+        if pid == 0:  # the child: drop everything of the dispatcher's, then serve
+            try:
+                ours.close()
+                self._close_in_child()
+                worker_mod.run(theirs, gen.spec)
+            finally:
+                os._exit(1)
+        theirs.close()
+        ours.setblocking(False)
+        w = Worker(pid, gen.number, ours)
+        self.workers[pid] = w
+        self._watch(ours, lambda: self._on_worker_message(w))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is not None:
+                self._worker_exited(w, status)
+
+    def _worker_exited(self, w: Worker, status: int) -> None:
+        if w.chan.fileno() in self.callbacks:
+            self._unwatch(w.chan)
+        w.chan.close()
+        # Not yet acknowledged: we still hold those descriptors, so they go to another worker.
+        self.pending.extendleft(reversed(list(w.unacked.values())))
+        lost = w.in_flight - len(w.unacked)
+        how = describe_status(status)
+        clean = w.retiring and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        log.event(
+            Event.WORKER_EXITED,
+            "worker %d %s%s",
+            w.pid,
+            how,
+            f"; {lost} connections in its hands were cut" if lost else "",
+            level=logging.INFO if clean else logging.WARNING,
+            WORKER_PID=w.pid,
+            GENERATION=w.generation,
+            EXIT_STATUS=how,
+            CONNECTIONS_LOST=lost,
+        )
+        gen = self._generation_of(w)
+        if gen is None or w.retiring or self.stopping:
+            return
+        delay = 0.0
+        if not w.ready:
+            gen.start_failures += 1
+            gen.last_failure = w.failure or how
+            if gen.start_failures >= gen.max_start_failures:
+                self._give_up(gen)
+                return
+            delay = min(10.0, 0.1 * 2 ** (gen.start_failures - 1))
+        self.respawns.append((time.monotonic() + delay, gen))
+
+    def _give_up(self, gen: Generation) -> None:
+        reason = f"{gen.start_failures} workers in a row died before they were ready; last: "
+        reason += gen.last_failure
+        if gen is self.incoming:
+            self._abort_reload(reason)
+            return
+        self._retire([w for w in self.workers.values()], kill=True)
+        self.respawns.clear()
+        raise Fatal(
+            ExitCode.WORKERS_FAILING,
+            f"workers keep failing to start: {reason}",
+            event=Event.WORKERS_FAILING,
+        )
+
+    def _generation_of(self, w: Worker) -> Generation | None:
+        for gen in (self.active, self.incoming):
+            if gen is not None and gen.number == w.generation:
+                return gen
+        return None
+
+    def _check_generation_ready(self) -> None:
+        gen = self.incoming or self.active
+        ready = sum(1 for w in self.workers.values() if w.generation == gen.number and w.ready)
+        if ready < gen.config.workers:
+            return
+        if gen is self.incoming:
+            old = [w for w in self.workers.values() if w.generation == self.active.number]
+            self.active, self.incoming = gen, None
+            self.respawns = [(at, g) for at, g in self.respawns if g is gen]
+            self._retire(old)
+            log.event(
+                Event.READY,
+                "reloaded: generation %d serves, %d old workers drain",
+                gen.number,
+                len(old),
+                GENERATION=gen.number,
+            )
+            self.notifier.ready(self.status())
+            if self.reload_again:
+                self.reload_again = False
+                self._reload()
+        elif not self.announced_ready:
+            self.announced_ready = True
+            log.event(Event.READY, "ready: %d workers", ready, GENERATION=gen.number)
+            self.notifier.ready(self.status())
+
+    def _retire(self, workers: list[Worker], kill: bool = False) -> None:
+        """Ask workers to finish what they hold and exit (or kill them outright)."""
+        for w in workers:
+            w.retiring = True
+            try:
+                if kill:
+                    raise OSError
+                channel.send(w.chan, wire.encode_stop())
+            except OSError:
+                os.kill(w.pid, signal.SIGKILL if kill else signal.SIGTERM)
+
+    # -- signals, reload, stop -----------------------------------------------------------
+    def _install_signals(self) -> None:
+        self.wakeup_r, self.wakeup_w = socket.socketpair()
+        for sock in (self.wakeup_r, self.wakeup_w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(self.wakeup_w.fileno(), warn_on_full_buffer=False)
+        for sig in _HANDLED_SIGNALS:
+            signal.signal(sig, _ignore)  # the C-level handler writes to the wakeup socket
+        self._watch(self.wakeup_r, self._on_signals)
+
+    def _on_signals(self) -> None:
+        try:
+            signums = self.wakeup_r.recv(4096)
+        except BlockingIOError:
+            return
+        for signum in signums:
+            if signum == signal.SIGCHLD:
+                self._reap()
+            elif signum == signal.SIGHUP:
+                self._reload()
+            elif signum in (signal.SIGTERM, signal.SIGINT):
+                self._stop(signal.Signals(signum))
+
+    def _reload(self) -> None:
+        if self.stopping:
+            return
+        if self.incoming is not None:
+            self.reload_again = True  # after this one: the file may have changed again
+            return
+        self.notifier.reloading()
+        log.event(Event.RELOADING, "reloading: re-reading the configuration")
+        try:
+            config = self.reload_config()
+        except Fatal as exc:
+            self._abort_reload(exc.message)
+            return
+        self.incoming = self._generation(config)
+        self._spawn_generation(self.incoming)
+
+    def _abort_reload(self, reason: str) -> None:
+        if self.incoming is not None:
+            self._retire(
+                [w for w in self.workers.values() if w.generation == self.incoming.number],
+                kill=True,
+            )
+            self.respawns = [(at, g) for at, g in self.respawns if g is not self.incoming]
+            self.incoming = None
+        log.event(
+            Event.RELOAD_FAILED,
+            "reload failed, still serving the old generation: %s",
+            reason,
+            level=logging.ERROR,
+        )
+        self.notifier.ready(self.status())
+
+    def _stop(self, signum: signal.Signals) -> None:
+        if self.stopping:
+            if signum == signal.SIGINT:  # a second Ctrl-C: no more waiting
+                self.stop_deadline = 0.0
+            return
+        self.stopping = True
+        timeout = self.active.config.graceful_timeout
+        self.stop_deadline = time.monotonic() + timeout
+        self.respawns.clear()
+        for listener in self.listeners:
+            self._unwatch(listener.sock)  # systemd keeps the queue for the next start
+        self.backlogged.clear()
+        log.event(
+            Event.STOPPING,
+            "stopping on %s: draining %d connections (up to %gs)",
+            signum.name,
+            self._busy(),
+            timeout,
+        )
+        self.notifier.stopping(self.status())
+        if self.incoming:
+            self._retire(
+                [w for w in self.workers.values() if w.generation == self.incoming.number],
+                kill=True,
+            )
+            self.incoming = None
+
+    def _housekeeping(self, now: float) -> None:
+        due = [g for at, g in self.respawns if at <= now]
+        if due:
+            self.respawns = [(at, g) for at, g in self.respawns if at > now]
+            for gen in due:
+                self._spawn(gen)
+        if self.stopping:
+            if not self.pending:  # everything accepted is handed over: let workers finish
+                self._retire([w for w in self.workers.values() if not w.retiring])
+            if now >= self.stop_deadline and self.workers:
+                log.log.warning("graceful timeout: killing %d workers", len(self.workers))
+                self._retire(list(self.workers.values()), kill=True)
+                self.stop_deadline = float("inf")
+        self.notifier.tick(now, self.status())
+
+    # -- status and logs -----------------------------------------------------------------
+    def _busy(self) -> int:
+        return sum(w.in_flight for w in self.workers.values())
+
+    def status(self) -> str:
+        gen = self.active
+        ready = sum(1 for w in self.workers.values() if w.generation == gen.number and w.ready)
+        text = (
+            f"workers {ready}/{gen.config.workers}, busy {self._busy()}, "
+            f"served {self.served}, refused {self.refused}"
+        )
+        if self.incoming:
+            text += ", reloading"
+        if self.stopping:
+            text += ", stopping"
+        return text
+
+    def _log_overload(self, now: float) -> None:
+        if now >= self.next_overload_log:
+            self.next_overload_log = now + OVERLOAD_LOG_INTERVAL
+            log.event(
+                Event.OVERLOAD,
+                "all %d workers busy: new connections wait in the kernel "
+                "backlog (logged at most once a minute)",
+                len(self.workers),
+                level=logging.WARNING,
+            )
+
+    def _pause_accepting(self, now: float, exc: OSError) -> None:
+        self.accept_paused_until = now + ACCEPT_PAUSE
+        log.event(
+            Event.ACCEPT_ERROR,
+            "accept failed: %s; pausing %gs",
+            exc.strerror,
+            ACCEPT_PAUSE,
+            level=logging.WARNING,
+        )
+
+    # -- descriptors ---------------------------------------------------------------------
+    def _watch(self, sock: socket.socket, callback: Callable[[], None], edge: bool = False) -> None:
+        self.epoll.register(sock.fileno(), select.EPOLLIN | (select.EPOLLET if edge else 0))
+        self.callbacks[sock.fileno()] = callback
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self.callbacks.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    def _held_fds(self) -> list[int]:
+        fds = [fd for _, fd, _, _ in self.pending]
+        for w in self.workers.values():
+            fds += [item[1] for item in w.unacked.values()]
+        return fds
+
+    def _close_in_child(self) -> None:
+        """A new worker must hold nothing of the dispatcher's: no listener (only the
+        dispatcher accepts), no other worker's channel, no connection not handed to it."""
+        signal.set_wakeup_fd(-1)
+        self.epoll.close()
+        for sock in (self.wakeup_r, self.wakeup_w):
+            sock.close()
+        for listener in self.listeners:
+            listener.sock.close()
+        for w in self.workers.values():
+            w.chan.close()
+        channel.close_all(self._held_fds())
+
+    def _close(self) -> None:
+        held = self._held_fds()
+        if held:
+            log.log.warning("exiting with %d accepted connections not served", len(held))
+        channel.close_all(held)
+        for listener in self.listeners:
+            listener.close()
+        signal.set_wakeup_fd(-1)
+        self.epoll.close()
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass

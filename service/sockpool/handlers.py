@@ -1,0 +1,104 @@
+"""Built-in handlers: echo, and a minimal HTTP/1.1 server for examples and benchmarks.
+
+Each comes in a sync and an async flavour over the same pure protocol code, so a
+benchmark compares the pool models, not two implementations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+from .connection import ConnectionInfo
+
+CHUNK = 65536
+MAX_HEAD = 16384
+_BODY = b"hello\n"
+_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
+_KEEP = _OK + b"\r\n" + _BODY
+_CLOSE = _OK + b"Connection: close\r\n\r\n" + _BODY
+BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+def echo(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Send back what arrives until the peer closes its side."""
+    while data := conn.recv(CHUNK):
+        conn.sendall(data)
+
+
+async def echo_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(CHUNK):
+        writer.write(data)
+        await writer.drain()
+
+
+class BadRequest(ValueError):
+    pass
+
+
+def http_response(head: bytes) -> tuple[bytes, bool, int]:
+    """(response, keep the connection open, request body length to skip) for one request head."""
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
+        raise BadRequest(lines[0][:80])
+    keep = parts[2] == b"HTTP/1.1"
+    length = 0
+    for line in lines[1:]:
+        name, sep, value = line.partition(b":")
+        if not sep:
+            raise BadRequest(line[:80])
+        name, value = name.strip().lower(), value.strip().lower()
+        if name == b"connection":
+            keep = value == b"keep-alive" or (keep and value != b"close")
+        elif name == b"content-length":
+            if not value.isdigit():
+                raise BadRequest(line[:80])
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise BadRequest(b"chunked request bodies are not supported")
+    return (_KEEP if keep else _CLOSE), keep, length
+
+
+def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive)."""
+    buf = b""
+    while True:
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            if len(buf) > MAX_HEAD or not (data := conn.recv(CHUNK)):
+                if buf:
+                    conn.sendall(BAD_REQUEST)
+                return
+            buf += data
+        try:
+            response, keep, length = http_response(buf[:end])
+        except BadRequest:
+            conn.sendall(BAD_REQUEST)
+            return
+        buf = buf[end + 4 :]
+        while len(buf) < length:
+            if not (data := conn.recv(CHUNK)):
+                return
+            buf += data
+        buf = buf[length:]
+        conn.sendall(response)
+        if not keep:
+            return
+
+
+async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while True:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            response, keep, length = http_response(head[:-4])
+            await reader.readexactly(length)
+        except asyncio.IncompleteReadError:
+            return
+        except (asyncio.LimitOverrunError, BadRequest):
+            writer.write(BAD_REQUEST)
+            await writer.drain()
+            return
+        writer.write(response)
+        await writer.drain()
+        if not keep:
+            return

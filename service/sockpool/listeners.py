@@ -1,0 +1,247 @@
+"""Listening sockets: taken over from systemd's socket activation, or bound by us for development.
+
+Activation sockets belong to systemd, which keeps them (and their queued connections)
+across restarts: we never re-listen(), shutdown() or unlink them, only accept on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import socket
+import stat
+from collections.abc import Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ExitCode, Fatal
+
+LISTEN_FDS_START = 3
+MAX_LISTEN_FDS = 1024
+_NAME_PREFIX = re.compile(r"^([\w.@-]+)=(.+)$")
+_FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6", socket.AF_UNIX: "UNIX"}
+
+
+def _format_inet(addr: Any) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _format_inet6(addr: Any) -> str:
+    return f"[{addr[0]}]:{addr[1]}"
+
+
+def _format_unix(addr: Any) -> str:
+    if isinstance(addr, bytes):  # abstract namespace
+        return "@" + addr.lstrip(b"\0").decode(errors="replace")
+    return addr or "unix"
+
+
+PEER_FORMAT: dict[int, Callable[[Any], str]] = {
+    socket.AF_INET: _format_inet,
+    socket.AF_INET6: _format_inet6,
+    socket.AF_UNIX: _format_unix,
+}
+
+
+@dataclass(eq=False)
+class Listener:
+    name: str
+    sock: socket.socket
+    address: str
+    owned: bool = False  # bound by us (--listen): ours to close and unlink
+    path: str | None = None
+
+    @property
+    def format_peer(self) -> Callable[[Any], str]:
+        return PEER_FORMAT[self.sock.family]
+
+    def close(self) -> None:
+        """Close our copy; an owned UNIX socket's file goes too."""
+        self.sock.close()
+        if self.owned and self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+@dataclass(frozen=True)
+class Address:
+    name: str | None
+    family: int
+    sockaddr: Any
+    text: str
+
+
+def parse_address(text: str) -> Address:
+    """`[NAME=]ADDR` with ADDR one of HOST:PORT, [V6]:PORT, PORT, /path.sock, @abstract."""
+    name = None
+    match = _NAME_PREFIX.match(text)
+    if match and not text.startswith(("/", "@", "[")):
+        name, text = match.groups()
+    if text.startswith("/"):
+        return Address(name, socket.AF_UNIX, text, text)
+    if text.startswith("@") and len(text) > 1:
+        return Address(name, socket.AF_UNIX, "\0" + text[1:], text)
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"{text!r}: expected [IPV6]:PORT")
+        return Address(name, socket.AF_INET6, (host, _port(text, port)), text)
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if not socket.has_ipv6:
+            return Address(name, socket.AF_INET, ("0.0.0.0", _port(text, text)), text)
+        return Address(name, socket.AF_INET6, ("::", _port(text, text)), text)
+    if not host or ":" in host:
+        raise ValueError(f"{text!r}: expected HOST:PORT, [IPV6]:PORT, PORT or /path")
+    return Address(name, socket.AF_INET, (host, _port(text, port)), text)
+
+
+def _port(text: str, port: str) -> int:
+    if not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+    return int(port)
+
+
+def bind(address: Address, default_name: str) -> Listener:
+    """Bind and listen on an address given with --listen (development, or no systemd)."""
+    family, sockaddr = address.family, address.sockaddr
+    if family == socket.AF_INET and not _is_ip(sockaddr[0]):
+        family, sockaddr = _resolve(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family == socket.AF_UNIX:
+            _remove_stale_unix_socket(address.sockaddr)
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and sockaddr[0] == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as systemd does
+        sock.bind(sockaddr)
+        sock.listen(socket.SOMAXCONN)
+    except OSError as exc:
+        sock.close()
+        raise Fatal(ExitCode.BIND, f"cannot listen on {address.text}: {exc.strerror}") from None
+    path = sockaddr if family == socket.AF_UNIX and sockaddr[0] != "\0" else None
+    name = address.name or default_name
+    return Listener(name, sock, address.text, owned=True, path=path)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
+
+
+def _resolve(address: Address) -> tuple[int, Any]:
+    host, port = address.sockaddr
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise Fatal(ExitCode.BIND, f"cannot listen on {address.text}: {exc.strerror}") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Unlink a socket file nobody listens on any more; refuse to steal a live one."""
+    if path.startswith("\0"):
+        return
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # bind will fail with EADDRINUSE and say so
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()
+
+
+def from_activation(env: MutableMapping[str, str]) -> list[Listener] | None:
+    """Take the sockets systemd passed us; None when this is no socket activation.
+
+    We validate the variables ourselves first: sd_listen_fds() silently returns 0 for a
+    LISTEN_PID that is not ours, which would turn a wiring mistake into "no sockets".
+    """
+    if "LISTEN_FDS" not in env and "LISTEN_PID" not in env:
+        return None
+    count = _check_environment(env)
+    names = env.get("LISTEN_FDNAMES")
+    for index in range(count):
+        _check_descriptor(LISTEN_FDS_START + index, count, names)
+
+    from systemd import daemon  # after the checks: it would accept what we refuse
+
+    passed = daemon.listen_fds_with_names(unset_environment=True)
+    for var in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
+        env.pop(var, None)  # the C unsetenv leaves os.environ's copy for children to inherit
+    return [_adopt(fd, name) for fd, name in sorted(passed.items())]
+
+
+def _check_environment(env: MutableMapping[str, str]) -> int:
+    pid, fds = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
+    if not pid.isdigit():
+        raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={pid!r} is not a process id")
+    if int(pid) != os.getpid():
+        raise Fatal(
+            ExitCode.ACTIVATION,
+            f"LISTEN_PID={pid} is another process (this is {os.getpid()}): "
+            "the sockets were passed to someone else; start sockpool directly from systemd",
+        )
+    if not fds.isdigit() or not 1 <= int(fds) <= MAX_LISTEN_FDS:
+        raise Fatal(
+            ExitCode.ACTIVATION, f"LISTEN_FDS={fds!r} is not a count from 1 to {MAX_LISTEN_FDS}"
+        )
+    names = env.get("LISTEN_FDNAMES")
+    if names is not None and len(names.split(":")) != int(fds):
+        raise Fatal(
+            ExitCode.ACTIVATION,
+            f"LISTEN_FDNAMES={names!r} names {len(names.split(':'))} sockets, "
+            f"LISTEN_FDS={fds} passes {fds}",
+        )
+    return int(fds)
+
+
+def _describe(fd: int, names: str | None) -> str:
+    name = names.split(":")[fd - LISTEN_FDS_START] if names else None
+    return f"descriptor {fd}" + (f" ({name!r})" if name else "")
+
+
+def _check_descriptor(fd: int, count: int, names: str | None) -> None:
+    what = _describe(fd, names)
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError as exc:
+        if exc.errno != errno.EBADF:
+            raise
+        raise Fatal(ExitCode.BAD_DESCRIPTOR, f"LISTEN_FDS={count} but {what} is not open") from None
+    if not stat.S_ISSOCK(mode):
+        raise Fatal(ExitCode.BAD_DESCRIPTOR, f"{what} from LISTEN_FDS is not a socket")
+
+
+def _adopt(fd: int, name: str) -> Listener:
+    sock = socket.socket(fileno=fd)
+    what = f"descriptor {fd} ({name!r})"
+    problem = None
+    if sock.type != socket.SOCK_STREAM:
+        problem = "is not a stream socket: use ListenStream=, not ListenDatagram= and the like"
+    elif sock.family not in _FAMILIES:
+        problem = f"has address family {sock.family!r}: sockpool serves TCP and UNIX sockets"
+    elif not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        problem = "is not listening: use Accept=no in the .socket unit"
+    if problem:
+        sock.detach()  # not ours to close
+        raise Fatal(ExitCode.BAD_DESCRIPTOR, f"{what} {problem}")
+    try:
+        address = PEER_FORMAT[sock.family](sock.getsockname())
+    except OSError:
+        address = "?"
+    return Listener(name, sock, address)

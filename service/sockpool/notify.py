@@ -1,0 +1,72 @@
+"""sd_notify: readiness, reload and stop states, live STATUS=, and the watchdog.
+
+A no-op outside systemd (no NOTIFY_SOCKET), so the same code runs under a terminal.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
+
+
+class Notifier:
+    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
+        self.enabled = bool(env.get("NOTIFY_SOCKET"))
+        self.watchdog_interval = _watchdog_interval(env)
+        self._last_status = ""
+        self._next_status = 0.0
+        self._next_watchdog = 0.0
+
+    def send(self, *assignments: str) -> None:
+        if self.enabled:
+            from systemd import daemon
+
+            daemon.notify("\n".join(assignments))
+
+    def ready(self, status: str) -> None:
+        self._last_status = status
+        self.send("READY=1", f"STATUS={status}")
+
+    def reloading(self) -> None:
+        self.send("RELOADING=1", "STATUS=reloading")
+
+    def stopping(self, status: str) -> None:
+        self._last_status = status
+        self.send("STOPPING=1", f"STATUS={status}")
+
+    def tick(self, now: float, status: str) -> None:
+        """Called every loop turn: STATUS= when it changed (at most once a second), and
+        WATCHDOG=1 at half the interval systemd asked for. Sent from the main loop on
+        purpose: a loop that hangs stops feeding the watchdog."""
+        if self.watchdog_interval and now >= self._next_watchdog:
+            self._next_watchdog = now + self.watchdog_interval
+            self.send("WATCHDOG=1")
+        if now >= self._next_status and status != self._last_status:
+            self._next_status = now + STATUS_INTERVAL
+            self._last_status = status
+            self.send(f"STATUS={status}")
+
+    def next_due(self, now: float) -> float:
+        """Seconds the loop may sleep before tick() is due again."""
+        due = STATUS_INTERVAL
+        if self.watchdog_interval:
+            due = min(due, self._next_watchdog - now)
+        return max(0.0, due)
+
+
+def _watchdog_interval(env: Mapping[str, str]) -> float:
+    """Half of WATCHDOG_USEC, when the watchdog is meant for this process."""
+    usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+    if not usec.isdigit() or int(usec) == 0:
+        return 0.0
+    if pid and pid != str(os.getpid()):
+        return 0.0
+    return int(usec) / 2e6
+
+
+def forget_environment(env: dict[str, str] | os._Environ[str] = os.environ) -> None:
+    """Workers must not notify or feed the watchdog: NotifyAccess=main would drop it anyway."""
+    for var in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        env.pop(var, None)

@@ -1,0 +1,90 @@
+"""The dispatcher's picture of its workers: pure bookkeeping, no I/O.
+
+A connection is `Pending` from accept until a worker acknowledges it; while pending, the
+dispatcher holds its descriptor, so a worker that dies first costs nothing but a retry.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import Config
+from .worker import WorkerSpec
+
+# (conn_id, fd, listener name, peer): a tuple, because millions are made on the hot path
+Pending = tuple[int, int, str, str]
+
+
+@dataclass
+class Generation:
+    """Workers started from one configuration; a reload starts the next one."""
+
+    number: int
+    config: Config
+    spec: WorkerSpec
+    start_failures: int = 0  # consecutive workers that died before READY
+    last_failure: str = ""
+
+    @property
+    def max_start_failures(self) -> int:
+        return self.config.workers + 4
+
+
+@dataclass(eq=False)
+class Worker:
+    pid: int
+    generation: int
+    chan: socket.socket
+    capacity: int = 0  # 0 until READY
+    in_flight: int = 0  # handed over and not reported done (acked or not)
+    unacked: dict[int, Pending] = field(default_factory=dict)
+    retiring: bool = False  # told to stop, or being killed: gets no more work
+    gone: bool = False  # its channel closed: waiting to be reaped
+    served: int = 0
+    failure: str = ""  # what it said when it could not start
+    busy_since: float = 0.0  # from its heartbeat
+
+    @property
+    def ready(self) -> bool:
+        return self.capacity > 0
+
+    @property
+    def free(self) -> int:
+        if self.retiring or self.gone:
+            return 0
+        return max(0, self.capacity - self.in_flight)
+
+
+def assign(pending: deque[Pending], workers: list[Worker]) -> dict[Worker, list[Pending]]:
+    """Hand out pending connections, each to the worker with the most free capacity
+    at that moment (ties go to the first listed); mutates `pending` and `in_flight`."""
+    open_workers = [w for w in workers if w.free > 0]
+    batches: dict[Worker, list[Pending]] = {}
+    while pending and open_workers:
+        best = max(open_workers, key=_free)
+        batches.setdefault(best, []).append(pending.popleft())
+        best.in_flight += 1
+        if best.free == 0:
+            open_workers.remove(best)
+    return batches
+
+
+def _free(worker: Worker) -> int:
+    return worker.free
+
+
+def describe_status(code: int) -> str:
+    """A waitpid status in words, for the journal."""
+    if os.WIFSIGNALED(code):
+        sig = os.WTERMSIG(code)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        core = " (core dumped)" if os.WCOREDUMP(code) else ""
+        return f"killed by signal {name}{core}"
+    return f"exited with status {os.waitstatus_to_exitcode(code)}"

@@ -1,0 +1,173 @@
+"""The handoff wire format between dispatcher and workers: pure encode/decode, no I/O.
+
+Every message is one SOCK_SEQPACKET datagram: a type byte, then a fixed layout.
+Descriptors travel beside the bytes as SCM_RIGHTS; a HANDOFF carries exactly one entry per
+descriptor, in order, so a connection never gets separated from its metadata.
+
+Dispatcher -> worker
+    HANDOFF  b"H" count:u16 then count x (conn_id:u64 listener_len:u8 listener peer_len:u16 peer)
+    STOP     b"S"                               finish what you hold, then exit
+Worker -> dispatcher
+    READY    b"R" capacity:u32                  handler imported, can take `capacity` at once
+    PROGRESS b"P" n_acked:u16 n_done:u16 ids:u64... acked ids (I hold these descriptors now)
+                                                 then done ids (finished, capacity freed)
+    FAILED   b"F" reason (utf-8)                could not start; why, for the dispatcher's log
+    BEAT     b"B" busy_since:f64               heartbeat; 0.0 when idle, else monotonic start
+                                                 time of the oldest connection in hand
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
+MAX_MESSAGE = 65536  # receive buffer; larger than any message we build (checked in encode)
+
+_COUNT = struct.Struct("!H")
+_ENTRY_HEAD = struct.Struct("!QB")
+_PEER_LEN = struct.Struct("!H")
+_READY = struct.Struct("!I")
+_PROGRESS = struct.Struct("!HH")
+_BEAT = struct.Struct("!d")
+
+
+class WireError(ValueError):
+    """A message that does not follow the format: the receiver drops it and its descriptors."""
+
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    conn_id: int
+    listener: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    capacity: int
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    acked: tuple[int, ...]
+    done: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    busy_since: float
+
+
+ToWorker = list[Handoff] | Stop
+ToDispatcher = Ready | Progress | Failed | Beat
+
+
+def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
+    """Encode (conn_id, listener, peer) entries; the caller sends one descriptor per entry."""
+    if not entries:
+        raise WireError("a handoff needs at least one connection")
+    if len(entries) > MAX_FDS:
+        raise WireError(f"{len(entries)} connections in one handoff, at most {MAX_FDS}")
+    parts = [b"H", _COUNT.pack(len(entries))]
+    for conn_id, listener, peer in entries:
+        name = listener.encode()
+        addr = peer.encode(errors="surrogateescape")
+        if len(name) > 255:
+            raise WireError(f"listener name longer than 255 bytes: {listener[:40]!r}...")
+        parts += (_ENTRY_HEAD.pack(conn_id, len(name)), name, _PEER_LEN.pack(len(addr)), addr)
+    data = b"".join(parts)
+    if len(data) > MAX_MESSAGE:
+        raise WireError(f"handoff of {len(data)} bytes exceeds {MAX_MESSAGE}")
+    return data
+
+
+def encode_stop() -> bytes:
+    return b"S"
+
+
+def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
+    """Decode a dispatcher message that came with `nfds` descriptors."""
+    if data == b"S":
+        if nfds:
+            raise WireError(f"STOP came with {nfds} descriptors")
+        return Stop()
+    if data[:1] != b"H" or len(data) < 3:
+        raise WireError(f"unknown message type {data[:1]!r}")
+    (count,) = _COUNT.unpack_from(data, 1)
+    if count != nfds:
+        raise WireError(f"handoff lists {count} connections but carries {nfds} descriptors")
+    entries = []
+    pos = 3
+    try:
+        for _ in range(count):
+            conn_id, name_len = _ENTRY_HEAD.unpack_from(data, pos)
+            pos += _ENTRY_HEAD.size
+            name = data[pos : pos + name_len]
+            pos += name_len
+            (peer_len,) = _PEER_LEN.unpack_from(data, pos)
+            pos += _PEER_LEN.size
+            peer = data[pos : pos + peer_len]
+            pos += peer_len
+            if len(name) != name_len or len(peer) != peer_len:
+                raise WireError("handoff truncated")
+            entries.append(Handoff(conn_id, name.decode(), peer.decode(errors="surrogateescape")))
+    except struct.error as exc:
+        raise WireError("handoff truncated") from exc
+    except UnicodeDecodeError as exc:
+        raise WireError("listener name is not UTF-8") from exc
+    if pos != len(data):
+        raise WireError(f"{len(data) - pos} stray bytes after the handoff")
+    return entries
+
+
+def encode_ready(capacity: int) -> bytes:
+    return b"R" + _READY.pack(capacity)
+
+
+def encode_progress(acked: list[int] | tuple[int, ...], done: list[int] | tuple[int, ...]) -> bytes:
+    return (
+        b"P"
+        + _PROGRESS.pack(len(acked), len(done))
+        + struct.pack(f"!{len(acked) + len(done)}Q", *acked, *done)
+    )
+
+
+def encode_failed(reason: str) -> bytes:
+    return b"F" + reason.encode(errors="replace")[: MAX_MESSAGE - 1]
+
+
+def encode_beat(busy_since: float) -> bytes:
+    return b"B" + _BEAT.pack(busy_since)
+
+
+def decode_to_dispatcher(data: bytes) -> ToDispatcher:
+    """Decode a worker message (workers never send descriptors)."""
+    kind, body = data[:1], data[1:]
+    try:
+        if kind == b"P":
+            n_acked, n_done = _PROGRESS.unpack_from(body)
+            ids = struct.unpack(f"!{n_acked + n_done}Q", body[_PROGRESS.size :])
+            return Progress(ids[:n_acked], ids[n_acked:])
+        if kind == b"R":
+            (capacity,) = _READY.unpack(body)
+            if capacity < 1:
+                raise WireError("READY with capacity 0")
+            return Ready(capacity)
+        if kind == b"B":
+            return Beat(_BEAT.unpack(body)[0])
+    except struct.error as exc:
+        raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
+    if kind == b"F":
+        return Failed(body.decode(errors="replace"))
+    raise WireError(f"unknown message type {kind!r}")

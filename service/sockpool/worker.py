@@ -1,0 +1,249 @@
+"""A worker process: receives connections from the dispatcher and runs the handler on them.
+
+Forked by the dispatcher; imports the handlers only after the fork, so a new generation
+runs new code. Acknowledges every descriptor as soon as it holds it (the dispatcher keeps
+its own copy until then, so nothing is lost if we die first), and reports each finished
+connection so the dispatcher knows our free capacity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from . import channel, log, notify, wire
+from .connection import ConnectionInfo, describe, set_current
+from .events import Event
+from .importing import HandlerError, is_async, load_handler
+
+EXIT_HANDLER_FAILED = 3
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs to know, decided by the dispatcher before the fork."""
+
+    generation: int
+    handlers: Mapping[str, str]  # listener name -> "module:callable"
+    default_handler: str | None
+    capacity: int  # for async handlers; sync handlers take one connection at a time
+    socket_timeout: float | None = None
+
+
+class _Stop(Exception):
+    """Raised out of a blocking receive when SIGTERM arrives while idle."""
+
+
+def run(chan: socket.socket, spec: WorkerSpec) -> NoReturn:
+    """The forked child's whole life; never returns into the dispatcher's stack."""
+    code = 0
+    try:
+        notify.forget_environment()
+        log.set_process_fields(WORKER_PID=os.getpid(), GENERATION=spec.generation)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            handlers = _load(spec)
+        except HandlerError as exc:
+            log.log.error("%s", exc)
+            channel.send(chan, wire.encode_failed(str(exc)))
+            code = EXIT_HANDLER_FAILED
+        else:
+            worker_type = AsyncWorker if any(map(is_async, handlers.values())) else SyncWorker
+            worker_type(chan, handlers, spec).run()
+    except BaseException:
+        log.log.exception("worker failed")
+        code = 1
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _load(spec: WorkerSpec) -> dict[str | None, Handler]:
+    """Handlers by listener name; the key None is the default for unnamed listeners."""
+    loaded: dict[str, Handler] = {}  # one import per distinct spec
+    table: dict[str | None, Handler] = {}
+    for name, target in [(None, spec.default_handler), *spec.handlers.items()]:
+        if target:
+            if target not in loaded:
+                loaded[target] = load_handler(target)
+            table[name] = loaded[target]
+    return table
+
+
+class _Base:
+    def __init__(self, chan: socket.socket, handlers: dict[str | None, Handler], spec: WorkerSpec):
+        self.chan = chan
+        self.handlers = handlers
+        self.spec = spec
+        self.stopping = False
+
+    def handler_for(self, listener: str) -> Handler:
+        return self.handlers.get(listener) or self.handlers[None]
+
+    def progress(self, acked: list[int], done: list[int]) -> None:
+        channel.send(self.chan, wire.encode_progress(acked, done))
+
+    def receive(self, flags: int = 0) -> list[tuple[wire.Handoff, socket.socket]] | None:
+        """The next handoff as (metadata, socket) pairs; None when told to stop."""
+        while True:
+            try:
+                message = channel.receive(self.chan, flags)
+            except wire.WireError as exc:
+                log.log.error("dropped a bad message from the dispatcher: %s", exc)
+                continue
+            if message is None:
+                return None  # the dispatcher is gone: finish up
+            data, fds = message
+            try:
+                decoded = wire.decode_to_worker(data, len(fds))
+            except wire.WireError as exc:
+                channel.close_all(fds)
+                log.log.error("dropped a bad message from the dispatcher: %s", exc)
+                continue
+            if isinstance(decoded, wire.Stop):
+                return None
+            return [(h, socket.socket(fileno=fd)) for h, fd in zip(decoded, fds, strict=True)]
+
+    def serve_sync(self, handler: Handler, sock: socket.socket, info: ConnectionInfo) -> None:
+        """Run a sync handler on one connection; whatever it does, close the connection."""
+        set_current(info)
+        log.set_fields(CONN_ID=info.conn_id, LISTENER=info.listener, PEER=info.peer)
+        try:
+            sock.settimeout(self.spec.socket_timeout)
+            handler(sock, info)
+        except (ConnectionError, TimeoutError) as exc:
+            log.log.debug("connection ended: %s", exc)
+        except Exception:
+            log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
+        finally:
+            sock.close()
+
+
+class SyncWorker(_Base):
+    """One connection at a time, handler called in the main thread."""
+
+    def run(self) -> None:
+        idle = True
+
+        def on_term(signum: int, frame: Any) -> None:
+            self.stopping = True
+            if idle:
+                raise _Stop
+
+        signal.signal(signal.SIGTERM, on_term)
+        channel.send(self.chan, wire.encode_ready(1))
+        while not self.stopping:
+            try:
+                batch = self.receive()
+            except _Stop:
+                return
+            if batch is None:
+                return
+            idle = False
+            self.progress([h.conn_id for h, _ in batch], [])
+            for handoff, sock in batch:
+                info = describe(sock, handoff.conn_id, handoff.listener, handoff.peer)
+                self.serve_sync(self.handler_for(handoff.listener), sock, info)
+                self.progress([], [handoff.conn_id])
+            idle = True
+
+
+class AsyncWorker(_Base):
+    """Many connections at once on an asyncio loop; sync handlers of mixed configurations
+    run one at a time in a thread, so they never block the loop."""
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.done: list[int] = []
+        self.flush_scheduled = False
+        self.stopped = loop.create_future()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-handler")
+        loop.add_signal_handler(signal.SIGTERM, self._stop)
+        loop.add_reader(self.chan, self._on_channel)
+        channel.send(self.chan, wire.encode_ready(self.spec.capacity))
+        await self.stopped
+        loop.remove_reader(self.chan)
+        while self.tasks:
+            await asyncio.wait(set(self.tasks))
+        self._flush()
+        self.executor.shutdown()
+
+    def _stop(self) -> None:
+        self.stopping = True
+        if not self.stopped.done():
+            self.stopped.set_result(None)
+
+    def _on_channel(self) -> None:
+        acked: list[int] = []
+        loop = asyncio.get_running_loop()
+        while not self.stopping:
+            try:
+                batch = self.receive(socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                break
+            if batch is None:
+                self._stop()
+                break
+            for handoff, sock in batch:
+                acked.append(handoff.conn_id)
+                task = loop.create_task(self._serve(handoff, sock))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+        if acked:
+            self.progress(acked, self.done)  # piggyback finished ones on the acknowledgement
+            self.done = []
+
+    async def _serve(self, handoff: wire.Handoff, sock: socket.socket) -> None:
+        info = describe(sock, handoff.conn_id, handoff.listener, handoff.peer)
+        handler = self.handler_for(handoff.listener)
+        try:
+            if is_async(handler):
+                await self._serve_async(handler, sock, info)
+            else:
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self.executor, self.serve_sync, handler, sock, info)
+        finally:
+            self.done.append(handoff.conn_id)
+            if not self.flush_scheduled:
+                self.flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    async def _serve_async(self, handler: Handler, sock: socket.socket, info: ConnectionInfo):
+        set_current(info)  # this task's own context: the handler and its logging see it
+        log.set_fields(CONN_ID=info.conn_id, LISTENER=info.listener, PEER=info.peer)
+        writer = None
+        try:
+            reader, writer = await asyncio.open_connection(sock=sock)
+            await handler(reader, writer)
+        except (ConnectionError, TimeoutError) as exc:
+            log.log.debug("connection ended: %s", exc)
+        except Exception:
+            log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
+        finally:
+            if writer is None:
+                sock.close()
+            else:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        if self.done:
+            self.progress([], self.done)
+            self.done = []

@@ -1,0 +1,57 @@
+"""Socket activation and what `systemctl status` tells an admin."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import ECHO_PORT, MakeInstance
+from support import Unit, request, wait_until
+
+pytestmark = pytest.mark.system
+
+ECHO = ("127.0.0.1", ECHO_PORT)
+
+
+def test_first_connection_starts_the_service(echo: Unit) -> None:
+    echo.start_socket()
+    assert echo.machine.show(echo.socket, "ActiveState") == "active"
+    assert echo.state() == "inactive", "the service must wait for a connection"
+
+    assert request(ECHO, b"wake up\n") == b"wake up\n"
+    echo.wait_state("active")  # READY=1 may reach systemd just after our answer
+    assert echo.prop("TriggeredBy") == echo.socket
+
+
+def test_start_returns_once_the_pool_is_ready(instance: MakeInstance) -> None:
+    """Type=notify: `systemctl start` waits for READY=1, sent when every worker is up."""
+    unit = instance(
+        "slow",
+        'handler = "sockpool_systemtest:fail"\nworkers = 2\n',
+        service="[Service]\nEnvironment=SOCKPOOL_TEST_IMPORT_DELAY=1.5\n",
+    )
+    unit.machine.systemctl("start", unit.service)  # and its socket (Requires=)
+    assert unit.state() == "active"
+    assert unit.prop("StatusText").startswith("workers 2/2,"), "READY=1 comes with STATUS="
+    assert len(unit.workers()) == 2
+
+
+def test_status_shows_live_status_and_workers(echo: Unit) -> None:
+    echo.start_socket()
+    for n in range(5):
+        assert request(ECHO, b"%d\n" % n) == b"%d\n" % n
+    main_pid, workers = echo.wait_running(), echo.workers()
+    status_line = re.compile(r'Status: "workers (\d+)/(\d+), busy \d+, served (\d+), refused \d+"')
+
+    def status() -> str | None:
+        """The output once STATUS= (sent at most once a second) counts our connections."""
+        out = echo.machine.systemctl("status", echo.service, check=False)
+        found = status_line.search(out)
+        return out if found and int(found[3]) >= 5 else None
+
+    out = wait_until(status, "STATUS= counting 5 connections", timeout=15)
+    found = status_line.search(out)
+    assert found and found[1] == found[2] == str(len(workers)) != "0"
+    cgroup = out[out.index("CGroup:") :]
+    for pid in (main_pid, *workers):
+        assert re.search(rf"[├└]─{pid} ", cgroup), f"process {pid} not in\n{cgroup}"
