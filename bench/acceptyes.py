@@ -69,13 +69,13 @@ def unavailable_reason() -> str | None:
 
 
 def run(
-    procs: int, concurrency: int, duration: float, rounds: int, log: Path, port: int = 17190
+    procs: int, concurrency: int, duration: float, rounds: int, log: Path
 ) -> list[dict[str, Any]]:
     """rounds of the new-connection echo load against Accept=yes; one record per round."""
     if reason := unavailable_reason():
         raise RuntimeError(f"no container: {reason}")
     nspawn = load_nspawn()
-    from bench.run import free_port
+    from bench.run import free_port, one_request
 
     port = free_port()
     records: list[dict[str, Any]] = []
@@ -99,8 +99,6 @@ def run(
             if time.monotonic() > deadline:
                 raise RuntimeError("bench-echo.socket never listened")
             time.sleep(0.05)
-        from bench.run import one_request
-
         if not one_request(port, "echo"):
             raise RuntimeError("Accept=yes instance gave a wrong answer")
         for r in range(rounds):

@@ -382,6 +382,8 @@ def markdown(result: dict[str, Any]) -> str:
         md += ["", f"## {TITLES['coldstart']}", "", *cold_table(rows)]
     if "memory" in rows:
         md += ["", f"## {TITLES['memory']}", "", *memory_table(rows, cfg["workers"])]
+    if meta.get("skipped"):
+        md += ["", "## Skipped", "", *[f"- {s}" for s in meta["skipped"]]]
     errs = [(r.scenario, r.label, e) for rs in rows.values() for r in rs for e in r.errors]
     if errs:
         md += ["", "## Errors", "", *[f"- {s}, {label}: {e}" for s, label, e in errs]]

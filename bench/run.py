@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import loadgen, procfs
+from bench import acceptyes, loadgen, procfs
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -412,9 +412,7 @@ def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]
 
 
 def run_accept_yes(cfg: Config, log: Path, rounds: int) -> list[dict[str, Any]]:
-    """Accept=yes, a python3 instance per connection, loaded from inside the container."""
-    from bench import acceptyes
-
+    """Accept=yes, a python3 instance per connection, driven from the host."""
     return acceptyes.run(cfg.procs, cfg.concurrency, cfg.duration, rounds, log)
 
 
@@ -563,7 +561,16 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # one server failing must not lose the others
                     rec = base | {"error": f"{type(exc).__name__}: {exc}", "ok": 0, "failures": 1}
                 note(rec)
-    if "accept-yes" in cfg.scenarios and cfg.container:
+    want_accept_yes = "accept-yes" in cfg.scenarios and (
+        not cfg.servers or "accept-yes" in cfg.servers
+    )
+    skipped: list[str] = meta.setdefault("skipped", [])
+    if want_accept_yes and not cfg.container:
+        skipped.append("systemd Accept=yes: --no-container")
+    elif want_accept_yes and (reason := acceptyes.unavailable_reason()):
+        skipped.append(f"systemd Accept=yes: no container here ({reason})")
+        print(f"accept-yes: skipped, {reason}", flush=True)
+    elif want_accept_yes:
         print(f"accept-yes: systemd Accept=yes in a container x {cfg.rounds} rounds", flush=True)
         try:
             for rec in run_accept_yes(cfg, log, cfg.rounds):

@@ -130,7 +130,7 @@ class Dispatcher:
                 self.pending.append((self.next_id, fd, listener.name, listener.format_peer(addr)))
                 take -= 1
                 budget -= 1
-        if budget <= 0 and self.backlogged:
+        if budget <= 0 and self.backlogged and self._busy():
             self._log_overload(now)
 
     def _can_accept(self, now: float) -> bool:

@@ -98,6 +98,13 @@ def set_fields(**values: Any) -> None:
     _fields.set({k: str(v) for k, v in values.items()})
 
 
-def event(event: Event, msg: str, *args: Any, level: int = logging.INFO, **extra: Any) -> None:
+def event(
+    event: Event,
+    msg: str,
+    *args: Any,
+    level: int = logging.INFO,
+    exc_info: bool = False,
+    **fields: Any,
+) -> None:
     """A lifecycle record with its MESSAGE_ID, for `journalctl MESSAGE_ID=` and the catalog."""
-    log.log(level, msg, *args, extra={"MESSAGE_ID": event.value, **extra})
+    log.log(level, msg, *args, exc_info=exc_info, extra={"MESSAGE_ID": event.value, **fields})

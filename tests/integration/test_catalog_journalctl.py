@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from sockpool.events import Event
 
 CATALOG = Path(__file__).resolve().parents[2] / "packaging" / "sockpool.catalog"

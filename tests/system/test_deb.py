@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from nspawn import Container, unavailable_reason
 from sockpool.events import Event
 from support import REPO, EchoLoad, Unit, request, wait_until

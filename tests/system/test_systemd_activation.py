@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from conftest import ECHO_PORT, MakeInstance
 from support import Unit, request, wait_until
 

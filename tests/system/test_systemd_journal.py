@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from conftest import MakeInstance
 from sockpool.events import Event
 from support import connect, journal, wait_until

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+
 from conftest import ECHO_PORT, MakeInstance
 from sockpool.events import Event
 from support import EchoLoad, Held, Unit, journal, request, wait_until

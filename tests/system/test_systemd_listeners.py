@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import MakeInstance
 from sockpool.events import Event
 from support import request

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from sockpool.events import Event
 
 CATALOG = Path(__file__).resolve().parents[2] / "packaging" / "sockpool.catalog"

@@ -1,0 +1,73 @@
+"""Handlers the integration tests serve (imported by the workers through PYTHONPATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+
+import sockpool
+from sockpool.connection import ConnectionInfo
+
+log = logging.getLogger("apps")
+DELAY = 1.0
+
+
+def _line(conn: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def whoami(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Who served this: handler, listener, worker pid, peer credentials."""
+    _line(conn)
+    words = [info.listener, os.getpid(), info.peer, info.peer_pid, info.peer_uid]
+    conn.sendall(("whoami " + " ".join(map(str, words)) + "\n").encode())
+
+
+def admin(conn: socket.socket, info: ConnectionInfo) -> None:
+    _line(conn)
+    conn.sendall(f"admin {info.listener} {os.getpid()}\n".encode())
+
+
+def slow_echo(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Say '+' as soon as the connection is in a worker's hands, echo a line DELAY s later."""
+    conn.sendall(b"+")
+    line = _line(conn)
+    time.sleep(DELAY)
+    conn.sendall(line)
+
+
+async def async_slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"+")
+    await writer.drain()
+    line = await reader.readline()
+    await asyncio.sleep(DELAY)
+    info = sockpool.current_connection()
+    assert info is not None
+    writer.write(line)
+    await writer.drain()
+
+
+async def async_whoami(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readline()
+    info = sockpool.current_connection()
+    assert info is not None
+    writer.write(f"async {info.listener} {os.getpid()} {info.conn_id}\n".encode())
+    await writer.drain()
+
+
+def boom(conn: socket.socket, info: ConnectionInfo) -> None:
+    _line(conn)
+    log.info("about to fail")
+    raise RuntimeError("boom in the handler")
+
+
+not_callable = 42

@@ -1,0 +1,261 @@
+"""The dispatcher serving real clients, started by the real systemd-socket-activate."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+from harness import Load, connect, free_port, request, wait_until
+
+ECHO = "sockpool.handlers:echo"
+
+
+def tcp() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def test_echo_over_tcp_and_unix(serve, tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    service = serve(["--workers=2", ECHO], listen=[tcp(), path], fdnames=["tcp", "unix"])
+    for address in service.addresses:
+        assert request(address, b"hello over " + str(address).encode()) == (
+            b"hello over " + str(address).encode()
+        )
+    assert "READY=1" in service.read_notifications()
+
+
+def test_two_named_listeners_are_served_by_their_own_handlers(serve, tmp_path: Path) -> None:
+    config = tmp_path / "two.toml"
+    config.write_text(
+        'handler = "apps:whoami"\nworkers = 2\n[listeners.admin]\nhandler = "apps:admin"\n'
+    )
+    unix = str(tmp_path / "admin.sock")
+    service = serve([f"--config={config}"], listen=[tcp(), unix], fdnames=["web", "admin"])
+    web, admin = service.addresses
+    assert request(web, b"hi\n").startswith(b"whoami web ")
+    assert request(admin, b"hi\n").startswith(b"admin admin ")
+
+
+def test_unix_peer_credentials_reach_the_handler(serve, tmp_path: Path) -> None:
+    path = str(tmp_path / "who.sock")
+    service = serve(["--workers=1", "apps:whoami"], listen=[path], fdnames=["local"])
+    words = request(service.address, b"hi\n").decode().split()
+    # whoami LISTENER WORKER_PID PEER PEER_PID PEER_UID
+    assert words[1] == "local"
+    assert int(words[2]) in service.workers()
+    assert words[4:] == [str(os.getpid()), str(os.getuid())]
+
+
+def test_sync_handler_runs_one_connection_per_worker(serve) -> None:
+    service = serve(["--workers=2", "apps:slow_echo"], listen=[tcp()])
+    clients = [connect(service.address) for _ in range(3)]
+    # Two are in workers' hands at once; the third waits until one is free.
+    got = [c.recv(1) for c in clients[:2]]
+    assert got == [b"+", b"+"]
+    clients[2].settimeout(0.5)
+    try:
+        early = clients[2].recv(1)
+    except TimeoutError:
+        early = b""
+    assert early == b"", "a sync worker took a second connection at once"
+    for c in clients:
+        c.sendall(b"x\n")
+    clients[2].settimeout(10)
+    assert clients[2].recv(1) == b"+"
+    for c in clients:
+        c.close()
+
+
+def test_async_handler_serves_many_connections_per_worker(serve) -> None:
+    service = serve(["--workers=1", "--capacity=50", "apps:async_slow_echo"], listen=[tcp()])
+    clients = [connect(service.address) for _ in range(20)]
+    # One worker holds all twenty at once: each says '+' before any has been answered.
+    assert [c.recv(1) for c in clients] == [b"+"] * 20
+    for i, c in enumerate(clients):
+        c.sendall(f"line {i}\n".encode())
+    assert [c.recv(100) for c in clients] == [f"line {i}\n".encode() for i in range(20)]
+    for c in clients:
+        c.close()
+    reply = request(service.address, b"\n")
+    assert reply == b"+\n"
+
+
+def test_async_handler_sees_its_connection(serve) -> None:
+    service = serve(["--workers=1", "apps:async_whoami"], listen=[tcp()], fdnames=["api"])
+    words = request(service.address, b"hi\n").decode().split()
+    assert words[:2] == ["async", "api"] and int(words[2]) in service.workers()
+
+
+def test_thousand_concurrent_connections_all_answered(serve) -> None:
+    service = serve(["--workers=2", "sockpool.handlers:echo_async"], listen=[tcp()])
+    host, port = service.address
+
+    async def one(i: int) -> bool:
+        reader, writer = await asyncio.open_connection(host, port)
+        payload = f"connection {i}\n".encode()
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        answer = await reader.read()
+        writer.close()
+        return answer == payload
+
+    async def all_of_them() -> list[bool]:
+        return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(1000))), 60)
+
+    assert all(asyncio.run(all_of_them()))
+
+
+def test_handler_exception_is_logged_and_the_worker_lives(serve) -> None:
+    service = serve(["--workers=1", "apps:boom"], listen=[tcp()])
+    worker = service.workers()
+    assert request(service.address, b"go\n") == b""
+    wait_until(lambda: "boom in the handler" in service.output(), "the traceback")
+    log = service.output()
+    assert "Traceback (most recent call last)" in log
+    assert "RuntimeError: boom in the handler" in log
+    assert "CONN_ID=" in log and "LISTENER=" in log
+    # The handler's own logging call carries the connection's fields too.
+    line = next(ln for ln in log.splitlines() if "about to fail" in ln)
+    assert "CONN_ID=" in line and "PEER=127.0.0.1:" in line
+    assert service.workers() == worker
+
+
+def test_killed_worker_is_replaced_and_other_connections_succeed(serve) -> None:
+    service = serve(["--workers=3", ECHO], listen=[tcp()])
+    with Load(service.address, clients=6) as load:
+        load.wait_for(200)
+        victim = service.workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: victim not in service.workers() and len(service.workers()) == 3,
+            "a replacement worker",
+        )
+        before = load.ok
+        load.wait_for(before + 200)
+    # At most the one connection that was in the killed worker's hands (capacity 1).
+    assert load.refused == 0 and load.wrong == 0, load.summary()
+    assert load.reset <= 1, load.summary()
+    assert "killed by signal SIGKILL" in service.output()
+
+
+def test_connection_handed_to_a_worker_that_dies_before_taking_it_is_served(serve) -> None:
+    service = serve(["--workers=2", "apps:slow_echo"], listen=[tcp()])
+    stuck, other = service.workers()
+    os.kill(stuck, signal.SIGSTOP)  # it cannot take (acknowledge) what it is sent
+    clients = [connect(service.address) for _ in range(2)]
+    # One of the two went to the stopped worker; it answers nothing until rescued.
+    os.kill(stuck, signal.SIGKILL)
+    for c in clients:
+        c.sendall(b"rescued\n")
+    answers = []
+    for c in clients:
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = c.recv(100)
+            assert chunk, "connection closed without an answer"
+            data += chunk
+        answers.append(data)
+        c.close()
+    assert answers == [b"+rescued\n", b"+rescued\n"]
+    assert other in service.workers()
+
+
+def test_sigterm_drains_connections_in_flight(serve) -> None:
+    service = serve(["--workers=2", "--capacity=50", "apps:async_slow_echo"], listen=[tcp()])
+    clients = [connect(service.address) for _ in range(40)]
+    assert [c.recv(1) for c in clients] == [b"+"] * 40  # all in workers' hands
+    for i, c in enumerate(clients):
+        c.sendall(f"in flight {i}\n".encode())
+    service.signal(signal.SIGTERM)
+    for i, c in enumerate(clients):
+        c.settimeout(10)
+        assert c.recv(100) == f"in flight {i}\n".encode()  # not reset: answered in full
+        assert c.recv(100) == b""
+        c.close()
+    assert service.wait() == 0
+    service.read_notifications()
+    assert "STOPPING=1" in service.notifications
+
+
+def test_sighup_swaps_generations_under_load(serve) -> None:
+    service = serve(["--workers=2", ECHO], listen=[tcp()])
+    first = set(service.workers())
+    with Load(service.address, clients=6) as load:
+        load.wait_for(100)
+        for n in (1, 2):
+            service.signal(signal.SIGHUP)
+            service.wait_for("RELOADING=1")
+            wait_until(
+                lambda n=n: f"generation {n + 1} serves" in service.output(), f"generation {n + 1}"
+            )
+        load.wait_for(load.ok + 200)
+    assert load.refused == load.reset == load.wrong == 0, load.summary()
+    wait_until(lambda: len(service.workers()) == 2, "the old generation to drain")
+    assert not first & set(service.workers())
+    assert service.read_notifications().count("READY=1") == 3
+
+
+def test_reload_with_a_bad_config_keeps_serving(serve, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('handler = "sockpool.handlers:echo"\nworkers = 2\n')
+    service = serve([f"--config={config}"], listen=[tcp()])
+    workers = service.workers()
+    config.write_text("workers = 0\n")
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in service.output(), "the reload to fail")
+    assert "workers: expected a positive integer, got 0" in service.output()
+    assert request(service.address, b"still here") == b"still here"
+    assert service.workers() == workers
+
+
+def test_reload_with_a_handler_that_cannot_import_keeps_serving(serve, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('handler = "sockpool.handlers:echo"\nworkers = 1\n')
+    service = serve([f"--config={config}"], listen=[tcp()])
+    config.write_text('handler = "broken_app:handle"\nworkers = 1\n')
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in service.output(), "the reload to fail", timeout=30)
+    assert "this module is broken on purpose" in service.output()
+    assert request(service.address, b"old code") == b"old code"
+
+
+def test_status_reports_live_figures(serve) -> None:
+    service = serve(["--workers=2", ECHO], listen=[tcp()])
+    for _ in range(5):
+        request(service.address, b"x")
+    # Five requests and the connection that activated the service.
+    wait_until(
+        lambda: any("served 6," in s for s in service.statuses()), "STATUS with served 6", timeout=5
+    )
+    assert any(s.startswith("STATUS=workers 2/2, busy ") for s in service.statuses())
+
+
+def test_watchdog_is_fed_when_systemd_asks(serve) -> None:
+    service = serve(["--workers=1", ECHO], listen=[tcp()], env={"WATCHDOG_USEC": "200000"})
+    wait_until(
+        lambda: service.read_notifications().count("WATCHDOG=1") >= 3, "WATCHDOG=1 x3", timeout=5
+    )
+
+
+def test_descriptors_do_not_leak_over_10000_connections(serve) -> None:
+    service = serve(["--workers=2", ECHO], listen=[tcp()])
+    request(service.address, b"warm up")
+    at_start = service.fd_count()
+    with Load(service.address, clients=8, limit=1250, seconds=120) as load:
+        load.join()
+    assert load.ok == 10_000, load.summary()
+    wait_until(
+        lambda: service.fd_count() == at_start, "the dispatcher's descriptors to settle", timeout=5
+    )
+
+
+def test_workers_hold_no_listening_socket(serve) -> None:
+    service = serve(["--workers=2", ECHO], listen=[tcp()])
+    listener = os.readlink(f"/proc/{service.pid}/fd/3")  # the socket systemd passed
+    assert listener.startswith("socket:")
+    for worker in service.workers():
+        held = {os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")}
+        assert listener not in held, f"worker {worker} holds the listening socket"

@@ -1,0 +1,91 @@
+"""The handoff wire format, without sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from sockpool import wire
+
+
+def test_handoff_round_trip() -> None:
+    entries = [(1, "web", "127.0.0.1:5000"), (2**64 - 1, "admin", "[::1]:6000"), (3, "u", "")]
+    decoded = wire.decode_to_worker(wire.encode_handoff(entries), nfds=3)
+    assert decoded == [wire.Handoff(*e) for e in entries]
+
+
+def test_peer_that_is_not_utf8_survives() -> None:
+    peer = b"/tmp/\xff.sock".decode(errors="surrogateescape")
+    [handoff] = wire.decode_to_worker(wire.encode_handoff([(7, "x", peer)]), nfds=1)
+    assert handoff.peer == peer
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3, 5, 11, 12, 14, 20])
+def test_truncated_handoff_is_refused(cut: int) -> None:
+    data = wire.encode_handoff([(1, "web", "127.0.0.1:5000")])
+    with pytest.raises(wire.WireError):
+        wire.decode_to_worker(data[:cut], nfds=1)
+
+
+def test_stray_bytes_are_refused() -> None:
+    data = wire.encode_handoff([(1, "web", "127.0.0.1:5000")])
+    with pytest.raises(wire.WireError, match="stray"):
+        wire.decode_to_worker(data + b"x", nfds=1)
+
+
+@pytest.mark.parametrize("nfds", [0, 2, 253])
+def test_descriptor_count_must_match_entries(nfds: int) -> None:
+    data = wire.encode_handoff([(1, "web", "p")])
+    with pytest.raises(wire.WireError, match="carries"):
+        wire.decode_to_worker(data, nfds=nfds)
+
+
+def test_too_many_descriptors_for_one_message() -> None:
+    wire.encode_handoff([(i, "l", "p") for i in range(wire.MAX_FDS)])
+    with pytest.raises(wire.WireError, match="at most 253"):
+        wire.encode_handoff([(i, "l", "p") for i in range(wire.MAX_FDS + 1)])
+
+
+def test_empty_handoff_and_long_names_are_refused() -> None:
+    with pytest.raises(wire.WireError):
+        wire.encode_handoff([])
+    with pytest.raises(wire.WireError, match="255 bytes"):
+        wire.encode_handoff([(1, "n" * 256, "p")])
+
+
+def test_stop() -> None:
+    assert wire.decode_to_worker(wire.encode_stop(), nfds=0) == wire.Stop()
+    with pytest.raises(wire.WireError):
+        wire.decode_to_worker(wire.encode_stop(), nfds=1)
+
+
+@pytest.mark.parametrize("data", [b"", b"Z", b"Xabc", b"\x00"])
+def test_unknown_messages_to_a_worker(data: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_to_worker(data, nfds=0)
+
+
+def test_worker_messages_round_trip() -> None:
+    assert wire.decode_to_dispatcher(wire.encode_ready(100)) == wire.Ready(100)
+    assert wire.decode_to_dispatcher(wire.encode_progress([1, 2], [3])) == wire.Progress(
+        (1, 2), (3,)
+    )
+    assert wire.decode_to_dispatcher(wire.encode_progress([], [])) == wire.Progress((), ())
+    assert wire.decode_to_dispatcher(wire.encode_failed("no module")) == wire.Failed("no module")
+    assert wire.decode_to_dispatcher(wire.encode_beat(12.5)) == wire.Beat(12.5)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"Q",
+        b"R\x00\x00",  # short
+        b"R\x00\x00\x00\x00",  # capacity 0
+        wire.encode_progress([1, 2], [3])[:-1],  # ids cut short
+        b"P\x00\x05\x00\x00",  # claims five acks, has none
+        wire.encode_beat(1.0)[:5],
+    ],
+)
+def test_bad_worker_messages(data: bytes) -> None:
+    with pytest.raises(wire.WireError):
+        wire.decode_to_dispatcher(data)
