@@ -61,6 +61,7 @@ class Dispatcher:
         self.reload_again = False
         self.accept_paused_until = 0.0
         self.next_overload_log = 0.0
+        self.housekeeping_due = 0.0
         self.epoll = select.epoll()
         self.callbacks: dict[int, Callable[[], None]] = {}
 
@@ -85,9 +86,12 @@ class Dispatcher:
                     if callback:
                         callback()
                 now = time.monotonic()
-                self._accept(now)
-                self._dispatch()
-                self._housekeeping(now)
+                if self.backlogged:
+                    self._accept(now)
+                if self.pending:
+                    self._dispatch()
+                if now >= self.housekeeping_due:
+                    self._housekeeping(now)
         finally:
             self._close()
         return ExitCode.OK
@@ -96,13 +100,11 @@ class Dispatcher:
         now = time.monotonic()
         if self._can_accept(now) and self._free_capacity() > len(self.pending):
             return 0.0  # a listener still has connections queued and we have room
-        due = [self.notifier.next_due(now)]
-        due += [at - now for at, _ in self.respawns]
-        if self.stopping:
-            due.append(self.stop_deadline - now)
-        if self.backlogged and self.accept_paused_until > now:
-            due.append(self.accept_paused_until - now)
-        return max(0.0, min(due))
+        return max(0.0, self.housekeeping_due - now)
+
+    def _soon(self, when: float) -> None:
+        """Make sure housekeeping runs by `when` (a respawn, a deadline)."""
+        self.housekeeping_due = min(self.housekeeping_due, when)
 
     # -- accepting and handing over ------------------------------------------------------
     def _accept(self, now: float) -> None:
@@ -146,8 +148,9 @@ class Dispatcher:
 
     def _send(self, target: Worker, items: list[Pending]) -> None:
         data = wire.encode_handoff([(cid, name, peer) for cid, _, name, peer in items])
+        fds = [fd for _, fd, _, _ in items]
         try:
-            channel.send(target.chan, data, [fd for _, fd, _, _ in items])
+            channel.send(target.chan, data, fds)
         except OSError as exc:
             # Full queue or a dying worker: keep the connections, try them elsewhere.
             target.in_flight -= len(items)
@@ -155,46 +158,47 @@ class Dispatcher:
             if not isinstance(exc, BlockingIOError):
                 target.gone = True
             return
+        channel.close_all(fds)  # the message in the worker's queue holds them now
+        now = time.monotonic()
         for item in items:
-            target.unacked[item[0]] = item
+            target.handed[item[0]] = now
 
     def _free_capacity(self) -> int:
         return sum(w.free for w in self.workers.values() if w.generation == self.active.number)
 
     # -- messages from workers -----------------------------------------------------------
     def _on_worker_message(self, w: Worker) -> None:
-        while True:
-            try:
-                message = channel.receive(w.chan, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return
-            except wire.WireError as exc:
-                log.log.error("bad message from worker %d: %s", w.pid, exc)
-                continue
-            except ConnectionError:
-                message = None
-            if message is None:  # it exited or is exiting; SIGCHLD will tell us how
-                self._unwatch(w.chan)
-                w.gone = True
-                return
-            data, fds = message
-            try:
-                if fds:
-                    raise wire.WireError(f"{len(fds)} unexpected descriptors")
-                self._handle(w, wire.decode_to_dispatcher(data))
-            except wire.WireError as exc:
-                channel.close_all(fds)
-                log.log.error("bad message from worker %d: %s", w.pid, exc)
+        """One message per readiness event: the channel is level-triggered, so a second
+        message comes round on the next poll, which is cheaper than a failing recvmsg."""
+        try:
+            message = channel.receive(w.chan, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except wire.WireError as exc:
+            log.log.error("bad message from worker %d: %s", w.pid, exc)
+            return
+        except ConnectionError:
+            message = None
+        if message is None:  # it exited or is exiting; SIGCHLD will tell us how
+            self._unwatch(w.chan)
+            w.gone = True
+            return
+        data, fds = message
+        try:
+            if fds:
+                raise wire.WireError(f"{len(fds)} unexpected descriptors")
+            self._handle(w, wire.decode_to_dispatcher(data))
+        except wire.WireError as exc:
+            channel.close_all(fds)
+            log.log.error("bad message from worker %d: %s", w.pid, exc)
 
     def _handle(self, w: Worker, message: wire.ToDispatcher) -> None:
-        if isinstance(message, wire.Progress):
-            for conn_id in message.acked:
-                item = w.unacked.pop(conn_id, None)
-                if item is not None:
-                    os.close(item[1])  # the worker holds it now
-            w.in_flight -= len(message.done)
-            w.served += len(message.done)
-            self.served += len(message.done)
+        if isinstance(message, wire.Done):
+            for conn_id in message.ids:
+                del w.handed[conn_id]
+            w.in_flight -= len(message.ids)
+            w.served += len(message.ids)
+            self.served += len(message.ids)
         elif isinstance(message, wire.Ready):
             w.capacity = message.capacity
             gen = self._generation_of(w)
@@ -239,9 +243,11 @@ class Dispatcher:
                 worker_mod.run(theirs, gen.spec)
             finally:
                 os._exit(1)
-        theirs.close()
+        # We keep `theirs` open (never reading it while the worker lives): when the worker
+        # dies, the handoffs it had not yet read stay queued there instead of being thrown
+        # away with their descriptors, and we hand them to another worker.
         ours.setblocking(False)
-        w = Worker(pid, gen.number, ours)
+        w = Worker(pid, gen.number, ours, theirs)
         self.workers[pid] = w
         self._watch(ours, lambda: self._on_worker_message(w))
 
@@ -258,12 +264,17 @@ class Dispatcher:
                 self._worker_exited(w, status)
 
     def _worker_exited(self, w: Worker, status: int) -> None:
-        if w.chan.fileno() in self.callbacks:
-            self._unwatch(w.chan)
-        w.chan.close()
-        # Not yet acknowledged: we still hold those descriptors, so they go to another worker.
-        self.pending.extendleft(reversed(list(w.unacked.values())))
-        lost = w.in_flight - len(w.unacked)
+        while w.chan.fileno() in self.callbacks:  # what it said before it died counts
+            before = w.in_flight, w.capacity, w.failure
+            self._on_worker_message(w)
+            if (w.in_flight, w.capacity, w.failure) == before:
+                break
+        self._unwatch(w.chan)
+        recovered = self._recover(w)
+        for sock in (w.chan, w.inbox):
+            sock.close()
+        lost = w.in_flight - len(recovered)
+        self.pending.extendleft(reversed(recovered))
         how = describe_status(status)
         clean = w.retiring and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
         log.event(
@@ -290,6 +301,7 @@ class Dispatcher:
                 return
             delay = min(10.0, 0.1 * 2 ** (gen.start_failures - 1))
         self.respawns.append((time.monotonic() + delay, gen))
+        self._soon(self.respawns[-1][0])
 
     def _give_up(self, gen: Generation) -> None:
         reason = f"{gen.start_failures} workers in a row died before they were ready; last: "
@@ -304,6 +316,27 @@ class Dispatcher:
             f"workers keep failing to start: {reason}",
             event=Event.WORKERS_FAILING,
         )
+
+    def _recover(self, w: Worker) -> list[Pending]:
+        """Read back the handoffs a dead worker never took, descriptors and all."""
+        recovered: list[Pending] = []
+        while True:
+            try:
+                message = channel.receive(w.inbox, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return recovered
+            except wire.WireError as exc:  # cannot happen with our own messages; be safe
+                log.log.error("could not read back a handoff from worker %d: %s", w.pid, exc)
+                continue
+            if message is None:
+                return recovered
+            data, fds = message
+            decoded = wire.decode_to_worker(data, len(fds))
+            if isinstance(decoded, wire.Stop):
+                continue
+            for handoff, fd in zip(decoded, fds, strict=True):
+                w.handed.pop(handoff.conn_id, None)
+                recovered.append((handoff.conn_id, fd, handoff.listener, handoff.peer))
 
     def _generation_of(self, w: Worker) -> Generation | None:
         for gen in (self.active, self.incoming):
@@ -407,10 +440,12 @@ class Dispatcher:
         if self.stopping:
             if signum == signal.SIGINT:  # a second Ctrl-C: no more waiting
                 self.stop_deadline = 0.0
+                self._soon(0.0)
             return
         self.stopping = True
         timeout = self.active.config.graceful_timeout
         self.stop_deadline = time.monotonic() + timeout
+        self._soon(0.0)
         self.respawns.clear()
         for listener in self.listeners:
             self._unwatch(listener.sock)  # systemd keeps the queue for the next start
@@ -443,7 +478,13 @@ class Dispatcher:
                 log.log.warning("graceful timeout: killing %d workers", len(self.workers))
                 self._retire(list(self.workers.values()), kill=True)
                 self.stop_deadline = float("inf")
-        self.notifier.tick(now, self.status())
+        self.notifier.tick(now, self.status)
+        due = [now + self.notifier.next_due(now), *(at for at, _ in self.respawns)]
+        if self.stopping:
+            due.append(min(self.stop_deadline, now + 0.1))  # retire as soon as all is handed
+        if self.backlogged and self.accept_paused_until > now:
+            due.append(self.accept_paused_until)
+        self.housekeeping_due = min(due)
 
     # -- status and logs -----------------------------------------------------------------
     def _busy(self) -> int:
@@ -475,6 +516,7 @@ class Dispatcher:
 
     def _pause_accepting(self, now: float, exc: OSError) -> None:
         self.accept_paused_until = now + ACCEPT_PAUSE
+        self._soon(self.accept_paused_until)
         log.event(
             Event.ACCEPT_ERROR,
             "accept failed: %s; pausing %gs",
@@ -494,10 +536,7 @@ class Dispatcher:
             self.epoll.unregister(fd)
 
     def _held_fds(self) -> list[int]:
-        fds = [fd for _, fd, _, _ in self.pending]
-        for w in self.workers.values():
-            fds += [item[1] for item in w.unacked.values()]
-        return fds
+        return [fd for _, fd, _, _ in self.pending]
 
     def _close_in_child(self) -> None:
         """A new worker must hold nothing of the dispatcher's: no listener (only the
@@ -510,6 +549,7 @@ class Dispatcher:
             listener.sock.close()
         for w in self.workers.values():
             w.chan.close()
+            w.inbox.close()
         channel.close_all(self._held_fds())
 
     def _close(self) -> None:

@@ -53,9 +53,8 @@ class Listener:
     owned: bool = False  # bound by us (--listen): ours to close and unlink
     path: str | None = None
 
-    @property
-    def format_peer(self) -> Callable[[Any], str]:
-        return PEER_FORMAT[self.sock.family]
+    def __post_init__(self) -> None:
+        self.format_peer: Callable[[Any], str] = PEER_FORMAT[self.sock.family]
 
     def close(self) -> None:
         """Close our copy; an owned UNIX socket's file goes too."""

@@ -6,7 +6,7 @@ A no-op outside systemd (no NOTIFY_SOCKET), so the same code runs under a termin
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
 
@@ -36,17 +36,17 @@ class Notifier:
         self._last_status = status
         self.send("STOPPING=1", f"STATUS={status}")
 
-    def tick(self, now: float, status: str) -> None:
-        """Called every loop turn: STATUS= when it changed (at most once a second), and
-        WATCHDOG=1 at half the interval systemd asked for. Sent from the main loop on
+    def tick(self, now: float, status: Callable[[], str]) -> None:
+        """STATUS= when it changed, at most once a second (the text is built only then),
+        and WATCHDOG=1 at half the interval systemd asked for. Called from the main loop on
         purpose: a loop that hangs stops feeding the watchdog."""
         if self.watchdog_interval and now >= self._next_watchdog:
             self._next_watchdog = now + self.watchdog_interval
             self.send("WATCHDOG=1")
-        if now >= self._next_status and status != self._last_status:
+        if now >= self._next_status and (text := status()) != self._last_status:
             self._next_status = now + STATUS_INTERVAL
-            self._last_status = status
-            self.send(f"STATUS={status}")
+            self._last_status = text
+            self.send(f"STATUS={text}")
 
     def next_due(self, now: float) -> float:
         """Seconds the loop may sleep before tick() is due again."""

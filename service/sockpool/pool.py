@@ -1,7 +1,8 @@
 """The dispatcher's picture of its workers: pure bookkeeping, no I/O.
 
-A connection is `Pending` from accept until a worker acknowledges it; while pending, the
-dispatcher holds its descriptor, so a worker that dies first costs nothing but a retry.
+A connection is `Pending` from accept until it is sent to a worker; the dispatcher holds its
+descriptor until then. Once sent, it is the worker's as soon as the worker reads it, and
+until then the dispatcher can read it back from the worker's queue (see dispatcher.py).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ class Generation:
 class Worker:
     pid: int
     generation: int
-    chan: socket.socket
+    chan: socket.socket  # our end of the channel
+    inbox: socket.socket  # a copy of the worker's end: what it never read can be read back
     capacity: int = 0  # 0 until READY
-    in_flight: int = 0  # handed over and not reported done (acked or not)
-    unacked: dict[int, Pending] = field(default_factory=dict)
+    in_flight: int = 0  # sent and not reported done
+    handed: dict[int, float] = field(default_factory=dict)  # conn_id -> when it was sent
     retiring: bool = False  # told to stop, or being killed: gets no more work
     gone: bool = False  # its channel closed: waiting to be reaped
     served: int = 0

@@ -6,14 +6,17 @@ descriptor, in order, so a connection never gets separated from its metadata.
 
 Dispatcher -> worker
     HANDOFF  b"H" count:u16 then count x (conn_id:u64 listener_len:u8 listener peer_len:u16 peer)
-    STOP     b"S"                               finish what you hold, then exit
+    STOP     b"S"                        finish what you hold, then exit
 Worker -> dispatcher
-    READY    b"R" capacity:u32                  handler imported, can take `capacity` at once
-    PROGRESS b"P" n_acked:u16 n_done:u16 ids:u64... acked ids (I hold these descriptors now)
-                                                 then done ids (finished, capacity freed)
-    FAILED   b"F" reason (utf-8)                could not start; why, for the dispatcher's log
-    BEAT     b"B" busy_since:f64               heartbeat; 0.0 when idle, else monotonic start
-                                                 time of the oldest connection in hand
+    READY    b"R" capacity:u32           handler imported, can take `capacity` at once
+    DONE     b"D" count:u16 ids:u64...   these connections are finished: capacity is free
+    FAILED   b"F" reason (utf-8)         could not start; why, for the dispatcher's log
+    BEAT     b"B" busy_since:f64         heartbeat: 0.0 when idle, else the monotonic time
+                                         the oldest connection in hand started
+
+A worker takes a handoff by reading it: that dequeue is the acknowledgement. Until then the
+message, descriptors and all, sits in the worker's receive queue, which the dispatcher can
+read back if the worker dies (see dispatcher.py), so receipt needs no message of its own.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ _COUNT = struct.Struct("!H")
 _ENTRY_HEAD = struct.Struct("!QB")
 _PEER_LEN = struct.Struct("!H")
 _READY = struct.Struct("!I")
-_PROGRESS = struct.Struct("!HH")
+_DONE = struct.Struct("!H")
 _BEAT = struct.Struct("!d")
 
 
@@ -54,9 +57,8 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
-class Progress:
-    acked: tuple[int, ...]
-    done: tuple[int, ...]
+class Done:
+    ids: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ class Beat:
 
 
 ToWorker = list[Handoff] | Stop
-ToDispatcher = Ready | Progress | Failed | Beat
+ToDispatcher = Ready | Done | Failed | Beat
 
 
 def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
@@ -135,12 +137,10 @@ def encode_ready(capacity: int) -> bytes:
     return b"R" + _READY.pack(capacity)
 
 
-def encode_progress(acked: list[int] | tuple[int, ...], done: list[int] | tuple[int, ...]) -> bytes:
-    return (
-        b"P"
-        + _PROGRESS.pack(len(acked), len(done))
-        + struct.pack(f"!{len(acked) + len(done)}Q", *acked, *done)
-    )
+def encode_done(ids: list[int] | tuple[int, ...]) -> bytes:
+    if len(ids) > 65535:
+        raise WireError(f"{len(ids)} ids in one DONE, at most 65535")
+    return b"D" + _DONE.pack(len(ids)) + struct.pack(f"!{len(ids)}Q", *ids)
 
 
 def encode_failed(reason: str) -> bytes:
@@ -155,10 +155,9 @@ def decode_to_dispatcher(data: bytes) -> ToDispatcher:
     """Decode a worker message (workers never send descriptors)."""
     kind, body = data[:1], data[1:]
     try:
-        if kind == b"P":
-            n_acked, n_done = _PROGRESS.unpack_from(body)
-            ids = struct.unpack(f"!{n_acked + n_done}Q", body[_PROGRESS.size :])
-            return Progress(ids[:n_acked], ids[n_acked:])
+        if kind == b"D":
+            (count,) = _DONE.unpack_from(body)
+            return Done(struct.unpack(f"!{count}Q", body[_DONE.size :]))
         if kind == b"R":
             (capacity,) = _READY.unpack(body)
             if capacity < 1:

@@ -91,8 +91,8 @@ class _Base:
     def handler_for(self, listener: str) -> Handler:
         return self.handlers.get(listener) or self.handlers[None]
 
-    def progress(self, acked: list[int], done: list[int]) -> None:
-        channel.send(self.chan, wire.encode_progress(acked, done))
+    def report_done(self, ids: list[int]) -> None:
+        channel.send(self.chan, wire.encode_done(ids))
 
     def receive(self, flags: int = 0) -> list[tuple[wire.Handoff, socket.socket]] | None:
         """The next handoff as (metadata, socket) pairs; None when told to stop."""
@@ -127,7 +127,17 @@ class _Base:
         except Exception:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
-            sock.close()
+            _finish(sock)
+
+
+def _finish(sock: socket.socket) -> None:
+    """End the connection now. shutdown() first: the dispatcher may still hold a copy of
+    the descriptor (until it reads our acknowledgement), and a plain close() would leave
+    the peer waiting for its EOF until then; it also keeps the cost of the TCP teardown
+    here in the worker rather than in the one dispatcher."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
+    sock.close()
 
 
 class SyncWorker(_Base):
@@ -151,11 +161,10 @@ class SyncWorker(_Base):
             if batch is None:
                 return
             idle = False
-            self.progress([h.conn_id for h, _ in batch], [])
             for handoff, sock in batch:
                 info = describe(sock, handoff.conn_id, handoff.listener, handoff.peer)
                 self.serve_sync(self.handler_for(handoff.listener), sock, info)
-                self.progress([], [handoff.conn_id])
+                self.report_done([handoff.conn_id])
             idle = True
 
 
@@ -189,7 +198,6 @@ class AsyncWorker(_Base):
             self.stopped.set_result(None)
 
     def _on_channel(self) -> None:
-        acked: list[int] = []
         loop = asyncio.get_running_loop()
         while not self.stopping:
             try:
@@ -200,13 +208,9 @@ class AsyncWorker(_Base):
                 self._stop()
                 break
             for handoff, sock in batch:
-                acked.append(handoff.conn_id)
                 task = loop.create_task(self._serve(handoff, sock))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-        if acked:
-            self.progress(acked, self.done)  # piggyback finished ones on the acknowledgement
-            self.done = []
 
     async def _serve(self, handoff: wire.Handoff, sock: socket.socket) -> None:
         info = describe(sock, handoff.conn_id, handoff.listener, handoff.peer)
@@ -236,14 +240,17 @@ class AsyncWorker(_Base):
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
             if writer is None:
-                sock.close()
-            else:
+                _finish(sock)
+            else:  # the same, asyncio's way: FIN once the buffered data is out
+                with contextlib.suppress(Exception):
+                    if not writer.is_closing() and writer.can_write_eof():
+                        writer.write_eof()
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        if self.done:
-            self.progress([], self.done)
+        if self.done:  # every connection finished this loop turn, in one message
+            self.report_done(self.done)
             self.done = []

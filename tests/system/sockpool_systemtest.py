@@ -21,3 +21,8 @@ def fail(conn: socket.socket, info: ConnectionInfo) -> None:
     """Read the request, then raise: the pool must log the traceback with the connection."""
     data = conn.recv(1024)
     raise DeliberateFailure(f"failing on purpose after {len(data)} bytes on {info.listener}")
+
+
+def peer(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Answer with the client's credentials as the handler sees them (AF_UNIX only)."""
+    conn.sendall(f"pid={info.peer_pid} uid={info.peer_uid} gid={info.peer_gid}\n".encode())

@@ -59,3 +59,19 @@ def test_each_named_socket_gets_its_own_handler(instance: MakeInstance) -> None:
 
     started = unit.journal(f"MESSAGE_ID={Event.STARTED.value}")
     assert "admin on" in started[-1]["MESSAGE"]
+
+
+def test_unix_clients_credentials_reach_the_handler(instance: MakeInstance) -> None:
+    """The default listener is AF_UNIX: a handler sees who connected (uid, gid, pid)."""
+    unit = instance("peer", 'handler = "sockpool_systemtest:peer"\nworkers = 1\n')
+    unit.start_socket()
+    client = (
+        "import os, socket\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect('/run/sockpool/peer.sock')\n"
+        "print(os.getpid(), s.recv(100).decode(), end='')\n"
+    )
+    as_www_data = ["setpriv", "--reuid=33", "--regid=33", "--clear-groups"]
+    out = unit.machine.run(*as_www_data, "/usr/bin/python3", "-c", client).stdout
+    pid, answer = out.split(" ", 1)
+    assert answer == f"pid={pid} uid=33 gid=33\n"

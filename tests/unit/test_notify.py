@@ -51,10 +51,10 @@ def test_status_only_when_changed_and_at_most_once_a_second(systemd, monkeypatch
     sock, env = systemd
     monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
     n = Notifier(env)
-    n.tick(100.0, "a")
-    n.tick(100.1, "b")  # too soon
-    n.tick(101.0, "b")
-    n.tick(103.0, "b")  # unchanged
+    n.tick(100.0, lambda: "a")
+    n.tick(100.1, lambda: "b")  # too soon
+    n.tick(101.0, lambda: "b")
+    n.tick(103.0, lambda: "b")  # unchanged
     assert received(sock) == ["STATUS=a", "STATUS=b"]
 
 
@@ -65,7 +65,7 @@ def test_watchdog_at_half_the_interval(systemd, monkeypatch) -> None:
     assert n.watchdog_interval == 1.0
     n._last_status = "s"
     for now in (10.0, 10.5, 11.0, 11.9, 12.0):
-        n.tick(now, "s")
+        n.tick(now, lambda: "s")
     assert received(sock) == ["WATCHDOG=1"] * 3
     assert n.next_due(12.2) == pytest.approx(0.8)
 

@@ -9,7 +9,7 @@ from sockpool.pool import Worker, assign, describe_status
 
 
 def worker(pid: int, capacity: int, in_flight: int = 0, **kw: object) -> Worker:
-    return Worker(pid, 1, socket.socket(), capacity=capacity, in_flight=in_flight, **kw)
+    return Worker(pid, 1, socket.socket(), socket.socket(), capacity, in_flight, **kw)
 
 
 def pending(n: int) -> deque:

@@ -66,10 +66,8 @@ def test_unknown_messages_to_a_worker(data: bytes) -> None:
 
 def test_worker_messages_round_trip() -> None:
     assert wire.decode_to_dispatcher(wire.encode_ready(100)) == wire.Ready(100)
-    assert wire.decode_to_dispatcher(wire.encode_progress([1, 2], [3])) == wire.Progress(
-        (1, 2), (3,)
-    )
-    assert wire.decode_to_dispatcher(wire.encode_progress([], [])) == wire.Progress((), ())
+    assert wire.decode_to_dispatcher(wire.encode_done([1, 2, 3])) == wire.Done((1, 2, 3))
+    assert wire.decode_to_dispatcher(wire.encode_done([])) == wire.Done(())
     assert wire.decode_to_dispatcher(wire.encode_failed("no module")) == wire.Failed("no module")
     assert wire.decode_to_dispatcher(wire.encode_beat(12.5)) == wire.Beat(12.5)
 
@@ -81,8 +79,9 @@ def test_worker_messages_round_trip() -> None:
         b"Q",
         b"R\x00\x00",  # short
         b"R\x00\x00\x00\x00",  # capacity 0
-        wire.encode_progress([1, 2], [3])[:-1],  # ids cut short
-        b"P\x00\x05\x00\x00",  # claims five acks, has none
+        wire.encode_done([1, 2, 3])[:-1],  # ids cut short
+        b"D\x00\x05",  # claims five ids, has none
+        wire.encode_done([1]) + b"x",  # stray byte
         wire.encode_beat(1.0)[:5],
     ],
 )
