@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import resource
 import sys
 from typing import Any, NoReturn
 
@@ -14,6 +15,29 @@ from .importing import HandlerError, load_handler
 from .listeners import Listener, bind, from_activation, parse_address
 
 _journal_logging = False
+
+
+# Resilience flags, each the TOML key of the same name; 0 turns a limit off.
+_LIMITS = [
+    (
+        "timeout",
+        "SECONDS",
+        "a worker holding a connection longer is hung: its stacks go to "
+        "the journal, it is killed and replaced; async workers cancel the connection (default 0)",
+    ),
+    (
+        "idle_timeout",
+        "SECONDS",
+        "built-in handlers close a connection idle this long; sync "
+        "handlers get it as their socket timeout (default 60)",
+    ),
+    ("max_requests", "N", "recycle a worker after N connections (default 0)"),
+    ("max_requests_jitter", "N", "plus up to N more, per worker (default a tenth of N)"),
+    ("max_memory", "MIB", "recycle a worker above this resident memory (default 0)"),
+    ("max_connections", "N", "refuse connections beyond N in flight (default 0)"),
+    ("max_connections_per_source", "N", "refuse beyond N in flight from one IP (default 0)"),
+    ("overload_reply", "LINE", "send this line to a refused connection first"),
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +75,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--capacity", metavar="N", help="connections per worker for async handlers (default 100)"
     )
+    for key, metavar, text in _LIMITS:
+        p.add_argument(config.flag_name(key), dest=key, metavar=metavar, help=text)
     p.add_argument("--name", help="SYSLOG_IDENTIFIER in the journal (default sockpool)")
     p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
     p.add_argument(
@@ -107,7 +133,17 @@ def _main(argv: list[str] | None) -> int:
     from .dispatcher import Dispatcher
     from .notify import Notifier
 
+    _raise_descriptor_limit()
+
     return Dispatcher(listeners, cfg, reload, Notifier()).run()
+
+
+def _raise_descriptor_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard one, as systemd advises for programs that do not
+    use select(): the default soft 1024 would cap an async pool's connections early."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _listeners(cfg: config.Config) -> list[Listener]:

@@ -41,6 +41,15 @@ class Config:
     listen: tuple[str, ...] = ()
     log_level: str = "info"
     listeners: Mapping[str, ListenerConfig] = field(default_factory=dict)
+    # Resilience; 0 turns a limit off.
+    timeout: float = 0.0  # per connection: a worker holding one longer is hung
+    idle_timeout: float = 60.0  # built-in handlers, and sync handlers' socket timeout
+    max_requests: int = 0  # recycle a worker after this many connections...
+    max_requests_jitter: int | None = None  # ...plus up to this many (default a tenth)
+    max_memory: int = 0  # MiB resident: recycle a worker above it
+    max_connections: int = 0  # in flight at once; more are refused, not queued
+    max_connections_per_source: int = 0  # in flight from one IP address
+    overload_reply: str = ""  # one line sent to a refused connection before it is closed
     path: str | None = None
 
     def handler_for(self, listener: str) -> str | None:
@@ -59,6 +68,18 @@ def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ValueError(f"expected a number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+    return value
+
+
+def _reply(value: Any) -> str:
+    if not isinstance(value, str) or "\n" in value.rstrip("\n") or len(value) > 1024:
+        raise ValueError("expected one line of at most 1024 characters")
+    return value
 
 
 def _handler(value: Any) -> str:
@@ -117,6 +138,14 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "listen": (list, _addresses),
     "log_level": (str, _log_level),
     "listeners": (dict, _listeners),
+    "timeout": (float, _non_negative_number),
+    "idle_timeout": (float, _non_negative_number),
+    "max_requests": (int, _count),
+    "max_requests_jitter": (int, _count),
+    "max_memory": (int, _count),
+    "max_connections": (int, _count),
+    "max_connections_per_source": (int, _count),
+    "overload_reply": (str, _reply),
 }
 
 

@@ -19,17 +19,20 @@ class ConnectionInfo:
     peer_pid: int | None = None  # AF_UNIX only: SO_PEERCRED, as of connect()
     peer_uid: int | None = None
     peer_gid: int | None = None
+    idle_timeout: float | None = None  # seconds a built-in handler waits for the peer
 
 
-def describe(sock: socket.socket, conn_id: int, listener: str, peer: str) -> ConnectionInfo:
-    if sock.family != socket.AF_UNIX:
-        return ConnectionInfo(conn_id, listener, peer)
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-    except OSError:
-        return ConnectionInfo(conn_id, listener, peer)
-    pid, uid, gid = _PEERCRED.unpack(creds)
-    return ConnectionInfo(conn_id, listener, peer, pid, uid, gid)
+def describe(
+    sock: socket.socket, conn_id: int, listener: str, peer: str, idle_timeout: float | None
+) -> ConnectionInfo:
+    creds: tuple[int | None, ...] = (None, None, None)
+    if sock.family == socket.AF_UNIX:
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+            creds = _PEERCRED.unpack(raw)
+        except OSError:
+            pass
+    return ConnectionInfo(conn_id, listener, peer, *creds, idle_timeout=idle_timeout)
 
 
 def current_connection() -> ConnectionInfo | None:

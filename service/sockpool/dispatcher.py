@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import random
 import select
 import signal
 import socket
@@ -17,8 +18,9 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from . import channel, log, wire
+from . import channel, health, log, wire
 from . import worker as worker_mod
+from .admission import Admission
 from .config import Config
 from .errors import ExitCode, Fatal
 from .events import Event
@@ -28,7 +30,10 @@ from .pool import Generation, Pending, Worker, assign, describe_status
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
-OVERLOAD_LOG_INTERVAL = 60.0
+BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
+REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
+DUMP_GRACE = 0.5  # seconds a hung worker gets to write its stacks before SIGKILL
+MEMORY_CHECK_INTERVAL = 1.0
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -54,13 +59,18 @@ class Dispatcher:
         self.respawns: list[tuple[float, Generation]] = []
         self.next_id = 0
         self.served = 0
-        self.refused = 0
         self.announced_ready = False
         self.stopping = False
         self.stop_deadline = 0.0
         self.reload_again = False
         self.accept_paused_until = 0.0
-        self.next_overload_log = 0.0
+        self.next_busy_log = 0.0
+        self.next_refused_log = 0.0
+        self.accept_errors = 0
+        self.next_accept_error_log = 0.0
+        self.next_memory_check = 0.0
+        self.admission = Admission(config)
+        self.oom_baseline = health.oom_kills()
         self.housekeeping_due = 0.0
         self.epoll = select.epoll()
         self.callbacks: dict[int, Callable[[], None]] = {}
@@ -112,10 +122,13 @@ class Dispatcher:
         rest waits in the kernel's backlog, nothing queues up in here)."""
         if not self._can_accept(now):
             return
-        budget = self._free_capacity() - len(self.pending)
+        busy = self._busy() + len(self.pending)
+        room = self._free_capacity() - len(self.pending)  # what the workers can take
+        allowed = self.admission.room(busy)  # what the limits allow; past it, refuse
         for listener in list(self.backlogged):
-            take = min(budget, ACCEPT_BATCH)
-            while take > 0:
+            for _ in range(ACCEPT_BATCH):
+                if room <= 0 and allowed > 0:
+                    break  # back-pressure: let it wait in the backlog
                 try:
                     fd, addr = listener.sock._accept()  # (fd, addr): no socket object to build
                 except BlockingIOError:
@@ -129,11 +142,14 @@ class Dispatcher:
                     self._pause_accepting(now, exc)
                     return
                 self.next_id += 1
+                if allowed <= 0 or not self.admission.admit(self.next_id, addr):
+                    self.admission.refuse(fd)
+                    continue
                 self.pending.append((self.next_id, fd, listener.name, listener.format_peer(addr)))
-                take -= 1
-                budget -= 1
-        if budget <= 0 and self.backlogged and self._busy():
-            self._log_overload(now)
+                room -= 1
+                allowed -= 1
+        if room <= 0 and self.backlogged and self._busy():
+            self._log_busy(now)
 
     def _can_accept(self, now: float) -> bool:
         return bool(self.backlogged) and not self.stopping and now >= self.accept_paused_until
@@ -160,8 +176,8 @@ class Dispatcher:
             return
         channel.close_all(fds)  # the message in the worker's queue holds them now
         now = time.monotonic()
-        for item in items:
-            target.handed[item[0]] = now
+        for cid, _, name, peer in items:
+            target.handed[cid] = (now, name, peer)
 
     def _free_capacity(self) -> int:
         return sum(w.free for w in self.workers.values() if w.generation == self.active.number)
@@ -193,17 +209,25 @@ class Dispatcher:
             log.log.error("bad message from worker %d: %s", w.pid, exc)
 
     def _handle(self, w: Worker, message: wire.ToDispatcher) -> None:
+        w.last_heard = time.monotonic()
         if isinstance(message, wire.Done):
             for conn_id in message.ids:
                 del w.handed[conn_id]
+            if self.admission.sources:
+                for conn_id in message.ids:
+                    self.admission.release(conn_id)
             w.in_flight -= len(message.ids)
             w.served += len(message.ids)
             self.served += len(message.ids)
+            if w.max_served and w.served >= w.max_served:
+                self._recycle(w, f"served {w.served} connections (max_requests)")
         elif isinstance(message, wire.Ready):
             w.capacity = message.capacity
             gen = self._generation_of(w)
             if gen:
                 gen.start_failures = 0
+                if gen.recycling:  # its replacement is ready: the old one may go now
+                    self._retire([gen.recycling.pop(0)])
             log.event(
                 Event.WORKER_STARTED,
                 "worker %d ready (capacity %d)",
@@ -215,8 +239,7 @@ class Dispatcher:
             self._check_generation_ready()
         elif isinstance(message, wire.Failed):
             w.failure = message.reason
-        elif isinstance(message, wire.Beat):
-            w.busy_since = message.busy_since
+        # wire.Beat: hearing from it at all is the point (last_heard)
 
     # -- workers: start, exit, replace ---------------------------------------------------
     def _generation(self, config: Config) -> Generation:
@@ -226,6 +249,8 @@ class Dispatcher:
             handlers={lst.name: h for lst in self.listeners if (h := config.handler_for(lst.name))},
             default_handler=config.handler,
             capacity=config.capacity,
+            idle_timeout=config.idle_timeout or None,
+            timeout=config.timeout or None,
         )
         return Generation(self.generations, config, spec)
 
@@ -234,20 +259,35 @@ class Dispatcher:
             self._spawn(gen)
 
     def _spawn(self, gen: Generation) -> None:
-        ours, theirs = channel.pair()
+        try:
+            ours, theirs = channel.pair()
+            stacks = health.new_stack_file(self.generations)
+        except OSError as exc:  # out of descriptors, say: try again, do not die
+            log.log.error("cannot start a worker: %s; trying again in 1s", exc.strerror)
+            self.respawns.append((time.monotonic() + 1.0, gen))
+            self._soon(self.respawns[-1][0])
+            return
         pid = os.fork()
         if pid == 0:  # the child: drop everything of the dispatcher's, then serve
             try:
                 ours.close()
                 self._close_in_child()
-                worker_mod.run(theirs, gen.spec)
+                worker_mod.run(theirs, gen.spec, stacks)
             finally:
                 os._exit(1)
         # We keep `theirs` open (never reading it while the worker lives): when the worker
         # dies, the handoffs it had not yet read stay queued there instead of being thrown
         # away with their descriptors, and we hand them to another worker.
         ours.setblocking(False)
-        w = Worker(pid, gen.number, ours, theirs)
+        w = Worker(pid, gen.number, ours, theirs, stacks=stacks, last_heard=time.monotonic())
+        cfg = gen.config
+        if cfg.max_requests:  # jitter, so a pool started together does not retire together
+            jitter = (
+                cfg.max_requests // 10
+                if cfg.max_requests_jitter is None
+                else cfg.max_requests_jitter
+            )
+            w.max_served = cfg.max_requests + random.randint(0, jitter)
         self.workers[pid] = w
         self._watch(ours, lambda: self._on_worker_message(w))
 
@@ -273,24 +313,35 @@ class Dispatcher:
         recovered = self._recover(w)
         for sock in (w.chan, w.inbox):
             sock.close()
-        lost = w.in_flight - len(recovered)
+        for conn_id in w.handed:  # still listed: they were in its hands and are gone
+            self.admission.release(conn_id)
+        lost = len(w.handed)
         self.pending.extendleft(reversed(recovered))
         how = describe_status(status)
-        clean = w.retiring and os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+        oom_now = None if w.killed_for else health.oom_kills()
+        reason = health.exit_reason(status, w.killed_for, self.oom_baseline, oom_now)
+        if reason == "oom":
+            self.oom_baseline, how = oom_now, how + " (the kernel's OOM killer)"
+        stacks = health.read_stacks(w.stacks) if reason == "crashed" else ""
+        os.close(w.stacks)
         log.event(
             Event.WORKER_EXITED,
-            "worker %d %s%s",
+            "worker %d %s%s%s",
             w.pid,
             how,
             f"; {lost} connections in its hands were cut" if lost else "",
-            level=logging.INFO if clean else logging.WARNING,
+            f"\n{stacks}" if stacks else "",
+            level=logging.INFO if reason in ("retired", "recycled") else logging.WARNING,
             WORKER_PID=w.pid,
             GENERATION=w.generation,
             EXIT_STATUS=how,
+            EXIT_REASON=reason,
             CONNECTIONS_LOST=lost,
         )
         gen = self._generation_of(w)
-        if gen is None or w.retiring or self.stopping:
+        if gen is not None and w in gen.recycling:
+            gen.recycling.remove(w)
+        if gen is None or w.retiring or w.recycling or self.stopping:
             return
         delay = 0.0
         if not w.ready:
@@ -352,6 +403,7 @@ class Dispatcher:
         if gen is self.incoming:
             old = [w for w in self.workers.values() if w.generation == self.active.number]
             self.active, self.incoming = gen, None
+            self.admission.update(gen.config)
             self.respawns = [(at, g) for at, g in self.respawns if g is gen]
             self._retire(old)
             log.event(
@@ -374,6 +426,7 @@ class Dispatcher:
         """Ask workers to finish what they hold and exit (or kill them outright)."""
         for w in workers:
             w.retiring = True
+            w.killed_for = w.killed_for or "retired"
             try:
                 if kill:
                     raise OSError
@@ -478,8 +531,12 @@ class Dispatcher:
                 log.log.warning("graceful timeout: killing %d workers", len(self.workers))
                 self._retire(list(self.workers.values()), kill=True)
                 self.stop_deadline = float("inf")
+        self._check_workers(now)
+        self._log_refused(now)
         self.notifier.tick(now, self.status)
         due = [now + self.notifier.next_due(now), *(at for at, _ in self.respawns)]
+        if self.active.config.timeout:
+            due.append(now + min(1.0, self.active.config.timeout / 4))
         if self.stopping:
             due.append(min(self.stop_deadline, now + 0.1))  # retire as soon as all is handed
         if self.backlogged and self.accept_paused_until > now:
@@ -495,7 +552,7 @@ class Dispatcher:
         ready = sum(1 for w in self.workers.values() if w.generation == gen.number and w.ready)
         text = (
             f"workers {ready}/{gen.config.workers}, busy {self._busy()}, "
-            f"served {self.served}, refused {self.refused}"
+            f"served {self.served}, refused {self.admission.refused}"
         )
         if self.incoming:
             text += ", reloading"
@@ -503,9 +560,9 @@ class Dispatcher:
             text += ", stopping"
         return text
 
-    def _log_overload(self, now: float) -> None:
-        if now >= self.next_overload_log:
-            self.next_overload_log = now + OVERLOAD_LOG_INTERVAL
+    def _log_busy(self, now: float) -> None:
+        if now >= self.next_busy_log:
+            self.next_busy_log = now + BUSY_LOG_INTERVAL
             log.event(
                 Event.OVERLOAD,
                 "all %d workers busy: new connections wait in the kernel "
@@ -514,16 +571,116 @@ class Dispatcher:
                 level=logging.WARNING,
             )
 
+    def _log_refused(self, now: float) -> None:
+        refused = self.admission.refused_since_log
+        if refused and now >= self.next_refused_log:
+            self.next_refused_log = now + REFUSED_LOG_INTERVAL
+            self.admission.refused_since_log = 0
+            cfg = self.active.config
+            log.event(
+                Event.OVERLOAD,
+                "refused %d connections over the limits (max_connections=%d, "
+                "max_connections_per_source=%d; logged at most every %gs)",
+                refused,
+                cfg.max_connections,
+                cfg.max_connections_per_source,
+                REFUSED_LOG_INTERVAL,
+                level=logging.WARNING,
+                REFUSED=refused,
+            )
+
     def _pause_accepting(self, now: float, exc: OSError) -> None:
+        """Out of descriptors or memory: retrying at once would spin, so pause; log the
+        first failure and then a count at most every REFUSED_LOG_INTERVAL."""
         self.accept_paused_until = now + ACCEPT_PAUSE
         self._soon(self.accept_paused_until)
+        self.accept_errors += 1
+        if now >= self.next_accept_error_log:
+            self.next_accept_error_log = now + REFUSED_LOG_INTERVAL
+            log.event(
+                Event.ACCEPT_ERROR,
+                "accept failed %d times: %s; retrying every %gs (logged at most every %gs)",
+                self.accept_errors,
+                exc.strerror,
+                ACCEPT_PAUSE,
+                REFUSED_LOG_INTERVAL,
+                level=logging.WARNING,
+            )
+            self.accept_errors = 0
+
+    # -- worker health: hangs, memory, recycling -----------------------------------------
+    def _check_workers(self, now: float) -> None:
+        timeout = self.active.config.timeout
+        max_memory = self.active.config.max_memory
+        check_memory = max_memory and now >= self.next_memory_check
+        if check_memory:
+            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
+        for w in list(self.workers.values()):
+            if w.dump_asked:
+                if now - w.dump_asked >= DUMP_GRACE:
+                    self._kill_hung(w, now)
+            elif timeout and w.handed and not w.killed_for:
+                oldest = next(iter(w.handed.values()))[0]
+                if now - max(w.last_heard, oldest) > timeout:
+                    self._ask_for_stacks(w, now)
+            if check_memory and not (w.recycling or w.retiring):
+                rss = health.rss_mib(w.pid)
+                if rss is not None and rss > max_memory:
+                    self._recycle(w, f"resident memory {rss:.0f} MiB over max_memory={max_memory}")
+
+    def _ask_for_stacks(self, w: Worker, now: float) -> None:
+        """A hung worker gets no more work and is asked for its stacks; SIGCONT in case
+        it was stopped, or the dump would wait for it."""
+        w.gone = True
+        w.dump_asked = now
+        health.clear_stacks(w.stacks)
+        for sig in (health.DUMP_SIGNAL, signal.SIGCONT):
+            os.kill(w.pid, sig)
+        self._soon(now + DUMP_GRACE)
+
+    def _kill_hung(self, w: Worker, now: float) -> None:
+        conn_id, (since, listener, peer) = next(iter(w.handed.items()), (0, (now, "", "")))
+        stacks = health.read_stacks(w.stacks) or "(no stacks: the worker did not answer)"
         log.event(
-            Event.ACCEPT_ERROR,
-            "accept failed: %s; pausing %gs",
-            exc.strerror,
-            ACCEPT_PAUSE,
-            level=logging.WARNING,
+            Event.WORKER_HUNG,
+            "worker %d hung: connection %d in its hands for %.1fs, over timeout=%gs; "
+            "killing it. Its stacks:\n%s",
+            w.pid,
+            conn_id,
+            now - since,
+            self.active.config.timeout,
+            stacks,
+            level=logging.ERROR,
+            WORKER_PID=w.pid,
+            GENERATION=w.generation,
+            CONN_ID=conn_id,
+            LISTENER=listener,
+            PEER=peer,
         )
+        w.dump_asked = 0.0
+        w.killed_for = "hung"
+        os.kill(w.pid, signal.SIGKILL)
+
+    def _recycle(self, w: Worker, why: str) -> None:
+        """Retire a worker gracefully, but only once its replacement is ready."""
+        if w.recycling or w.retiring:
+            return
+        w.recycling = True
+        w.killed_for = "recycled"
+        log.event(
+            Event.WORKER_RECYCLED,
+            "recycling worker %d: %s",
+            w.pid,
+            why,
+            WORKER_PID=w.pid,
+            GENERATION=w.generation,
+        )
+        gen = self._generation_of(w)
+        if gen is None or self.stopping:
+            self._retire([w])
+            return
+        gen.recycling.append(w)
+        self._spawn(gen)
 
     # -- descriptors ---------------------------------------------------------------------
     def _watch(self, sock: socket.socket, callback: Callable[[], None], edge: bool = False) -> None:
@@ -550,6 +707,7 @@ class Dispatcher:
         for w in self.workers.values():
             w.chan.close()
             w.inbox.close()
+            os.close(w.stacks)
         channel.close_all(self._held_fds())
 
     def _close(self) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from .connection import ConnectionInfo
+from .connection import ConnectionInfo, current_connection
 
 CHUNK = 65536
 MAX_HEAD = 16384
@@ -26,8 +26,19 @@ def echo(conn: socket.socket, info: ConnectionInfo) -> None:
         conn.sendall(data)
 
 
+def _idle_timeout() -> float | None:
+    """The configured idle_timeout (sync handlers get it as their socket timeout)."""
+    info = current_connection()
+    return info.idle_timeout if info else None
+
+
 async def echo_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    while data := await reader.read(CHUNK):
+    idle = _idle_timeout()
+    while True:
+        async with asyncio.timeout(idle):
+            data = await reader.read(CHUNK)
+        if not data:
+            return
         writer.write(data)
         await writer.drain()
 
@@ -87,11 +98,13 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
 
 
 async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    idle = _idle_timeout()
     while True:
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            response, keep, length = http_response(head[:-4])
-            await reader.readexactly(length)
+            async with asyncio.timeout(idle):
+                head = await reader.readuntil(b"\r\n\r\n")
+                response, keep, length = http_response(head[:-4])
+                await reader.readexactly(length)
         except asyncio.IncompleteReadError:
             return
         except (asyncio.LimitOverrunError, BadRequest):

@@ -5,6 +5,7 @@ A no-op outside systemd (no NOTIFY_SOCKET), so the same code runs under a termin
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Mapping
 
@@ -23,7 +24,10 @@ class Notifier:
         if self.enabled:
             from systemd import daemon
 
-            daemon.notify("\n".join(assignments))
+            # sd_notify opens a socket each time: out of descriptors, a STATUS= is skipped
+            # (and a missed WATCHDOG=1 is what the watchdog is for), never a crash.
+            with contextlib.suppress(OSError):
+                daemon.notify("\n".join(assignments))
 
     def ready(self, status: str) -> None:
         self._last_status = status

@@ -29,6 +29,7 @@ class Generation:
     spec: WorkerSpec
     start_failures: int = 0  # consecutive workers that died before READY
     last_failure: str = ""
+    recycling: list[Worker] = field(default_factory=list)  # to retire as replacements get ready
 
     @property
     def max_start_failures(self) -> int:
@@ -43,12 +44,18 @@ class Worker:
     inbox: socket.socket  # a copy of the worker's end: what it never read can be read back
     capacity: int = 0  # 0 until READY
     in_flight: int = 0  # sent and not reported done
-    handed: dict[int, float] = field(default_factory=dict)  # conn_id -> when it was sent
+    # conn_id -> (when sent, listener, peer), oldest first: for hang reports and limits
+    handed: dict[int, tuple[float, str, str]] = field(default_factory=dict)
     retiring: bool = False  # told to stop, or being killed: gets no more work
     gone: bool = False  # its channel closed: waiting to be reaped
     served: int = 0
     failure: str = ""  # what it said when it could not start
-    busy_since: float = 0.0  # from its heartbeat
+    stacks: int = -1  # memfd its faulthandler writes to
+    last_heard: float = 0.0  # monotonic time of its last message
+    max_served: int = 0  # recycle after this many connections (0: never)
+    recycling: bool = False  # a replacement is starting; retire once it is ready
+    killed_for: str = ""  # why we killed it: "hung"; "retired" once told to stop
+    dump_asked: float = 0.0  # when we asked for its stacks (hang), 0 if not
 
     @property
     def ready(self) -> bool:

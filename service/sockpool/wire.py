@@ -11,8 +11,7 @@ Worker -> dispatcher
     READY    b"R" capacity:u32           handler imported, can take `capacity` at once
     DONE     b"D" count:u16 ids:u64...   these connections are finished: capacity is free
     FAILED   b"F" reason (utf-8)         could not start; why, for the dispatcher's log
-    BEAT     b"B" busy_since:f64         heartbeat: 0.0 when idle, else the monotonic time
-                                         the oldest connection in hand started
+    BEAT     b"B"                        heartbeat: an async worker's loop still turns
 
 A worker takes a handoff by reading it: that dequeue is the acknowledgement. Until then the
 message, descriptors and all, sits in the worker's receive queue, which the dispatcher can
@@ -32,7 +31,6 @@ _ENTRY_HEAD = struct.Struct("!QB")
 _PEER_LEN = struct.Struct("!H")
 _READY = struct.Struct("!I")
 _DONE = struct.Struct("!H")
-_BEAT = struct.Struct("!d")
 
 
 class WireError(ValueError):
@@ -68,7 +66,7 @@ class Failed:
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    busy_since: float
+    pass
 
 
 ToWorker = list[Handoff] | Stop
@@ -147,8 +145,8 @@ def encode_failed(reason: str) -> bytes:
     return b"F" + reason.encode(errors="replace")[: MAX_MESSAGE - 1]
 
 
-def encode_beat(busy_since: float) -> bytes:
-    return b"B" + _BEAT.pack(busy_since)
+def encode_beat() -> bytes:
+    return b"B"
 
 
 def decode_to_dispatcher(data: bytes) -> ToDispatcher:
@@ -163,8 +161,8 @@ def decode_to_dispatcher(data: bytes) -> ToDispatcher:
             if capacity < 1:
                 raise WireError("READY with capacity 0")
             return Ready(capacity)
-        if kind == b"B":
-            return Beat(_BEAT.unpack(body)[0])
+        if kind == b"B" and not body:
+            return Beat()
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

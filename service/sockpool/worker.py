@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import Callable, Mapping
@@ -19,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from . import channel, log, notify, wire
+from . import channel, health, log, notify, wire
 from .connection import ConnectionInfo, describe, set_current
 from .events import Event
 from .importing import HandlerError, is_async, load_handler
@@ -36,17 +38,22 @@ class WorkerSpec:
     handlers: Mapping[str, str]  # listener name -> "module:callable"
     default_handler: str | None
     capacity: int  # for async handlers; sync handlers take one connection at a time
-    socket_timeout: float | None = None
+    idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
+    timeout: float | None = None  # async: cancel a connection older than this
 
 
 class _Stop(Exception):
     """Raised out of a blocking receive when SIGTERM arrives while idle."""
 
 
-def run(chan: socket.socket, spec: WorkerSpec) -> NoReturn:
+def run(chan: socket.socket, spec: WorkerSpec, stacks: int) -> NoReturn:
     """The forked child's whole life; never returns into the dispatcher's stack."""
     code = 0
     try:
+        # Stacks go to a memfd the dispatcher reads: on a crash by themselves, on a hang
+        # when the dispatcher sends DUMP_SIGNAL (health.py).
+        faulthandler.enable(file=stacks, all_threads=True)
+        faulthandler.register(health.DUMP_SIGNAL, file=stacks, all_threads=True)
         notify.forget_environment()
         log.set_process_fields(WORKER_PID=os.getpid(), GENERATION=spec.generation)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
@@ -88,6 +95,11 @@ class _Base:
         self.spec = spec
         self.stopping = False
 
+    def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
+        return describe(
+            sock, handoff.conn_id, handoff.listener, handoff.peer, self.spec.idle_timeout
+        )
+
     def handler_for(self, listener: str) -> Handler:
         return self.handlers.get(listener) or self.handlers[None]
 
@@ -120,7 +132,7 @@ class _Base:
         set_current(info)
         log.set_fields(CONN_ID=info.conn_id, LISTENER=info.listener, PEER=info.peer)
         try:
-            sock.settimeout(self.spec.socket_timeout)
+            sock.settimeout(self.spec.idle_timeout)  # a silent peer cannot pin the worker
             handler(sock, info)
         except (ConnectionError, TimeoutError) as exc:
             log.log.debug("connection ended: %s", exc)
@@ -162,10 +174,17 @@ class SyncWorker(_Base):
                 return
             idle = False
             for handoff, sock in batch:
-                info = describe(sock, handoff.conn_id, handoff.listener, handoff.peer)
+                info = self.describe(sock, handoff)
                 self.serve_sync(self.handler_for(handoff.listener), sock, info)
                 self.report_done([handoff.conn_id])
             idle = True
+
+
+def _capacity(wanted: int) -> int:
+    """No more connections than descriptors: past RLIMIT_NOFILE the kernel would drop
+    handed-over descriptors in transit (MSG_CTRUNC), and those connections with them."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1, min(wanted, soft - 64))
 
 
 class AsyncWorker(_Base):
@@ -184,13 +203,21 @@ class AsyncWorker(_Base):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-handler")
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         loop.add_reader(self.chan, self._on_channel)
-        channel.send(self.chan, wire.encode_ready(self.spec.capacity))
+        channel.send(self.chan, wire.encode_ready(_capacity(self.spec.capacity)))
+        if self.spec.timeout:
+            self._beat(min(1.0, self.spec.timeout / 4))
         await self.stopped
         loop.remove_reader(self.chan)
         while self.tasks:
             await asyncio.wait(set(self.tasks))
         self._flush()
         self.executor.shutdown()
+
+    def _beat(self, interval: float) -> None:
+        """Tell the dispatcher this loop still turns; a blocked loop falls silent, and
+        after `timeout` of silence with connections in hand the dispatcher calls it hung."""
+        channel.send(self.chan, wire.encode_beat())
+        asyncio.get_running_loop().call_later(interval, self._beat, interval)
 
     def _stop(self) -> None:
         self.stopping = True
@@ -213,7 +240,7 @@ class AsyncWorker(_Base):
                 task.add_done_callback(self.tasks.discard)
 
     async def _serve(self, handoff: wire.Handoff, sock: socket.socket) -> None:
-        info = describe(sock, handoff.conn_id, handoff.listener, handoff.peer)
+        info = self.describe(sock, handoff)
         handler = self.handler_for(handoff.listener)
         try:
             if is_async(handler):
@@ -231,11 +258,16 @@ class AsyncWorker(_Base):
         set_current(info)  # this task's own context: the handler and its logging see it
         log.set_fields(CONN_ID=info.conn_id, LISTENER=info.listener, PEER=info.peer)
         writer = None
+        limit = asyncio.timeout(self.spec.timeout or None)
         try:
-            reader, writer = await asyncio.open_connection(sock=sock)
-            await handler(reader, writer)
+            async with limit:
+                reader, writer = await asyncio.open_connection(sock=sock)
+                await handler(reader, writer)
         except (ConnectionError, TimeoutError) as exc:
-            log.log.debug("connection ended: %s", exc)
+            if limit.expired():
+                log.log.warning("connection cancelled at its time limit of %gs", self.spec.timeout)
+            else:
+                log.log.debug("connection ended: %s", exc)
         except Exception:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:

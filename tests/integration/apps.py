@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 
@@ -71,3 +72,25 @@ def boom(conn: socket.socket, info: ConnectionInfo) -> None:
 
 
 not_callable = 42
+
+
+def hang(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Never answers: a handler stuck in a loop that waits for nothing."""
+    conn.sendall(b"+")
+    while True:
+        time.sleep(0.05)
+
+
+def crash(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Dies the way a broken C extension does."""
+    _line(conn)
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def slow_reader(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Reads 64 KiB every 10 ms and answers with the byte count."""
+    total = 0
+    while chunk := conn.recv(65536):
+        total += len(chunk)
+        time.sleep(0.01)
+    conn.sendall(f"{total}\n".encode())

@@ -168,3 +168,9 @@ def test_a_datagram_socket_is_refused(serve) -> None:
     service = serve([ECHO], listen=[f"127.0.0.1:{free_port()}"], wait_ready=False, datagram=True)
     assert service.wait() == 69
     assert "is not a stream socket" in error_line(service.output())
+
+
+def test_listen_fds_claiming_too_many(serve) -> None:
+    code, line = activated_error(serve, ["env", "LISTEN_FDS=100000"])
+    assert code == 65
+    assert "LISTEN_FDS='100000' is not a count from 1 to 1024" in line

@@ -1,0 +1,72 @@
+"""Overload limits: connections in flight at once, and from one source address.
+
+xinetd's `instances` and `per_source`, for a pool: systemd's MaxConnections= and
+MaxConnectionsPerSource= only apply to Accept=yes sockets. Over a limit a connection is
+refused at once (after an optional one-line reply) instead of waiting in the backlog.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections import Counter
+
+from .config import Config
+
+
+class Admission:
+    def __init__(self, config: Config) -> None:
+        self.max_total = config.max_connections
+        self.max_per_source = config.max_connections_per_source
+        self.reply = (
+            config.overload_reply.rstrip("\n").encode() + b"\n" if config.overload_reply else b""
+        )
+        self.per_source: Counter[str] = Counter()
+        self.sources: dict[int, str] = {}  # conn_id -> source, only while per-source is on
+        self.refused = 0
+        self.refused_since_log = 0
+
+    def room(self, busy: int) -> int:
+        """How many more connections may be in flight (a large number when unlimited)."""
+        return self.max_total - busy if self.max_total else 1 << 30
+
+    def shedding(self, busy: int) -> bool:
+        """At the global limit: accept only to refuse, rather than leave clients queued."""
+        return bool(self.max_total) and busy >= self.max_total
+
+    def admit(self, conn_id: int, addr: object) -> bool:
+        if not self.max_per_source or not isinstance(addr, tuple):
+            return True  # AF_UNIX peers have no source address
+        source = addr[0]
+        if self.per_source[source] >= self.max_per_source:
+            return False
+        self.per_source[source] += 1
+        self.sources[conn_id] = source
+        return True
+
+    def release(self, conn_id: int) -> None:
+        source = self.sources.pop(conn_id, None)
+        if source is not None:
+            self.per_source[source] -= 1
+            if not self.per_source[source]:
+                del self.per_source[source]
+
+    def refuse(self, fd: int) -> None:
+        """Say why (if configured) without waiting on the peer, then close."""
+        self.refused += 1
+        self.refused_since_log += 1
+        sock = socket.socket(fileno=fd)
+        with contextlib.suppress(OSError):
+            if self.reply:
+                sock.send(self.reply, socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL)
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()
+
+    def update(self, config: Config) -> None:
+        """A reload may change the limits; counts in flight carry over."""
+        fresh = Admission(config)
+        self.max_total, self.max_per_source, self.reply = (
+            fresh.max_total,
+            fresh.max_per_source,
+            fresh.reply,
+        )

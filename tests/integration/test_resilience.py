@@ -1,0 +1,215 @@
+"""Timeouts, recycling, overload and hostile peers: sockpool keeps serving everyone else."""
+
+from __future__ import annotations
+
+import os
+import resource
+import socket
+import struct
+import subprocess
+import time
+
+from harness import Load, connect, free_port, request, wait_until
+
+ECHO = "sockpool.handlers:echo"
+
+
+def tcp() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_hung_handler_dumps_its_stack_and_is_replaced(serve) -> None:
+    config = ["--workers=2", "--timeout=1", "apps:hang"]
+    service = serve(config, listen=[tcp()])
+    stuck = connect(service.address)
+    assert stuck.recv(1) == b"+"
+    before = set(service.workers())
+    wait_until(lambda: "hung: connection" in service.output(), "the hang report", timeout=10)
+    log = service.output()
+    assert "over timeout=1s; killing it" in log
+    assert 'File "' in log and "in hang" in log  # faulthandler's stack of the handler
+    report = next(ln for ln in log.splitlines() if "hung: connection" in ln)
+    assert "CONN_ID=" in report and "PEER=127.0.0.1:" in report
+    assert stuck.recv(10) == b""  # the stuck connection is cut, nothing else
+    wait_until(
+        lambda: len(service.workers()) == 2 and set(service.workers()) != before,
+        "a replacement worker",
+    )
+
+
+def test_stopped_worker_past_its_limit_is_treated_as_hung(serve) -> None:
+    service = serve(["--workers=1", "--timeout=1", "apps:slow_echo"], listen=[tcp()])
+    [worker] = service.workers()
+    client = connect(service.address)
+    assert client.recv(1) == b"+"
+    os.kill(worker, 19)  # SIGSTOP: it cannot answer anything
+    wait_until(lambda: "hung: connection" in service.output(), "the hang report", timeout=10)
+    assert "in slow_echo" in service.output()  # SIGCONT let it dump its stack
+    wait_until(lambda: service.workers() and service.workers() != [worker], "a replacement")
+    assert request(service.address, b"after\n") == b"+after\n"
+
+
+def test_crash_is_reported_with_its_stack(serve) -> None:
+    service = serve(["--workers=1", "apps:crash"], listen=[tcp()])
+    assert request(service.address, b"go\n") == b""
+    wait_until(lambda: "SIGSEGV" in service.output(), "the crash report")
+    log = service.output()
+    assert "killed by signal SIGSEGV" in log and "1 connections in its hands were cut" in log
+    assert "Fatal Python error: Segmentation fault" in log and "in crash" in log
+    wait_until(lambda: len(service.workers()) == 1, "a replacement")
+
+
+def test_async_connection_over_its_limit_is_cancelled_not_the_worker(serve) -> None:
+    service = serve(["--workers=1", "--timeout=0.5", "apps:async_slow_echo"], listen=[tcp()])
+    [worker] = service.workers()
+    client = connect(service.address)
+    assert client.recv(1) == b"+"
+    client.sendall(b"slow\n")  # answered after 1 s: over the limit
+    assert client.recv(10) == b""
+    assert "connection cancelled at its time limit of 0.5s" in service.output()
+    time.sleep(1.5)  # heartbeats keep the busy-but-alive loop from looking hung
+    assert service.workers() == [worker]
+    assert "hung" not in service.output()
+
+
+def test_recycling_after_max_requests_loses_nothing(serve) -> None:
+    args = ["--workers=2", "--max-requests=50", "--max-requests-jitter=10", ECHO]
+    service = serve(args, listen=[tcp()])
+    first = set(service.workers())
+    with Load(service.address, clients=4, limit=150) as load:
+        load.join()
+    assert load.ok == 600 and load.reset == load.refused == load.wrong == 0, load.summary()
+    assert service.output().count("recycling worker") >= 6
+    assert "(max_requests)" in service.output()
+    wait_until(lambda: len(service.workers()) == 2, "the pool back at two workers")
+    assert not first & set(service.workers())
+
+
+def test_recycling_above_max_memory(serve) -> None:
+    service = serve(["--workers=1", "--max-memory=1", ECHO], listen=[tcp()])
+    [worker] = service.workers()
+    wait_until(lambda: "over max_memory=1" in service.output(), "a memory recycle", timeout=5)
+    wait_until(lambda: service.workers() and worker not in service.workers(), "the old one gone")
+    assert request(service.address, b"still") == b"still"
+
+
+def test_idle_peer_cannot_pin_a_sync_worker(serve) -> None:
+    service = serve(["--workers=1", "--idle-timeout=0.5", ECHO], listen=[tcp()])
+    silent = connect(service.address)
+    started = time.monotonic()
+    assert silent.recv(10) == b""  # closed by the server, not the test's timeout
+    assert 0.3 < time.monotonic() - started < 5
+    assert request(service.address, b"next") == b"next"
+
+
+def test_idle_timeout_in_async_built_in_handler(serve) -> None:
+    service = serve(
+        ["--workers=1", "--idle-timeout=0.5", "sockpool.handlers:echo_async"], listen=[tcp()]
+    )
+    silent = connect(service.address)
+    assert silent.recv(10) == b""
+
+
+def test_max_connections_refuses_with_a_reply_and_counts(serve) -> None:
+    args = [
+        "--workers=1",
+        "--capacity=10",
+        "--max-connections=2",
+        "--overload-reply=busy",
+        "apps:async_slow_echo",
+    ]
+    service = serve(args, listen=[tcp()])
+    held = [connect(service.address) for _ in range(2)]
+    assert [c.recv(1) for c in held] == [b"+", b"+"]
+    extra = connect(service.address)
+    assert extra.recv(100) == b"busy\n"
+    assert extra.recv(100) == b""
+    for c in held:
+        c.sendall(b"x\n")
+        assert c.recv(10) == b"x\n"
+    wait_until(lambda: "refused 1 connections over the limits" in service.output(), "the log")
+    wait_until(lambda: any("refused 1" in s for s in service.statuses()), "STATUS refused 1")
+
+
+def test_max_connections_per_source(serve) -> None:
+    args = [
+        "--workers=1",
+        "--capacity=10",
+        "--max-connections-per-source=1",
+        "apps:async_slow_echo",
+    ]
+    service = serve(args, listen=[tcp()])
+    # The connection that activated the service is from this source too: let it finish.
+    wait_until(lambda: any("served 1," in s for s in service.statuses()), "the first one done")
+    first = connect(service.address)
+    assert first.recv(1) == b"+"
+    again = connect(service.address)
+    assert again.recv(10) == b""  # the same source, refused
+    other = socket.socket()
+    other.bind(("127.0.0.2", 0))  # another source is welcome
+    other.settimeout(10)
+    other.connect(service.address)
+    assert other.recv(1) == b"+"
+
+
+def test_descriptor_exhaustion_backs_off_and_recovers(serve) -> None:
+    service = serve(["--workers=1", ECHO], listen=[tcp()])
+    pid = service.pid
+    limit = service.fd_count()
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # lowering the soft limit only
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}"], check=True)
+    client = connect(service.address)  # queued in the kernel; accept() fails with EMFILE
+    client.sendall(b"waiting")
+    client.shutdown(socket.SHUT_WR)
+    cpu = cpu_seconds(pid)
+    time.sleep(2)
+    assert cpu_seconds(pid) - cpu < 0.5, "the dispatcher spins on EMFILE"
+    log = service.output()
+    assert log.count("accept failed") == 1 and "Too many open files" in log
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=True)
+    assert client.recv(100) == b"waiting"  # served once descriptors are there again
+
+
+def test_peers_that_connect_and_reset_at_once(serve) -> None:
+    service = serve(["--workers=2", ECHO], listen=[tcp()])
+    workers = service.workers()
+    fds = service.fd_count()
+    linger = struct.pack("ii", 1, 0)  # close() sends RST
+    with Load(service.address, clients=2, seconds=30, limit=200) as load:
+        for _ in range(3000):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            s.connect(service.address)
+            s.close()
+        load.join()
+    assert load.ok == 400 and load.reset == load.wrong == load.refused == 0, load.summary()
+    assert service.workers() == workers
+    wait_until(lambda: service.fd_count() == fds, "the dispatcher's descriptors to settle")
+    assert "Traceback" not in service.output()
+
+
+def test_64_mib_to_a_slow_reader_harms_no_one_else(serve) -> None:
+    service = serve(["--workers=2", "apps:slow_reader"], listen=[tcp()])
+    rss = rss_kib(service.pid)
+    big = connect(service.address, timeout=60)
+    big.sendall(b"x" * (4 << 20))  # the rest goes in below, while others are served
+    with Load(service.address, clients=1, limit=20) as load:
+        load.join()
+    assert load.ok == 20 or load.wrong == 20  # slow_reader answers a count, not an echo
+    for _ in range(15):
+        big.sendall(b"x" * (4 << 20))
+    big.shutdown(socket.SHUT_WR)
+    assert big.recv(100) == f"{64 << 20}\n".encode()
+    assert rss_kib(service.pid) < rss + 2048  # the dispatcher never buffers peers' data
