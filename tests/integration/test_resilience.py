@@ -24,6 +24,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def activated_and_settled(service) -> None:
+    """The connection that activated the service counts against the limits until done."""
+    wait_until(lambda: any("served 1," in s for s in service.statuses()), "the first one done")
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -132,6 +137,7 @@ def test_max_connections_refuses_with_a_reply_and_counts(serve) -> None:
         "apps:async_slow_echo",
     ]
     service = serve(args, listen=[tcp()])
+    activated_and_settled(service)
     held = [connect(service.address) for _ in range(2)]
     assert [c.recv(1) for c in held] == [b"+", b"+"]
     extra = connect(service.address)
@@ -152,8 +158,7 @@ def test_max_connections_per_source(serve) -> None:
         "apps:async_slow_echo",
     ]
     service = serve(args, listen=[tcp()])
-    # The connection that activated the service is from this source too: let it finish.
-    wait_until(lambda: any("served 1," in s for s in service.statuses()), "the first one done")
+    activated_and_settled(service)
     first = connect(service.address)
     assert first.recv(1) == b"+"
     again = connect(service.address)
