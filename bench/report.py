@@ -18,6 +18,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 TITLES = {
     "newconn-echo": "New connection per request, echo (bench.loadgen)",
     "newconn-http": "New connection per request, HTTP `Connection: close` (bench.loadgen)",
+    "newconn-http-wrk": "New connection per request, HTTP `Connection: close` (wrk)",
     "keepalive": "Keep-alive HTTP requests (wrk, one connection per worker)",
     "mixed": "Mixed load: one request in ten takes 50 ms (bench.loadgen, echo)",
     "coldstart": "Cold start: first connect on an idle activated socket to its answer",
@@ -170,7 +171,7 @@ def memory_table(rows: dict[str, list[Row]], workers: int) -> list[str]:
 
 def cpu_table(rows: dict[str, list[Row]]) -> list[str]:
     lines = []
-    for scenario in ("newconn-echo", "newconn-http"):
+    for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk"):
         for row in rows.get(scenario, []):
             if not row.med.get("dispatcher") or not row.rounds:
                 continue
@@ -237,6 +238,12 @@ def targets(rows: dict[str, list[Row]]) -> list[Target]:
     throughput(
         "new conn/request, HTTP: sockpool ≥ 0.95x shared-accept pool",
         "newconn-http",
+        "prefork",
+        0.95,
+    )
+    throughput(
+        "new conn/request, HTTP (wrk client): sockpool ≥ 0.95x shared-accept pool",
+        "newconn-http-wrk",
         "prefork",
         0.95,
     )
@@ -354,9 +361,11 @@ def markdown(result: dict[str, Any]) -> str:
         "in a rotating order; figures are medians over the rounds.",
         f"- Client load: `bench.loadgen`, {cfg['procs']} processes x {cfg['concurrency']} "
         f"connections in flight ({load}), a new connection per request, every answer checked; "
-        f"keep-alive: `wrk -t{min(cfg['procs'], cfg['workers'])} -c{cfg['workers']}`. "
+        f"keep-alive: `wrk -t{min(cfg['procs'], cfg['workers'])} -c{cfg['workers']}`; "
+        f"new HTTP connections also with `wrk -c{load} -H 'Connection: close'`. "
         "Client and servers share the same cores: the client's CPU is part of every figure, "
-        "so throughput ratios understate differences in server cost.",
+        "so throughput ratios understate differences in server cost. bench.loadgen's "
+        "latencies include the connect; wrk's start at the request.",
         "",
         "## Targets",
         "",
@@ -365,7 +374,7 @@ def markdown(result: dict[str, Any]) -> str:
         ["target", "measured", "met"],
         [[t.text, t.measured, t.verdict] for t in targets(rows)],
     )
-    for scenario in ("newconn-echo", "newconn-http", "keepalive", "mixed"):
+    for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk", "keepalive", "mixed"):
         if scenario in rows:
             md += ["", f"## {TITLES[scenario]}", "", *load_table(rows, scenario)]
     if any(s in rows for s in ("newconn-echo", "newconn-http")):
@@ -409,6 +418,13 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     panels: list[tuple[str, str, str, Callable[[Row], float | None], bool]] = [
         ("newconn-echo", "new conn/request, echo", "conns/s", lambda r: r.get("rps"), True),
         ("newconn-http", "new conn/request, HTTP", "conns/s", lambda r: r.get("rps"), True),
+        (
+            "newconn-http-wrk",
+            "new conn/request, HTTP (wrk)",
+            "req/s",
+            lambda r: r.get("rps"),
+            False,
+        ),
         ("keepalive", "keep-alive HTTP", "req/s", lambda r: r.get("rps"), False),
         (
             "mixed",
@@ -512,7 +528,7 @@ def readme_section(result: dict[str, Any]) -> str:
             [[t.text, t.measured, t.verdict] for t in targets(rows)],
         ),
     ]
-    for scenario in ("newconn-echo", "newconn-http"):
+    for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk"):
         if scenario in rows:
             md += ["", f"### {TITLES[scenario]}", "", *load_table(rows, scenario)]
     md += [

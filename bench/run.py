@@ -131,7 +131,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
         if scenario == "memory":
             specs = [s for s in specs if s.server != "forking"]
             specs.append(Spec("gunicorn", "gunicorn sync (HTTP)", gunicorn_argv(cfg)))
-    elif scenario == "newconn-http":
+    elif scenario in ("newconn-http", "newconn-http-wrk"):
         specs = [
             Spec("sockpool", "sockpool (http_hello)", sockpool_argv(cfg, HTTP), dispatcher=True),
             Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, HTTP)),
@@ -171,8 +171,25 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
     return specs
 
 
-SCENARIOS = ("newconn-echo", "newconn-http", "keepalive", "mixed", "coldstart", "memory")
-MODE = {"newconn-echo": "echo", "newconn-http": "http", "mixed": "mixed", "keepalive": "http"}
+SCENARIOS = (
+    "newconn-echo",
+    "newconn-http",
+    "newconn-http-wrk",
+    "keepalive",
+    "mixed",
+    "coldstart",
+    "memory",
+)
+MODE = {
+    "newconn-echo": "echo",
+    "newconn-http": "http",
+    "newconn-http-wrk": "http",
+    "mixed": "mixed",
+    "keepalive": "http",
+}
+# wrk drives these: keep-alive with one connection per worker; new connections with
+# `Connection: close` and as many connections as the load generator keeps in flight.
+WRK = {"keepalive", "newconn-http-wrk"}
 
 
 # --- starting and stopping servers ------------------------------------------------------
@@ -300,20 +317,22 @@ def pool_pss(pid: int) -> tuple[int, int]:
     return sum(procfs.pss_kib(p) for p in pids), len(pids)
 
 
-def run_wrk(port: int, cfg: Config, seconds: float) -> dict[str, Any]:
+def run_wrk(port: int, cfg: Config, seconds: float, close: bool = False) -> dict[str, Any]:
     duration = max(1, round(seconds))
+    conns = cfg.procs * cfg.concurrency if close else cfg.workers
     argv = [
         "wrk",
         "-t",
-        str(min(cfg.procs, cfg.workers)),
+        str(min(cfg.procs, conns)),
         "-c",
-        str(cfg.workers),
+        str(conns),
         "-d",
         f"{duration}s",
         "--timeout",
         "5s",
         "-s",
         str(BENCH / "report.lua"),
+        *(["-H", "Connection: close"] if close else []),
         f"http://{HOST}:{port}/",
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 30).stdout
@@ -341,15 +360,16 @@ def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any
         mode = MODE[scenario]
         rec: dict[str, Any] = {"startup_s": wait_answering(srv.port, mode)}
         wait_pool(srv.pid, 1 if spec.server == "forking" else cfg.workers + 1)
-        if cfg.warmup > 0 and scenario != "keepalive":
+        close = scenario == "newconn-http-wrk"
+        if cfg.warmup > 0 and scenario not in WRK:
             loadgen.run(srv.port, mode, cfg.procs, cfg.concurrency, cfg.warmup, timeout=5)
         elif cfg.warmup > 0:
-            run_wrk(srv.port, cfg, cfg.warmup)
+            run_wrk(srv.port, cfg, cfg.warmup, close)
         time.sleep(0.2)
         rec["pss_kib"], rec["nprocs"] = pool_pss(srv.pid)
         cpu0, ns0 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
-        if scenario == "keepalive":
-            rec.update(run_wrk(srv.port, cfg, cfg.duration))
+        if scenario in WRK:
+            rec.update(run_wrk(srv.port, cfg, cfg.duration, close))
         else:
             res = loadgen.run(srv.port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
             rec.update(dataclasses.asdict(res))

@@ -424,9 +424,11 @@ class Dispatcher:
 
     def _retire(self, workers: list[Worker], kill: bool = False) -> None:
         """Ask workers to finish what they hold and exit (or kill them outright)."""
+        deadline = time.monotonic() + self.active.config.graceful_timeout
         for w in workers:
             w.retiring = True
             w.killed_for = w.killed_for or "retired"
+            w.retire_deadline = w.retire_deadline or deadline
             try:
                 if kill:
                     raise OSError
@@ -616,12 +618,22 @@ class Dispatcher:
         if check_memory:
             self.next_memory_check = now + MEMORY_CHECK_INTERVAL
         for w in list(self.workers.values()):
+            if w.killed_for in ("hung", "overdue"):
+                continue  # SIGKILLed: waiting for SIGCHLD
             if w.dump_asked:
                 if now - w.dump_asked >= DUMP_GRACE:
                     self._kill_hung(w, now)
-            elif timeout and w.handed and not w.killed_for:
-                oldest = next(iter(w.handed.values()))[0]
-                if now - max(w.last_heard, oldest) > timeout:
+            elif w.retire_deadline and now > w.retire_deadline:
+                log.log.warning(
+                    "worker %d did not finish within graceful_timeout: killing it", w.pid
+                )
+                w.killed_for = "overdue"
+                os.kill(w.pid, signal.SIGKILL)
+            elif timeout and w.handed:
+                conn_id, (sent, listener, peer) = next(iter(w.handed.items()))
+                since = max(w.last_heard, sent)
+                if now - since > timeout:
+                    w.hung_on = (conn_id, since, listener, peer)
                     self._ask_for_stacks(w, now)
             if check_memory and not (w.recycling or w.retiring):
                 rss = health.rss_mib(w.pid)
@@ -639,7 +651,7 @@ class Dispatcher:
         self._soon(now + DUMP_GRACE)
 
     def _kill_hung(self, w: Worker, now: float) -> None:
-        conn_id, (since, listener, peer) = next(iter(w.handed.items()), (0, (now, "", "")))
+        conn_id, since, listener, peer = w.hung_on
         stacks = health.read_stacks(w.stacks) or "(no stacks: the worker did not answer)"
         log.event(
             Event.WORKER_HUNG,

@@ -56,6 +56,8 @@ class Worker:
     recycling: bool = False  # a replacement is starting; retire once it is ready
     killed_for: str = ""  # why we killed it: "hung"; "retired" once told to stop
     dump_asked: float = 0.0  # when we asked for its stacks (hang), 0 if not
+    hung_on: tuple[int, float, str, str] = (0, 0.0, "", "")  # conn_id, since, listener, peer
+    retire_deadline: float = 0.0  # told to stop: killed if still there by then
 
     @property
     def ready(self) -> bool:

@@ -1,0 +1,165 @@
+"""The chaos test: 20,000 checked connections while the service is reloaded, restarted, and
+its workers killed and frozen, under a real systemd. Nothing may be refused or answered
+wrongly; the only connections allowed to fail are those inside a worker at the moment it
+was killed, as the journal counts them (CONNECTIONS_LOST of each WORKER_EXITED).
+
+Run three times in a row, as `make test` does.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import MakeInstance
+from sockpool.events import Event
+from support import Unit, request, wait_until
+
+pytestmark = pytest.mark.system
+
+ADDRESS = ("127.0.0.1", 7120)
+CONNECTIONS = 20_000
+CONFIG = """\
+handler = "sockpool.handlers:echo"
+workers = 3
+timeout = 2            # a worker holding a connection this long is hung
+graceful_timeout = 10
+"""
+SOCKET = f"[Socket]\nListenStream=\nListenStream={ADDRESS[0]}:{ADDRESS[1]}\n"
+
+
+@dataclass
+class Clients:
+    """Threads sending unique payloads, one connection each, until `total` are done."""
+
+    total: int
+    threads: int = 8
+    seconds: float = 600
+    answered: int = 0
+    refused: int = 0
+    cut: int = 0  # reset, or closed without an answer
+    wrong: list[str] = field(default_factory=list)
+    _next: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def run(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._next >= self.total:
+                    return
+                n, self._next = self._next, self._next + 1
+            payload = f"chaos {n} {random.getrandbits(64):016x}\n".encode()
+            try:
+                answer = request(ADDRESS, payload)
+                outcome = "answered" if answer == payload else "cut" if not answer else "wrong"
+            except ConnectionRefusedError:
+                outcome = "refused"
+            except OSError:  # reset, broken pipe, not connected (reset before our shutdown)
+                outcome = "cut"
+            with self._lock:
+                if outcome == "wrong":
+                    self.wrong.append(f"{payload!r} -> {answer[:60]!r}")
+                else:
+                    setattr(self, outcome, getattr(self, outcome) + 1)
+
+    @property
+    def done(self) -> int:
+        return self.answered + self.refused + self.cut + len(self.wrong)
+
+
+def _proc(unit: Unit, what: str) -> str:
+    return unit.machine.run("sh", "-c", f"{what}").stdout
+
+
+def _fds(unit: Unit) -> int:
+    return int(_proc(unit, f"ls /proc/{unit.main_pid()}/fd | wc -l"))
+
+
+def _rss_kib(unit: Unit) -> int:
+    status = _proc(unit, f"cat /proc/{unit.main_pid()}/status")
+    return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
+
+
+def _events(unit: Unit, cursor: str, event: Event) -> list[dict[str, str]]:
+    """Entries of one event since the cursor. (journalctl 252 finds nothing when
+    --after-cursor and a field match are combined, so the match is done here.)"""
+    entries = unit.journal(f"--after-cursor={cursor}")
+    return [e for e in entries if e.get("MESSAGE_ID") == event.value]
+
+
+def _settled(unit: Unit) -> None:
+    wait_until(lambda: len(unit.workers()) == 3, "three workers", timeout=30)
+    wait_until(lambda: "busy 0," in unit.prop("StatusText"), "an idle pool", timeout=30)
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+def test_chaos(instance: MakeInstance, run: int) -> None:
+    unit = instance("chaos", CONFIG, socket=SOCKET)
+    unit.start_socket()
+    assert request(ADDRESS, b"wake up\n") == b"wake up\n"
+    unit.wait_running()
+    since = unit.prop("InvocationID")  # journal of this run only (-u also covers restarts)
+    cursor = unit.machine.run("journalctl", "-n0", "--show-cursor", "-q").stdout.split()[-1]
+
+    clients = Clients(CONNECTIONS)
+    threads = [threading.Thread(target=clients.run) for _ in range(clients.threads)]
+    for t in threads:
+        t.start()
+
+    def at(fraction: float) -> None:
+        wait_until(lambda: clients.done >= fraction * CONNECTIONS, f"{fraction:.0%} done", 300)
+
+    kills = 0
+    rng = random.Random(run)
+    for step in range(3):  # restarts first: the last dispatcher is the one we measure
+        at(0.05 + 0.05 * step)
+        unit.machine.systemctl("restart", unit.service)
+    wait_until(lambda: len(unit.workers()) == 3, "three workers", timeout=30)
+    # Under load a sample may catch a connection between accept and handoff: the least.
+    start_fds = min(_fds(unit) for _ in range(5))
+    start_rss = _rss_kib(unit)
+    operations = ["reload"] * 5 + ["kill"] * 20 + ["stop-worker"]
+    rng.shuffle(operations)
+    for i, op in enumerate(operations):
+        at(0.2 + 0.7 * i / len(operations))
+        if op == "reload":
+            unit.machine.systemctl("reload", unit.service)
+            continue
+        if op == "stop-worker":  # one of the serving generation, not one draining
+            wait_until(lambda: len(unit.workers()) == 3, "three workers", timeout=30)
+        victim = rng.choice(sorted(unit.workers()))
+        if op == "kill":
+            unit.machine.run("kill", "-KILL", str(victim), check=False)
+            kills += 1
+        else:  # frozen with a connection in hand: hung once past timeout=2
+            unit.machine.run("kill", "-STOP", str(victim))
+            wait_until(lambda: _events(unit, cursor, Event.WORKER_HUNG), "the hang", 20)
+    for t in threads:
+        t.join()
+    _settled(unit)
+    end_fds, end_rss = _fds(unit), _rss_kib(unit)
+
+    exited = _events(unit, cursor, Event.WORKER_EXITED)
+    lost = sum(int(e.get("CONNECTIONS_LOST", 0)) for e in exited)
+    hung = _events(unit, cursor, Event.WORKER_HUNG)
+    reasons = sorted(e.get("EXIT_REASON", "?") for e in exited)
+    print(
+        f"\nchaos run {run}: {clients.done} connections: {clients.answered} answered, "
+        f"{clients.refused} refused, {clients.cut} cut, {len(clients.wrong)} wrong; "
+        f"lost in killed workers per the journal: {lost}; {kills} SIGKILLs, "
+        f"{len(hung)} hung; exits {dict((r, reasons.count(r)) for r in set(reasons))}; "
+        f"dispatcher fds {start_fds} -> {end_fds}, RSS {start_rss} -> {end_rss} KiB "
+        f"(invocation {since})"
+    )
+    assert clients.done == CONNECTIONS
+    assert clients.refused == 0
+    assert clients.wrong == []
+    assert clients.cut <= lost
+    assert len(hung) == 1 and "Its stacks:" in hung[0]["MESSAGE"]
+    assert end_fds <= start_fds
+    assert end_rss <= start_rss + 2048
