@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import resource
@@ -143,7 +144,8 @@ def _raise_descriptor_limit() -> None:
     use select(): the default soft 1024 would cap an async pool's connections early."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        with contextlib.suppress(OSError):  # a syscall filter may deny it: keep the soft one
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _listeners(cfg: config.Config) -> list[Listener]:
