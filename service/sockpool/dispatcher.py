@@ -74,6 +74,9 @@ class Dispatcher:
         self.housekeeping_due = 0.0
         self.epoll = select.epoll()
         self.callbacks: dict[int, Callable[[], None]] = {}
+        # Every worker writes its finished connections to this one pipe (wire.DONE).
+        self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.done_r, False)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> ExitCode:
@@ -88,6 +91,7 @@ class Dispatcher:
             listener.sock.setblocking(False)
             self._watch(listener.sock, lambda lst=listener: self.backlogged.add(lst), edge=True)
             self.backlogged.add(listener)  # connections may already be queued
+        self._watch(self.done_r, self._on_done)
         self._spawn_generation(self.active)
         try:
             while self.workers or self.respawns or not self.stopping:
@@ -185,43 +189,54 @@ class Dispatcher:
     # -- messages from workers -----------------------------------------------------------
     def _on_worker_message(self, w: Worker) -> None:
         """One message per readiness event: the channel is level-triggered, so a second
-        message comes round on the next poll, which is cheaper than a failing recvmsg."""
+        message comes round on the next poll, which is cheaper than a failing recv. Plain
+        recv(), no control buffer: workers never send descriptors, and the kernel closes
+        any that one might attach rather than hand them to us."""
         try:
-            message = channel.receive(w.chan, socket.MSG_DONTWAIT)
+            data = w.chan.recv(wire.MAX_MESSAGE, socket.MSG_DONTWAIT)
         except BlockingIOError:
             return
-        except wire.WireError as exc:
-            log.log.error("bad message from worker %d: %s", w.pid, exc)
-            return
         except ConnectionError:
-            message = None
-        if message is None:  # it exited or is exiting; SIGCHLD will tell us how
+            data = b""
+        if not data:  # it exited or is exiting; SIGCHLD will tell us how
             self._unwatch(w.chan)
             w.gone = True
             return
-        data, fds = message
         try:
-            if fds:
-                raise wire.WireError(f"{len(fds)} unexpected descriptors")
             self._handle(w, wire.decode_to_dispatcher(data))
         except wire.WireError as exc:
-            channel.close_all(fds)
             log.log.error("bad message from worker %d: %s", w.pid, exc)
+
+    def _on_done(self) -> None:
+        """Finished connections of any number of workers, in one read."""
+        try:
+            data = os.read(self.done_r, wire.DONE_READ_SIZE)
+        except BlockingIOError:
+            return
+        now = time.monotonic()
+        for pid, conn_id in wire.decode_done(data):
+            w = self.workers.get(pid)
+            if w is None or w.handed.pop(conn_id, None) is None:
+                continue  # not a connection of that worker: ignore
+            w.last_heard = now
+            w.in_flight -= 1
+            w.served += 1
+            self.served += 1
+            if self.admission.sources:
+                self.admission.release(conn_id)
+            if w.max_served and w.served >= w.max_served:
+                self._recycle(w, f"served {w.served} connections (max_requests)")
+
+    def _drain_done(self) -> None:
+        while True:
+            before = self.served
+            self._on_done()
+            if self.served == before:
+                return
 
     def _handle(self, w: Worker, message: wire.ToDispatcher) -> None:
         w.last_heard = time.monotonic()
-        if isinstance(message, wire.Done):
-            for conn_id in message.ids:
-                del w.handed[conn_id]
-            if self.admission.sources:
-                for conn_id in message.ids:
-                    self.admission.release(conn_id)
-            w.in_flight -= len(message.ids)
-            w.served += len(message.ids)
-            self.served += len(message.ids)
-            if w.max_served and w.served >= w.max_served:
-                self._recycle(w, f"served {w.served} connections (max_requests)")
-        elif isinstance(message, wire.Ready):
+        if isinstance(message, wire.Ready):
             w.capacity = message.capacity
             gen = self._generation_of(w)
             if gen:
@@ -272,7 +287,7 @@ class Dispatcher:
             try:
                 ours.close()
                 self._close_in_child()
-                worker_mod.run(theirs, gen.spec, stacks)
+                worker_mod.run(theirs, gen.spec, stacks, self.done_w)
             finally:
                 os._exit(1)
         # We keep `theirs` open (never reading it while the worker lives): when the worker
@@ -292,6 +307,7 @@ class Dispatcher:
         self._watch(ours, lambda: self._on_worker_message(w))
 
     def _reap(self) -> None:
+        self._drain_done()  # what the dead reported before dying counts
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -695,9 +711,12 @@ class Dispatcher:
         self._spawn(gen)
 
     # -- descriptors ---------------------------------------------------------------------
-    def _watch(self, sock: socket.socket, callback: Callable[[], None], edge: bool = False) -> None:
-        self.epoll.register(sock.fileno(), select.EPOLLIN | (select.EPOLLET if edge else 0))
-        self.callbacks[sock.fileno()] = callback
+    def _watch(
+        self, source: socket.socket | int, callback: Callable[[], None], edge: bool = False
+    ) -> None:
+        fd = source if isinstance(source, int) else source.fileno()
+        self.epoll.register(fd, select.EPOLLIN | (select.EPOLLET if edge else 0))
+        self.callbacks[fd] = callback
 
     def _unwatch(self, sock: socket.socket) -> None:
         fd = sock.fileno()
@@ -712,6 +731,7 @@ class Dispatcher:
         dispatcher accepts), no other worker's channel, no connection not handed to it."""
         signal.set_wakeup_fd(-1)
         self.epoll.close()
+        os.close(self.done_r)  # the worker keeps done_w
         for sock in (self.wakeup_r, self.wakeup_w):
             sock.close()
         for listener in self.listeners:
@@ -731,6 +751,7 @@ class Dispatcher:
             listener.close()
         signal.set_wakeup_fd(-1)
         self.epoll.close()
+        channel.close_all([self.done_r, self.done_w])
 
 
 def _ignore(signum: int, frame: object) -> None:

@@ -9,9 +9,14 @@ Dispatcher -> worker
     STOP     b"S"                        finish what you hold, then exit
 Worker -> dispatcher
     READY    b"R" capacity:u32           handler imported, can take `capacity` at once
-    DONE     b"D" count:u16 ids:u64...   these connections are finished: capacity is free
     FAILED   b"F" reason (utf-8)         could not start; why, for the dispatcher's log
     BEAT     b"B"                        heartbeat: an async worker's loop still turns
+Workers -> dispatcher, on one pipe all workers share
+    DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again
+
+Completions are the one message per connection that flows back, so they share a pipe:
+whatever several workers finished while the dispatcher was busy, it reads with one read().
+Each write is whole records and at most PIPE_BUF bytes, so writes never interleave.
 
 A worker takes a handoff by reading it: that dequeue is the acknowledgement. Until then the
 message, descriptors and all, sits in the worker's receive queue, which the dispatcher can
@@ -20,7 +25,9 @@ read back if the worker dies (see dispatcher.py), so receipt needs no message of
 
 from __future__ import annotations
 
+import select
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
@@ -30,7 +37,9 @@ _COUNT = struct.Struct("!H")
 _ENTRY_HEAD = struct.Struct("!QB")
 _PEER_LEN = struct.Struct("!H")
 _READY = struct.Struct("!I")
-_DONE = struct.Struct("!H")
+DONE = struct.Struct("!IQ")
+DONE_READ_SIZE = DONE.size * (65536 // DONE.size)  # whole records per read
+_DONE_PER_WRITE = select.PIPE_BUF // DONE.size
 
 
 class WireError(ValueError):
@@ -55,11 +64,6 @@ class Ready:
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
-    ids: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Failed:
     reason: str
 
@@ -70,7 +74,7 @@ class Beat:
 
 
 ToWorker = list[Handoff] | Stop
-ToDispatcher = Ready | Done | Failed | Beat
+ToDispatcher = Ready | Failed | Beat
 
 
 def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
@@ -135,10 +139,19 @@ def encode_ready(capacity: int) -> bytes:
     return b"R" + _READY.pack(capacity)
 
 
-def encode_done(ids: list[int] | tuple[int, ...]) -> bytes:
-    if len(ids) > 65535:
-        raise WireError(f"{len(ids)} ids in one DONE, at most 65535")
-    return b"D" + _DONE.pack(len(ids)) + struct.pack(f"!{len(ids)}Q", *ids)
+def encode_done(pid: int, ids: list[int] | tuple[int, ...]) -> list[bytes]:
+    """DONE records for the done pipe, in writes of at most PIPE_BUF bytes each."""
+    return [
+        b"".join(DONE.pack(pid, conn_id) for conn_id in ids[start : start + _DONE_PER_WRITE])
+        for start in range(0, len(ids), _DONE_PER_WRITE)
+    ]
+
+
+def decode_done(data: bytes) -> Iterator[tuple[int, int]]:
+    """(pid, conn_id) for each record read from the done pipe."""
+    if len(data) % DONE.size:
+        raise WireError(f"{len(data)} bytes on the done pipe: not whole records")
+    return DONE.iter_unpack(data)
 
 
 def encode_failed(reason: str) -> bytes:
@@ -153,9 +166,6 @@ def decode_to_dispatcher(data: bytes) -> ToDispatcher:
     """Decode a worker message (workers never send descriptors)."""
     kind, body = data[:1], data[1:]
     try:
-        if kind == b"D":
-            (count,) = _DONE.unpack_from(body)
-            return Done(struct.unpack(f"!{count}Q", body[_DONE.size :]))
         if kind == b"R":
             (capacity,) = _READY.unpack(body)
             if capacity < 1:

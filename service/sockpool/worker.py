@@ -46,7 +46,7 @@ class _Stop(Exception):
     """Raised out of a blocking receive when SIGTERM arrives while idle."""
 
 
-def run(chan: socket.socket, spec: WorkerSpec, stacks: int) -> NoReturn:
+def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoReturn:
     """The forked child's whole life; never returns into the dispatcher's stack."""
     code = 0
     try:
@@ -67,7 +67,7 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int) -> NoReturn:
             code = EXIT_HANDLER_FAILED
         else:
             worker_type = AsyncWorker if any(map(is_async, handlers.values())) else SyncWorker
-            worker_type(chan, handlers, spec).run()
+            worker_type(chan, handlers, spec, done).run()
     except BaseException:
         log.log.exception("worker failed")
         code = 1
@@ -89,8 +89,12 @@ def _load(spec: WorkerSpec) -> dict[str | None, Handler]:
 
 
 class _Base:
-    def __init__(self, chan: socket.socket, handlers: dict[str | None, Handler], spec: WorkerSpec):
+    def __init__(
+        self, chan: socket.socket, handlers: dict[str | None, Handler], spec: WorkerSpec, done: int
+    ):
         self.chan = chan
+        self.done_pipe = done
+        self.pid = os.getpid()
         self.handlers = handlers
         self.spec = spec
         self.stopping = False
@@ -104,7 +108,8 @@ class _Base:
         return self.handlers.get(listener) or self.handlers[None]
 
     def report_done(self, ids: list[int]) -> None:
-        channel.send(self.chan, wire.encode_done(ids))
+        for record in wire.encode_done(self.pid, ids):
+            os.write(self.done_pipe, record)
 
     def receive(self, flags: int = 0) -> list[tuple[wire.Handoff, socket.socket]] | None:
         """The next handoff as (metadata, socket) pairs; None when told to stop."""

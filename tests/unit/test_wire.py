@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import select
+
 import pytest
 
 from sockpool import wire
@@ -66,8 +68,6 @@ def test_unknown_messages_to_a_worker(data: bytes) -> None:
 
 def test_worker_messages_round_trip() -> None:
     assert wire.decode_to_dispatcher(wire.encode_ready(100)) == wire.Ready(100)
-    assert wire.decode_to_dispatcher(wire.encode_done([1, 2, 3])) == wire.Done((1, 2, 3))
-    assert wire.decode_to_dispatcher(wire.encode_done([])) == wire.Done(())
     assert wire.decode_to_dispatcher(wire.encode_failed("no module")) == wire.Failed("no module")
     assert wire.decode_to_dispatcher(wire.encode_beat()) == wire.Beat()
 
@@ -79,12 +79,23 @@ def test_worker_messages_round_trip() -> None:
         b"Q",
         b"R\x00\x00",  # short
         b"R\x00\x00\x00\x00",  # capacity 0
-        wire.encode_done([1, 2, 3])[:-1],  # ids cut short
-        b"D\x00\x05",  # claims five ids, has none
-        wire.encode_done([1]) + b"x",  # stray byte
+        b"D\x00\x01",  # done records never come on the channel
         wire.encode_beat() + b"x",
     ],
 )
 def test_bad_worker_messages(data: bytes) -> None:
     with pytest.raises(wire.WireError):
         wire.decode_to_dispatcher(data)
+
+
+def test_done_records_round_trip_in_atomic_writes() -> None:
+    ids = list(range(1000))
+    writes = wire.encode_done(4242, ids)
+    assert all(len(w) <= select.PIPE_BUF and len(w) % wire.DONE.size == 0 for w in writes)
+    assert list(wire.decode_done(b"".join(writes))) == [(4242, i) for i in ids]
+    assert wire.encode_done(1, []) == []
+
+
+def test_partial_done_record_is_refused() -> None:
+    with pytest.raises(wire.WireError, match="not whole records"):
+        list(wire.decode_done(wire.encode_done(1, [5])[0][:-1]))
