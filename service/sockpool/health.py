@@ -40,19 +40,22 @@ def rss_mib(pid: int) -> float | None:
     return resident * _PAGE / (1 << 20)
 
 
-def oom_kills() -> int | None:
-    """The OOM killer's count for our cgroup (v2 memory.events, or v1 memory.oom_control)."""
+def oom_kills(
+    proc_cgroup: Path = Path("/proc/self/cgroup"), sysfs: Path = Path("/sys/fs/cgroup")
+) -> int | None:
+    """The OOM killer's count for our cgroup (v2 memory.events, or v1 memory.oom_control);
+    None where neither can be read (no memory controller of our own, as in some containers)."""
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = proc_cgroup.read_text().splitlines()
     except OSError:
         return None
     candidates = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            candidates.append(Path("/sys/fs/cgroup", path.lstrip("/"), "memory.events"))
+            candidates.append(sysfs / path.lstrip("/") / "memory.events")
         elif "memory" in controllers.split(","):
-            candidates.append(Path("/sys/fs/cgroup/memory", path.lstrip("/"), "memory.oom_control"))
+            candidates.append(sysfs / "memory" / path.lstrip("/") / "memory.oom_control")
     for candidate in candidates:
         with contextlib.suppress(OSError, ValueError):
             for line in candidate.read_text().splitlines():
