@@ -412,6 +412,7 @@ def plot(result: dict[str, Any], path: Path) -> bool:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         return False
     rows = aggregate(result["records"])
@@ -469,6 +470,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         ax.tick_params(axis="y", labelsize=8)
         if log and values and max(values) / max(min(values), 1e-9) > 50:
             ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
         for y, val in enumerate(values):
             ax.text(val, y, f" {val:,.0f}" if val >= 10 else f" {val:.1f}", va="center", fontsize=7)
     meta = result["meta"]
