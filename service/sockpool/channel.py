@@ -8,13 +8,17 @@ The receiving rule is systemd's: on any anomaly, close every descriptor that did
 from __future__ import annotations
 
 import array
-import contextlib
 import os
 import socket
 
 from .wire import MAX_FDS, MAX_MESSAGE, WireError
 
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+# Plain ints: the socket module's flags are IntFlag members, whose | and & run Python code.
+DONTWAIT = int(socket.MSG_DONTWAIT)
+_CLOEXEC, _CTRUNC, _TRUNC = (
+    int(f) for f in (socket.MSG_CMSG_CLOEXEC, socket.MSG_CTRUNC, socket.MSG_TRUNC)
+)
 _SCM = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
 
 
@@ -38,7 +42,7 @@ def receive(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | No
     was truncated, or came with control data of a kind we never send. `flags` may add
     MSG_DONTWAIT for a caller that polls.
     """
-    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, _ANC_SPACE, socket.MSG_CMSG_CLOEXEC | flags)
+    data, ancdata, flags, _ = sock.recvmsg(MAX_MESSAGE, _ANC_SPACE, _CLOEXEC | flags)
     fds: list[int] = []
     foreign = False
     for level, kind, payload in ancdata:
@@ -49,9 +53,9 @@ def receive(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | No
         else:
             foreign = True
     problem = None
-    if flags & socket.MSG_CTRUNC:
+    if flags & _CTRUNC:
         problem = "descriptors were dropped in transit (receiver at its descriptor limit?)"
-    elif flags & socket.MSG_TRUNC:
+    elif flags & _TRUNC:
         problem = f"message longer than {MAX_MESSAGE} bytes"
     elif foreign:
         problem = "unexpected control data"
@@ -65,5 +69,7 @@ def receive(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | No
 
 def close_all(fds: list[int] | tuple[int, ...]) -> None:
     for fd in fds:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - on the hot path a try costs less than suppress()
             os.close(fd)
+        except OSError:
+            pass

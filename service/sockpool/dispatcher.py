@@ -74,6 +74,7 @@ class Dispatcher:
         self.housekeeping_due = 0.0
         self.epoll = select.epoll()
         self.callbacks: dict[int, Callable[[], None]] = {}
+        self._routable: list[Worker] | None = None
         # Every worker writes its finished connections to this one pipe (wire.DONE).
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.done_r, False)
@@ -94,8 +95,9 @@ class Dispatcher:
         self._watch(self.done_r, self._on_done)
         self._spawn_generation(self.active)
         try:
+            now = time.monotonic()
             while self.workers or self.respawns or not self.stopping:
-                for fd, _ in self.epoll.poll(self._timeout()):
+                for fd, _ in self.epoll.poll(self._timeout(now)):
                     callback = self.callbacks.get(fd)  # an earlier one may have unwatched it
                     if callback:
                         callback()
@@ -103,15 +105,14 @@ class Dispatcher:
                 if self.backlogged:
                     self._accept(now)
                 if self.pending:
-                    self._dispatch()
+                    self._dispatch(now)
                 if now >= self.housekeeping_due:
                     self._housekeeping(now)
         finally:
             self._close()
         return ExitCode.OK
 
-    def _timeout(self) -> float:
-        now = time.monotonic()
+    def _timeout(self, now: float) -> float:
         if self._can_accept(now) and self._free_capacity() > len(self.pending):
             return 0.0  # a listener still has connections queued and we have room
         return max(0.0, self.housekeeping_due - now)
@@ -126,15 +127,18 @@ class Dispatcher:
         rest waits in the kernel's backlog, nothing queues up in here)."""
         if not self._can_accept(now):
             return
-        busy = self._busy() + len(self.pending)
         room = self._free_capacity() - len(self.pending)  # what the workers can take
+        busy = self._busy() + len(self.pending) if self.admission.max_total else 0
         allowed = self.admission.room(busy)  # what the limits allow; past it, refuse
+        admit = self.admission.admit if self.admission.max_per_source else None
+        pending = self.pending
         for listener in list(self.backlogged):
+            accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
             for _ in range(ACCEPT_BATCH):
                 if room <= 0 and allowed > 0:
                     break  # back-pressure: let it wait in the backlog
                 try:
-                    fd, addr = listener.sock._accept()  # (fd, addr): no socket object to build
+                    fd, addr = accept()  # socket._accept: (fd, addr), no socket object to build
                 except BlockingIOError:
                     self.backlogged.discard(listener)
                     break
@@ -146,27 +150,24 @@ class Dispatcher:
                     self._pause_accepting(now, exc)
                     return
                 self.next_id += 1
-                if allowed <= 0 or not self.admission.admit(self.next_id, addr):
+                if allowed <= 0 or (admit and not admit(self.next_id, addr)):
                     self.admission.refuse(fd)
                     continue
-                self.pending.append((self.next_id, fd, listener.name, listener.format_peer(addr)))
+                pending.append((self.next_id, fd, name, format_peer(addr)))
                 room -= 1
                 allowed -= 1
-        if room <= 0 and self.backlogged and self._busy():
+        if room <= 0 and now >= self.next_busy_log and self.backlogged and self._busy():
             self._log_busy(now)
 
     def _can_accept(self, now: float) -> bool:
         return bool(self.backlogged) and not self.stopping and now >= self.accept_paused_until
 
-    def _dispatch(self) -> None:
-        if not self.pending:
-            return
-        routable = [w for w in self.workers.values() if w.generation == self.active.number]
-        for target, items in assign(self.pending, routable).items():
+    def _dispatch(self, now: float) -> None:
+        for target, items in assign(self.pending, self._routable_workers()).items():
             for start in range(0, len(items), wire.MAX_FDS):
-                self._send(target, items[start : start + wire.MAX_FDS])
+                self._send(target, items[start : start + wire.MAX_FDS], now)
 
-    def _send(self, target: Worker, items: list[Pending]) -> None:
+    def _send(self, target: Worker, items: list[Pending], now: float) -> None:
         data = wire.encode_handoff([(cid, name, peer) for cid, _, name, peer in items])
         fds = [fd for _, fd, _, _ in items]
         try:
@@ -177,14 +178,28 @@ class Dispatcher:
             self.pending.extendleft(reversed(items))
             if not isinstance(exc, BlockingIOError):
                 target.gone = True
+                self._changed()
             return
         channel.close_all(fds)  # the message in the worker's queue holds them now
-        now = time.monotonic()
         for cid, _, name, peer in items:
             target.handed[cid] = (now, name, peer)
 
     def _free_capacity(self) -> int:
-        return sum(w.free for w in self.workers.values() if w.generation == self.active.number)
+        return sum(w.capacity - w.in_flight for w in self._routable_workers())
+
+    def _routable_workers(self) -> list[Worker]:
+        """Ready workers of the active generation that take work; cached until _changed()."""
+        if self._routable is None:
+            active = self.active.number
+            self._routable = [
+                w
+                for w in self.workers.values()
+                if w.generation == active and w.capacity and not (w.retiring or w.gone)
+            ]
+        return self._routable
+
+    def _changed(self) -> None:
+        self._routable = None
 
     # -- messages from workers -----------------------------------------------------------
     def _on_worker_message(self, w: Worker) -> None:
@@ -193,7 +208,7 @@ class Dispatcher:
         recv(), no control buffer: workers never send descriptors, and the kernel closes
         any that one might attach rather than hand them to us."""
         try:
-            data = w.chan.recv(wire.MAX_MESSAGE, socket.MSG_DONTWAIT)
+            data = w.chan.recv(wire.MAX_MESSAGE, channel.DONTWAIT)
         except BlockingIOError:
             return
         except ConnectionError:
@@ -201,6 +216,7 @@ class Dispatcher:
         if not data:  # it exited or is exiting; SIGCHLD will tell us how
             self._unwatch(w.chan)
             w.gone = True
+            self._changed()
             return
         try:
             self._handle(w, wire.decode_to_dispatcher(data))
@@ -238,6 +254,7 @@ class Dispatcher:
         w.last_heard = time.monotonic()
         if isinstance(message, wire.Ready):
             w.capacity = message.capacity
+            self._changed()
             gen = self._generation_of(w)
             if gen:
                 gen.start_failures = 0
@@ -317,6 +334,7 @@ class Dispatcher:
                 return
             w = self.workers.pop(pid, None)
             if w is not None:
+                self._changed()
                 self._worker_exited(w, status)
 
     def _worker_exited(self, w: Worker, status: int) -> None:
@@ -389,7 +407,7 @@ class Dispatcher:
         recovered: list[Pending] = []
         while True:
             try:
-                message = channel.receive(w.inbox, socket.MSG_DONTWAIT)
+                message = channel.receive(w.inbox, channel.DONTWAIT)
             except BlockingIOError:
                 return recovered
             except wire.WireError as exc:  # cannot happen with our own messages; be safe
@@ -419,6 +437,7 @@ class Dispatcher:
         if gen is self.incoming:
             old = [w for w in self.workers.values() if w.generation == self.active.number]
             self.active, self.incoming = gen, None
+            self._changed()
             self.admission.update(gen.config)
             self.respawns = [(at, g) for at, g in self.respawns if g is gen]
             self._retire(old)
@@ -443,6 +462,7 @@ class Dispatcher:
         deadline = time.monotonic() + self.active.config.graceful_timeout
         for w in workers:
             w.retiring = True
+            self._changed()
             w.killed_for = w.killed_for or "retired"
             w.retire_deadline = w.retire_deadline or deadline
             try:
@@ -579,15 +599,14 @@ class Dispatcher:
         return text
 
     def _log_busy(self, now: float) -> None:
-        if now >= self.next_busy_log:
-            self.next_busy_log = now + BUSY_LOG_INTERVAL
-            log.event(
-                Event.OVERLOAD,
-                "all %d workers busy: new connections wait in the kernel "
-                "backlog (logged at most once a minute)",
-                len(self.workers),
-                level=logging.WARNING,
-            )
+        self.next_busy_log = now + BUSY_LOG_INTERVAL
+        log.event(
+            Event.OVERLOAD,
+            "all %d workers busy: new connections wait in the kernel backlog "
+            "(logged at most once a minute)",
+            len(self.workers),
+            level=logging.WARNING,
+        )
 
     def _log_refused(self, now: float) -> None:
         refused = self.admission.refused_since_log
@@ -660,6 +679,7 @@ class Dispatcher:
         """A hung worker gets no more work and is asked for its stacks; SIGCONT in case
         it was stopped, or the dump would wait for it."""
         w.gone = True
+        self._changed()
         w.dump_asked = now
         health.clear_stacks(w.stacks)
         for sig in (health.DUMP_SIGNAL, signal.SIGCONT):

@@ -1,25 +1,24 @@
 """Logging: the native journal with structured fields, or stderr for a terminal.
 
-Connection fields live in a context variable, so every record made while a connection is
-being served (the handler's own `logging` calls included, in threads and asyncio tasks
-alike) carries CONN_ID, LISTENER, PEER; WORKER_PID and GENERATION are set once per worker.
-journald keeps only UPPERCASE field names, hence the spelling.
+Every record made while a connection is being served (the handler's own `logging` calls
+included, in threads and asyncio tasks alike) carries CONN_ID, LISTENER, PEER (and for
+AF_UNIX peers PEER_PID, PEER_UID), derived when a record is made from the connection's
+context variable, so serving a connection that logs nothing costs nothing here.
+WORKER_PID and GENERATION are set once per worker. journald keeps only UPPERCASE field
+names, hence the spelling.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
+from .connection import current_connection
 from .events import Event
 
 log = logging.getLogger("sockpool")
-_fields: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("sockpool_fields")
 _base_fields: dict[str, str] = {}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
 
@@ -28,7 +27,13 @@ class _AddFields(logging.Filter):
     """Copy the current context's fields onto each record (explicit `extra` wins)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        for key, value in (*_base_fields.items(), *_fields.get({}).items()):
+        fields = dict(_base_fields)
+        info = current_connection()
+        if info is not None:
+            fields.update(CONN_ID=str(info.conn_id), LISTENER=info.listener, PEER=info.peer)
+            if info.peer_pid is not None:
+                fields.update(PEER_PID=str(info.peer_pid), PEER_UID=str(info.peer_uid))
+        for key, value in fields.items():
             if key not in record.__dict__:
                 setattr(record, key, value)
         return True
@@ -82,20 +87,6 @@ def set_process_fields(**fields: Any) -> None:
     """Fields for every record of this process from now on (a worker's pid and generation)."""
     _base_fields.clear()
     _base_fields.update({k: str(v) for k, v in fields.items()})
-
-
-@contextlib.contextmanager
-def fields(**values: Any) -> Iterator[None]:
-    token = _fields.set({k: str(v) for k, v in values.items()})
-    try:
-        yield
-    finally:
-        _fields.reset(token)
-
-
-def set_fields(**values: Any) -> None:
-    """Set the fields of the current context (an asyncio task's own copy)."""
-    _fields.set({k: str(v) for k, v in values.items()})
 
 
 def event(

@@ -73,19 +73,16 @@ class Worker:
 def assign(pending: deque[Pending], workers: list[Worker]) -> dict[Worker, list[Pending]]:
     """Hand out pending connections, each to the worker with the most free capacity
     at that moment (ties go to the first listed); mutates `pending` and `in_flight`."""
-    open_workers = [w for w in workers if w.free > 0]
+    room = {w: free for w in workers if (free := w.free) > 0}
     batches: dict[Worker, list[Pending]] = {}
-    while pending and open_workers:
-        best = max(open_workers, key=_free)
+    while pending and room:
+        best = max(room, key=room.__getitem__)  # first listed wins a tie
         batches.setdefault(best, []).append(pending.popleft())
         best.in_flight += 1
-        if best.free == 0:
-            open_workers.remove(best)
+        room[best] -= 1
+        if not room[best]:
+            del room[best]
     return batches
-
-
-def _free(worker: Worker) -> int:
-    return worker.free
 
 
 def describe_status(code: int) -> str:

@@ -5,7 +5,7 @@ Descriptors travel beside the bytes as SCM_RIGHTS; a HANDOFF carries exactly one
 descriptor, in order, so a connection never gets separated from its metadata.
 
 Dispatcher -> worker
-    HANDOFF  b"H" count:u16 then count x (conn_id:u64 listener_len:u8 listener peer_len:u16 peer)
+    HANDOFF  b"H" count:u16 then count x (conn_id:u64 name_len:u8 peer_len:u16 name peer)
     STOP     b"S"                        finish what you hold, then exit
 Worker -> dispatcher
     READY    b"R" capacity:u32           handler imported, can take `capacity` at once
@@ -34,8 +34,7 @@ MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
 MAX_MESSAGE = 65536  # receive buffer; larger than any message we build (checked in encode)
 
 _COUNT = struct.Struct("!H")
-_ENTRY_HEAD = struct.Struct("!QB")
-_PEER_LEN = struct.Struct("!H")
+_ENTRY_HEAD = struct.Struct("!QBH")
 _READY = struct.Struct("!I")
 DONE = struct.Struct("!IQ")
 DONE_READ_SIZE = DONE.size * (65536 // DONE.size)  # whole records per read
@@ -84,16 +83,27 @@ def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
     if len(entries) > MAX_FDS:
         raise WireError(f"{len(entries)} connections in one handoff, at most {MAX_FDS}")
     parts = [b"H", _COUNT.pack(len(entries))]
+    pack = _ENTRY_HEAD.pack
     for conn_id, listener, peer in entries:
-        name = listener.encode()
+        name = _names.get(listener) or _name_bytes(listener)
         addr = peer.encode(errors="surrogateescape")
-        if len(name) > 255:
-            raise WireError(f"listener name longer than 255 bytes: {listener[:40]!r}...")
-        parts += (_ENTRY_HEAD.pack(conn_id, len(name)), name, _PEER_LEN.pack(len(addr)), addr)
+        parts += (pack(conn_id, len(name), len(addr)), name, addr)
     data = b"".join(parts)
     if len(data) > MAX_MESSAGE:
         raise WireError(f"handoff of {len(data)} bytes exceeds {MAX_MESSAGE}")
     return data
+
+
+_names: dict[str, bytes] = {}  # listener names, encoded once: a handful per process
+
+
+def _name_bytes(listener: str) -> bytes:
+    name = listener.encode()
+    if len(name) > 255:
+        raise WireError(f"listener name longer than 255 bytes: {listener[:40]!r}...")
+    if len(_names) < 1024:
+        _names[listener] = name
+    return name
 
 
 def encode_stop() -> bytes:
@@ -115,12 +125,10 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
     pos = 3
     try:
         for _ in range(count):
-            conn_id, name_len = _ENTRY_HEAD.unpack_from(data, pos)
+            conn_id, name_len, peer_len = _ENTRY_HEAD.unpack_from(data, pos)
             pos += _ENTRY_HEAD.size
             name = data[pos : pos + name_len]
             pos += name_len
-            (peer_len,) = _PEER_LEN.unpack_from(data, pos)
-            pos += _PEER_LEN.size
             peer = data[pos : pos + peer_len]
             pos += peer_len
             if len(name) != name_len or len(peer) != peer_len:

@@ -134,8 +134,7 @@ class _Base:
 
     def serve_sync(self, handler: Handler, sock: socket.socket, info: ConnectionInfo) -> None:
         """Run a sync handler on one connection; whatever it does, close the connection."""
-        set_current(info)
-        log.set_fields(CONN_ID=info.conn_id, LISTENER=info.listener, PEER=info.peer)
+        set_current(info)  # for the handler, and the fields of every record it logs
         try:
             sock.settimeout(self.spec.idle_timeout)  # a silent peer cannot pin the worker
             handler(sock, info)
@@ -144,14 +143,14 @@ class _Base:
         except Exception:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
-            _finish(sock)
+            finish(sock)
 
 
-def _finish(sock: socket.socket) -> None:
-    """End the connection now. shutdown() first: the dispatcher may still hold a copy of
-    the descriptor (until it reads our acknowledgement), and a plain close() would leave
-    the peer waiting for its EOF until then; it also keeps the cost of the TCP teardown
-    here in the worker rather than in the one dispatcher."""
+def finish(sock: socket.socket) -> None:
+    """shutdown() before close(): the dispatcher closes its copy just after the handoff,
+    but if we were scheduled first and got done before it did, its close() would be the
+    last and would run the TCP teardown (FIN, and on loopback the peer's receive path) in
+    the one dispatcher. shutdown() does that here, in the worker, whoever closes last."""
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_WR)
     sock.close()
@@ -233,7 +232,7 @@ class AsyncWorker(_Base):
         loop = asyncio.get_running_loop()
         while not self.stopping:
             try:
-                batch = self.receive(socket.MSG_DONTWAIT)
+                batch = self.receive(channel.DONTWAIT)
             except BlockingIOError:
                 break
             if batch is None:
@@ -261,7 +260,6 @@ class AsyncWorker(_Base):
 
     async def _serve_async(self, handler: Handler, sock: socket.socket, info: ConnectionInfo):
         set_current(info)  # this task's own context: the handler and its logging see it
-        log.set_fields(CONN_ID=info.conn_id, LISTENER=info.listener, PEER=info.peer)
         writer = None
         limit = asyncio.timeout(self.spec.timeout or None)
         try:
@@ -277,7 +275,7 @@ class AsyncWorker(_Base):
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
             if writer is None:
-                _finish(sock)
+                finish(sock)
             else:  # the same, asyncio's way: FIN once the buffered data is out
                 with contextlib.suppress(Exception):
                     if not writer.is_closing() and writer.can_write_eof():
