@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
+import signal
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,3 +52,16 @@ def load_handler(spec: str) -> Callable[..., Any]:
 
 def is_async(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler)
+
+
+def stop_children_on_signal(children: Collection[int]) -> None:
+    """SIGTERM or SIGINT to the parent stops every child, then the parent, at once."""
+
+    def stop(signum: int, _frame: object) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        os._exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)

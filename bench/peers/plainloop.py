@@ -13,7 +13,6 @@ receive each descriptor and run the same handler as everyone else.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import os
 import signal
@@ -22,7 +21,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench.peers.common import Info, is_async, listening_socket, load_handler
+from bench.peers.common import (
+    Info,
+    is_async,
+    listening_socket,
+    load_handler,
+    stop_children_on_signal,
+)
 
 
 def worker(chan: socket.socket, handler: Callable[..., Any]) -> None:
@@ -65,14 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         chans.append(ours)
         children.append(pid)
 
-    def stop(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        os._exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_children_on_signal(children)
     accept = lsock.accept
     send_fds = socket.send_fds
     for chan in itertools.cycle(chans):

@@ -22,7 +22,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bench.peers.common import Info, is_async, listening_socket, load_handler
+from bench.peers.common import (
+    Info,
+    is_async,
+    listening_socket,
+    load_handler,
+    stop_children_on_signal,
+)
 
 
 def serve_sync(lsock: socket.socket, handler: Callable[..., Any]) -> None:
@@ -77,14 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = load_handler(args.handler)
     children: set[int] = set()
 
-    def stop(signum: int, _frame: object) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        sys.exit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    stop_children_on_signal(children)
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
