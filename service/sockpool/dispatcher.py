@@ -27,19 +27,18 @@ from .events import Event
 from .listeners import Listener
 from .notify import Notifier
 from .pool import Generation, Pending, Worker, assign, describe_status
+from .supervision import Supervision
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
-DUMP_GRACE = 0.5  # seconds a hung worker gets to write its stacks before SIGKILL
-MEMORY_CHECK_INTERVAL = 1.0
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
-class Dispatcher:
+class Dispatcher(Supervision):
     def __init__(
         self,
         listeners: list[Listener],
@@ -644,91 +643,6 @@ class Dispatcher:
                 level=logging.WARNING,
             )
             self.accept_errors = 0
-
-    # -- worker health: hangs, memory, recycling -----------------------------------------
-    def _check_workers(self, now: float) -> None:
-        timeout = self.active.config.timeout
-        max_memory = self.active.config.max_memory
-        check_memory = max_memory and now >= self.next_memory_check
-        if check_memory:
-            self.next_memory_check = now + MEMORY_CHECK_INTERVAL
-        for w in list(self.workers.values()):
-            if w.killed_for in ("hung", "overdue"):
-                continue  # SIGKILLed: waiting for SIGCHLD
-            if w.dump_asked:
-                if now - w.dump_asked >= DUMP_GRACE:
-                    self._kill_hung(w, now)
-            elif w.retire_deadline and now > w.retire_deadline:
-                log.log.warning(
-                    "worker %d did not finish within graceful_timeout: killing it", w.pid
-                )
-                w.killed_for = "overdue"
-                os.kill(w.pid, signal.SIGKILL)
-            elif timeout and w.handed:
-                conn_id, (sent, listener, peer) = next(iter(w.handed.items()))
-                since = max(w.last_heard, sent)
-                if now - since > timeout:
-                    w.hung_on = (conn_id, since, listener, peer)
-                    self._ask_for_stacks(w, now)
-            if check_memory and not (w.recycling or w.retiring):
-                rss = health.rss_mib(w.pid)
-                if rss is not None and rss > max_memory:
-                    self._recycle(w, f"resident memory {rss:.0f} MiB over max_memory={max_memory}")
-
-    def _ask_for_stacks(self, w: Worker, now: float) -> None:
-        """A hung worker gets no more work and is asked for its stacks; SIGCONT in case
-        it was stopped, or the dump would wait for it."""
-        w.gone = True
-        self._changed()
-        w.dump_asked = now
-        health.clear_stacks(w.stacks)
-        for sig in (health.DUMP_SIGNAL, signal.SIGCONT):
-            os.kill(w.pid, sig)
-        self._soon(now + DUMP_GRACE)
-
-    def _kill_hung(self, w: Worker, now: float) -> None:
-        conn_id, since, listener, peer = w.hung_on
-        stacks = health.read_stacks(w.stacks) or "(no stacks: the worker did not answer)"
-        log.event(
-            Event.WORKER_HUNG,
-            "worker %d hung: connection %d in its hands for %.1fs, over timeout=%gs; "
-            "killing it. Its stacks:\n%s",
-            w.pid,
-            conn_id,
-            now - since,
-            self.active.config.timeout,
-            stacks,
-            level=logging.ERROR,
-            WORKER_PID=w.pid,
-            GENERATION=w.generation,
-            CONN_ID=conn_id,
-            LISTENER=listener,
-            PEER=peer,
-        )
-        w.dump_asked = 0.0
-        w.killed_for = "hung"
-        os.kill(w.pid, signal.SIGKILL)
-
-    def _recycle(self, w: Worker, why: str) -> None:
-        """Retire a worker gracefully, but only once its replacement is ready."""
-        if w.recycling or w.retiring:
-            return
-        w.recycling = True
-        w.killed_for = "recycled"
-        log.event(
-            Event.WORKER_RECYCLED,
-            "recycling worker %d: %s",
-            w.pid,
-            why,
-            WORKER_PID=w.pid,
-            GENERATION=w.generation,
-        )
-        gen = self._generation_of(w)
-        if gen is None or self.stopping:
-            self._retire([w])
-            return
-        gen.recycling.append(w)
-        self._spawn(gen)
 
     # -- descriptors ---------------------------------------------------------------------
     def _watch(
