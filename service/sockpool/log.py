@@ -42,7 +42,7 @@ class _AddFields(logging.Filter):
 class _StderrFormatter(logging.Formatter):
     """One line a record; fields follow the message so grep finds them as in the journal."""
 
-    KEYS = ("CONN_ID", "LISTENER", "PEER", "WORKER_PID", "GENERATION")
+    KEYS = ("CONN_ID", "LISTENER", "PEER", "PEER_PID", "PEER_UID", "WORKER_PID", "GENERATION")
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)

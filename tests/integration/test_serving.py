@@ -48,6 +48,15 @@ def test_unix_peer_credentials_reach_the_handler(serve, tmp_path: Path) -> None:
     assert words[4:] == [str(os.getpid()), str(os.getuid())]
 
 
+def test_unix_peer_credentials_reach_the_journal_fields(serve, tmp_path: Path) -> None:
+    path = str(tmp_path / "boom.sock")
+    service = serve(["--workers=1", "apps:boom"], listen=[path], fdnames=["local"])
+    request(service.address, b"go\n")
+    wait_until(lambda: "about to fail" in service.output(), "the handler's log line")
+    line = next(ln for ln in service.output().splitlines() if "about to fail" in ln)
+    assert f"PEER_PID={os.getpid()} PEER_UID={os.getuid()}" in line
+
+
 def test_sync_handler_runs_one_connection_per_worker(serve) -> None:
     service = serve(["--workers=2", "apps:slow_echo"], listen=[tcp()])
     clients = [connect(service.address) for _ in range(3)]
