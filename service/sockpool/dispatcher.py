@@ -201,33 +201,34 @@ class Dispatcher(Supervision):
         self._routable = None
 
     # -- messages from workers -----------------------------------------------------------
-    def _on_worker_message(self, w: Worker) -> None:
+    def _on_worker_message(self, w: Worker) -> bool:
         """One message per readiness event: the channel is level-triggered, so a second
         message comes round on the next poll, which is cheaper than a failing recv. Plain
         recv(), no control buffer: workers never send descriptors, and the kernel closes
-        any that one might attach rather than hand them to us."""
+        any that one might attach rather than hand them to us. True if it read one."""
         try:
             data = w.chan.recv(wire.MAX_MESSAGE, channel.DONTWAIT)
         except BlockingIOError:
-            return
+            return False
         except ConnectionError:
             data = b""
         if not data:  # it exited or is exiting; SIGCHLD will tell us how
             self._unwatch(w.chan)
             w.gone = True
             self._changed()
-            return
+            return False
         try:
             self._handle(w, wire.decode_to_dispatcher(data))
         except wire.WireError as exc:
             log.log.error("bad message from worker %d: %s", w.pid, exc)
+        return True
 
-    def _on_done(self) -> None:
-        """Finished connections of any number of workers, in one read."""
+    def _on_done(self) -> bool:
+        """Finished connections of any number of workers, in one read; True if any."""
         try:
             data = os.read(self.done_r, wire.DONE_READ_SIZE)
         except BlockingIOError:
-            return
+            return False
         now = time.monotonic()
         for pid, conn_id in wire.decode_done(data):
             w = self.workers.get(pid)
@@ -241,13 +242,7 @@ class Dispatcher(Supervision):
                 self.admission.release(conn_id)
             if w.max_served and w.served >= w.max_served:
                 self._recycle(w, f"served {w.served} connections (max_requests)")
-
-    def _drain_done(self) -> None:
-        while True:
-            before = self.served
-            self._on_done()
-            if self.served == before:
-                return
+        return True
 
     def _handle(self, w: Worker, message: wire.ToDispatcher) -> None:
         w.last_heard = time.monotonic()
@@ -323,7 +318,8 @@ class Dispatcher(Supervision):
         self._watch(ours, lambda: self._on_worker_message(w))
 
     def _reap(self) -> None:
-        self._drain_done()  # what the dead reported before dying counts
+        while self._on_done():  # what the dead reported before dying counts
+            pass
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -337,11 +333,8 @@ class Dispatcher(Supervision):
                 self._worker_exited(w, status)
 
     def _worker_exited(self, w: Worker, status: int) -> None:
-        while w.chan.fileno() in self.callbacks:  # what it said before it died counts
-            before = w.in_flight, w.capacity, w.failure
-            self._on_worker_message(w)
-            if (w.in_flight, w.capacity, w.failure) == before:
-                break
+        while self._on_worker_message(w):  # what it said before it died counts (FAILED)
+            pass
         self._unwatch(w.chan)
         recovered = self._recover(w)
         for sock in (w.chan, w.inbox):
@@ -393,7 +386,7 @@ class Dispatcher(Supervision):
         if gen is self.incoming:
             self._abort_reload(reason)
             return
-        self._retire([w for w in self.workers.values()], kill=True)
+        self._retire(list(self.workers.values()), kill=True)
         self.respawns.clear()
         raise Fatal(
             ExitCode.WORKERS_FAILING,
@@ -422,6 +415,16 @@ class Dispatcher(Supervision):
                 w.handed.pop(handoff.conn_id, None)
                 recovered.append((handoff.conn_id, fd, handoff.listener, handoff.peer))
 
+    def _workers_of(self, gen: Generation) -> list[Worker]:
+        return [w for w in self.workers.values() if w.generation == gen.number]
+
+    def _drop_incoming(self) -> None:
+        """Kill a reload's generation that is not serving yet."""
+        if self.incoming is not None:
+            self._retire(self._workers_of(self.incoming), kill=True)
+            self.respawns = [(at, g) for at, g in self.respawns if g is not self.incoming]
+            self.incoming = None
+
     def _generation_of(self, w: Worker) -> Generation | None:
         for gen in (self.active, self.incoming):
             if gen is not None and gen.number == w.generation:
@@ -430,11 +433,11 @@ class Dispatcher(Supervision):
 
     def _check_generation_ready(self) -> None:
         gen = self.incoming or self.active
-        ready = sum(1 for w in self.workers.values() if w.generation == gen.number and w.ready)
+        ready = sum(w.ready for w in self._workers_of(gen))
         if ready < gen.config.workers:
             return
         if gen is self.incoming:
-            old = [w for w in self.workers.values() if w.generation == self.active.number]
+            old = self._workers_of(self.active)
             self.active, self.incoming = gen, None
             self._changed()
             self.admission.update(gen.config)
@@ -461,15 +464,16 @@ class Dispatcher(Supervision):
         deadline = time.monotonic() + self.active.config.graceful_timeout
         for w in workers:
             w.retiring = True
-            self._changed()
             w.killed_for = w.killed_for or "retired"
             w.retire_deadline = w.retire_deadline or deadline
+            if kill:
+                os.kill(w.pid, signal.SIGKILL)
+                continue
             try:
-                if kill:
-                    raise OSError
                 channel.send(w.chan, wire.encode_stop())
-            except OSError:
-                os.kill(w.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            except OSError:  # its channel is full or gone: the signal says the same
+                os.kill(w.pid, signal.SIGTERM)
+        self._changed()
 
     # -- signals, reload, stop -----------------------------------------------------------
     def _install_signals(self) -> None:
@@ -511,13 +515,7 @@ class Dispatcher(Supervision):
         self._spawn_generation(self.incoming)
 
     def _abort_reload(self, reason: str) -> None:
-        if self.incoming is not None:
-            self._retire(
-                [w for w in self.workers.values() if w.generation == self.incoming.number],
-                kill=True,
-            )
-            self.respawns = [(at, g) for at, g in self.respawns if g is not self.incoming]
-            self.incoming = None
+        self._drop_incoming()
         log.event(
             Event.RELOAD_FAILED,
             "reload failed, still serving the old generation: %s",
@@ -548,12 +546,7 @@ class Dispatcher(Supervision):
             timeout,
         )
         self.notifier.stopping(self.status())
-        if self.incoming:
-            self._retire(
-                [w for w in self.workers.values() if w.generation == self.incoming.number],
-                kill=True,
-            )
-            self.incoming = None
+        self._drop_incoming()
 
     def _housekeeping(self, now: float) -> None:
         due = [g for at, g in self.respawns if at <= now]
@@ -586,7 +579,7 @@ class Dispatcher(Supervision):
 
     def status(self) -> str:
         gen = self.active
-        ready = sum(1 for w in self.workers.values() if w.generation == gen.number and w.ready)
+        ready = sum(w.ready for w in self._workers_of(gen))
         text = (
             f"workers {ready}/{gen.config.workers}, busy {self._busy()}, "
             f"served {self.served}, refused {self.admission.refused}"
