@@ -6,20 +6,34 @@ ADDR ?= 127.0.0.1:7007
 HANDLER ?= sockpool.handlers:echo
 PYTEST_ARGS ?=
 
-.PHONY: all deps venv run test lint unit integration system clean
+.PHONY: all deps venv repin run test lint unit integration system clean
 
 all: test
 
 deps:
 	@scripts/ensure-deps build run system
 
-# The venv is rebuilt when the project's metadata changes; systemd-python is an sdist
-# and compiles against libsystemd-dev, which `deps` installs first.
-$(VENV)/.stamp: pyproject.toml | deps
+# The venv is rebuilt when the project's metadata or the pins change; systemd-python is an
+# sdist and compiles against libsystemd-dev, which `deps` installs first. Everything pip
+# installs here (pip itself, pytest, ruff, their dependencies, and the setuptools that builds
+# sockpool and systemd-python) is pinned to an exact version in constraints.txt, so a new release cannot break `make test` on a clean clone.
+$(VENV)/.stamp: pyproject.toml constraints.txt | deps
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]' ruff
+	$(PY) -m pip install -q -c constraints.txt --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt --build-constraint constraints.txt -e '.[test]' ruff
 	touch $@
+
+# Move the pins: the newest releases of the same packages, written to constraints.txt
+# (review the diff, then `make test`).
+REPIN := $(VENV)-repin
+repin: | deps
+	rm -rf $(REPIN)
+	$(PYTHON) -m venv $(REPIN)
+	$(REPIN)/bin/python -m pip install -q --upgrade pip setuptools
+	$(REPIN)/bin/python -m pip install -q -e '.[test]' ruff
+	{ echo "# Exact versions of what \`make venv\` installs with pip; \`make repin\` moves them."; \
+	  $(REPIN)/bin/python -m pip freeze --all --exclude-editable; } > constraints.txt
+	rm -rf $(REPIN)
 
 venv: $(VENV)/.stamp
 

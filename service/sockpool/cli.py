@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import resource
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -92,8 +93,22 @@ def parser() -> argparse.ArgumentParser:
         default=False,
         help="validate the configuration and import the handlers, then exit",
     )
+    p.add_argument(
+        "--reload",
+        metavar="PID",
+        type=_pid,
+        help="check as --check does, then send SIGHUP to the sockpool running as PID "
+        "(the units' ExecReload=; needs no kill(1))",
+    )
     p.add_argument("--version", action="version", version=f"sockpool {__version__}")
     return p
+
+
+def _pid(text: str) -> int:
+    # 0, -1 and 1 would signal a process group, every process, or init.
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     args = vars(parser().parse_args(argv))
     log_target, check, path = args.pop("log_target"), args.pop("check"), args.pop("config", None)
+    reload_pid: int | None = args.pop("reload", None)
 
     def load() -> config.Config:
         return config.load(path, args)
@@ -117,6 +133,8 @@ def _main(argv: list[str] | None) -> int:
     global _journal_logging
     log.setup(cfg.name, cfg.log_level, log_target)
     _journal_logging = log.journal_wanted(log_target)
+    if reload_pid is not None:
+        return _check_and_signal(cfg, reload_pid)
     if check:
         return _check(cfg)
 
@@ -172,6 +190,20 @@ def _check(cfg: config.Config) -> int:
     if not targets:
         raise Fatal(ExitCode.CONFIG, "no handler: give HANDLER or 'handler = ...'")
     print(f"sockpool: configuration OK ({cfg.path or 'command line'})")
+    return 0
+
+
+def _check_and_signal(cfg: config.Config, pid: int) -> int:
+    """ExecReload= in one command: a broken configuration fails the reload (78) and the
+    running pool never hears of it; only a good one reaches it as SIGHUP."""
+    _check(cfg)
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        raise Fatal(ExitCode.NO_PROCESS, f"--reload: no process {pid}") from None
+    except PermissionError:
+        raise Fatal(ExitCode.NO_PROCESS, f"--reload: not allowed to signal process {pid}") from None
+    print(f"sockpool: sent SIGHUP to {pid}")
     return 0
 
 

@@ -16,6 +16,7 @@ class ExitCode(IntEnum):
     USAGE = 64  # EX_USAGE: bad command line
     ACTIVATION = 65  # EX_DATAERR: LISTEN_* environment malformed or not for this process
     NO_LISTENERS = 66  # EX_NOINPUT: neither socket activation nor --listen
+    NO_PROCESS = 67  # --reload=PID: no such process (EX_NOUSER, "addressee unknown")
     BAD_DESCRIPTOR = 69  # a passed descriptor is closed, not a socket, or not listening
     WORKERS_FAILING = 70  # EX_SOFTWARE: workers keep dying before they are ready
     BIND = 71  # EX_OSERR: a --listen address cannot be bound
