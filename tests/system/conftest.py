@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from nspawn import Container, unavailable_reason
+from nspawn import Container, ContainerError, unavailable_reason
 from support import REPO, Unit
 
 HERE = Path(__file__).parent
@@ -41,12 +41,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture(scope="session")
-def machine() -> Iterator[Container]:
+def _session_machine() -> Iterator[Container | ContainerError]:
+    """The session's machine, or why it could not be made ready.
+
+    A session fixture that raises makes pytest repeat the whole error for each of its tests;
+    `machine` below reports it in full once and names it in one line after that.
+    """
     if reason := _reason():
         pytest.skip(f"no systemd container here: {reason}")
-    with Container(f"sockpool-test-{os.getpid()}") as container:
+    container = Container(f"sockpool-test-{os.getpid()}")
+    try:
+        container.start()
         container.install_sockpool(REPO, extra_modules=[HERE / "sockpool_systemtest.py"])
+    except ContainerError as exc:
+        container.stop()
+        yield exc
+        return
+    with container:
         yield container
+
+
+_boot_reported: list[ContainerError] = []
+
+
+@pytest.fixture
+def machine(_session_machine: Container | ContainerError) -> Container:
+    if isinstance(error := _session_machine, ContainerError):
+        if error in _boot_reported:
+            pytest.fail("the session's machine did not boot (see the first error)", pytrace=False)
+        _boot_reported.append(error)
+        pytest.fail(f"the session's machine did not boot: {error}", pytrace=False)
+    return _session_machine
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-__all__ = ["Container", "ContainerError", "unavailable_reason"]
+__all__ = ["Container", "ContainerError", "NotTheContainer", "unavailable_reason"]
 
 NSPAWN = "/usr/bin/systemd-nspawn"
 PROPAGATE_DIR = Path("/run/systemd/nspawn/propagate")
@@ -64,14 +64,18 @@ DEFAULT_MASKS = (
 # container's tree (payload/, supervisor/) below its current cgroup, and two containers
 # started from the same one would share system.slice/*: each one's systemd would see the
 # other's processes in its units ("Failed to dump process list: Input/output error") and
-# stop or kill them with its own. Masks and the default target go into the upper layer
-# before the overlay is mounted.
+# stop or kill them with its own. Masks, the default target and the marker (a random token
+# that only this container's tree has, see Container.run) go into the upper layer before the
+# overlay is mounted.
 _BOOT_SCRIPT = r"""#!/bin/bash
 set -euo pipefail
 base=$1 name=$2 uuid=$3 cgroups=$4; shift 4
 for cgroup in $cgroups; do echo $$ > "$cgroup/cgroup.procs"; done
 mount -t tmpfs -o mode=0755 sockpool-nspawn "$base"
 mkdir "$base/upper" "$base/work" "$base/root"
+marker=$base/upper$SOCKPOOL_NSPAWN_MARKER
+mkdir -p "$(dirname "$marker")"
+printf '%s\n' "$SOCKPOOL_NSPAWN_TOKEN" > "$marker"
 etc="$base/upper/etc/systemd/system"
 mkdir -p "$etc"
 ln -s /usr/lib/systemd/system/multi-user.target "$etc/default.target"
@@ -81,6 +85,19 @@ mount -t overlay overlay \
 exec systemd-nspawn -D "$base/root" --register=no --keep-unit --uuid="$uuid" \
   -M "$name" --console=pipe -b
 """
+
+# Every command runs behind this guard, in the very namespaces nsenter put it in: unless the
+# root there holds this container's token, it is not the container (nsenter can land in the
+# host's namespaces, as it did in a chroot), and the command is refused, not run.
+MARKER = "/etc/sockpool-nspawn.token"
+_REFUSED = 97
+_GUARD = (
+    'read -r token 2>/dev/null < "$SOCKPOOL_NSPAWN_MARKER" '
+    '&& [ "$token" = "$SOCKPOOL_NSPAWN_TOKEN" ] '
+    '|| { echo "not the container: $SOCKPOOL_NSPAWN_MARKER lacks its token" >&2; '
+    f"exit {_REFUSED}; }}; "
+    'unset SOCKPOOL_NSPAWN_MARKER SOCKPOOL_NSPAWN_TOKEN; exec "$@"'
+)
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,62}")
 _ENV = {
@@ -94,6 +111,10 @@ _ENV = {
 
 class ContainerError(RuntimeError):
     """The container could not be booted or a command in it failed."""
+
+
+class NotTheContainer(ContainerError):
+    """A command would have run somewhere other than the container (the host, say): refused."""
 
 
 def unavailable_reason() -> str | None:
@@ -118,6 +139,43 @@ def unavailable_reason() -> str | None:
     filesystems = Path("/proc/filesystems").read_text()
     if "\toverlay\n" not in filesystems and not Path("/sys/module/overlay").exists():
         return "the kernel has no overlay filesystem"
+    if _in_chroot():
+        return "in a chroot (/ is not PID 1's root): nsenter could not reach the container's tree"
+    return _probe_overlay()
+
+
+def _in_chroot() -> bool:
+    """/ is not PID 1's root (systemd's own test), or is no mount point at all."""
+    try:
+        ours, init = os.stat("/"), os.stat("/proc/1/root/")
+        if (ours.st_dev, ours.st_ino) != (init.st_dev, init.st_ino):
+            return True
+    except OSError:  # PID 1 hidden or not ours to look at: judge by the mount table alone
+        pass
+    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+    return not any(line.split()[4] == "/" for line in mountinfo)
+
+
+# The boot script's first steps, in a namespace that dies with it: what a chroot, a container
+# without CAP_SYS_ADMIN or a kernel without overlay-on-this-root makes fail.
+_PROBE = r"""set -e
+mount -t tmpfs -o mode=0755 sockpool-probe "$1"
+mkdir "$1/upper" "$1/work" "$1/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$1/upper,workdir=$1/work" "$1/root"
+test -x "$1/root/lib/systemd/systemd"
+"""
+
+
+def _probe_overlay() -> str | None:
+    with tempfile.TemporaryDirectory(prefix="sockpool-nspawn-probe-") as tmp:
+        argv = ["unshare", "--mount", "--propagation", "private", "bash", "-c", _PROBE, "-", tmp]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return "a private mount namespace with an overlay of / took over 30 s"
+    if done.returncode != 0:
+        why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return f"cannot make an overlay of / in a private mount namespace ({why})"
     return None
 
 
@@ -191,6 +249,7 @@ class Container:
         self._leader: int | None = None
         self._dir: Path | None = None
         self._cgroups: list[Path] = []
+        self._token = secrets.token_hex(16)
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -238,6 +297,7 @@ class Container:
                 # A session of its own: the container must not get the terminal's signals.
                 self._proc = subprocess.Popen(
                     [*unshare, *args],
+                    env={**os.environ, **self._marker()},
                     stdin=subprocess.DEVNULL,
                     stdout=console,
                     stderr=subprocess.STDOUT,
@@ -249,6 +309,10 @@ class Container:
             self.stop()
             raise
         return self
+
+    def _marker(self) -> dict[str, str]:
+        """Where the boot script writes the token, and what the guard expects there."""
+        return {"SOCKPOOL_NSPAWN_MARKER": MARKER, "SOCKPOOL_NSPAWN_TOKEN": self._token}
 
     def _wait_booted(self, deadline: float) -> None:
         state = "no systemd yet"
@@ -331,17 +395,24 @@ class Container:
         """Run argv inside the container (all its namespaces, its root) with a clean environment.
 
         stdout and stderr come back as text; with check, a failure raises ContainerError
-        carrying both.
+        carrying both. Wherever nsenter lands, argv runs only if the root there has this
+        container's token (see _GUARD); otherwise NotTheContainer, check or not.
         """
         data = input.encode() if isinstance(input, str) else input
+        guard = ["/bin/sh", "-c", _GUARD, "sh"]
         proc = subprocess.run(
-            ["nsenter", "-t", str(self.leader), "-a", "--", *argv],
+            ["nsenter", "-t", str(self.leader), "-a", "--", *guard, *argv],
             input=data,
             capture_output=True,
             timeout=timeout,
-            env={**_ENV, **(env or {})},
+            env={**_ENV, **(env or {}), **self._marker()},
             check=False,
         )
+        if proc.returncode == _REFUSED and b"not the container" in proc.stderr:
+            raise NotTheContainer(
+                f"refused to run {' '.join(argv)} in the namespaces of PID {self.leader}: "
+                f"{proc.stderr.decode(errors='replace').strip()}"
+            )
         done = subprocess.CompletedProcess(
             proc.args,
             proc.returncode,
