@@ -57,8 +57,10 @@ def _session_machine() -> Iterator[Container | ContainerError]:
         container.stop()
         yield exc
         return
-    with container:
+    try:
         yield container
+    finally:
+        container.stop()
 
 
 _boot_reported: list[ContainerError] = []

@@ -1,0 +1,82 @@
+"""`sockpool --reload=PID`, the units' ExecReload=: check first, then SIGHUP, without kill(1).
+
+The target is a stand-in process that counts the SIGHUPs it gets; what a real dispatcher
+does with one is tested in tests/system (systemctl reload).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from harness import SOCKPOOL
+
+ECHO = "sockpool.handlers:echo"
+# Counts SIGHUPs; on SIGTERM prints the count and exits.
+TARGET = """
+import signal, sys
+hups = 0
+def hup(*_):
+    global hups
+    hups += 1
+signal.signal(signal.SIGHUP, hup)
+signal.signal(signal.SIGTERM, lambda *_: (print(f"hups={hups}", flush=True), sys.exit(0)))
+print("ready", flush=True)
+while True:
+    signal.pause()
+"""
+
+
+@pytest.fixture
+def target() -> Iterator[subprocess.Popen[str]]:
+    proc = subprocess.Popen([sys.executable, "-c", TARGET], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def sockpool(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SOCKPOOL, *args], capture_output=True, text=True, timeout=30)
+
+
+def hups(target: subprocess.Popen[str]) -> str:
+    target.terminate()
+    out, _ = target.communicate(timeout=10)
+    return out.strip()
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert "Traceback" not in result.stderr, result.stderr
+    (line,) = result.stderr.splitlines()
+    return line
+
+
+def test_a_bad_configuration_fails_the_reload_and_sends_nothing(target) -> None:
+    bad = sockpool(f"--reload={target.pid}", "--workers=0", ECHO)
+    assert bad.returncode == 78
+    assert one_line(bad).startswith("sockpool: ")
+    broken = sockpool(f"--reload={target.pid}", "no_such_module_here:handle")
+    assert broken.returncode == 78
+    good = sockpool(f"--reload={target.pid}", ECHO)
+    assert good.returncode == 0, good.stderr
+    assert f"sent SIGHUP to {target.pid}" in good.stdout
+    assert hups(target) == "hups=1"  # the good one's only
+
+
+def test_no_such_process() -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # reaped: its pid names nothing now (reuse within the test is unlikely)
+    result = sockpool(f"--reload={gone.pid}", ECHO)
+    assert result.returncode == 67
+    assert one_line(result) == f"sockpool: --reload: no process {gone.pid}"
+
+
+@pytest.mark.parametrize("pid", ["", "0", "1", "-1", "12x", " 42"])
+def test_not_a_process_id(pid: str) -> None:
+    result = sockpool(f"--reload={pid}", ECHO)
+    assert result.returncode == 64
+    assert "not a process ID" in one_line(result)
