@@ -174,3 +174,120 @@ def test_listen_fds_claiming_too_many(serve) -> None:
     code, line = activated_error(serve, ["env", "LISTEN_FDS=100000"])
     assert code == 65
     assert "LISTEN_FDS='100000' is not a count from 1 to 1024" in line
+
+
+# -- handlers --check must refuse (issue 11, items 3, 4 and 6) ----------------------------
+
+
+def check_module(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sockpool --check ARGS` with a module `mod` of this source importable."""
+    (tmp_path / "mod.py").write_text(source)
+    return subprocess.run(
+        [SOCKPOOL, "--check", *args],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        timeout=60,
+    )
+
+
+HANDLERS = """
+import asyncio
+
+def two(sock, info): pass
+def three(sock, info, extra): pass
+async def async_one(reader): pass
+def gen(sock, info): yield
+class Serve:
+    def __init__(self, sock, info): pass
+class Handler:
+    def __call__(self, sock, info): pass
+instance = Handler()
+"""
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (
+            "os:system",
+            "sockpool: handler 'os:system' is a built-in function; sockpool calls "
+            "handler(sock, info)",
+        ),
+        ("builtins:print", "sockpool: handler 'builtins:print' is a built-in function"),
+        (
+            "mod:three",
+            "sockpool: handler 'mod:three' takes (sock, info, extra); sockpool calls "
+            "handler(sock, info)",
+        ),
+        (
+            "mod:async_one",
+            "sockpool: handler 'mod:async_one' takes (reader); sockpool calls "
+            "await handler(reader, writer)",
+        ),
+        ("mod:gen", "sockpool: handler 'mod:gen' is a generator function"),
+        ("mod:Handler", "sockpool: handler 'mod:Handler' takes (); sockpool calls"),
+        ("builtins:dict", "sockpool: handler 'builtins:dict': its signature cannot be inspected"),
+    ],
+)
+def test_check_refuses_handlers_sockpool_cannot_call(
+    tmp_path: Path, handler: str, message: str
+) -> None:
+    result = check_module(tmp_path, HANDLERS, handler)
+    assert result.returncode == 78
+    assert error_line(result.stderr).startswith(message)
+
+
+@pytest.mark.parametrize("handler", ["mod:two", "mod:Serve", "mod:instance"])
+def test_check_accepts_python_callables_of_two_arguments(tmp_path: Path, handler: str) -> None:
+    result = check_module(tmp_path, HANDLERS, handler)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("configuration OK") == 1
+
+
+def test_check_refuses_a_module_that_forks_at_import(tmp_path: Path) -> None:
+    """It used to say "configuration OK" twice, once from each process, and exit 0."""
+    result = check_module(
+        tmp_path, "import os\nos.fork()\ndef handle(sock, info): pass\n", "mod:handle"
+    )
+    assert result.returncode == 78
+    assert "configuration OK" not in result.stdout
+    line = error_line(result.stderr)
+    assert line.startswith("sockpool: handler 'mod:handle': importing 'mod' forks (os.fork())")
+
+
+def test_check_gives_up_on_an_import_that_never_returns(tmp_path: Path) -> None:
+    """It used to hang forever. Now it names the handler, and the child is killed."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'handler = "{ECHO}"\n[listeners.slow]\nhandler = "mod:handle"\n')
+    source = "import threading\nthreading.Event().wait()\ndef handle(sock, info): pass\n"
+    result = check_module(tmp_path, source, "--start-timeout=1", f"--config={config}")
+    assert result.returncode == 78
+    assert error_line(result.stderr) == (
+        "sockpool: handler 'mod:handle': importing it did not finish within start_timeout=1s"
+    )
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_with(p, str(config))]
+
+
+def _runs_with(proc: Path, arg: str) -> bool:
+    try:
+        return f"--config={arg}" in (proc / "cmdline").read_text()
+    except OSError:
+        return False
+
+
+def test_check_names_an_import_that_kills_its_process(tmp_path: Path) -> None:
+    result = check_module(tmp_path, "import os\nos.kill(os.getpid(), 9)\n", "mod:handle")
+    assert result.returncode == 78
+    assert error_line(result.stderr) == (
+        "sockpool: handler 'mod:handle': importing it ended the process (killed by SIGKILL)"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "86401", "soon"])
+def test_start_timeout_must_be_a_positive_number(value: str) -> None:
+    result = run(f"--start-timeout={value}", "--check", ECHO)
+    assert result.returncode == 78
+    assert error_line(result.stderr).startswith(
+        "sockpool: --start-timeout: expected a number of seconds above 0, at most 86400"
+    )
