@@ -72,8 +72,15 @@ def check_callable(spec: str, handler: Callable[..., Any]) -> None:
         signature.bind(None, None)
     except TypeError:
         raise HandlerError(
-            f"{name} takes {cut(str(signature), 80)}; sockpool calls {call}"
+            f"{name} takes {cut(_plain(signature), 80)}; sockpool calls {call}"
         ) from None
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """The parameters without annotations, which make an error line long, not clearer."""
+    empty = inspect.Parameter.empty
+    params = [p.replace(annotation=empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=params, return_annotation=empty))
 
 
 def is_async(handler: Callable[..., Any]) -> bool:
