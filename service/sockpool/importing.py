@@ -9,6 +9,7 @@ import json
 import os
 import select
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -98,6 +99,7 @@ def check_in_child(specs: Iterable[str], timeout: float) -> None:
     started at import outlives the check.
     """
     specs = list(specs)
+    _flush()  # or the child would write our buffered output a second time
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child; its verdict is what the tests see
@@ -108,6 +110,7 @@ def check_in_child(specs: Iterable[str], timeout: float) -> None:
             _load_and_report(specs, w)
             code = 0
         finally:
+            _flush()  # what the modules printed at import, which os._exit would drop
             os._exit(code)
     os.close(w)
     with contextlib.suppress(OSError):  # as the child does, in case we get to kill it first
@@ -126,6 +129,12 @@ def check_in_child(specs: Iterable[str], timeout: float) -> None:
         raise HandlerError(f"{name}: importing it ended the process ({_status(status)})")
     if kind != "ok":
         raise HandlerError(text)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream is no reason to fail
+            stream.flush()
 
 
 def _load_and_report(specs: list[str], w: int) -> None:
