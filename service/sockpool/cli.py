@@ -12,15 +12,22 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, config, log
-from .errors import ExitCode, Fatal
-from .importing import HandlerError, load_handler
-from .listeners import Listener, bind, from_activation, parse_address
+from .errors import ExitCode, Fatal, cut, quote
+from .importing import HandlerError, check_in_child
+from .listeners import Listener, bind, check_fdnames, from_activation, parse_address
 
 _journal_logging = False
 
 
-# Resilience flags, each the TOML key of the same name; 0 turns a limit off.
+# Resilience flags, each the TOML key of the same name; 0 turns a limit off
+# (start_timeout excepted: a start that cannot time out is what it prevents).
 _LIMITS = [
+    (
+        "start_timeout",
+        "SECONDS",
+        "a worker not ready this long after it was started failed to start; also the limit "
+        "for --check's imports (default 30, above 0)",
+    ),
     (
         "timeout",
         "SECONDS",
@@ -141,8 +148,7 @@ def _main(argv: list[str] | None) -> int:
     listeners = _listeners(cfg)
     names = [lst.name for lst in listeners]
     config.check_handlers(cfg, names)
-    for name in set(cfg.listeners) - set(names):
-        log.log.warning("config names listener %r, but no socket of that name was passed", name)
+    _warn_unmatched(cfg, names)
 
     def reload() -> config.Config:
         new = load()
@@ -180,15 +186,29 @@ def _listeners(cfg: config.Config) -> list[Listener]:
     return listeners
 
 
+def _warn_unmatched(cfg: config.Config, names: list[str]) -> None:
+    """One warning for all [listeners.NAME] tables no passed socket has, however many."""
+    unmatched = sorted(set(cfg.listeners) - set(names))
+    if unmatched:
+        log.log.warning(
+            "config names %d listener(s) with no socket of that name passed: %s",
+            len(unmatched),
+            cut(", ".join(map(quote, unmatched[:5])) + (", ..." if len(unmatched) > 5 else "")),
+        )
+
+
 def _check(cfg: config.Config) -> int:
-    targets = {cfg.handler, *(lc.handler for lc in cfg.listeners.values())} - {None}
-    for target in sorted(t for t in targets if t):
-        try:
-            load_handler(target)
-        except HandlerError as exc:
-            raise Fatal(ExitCode.CONFIG, str(exc)) from None
+    """Validate what can be without taking the sockets: LISTEN_FDNAMES when set, and the
+    handlers, imported in a child as a worker would, within start_timeout."""
+    check_fdnames(os.environ)
+    named = {cfg.handler, *(lc.handler for lc in cfg.listeners.values())}
+    targets = sorted(t for t in named if t)
     if not targets:
         raise Fatal(ExitCode.CONFIG, "no handler: give HANDLER or 'handler = ...'")
+    try:
+        check_in_child(targets, cfg.start_timeout)
+    except HandlerError as exc:
+        raise Fatal(ExitCode.CONFIG, str(exc)) from None
     print(f"sockpool: configuration OK ({cfg.path or 'command line'})")
     return 0
 

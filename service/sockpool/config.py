@@ -13,12 +13,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .listeners import parse_address
+from .errors import QUOTE_LIMIT, ConfigError, cut, quote
+from .listeners import MAX_LISTEN_FDS, parse_address
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _NAME_RE = re.compile(r"^[\w.@:-]{1,64}$")
+MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
+# No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
+MAX_LISTENER_TABLES = MAX_LISTEN_FDS
+MAX_START_TIMEOUT = 86400.0
 
 
 def default_workers() -> int:
@@ -50,6 +54,7 @@ class Config:
     max_connections: int = 0  # in flight at once; more are refused, not queued
     max_connections_per_source: int = 0  # in flight from one IP address
     overload_reply: str = ""  # one line sent to a refused connection before it is closed
+    start_timeout: float = 30.0  # seconds from fork to READY before a start counts as failed
     path: str | None = None
 
     def handler_for(self, listener: str) -> str | None:
@@ -60,20 +65,34 @@ class Config:
 # key -> (kind, validator). The kind tells the CLI how to read a flag's text.
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a positive integer, got {value!r}")
+        raise ValueError(f"expected a positive integer, got {quote(value)}")
     return value
 
 
 def _non_negative_number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"expected a number of seconds >= 0, got {value!r}")
+        raise ValueError(f"expected a number of seconds >= 0, got {quote(value)}")
     return float(value)
 
 
 def _count(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"expected a whole number >= 0, got {value!r}")
+        raise ValueError(f"expected a whole number >= 0, got {quote(value)}")
     return value
+
+
+def _start_timeout(value: Any) -> float:
+    """Not 0: a start that can never time out is what hangs a reload (and --check) forever."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_START_TIMEOUT
+    ):
+        raise ValueError(
+            f"expected a number of seconds above 0, at most {MAX_START_TIMEOUT:g}, "
+            f"got {quote(value)}"
+        )
+    return float(value)
 
 
 def _reply(value: Any) -> str:
@@ -84,19 +103,19 @@ def _reply(value: Any) -> str:
 
 def _handler(value: Any) -> str:
     if not isinstance(value, str) or not _HANDLER_RE.match(value):
-        raise ValueError(f"expected 'module:callable', got {value!r}")
+        raise ValueError(f"expected 'module:callable', got {quote(value)}")
     return value
 
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.match(value):
-        raise ValueError(f"expected a name of letters, digits and ._@:-, got {value!r}")
+        raise ValueError(f"expected a name of letters, digits and ._@:-, got {quote(value)}")
     return value
 
 
 def _log_level(value: Any) -> str:
     if not isinstance(value, str) or value.lower() not in LOG_LEVELS:
-        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {value!r}")
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)}, got {quote(value)}")
     return value.lower()
 
 
@@ -104,7 +123,7 @@ def _addresses(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
-        raise ValueError(f"expected a list of addresses, got {value!r}")
+        raise ValueError(f"expected a list of addresses, got {quote(value)}")
     for text in value:
         parse_address(text)  # raises ValueError naming the bad one
     return tuple(value)
@@ -113,17 +132,23 @@ def _addresses(value: Any) -> tuple[str, ...]:
 def _listeners(value: Any) -> dict[str, ListenerConfig]:
     if not isinstance(value, dict):
         raise ValueError("expected a table of [listeners.NAME] tables")
+    if len(value) > MAX_LISTENER_TABLES:
+        raise ValueError(
+            f"{len(value):,} [listeners.NAME] tables, at most {MAX_LISTENER_TABLES} "
+            "(as many as sockets can be passed)"
+        )
     result = {}
     for name, table in value.items():
+        where = cut(name, QUOTE_LIMIT)
         if not isinstance(table, dict):
-            raise ValueError(f"{name}: expected a table, got {table!r}")
+            raise ValueError(f"{where}: expected a table, got {quote(table)}")
         unknown = sorted(set(table) - {"handler"})
         if unknown:
-            raise ValueError(f"{name}.{unknown[0]}: unknown key")
+            raise ValueError(f"{where}.{cut(unknown[0], QUOTE_LIMIT)}: unknown key")
         try:
             handler = _handler(table["handler"]) if "handler" in table else None
         except ValueError as exc:
-            raise ValueError(f"{name}.handler: {exc}") from None
+            raise ValueError(f"{where}.handler: {exc}") from None
         result[name] = ListenerConfig(handler)
     return result
 
@@ -146,6 +171,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "max_connections": (int, _count),
     "max_connections_per_source": (int, _count),
     "overload_reply": (str, _reply),
+    "start_timeout": (float, _start_timeout),
 }
 
 
@@ -153,14 +179,32 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def _where(path: str | None) -> str:
+    return f"config {cut(str(path))}"
+
+
 def read_file(path: str) -> dict[str, Any]:
+    """The file's TOML table; any way the file is unfit is a ConfigError, never a traceback."""
     try:
         with open(path, "rb") as f:
-            return tomllib.load(f)
+            data = f.read(MAX_FILE_SIZE + 1)  # bounded: the path may name /dev/zero
     except OSError as exc:
-        raise ConfigError(f"config {path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config {path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{_where(path)}: cannot read: {exc.strerror}") from None
+    if len(data) > MAX_FILE_SIZE:
+        raise ConfigError(f"{_where(path)}: larger than {MAX_FILE_SIZE:,} bytes")
+    try:
+        text = data.decode()
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            f"{_where(path)}: not UTF-8: byte 0x{data[exc.start]:02x} on line {line}"
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except ValueError as exc:  # TOMLDecodeError, or a value tomllib itself cannot build
+        raise ConfigError(f"{_where(path)}: not valid TOML: {cut(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{_where(path)}: not valid TOML: nested too deeply") from None
 
 
 def _coerce_flag(kind: type, text: Any) -> Any:
@@ -181,8 +225,8 @@ def build(file_values: Mapping[str, Any], flags: Mapping[str, Any], path: str | 
     values: dict[str, Any] = {"path": path}
     for key, raw in file_values.items():
         if key not in _KEYS:
-            raise ConfigError(f"config {path}: {key}: unknown key")
-        values[key] = _check(f"config {path}: {key}", _KEYS[key][1], raw)
+            raise ConfigError(f"{_where(path)}: {cut(key, QUOTE_LIMIT)}: unknown key")
+        values[key] = _check(f"{_where(path)}: {key}", _KEYS[key][1], raw)
     for key, raw in flags.items():
         kind, validator = _KEYS[key]
         values[key] = _check(flag_name(key), validator, _coerce_flag(kind, raw))
@@ -204,8 +248,8 @@ def check_handlers(config: Config, names: list[str]) -> None:
     """Every listener the dispatcher serves must get a handler."""
     for name in names:
         if config.handler_for(name) is None:
-            where = f"config {config.path}" if config.path else "command line"
+            where = _where(config.path) if config.path else "command line"
             raise ConfigError(
-                f"{where}: no handler for listener {name!r}: give HANDLER, "
-                f"'handler = ...' or [listeners.{name}]"
+                f"{where}: no handler for listener {quote(name)}: give HANDLER, "
+                f"'handler = ...' or [listeners.{cut(name, QUOTE_LIMIT)}]"
             )

@@ -6,7 +6,9 @@ status and units can list the non-retryable ones in `RestartPreventExitStatus=`.
 
 from __future__ import annotations
 
+import reprlib
 from enum import IntEnum
+from typing import Any
 
 from .events import Event
 
@@ -36,3 +38,49 @@ class Fatal(Exception):
 class ConfigError(Fatal):
     def __init__(self, message: str) -> None:
         super().__init__(ExitCode.CONFIG, message)
+
+
+QUOTE_LIMIT = 60  # characters of a bad value an error line quotes before cutting it
+
+
+def printable(text: str) -> str:
+    """`text` with every character that could break or forge a line escaped as in repr():
+    control characters (newline, CR, ESC...), lone surrogates (undecodable bytes), and the
+    other non-printables such as bidi overrides. Printable text comes back as it is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def utf8_text(text: str) -> str:
+    """`text` as valid UTF-8: undecodable bytes, which Python keeps as lone surrogates in
+    argv and in the paths the kernel reports, shown as \\udcNN escapes instead. Listener names
+    and peers must be valid UTF-8 for the wire, the journal and the handler alike."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return text.encode(errors="backslashreplace").decode()
+    return text
+
+
+_repr = reprlib.Repr()
+_repr.maxstring = _repr.maxother = QUOTE_LIMIT
+_repr.maxlevel = 3  # a value nested deeper shows as [...]
+_repr.maxlist = _repr.maxtuple = _repr.maxdict = _repr.maxset = 6
+
+
+def quote(value: Any) -> str:
+    """repr() of a bad value for a one-line error, cut to about QUOTE_LIMIT characters;
+    a cut string or list says how long it was, so a 50 MB value costs a short line."""
+    text = _repr.repr(value)
+    if isinstance(value, str | bytes) and len(value) > QUOTE_LIMIT:
+        text += f" ({len(value):,} characters)"
+    elif isinstance(value, list | tuple | dict) and len(value) > _repr.maxlist:
+        text += f" ({len(value):,} items)"
+    return text
+
+
+def cut(text: str, limit: int = 200) -> str:
+    """Unquoted text (an exception's message, a key) for one line: escaped, then cut."""
+    text = printable(text[: limit + 1])
+    return text if len(text) <= limit else f"{text[:limit]}..."

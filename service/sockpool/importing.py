@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import json
+import os
+import select
+import signal
+import sys
+import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
+
+from .errors import cut, quote
+
+SYNC_CALL = "handler(sock, info)"
+ASYNC_CALL = "await handler(reader, writer)"
 
 
 class HandlerError(Exception):
@@ -14,26 +26,175 @@ class HandlerError(Exception):
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
+    """Import the handler `spec` names and make sure sockpool can call it (check_callable)."""
     module_name, _, attr_path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code is the user's to fix
         where = traceback.extract_tb(exc.__traceback__)[-1]
         raise HandlerError(
-            f"handler {spec!r}: cannot import {module_name!r}: {type(exc).__name__}: {exc}"
-            f" ({where.filename}:{where.lineno})"
+            f"handler {quote(spec)}: cannot import {quote(module_name)}: "
+            f"{type(exc).__name__}: {cut(str(exc))} ({cut(where.filename)}:{where.lineno})"
         ) from None
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
         except AttributeError:
-            raise HandlerError(f"handler {spec!r}: {module_name!r} has no {attr_path!r}") from None
+            raise HandlerError(
+                f"handler {quote(spec)}: {quote(module_name)} has no {quote(attr_path)}"
+            ) from None
     if not callable(target):
-        raise HandlerError(f"handler {spec!r}: {type(target).__name__} is not callable")
+        raise HandlerError(f"handler {quote(spec)}: {type(target).__name__} is not callable")
+    check_callable(spec, target)
     return target
+
+
+def check_callable(spec: str, handler: Callable[..., Any]) -> None:
+    """sockpool calls a handler `handler(sock, info)`, or `await handler(reader, writer)`
+    when it is a coroutine function: refuse one that cannot take that call, rather than
+    fail on every connection. The rule: the callable is written in Python (a function,
+    method, class or object with `__call__`) and its signature accepts two positional
+    arguments. Built-in functions (os.system, print) are refused, and so is a callable
+    whose signature cannot be read, since nothing shows it was meant to be a handler."""
+    call = ASYNC_CALL if is_async(handler) else SYNC_CALL
+    name = f"handler {quote(spec)}"
+    if inspect.isbuiltin(handler):
+        raise HandlerError(f"{name} is a built-in function; sockpool calls {call}")
+    if inspect.isgeneratorfunction(handler) or inspect.isasyncgenfunction(handler):
+        raise HandlerError(f"{name} is a generator function; sockpool calls {call}")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        raise HandlerError(
+            f"{name}: its signature cannot be inspected, so nothing shows it takes {call}; "
+            "wrap it in a Python function"
+        ) from None
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise HandlerError(
+            f"{name} takes {cut(_plain(signature), 80)}; sockpool calls {call}"
+        ) from None
+
+
+def _plain(signature: inspect.Signature) -> str:
+    """The parameters without annotations, which make an error line long, not clearer."""
+    empty = inspect.Parameter.empty
+    params = [p.replace(annotation=empty) for p in signature.parameters.values()]
+    return str(signature.replace(parameters=params, return_annotation=empty))
 
 
 def is_async(handler: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
         getattr(handler, "__call__", None)  # noqa: B004 - an async __call__ on an instance
     )
+
+
+def check_in_child(specs: Iterable[str], timeout: float) -> None:
+    """Load the handlers as a worker would, in a child process, within `timeout` seconds
+    (start_timeout): for `--check`, which must neither hang on an import that blocks nor
+    be fooled by one that forks. Raises HandlerError naming the handler.
+
+    The child has a process group of its own, killed whole at the end: nothing a module
+    started at import outlives the check.
+    """
+    specs = list(specs)
+    _flush()  # or the child would write our buffered output a second time
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child; its verdict is what the tests see
+        code = 1
+        try:
+            os.close(r)
+            os.setpgid(0, 0)
+            _load_and_report(specs, w)
+            code = 0
+        finally:
+            _flush()  # what the modules printed at import, which os._exit would drop
+            os._exit(code)
+    os.close(w)
+    with contextlib.suppress(OSError):  # as the child does, in case we get to kill it first
+        os.setpgid(pid, pid)
+    try:
+        kind, text, current = _verdict(r, timeout)
+    finally:
+        os.close(r)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)  # the unreaped child keeps the group's id ours
+        _, status = os.waitpid(pid, 0)
+    name = f"handler {quote(current)}" if current else "the handlers"
+    if kind == "timeout":
+        raise HandlerError(f"{name}: importing it did not finish within start_timeout={text}s")
+    if kind == "ended":
+        raise HandlerError(f"{name}: importing it ended the process ({_status(status)})")
+    if kind != "ok":
+        raise HandlerError(text)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a closed or broken stream is no reason to fail
+            stream.flush()
+
+
+def _load_and_report(specs: list[str], w: int) -> None:
+    """In the check's child: one JSON line to the parent per step, each write atomic."""
+    me = os.getpid()
+    forks = []
+    os.register_at_fork(after_in_parent=lambda: forks.append(1))
+
+    def report(kind: str, text: str) -> None:
+        os.write(w, json.dumps([kind, text[:2000]]).encode() + b"\n")
+
+    for spec in specs:
+        report("importing", spec)
+        try:
+            load_handler(spec)
+        except HandlerError as exc:
+            if os.getpid() == me:
+                report("failed", str(exc))
+                return
+        if os.getpid() != me:  # a copy forked below Python's hooks came back into sockpool
+            report("failed", _forked(spec))
+            os._exit(0)
+        if forks:
+            report("failed", _forked(spec))
+            return
+    report("ok", "")
+
+
+def _forked(spec: str) -> str:
+    module = spec.partition(":")[0]
+    return (
+        f"handler {quote(spec)}: importing {quote(module)} forks (os.fork()): in a worker the "
+        "copy would go on as a second worker; start helper processes with subprocess, "
+        "or from the handler"
+    )
+
+
+def _verdict(r: int, timeout: float) -> tuple[str, str, str | None]:
+    """(kind, text, handler being imported) from the child's reports."""
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    current = None
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([r], [], [], left)[0]:
+            return "timeout", f"{timeout:g}", current
+        chunk = os.read(r, 65536)
+        if not chunk:
+            return "ended", "", current
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            kind, text = json.loads(line)
+            if kind == "importing":
+                current = text
+            else:
+                return kind, text, current
+
+
+def _status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit status {os.waitstatus_to_exitcode(status)}"

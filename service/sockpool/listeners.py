@@ -12,14 +12,16 @@ import os
 import re
 import socket
 import stat
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ExitCode, Fatal
+from .errors import ExitCode, Fatal, quote, utf8_text
 
 LISTEN_FDS_START = 3
 MAX_LISTEN_FDS = 1024
+MAX_NAME = 255  # bytes of a listener name: systemd's FDNAME_MAX, and the wire's u8 length
+MAX_UNIX_PATH = 107  # bytes of sun_path, less the NUL (or, abstract, the leading NUL)
 _NAME_PREFIX = re.compile(r"^([\w.@-]+)=(.+)$")
 _FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6", socket.AF_UNIX: "UNIX"}
 
@@ -35,7 +37,7 @@ def _format_inet6(addr: Any) -> str:
 def _format_unix(addr: Any) -> str:
     if isinstance(addr, bytes):  # abstract namespace
         return "@" + addr.lstrip(b"\0").decode(errors="replace")
-    return addr or "unix"
+    return utf8_text(addr) if addr else "unix"
 
 
 PEER_FORMAT: dict[int, Callable[[Any], str]] = {
@@ -73,33 +75,53 @@ class Address:
 
 
 def parse_address(text: str) -> Address:
-    """`[NAME=]ADDR` with ADDR one of HOST:PORT, [V6]:PORT, PORT, /path.sock, @abstract."""
+    """`[NAME=]ADDR` with ADDR one of HOST:PORT, [V6]:PORT, PORT, /path.sock, @abstract.
+
+    The listener's name (NAME, else ADDR as text) must fit the handoff's 255 bytes; the
+    text is kept valid UTF-8 (undecodable bytes escaped) while a path is bound byte for byte.
+    """
     name = None
     match = _NAME_PREFIX.match(text)
     if match and not text.startswith(("/", "@", "[")):
         name, text = match.groups()
-    if text.startswith("/"):
-        return Address(name, socket.AF_UNIX, text, text)
-    if text.startswith("@") and len(text) > 1:
-        return Address(name, socket.AF_UNIX, "\0" + text[1:], text)
+    address = _parse(name, text)
+    own = address.name or address.text
+    if len(own.encode()) > MAX_NAME:
+        raise ValueError(
+            f"{quote(own)}: a listener name is at most {MAX_NAME} bytes"
+            + ("" if address.name else ": give NAME=ADDR")
+        )
+    return address
+
+
+def _parse(name: str | None, text: str) -> Address:
+    shown = utf8_text(text)
+    if text.startswith("/") or (text.startswith("@") and len(text) > 1):
+        path = text if text.startswith("/") else "\0" + text[1:]
+        size = len(os.fsencode(text.lstrip("@")))
+        if size > MAX_UNIX_PATH:
+            raise ValueError(
+                f"{quote(shown)}: a UNIX socket path is at most {MAX_UNIX_PATH} bytes, not {size}"
+            )
+        return Address(name, socket.AF_UNIX, path, shown)
     if text.startswith("["):
         host, sep, port = text[1:].partition("]:")
         if not sep:
-            raise ValueError(f"{text!r}: expected [IPV6]:PORT")
-        return Address(name, socket.AF_INET6, (host, _port(text, port)), text)
+            raise ValueError(f"{quote(shown)}: expected [IPV6]:PORT")
+        return Address(name, socket.AF_INET6, (host, _port(shown, port)), shown)
     host, sep, port = text.rpartition(":")
     if not sep:
         if not socket.has_ipv6:
-            return Address(name, socket.AF_INET, ("0.0.0.0", _port(text, text)), text)
-        return Address(name, socket.AF_INET6, ("::", _port(text, text)), text)
+            return Address(name, socket.AF_INET, ("0.0.0.0", _port(shown, text)), shown)
+        return Address(name, socket.AF_INET6, ("::", _port(shown, text)), shown)
     if not host or ":" in host:
-        raise ValueError(f"{text!r}: expected HOST:PORT, [IPV6]:PORT, PORT or /path")
-    return Address(name, socket.AF_INET, (host, _port(text, port)), text)
+        raise ValueError(f"{quote(shown)}: expected HOST:PORT, [IPV6]:PORT, PORT or /path")
+    return Address(name, socket.AF_INET, (host, _port(shown, port)), shown)
 
 
 def _port(text: str, port: str) -> int:
     if not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{text!r}: port must be a number from 0 to 65535")
+        raise ValueError(f"{quote(text)}: port must be a number from 0 to 65535")
     return int(port)
 
 
@@ -188,7 +210,7 @@ def from_activation(env: MutableMapping[str, str]) -> list[Listener] | None:
 def _check_environment(env: MutableMapping[str, str]) -> int:
     pid, fds = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
     if not pid.isdigit():
-        raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={pid!r} is not a process id")
+        raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={quote(pid)} is not a process id")
     if int(pid) != os.getpid():
         raise Fatal(
             ExitCode.ACTIVATION,
@@ -197,21 +219,41 @@ def _check_environment(env: MutableMapping[str, str]) -> int:
         )
     if not fds.isdigit() or not 1 <= int(fds) <= MAX_LISTEN_FDS:
         raise Fatal(
-            ExitCode.ACTIVATION, f"LISTEN_FDS={fds!r} is not a count from 1 to {MAX_LISTEN_FDS}"
+            ExitCode.ACTIVATION,
+            f"LISTEN_FDS={quote(fds)} is not a count from 1 to {MAX_LISTEN_FDS}",
         )
-    names = env.get("LISTEN_FDNAMES")
-    if names is not None and len(names.split(":")) != int(fds):
+    names = check_fdnames(env)
+    if names is not None and len(names) != int(fds):
         raise Fatal(
             ExitCode.ACTIVATION,
-            f"LISTEN_FDNAMES={names!r} names {len(names.split(':'))} sockets, "
+            f"LISTEN_FDNAMES={quote(env['LISTEN_FDNAMES'])} names {len(names)} sockets, "
             f"LISTEN_FDS={fds} passes {fds}",
         )
     return int(fds)
 
 
+def check_fdnames(env: Mapping[str, str]) -> list[str] | None:
+    """LISTEN_FDNAMES split, each name one systemd could have passed (its fdname_is_valid:
+    printable ASCII without ':', at most 255 characters); None when it is not set.
+    Anything else, undecodable bytes included, is refused here: python-systemd would
+    fail on it with a SystemError, and the wire and the journal could not carry it."""
+    text = env.get("LISTEN_FDNAMES")
+    if text is None:
+        return None
+    names = text.split(":")
+    for number, name in enumerate(names, 1):
+        if len(name) > MAX_NAME or not (name.isascii() and name.isprintable()):
+            raise Fatal(
+                ExitCode.ACTIVATION,
+                f"LISTEN_FDNAMES: name {number} {quote(name)} is not a socket name systemd "
+                f"passes: printable ASCII, at most {MAX_NAME} characters",
+            )
+    return names
+
+
 def _describe(fd: int, names: str | None) -> str:
     name = names.split(":")[fd - LISTEN_FDS_START] if names else None
-    return f"descriptor {fd}" + (f" ({name!r})" if name else "")
+    return f"descriptor {fd}" + (f" ({quote(name)})" if name else "")
 
 
 def _check_descriptor(fd: int, count: int, names: str | None) -> None:
@@ -228,7 +270,7 @@ def _check_descriptor(fd: int, count: int, names: str | None) -> None:
 
 def _adopt(fd: int, name: str) -> Listener:
     sock = socket.socket(fileno=fd)
-    what = f"descriptor {fd} ({name!r})"
+    what = f"descriptor {fd} ({quote(name)})"
     problem = None
     if sock.type != socket.SOCK_STREAM:
         problem = "is not a stream socket: use ListenStream=, not ListenDatagram= and the like"

@@ -13,9 +13,11 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from .connection import current_connection
+from .errors import printable, utf8_text
 from .events import Event
 
 log = logging.getLogger("sockpool")
@@ -40,17 +42,54 @@ class _AddFields(logging.Filter):
 
 
 class _StderrFormatter(logging.Formatter):
-    """One line a record; fields follow the message so grep finds them as in the journal."""
+    """One line a record; fields follow the message so grep finds them as in the journal.
+
+    Nothing a peer sends or names can forge a record: every field and every string argument
+    of a message has its control characters escaped (errors.printable). Text that spans
+    lines of its own, such as a traceback or the stacks in a hang report, stays readable
+    but continues on lines indented by two spaces, so only a record's first line starts
+    with a timestamp; its other control characters are escaped too.
+    """
 
     KEYS = ("CONN_ID", "LISTENER", "PEER", "PEER_PID", "PEER_UID", "WORKER_PID", "GENERATION")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = " ".join(f"{k}={record.__dict__[k]}" for k in self.KEYS if k in record.__dict__)
-        if not fields:
-            return line
-        head, sep, tail = line.partition("\n")  # keep a traceback below the fields
-        return f"{head} [{fields}]{sep}{tail}"
+        first, *more = _message(record).split("\n")
+        record.message = printable(first)
+        if self.usesTime():
+            record.asctime = self.formatTime(record, self.datefmt)
+        line = self.formatMessage(record)
+        fields = " ".join(
+            f"{k}={printable(str(record.__dict__[k]))}" for k in self.KEYS if k in record.__dict__
+        )
+        if fields:
+            line = f"{line} [{fields}]"
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            more += record.exc_text.split("\n")
+        if record.stack_info:
+            more += self.formatStack(record.stack_info).split("\n")
+        return "".join([line, *("\n  " + printable(ln) for ln in more)])
+
+
+def _message(record: logging.LogRecord) -> str:
+    """record.getMessage() with its string arguments escaped, whole lines and all."""
+    msg = str(record.msg)
+    args = record.args
+    if not args:
+        return msg
+    if isinstance(args, Mapping):
+        return msg % {k: printable(v) if isinstance(v, str) else v for k, v in args.items()}
+    return msg % tuple(printable(a) if isinstance(a, str) else a for a in args)
+
+
+class _JournalFormatter(logging.Formatter):
+    """The journal keeps fields apart, so only undecodable bytes need care: python-systemd
+    cannot send a lone surrogate and would drop the record with a "Logging error"."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return utf8_text(super().format(record))
 
 
 def journal_wanted(target: str, env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
@@ -72,7 +111,7 @@ def setup(name: str, level: str, target: str) -> None:
         from systemd.journal import JournalHandler
 
         handler = JournalHandler(SYSLOG_IDENTIFIER=name)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(

@@ -31,10 +31,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
-MAX_MESSAGE = 65536  # receive buffer; larger than any message we build (checked in encode)
+MAX_NAME = 255  # bytes of a listener name (a u8 length); start-up refuses longer names
+MAX_PEER = 240  # bytes of a peer carried, the rest cut; AF_UNIX's longest is 108
 
 _COUNT = struct.Struct("!H")
 _ENTRY_HEAD = struct.Struct("!QBH")
+# The receive buffer holds the largest handoff there can be (253 entries, each with the
+# longest name and peer: 128,021 bytes), so encoding never fails on size. It stays under
+# glibc's 128 KiB mmap threshold, past which each receive's buffer costs an mmap (~5x).
+MAX_MESSAGE = _COUNT.size + 1 + MAX_FDS * (_ENTRY_HEAD.size + MAX_NAME + MAX_PEER)
 _READY = struct.Struct("!I")
 DONE = struct.Struct("!IQ")
 DONE_READ_SIZE = DONE.size * (65536 // DONE.size)  # whole records per read
@@ -77,7 +82,12 @@ ToDispatcher = Ready | Failed | Beat
 
 
 def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
-    """Encode (conn_id, listener, peer) entries; the caller sends one descriptor per entry."""
+    """Encode (conn_id, listener, peer) entries; the caller sends one descriptor per entry.
+
+    Runs on the dispatcher's hot path, so no peer can make it raise: a peer is carried as
+    the bytes Python decoded it from (surrogateescape), cut at MAX_PEER. It raises only for
+    a batch the caller got wrong, or a name over MAX_NAME bytes, which start-up refuses.
+    """
     if not entries:
         raise WireError("a handoff needs at least one connection")
     if len(entries) > MAX_FDS:
@@ -86,21 +96,24 @@ def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
     pack = _ENTRY_HEAD.pack
     for conn_id, listener, peer in entries:
         name = _names.get(listener) or _name_bytes(listener)
-        addr = peer.encode(errors="surrogateescape")
+        try:
+            addr = peer.encode(errors="surrogateescape")[:MAX_PEER]
+        except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
+            addr = peer.encode(errors="backslashreplace")[:MAX_PEER]
         parts += (pack(conn_id, len(name), len(addr)), name, addr)
-    data = b"".join(parts)
-    if len(data) > MAX_MESSAGE:
-        raise WireError(f"handoff of {len(data)} bytes exceeds {MAX_MESSAGE}")
-    return data
+    return b"".join(parts)
 
 
 _names: dict[str, bytes] = {}  # listener names, encoded once: a handful per process
 
 
 def _name_bytes(listener: str) -> bytes:
-    name = listener.encode()
-    if len(name) > 255:
-        raise WireError(f"listener name longer than 255 bytes: {listener[:40]!r}...")
+    try:
+        name = listener.encode(errors="surrogateescape")
+    except UnicodeEncodeError:
+        name = listener.encode(errors="backslashreplace")
+    if len(name) > MAX_NAME:
+        raise WireError(f"listener name longer than {MAX_NAME} bytes: {listener[:40]!r}...")
     if len(_names) < 1024:
         _names[listener] = name
     return name
@@ -133,11 +146,15 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
             pos += peer_len
             if len(name) != name_len or len(peer) != peer_len:
                 raise WireError("handoff truncated")
-            entries.append(Handoff(conn_id, name.decode(), peer.decode(errors="surrogateescape")))
+            entries.append(
+                Handoff(
+                    conn_id,
+                    name.decode(errors="surrogateescape"),
+                    peer.decode(errors="surrogateescape"),
+                )
+            )
     except struct.error as exc:
         raise WireError("handoff truncated") from exc
-    except UnicodeDecodeError as exc:
-        raise WireError("listener name is not UTF-8") from exc
     if pos != len(data):
         raise WireError(f"{len(data) - pos} stray bytes after the handoff")
     return entries

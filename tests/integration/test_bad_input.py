@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from harness import SOCKPOOL, free_port
+from harness import SOCKPOOL, free_port, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
 
@@ -174,3 +179,285 @@ def test_listen_fds_claiming_too_many(serve) -> None:
     code, line = activated_error(serve, ["env", "LISTEN_FDS=100000"])
     assert code == 65
     assert "LISTEN_FDS='100000' is not a count from 1 to 1024" in line
+
+
+# -- handlers --check must refuse (issue 11, items 3, 4 and 6) ----------------------------
+
+
+def check_module(tmp_path: Path, source: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sockpool --check ARGS` with a module `mod` of this source importable."""
+    (tmp_path / "mod.py").write_text(source)
+    return subprocess.run(
+        [SOCKPOOL, "--check", *args],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(tmp_path)},
+        timeout=60,
+    )
+
+
+HANDLERS = """
+import asyncio
+
+def two(sock, info): pass
+def three(sock, info, extra): pass
+async def async_one(reader): pass
+def gen(sock, info): yield
+class Serve:
+    def __init__(self, sock, info): pass
+class Handler:
+    def __call__(self, sock, info): pass
+instance = Handler()
+"""
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (
+            "os:system",
+            "sockpool: handler 'os:system' is a built-in function; sockpool calls "
+            "handler(sock, info)",
+        ),
+        ("builtins:print", "sockpool: handler 'builtins:print' is a built-in function"),
+        (
+            "mod:three",
+            "sockpool: handler 'mod:three' takes (sock, info, extra); sockpool calls "
+            "handler(sock, info)",
+        ),
+        (
+            "mod:async_one",
+            "sockpool: handler 'mod:async_one' takes (reader); sockpool calls "
+            "await handler(reader, writer)",
+        ),
+        ("mod:gen", "sockpool: handler 'mod:gen' is a generator function"),
+        ("mod:Handler", "sockpool: handler 'mod:Handler' takes (); sockpool calls"),
+        ("builtins:dict", "sockpool: handler 'builtins:dict': its signature cannot be inspected"),
+    ],
+)
+def test_check_refuses_handlers_sockpool_cannot_call(
+    tmp_path: Path, handler: str, message: str
+) -> None:
+    result = check_module(tmp_path, HANDLERS, handler)
+    assert result.returncode == 78
+    assert error_line(result.stderr).startswith(message)
+
+
+@pytest.mark.parametrize("handler", ["mod:two", "mod:Serve", "mod:instance"])
+def test_check_accepts_python_callables_of_two_arguments(tmp_path: Path, handler: str) -> None:
+    result = check_module(tmp_path, HANDLERS, handler)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("configuration OK") == 1
+
+
+def test_check_refuses_a_module_that_forks_at_import(tmp_path: Path) -> None:
+    """It used to say "configuration OK" twice, once from each process, and exit 0."""
+    result = check_module(
+        tmp_path, "import os\nos.fork()\ndef handle(sock, info): pass\n", "mod:handle"
+    )
+    assert result.returncode == 78
+    assert "configuration OK" not in result.stdout
+    line = error_line(result.stderr)
+    assert line.startswith("sockpool: handler 'mod:handle': importing 'mod' forks (os.fork())")
+
+
+def test_check_gives_up_on_an_import_that_never_returns(tmp_path: Path) -> None:
+    """It used to hang forever. Now it names the handler, and the child is killed."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'handler = "{ECHO}"\n[listeners.slow]\nhandler = "mod:handle"\n')
+    source = "import threading\nthreading.Event().wait()\ndef handle(sock, info): pass\n"
+    result = check_module(tmp_path, source, "--start-timeout=1", f"--config={config}")
+    assert result.returncode == 78
+    assert error_line(result.stderr) == (
+        "sockpool: handler 'mod:handle': importing it did not finish within start_timeout=1s"
+    )
+    assert not [p for p in Path("/proc").glob("[0-9]*") if _runs_with(p, str(config))]
+
+
+def _runs_with(proc: Path, arg: str) -> bool:
+    try:
+        return f"--config={arg}" in (proc / "cmdline").read_text()
+    except OSError:
+        return False
+
+
+def test_check_names_an_import_that_kills_its_process(tmp_path: Path) -> None:
+    result = check_module(tmp_path, "import os\nos.kill(os.getpid(), 9)\n", "mod:handle")
+    assert result.returncode == 78
+    assert error_line(result.stderr) == (
+        "sockpool: handler 'mod:handle': importing it ended the process (killed by SIGKILL)"
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "86401", "soon"])
+def test_start_timeout_must_be_a_positive_number(value: str) -> None:
+    result = run(f"--start-timeout={value}", "--check", ECHO)
+    assert result.returncode == 78
+    assert error_line(result.stderr).startswith(
+        "sockpool: --start-timeout: expected a number of seconds above 0, at most 86400"
+    )
+
+
+# -- hostile configuration files (issue 11, item 6) ----------------------------------------
+
+
+def cut_as(line: str, expected: str) -> bool:
+    """line == expected, where <cut> in expected stands for a quoted value cut short."""
+    pattern = re.escape(expected).replace("<cut>", r"[^' ]{20,40}\.\.\.[^' ]{20,40}")
+    return re.fullmatch(pattern, line) is not None
+
+
+def check_config(tmp_path: Path, data: bytes) -> tuple[int, str]:
+    config = tmp_path / "c.toml"
+    config.write_bytes(data)
+    result = run(f"--config={config}", "--check", ECHO)
+    return result.returncode, error_line(result.stderr).replace(str(config), "FILE")
+
+
+@pytest.mark.parametrize(
+    ("data", "line"),
+    [
+        (b"a = " + b"[" * 100_000 + b"]" * 100_000, "not valid TOML: nested too deeply"),
+        (b'name = "x"\nhandler = "\xff"\n', "not UTF-8: byte 0xff on line 2"),
+        (b"# " + b"x" * 1024 * 1024 + b"\n", "larger than 1,048,576 bytes"),
+        (
+            b'name = "' + b"n" * 1_000_000 + b'"\n',
+            "name: expected a name of letters, digits "
+            "and ._@:-, got 'n<cut>n' (1,000,000 characters)",
+        ),
+        (
+            b"".join(b"[listeners.l%d]\n" % i for i in range(1025)),
+            "listeners: 1,025 "
+            "[listeners.NAME] tables, at most 1024 (as many as sockets can be passed)",
+        ),
+        (
+            b'"' + b"k" * 5000 + b'\\n" = 1\n',
+            "k" * 60 + "...: unknown key",  # a key is cut, not quoted
+        ),
+        (
+            b'listen = ["' + b"h" * 300 + b':80"]\n',
+            "listen: 'h<cut>:80' "
+            "(303 characters): a listener name is at most 255 bytes: give NAME=ADDR",
+        ),
+    ],
+    ids=[
+        "nested",
+        "not-utf8",
+        "too-large",
+        "long-value",
+        "too-many-tables",
+        "long-key",
+        "long-name",
+    ],
+)
+def test_hostile_config_files_get_one_short_line(tmp_path: Path, data: bytes, line: str) -> None:
+    code, got = check_config(tmp_path, data)
+    assert code == 78
+    assert cut_as(got, f"sockpool: config FILE: {line}")
+    assert len(got) < 250
+
+
+def test_a_bad_value_from_a_flag_is_cut_too() -> None:
+    result = run("--workers=" + "9x" * 50_000, "--check", ECHO)
+    assert result.returncode == 78
+    assert cut_as(
+        error_line(result.stderr),
+        "sockpool: --workers: expected a positive integer, got '9x<cut>9x' (100,000 characters)",
+    )
+
+
+def test_listener_tables_no_socket_has_get_one_warning(serve, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'handler = "{ECHO}"\n' + "".join(f"[listeners.x{i}]\n" for i in range(40)))
+    service = serve([f"--config={config}"], listen=[f"127.0.0.1:{free_port()}"], fdnames=["web"])
+    warnings = [ln for ln in service.output().splitlines() if "WARNING" in ln]
+    assert len(warnings) == 1, warnings
+    assert (
+        "config names 40 listener(s) with no socket of that name passed: 'x0', 'x1'"
+        in (warnings[0])
+    )
+
+
+# -- names and paths (issue 11, item 5) ----------------------------------------------------
+
+
+def test_listen_name_longer_than_255_bytes_is_refused_before_serving() -> None:
+    """It passed --check, then the first connection crashed the dispatcher (WireError)."""
+    listen = "--listen=" + "n" * 256 + f"=127.0.0.1:{free_port()}"
+    for args in ([listen, "--check", ECHO], [listen, ECHO]):
+        result = run(*args)
+        assert result.returncode == 78
+        assert cut_as(
+            error_line(result.stderr),
+            "sockpool: --listen: 'n<cut>n' (256 characters): a listener name is at most 255 bytes",
+        )
+
+
+def test_unix_path_that_is_not_utf8_serves(serve) -> None:
+    """A --listen path with a byte that is not UTF-8 is bound as it is and named with the
+    byte escaped; its first connection used to crash the dispatcher (UnicodeEncodeError)."""
+    directory = Path(tempfile.mkdtemp(prefix="sockpool-"))
+    path = os.fsdecode(bytes(directory) + b"/a\xff.sock")
+    try:
+        service = serve(
+            ["--workers=1", f"--listen={path}", "apps:whoami"],
+            listen=[f"127.0.0.1:{free_port()}"],
+            fdnames=["web"],
+        )
+        assert os.listdir(bytes(directory)) == [b"a\xff.sock"]
+        answer = request(path, b"who\n").decode()
+        assert answer.startswith(f"whoami {directory}/a\\udcff.sock ")
+        assert request(service.address, b"who\n").startswith(b"whoami web ")  # still serving
+        assert "Traceback" not in service.output()
+    finally:
+        shutil.rmtree(bytes(directory))
+
+
+NOT_AN_FDNAME = "is not a socket name systemd passes: printable ASCII, at most 255 characters"
+
+
+@pytest.mark.parametrize(
+    ("names", "line"),
+    [
+        # byte 0xff in the environment: it was a SystemError traceback from python-systemd
+        ("web:\udcff", f"sockpool: LISTEN_FDNAMES: name 2 '\\udcff' {NOT_AN_FDNAME}"),
+        ("n" * 256, f"sockpool: LISTEN_FDNAMES: name 1 'n<cut>n' (256 characters) {NOT_AN_FDNAME}"),
+    ],
+)
+def test_listen_fdnames_systemd_would_not_pass(serve, names: str, line: str) -> None:
+    listen = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    service = serve(
+        [ECHO], listen=listen, wait_ready=False, wrapper=["env", f"LISTEN_FDNAMES={names}"]
+    )
+    assert service.wait() == 65
+    assert cut_as(error_line(service.output()), line)
+    checked = subprocess.run(
+        [SOCKPOOL, "--check", ECHO], capture_output=True, text=True, env={"LISTEN_FDNAMES": names}
+    )
+    assert checked.returncode == 65
+    assert cut_as(error_line(checked.stderr), line)
+
+
+# -- log injection (issue 11, item 7) ------------------------------------------------------
+
+
+def test_a_peer_path_cannot_forge_a_log_line(serve) -> None:
+    """A UNIX client bound to a path with a newline in it used to write a record of its
+    choosing into the stderr log; now the newline shows escaped in the PEER field."""
+    directory = Path(tempfile.mkdtemp(prefix="sockpool-"))
+    listen = str(directory / "s.sock")
+    forged = "2026-01-01 00:00:00,000 sockpool[1] ERROR: FORGED"
+    service = serve(["--workers=1", "apps:boom"], listen=[listen], fdnames=["local"])
+    try:
+        with socket.socket(socket.AF_UNIX) as client:
+            client.bind(str(directory / f"c\n{forged}"))
+            client.connect(listen)
+            client.sendall(b"go\n")
+            assert client.recv(10) == b""
+        wait_until(lambda: "boom in the handler" in service.output(), "the traceback")
+        lines = service.output().splitlines()
+        assert not [ln for ln in lines if ln.startswith(forged)]
+        [line] = [ln for ln in lines if "about to fail" in ln and "CONN_ID=1 " not in ln]
+        assert f"PEER={directory}/c\\n{forged} PEER_PID=" in line  # the trigger was CONN_ID=1
+    finally:
+        shutil.rmtree(directory)

@@ -6,7 +6,8 @@ import socket
 
 import pytest
 
-from sockpool.listeners import Address, parse_address
+from sockpool.errors import ExitCode, Fatal
+from sockpool.listeners import PEER_FORMAT, Address, check_fdnames, parse_address
 
 
 @pytest.mark.parametrize(
@@ -30,3 +31,78 @@ def test_addresses(text: str, expected: Address) -> None:
 def test_bad_addresses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)
+
+
+UNDECODABLE_PATH = b"/run/a\xff.sock".decode(errors="surrogateescape")  # as argv gives it
+
+
+def test_undecodable_path_is_bound_as_is_and_named_in_utf8() -> None:
+    address = parse_address(UNDECODABLE_PATH)
+    assert address.sockaddr == UNDECODABLE_PATH  # the bytes bind() gets are the user's
+    assert address.text == "/run/a\\udcff.sock"
+    address.text.encode()  # the name is valid UTF-8: the wire and the journal can carry it
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("n" * 256 + "=127.0.0.1:80", "a listener name is at most 255 bytes"),
+        ("é" * 128 + "=127.0.0.1:80", "a listener name is at most 255 bytes"),
+        ("h" * 300 + ":80", "a listener name is at most 255 bytes: give NAME=ADDR"),
+        ("/" + "p" * 107, "a UNIX socket path is at most 107 bytes, not 108"),
+        ("@" + "p" * 108, "a UNIX socket path is at most 107 bytes, not 108"),
+        ("/" + "\udcff" * 70, "a listener name is at most 255 bytes: give NAME=ADDR"),
+    ],
+)
+def test_names_and_paths_too_long(text: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as err:
+        parse_address(text)
+    assert len(str(err.value)) < 200  # the bad value is quoted cut
+
+
+def test_longest_names_and_paths_pass() -> None:
+    assert parse_address("n" * 255 + "=127.0.0.1:80").name == "n" * 255
+    assert parse_address("/" + "p" * 106).sockaddr == "/" + "p" * 106
+    assert parse_address("x=/" + "\udcff" * 106).name == "x"
+
+
+@pytest.mark.parametrize(
+    ("addr", "shown"),
+    [
+        ("", "unix"),  # an unbound client
+        ("/tmp/c.sock", "/tmp/c.sock"),
+        (UNDECODABLE_PATH, "/run/a\\udcff.sock"),
+        ("/tmp/a\nb", "/tmp/a\nb"),  # escaped where it is printed, not here
+        (b"\0abstract", "@abstract"),
+        (b"\0\xff", "@\ufffd"),
+    ],
+)
+def test_unix_peers_are_valid_utf8(addr: str | bytes, shown: str) -> None:
+    assert PEER_FORMAT[socket.AF_UNIX](addr) == shown
+
+
+@pytest.mark.parametrize(
+    ("names", "bad"),
+    [
+        ("web:\udcff", "name 2 '\\udcff'"),  # a non-UTF-8 byte, as os.environ holds it
+        ("web:é", "name 2 'é'"),
+        ("a\nb", "name 1 'a\\nb'"),
+        ("n" * 256, "name 1 'nnnn"),
+    ],
+)
+def test_listen_fdnames_systemd_would_not_pass(names: str, bad: str) -> None:
+    with pytest.raises(Fatal) as err:
+        check_fdnames({"LISTEN_FDNAMES": names})
+    assert err.value.code == ExitCode.ACTIVATION
+    assert err.value.message.startswith(f"LISTEN_FDNAMES: {bad}")
+    assert "\n" not in err.value.message and len(err.value.message) < 200
+
+
+def test_listen_fdnames_systemd_passes() -> None:
+    assert check_fdnames({"LISTEN_FDNAMES": "web:admin:" + "n" * 255}) == [
+        "web",
+        "admin",
+        "n" * 255,
+    ]
+    assert check_fdnames({"LISTEN_FDNAMES": "a::b"}) == ["a", "", "b"]
+    assert check_fdnames({}) is None

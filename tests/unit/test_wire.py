@@ -99,3 +99,36 @@ def test_done_records_round_trip_in_atomic_writes() -> None:
 def test_partial_done_record_is_refused() -> None:
     with pytest.raises(wire.WireError, match="not whole records"):
         list(wire.decode_done(wire.encode_done(1, [5])[0][:-1]))
+
+
+def test_the_largest_handoff_fits_the_receive_buffer() -> None:
+    """253 connections of a 255-byte listener with long peers: encoding cannot fail on size,
+    and the receive buffer stays below glibc's 128 KiB mmap threshold."""
+    peer = "/" + "p" * 400
+    data = wire.encode_handoff([(2**64 - 1, "n" * wire.MAX_NAME, peer)] * wire.MAX_FDS)
+    assert len(data) == wire.MAX_MESSAGE < 128 * 1024 - 64
+    decoded = wire.decode_to_worker(data, nfds=wire.MAX_FDS)
+    assert decoded[0].peer == peer[: wire.MAX_PEER]
+
+
+UNDECODABLE = b"/tmp/\xff\xfe".decode(errors="surrogateescape")  # as Python gives such paths
+
+
+@pytest.mark.parametrize(
+    ("peer", "received"),
+    [
+        ("/tmp/a\nb\x1b[31m", "/tmp/a\nb\x1b[31m"),  # control characters travel as they are
+        (UNDECODABLE, UNDECODABLE),
+        ("/tmp/\ud800", "/tmp/\\ud800"),  # a surrogate no decoder produces: escaped
+        ("x" + "é" * 200, "x" + "é" * 119 + "\udcc3"),  # cut inside a character at MAX_PEER
+    ],
+)
+def test_no_peer_makes_encoding_raise(peer: str, received: str) -> None:
+    [handoff] = wire.decode_to_worker(wire.encode_handoff([(1, "web", peer)]), nfds=1)
+    assert (handoff.listener, handoff.peer) == ("web", received)
+
+
+def test_listener_name_with_undecodable_bytes_round_trips() -> None:
+    name = b"/run/\xff.sock".decode(errors="surrogateescape")
+    [handoff] = wire.decode_to_worker(wire.encode_handoff([(1, name, "unix")]), nfds=1)
+    assert handoff.listener == name

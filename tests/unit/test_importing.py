@@ -1,0 +1,73 @@
+"""Which callables sockpool accepts as handlers: the ones it can call as it does."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+from typing import Any
+
+import pytest
+
+from sockpool import handlers
+from sockpool.importing import HandlerError, check_callable
+
+
+def two(sock: Any, info: Any) -> None: ...
+
+
+def star(*args: Any) -> None: ...
+
+
+def three(sock, info, extra) -> None: ...
+
+
+def keyword_only(*, sock, info) -> None: ...
+
+
+async def async_two(reader: Any, writer: Any) -> None: ...
+
+
+async def async_three(reader, writer, extra) -> None: ...
+
+
+class Instance:
+    async def __call__(self, reader: Any, writer: Any) -> None: ...
+
+
+@pytest.mark.parametrize(
+    "handler",
+    [
+        two,
+        star,
+        async_two,
+        Instance(),
+        functools.partial(three, extra=1),
+        handlers.echo,
+        handlers.echo_async,
+        handlers.http_hello,
+        handlers.http_hello_async,
+    ],
+)
+def test_callable_the_way_sockpool_calls(handler: Any) -> None:
+    check_callable("m:h", handler)
+
+
+@pytest.mark.parametrize(
+    ("handler", "message"),
+    [
+        (os.system, "handler 'm:h' is a built-in function; sockpool calls handler(sock, info)"),
+        (print, "handler 'm:h' is a built-in function; sockpool calls handler(sock, info)"),
+        (three, "handler 'm:h' takes (sock, info, extra); sockpool calls "),
+        (keyword_only, "handler 'm:h' takes (*, sock, info); sockpool calls "),
+        (
+            async_three,
+            "handler 'm:h' takes (reader, writer, extra); sockpool calls await "
+            "handler(reader, writer)",
+        ),
+        (dict, "handler 'm:h': its signature cannot be inspected"),
+    ],
+)
+def test_refused(handler: Any, message: str) -> None:
+    with pytest.raises(HandlerError, match="^" + re.escape(message)):
+        check_callable("m:h", handler)
