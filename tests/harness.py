@@ -214,6 +214,7 @@ class Service:
     env: dict[str, str] = field(default_factory=dict)  # the server's (its only) environment
     notify: Path | None = None  # a NOTIFY_SOCKET to bind and pass on: wait_for() reads it
     start_timeout: float = 30.0
+    stop_timeout: float = 30.0
     proc: subprocess.Popen[bytes] | None = None
     notifications: list[str] = field(default_factory=list)
 
@@ -334,15 +335,15 @@ class Service:
         assert self.proc is not None
         return self.proc.wait(timeout)
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self) -> None:
         """SIGTERM to the server alone, as systemd's KillMode=mixed does; SIGKILL once it
-        outstays timeout. Then SIGKILL what is left of its session: the workers of a server
+        outstays stop_timeout. Then SIGKILL what is left of its session: the workers of a server
         that did not take them along."""
         if self.proc is not None:
             if self.proc.poll() is None:
                 self.proc.terminate()
                 try:
-                    self.proc.wait(timeout)
+                    self.proc.wait(self.stop_timeout)
                 except subprocess.TimeoutExpired:
                     self.proc.kill()
                     self.proc.wait()
