@@ -180,7 +180,10 @@ class Load:
     def progress(self, count: int = 30, timeout: float = 30.0) -> None:
         """Wait until `count` more connections have been answered: the load is flowing."""
         target = self.ok + count
-        wait_until(lambda: self.ok >= target, f"{count} more answers ({self.summary()})", timeout)
+        try:
+            wait_until(lambda: self.ok >= target, f"{count} more answers", timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.summary()}") from None
 
     def join(self) -> None:
         """Let every client run out of connections (`limit`) or time (`seconds`)."""
