@@ -6,6 +6,7 @@ python -m bench.report [bench/results/results.json] [--readme README-SECTION.md]
 from __future__ import annotations
 
 import json
+import operator
 import statistics
 import sys
 from collections.abc import Callable
@@ -194,15 +195,98 @@ def cpu_table(rows: dict[str, list[Row]]) -> list[str]:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
+class Metric:
+    label: str
+    unit: str
+    digits: int = 1
+    scale: float = 1.0  # results.json's figure times this is the one shown and bounded
+
+
+METRICS = {
+    "rps": Metric("throughput", "conns/s", 0),
+    "main_cpu_us_per_conn": Metric("main process CPU", "µs/conn"),
+    "fast_p99_ms": Metric("p99 of the fast requests", "ms", 2),
+    "cold_ms": Metric("time to first answer", "ms", 0),
+    "pss_per_worker_kib": Metric("pool PSS per worker", "MiB", 1, 1 / 1024),
+}
+SCENARIOS = {
+    "newconn-echo": "new conn/request, echo",
+    "newconn-http": "new conn/request, HTTP",
+    "newconn-http-wrk": "new conn/request, HTTP (wrk client)",
+    "mixed": "mixed load",
+    "coldstart": "cold start",
+    "memory": "memory at rest",
+}
+SERVERS = {
+    "sockpool": "sockpool",
+    "sockpool-async": "sockpool (async)",
+    "prefork": "shared-accept pool",
+    "prefork-async": "shared-accept pool (async)",
+    "plainloop": "plain accept/send_fds/close loop",
+    "accept-yes": "systemd Accept=yes",
+    "forking": "ForkingTCPServer",
+    "node": "Node.js cluster",
+}
+RELATIONS: dict[str, Callable[[float, float], bool]] = {
+    "≥": operator.ge,
+    ">": operator.gt,
+    "≤": operator.le,
+}
+
+
+@dataclass(frozen=True)
 class Target:
+    """`server`'s `metric` in `scenario` against `bound`: a figure in the metric's unit, or
+    with `peer` a multiple of the peer's. No relation: a ratio shown for scale only."""
+
+    scenario: str
+    metric: str
+    relation: str
+    bound: float = 1.0
+    peer: str | None = None
+    server: str = "sockpool"
+
+    @property
+    def text(self) -> str:
+        metric = METRICS[self.metric]
+        what = f"{SCENARIOS[self.scenario]}: {SERVERS[self.server]}'s {metric.label}"
+        if self.peer is None:
+            return f"{what} {self.relation} {self.bound:g} {metric.unit}"
+        if not self.relation:
+            return f"(for scale) {what} ÷ {SERVERS[self.peer]}'s"
+        return f"{what} {self.relation} {self.bound:g}x {SERVERS[self.peer]}'s"
+
+
+TARGETS = (
+    Target("newconn-echo", "rps", "≥", 0.90, "prefork"),
+    Target("newconn-http", "rps", "≥", 0.95, "prefork"),
+    Target("newconn-http-wrk", "rps", "≥", 0.95, "prefork"),
+    Target("newconn-echo", "rps", "", 1, "prefork", server="plainloop"),  # the cost of any handoff
+    Target("newconn-echo", "rps", "≥", 50, "accept-yes"),
+    Target("newconn-echo", "rps", "≥", 4, "forking"),
+    Target("newconn-http", "rps", "≥", 4, "forking"),
+    Target("newconn-echo", "rps", ">", 1, "node"),
+    Target("newconn-http", "rps", ">", 1, "node"),
+    Target("newconn-echo", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+    # The 50 ms requests are one in ten, so the overall p99 is one of them whatever the
+    # dispatch: the tail that dispatch decides is the fast requests' (queued behind slow ones).
+    Target("mixed", "fast_p99_ms", "≤", 1, "prefork"),
+    Target("mixed", "fast_p99_ms", "≤", 1, "prefork-async", server="sockpool-async"),
+    Target("coldstart", "cold_ms", "≤", 150),
+    Target("memory", "pss_per_worker_kib", "≤", 12),
+)
+
+
+@dataclass
+class Verdict:
     text: str
     measured: str
     met: bool | None
     near: bool = False  # missed by less than 10%: within this machine's noise
 
     @property
-    def verdict(self) -> str:
+    def shown(self) -> str:
         if self.met is None:
             return "-"
         if self.met:
@@ -210,126 +294,39 @@ class Target:
         return "**no** (within 10%)" if self.near else "**no**"
 
 
-def _near(value: float | None, limit: float | None, higher_is_better: bool) -> bool:
-    if value is None or limit is None:
-        return False
-    return value >= limit * 0.9 if higher_is_better else value <= limit * 1.1
+def judge(rows: dict[str, list[Row]], target: Target) -> Verdict:
+    metric = METRICS[target.metric]
+
+    def figure(server: str) -> float | None:
+        row = find(rows, target.scenario, server)
+        return row.get(target.metric) if row else None
+
+    mine = figure(target.server)
+    theirs = None if target.peer is None else figure(target.peer)
+    if target.peer is None:
+        value = None if mine is None else mine * metric.scale
+    else:
+        value = ratio(mine, theirs)
+    if value is None:
+        return Verdict(target.text, "-", None)
+    measured = f"{fmt(value, metric.digits)} {metric.unit}"
+    if target.peer:
+        shown = f"{fmt(mine, metric.digits)} vs {fmt(theirs, metric.digits)} {metric.unit}"
+        measured = f"{value:.2f}x ({shown})"
+    if not target.relation:
+        return Verdict(target.text, measured, None)
+    higher_is_better = target.relation != "≤"
+    near = value >= target.bound * 0.9 if higher_is_better else value <= target.bound * 1.1
+    return Verdict(target.text, measured, RELATIONS[target.relation](value, target.bound), near)
 
 
-def targets(rows: dict[str, list[Row]]) -> list[Target]:
-    out: list[Target] = []
-
-    def rps(s: str, srv: str) -> float | None:
-        row = find(rows, s, srv)
-        return row.get("rps") if row else None
-
-    def throughput(text: str, s: str, peer: str, need: float, strict: bool = False) -> None:
-        r = ratio(rps(s, "sockpool"), rps(s, peer))
-        met = None if r is None else (r > need if strict else r >= need)
-        near = _near(r, need, True)
-        out.append(Target(text, "-" if r is None else f"{r:.2f}x", met, near))
-
-    throughput(
-        "new conn/request, echo: sockpool ≥ 0.90x shared-accept pool",
-        "newconn-echo",
-        "prefork",
-        0.90,
-    )
-    throughput(
-        "new conn/request, HTTP: sockpool ≥ 0.95x shared-accept pool",
-        "newconn-http",
-        "prefork",
-        0.95,
-    )
-    throughput(
-        "new conn/request, HTTP (wrk client): sockpool ≥ 0.95x shared-accept pool",
-        "newconn-http-wrk",
-        "prefork",
-        0.95,
-    )
-    pl_ratio = ratio(rps("newconn-echo", "plainloop"), rps("newconn-echo", "prefork"))
-    out.append(
-        Target(
-            "(for scale: the plain accept/send_fds/close loop ÷ shared-accept pool, echo)",
-            "-" if pl_ratio is None else f"{pl_ratio:.2f}x",
-            None,
-        )
-    )
-    throughput(
-        "new conn/request, echo: sockpool ≥ 50x systemd Accept=yes",
-        "newconn-echo",
-        "accept-yes",
-        50,
-    )
-    throughput(
-        "new conn/request, echo: sockpool ≥ 4x ForkingTCPServer", "newconn-echo", "forking", 4
-    )
-    throughput(
-        "new conn/request, HTTP: sockpool ≥ 4x ForkingTCPServer", "newconn-http", "forking", 4
-    )
-    throughput(
-        "new conn/request, echo: sockpool ahead of Node cluster", "newconn-echo", "node", 1, True
-    )
-    throughput(
-        "new conn/request, HTTP: sockpool ahead of Node cluster", "newconn-http", "node", 1, True
-    )
-
-    sp, pl = find(rows, "newconn-echo", "sockpool"), find(rows, "newconn-echo", "plainloop")
-    a = sp.get("main_cpu_us_per_conn") if sp else None
-    b = pl.get("main_cpu_us_per_conn") if pl else None
-    out.append(
-        Target(
-            "dispatcher CPU/conn ≤ the plain accept/send_fds/close loop",
-            f"{fmt(a)} vs {fmt(b)} µs" if a is not None and b is not None else "-",
-            None if a is None or b is None else a <= b,
-            _near(a, b, False),
-        )
-    )
-    # The 50 ms requests are one in ten, so the overall p99 is one of them whatever the
-    # dispatch: the tail that dispatch decides is the fast requests' (queued behind slow ones).
-    for srv, peer, what in (
-        ("sockpool", "prefork", "sync"),
-        ("sockpool-async", "prefork-async", "async"),
-    ):
-        x, y = find(rows, "mixed", srv), find(rows, "mixed", peer)
-        p, q = (x.get("fast_p99_ms") if x else None), (y.get("fast_p99_ms") if y else None)
-        pa, qa = (x.get("p99_ms") if x else None), (y.get("p99_ms") if y else None)
-        out.append(
-            Target(
-                f"mixed load ({what}): sockpool p99 ≤ shared-accept pool p99 "
-                "(fast requests; all requests in brackets)",
-                f"{fmt(p, 2)} vs {fmt(q, 2)} ms ({fmt(pa, 1)} vs {fmt(qa, 1)})"
-                if p is not None and q is not None
-                else "-",
-                None if p is None or q is None else p <= q,
-                _near(p, q, False),
-            )
-        )
-    cold = find(rows, "coldstart", "sockpool")
-    c = cold.get("cold_ms") if cold else None
-    out.append(
-        Target(
-            "cold start to first answer ≤ 150 ms",
-            f"{fmt(c, 0)} ms" if c else "-",
-            None if c is None else c <= 150,
-            _near(c, 150, False),
-        )
-    )
-    mem = find(rows, "memory", "sockpool")
-    m = mem.get("pss_per_worker_kib") if mem else None
-    out.append(
-        Target(
-            "pool PSS at rest ≤ 12 MiB per worker",
-            f"{fmt(m / 1024 if m else None)} MiB",
-            None if m is None else m <= 12 * 1024,
-            _near(m, 12 * 1024, False),
-        )
-    )
+def targets(rows: dict[str, list[Row]]) -> list[Verdict]:
+    out = [judge(rows, target) for target in TARGETS]
     for row_list in rows.values():
         for row in row_list:
             if row.server.startswith("sockpool") and row.failures:
                 out.append(
-                    Target(
+                    Verdict(
                         f"no failures ({row.scenario}, {row.label})",
                         f"{row.failures} failed",
                         False,
@@ -372,7 +369,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     md += table(
         ["target", "measured", "met"],
-        [[t.text, t.measured, t.verdict] for t in targets(rows)],
+        [[t.text, t.measured, t.shown] for t in targets(rows)],
     )
     for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk", "keepalive", "mixed"):
         if scenario in rows:
@@ -528,7 +525,7 @@ def readme_section(result: dict[str, Any]) -> str:
         "",
         *table(
             ["target", "measured", "met"],
-            [[t.text, t.measured, t.verdict] for t in targets(rows)],
+            [[t.text, t.measured, t.shown] for t in targets(rows)],
         ),
     ]
     for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk"):

@@ -3,8 +3,9 @@
 Each scenario runs the servers one after another under the same client load, for
 several rounds (the order rotates each round), and keeps every measurement; the report
 (bench.report) takes medians and ratios to sockpool. Every server is started exactly as
-systemd would start it, through `systemd-socket-activate` on a fresh 127.0.0.1 port, with
-the same worker count; systemd's own Accept=yes runs in a real-systemd container.
+systemd would start it, through `systemd-socket-activate` on a fresh 127.0.0.1 port (by
+tests/harness.py's Service, as the integration tests start sockpool), with the same worker
+count; systemd's own Accept=yes runs in a real-systemd container.
 
     python -m bench.run                 # the full run (make bench), well under 20 minutes
     python -m bench.run --smoke --out /tmp/x   # seconds: two servers, two scenarios
@@ -21,7 +22,6 @@ import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import acceptyes, loadgen, procfs
+from tests.harness import Service, connect, read_to_eof, request
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
@@ -211,79 +212,30 @@ def free_port() -> int:
     raise RuntimeError("no free port in 17200-18999")
 
 
-class Running:
-    """A server started by systemd-socket-activate on a fresh port (its own session)."""
-
-    def __init__(self, spec: Spec, log: Path) -> None:
-        self.spec = spec
-        self.port = free_port()
-        self.logf = log.open("ab")
-        self.logf.write(f"\n== {spec.label}: {' '.join(spec.argv)}\n".encode())
-        self.logf.flush()
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        argv = [
-            "systemd-socket-activate",
-            "-l",
-            f"{HOST}:{self.port}",
-            "--fdname=bench",
-            "-E",
-            f"PYTHONPATH={REPO}",
-            "-E",
-            "PATH",
-            *spec.argv,
-        ]
-        self.proc = subprocess.Popen(
-            argv,
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self.logf,
-            stderr=self.logf,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while not procfs.listening(self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"{spec.label}: socket never listened (see {log})")
-            time.sleep(0.005)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid  # systemd-socket-activate execs the server: same pid
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        # Workers outlive a killed parent in the same session: clear the session.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.logf.close()
+def launch(spec: Spec, port: int, log: Path) -> Service:
+    """The server as systemd would start it, on 127.0.0.1:port; use it in a with block."""
+    with log.open("a") as f:
+        f.write(f"\n== {spec.label}: {' '.join(spec.argv)}\n")
+    return Service(
+        spec.argv,
+        [f"{HOST}:{port}"],
+        log,
+        fdnames=["bench"],
+        env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        start_timeout=START_TIMEOUT,
+        stop_timeout=10.0,
+    )
 
 
 def one_request(port: int, mode: str, timeout: float = 10.0) -> bool:
     """One blocking request, answer checked; True when it was right."""
-    with socket.create_connection((HOST, port), timeout=timeout) as s:
-        if mode == "http":
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        else:
-            payload = b"F warm " + os.urandom(8).hex().encode() + b"\n"
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while data := s.recv(65536):
-            chunks.append(data)
-    answer = b"".join(chunks)
-    if mode == "http":
-        return answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nhello\n")
-    return answer == payload
+    if mode != "http":
+        payload = b"F warm " + os.urandom(8).hex().encode() + b"\n"
+        return request((HOST, port), payload, timeout) == payload
+    with connect((HOST, port), timeout) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = read_to_eof(s)
+    return answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"\r\n\r\nhello\n")
 
 
 def wait_answering(port: int, mode: str, timeout: float = START_TIMEOUT) -> float:
@@ -355,55 +307,51 @@ def run_wrk(port: int, cfg: Config, seconds: float, close: bool = False) -> dict
 
 
 def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
-    srv = Running(spec, log)
-    try:
+    port = free_port()
+    with launch(spec, port, log) as srv:
         mode = MODE[scenario]
-        rec: dict[str, Any] = {"startup_s": wait_answering(srv.port, mode)}
+        rec: dict[str, Any] = {"startup_s": wait_answering(port, mode)}
         wait_pool(srv.pid, 1 if spec.server == "forking" else cfg.workers + 1)
         close = scenario == "newconn-http-wrk"
         if cfg.warmup > 0 and scenario not in WRK:
-            loadgen.run(srv.port, mode, cfg.procs, cfg.concurrency, cfg.warmup, timeout=5)
+            loadgen.run(port, mode, cfg.procs, cfg.concurrency, cfg.warmup, timeout=5)
         elif cfg.warmup > 0:
-            run_wrk(srv.port, cfg, cfg.warmup, close)
+            run_wrk(port, cfg, cfg.warmup, close)
         time.sleep(0.2)
         rec["pss_kib"], rec["nprocs"] = pool_pss(srv.pid)
         cpu0, ns0 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
         if scenario in WRK:
-            rec.update(run_wrk(srv.port, cfg, cfg.duration, close))
+            rec.update(run_wrk(port, cfg, cfg.duration, close))
         else:
-            res = loadgen.run(srv.port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
+            res = loadgen.run(port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
             rec.update(dataclasses.asdict(res))
             rec["rps"] = res.conns_per_s
         cpu1, ns1 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
         if rec["ok"]:
             rec["main_cpu_us_per_conn"] = (cpu1 - cpu0) / rec["ok"] * 1e6
             rec["main_run_us_per_conn"] = (ns1 - ns0) / rec["ok"] / 1e3
-        rec["alive"] = srv.proc.poll() is None
+        rec["alive"] = srv.alive()
         return rec
-    finally:
-        srv.stop()
 
 
 def run_coldstart(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
     mode = "http" if spec.server == "gunicorn" else "echo"
-    srv = Running(spec, log)
-    try:
-        t = wait_answering(srv.port, mode)
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        t = wait_answering(port, mode)
         time.sleep(0.3)
         pss, n = pool_pss(srv.pid)
         return {"cold_ms": t * 1e3, "ok": 1, "failures": 0, "pss_kib": pss, "nprocs": n}
-    finally:
-        srv.stop()
 
 
 def run_memory(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
     mode = "http" if spec.server == "gunicorn" else "echo"
-    srv = Running(spec, log)
-    try:
-        wait_answering(srv.port, mode)
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        wait_answering(port, mode)
         wait_pool(srv.pid, cfg.workers + 1)
         for _ in range(4 * cfg.workers):
-            one_request(srv.port, mode)
+            one_request(port, mode)
         time.sleep(1.0)  # at rest
         pids = procfs.descendants(srv.pid)
         per = [procfs.pss_kib(p) for p in pids]
@@ -416,8 +364,6 @@ def run_memory(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
             "workers": cfg.workers,
             "pss_per_worker_kib": sum(per) / cfg.workers,
         }
-    finally:
-        srv.stop()
 
 
 def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:

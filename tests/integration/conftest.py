@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import ACTIVATE, Service
+from harness import ACTIVATE, SOCKPOOL, Service
+
+HERE = Path(__file__).resolve().parent  # apps.py and broken_app.py: the tests' handlers
 
 # 1,000 concurrent clients need more descriptors than the usual soft limit of 1,024.
 _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -16,15 +18,34 @@ resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(_soft, 8192), _hard), _hard)
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Service]]:
-    """serve(args, listen=[...], ...) -> a started sockpool; stopped after the test."""
+    """serve(args, listen=[...], ...) -> a started sockpool; stopped after the test.
+
+    wait_ready=False does not wait for READY=1; wrapper (e.g. ["env", "LISTEN_PID=1"]) runs
+    between systemd-socket-activate and sockpool; env adds to sockpool's environment.
+    """
     if not Path(ACTIVATE).exists():
         pytest.skip("systemd-socket-activate is not installed (scripts/ensure-deps run)")
     services: list[Service] = []
 
-    def start(args: list[str], listen: list[str], wait_ready: bool = True, **kw) -> Service:
-        service = Service(Path(tempfile.gettempdir()), args, listen, **kw)
+    def start(
+        args: list[str],
+        listen: list[str],
+        wait_ready: bool = True,
+        wrapper: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **kw,
+    ) -> Service:
+        tmp = Path(tempfile.mkdtemp(prefix="sockpool-"))  # short: AF_UNIX paths take 107 bytes
+        service = Service(
+            [*(wrapper or []), SOCKPOOL, "--log-target=stderr", *args],
+            listen,
+            log=tmp / "sockpool.log",
+            notify=tmp / "notify",
+            env={"PYTHONPATH": str(HERE), **(env or {})},
+            **kw,
+        )
         services.append(service)
-        return service.start(wait_ready)
+        return service.start().activate(wait_ready)
 
     yield start
     for service in services:

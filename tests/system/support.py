@@ -4,29 +4,31 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Self, TypeVar
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
+import harness
+from harness import REPO, Address, Load, read_to_eof
 from nspawn import Container
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "REPO",
+    "Held",
+    "Unit",
+    "connect",
+    "journal",
+    "request",
+    "steady_load",
+    "wait_until",
+]
 T = TypeVar("T")
-Address = tuple[str, int] | Path  # (host, port) for TCP, a path for AF_UNIX
 CLIENT_TIMEOUT = 20.0  # covers a service (re)start while the connection waits in the backlog
 
 
 def wait_until(check: Callable[[], T], what: str, timeout: float = 30) -> T:
-    """Poll check() until it returns something truthy; fail the test naming `what`."""
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
-        time.sleep(0.1)
-    return value
+    """harness.wait_until, polling less often: a check here often runs a command in the machine."""
+    return harness.wait_until(check, what, timeout, interval=0.1)
 
 
 # -- the journal -----------------------------------------------------------------------------
@@ -105,34 +107,12 @@ class Unit:
 
 
 def connect(address: Address) -> socket.socket:
-    if isinstance(address, Path):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        target: Any = str(address)
-    else:
-        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET)
-        target = address
-    sock.settimeout(CLIENT_TIMEOUT)
-    try:
-        sock.connect(target)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def read_to_eof(sock: socket.socket) -> bytes:
-    chunks = []
-    while data := sock.recv(65536):
-        chunks.append(data)
-    return b"".join(chunks)
+    return harness.connect(address, CLIENT_TIMEOUT)
 
 
 def request(address: Address, payload: bytes) -> bytes:
     """Send payload, close our side, return everything the server sent until it closed."""
-    with connect(address) as sock:
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        return read_to_eof(sock)
+    return harness.request(address, payload, CLIENT_TIMEOUT)
 
 
 class Held:
@@ -165,60 +145,9 @@ class Held:
             self.sock.close()
 
 
-@dataclass
-class EchoLoad:
-    """Clients that each connect, echo one message, close, and again; bounded in count and time.
-
-    Every failure is kept: a refused or reset connection, a timeout, a wrong answer.
-    """
-
-    address: Address
-    clients: int = 3
-    max_connections: int = 20_000
-    max_seconds: float = 120
-    pause: float = 0.01  # per client between connections: steady load, not a CPU hog
-    ok: int = 0
-    errors: list[str] = field(default_factory=list)
-    _started: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def __enter__(self) -> Self:
-        deadline = time.monotonic() + self.max_seconds
-        self._threads = [
-            threading.Thread(target=self._client, args=(deadline,), daemon=True)
-            for _ in range(self.clients)
-        ]
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(CLIENT_TIMEOUT + 5)
-
-    def _client(self, deadline: float) -> None:
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            with self._lock:
-                if self._started >= self.max_connections:
-                    return
-                n, self._started = self._started, self._started + 1
-            payload = f"load {n}\n".encode()
-            try:
-                answer = request(self.address, payload)
-                error = None if answer == payload else f"#{n}: answer {answer[:40]!r}"
-            except OSError as exc:
-                error = f"#{n}: {exc!r}"
-            with self._lock:
-                if error:
-                    self.errors.append(error)
-                else:
-                    self.ok += 1
-            time.sleep(self.pause)
-
-    def progress(self, count: int = 30, timeout: float = 30) -> None:
-        """Wait until `count` more connections have been answered: the load is flowing."""
-        target = self.ok + count
-        wait_until(lambda: self.ok >= target or self.errors, f"{count} answered", timeout)
+def steady_load(address: Address, seconds: float = 120) -> Load:
+    """Three clients, each connecting, echoing one message and closing every 10 ms or so:
+    a load that goes on through an operation on the service, not a CPU hog."""
+    return Load(
+        address, clients=3, limit=7_000, seconds=seconds, pause=0.01, timeout=CLIENT_TIMEOUT
+    )

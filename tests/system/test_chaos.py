@@ -9,20 +9,19 @@ Run three times in a row, as `make test` does.
 from __future__ import annotations
 
 import random
-import threading
-import time
-from dataclasses import dataclass, field
 
 import pytest
 
 from conftest import MakeInstance
+from harness import Load
 from sockpool.events import Event
-from support import Unit, request, wait_until
+from support import CLIENT_TIMEOUT, Unit, request, wait_until
 
 pytestmark = pytest.mark.system
 
 ADDRESS = ("127.0.0.1", 7120)
 CONNECTIONS = 20_000
+CLIENTS = 8  # threads, each with its share of the connections
 CONFIG = """\
 handler = "sockpool.handlers:echo"
 workers = 3
@@ -30,46 +29,6 @@ timeout = 2            # a worker holding a connection this long is hung
 graceful_timeout = 10
 """
 SOCKET = f"[Socket]\nListenStream=\nListenStream={ADDRESS[0]}:{ADDRESS[1]}\n"
-
-
-@dataclass
-class Clients:
-    """Threads sending unique payloads, one connection each, until `total` are done."""
-
-    total: int
-    threads: int = 8
-    seconds: float = 600
-    answered: int = 0
-    refused: int = 0
-    cut: int = 0  # reset, or closed without an answer
-    wrong: list[str] = field(default_factory=list)
-    _next: int = 0
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def run(self) -> None:
-        deadline = time.monotonic() + self.seconds
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._next >= self.total:
-                    return
-                n, self._next = self._next, self._next + 1
-            payload = f"chaos {n} {random.getrandbits(64):016x}\n".encode()
-            try:
-                answer = request(ADDRESS, payload)
-                outcome = "answered" if answer == payload else "cut" if not answer else "wrong"
-            except ConnectionRefusedError:
-                outcome = "refused"
-            except OSError:  # reset, broken pipe, not connected (reset before our shutdown)
-                outcome = "cut"
-            with self._lock:
-                if outcome == "wrong":
-                    self.wrong.append(f"{payload!r} -> {answer[:60]!r}")
-                else:
-                    setattr(self, outcome, getattr(self, outcome) + 1)
-
-    @property
-    def done(self) -> int:
-        return self.answered + self.refused + self.cut + len(self.wrong)
 
 
 def _proc(unit: Unit, what: str) -> str:
@@ -97,25 +56,14 @@ def _settled(unit: Unit) -> None:
     wait_until(lambda: "busy 0," in unit.prop("StatusText"), "an idle pool", timeout=30)
 
 
-@pytest.mark.parametrize("run", [1, 2, 3])
-def test_chaos(instance: MakeInstance, run: int) -> None:
-    unit = instance("chaos", CONFIG, socket=SOCKET)
-    unit.start_socket()
-    assert request(ADDRESS, b"wake up\n") == b"wake up\n"
-    unit.wait_running()
-    since = unit.prop("InvocationID")  # journal of this run only (-u also covers restarts)
-    cursor = unit.machine.run("journalctl", "-n0", "--show-cursor", "-q").stdout.split()[-1]
-
-    clients = Clients(CONNECTIONS)
-    threads = [threading.Thread(target=clients.run) for _ in range(clients.threads)]
-    for t in threads:
-        t.start()
+def _storm(unit: Unit, clients: Load, cursor: str, rng: random.Random) -> tuple[int, int, int]:
+    """Restart, reload, kill and freeze as the clients progress; (SIGKILLs, the dispatcher's
+    fds and RSS in KiB before the reloads and kills)."""
 
     def at(fraction: float) -> None:
         wait_until(lambda: clients.done >= fraction * CONNECTIONS, f"{fraction:.0%} done", 300)
 
     kills = 0
-    rng = random.Random(run)
     for step in range(3):  # restarts first: the last dispatcher is the one we measure
         at(0.05 + 0.05 * step)
         unit.machine.systemctl("restart", unit.service)
@@ -139,8 +87,24 @@ def test_chaos(instance: MakeInstance, run: int) -> None:
         else:  # frozen with a connection in hand: hung once past timeout=2
             unit.machine.run("kill", "-STOP", str(victim))
             wait_until(lambda: _events(unit, cursor, Event.WORKER_HUNG), "the hang", 20)
-    for t in threads:
-        t.join()
+    return kills, start_fds, start_rss
+
+
+@pytest.mark.parametrize("run", [1, 2, 3])
+def test_chaos(instance: MakeInstance, run: int) -> None:
+    unit = instance("chaos", CONFIG, socket=SOCKET)
+    unit.start_socket()
+    assert request(ADDRESS, b"wake up\n") == b"wake up\n"
+    unit.wait_running()
+    since = unit.prop("InvocationID")  # journal of this run only (-u also covers restarts)
+    cursor = unit.machine.run("journalctl", "-n0", "--show-cursor", "-q").stdout.split()[-1]
+
+    # Unique payloads, one connection each: a reset, or a close without an answer, is a cut
+    # connection; any other answer than the echo is a wrong one.
+    load = Load(ADDRESS, CLIENTS, CONNECTIONS // CLIENTS, seconds=600, timeout=CLIENT_TIMEOUT)
+    with load as clients:
+        kills, start_fds, start_rss = _storm(unit, clients, cursor, random.Random(run))
+        clients.join()
     _settled(unit)
     end_fds, end_rss = _fds(unit), _rss_kib(unit)
 
@@ -149,8 +113,8 @@ def test_chaos(instance: MakeInstance, run: int) -> None:
     hung = _events(unit, cursor, Event.WORKER_HUNG)
     reasons = sorted(e.get("EXIT_REASON", "?") for e in exited)
     print(
-        f"\nchaos run {run}: {clients.done} connections: {clients.answered} answered, "
-        f"{clients.refused} refused, {clients.cut} cut, {len(clients.wrong)} wrong; "
+        f"\nchaos run {run}: {clients.done} connections: {clients.ok} answered, "
+        f"{clients.refused} refused, {clients.cut} cut, {clients.mismatched} wrong; "
         f"lost in killed workers per the journal: {lost}; {kills} SIGKILLs, "
         f"{len(hung)} hung; exits {dict((r, reasons.count(r)) for r in set(reasons))}; "
         f"dispatcher fds {start_fds} -> {end_fds}, RSS {start_rss} -> {end_rss} KiB "
@@ -158,7 +122,7 @@ def test_chaos(instance: MakeInstance, run: int) -> None:
     )
     assert clients.done == CONNECTIONS
     assert clients.refused == 0
-    assert clients.wrong == []
+    assert clients.mismatched == 0, clients.errors
     assert clients.cut <= lost
     assert len(hung) == 1 and "Its stacks:" in hung[0]["MESSAGE"]
     assert end_fds <= start_fds

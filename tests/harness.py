@@ -1,0 +1,362 @@
+"""Servers under the real `systemd-socket-activate`, and clients that check what they get.
+
+One module for the integration tests, the system tests (their clients reach the machine's
+sockets from the host) and the bench harness (`python -m bench.run` imports it as
+tests.harness; pytest puts tests/ on the path).
+
+systemd-socket-activate binds the sockets, waits for the first connection and then execs
+the server with LISTEN_FDS/LISTEN_PID/LISTEN_FDNAMES set: the same contract a .socket unit
+gives. A datagram socket can stand in for systemd's NOTIFY_SOCKET, so tests wait for
+READY=1 instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self, TypeVar
+
+REPO = Path(__file__).resolve().parent.parent
+SOCKPOOL = str(Path(sys.executable).with_name("sockpool"))
+ACTIVATE = shutil.which("systemd-socket-activate") or "/usr/bin/systemd-socket-activate"
+Address = tuple[str, int] | str | Path  # (host, port), or the path of an AF_UNIX socket
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T], what: str, timeout: float = 10.0, interval: float = 0.02
+) -> T:
+    """Poll check() until it returns something truthy, and return that; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return value
+
+
+# -- clients ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def connect(address: Address, timeout: float = 10.0) -> socket.socket:
+    if isinstance(address, tuple):
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        target: tuple[str, int] | str = address
+    else:
+        family, target = socket.AF_UNIX, str(address)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(target)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_to_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def request(address: Address, payload: bytes, timeout: float = 10.0) -> bytes:
+    """Send payload, half-close, read everything until the server closes."""
+    with connect(address, timeout) as sock:
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        return read_to_eof(sock)
+
+
+SAMPLES = 20  # failures kept verbatim
+
+
+@dataclass
+class Load:
+    """Clients in threads, each connecting, sending a payload unique to the connection,
+    half-closing and checking the answer, again and again until stopped. Bounded: `limit`
+    connections per client and `seconds` in all.
+
+    Each connection is counted once: ok (its echo), refused, reset (or a broken pipe),
+    closed (no answer), mismatched (another answer), or other (another OSError: a timeout,
+    a reset before our shutdown). `wrong` and `cut` group them for the claims tests make.
+    """
+
+    address: Address
+    clients: int = 8
+    limit: int = 100_000
+    seconds: float = 30.0
+    pause: float = 0.0  # per client between connections: a steady load, not a CPU hog
+    timeout: float = 10.0  # per connection
+    ok: int = 0
+    refused: int = 0
+    reset: int = 0
+    closed: int = 0
+    mismatched: int = 0
+    other: int = 0
+    errors: list[str] = field(default_factory=list)  # the first SAMPLES failures
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._client, args=(i,), daemon=True)
+            for i in range(self.clients)
+        ]
+
+    def __enter__(self) -> Self:
+        self._deadline = time.monotonic() + self.seconds
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def wrong(self) -> int:
+        """Neither refused nor reset, and yet not the echo."""
+        return self.closed + self.mismatched + self.other
+
+    @property
+    def cut(self) -> int:
+        """The connection ended without an answer."""
+        return self.reset + self.closed + self.other
+
+    @property
+    def done(self) -> int:
+        return self.ok + self.refused + self.cut + self.mismatched
+
+    def _client(self, client: int) -> None:
+        for n in range(self.limit):
+            if self._stop.is_set() or time.monotonic() > self._deadline:
+                return
+            payload = f"client {client} request {n} {random.getrandbits(64):016x}\n".encode()
+            outcome, detail = self._one(payload)
+            with self._lock:
+                setattr(self, outcome, getattr(self, outcome) + 1)
+                if outcome != "ok" and len(self.errors) < SAMPLES:
+                    self.errors.append(f"{outcome}: {detail}")
+            if self.pause:
+                time.sleep(self.pause)
+
+    def _one(self, payload: bytes) -> tuple[str, str]:
+        try:
+            answer = request(self.address, payload, self.timeout)
+        except ConnectionRefusedError as exc:
+            return "refused", repr(exc)
+        except (ConnectionResetError, BrokenPipeError) as exc:
+            return "reset", repr(exc)
+        except OSError as exc:
+            return "other", repr(exc)
+        if answer == payload:
+            return "ok", ""
+        return "mismatched" if answer else "closed", f"{payload!r} -> {answer[:60]!r}"
+
+    def summary(self) -> str:
+        return (
+            f"ok={self.ok} refused={self.refused} reset={self.reset} closed={self.closed} "
+            f"mismatched={self.mismatched} other={self.other} {self.errors}"
+        )
+
+    def progress(self, count: int = 30, timeout: float = 30.0) -> None:
+        """Wait until `count` more connections have been answered: the load is flowing."""
+        target = self.ok + count
+        try:
+            wait_until(lambda: self.ok >= target, f"{count} more answers", timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}: {self.summary()}") from None
+
+    def join(self) -> None:
+        """Let every client run out of connections (`limit`) or time (`seconds`)."""
+        for thread in self._threads:
+            thread.join()
+
+    def stop(self) -> None:
+        """Stop after the connections in flight, each bounded by its timeout."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+
+
+# -- servers ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Service:
+    """One server started by systemd-socket-activate in a session of its own. Its output,
+    and systemd-socket-activate's, is appended to `log`.
+
+    start() binds the sockets; the server itself starts at the first connection, made by
+    activate() or by the caller.
+    """
+
+    argv: list[str]  # the server: sockpool or a peer, with its arguments
+    listen: list[str]
+    log: Path
+    fdnames: list[str] | None = None
+    datagram: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # the server's (its only) environment
+    notify: Path | None = None  # a NOTIFY_SOCKET to bind and pass on: wait_for() reads it
+    start_timeout: float = 30.0
+    stop_timeout: float = 30.0
+    proc: subprocess.Popen[bytes] | None = None
+    notifications: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._offset = 0
+        self._notify: socket.socket | None = None
+        self._trigger: socket.socket | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def addresses(self) -> list[Address]:
+        return [a if a.startswith("/") else _host_port(a) for a in self.listen]
+
+    @property
+    def address(self) -> Address:
+        return self.addresses[0]
+
+    @property
+    def pid(self) -> int:
+        """systemd-socket-activate's, which becomes the server's when it execs it."""
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Self:
+        env = dict(self.env)
+        if self.notify is not None:
+            self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._notify.bind(str(self.notify))
+            self._notify.setblocking(False)
+            env["NOTIFY_SOCKET"] = str(self.notify)
+        cmd = [ACTIVATE, *(f"--listen={a}" for a in self.listen)]
+        if self.datagram:
+            cmd.append("--datagram")
+        if self.fdnames:
+            cmd.append("--fdname=" + ":".join(self.fdnames))
+        cmd += [f"--setenv={k}={v}" for k, v in env.items()]
+        with self.log.open("ab") as out:
+            self._offset = out.seek(0, os.SEEK_END)
+            self.proc = subprocess.Popen(
+                [*cmd, *self.argv],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_until(
+            self._listening, f"{self.argv[0]} to listen (log: {self.log})", self.start_timeout
+        )
+        return self
+
+    def _listening(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"exited {self.proc.returncode}: {self.output()}")
+        return self.output().count("Listening on") >= len(self.listen)
+
+    def activate(self, wait_ready: bool = True) -> Self:
+        """Make the first connection, on which systemd-socket-activate execs the server, and
+        with wait_ready wait for its READY=1."""
+        if self.datagram:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as dgram:
+                dgram.sendto(b"x", self.address)
+            return self
+        self._trigger = connect(self.address)
+        if wait_ready:
+            self.wait_for("READY=1")
+            self._trigger.close()  # it would hold a sync worker
+        return self
+
+    def read_notifications(self) -> list[str]:
+        assert self._notify is not None, "started without a notify socket"
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                self.notifications.extend(self._notify.recv(4096).decode().split("\n"))
+        return self.notifications
+
+    def wait_for(self, assignment: str, timeout: float = 15.0) -> None:
+        def seen() -> bool:
+            self.read_notifications()
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"exited {self.proc.returncode}: {self.output()}")
+            return assignment in self.notifications
+
+        wait_until(seen, f"{assignment} from {self.argv[0]} (log: {self.log})", timeout)
+
+    def statuses(self) -> list[str]:
+        return [n for n in self.read_notifications() if n.startswith("STATUS=")]
+
+    def workers(self) -> list[int]:
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        return [int(p) for p in path.read_text().split()]
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def output(self) -> str:
+        """What was written to the log since start()."""
+        with self.log.open("rb") as f:
+            f.seek(self._offset)
+            return f.read().decode(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        """SIGTERM to the server alone, as systemd's KillMode=mixed does; SIGKILL once it
+        outstays stop_timeout. Then SIGKILL what is left of its session: the workers of a server
+        that did not take them along."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(self.stop_timeout)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        for sock in (self._trigger, self._notify):
+            if sock is not None:
+                sock.close()
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
