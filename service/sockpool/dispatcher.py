@@ -1,11 +1,11 @@
 """The dispatcher: wires the loop, the hot path, the lifecycle policy and the worker processes.
 
-    loop (eventloop.py) -- descriptors, timers, signals --> events --> policy (policy.py)
-    policy --> actions --> carried out here, on WorkerProcess objects (process.py)
-    listeners --> hot path (hotpath.py): accept, assign, send; completions back
+    loop (eventloop.py): descriptors, timers, signals --> events --> policy (policy.py)
+    policy --> actions --> executor (executor.py) --> WorkerProcess objects (process.py)
+    listeners --> hot path (hotpath.py): accept, assign, send; completions come back
 
-Everything that decides is in policy.py and has unit tests without processes; everything
-here is I/O, each piece a few lines.
+Everything that decides is in policy.py, with unit tests that need no process; what is here
+turns the outside world into events.
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
 from .errors import ExitCode, Fatal
-from .eventloop import Loop, Timer
+from .eventloop import Loop
 from .events import Event
+from .executor import Executor
 from .hotpath import HotPath
 from .listeners import Listener
 from .notify import Notifier
 from .policy import Lifecycle
-from .process import WorkerProcess, fork_worker
-from .states import Generation
-from .worker import WorkerSpec
+from .process import WorkerProcess
 
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -46,25 +45,14 @@ class Dispatcher:
         self.notifier = notifier
         self.policy = Lifecycle(config)
         self.loop = Loop()
-        self.procs: dict[int, WorkerProcess] = {}
-        self.hot = HotPath(listeners, Admission(config), self.procs, self._routable, self._broken)
+        procs: dict[int, WorkerProcess] = {}
+        self.hot = HotPath(listeners, Admission(config), procs, self._routable, self._closed)
+        self.do = Executor(
+            self.policy, self.loop, self.hot, notifier, self._feed, self.status,
+            self._on_message, self._in_child,
+        )  # fmt: skip
         self.oom_baseline = health.oom_kills()
         self.routes: tuple[int, list[WorkerProcess]] = (-1, [])
-        self.wake: Timer | None = None
-        self.specs: dict[int, WorkerSpec] = {}
-        self.execute: dict[type, Callable[..., object]] = {
-            ev.Spawn: self._spawn,
-            ev.SendStop: lambda a: self._proc(a.pid, WorkerProcess.stop),
-            ev.Kill: self._kill,
-            ev.AskStacks: lambda a: self._proc(a.pid, WorkerProcess.ask_for_stacks),
-            ev.CheckMemory: self._check_memory,
-            ev.Swap: lambda a: self.hot.admission.update(a.generation.config),
-            ev.Notify: self._notify,
-            ev.StopAccepting: self._stop_accepting,
-            ev.Wake: self._wake,
-            ev.GiveUp: self._give_up,
-            ev.Record: _record,
-        }
 
     def run(self) -> ExitCode:
         """gunicorn's arbiter in one loop: wait, accept and hand over, then what fell due."""
@@ -79,7 +67,7 @@ class Dispatcher:
         self.loop.watch(hot.done_r, self._on_done)
         self._periodic()
         try:
-            self._do(self.policy.start(time.monotonic()))
+            self.do(self.policy.start(time.monotonic()))
             while not self.policy.finished:
                 now = time.monotonic()
                 self.loop.poll(0.0 if hot.has_work(now) else self._idle(now))
@@ -96,24 +84,21 @@ class Dispatcher:
     def _idle(self, now: float) -> float:
         due = self.loop.next_timer()
         if self.hot.backlogged and self.hot.paused_until > now:
-            due = min(due, self.hot.paused_until)
+            due = min(due, self.hot.paused_until)  # accepting resumes then
         return max(0.0, due - now)
 
     def status(self) -> str:
-        gen, hot = self.policy.active, self.hot
+        policy, hot = self.policy, self.hot
+        gen = policy.active
         text = (
-            f"workers {self.policy.ready_count(gen)}/{gen.config.workers}, busy {hot.busy()}, "
+            f"workers {policy.pool.ready_count(gen)}/{gen.config.workers}, busy {hot.busy()}, "
             f"served {hot.served}, refused {hot.admission.refused}"
         )
-        if self.policy.incoming:
-            text += ", reloading"
-        if self.policy.stopping:
-            text += ", stopping"
-        return text
+        return text + ", reloading" * bool(policy.incoming) + ", stopping" * policy.stopping
 
-    # -- events in ---------------------------------------------------------------------------
+    # -- the outside world, as events --------------------------------------------------------
     def _feed(self, event: object) -> None:
-        self._do(self.policy.handle(event))
+        self.do(self.policy.handle(event))
 
     def _on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
@@ -130,24 +115,15 @@ class Dispatcher:
     def _on_message(self, p: WorkerProcess) -> bool:
         """One message per readiness event (the channel is level-triggered); True if read."""
         try:
-            message = p.message()
-        except BlockingIOError:
-            return False
+            event = p.next_event(time.monotonic())
         except wire.WireError as exc:
             log.log.error("bad message from worker %d: %s", p.pid, exc)
             return True
-        now = time.monotonic()
-        if message is None:  # it exited or is exiting; SIGCHLD will tell us how
+        if isinstance(event, ev.ChannelClosed):  # it is exiting; SIGCHLD will say how
             self.loop.unwatch(p.chan)
-            self._feed(ev.ChannelClosed(p.pid))
-            return False
-        if isinstance(message, wire.Ready):
-            self._feed(ev.Ready(p.pid, message.capacity, now))
-        elif isinstance(message, wire.Failed):
-            self._feed(ev.Failed(p.pid, message.reason))
-        else:
-            self._feed(ev.Beat(p.pid, now))
-        return True
+        if event is not None:
+            self._feed(event)
+        return event is not None and not isinstance(event, ev.ChannelClosed)
 
     def _on_done(self) -> bool:
         pids = self.hot.completed(time.monotonic())
@@ -165,7 +141,7 @@ class Dispatcher:
                 return
             if pid == 0:
                 return
-            if p := self.procs.pop(pid, None):
+            if p := self.hot.workers.pop(pid, None):
                 while self._on_message(p):  # what it said before it died counts (FAILED)
                     pass
                 self.loop.unwatch(p.chan)
@@ -174,10 +150,6 @@ class Dispatcher:
                 p.close()
                 self._feed(ev.Exited(pid, how, natural, lost, stacks, time.monotonic()))
 
-    def _tick(self) -> None:
-        self.wake = None
-        self._feed(ev.Tick(time.monotonic(), len(self.hot.pending)))
-
     def _periodic(self) -> None:
         """sd_notify's STATUS= and watchdog, and the refusal count, on their own clock."""
         now = time.monotonic()
@@ -185,88 +157,18 @@ class Dispatcher:
         self.hot.log_refused(now)
         self.loop.call_at(now + self.notifier.next_due(now), self._periodic)
 
-    # -- actions out -------------------------------------------------------------------------
-    def _do(self, actions: list[ev.Action]) -> None:
-        for action in actions:
-            self.execute[type(action)](action)
-
-    def _spawn(self, a: ev.Spawn) -> None:
-        gen = a.generation
-        try:
-            pid, chan, inbox, stacks = fork_worker(self._spec(gen), self.hot.done_w, self._in_child)
-        except OSError as exc:
-            self._feed(ev.SpawnFailed(gen.number, _os_error(exc), time.monotonic()))
-            return
-        actions = self.policy.handle(ev.Spawned(pid, gen.number, time.monotonic()))
-        p = self.procs[pid] = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid])
-        self.loop.watch(chan, lambda: self._on_message(p))
-        self._do(actions)
-
-    def _spec(self, gen: Generation) -> WorkerSpec:
-        if gen.number not in self.specs:
-            live = {g.number for g in (self.policy.active, self.policy.incoming) if g}
-            self.specs = {n: s for n, s in self.specs.items() if n in live}
-            cfg = gen.config
-            self.specs[gen.number] = WorkerSpec(
-                generation=gen.number,
-                handlers={
-                    lst.name: h for lst in self.listeners if (h := cfg.handler_for(lst.name))
-                },
-                default_handler=cfg.handler,
-                capacity=cfg.capacity,
-                idle_timeout=cfg.idle_timeout or None,
-                timeout=cfg.timeout or None,
-            )
-        return self.specs[gen.number]
-
-    def _proc(self, pid: int, do: Callable[[WorkerProcess], None]) -> None:
-        if p := self.procs.get(pid):
-            do(p)
-
-    def _kill(self, a: ev.Kill) -> None:
-        if a.hang and (p := self.procs.get(a.pid)):
-            stacks = p.read_stacks() or "(no stacks: the worker did not answer)"
-            _record(
-                ev.Record(a.hang.event, f"{a.hang.message}\n{stacks}", a.hang.level, a.hang.fields)
-            )
-        self._proc(a.pid, WorkerProcess.kill)
-
-    def _check_memory(self, a: ev.CheckMemory) -> None:
-        readings = {pid: rss for pid in a.pids if (rss := health.rss_mib(pid)) is not None}
-        self._feed(ev.Memory(readings, time.monotonic()))
-
-    def _notify(self, a: ev.Notify) -> None:
-        if a.state == "reloading":
-            self.notifier.reloading()
-        elif a.state == "stopping":
-            self.notifier.stopping(self.status())
-        else:
-            self.notifier.ready(self.status())
-
-    def _stop_accepting(self, a: ev.StopAccepting) -> None:
-        for listener in self.listeners:
-            self.loop.unwatch(listener.sock)  # systemd keeps the queue for the next start
-        self.hot.stop_accepting()
-
-    def _wake(self, a: ev.Wake) -> None:
-        if self.wake is None or a.at < self.wake.at:
-            if self.wake:
-                self.wake.cancel()
-            self.wake = self.loop.call_at(a.at, self._tick)
-
-    def _give_up(self, a: ev.GiveUp) -> None:
-        raise Fatal(a.code, a.message, event=Event.WORKERS_FAILING)
-
     # -- the hot path's view of the pool ----------------------------------------------------
     def _routable(self) -> list[WorkerProcess]:
         """The workers that take work, rebuilt only when the policy changed the set."""
         version, routes = self.routes
-        if version != self.policy.version:
-            routes = [self.procs[w.pid] for w in self.policy.serving() if w.pid in self.procs]
-            self.routes = (self.policy.version, routes)
+        pool = self.policy.pool
+        if version != pool.version:
+            procs = self.hot.workers
+            routes = [procs[w.pid] for w in pool.serving(self.policy.active) if w.pid in procs]
+            self.routes = (pool.version, routes)
         return routes
 
-    def _broken(self, p: WorkerProcess) -> None:
+    def _closed(self, p: WorkerProcess) -> None:
         self._feed(ev.ChannelClosed(p.pid))
 
     # -- descriptors -------------------------------------------------------------------------
@@ -277,7 +179,7 @@ class Dispatcher:
         os.close(self.hot.done_r)  # the worker keeps done_w
         for listener in self.listeners:
             listener.sock.close()
-        for p in self.procs.values():
+        for p in self.hot.workers.values():
             p.close()
         channel.close_all(self.hot.held_fds())
 
@@ -290,14 +192,3 @@ class Dispatcher:
             listener.close()
         self.loop.close()
         channel.close_all([self.hot.done_r, self.hot.done_w])
-
-
-def _record(a: ev.Record) -> None:
-    if a.event is None:
-        log.log.log(a.level, "%s", a.message, extra=a.fields)
-    else:
-        log.event(a.event, "%s", a.message, level=a.level, **a.fields)
-
-
-def _os_error(exc: OSError) -> str:
-    return f"{exc.strerror or exc}"

@@ -15,6 +15,7 @@ import socket
 from collections.abc import Callable
 
 from . import channel, health, wire
+from . import lifecycle as ev
 from . import worker as worker_mod
 from .states import ExitReason, Worker
 
@@ -80,15 +81,24 @@ class WorkerProcess:
         self.stacks = stacks  # memfd its faulthandler writes to
         self.w = w
 
-    def message(self) -> wire.ToDispatcher | None:
-        """Its next message; None once its channel closed. Raises BlockingIOError when
-        there is none yet, WireError for one we cannot read. Plain recv(), no control
-        buffer: workers never send descriptors, and the kernel closes any attached."""
+    def next_event(self, now: float) -> object | None:
+        """Its next message, as a lifecycle event; ChannelClosed once it closed its end, None
+        when there is nothing to read. Raises WireError for a message we cannot read. Plain
+        recv(), no control buffer: workers never send descriptors (the kernel closes any)."""
         try:
             data = self.chan.recv(wire.MAX_MESSAGE, channel.DONTWAIT)
+        except BlockingIOError:
+            return None
         except ConnectionError:
             data = b""
-        return wire.decode_to_dispatcher(data) if data else None
+        if not data:
+            return ev.ChannelClosed(self.pid)
+        message = wire.decode_to_dispatcher(data)
+        if isinstance(message, wire.Ready):
+            return ev.Ready(self.pid, message.capacity, now)
+        if isinstance(message, wire.Failed):
+            return ev.Failed(self.pid, message.reason)
+        return ev.Beat(self.pid, now)
 
     def stop(self) -> None:
         try:

@@ -1,9 +1,9 @@
-"""A worker process: receives connections from the dispatcher and runs the handler on them.
+"""A worker process: takes connections from its channel and runs the handler on them.
 
-Forked by the dispatcher; imports the handlers only after the fork, so a new generation
-runs new code. Acknowledges every descriptor as soon as it holds it (the dispatcher keeps
-its own copy until then, so nothing is lost if we die first), and reports each finished
-connection so the dispatcher knows our free capacity.
+Forked by the dispatcher (process.py); imports the handlers only after the fork, so a new
+generation runs new code. Reading a handoff off the channel is the acknowledgement: until
+then the dispatcher can read it back if we die. Each finished connection goes on the shared
+done pipe, so the dispatcher knows our free capacity.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import channel, health, log, notify, wire
+from .config import Config
 from .connection import ConnectionInfo, describe, set_current
 from .events import Event
 from .importing import HandlerError, is_async, load_handler
@@ -40,6 +41,18 @@ class WorkerSpec:
     capacity: int  # for async handlers; sync handlers take one connection at a time
     idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
     timeout: float | None = None  # async: cancel a connection older than this
+
+    @classmethod
+    def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
+        handlers = {name: h for name in listeners if (h := config.handler_for(name))}
+        return cls(
+            generation=generation,
+            handlers=handlers,
+            default_handler=config.handler,
+            capacity=config.capacity,
+            idle_timeout=config.idle_timeout or None,
+            timeout=config.timeout or None,
+        )
 
 
 class _Stop(Exception):
