@@ -19,8 +19,8 @@ from .hotpath import HotPath
 from .notify import Notifier
 from .policy import Lifecycle
 from .process import WorkerProcess, fork_worker
+from .spec import WorkerSpec
 from .states import Generation
-from .worker import WorkerSpec
 
 
 class Executor:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from . import channel, health, wire
 from . import lifecycle as ev
 from . import worker as worker_mod
+from .spec import WorkerSpec
 from .states import ExitReason, Worker
 
 # (conn_id, fd, listener name, peer): the hot path's pending connection
@@ -37,7 +38,7 @@ def describe_status(code: int) -> str:
 
 
 def fork_worker(
-    spec: worker_mod.WorkerSpec, done: int, close_in_child: Callable[[], None]
+    spec: WorkerSpec, done: int, close_in_child: Callable[[], None]
 ) -> tuple[int, socket.socket, socket.socket, int]:
     """Fork a worker: (pid, our channel end, its end, its stack file). Raises OSError when
     it cannot (out of processes or descriptors), having closed what it made.

@@ -16,43 +16,18 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import channel, health, log, notify, wire
-from .config import Config
 from .connection import ConnectionInfo, describe, set_current
 from .events import Event
 from .importing import HandlerError, is_async, load_handler
+from .spec import WorkerSpec
 
 EXIT_HANDLER_FAILED = 3
 Handler = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs to know, decided by the dispatcher before the fork."""
-
-    generation: int
-    handlers: Mapping[str, str]  # listener name -> "module:callable"
-    default_handler: str | None
-    capacity: int  # for async handlers; sync handlers take one connection at a time
-    idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
-    timeout: float | None = None  # async: cancel a connection older than this
-
-    @classmethod
-    def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
-        handlers = {name: h for name in listeners if (h := config.handler_for(name))}
-        return cls(
-            generation=generation,
-            handlers=handlers,
-            default_handler=config.handler,
-            capacity=config.capacity,
-            idle_timeout=config.idle_timeout or None,
-            timeout=config.timeout or None,
-        )
 
 
 class _Stop(Exception):
@@ -72,8 +47,11 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoRetu
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        forked = os.getpid()
         try:
             handlers = _load(spec)
+            if os.getpid() != forked:  # a copy the handler's module forked at import
+                os._exit(0)  # only the process the dispatcher forked may take work
         except HandlerError as exc:
             log.log.error("%s", exc)
             channel.send(chan, wire.encode_failed(str(exc)))
