@@ -1,98 +1,90 @@
-"""The dispatcher's picture of its workers: pure bookkeeping, no I/O.
+"""The dispatcher's picture of its workers, and the moves that change which of them take work.
 
-A connection is `Pending` from accept until it is sent to a worker; the dispatcher holds its
-descriptor until then. Once sent, it is the worker's as soon as the worker reads it, and
-until then the dispatcher can read it back from the worker's queue (see dispatcher.py).
+Pure bookkeeping, no I/O. Every move goes through `move`, which bumps `version`: the hot
+path keeps its list of routable workers until the version changes, so no call site has to
+remember to clear a cache.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-from collections import deque
-from dataclasses import dataclass, field
+import random
+from collections.abc import Iterable
 
-from .config import Config
-from .worker import WorkerSpec
-
-# (conn_id, fd, listener name, peer): a tuple, because millions are made on the hot path
-Pending = tuple[int, int, str, str]
+from . import lifecycle as ev
+from .lifecycle import Action
+from .states import SERVING, ExitReason, Generation, Trigger, Worker, advance, can
 
 
-@dataclass
-class Generation:
-    """Workers started from one configuration; a reload starts the next one."""
+class Pool:
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.workers: dict[int, Worker] = {}
+        self.version = 0
 
-    number: int
-    config: Config
-    spec: WorkerSpec
-    start_failures: int = 0  # consecutive workers that died before READY
-    last_failure: str = ""
-    recycling: list[Worker] = field(default_factory=list)  # to retire as replacements get ready
+    def add(self, pid: int, gen: Generation, now: float) -> Worker:
+        cfg = gen.config
+        w = self.workers[pid] = Worker(pid, gen.number, started=now, last_heard=now)
+        if cfg.max_requests:  # jitter, so a pool started together does not retire together
+            jitter = cfg.max_requests_jitter
+            jitter = cfg.max_requests // 10 if jitter is None else jitter
+            w.max_served = cfg.max_requests + self.rng.randint(0, jitter)
+        if cfg.start_timeout:
+            w.deadline = now + cfg.start_timeout
+        return w
 
-    @property
-    def max_start_failures(self) -> int:
-        return self.config.workers + 4
+    def remove(self, pid: int) -> Worker | None:
+        w = self.workers.pop(pid, None)
+        if w is not None:
+            self.move(w, Trigger.EXIT)
+        return w
 
+    def move(self, w: Worker, trigger: Trigger) -> None:
+        advance(w, trigger)
+        self.version += 1
 
-@dataclass(eq=False)
-class Worker:
-    pid: int
-    generation: int
-    chan: socket.socket  # our end of the channel
-    inbox: socket.socket  # a copy of the worker's end: what it never read can be read back
-    capacity: int = 0  # 0 until READY
-    in_flight: int = 0  # sent and not reported done
-    # conn_id -> (when sent, listener, peer), oldest first: for hang reports and limits
-    handed: dict[int, tuple[float, str, str]] = field(default_factory=dict)
-    retiring: bool = False  # told to stop, or being killed: gets no more work
-    gone: bool = False  # its channel closed: waiting to be reaped
-    served: int = 0
-    failure: str = ""  # what it said when it could not start
-    stacks: int = -1  # memfd its faulthandler writes to
-    last_heard: float = 0.0  # monotonic time of its last message
-    max_served: int = 0  # recycle after this many connections (0: never)
-    recycling: bool = False  # a replacement is starting; retire once it is ready
-    killed_for: str = ""  # why we killed it: "hung"; "retired" once told to stop
-    dump_asked: float = 0.0  # when we asked for its stacks (hang), 0 if not
-    hung_on: tuple[int, float, str, str] = (0, 0.0, "", "")  # conn_id, since, listener, peer
-    retire_deadline: float = 0.0  # told to stop: killed if still there by then
+    def heard(self, pid: int, now: float = 0.0, failure: str = "") -> None:
+        """It said something: a heartbeat at `now`, or why it cannot start."""
+        if w := self.workers.get(pid):
+            w.last_heard = now or w.last_heard
+            w.failure = failure or w.failure
 
-    @property
-    def ready(self) -> bool:
-        return self.capacity > 0
+    def closed(self, pid: int) -> None:
+        if w := self.workers.get(pid):
+            w.listening = False
+            self.version += 1
 
-    @property
-    def free(self) -> int:
-        if self.retiring or self.gone:
-            return 0
-        return max(0, self.capacity - self.in_flight)
+    def of(self, gen: Generation) -> list[Worker]:
+        return [w for w in self.workers.values() if w.generation == gen.number]
 
+    def serving(self, gen: Generation) -> list[Worker]:
+        """The workers that take new connections: ready, of `gen`, listening."""
+        return [w for w in self.of(gen) if w.state in SERVING and w.listening]
 
-def assign(pending: deque[Pending], workers: list[Worker]) -> dict[Worker, list[Pending]]:
-    """Hand out pending connections, each to the worker with the most free capacity
-    at that moment (ties go to the first listed); mutates `pending` and `in_flight`."""
-    room = {w: free for w in workers if (free := w.free) > 0}
-    batches: dict[Worker, list[Pending]] = {}
-    while pending and room:
-        best = max(room, key=room.__getitem__)  # first listed wins a tie
-        batches.setdefault(best, []).append(pending.popleft())
-        best.in_flight += 1
-        room[best] -= 1
-        if not room[best]:
-            del room[best]
-    return batches
+    def ready_count(self, gen: Generation) -> int:
+        return sum(w.state in SERVING for w in self.of(gen))
 
+    def busy(self) -> int:
+        return sum(len(w.handed) for w in self.workers.values())
 
-def describe_status(code: int) -> str:
-    """A waitpid status in words, for the journal."""
-    if os.WIFSIGNALED(code):
-        sig = os.WTERMSIG(code)
-        try:
-            name = signal.Signals(sig).name
-        except ValueError:
-            name = str(sig)
-        core = " (core dumped)" if os.WCOREDUMP(code) else ""
-        return f"killed by signal {name}{core}"
-    return f"exited with status {os.waitstatus_to_exitcode(code)}"
+    def retire(self, workers: Iterable[Worker], now: float, grace: float) -> list[Action]:
+        """Ask workers to finish what they hold and exit within `grace` seconds."""
+        actions: list[Action] = []
+        for w in workers:
+            if can(w, Trigger.RETIRE):
+                self.move(w, Trigger.RETIRE)
+                actions += self.told_to_stop(w, now, grace)
+        return actions
+
+    def told_to_stop(self, w: Worker, now: float, grace: float) -> list[Action]:
+        w.reason = w.reason or ExitReason.RETIRED
+        w.deadline = now + grace
+        return [ev.SendStop(w.pid), ev.Wake(w.deadline)]
+
+    def kill(self, workers: Iterable[Worker], reason: ExitReason) -> list[Action]:
+        actions: list[Action] = []
+        for w in workers:
+            if can(w, Trigger.KILL):
+                self.move(w, Trigger.KILL)
+                w.reason = w.reason or reason
+                actions.append(ev.Kill(w.pid, w.reason))
+        return actions

@@ -1,9 +1,9 @@
-"""A worker process: receives connections from the dispatcher and runs the handler on them.
+"""A worker process: takes connections from its channel and runs the handler on them.
 
-Forked by the dispatcher; imports the handlers only after the fork, so a new generation
-runs new code. Acknowledges every descriptor as soon as it holds it (the dispatcher keeps
-its own copy until then, so nothing is lost if we die first), and reports each finished
-connection so the dispatcher knows our free capacity.
+Forked by the dispatcher (process.py); imports the handlers only after the fork, so a new
+generation runs new code. Reading a handoff off the channel is the acknowledgement: until
+then the dispatcher can read it back if we die. Each finished connection goes on the shared
+done pipe, so the dispatcher knows our free capacity.
 """
 
 from __future__ import annotations
@@ -16,30 +16,18 @@ import os
 import resource
 import signal
 import socket
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from . import channel, health, log, notify, wire
 from .connection import ConnectionInfo, describe, set_current
 from .events import Event
 from .importing import HandlerError, is_async, load_handler
+from .spec import WorkerSpec
 
 EXIT_HANDLER_FAILED = 3
 Handler = Callable[..., Any]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs to know, decided by the dispatcher before the fork."""
-
-    generation: int
-    handlers: Mapping[str, str]  # listener name -> "module:callable"
-    default_handler: str | None
-    capacity: int  # for async handlers; sync handlers take one connection at a time
-    idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
-    timeout: float | None = None  # async: cancel a connection older than this
 
 
 class _Stop(Exception):
@@ -59,8 +47,11 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoRetu
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        forked = os.getpid()
         try:
             handlers = _load(spec)
+            if os.getpid() != forked:  # a copy the handler's module forked at import
+                os._exit(0)  # only the process the dispatcher forked may take work
         except HandlerError as exc:
             log.log.error("%s", exc)
             channel.send(chan, wire.encode_failed(str(exc)))

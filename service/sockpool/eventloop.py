@@ -1,0 +1,107 @@
+"""The dispatcher's event loop: epoll registrations, one timer heap, and signals as events.
+
+Signals arrive through a wakeup socket (signal.set_wakeup_fd) and are read in the loop like
+any other descriptor, as gunicorn's arbiter queues them: no work in signal context, and no
+race with the bookkeeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import select
+import signal
+import socket
+from collections.abc import Callable, Iterable
+
+Callback = Callable[[], object]
+
+
+class Timer:
+    __slots__ = ("at", "callback", "cancelled")
+
+    def __init__(self, at: float, callback: Callback) -> None:
+        self.at = at
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Loop:
+    def __init__(self) -> None:
+        self.epoll = select.epoll()
+        self.callbacks: dict[int, Callback] = {}
+        self.timers: list[tuple[float, int, Timer]] = []
+        self._order = itertools.count()  # ties keep the order they were set in
+        self.wakeup: tuple[socket.socket, socket.socket] | None = None
+
+    def watch(self, source: socket.socket | int, callback: Callback, edge: bool = False) -> None:
+        fd = source if isinstance(source, int) else source.fileno()
+        self.epoll.register(fd, select.EPOLLIN | (select.EPOLLET if edge else 0))
+        self.callbacks[fd] = callback
+
+    def unwatch(self, source: socket.socket | int) -> None:
+        fd = source if isinstance(source, int) else source.fileno()
+        if self.callbacks.pop(fd, None) is not None:
+            self.epoll.unregister(fd)
+
+    def call_at(self, at: float, callback: Callback) -> Timer:
+        timer = Timer(at, callback)
+        heapq.heappush(self.timers, (at, next(self._order), timer))
+        return timer
+
+    def next_timer(self) -> float:
+        """When the earliest live timer is due (infinity without one)."""
+        timers = self.timers
+        while timers and timers[0][2].cancelled:
+            heapq.heappop(timers)
+        return timers[0][0] if timers else float("inf")
+
+    def poll(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds and run the callbacks of what became readable."""
+        for fd, _ in self.epoll.poll(timeout):
+            callback = self.callbacks.get(fd)  # an earlier callback may have unwatched it
+            if callback:
+                callback()
+
+    def run_timers(self, now: float) -> None:
+        """Run the timers due by `now`; those they set run on a later turn, even if due."""
+        timers, due = self.timers, []
+        while timers and timers[0][0] <= now:
+            due.append(heapq.heappop(timers)[2])
+        for timer in due:
+            if not timer.cancelled:
+                timer.callback()
+
+    def on_signals(self, signals: Iterable[int], handler: Callable[[int], None]) -> None:
+        """Deliver `signals` to handler(signum) from the loop, in the order they came."""
+        r, w = self.wakeup = socket.socketpair()
+        for sock in (r, w):
+            sock.setblocking(False)
+        signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
+        for sig in signals:
+            signal.signal(sig, _ignore)  # the C-level handler writes to the wakeup socket
+
+        def read() -> None:
+            try:
+                signums = r.recv(4096)
+            except BlockingIOError:
+                return
+            for signum in signums:
+                handler(signum)
+
+        self.watch(r, read)
+
+    def close(self) -> None:
+        """Stop listening for signals and close what the loop owns (also in a forked child)."""
+        signal.set_wakeup_fd(-1)
+        self.epoll.close()
+        if self.wakeup:
+            for sock in self.wakeup:
+                sock.close()
+
+
+def _ignore(signum: int, frame: object) -> None:
+    pass

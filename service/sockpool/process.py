@@ -1,0 +1,162 @@
+"""One worker process as the dispatcher holds it: its pid, its channel, its stack file.
+
+uvicorn's supervisor keeps one object per child that owns its pipe; this is ours. It forks
+the worker, tells it to stop, kills it, asks it for its stacks, reads back what it never took,
+and says in words how it ended. What the worker *is* in the lifecycle (its state, its
+counters) is `w`, the policy's record of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+from collections.abc import Callable
+
+from . import channel, health, wire
+from . import lifecycle as ev
+from . import worker as worker_mod
+from .spec import WorkerSpec
+from .states import ExitReason, Worker
+
+# (conn_id, fd, listener name, peer): the hot path's pending connection
+Handback = tuple[int, int, str, str]
+
+
+def describe_status(code: int) -> str:
+    """A waitpid status in words, for the journal."""
+    if os.WIFSIGNALED(code):
+        sig = os.WTERMSIG(code)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        core = " (core dumped)" if os.WCOREDUMP(code) else ""
+        return f"killed by signal {name}{core}"
+    return f"exited with status {os.waitstatus_to_exitcode(code)}"
+
+
+def fork_worker(
+    spec: WorkerSpec, done: int, close_in_child: Callable[[], None]
+) -> tuple[int, socket.socket, socket.socket, int]:
+    """Fork a worker: (pid, our channel end, its end, its stack file). Raises OSError when
+    it cannot (out of processes or descriptors), having closed what it made.
+
+    `close_in_child` drops everything of the dispatcher's in the child: a worker holds no
+    listener, no other worker's channel, no connection not handed to it."""
+    ours, theirs = channel.pair()
+    made: list[socket.socket | int] = [ours, theirs]
+    try:
+        stacks = health.new_stack_file(spec.generation)
+        made.append(stacks)
+        pid = os.fork()
+    except OSError:
+        for thing in made:
+            if isinstance(thing, int):
+                os.close(thing)
+            else:
+                thing.close()
+        raise
+    if pid == 0:
+        try:
+            ours.close()
+            close_in_child()
+            worker_mod.run(theirs, spec, stacks, done)
+        finally:
+            os._exit(1)
+    # We keep `theirs` open (never reading it while the worker lives): when the worker dies,
+    # the handoffs it had not yet read stay queued there instead of being thrown away with
+    # their descriptors, and we hand them to another worker.
+    ours.setblocking(False)
+    return pid, ours, theirs, stacks
+
+
+class WorkerProcess:
+    def __init__(
+        self, pid: int, chan: socket.socket, inbox: socket.socket, stacks: int, w: Worker
+    ) -> None:
+        self.pid = pid
+        self.chan = chan  # our end of the channel
+        self.inbox = inbox  # a copy of the worker's end: what it never read can be read back
+        self.stacks = stacks  # memfd its faulthandler writes to
+        self.w = w
+
+    def next_event(self, now: float) -> object | None:
+        """Its next message, as a lifecycle event; ChannelClosed once it closed its end, None
+        when there is nothing to read. Raises WireError for a message we cannot read. Plain
+        recv(), no control buffer: workers never send descriptors (the kernel closes any)."""
+        try:
+            data = self.chan.recv(wire.MAX_MESSAGE, channel.DONTWAIT)
+        except BlockingIOError:
+            return None
+        except ConnectionError:
+            data = b""
+        if not data:
+            return ev.ChannelClosed(self.pid)
+        message = wire.decode_to_dispatcher(data)
+        if isinstance(message, wire.Ready):
+            return ev.Ready(self.pid, message.capacity, now)
+        if isinstance(message, wire.Failed):
+            return ev.Failed(self.pid, message.reason)
+        return ev.Beat(self.pid, now)
+
+    def stop(self) -> None:
+        try:
+            channel.send(self.chan, wire.encode_stop())
+        except OSError:  # its channel is full or gone: the signal says the same
+            self.signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+
+    def ask_for_stacks(self) -> None:
+        """SIGCONT too, in case it was stopped: the dump would wait for it."""
+        health.clear_stacks(self.stacks)
+        for sig in (health.DUMP_SIGNAL, signal.SIGCONT):
+            self.signal(sig)
+
+    def read_stacks(self) -> str:
+        return health.read_stacks(self.stacks)
+
+    def signal(self, sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):  # already reaped: nothing to tell
+            os.kill(self.pid, sig)
+
+    def read_back(self) -> list[Handback]:
+        """The handoffs it never took, descriptors and all (call once it has exited)."""
+        recovered: list[Handback] = []
+        while True:
+            try:
+                message = channel.receive(self.inbox, channel.DONTWAIT)
+            except BlockingIOError:
+                return recovered
+            except wire.WireError:  # cannot happen with our own messages: skip it
+                continue
+            if message is None:
+                return recovered
+            data, fds = message
+            decoded = wire.decode_to_worker(data, len(fds))
+            if isinstance(decoded, wire.Stop):
+                continue
+            for handoff, fd in zip(decoded, fds, strict=True):
+                recovered.append((handoff.conn_id, fd, handoff.listener, handoff.peer))
+
+    def ended(self, status: int, oom_before: int | None) -> tuple[str, ExitReason, str, int | None]:
+        """How it ended: in words, as a reason by the status alone, its stacks if it crashed,
+        and the OOM count to compare the next exit with. When we ended it ourselves, our
+        reason stands (w.reason) and neither the OOM count nor the stacks are read."""
+        how = describe_status(status)
+        if self.w.reason:
+            return how, ExitReason(health.exit_reason(status, "", None, None)), "", oom_before
+        oom_now = health.oom_kills()
+        reason = ExitReason(health.exit_reason(status, "", oom_before, oom_now))
+        if reason is ExitReason.OOM:
+            return how + " (the kernel's OOM killer)", reason, "", oom_now
+        stacks = self.read_stacks() if reason is ExitReason.CRASHED else ""
+        return how, reason, stacks, oom_before
+
+    def close(self) -> None:
+        for sock in (self.chan, self.inbox):
+            sock.close()
+        os.close(self.stacks)
