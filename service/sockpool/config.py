@@ -46,7 +46,6 @@ class Config:
     log_level: str = "info"
     listeners: Mapping[str, ListenerConfig] = field(default_factory=dict)
     # Resilience; 0 turns a limit off.
-    start_timeout: float = 60.0  # from fork to READY: a worker slower than this failed to start
     timeout: float = 0.0  # per connection: a worker holding one longer is hung
     idle_timeout: float = 60.0  # built-in handlers, and sync handlers' socket timeout
     max_requests: int = 0  # recycle a worker after this many connections...
@@ -164,7 +163,6 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "listen": (list, _addresses),
     "log_level": (str, _log_level),
     "listeners": (dict, _listeners),
-    "start_timeout": (float, _non_negative_number),
     "timeout": (float, _non_negative_number),
     "idle_timeout": (float, _non_negative_number),
     "max_requests": (int, _count),
