@@ -187,6 +187,9 @@ def test_max_connections_per_source(serve) -> None:
 def test_descriptor_exhaustion_backs_off_and_recovers(serve) -> None:
     service = serve(["--workers=1", ECHO], listen=[tcp()])
     pid = service.pid
+    # An answered request first: the start-up's trigger connection, queued before it, has
+    # been accepted and handed over by then, so the count below is the settled one.
+    assert request(service.address, b"settle") == b"settle"
     limit = service.fd_count()
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # lowering the soft limit only
     subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={limit}:{hard}"], check=True)
