@@ -7,6 +7,7 @@ readings asked for), so the decisions stay in policy.py.
 
 from __future__ import annotations
 
+import errno
 import time
 from collections.abc import Callable
 
@@ -54,7 +55,7 @@ class Executor:
         try:
             pid, chan, inbox, stacks = fork_worker(self._spec(gen), self.hot.done_w, self.in_child)
         except OSError as exc:
-            self.feed(ev.SpawnFailed(gen.number, exc.strerror or str(exc), time.monotonic()))
+            self.feed(ev.SpawnFailed(gen.number, _fork_error(exc), time.monotonic()))
             return
         actions = self.policy.handle(ev.Spawned(pid, gen.number, time.monotonic()))
         p = self.procs[pid] = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid])
@@ -115,3 +116,15 @@ class Executor:
 
     def record(self, a: ev.Record) -> None:
         records.write(a)
+
+
+def _fork_error(exc: OSError) -> str:
+    """Why a worker could not be made, naming the limit an admin can raise."""
+    if exc.errno == errno.EAGAIN:
+        return (
+            "fork failed: at a process limit (the unit's TasksMax=, LimitNPROC= shared by "
+            "every instance's user, or the cgroup's pids.max)"
+        )
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"out of descriptors ({exc.strerror}): raise LimitNOFILE="
+    return exc.strerror or str(exc)
