@@ -65,6 +65,10 @@ class Dispatcher:
             listener.sock.setblocking(False)
             self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
         self.loop.watch(hot.done_r, self._on_done)
+        if log.journal:  # records that wait for journald go out when its socket has room
+            log.journal.attach(
+                lambda fd, cb: self.loop.watch(fd, cb, writable=True), self.loop.unwatch
+            )
         self._periodic()
         try:
             self.do(self.policy.start(time.monotonic()))

@@ -37,9 +37,17 @@ class Loop:
         self._order = itertools.count()  # ties keep the order they were set in
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
 
-    def watch(self, source: socket.socket | int, callback: Callback, edge: bool = False) -> None:
+    def watch(
+        self,
+        source: socket.socket | int,
+        callback: Callback,
+        edge: bool = False,
+        writable: bool = False,
+    ) -> None:
+        """Call back when `source` is readable (or writable), level- or edge-triggered."""
         fd = source if isinstance(source, int) else source.fileno()
-        self.epoll.register(fd, select.EPOLLIN | (select.EPOLLET if edge else 0))
+        events = select.EPOLLOUT if writable else select.EPOLLIN
+        self.epoll.register(fd, events | (select.EPOLLET if edge else 0))
         self.callbacks[fd] = callback
 
     def unwatch(self, source: socket.socket | int) -> None:

@@ -19,10 +19,12 @@ from typing import Any
 from .connection import current_connection
 from .errors import printable, utf8_text
 from .events import Event
+from .journal import Journal
 
 log = logging.getLogger("sockpool")
 _base_fields: dict[str, str] = {}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+journal: Journal | None = None  # the journal writer, when records go to the journal
 
 
 class _AddFields(logging.Filter):
@@ -110,7 +112,9 @@ def setup(name: str, level: str, target: str) -> None:
     if journal_wanted(target):
         from systemd.journal import JournalHandler
 
-        handler = JournalHandler(SYSLOG_IDENTIFIER=name)
+        global journal
+        journal = Journal(JOURNAL_SOCKET)
+        handler = JournalHandler(SYSLOG_IDENTIFIER=name, sender_function=journal.send)
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)

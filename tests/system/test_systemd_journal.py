@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
 from conftest import MakeInstance
 from sockpool.events import Event
-from support import connect, journal, wait_until
+from support import connect, journal, request, steady_load, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -64,3 +65,64 @@ def test_journal_has_structured_records_and_tracebacks(instance: MakeInstance) -
     assert all(e["CONN_ID"] == error["CONN_ID"] for e in by_conn)
     for name in CONNECTION_FIELDS:
         assert error.get(name), name
+
+
+STALL = ("127.0.0.1", 7132)
+# Fills journald's socket queue from inside the machine: datagrams until the kernel refuses
+# one (net.unix.max_dgram_qlen is 10 in the container, 512 on a normal host). Prints the count.
+FILL = """
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect("/run/systemd/journal/socket")
+s.setblocking(False)
+n = 0
+try:
+    while n < 100000:
+        s.send(b"MESSAGE=sockpool test: filling the stalled journal\\nPRIORITY=7\\n")
+        n += 1
+except BlockingIOError:
+    print(n)
+"""
+
+
+def test_a_stalled_journald_neither_stops_accepting_nor_starves_the_watchdog(
+    instance: MakeInstance,
+) -> None:
+    """journald frozen (SIGSTOP) with its queue full, for longer than WatchdogSec=, while
+    the service reloads and serves: nothing refused, the dispatcher never killed, and its
+    records reach the journal once journald runs again."""
+    unit = instance(
+        "stall",
+        'handler = "sockpool.handlers:echo"\nworkers = 2\n',
+        socket=f"[Socket]\nListenStream=\nListenStream={STALL[0]}:{STALL[1]}\n",
+        service="[Service]\nWatchdogSec=3s\n",
+    )
+    machine = unit.machine
+    unit.start_socket()
+    assert request(STALL, b"first\n") == b"first\n"
+    pid = unit.wait_running()
+    journald = int(machine.show("systemd-journald.service", "MainPID"))
+    machine.run("kill", "-STOP", str(journald))
+    try:
+        filled = int(machine.run("python3", "-c", FILL).stdout)
+        assert filled > 0, "the journal's queue was not full"
+        with steady_load(STALL, seconds=60) as load:
+            load.progress()
+            # Every reload makes records: RELOADING, the new workers, READY, the old exits.
+            old = unit.workers()
+            machine.run("kill", "-HUP", str(pid))
+            wait_until(lambda: unit.workers().isdisjoint(old), "the reload's new workers", 20)
+            started = time.monotonic()
+            while time.monotonic() - started < 8:  # well past WatchdogSec=3s
+                load.progress(20)
+            assert unit.main_pid() == pid, "killed while journald was stalled"
+        assert load.done == load.ok, load.summary()
+    finally:
+        machine.run("kill", "-CONT", str(journald))
+    assert unit.prop("NRestarts") == "0" and unit.main_pid() == pid
+
+    def reloaded() -> list[dict[str, str]]:
+        ready = unit.journal(f"MESSAGE_ID={Event.READY.value}")
+        return [e for e in ready if e["MESSAGE"].startswith("reloaded: generation 2")]
+
+    wait_until(reloaded, "the reload's records, once journald runs again", timeout=30)
