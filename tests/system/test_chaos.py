@@ -51,6 +51,14 @@ def _events(unit: Unit, cursor: str, event: Event) -> list[dict[str, str]]:
     return [e for e in entries if e.get("MESSAGE_ID") == event.value]
 
 
+def _ready(unit: Unit) -> set[int]:
+    """The dispatcher's children once all three have reported ready, else an empty set: a
+    worker frozen while it still imports its handler holds no connection to hang on."""
+    started = unit.journal(f"MESSAGE_ID={Event.WORKER_STARTED.value}")
+    ready = unit.workers() & {int(e["WORKER_PID"]) for e in started}
+    return ready if len(ready) == 3 else set()
+
+
 def _settled(unit: Unit) -> None:
     wait_until(lambda: len(unit.workers()) == 3, "three workers", timeout=30)
     wait_until(lambda: "busy 0," in unit.prop("StatusText"), "an idle pool", timeout=30)
@@ -78,9 +86,10 @@ def _storm(unit: Unit, clients: Load, cursor: str, rng: random.Random) -> tuple[
         if op == "reload":
             unit.machine.systemctl("reload", unit.service)
             continue
-        if op == "stop-worker":  # one of the serving generation, not one draining
-            wait_until(lambda: len(unit.workers()) == 3, "three workers", timeout=30)
-        victim = rng.choice(sorted(unit.workers()))
+        workers = unit.workers()
+        if op == "stop-worker":  # one that serves: not one draining, nor one still starting
+            workers = wait_until(lambda: _ready(unit), "three ready workers", timeout=30)
+        victim = rng.choice(sorted(workers))
         if op == "kill":
             unit.machine.run("kill", "-KILL", str(victim), check=False)
             kills += 1
