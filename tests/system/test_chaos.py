@@ -54,9 +54,10 @@ def _events(unit: Unit, cursor: str, event: Event) -> list[dict[str, str]]:
 def _ready(unit: Unit) -> set[int]:
     """The dispatcher's children once all three have reported ready, else an empty set: a
     worker frozen while it still imports its handler holds no connection to hang on."""
+    workers = unit.workers()
     started = unit.journal(f"MESSAGE_ID={Event.WORKER_STARTED.value}")
-    ready = unit.workers() & {int(e["WORKER_PID"]) for e in started}
-    return ready if len(ready) == 3 else set()
+    ready = workers & {int(e["WORKER_PID"]) for e in started}
+    return workers if len(workers) == 3 and ready == workers else set()
 
 
 def _settled(unit: Unit) -> None:
