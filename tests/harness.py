@@ -13,6 +13,7 @@ READY=1 instead of sleeping.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import shutil
@@ -166,6 +167,8 @@ class Load:
         except (ConnectionResetError, BrokenPipeError) as exc:
             return "reset", repr(exc)
         except OSError as exc:
+            if exc.errno == errno.ENOTCONN:  # reset before our shutdown(): cut all the same
+                return "reset", repr(exc)
             return "other", repr(exc)
         if answer == payload:
             return "ok", ""

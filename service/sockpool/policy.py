@@ -60,8 +60,9 @@ class Lifecycle:
         gen = self._generation(e.generation)
         if gen is None or self.stopping:
             return []
+        said, gen.spawn_failure_said = gen.spawn_failure_said, True  # one line, not a storm
         record = records.problem(f"cannot start a worker: {e.reason}", logging.ERROR)
-        return [record, *self._start_failed(gen, e.reason, e.now)]
+        return [record] * (not said) + self._start_failed(gen, e.reason, e.now)
 
     def _on_ready(self, e: ev.Ready) -> list[Action]:
         w = self.workers.get(e.pid)
@@ -145,7 +146,7 @@ class Lifecycle:
         return [ev.Wake(at)]
 
     def _give_up(self, gen: Generation) -> list[Action]:
-        reason = f"{gen.start_failures} workers in a row died before they were ready; last: "
+        reason = f"{gen.start_failures} workers in a row failed to start; last: "
         reason += gen.last_failure
         if gen is self.incoming:
             return self._abort_reload(reason)

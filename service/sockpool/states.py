@@ -116,6 +116,7 @@ class Generation:
     config: Config
     start_failures: int = 0  # consecutive workers that died before READY
     last_failure: str = ""
+    spawn_failure_said: bool = False  # a fork that fails is logged once per generation
     recycling: list[Worker] = field(default_factory=list)  # retire as replacements get ready
 
     @property

@@ -147,8 +147,8 @@ def test_fork_failure_at_start_backs_off_then_exits_70(pids_cgroup, serve) -> No
     )
     log = gave_up(service)
     failures = [ln for ln in log.splitlines() if FORK_FAILED in ln]
-    assert len(failures) > 2, log  # two at the first try, then the retries after backoff
-    assert all("pids.max" in ln for ln in failures), failures
+    assert len(failures) == 1, log  # one line, however often the fork is retried
+    assert "pids.max" in failures[0], failures
     assert "worker" in log and "ready (capacity 1)" in log  # the one that fit did start
 
 
