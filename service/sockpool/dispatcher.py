@@ -66,9 +66,7 @@ class Dispatcher:
             self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
         self.loop.watch(hot.done_r, self._on_done)
         if log.journal:  # records that wait for journald go out when its socket has room
-            log.journal.attach(
-                lambda fd, cb: self.loop.watch(fd, cb, writable=True), self.loop.unwatch
-            )
+            log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
         self._periodic()
         try:
             self.do(self.policy.start(time.monotonic()))
@@ -114,7 +112,8 @@ class Dispatcher:
                 config, error = None, exc.message
             self._feed(ev.ReloadRequested(config, error, time.monotonic()))
         elif signum in (signal.SIGTERM, signal.SIGINT):
-            self._feed(ev.StopRequested(signal.Signals(signum).name, time.monotonic()))
+            name = signal.Signals(signum).name
+            self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
 
     def _on_message(self, p: WorkerProcess) -> bool:
         """One message per readiness event (the channel is level-triggered); True if read."""
@@ -130,10 +129,11 @@ class Dispatcher:
         return event is not None and not isinstance(event, ev.ChannelClosed)
 
     def _on_done(self) -> bool:
-        pids = self.hot.completed(time.monotonic())
-        if pids:
-            self._feed(ev.Completions(frozenset(pids), time.monotonic()))
-        return pids is not None
+        now = time.monotonic()
+        due = self.hot.completed(now)
+        if due:  # workers that reached max_requests: the policy recycles them
+            self._feed(ev.Completions(frozenset(due), now))
+        return due is not None
 
     def _reap(self) -> None:
         while self._on_done():  # what the dead reported before dying counts

@@ -50,6 +50,9 @@ class Loop:
         self.epoll.register(fd, events | (select.EPOLLET if edge else 0))
         self.callbacks[fd] = callback
 
+    def watch_writable(self, fd: int, callback: Callback) -> None:
+        self.watch(fd, callback, writable=True)
+
     def unwatch(self, source: socket.socket | int) -> None:
         fd = source if isinstance(source, int) else source.fileno()
         if self.callbacks.pop(fd, None) is not None:

@@ -20,7 +20,7 @@ from . import channel, log, wire
 from .admission import Admission
 from .events import Event
 from .listeners import Listener
-from .process import WorkerProcess
+from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
@@ -29,8 +29,6 @@ REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at mo
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-# (conn_id, fd, listener name, peer): a tuple, because millions are made here
-Pending = tuple[int, int, str, str]
 T = TypeVar("T")
 
 
@@ -147,8 +145,8 @@ class HotPath:
             handed[cid] = (now, name, peer)
 
     def completed(self, now: float) -> set[int] | None:
-        """Read finished connections of any number of workers: the pids that finished any,
-        None when there was nothing to read."""
+        """Read finished connections of any number of workers: the pids of those that have
+        now served their max_requests (usually none), None when there was nothing to read."""
         try:
             data = os.read(self.done_r, wire.DONE_READ_SIZE)
         except BlockingIOError:
@@ -163,7 +161,8 @@ class HotPath:
             w.last_heard = now
             w.served += 1
             self.served += 1
-            pids.add(pid)
+            if w.served == w.max_served:
+                pids.add(pid)
             if release:
                 release(conn_id)
         return pids

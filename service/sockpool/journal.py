@@ -16,8 +16,10 @@ import contextlib
 import errno
 import os
 import re
+import select
 import socket
 import struct
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,6 +63,24 @@ class Journal:
         self.watch: Callable[[int, Callable[[], None]], None] | None = None
         self.unwatch: Callable[[int], None] = lambda fd: None
         self.watched = -1
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        """A forked worker starts with nothing queued: those records are its parent's."""
+        self.queue.clear()
+        self.dropped = 0
+        self.watch, self.watched = None, -1
+
+    def drain(self, timeout: float) -> None:
+        """At exit: wait up to `timeout` for journald to take what is queued (the last
+        records, such as why the dispatcher exits, are the ones an admin looks for)."""
+        deadline = time.monotonic() + timeout
+        while (self.queue or self.dropped) and (left := deadline - time.monotonic()) > 0:
+            with contextlib.suppress(OSError):
+                poller = select.poll()
+                poller.register(self.fileno(), select.POLLOUT)
+                poller.poll(left * 1000)
+            self.flush()
 
     def attach(
         self, watch: Callable[[int, Callable[[], None]], None], unwatch: Callable[[int], None]

@@ -102,6 +102,7 @@ class ReloadRequested:
 class StopRequested:
     signal: str  # "SIGTERM" or "SIGINT"
     now: float
+    busy: int = 0  # connections in the workers' hands
 
 
 # -- actions ---------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ names, hence the spelling.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -24,6 +25,7 @@ from .journal import Journal
 log = logging.getLogger("sockpool")
 _base_fields: dict[str, str] = {}
 JOURNAL_SOCKET = "/run/systemd/journal/socket"
+EXIT_DRAIN = 1.0  # seconds the last records get to reach a stalled journald at exit
 journal: Journal | None = None  # the journal writer, when records go to the journal
 
 
@@ -114,6 +116,7 @@ def setup(name: str, level: str, target: str) -> None:
 
         global journal
         journal = Journal(JOURNAL_SOCKET)
+        atexit.register(journal.drain, EXIT_DRAIN)  # not in workers: they leave by _exit
         handler = JournalHandler(SYSLOG_IDENTIFIER=name, sender_function=journal.send)
         handler.setFormatter(_JournalFormatter("%(message)s"))
     else:

@@ -53,7 +53,10 @@ class Lifecycle:
 
     # -- workers starting --------------------------------------------------------------------
     def _on_spawned(self, e: ev.Spawned) -> list[Action]:
-        w = self.pool.add(e.pid, self._generation(e.generation) or self.active, e.now)
+        gen = self._generation(e.generation)
+        w = self.pool.add(e.pid, gen or Generation(e.generation, self.active.config), e.now)
+        if gen is None:  # its reload was dropped while it was being forked
+            return self.pool.kill([w], ExitReason.RETIRED)
         return [ev.Wake(w.deadline)] if w.deadline else []
 
     def _on_spawnfailed(self, e: ev.SpawnFailed) -> list[Action]:
@@ -80,10 +83,12 @@ class Lifecycle:
         gen = self._generation(w.generation)
         if gen is not None:
             gen.start_failures = 0
-            if gen.recycling:  # its replacement is ready: the old one may go now
+            while gen.recycling:  # a replacement is ready: the oldest recycling one may go
                 old = gen.recycling.pop(0)
-                self.pool.move(old, Trigger.REPLACED)
-                actions += self.pool.told_to_stop(old, e.now, self._grace())
+                if old.state is S.RECYCLING:  # not one that hung or was killed meanwhile
+                    self.pool.move(old, Trigger.REPLACED)
+                    actions += self.pool.told_to_stop(old, e.now, self._grace())
+                    break
             actions += self._check_generation_ready(e.now)
         return actions
 
@@ -129,7 +134,7 @@ class Lifecycle:
         gen = self._generation(w.generation)
         if gen is not None and w in gen.recycling:
             gen.recycling.remove(w)
-        if gen is None or self.stopping or w.reason not in _REPLACE:
+        if gen is None or self.stopping or w.succeeded or w.reason not in _REPLACE:
             return actions
         if not w.capacity or w.reason is ExitReason.START_TIMEOUT:  # it never got ready
             return actions + self._start_failed(gen, w.failure or e.how, e.now)
@@ -161,7 +166,7 @@ class Lifecycle:
         actions: list[Action] = []
         for w in (w for w in why if w.state is S.READY):
             self.pool.move(w, Trigger.RECYCLE)
-            w.reason = ExitReason.RECYCLED
+            w.reason, w.succeeded = ExitReason.RECYCLED, True
             actions.append(records.recycling(w, why[w]))
             gen = self._generation(w.generation)
             if gen is None or self.stopping:
@@ -203,12 +208,8 @@ class Lifecycle:
                 actions += self.pool.kill(list(self.workers.values()), ExitReason.RETIRED)
                 self.stop_deadline = float("inf")
         for w in list(self.workers.values()):
-            state = w.state
-            actions += deadlines.check(
-                w, now, (self._generation(w.generation) or self.active).config
-            )
-            if w.state is not state:
-                self.pool.version += 1
+            config = (self._generation(w.generation) or self.active).config
+            actions += deadlines.check(w, now, config, self.pool.move)
         cfg, due = self.active.config, [at for at, _ in self.respawns]
         if cfg.max_memory:
             if now >= self.next_memory_check:
@@ -256,8 +257,7 @@ class Lifecycle:
         timeout = self._grace()
         self.stop_deadline = e.now + timeout
         self.respawns.clear()
-        busy = self.pool.busy()
-        message = f"stopping on {e.signal}: draining {busy} connections (up to {timeout:g}s)"
+        message = f"stopping on {e.signal}: draining {e.busy} connections (up to {timeout:g}s)"
         return [
             ev.StopAccepting(),
             records.event(Event.STOPPING, message),

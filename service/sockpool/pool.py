@@ -1,8 +1,8 @@
 """The dispatcher's picture of its workers, and the moves that change which of them take work.
 
-Pure bookkeeping, no I/O. Every move goes through `move`, which bumps `version`: the hot
-path keeps its list of routable workers until the version changes, so no call site has to
-remember to clear a cache.
+Pure bookkeeping, no I/O. Every move of a worker goes through `move`, and a generation swap
+bumps `version` too: the hot path keeps its list of routable workers until the version
+changes, so no call site has to remember to clear a cache.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ class Pool:
 
     def add(self, pid: int, gen: Generation, now: float) -> Worker:
         cfg = gen.config
-        w = self.workers[pid] = Worker(pid, gen.number, started=now, last_heard=now)
+        w = self.workers[pid] = Worker(pid, gen.number, last_heard=now)
         if cfg.max_requests:  # jitter, so a pool started together does not retire together
             jitter = cfg.max_requests_jitter
             jitter = cfg.max_requests // 10 if jitter is None else jitter
@@ -62,9 +62,6 @@ class Pool:
 
     def ready_count(self, gen: Generation) -> int:
         return sum(w.state in SERVING for w in self.of(gen))
-
-    def busy(self) -> int:
-        return sum(len(w.handed) for w in self.workers.values())
 
     def retire(self, workers: Iterable[Worker], now: float, grace: float) -> list[Action]:
         """Ask workers to finish what they hold and exit within `grace` seconds."""

@@ -14,14 +14,15 @@ import signal
 import socket
 from collections.abc import Callable
 
-from . import channel, health, wire
+from . import channel, health, log, wire
 from . import lifecycle as ev
 from . import worker as worker_mod
 from .spec import WorkerSpec
 from .states import ExitReason, Worker
 
-# (conn_id, fd, listener name, peer): the hot path's pending connection
-Handback = tuple[int, int, str, str]
+# A connection accepted and not yet taken by a worker: (conn_id, fd, listener name, peer).
+# A tuple, because millions are made on the hot path.
+Pending = tuple[int, int, str, str]
 
 
 def describe_status(code: int) -> str:
@@ -123,15 +124,16 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):  # already reaped: nothing to tell
             os.kill(self.pid, sig)
 
-    def read_back(self) -> list[Handback]:
+    def read_back(self) -> list[Pending]:
         """The handoffs it never took, descriptors and all (call once it has exited)."""
-        recovered: list[Handback] = []
+        recovered: list[Pending] = []
         while True:
             try:
                 message = channel.receive(self.inbox, channel.DONTWAIT)
             except BlockingIOError:
                 return recovered
-            except wire.WireError:  # cannot happen with our own messages: skip it
+            except wire.WireError as exc:  # descriptors dropped at our own limit (EMFILE)
+                log.log.error("could not read back a handoff from worker %d: %s", self.pid, exc)
                 continue
             if message is None:
                 return recovered

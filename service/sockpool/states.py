@@ -80,7 +80,6 @@ class Worker:
 
     pid: int
     generation: int
-    started: float = 0.0  # monotonic time of the fork
     state: WorkerState = S.STARTING
     capacity: int = 0  # from READY: connections it takes at once
     # Kept by the hot path: conn_id -> (when sent, listener, peer), oldest first.
@@ -93,6 +92,7 @@ class Worker:
     deadline: float = 0.0  # the current state's: start timeout, stacks' grace, or retire
     hung_on: tuple[int, float, str, str] = (0, 0.0, "", "")  # conn_id, since, listener, peer
     listening: bool = True  # its channel is open; False once it closed (exiting)
+    succeeded: bool = False  # recycled: its successor is started, so its exit needs none
 
 
 def advance(w: Worker, trigger: Trigger) -> WorkerState:

@@ -50,13 +50,13 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoRetu
         forked = os.getpid()
         try:
             handlers = _load(spec)
-            if os.getpid() != forked:  # a copy the handler's module forked at import
-                os._exit(0)  # only the process the dispatcher forked may take work
         except HandlerError as exc:
+            _only_the_forked_one(forked)
             log.log.error("%s", exc)
             channel.send(chan, wire.encode_failed(str(exc)))
             code = EXIT_HANDLER_FAILED
         else:
+            _only_the_forked_one(forked)
             worker_type = AsyncWorker if any(map(is_async, handlers.values())) else SyncWorker
             worker_type(chan, handlers, spec, done).run()
     except BaseException:
@@ -65,6 +65,13 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoRetu
     finally:
         logging.shutdown()
         os._exit(code)
+
+
+def _only_the_forked_one(pid: int) -> None:
+    """A copy the handler's module forked at import goes quietly: only the process the
+    dispatcher forked may take work or speak on its channel."""
+    if os.getpid() != pid:
+        os._exit(0)
 
 
 def _load(spec: WorkerSpec) -> dict[str | None, Handler]:

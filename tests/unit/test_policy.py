@@ -371,6 +371,44 @@ def test_recycling_while_stopping_retires_without_a_replacement() -> None:
     assert not only(actions, ev.Spawn) and only(actions, ev.SendStop) == [ev.SendStop(pid)]
 
 
+def recycling_worker_that_hangs(sim: Sim) -> tuple[int, int]:
+    """One worker over max_memory, holding a connection: recycled, then hung. (old, new)"""
+    [old] = sim.start()
+    sim.policy.workers[old].handed[1] = (0.0, "web", "peer")
+    [new] = sim.spawn(sim.feed(ev.Memory({old: 500.0}, 0.0)))
+    sim.tick(3.0)  # past timeout=2: hung while its replacement still starts
+    assert sim.state(old) is S.HUNG
+    return old, new
+
+
+def test_a_recycling_worker_that_hangs_is_replaced_once_replacement_first() -> None:
+    sim = Sim(workers=1, max_memory=100, timeout=2.0)
+    old, new = recycling_worker_that_hangs(sim)
+    actions = sim.ready(new)  # nothing to retire: the hung one is being killed
+    assert not only(actions, ev.SendStop) and sim.serving() == {new}
+    sim.tick(3.0 + DUMP_GRACE)
+    assert not only(sim.exit(old, ExitReason.KILLED), ev.Spawn)  # its successor serves
+    assert len(sim.policy.workers) == 1
+
+
+def test_a_recycling_worker_that_hangs_is_replaced_once_exit_first() -> None:
+    sim = Sim(workers=1, max_memory=100, timeout=2.0)
+    old, new = recycling_worker_that_hangs(sim)
+    sim.tick(3.0 + DUMP_GRACE)
+    assert not only(sim.exit(old, ExitReason.KILLED), ev.Spawn)  # its successor is coming
+    sim.ready(new)
+    assert sim.serving() == {new} and len(sim.policy.workers) == 1
+
+
+def test_a_worker_forked_for_a_dropped_reload_is_killed() -> None:
+    sim = Sim()
+    sim.start()
+    sim.feed(ev.ReloadRequested(None, "bad", 0.0))
+    actions = sim.feed(ev.Spawned(500, 2, 0.0))  # generation 2 was never made, or dropped
+    assert only(actions, ev.Kill) == [ev.Kill(500, ExitReason.RETIRED)]
+    assert 500 not in sim.serving()
+
+
 # -- hangs -------------------------------------------------------------------------------------
 
 
@@ -420,7 +458,7 @@ def test_stop_drains_then_retires_once_everything_is_handed_over() -> None:
     sim = Sim(graceful_timeout=30.0)
     a, b = sim.start()
     hold(sim, a, 1, 0.0)
-    actions = sim.feed(ev.StopRequested("SIGTERM", 0.0))
+    actions = sim.feed(ev.StopRequested("SIGTERM", 0.0, busy=1))
     assert only(actions, ev.StopAccepting) and only(actions, ev.Notify) == [ev.Notify("stopping")]
     assert (
         "stopping on SIGTERM: draining 1 connections (up to 30s)"
