@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
-import json
 import os
 import select
 import signal
@@ -139,6 +138,8 @@ def _flush() -> None:
 
 def _load_and_report(specs: list[str], w: int) -> None:
     """In the check's child: one JSON line to the parent per step, each write atomic."""
+    import json  # --check's child only: kept off the service's cold start
+
     me = os.getpid()
     forks = []
     os.register_at_fork(after_in_parent=lambda: forks.append(1))
@@ -174,6 +175,8 @@ def _forked(spec: str) -> str:
 
 def _verdict(r: int, timeout: float) -> tuple[str, str, str | None]:
     """(kind, text, handler being imported) from the child's reports."""
+    import json  # --check's child only: kept off the service's cold start
+
     deadline = time.monotonic() + timeout
     buffer = b""
     current = None
