@@ -40,6 +40,30 @@ _LIMITS = [
         "built-in handlers close a connection idle this long; sync "
         "handlers get it as their socket timeout (default 60)",
     ),
+    (
+        "handoff",
+        "WHEN",
+        "ready: hand a connection to a worker once it has data; immediate: at once "
+        "(default: as the handler declares; the built-in handlers wait for data)",
+    ),
+    ("first_byte_timeout", "SECONDS", "close a new connection silent this long (default 10)"),
+    (
+        "request_timeout",
+        "SECONDS",
+        "close a connection whose request is not read whole this long after it began (default 30)",
+    ),
+    (
+        "park_after",
+        "SECONDS",
+        "a worker waits this long for a keep-alive connection's next request before it "
+        "gives the connection back to the dispatcher (default 0.002)",
+    ),
+    (
+        "max_carry",
+        "BYTES",
+        "bytes of a partial request the dispatcher holds for a parked connection; a "
+        "connection parked with more is closed (default 16384, at most 65536)",
+    ),
     ("max_requests", "N", "recycle a worker after N connections (default 0)"),
     ("max_requests_jitter", "N", "plus up to N more, per worker (default a tenth of N)"),
     ("max_memory", "MIB", "recycle a worker above this resident memory (default 0)"),

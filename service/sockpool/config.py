@@ -23,6 +23,8 @@ MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
 # No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
 MAX_LISTENER_TABLES = MAX_LISTEN_FDS
 MAX_START_TIMEOUT = 86400.0
+HANDOFFS = ("ready", "immediate")
+MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
 
 
 def default_workers() -> int:
@@ -33,6 +35,7 @@ def default_workers() -> int:
 @dataclass(frozen=True)
 class ListenerConfig:
     handler: str | None = None
+    handoff: str | None = None  # None: as the handler declares (client_speaks_first)
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,21 @@ class Config:
     max_connections_per_source: int = 0  # in flight from one IP address
     overload_reply: str = ""  # one line sent to a refused connection before it is closed
     start_timeout: float = 30.0  # seconds from fork to READY before a start counts as failed
+    # Ready-work dispatch (park.py, parking.py).
+    handoff: str | None = None  # "ready" or "immediate"; None: as each handler declares
+    first_byte_timeout: float = 10.0  # a new connection silent this long is closed
+    request_timeout: float = 30.0  # a request not read whole this long after it began
+    park_after: float = 0.002  # a worker waits this long for the next request, then parks
+    max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     path: str | None = None
 
     def handler_for(self, listener: str) -> str | None:
         own = self.listeners.get(listener)
         return own.handler if own and own.handler else self.handler
+
+    def handoff_for(self, listener: str) -> str | None:
+        own = self.listeners.get(listener)
+        return own.handoff if own and own.handoff else self.handoff
 
 
 # key -> (kind, validator). The kind tells the CLI how to read a flag's text.
@@ -98,6 +111,18 @@ def _start_timeout(value: Any) -> float:
 def _reply(value: Any) -> str:
     if not isinstance(value, str) or "\n" in value.rstrip("\n") or len(value) > 1024:
         raise ValueError("expected one line of at most 1024 characters")
+    return value
+
+
+def _handoff(value: Any) -> str:
+    if not isinstance(value, str) or value not in HANDOFFS:
+        raise ValueError(f"expected one of {', '.join(HANDOFFS)}, got {quote(value)}")
+    return value
+
+
+def _carry(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CARRY:
+        raise ValueError(f"expected bytes from 0 to {MAX_CARRY}, got {quote(value)}")
     return value
 
 
@@ -142,18 +167,21 @@ def _listeners(value: Any) -> dict[str, ListenerConfig]:
         where = cut(name, QUOTE_LIMIT)
         if not isinstance(table, dict):
             raise ValueError(f"{where}: expected a table, got {quote(table)}")
-        unknown = sorted(set(table) - {"handler"})
+        unknown = sorted(set(table) - set(_LISTENER_KEYS))
         if unknown:
             raise ValueError(f"{where}.{cut(unknown[0], QUOTE_LIMIT)}: unknown key")
-        try:
-            handler = _handler(table["handler"]) if "handler" in table else None
-        except ValueError as exc:
-            raise ValueError(f"{where}.handler: {exc}") from None
-        result[name] = ListenerConfig(handler)
+        values = {}
+        for key, check in _LISTENER_KEYS.items():
+            try:
+                values[key] = check(table[key]) if key in table else None
+            except ValueError as exc:
+                raise ValueError(f"{where}.{key}: {exc}") from None
+        result[name] = ListenerConfig(**values)
     return result
 
 
 Validator = Callable[[Any], Any]
+_LISTENER_KEYS: dict[str, Validator] = {"handler": _handler, "handoff": _handoff}
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
     "workers": (int, _positive_int),
@@ -172,6 +200,11 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "max_connections_per_source": (int, _count),
     "overload_reply": (str, _reply),
     "start_timeout": (float, _start_timeout),
+    "handoff": (str, _handoff),
+    "first_byte_timeout": (float, _non_negative_number),
+    "request_timeout": (float, _non_negative_number),
+    "park_after": (float, _non_negative_number),
+    "max_carry": (int, _carry),
 }
 
 

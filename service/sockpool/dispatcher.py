@@ -27,7 +27,7 @@ from .hotpath import HotPath
 from .listeners import Listener
 from .notify import Notifier
 from .policy import Lifecycle
-from .process import WorkerProcess
+from .process import GivenBack, WorkerProcess
 
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -47,9 +47,10 @@ class Dispatcher:
         self.loop = Loop()
         procs: dict[int, WorkerProcess] = {}
         self.hot = HotPath(listeners, Admission(config), procs, self._routable, self._closed)
+        self.hot.configure(config)
         self.do = Executor(
             self.policy, self.loop, self.hot, notifier, self._feed, self.status,
-            self._on_message, self._in_child,
+            self._on_messages, self._in_child,
         )  # fmt: skip
         self.oom_baseline = health.oom_kills()
         self.routes: tuple[int, list[WorkerProcess]] = (-1, [])
@@ -65,9 +66,11 @@ class Dispatcher:
             listener.sock.setblocking(False)
             self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
         self.loop.watch(hot.done_r, self._on_done)
+        self.loop.watch(hot.parking.fileno(), hot.unpark)
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
         self._periodic()
+        deadlines = hot.parking.deadlines
         try:
             self.do(self.policy.start(time.monotonic()))
             while not self.policy.finished:
@@ -78,13 +81,15 @@ class Dispatcher:
                     hot.accept(now)
                 if hot.pending:
                     hot.dispatch(now)
+                if deadlines and deadlines[0][0] <= now:
+                    hot.parking.expire(now)
                 self.loop.run_timers(now)
         finally:
             self._close()
         return ExitCode.OK
 
     def _idle(self, now: float) -> float:
-        due = self.loop.next_timer()
+        due = min(self.loop.next_timer(), self.hot.parking.next_deadline())
         if self.hot.backlogged and self.hot.paused_until > now:
             due = min(due, self.hot.paused_until)  # accepting resumes then
         return max(0.0, due - now)
@@ -94,7 +99,7 @@ class Dispatcher:
         gen = policy.active
         text = (
             f"workers {policy.pool.ready_count(gen)}/{gen.config.workers}, busy {hot.busy()}, "
-            f"served {hot.served}, refused {hot.admission.refused}"
+            f"parked {len(hot.parking)}, served {hot.served}, refused {hot.admission.refused}"
         )
         return text + ", reloading" * bool(policy.incoming) + ", stopping" * policy.stopping
 
@@ -115,12 +120,25 @@ class Dispatcher:
             name = signal.Signals(signum).name
             self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
 
+    def _on_messages(self, p: WorkerProcess) -> None:
+        """What a worker sent, a bounded number per loop turn (the channel is
+        level-triggered): a burst of parked connections takes a few turns, not hundreds."""
+        for _ in range(64):
+            if not self._on_message(p):
+                return
+
     def _on_message(self, p: WorkerProcess) -> bool:
-        """One message per readiness event (the channel is level-triggered); True if read."""
+        """One message from the worker; True if there was one to read."""
+        now = time.monotonic()
         try:
-            event = p.next_event(time.monotonic())
+            event = p.next_event(now)
         except wire.WireError as exc:
             log.log.error("bad message from worker %d: %s", p.pid, exc)
+            return True
+        if isinstance(event, GivenBack):
+            due = self.hot.park(p, event.message, event.fd, now)
+            if due:
+                self._feed(ev.Completions(frozenset(due), now))
             return True
         if isinstance(event, ev.ChannelClosed):  # it is exiting; SIGCHLD will say how
             self.loop.unwatch(p.chan)
@@ -159,17 +177,24 @@ class Dispatcher:
         now = time.monotonic()
         self.notifier.tick(now, self.status)
         self.hot.log_refused(now)
+        self.hot.log_closed(now)
         self.loop.call_at(now + self.notifier.next_due(now), self._periodic)
 
     # -- the hot path's view of the pool ----------------------------------------------------
     def _routable(self) -> list[WorkerProcess]:
-        """The workers that take work, rebuilt only when the policy changed the set."""
+        """The workers that take work, rebuilt only when the policy changed the set; and
+        with them, which listeners' new connections wait for data (their handlers say)."""
         version, routes = self.routes
         pool = self.policy.pool
         if version != pool.version:
             procs = self.hot.workers
             routes = [procs[w.pid] for w in pool.serving(self.policy.active) if w.pid in procs]
             self.routes = (pool.version, routes)
+            if routes:
+                config, first = self.policy.active.config, routes[0].speaks_first
+                self.hot.deferred = {
+                    lst for lst in self.listeners if _waits_for_data(config, lst.name, first)
+                }
         return routes
 
     def _closed(self, p: WorkerProcess) -> None:
@@ -186,13 +211,24 @@ class Dispatcher:
         for p in self.hot.workers.values():
             p.close()
         channel.close_all(self.hot.held_fds())
+        self.hot.parking.close()
 
     def _close(self) -> None:
-        held = self.hot.held_fds()
-        if held:
-            log.log.warning("exiting with %d accepted connections not served", len(held))
-        channel.close_all(held)
+        hot = self.hot
+        if hot.pending:
+            log.log.warning("exiting with %d accepted connections not served", len(hot.pending))
+        channel.close_all([item[1] for item in hot.pending])
+        if parked := hot.parking.close_all("exit"):
+            log.log.info("closed %d connections parked with no request to serve", parked)
+        hot.parking.close()
         for listener in self.listeners:
             listener.close()
         self.loop.close()
         channel.close_all([self.hot.done_r, self.hot.done_w])
+
+
+def _waits_for_data(config: Config, listener: str, speaks_first: frozenset[str]) -> bool:
+    """A listener's new connections wait in the dispatcher until they have data: as its
+    `handoff` setting says, else as its handler declares (client_speaks_first)."""
+    handoff = config.handoff_for(listener)
+    return handoff == "ready" if handoff else listener in speaks_first

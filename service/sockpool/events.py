@@ -26,6 +26,7 @@ class Event(Enum):
     WORKER_HUNG = "39b5993085fa48828d58081094872dec"
     ACCEPT_ERROR = "376098a914c643b88e08eca20332d402"
     WORKER_RECYCLED = "7cab86b40a3a440cb0433f5c47573bd8"
+    CLOSED_WAITING = "f68c39215ba741c2972ef6c0e40c24aa"
 
     @property
     def message_id(self) -> str:

@@ -33,12 +33,13 @@ class Executor:
         notifier: Notifier,
         feed: Callable[[object], None],
         status: Callable[[], str],
-        on_message: Callable[[WorkerProcess], object],
+        on_messages: Callable[[WorkerProcess], object],
         in_child: Callable[[], None],
     ) -> None:
         self.policy, self.loop, self.hot, self.notifier = policy, loop, hot, notifier
         self.procs = hot.workers  # one table of worker processes, shared with the hot path
-        self.feed, self.status, self.on_message, self.in_child = feed, status, on_message, in_child
+        self.feed, self.status, self.on_messages = feed, status, on_messages
+        self.in_child = in_child
         self.tick_timer: Timer | None = None
         self.specs: dict[int, WorkerSpec] = {}
 
@@ -48,7 +49,7 @@ class Executor:
 
     def tick(self) -> None:
         self.tick_timer = None
-        self.feed(ev.Tick(time.monotonic(), len(self.hot.pending)))
+        self.feed(ev.Tick(time.monotonic(), self.hot.undelivered()))
 
     def spawn(self, a: ev.Spawn) -> None:
         gen = a.generation
@@ -59,7 +60,7 @@ class Executor:
             return
         actions = self.policy.handle(ev.Spawned(pid, gen.number, time.monotonic()))
         p = self.procs[pid] = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid])
-        self.loop.watch(chan, lambda: self.on_message(p))
+        self.loop.watch(chan, lambda: self.on_messages(p))
         self(actions)
 
     def _spec(self, gen: Generation) -> WorkerSpec:
@@ -90,6 +91,7 @@ class Executor:
 
     def swap(self, a: ev.Swap) -> None:
         self.hot.admission.update(a.generation.config)
+        self.hot.configure(a.generation.config)
 
     def notify(self, a: ev.Notify) -> None:
         if a.state == "reloading":

@@ -10,6 +10,7 @@ import asyncio
 import socket
 
 from .connection import ConnectionInfo, current_connection
+from .park import client_speaks_first, read, receive
 
 CHUNK = 65536
 MAX_HEAD = 16384
@@ -20,9 +21,11 @@ _CLOSE = _OK + b"Connection: close\r\n\r\n" + _BODY
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
+@client_speaks_first
 def echo(conn: socket.socket, info: ConnectionInfo) -> None:
-    """Send back what arrives until the peer closes its side."""
-    while data := conn.recv(CHUNK):
+    """Send back what arrives until the peer closes its side; idle, the connection waits
+    in the dispatcher, not here."""
+    while data := receive(conn):
         conn.sendall(data)
 
 
@@ -32,11 +35,12 @@ def _idle_timeout() -> float | None:
     return info.idle_timeout if info else None
 
 
+@client_speaks_first
 async def echo_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     idle = _idle_timeout()
     while True:
         async with asyncio.timeout(idle):
-            data = await reader.read(CHUNK)
+            data = await read(reader, writer)
         if not data:
             return
         writer.write(data)
@@ -71,46 +75,65 @@ def http_response(head: bytes) -> tuple[bytes, bool, int]:
     return (_KEEP if keep else _CLOSE), keep, length
 
 
+def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
+    """(response, keep the connection open, bytes of `buf` the request took) once `buf`
+    holds a whole request; None while it is incomplete. Raises BadRequest."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        if len(buf) > MAX_HEAD:
+            raise BadRequest(b"request head too long")
+        return None
+    response, keep, length = http_response(buf[:end])
+    used = end + 4 + length
+    return (response, keep, used) if len(buf) >= used else None
+
+
+@client_speaks_first
 def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
-    """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive)."""
-    buf = b""
+    """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive). Between
+    requests, and while a request is incomplete, the connection waits in the dispatcher
+    with what was read so far (receive() parks it)."""
+    buf = info.carried
     while True:
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            if len(buf) > MAX_HEAD or not (data := conn.recv(CHUNK)):
+        try:
+            request = next_request(buf)
+        except BadRequest:
+            conn.sendall(BAD_REQUEST)
+            return
+        if request is None:
+            if not (data := receive(conn, buf)):
                 if buf:
                     conn.sendall(BAD_REQUEST)
                 return
             buf += data
-        try:
-            response, keep, length = http_response(buf[:end])
-        except BadRequest:
-            conn.sendall(BAD_REQUEST)
-            return
-        buf = buf[end + 4 :]
-        while len(buf) < length:
-            if not (data := conn.recv(CHUNK)):
-                return
-            buf += data
-        buf = buf[length:]
+            continue
+        response, keep, used = request
+        buf = buf[used:]
         conn.sendall(response)
         if not keep:
             return
 
 
+@client_speaks_first
 async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     idle = _idle_timeout()
+    buf = b""
     while True:
         try:
-            async with asyncio.timeout(idle):
-                head = await reader.readuntil(b"\r\n\r\n")
-                response, keep, length = http_response(head[:-4])
-                await reader.readexactly(length)
-        except asyncio.IncompleteReadError:
-            return
-        except (asyncio.LimitOverrunError, BadRequest):
+            request = next_request(buf)
+        except BadRequest:
             writer.write(BAD_REQUEST)
             await writer.drain()
             return
+        if request is None:
+            async with asyncio.timeout(idle):
+                data = await read(reader, writer, buf)
+            if not data:
+                return
+            buf += data
+            continue
+        response, keep, used = request
+        buf = buf[used:]
         writer.write(response)
         await writer.drain()
         if not keep:

@@ -5,6 +5,10 @@ names. A connection is `Pending` from accept until it is sent; the dispatcher ho
 descriptor until then. Once sent it is the worker's as soon as the worker reads it, and until
 then it can be read back from the worker's queue (`recover`), so nothing is lost when a
 worker dies with handoffs it never took.
+
+Ready work only: on a listener whose handler waits for the client to speak first, a new
+connection with nothing to read yet is held in `parking` instead, and so is a connection a
+worker gives back (PARK); either joins `pending` once it is readable.
 """
 
 from __future__ import annotations
@@ -12,24 +16,38 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections import deque
+import resource
+from collections import Counter, deque
 from collections.abc import Callable
 from typing import TypeVar
 
 from . import channel, log, wire
 from .admission import Admission
+from .config import Config
 from .events import Event
 from .listeners import Listener
+from .parking import FIRST_BYTE, IDLE, REQUEST, Parking, deadline_for, waiting_bytes
 from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
+FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 T = TypeVar("T")
+
+
+def batches(items: list[Pending]) -> list[list[Pending]]:
+    """Split one worker's share into handoff messages: at most wire.MAX_BATCH each, and a
+    connection carrying bytes travels alone, so no message outgrows wire.MAX_MESSAGE."""
+    plain = [item for item in items if not item[4]]
+    out = [plain[i : i + wire.MAX_BATCH] for i in range(0, len(plain), wire.MAX_BATCH)]
+    if len(plain) < len(items):
+        out += [[item] for item in items if item[4]]
+    return out
 
 
 def assign(pending: deque[Pending], room: dict[T, int]) -> dict[T, list[Pending]]:
@@ -56,7 +74,16 @@ class HotPath:
         on_broken: Callable[[WorkerProcess], None],
     ) -> None:
         self.listeners = listeners
+        self.deferred: set[Listener] = set()  # new connections wait for data (dispatcher sets)
         self.admission = admission
+        self.parking = Parking(admission.release)
+        self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
+        self.max_carry = 0
+        self.may_park = True  # False near the descriptor limit: workers keep what they hold
+        self.stopping = False
+        self.next_fd_log = 0.0
+        self.next_closed_log = 0.0
+        self.closed_logged: Counter[str] = Counter()
         self.workers = workers  # every worker process, by pid (the dispatcher's table)
         self.routable = routable  # the workers that take work now (cached by the caller)
         self.on_broken = on_broken  # a channel that failed: its worker is dying
@@ -74,6 +101,10 @@ class HotPath:
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.done_r, False)
 
+    def configure(self, config: Config) -> None:
+        self.timeouts = (config.first_byte_timeout, config.idle_timeout, config.request_timeout)
+        self.max_carry = config.max_carry
+
     def free_capacity(self) -> int:
         return sum(p.w.capacity - len(p.w.handed) for p in self.routable())
 
@@ -81,24 +112,42 @@ class HotPath:
         return bool(self.backlogged) and self.accepting and now >= self.paused_until
 
     def has_work(self, now: float) -> bool:
-        """Connections wait in a listener's queue and workers have room for them."""
-        return self.can_accept(now) and self.free_capacity() > len(self.pending)
+        """Connections wait in a listener's queue, and workers have room for them or they
+        are for a listener whose new connections the dispatcher holds until they speak."""
+        if not self.can_accept(now):
+            return False
+        return bool(self.backlogged & self.deferred) or self.free_capacity() > len(self.pending)
+
+    def fd_room(self) -> int:
+        """Connections that may still come to hold a descriptor here: every connection in
+        flight can be parked back, so all count against the descriptor limit."""
+        return self.fd_limit() - self.busy() - len(self.pending) - len(self.parking)
+
+    def fd_limit(self) -> int:
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        return soft - FD_RESERVE - 4 * len(self.workers)
 
     def accept(self, now: float) -> None:
         """Accept while workers have room (back-pressure: the rest waits in the kernel's
-        backlog, nothing queues up in here); over the limits, accept only to refuse."""
+        backlog, nothing queues up in here); over the limits, accept only to refuse. A
+        listener whose connections are held until they speak is accepted from whatever the
+        workers' room, up to the descriptor limit."""
         if not self.can_accept(now):
             return
         room = self.free_capacity() - len(self.pending)
         admission = self.admission
-        busy = self.busy() + len(self.pending) if admission.max_total else 0
+        busy = self.busy() + len(self.pending) + len(self.parking) if admission.max_total else 0
         allowed = admission.room(busy)
         admit = admission.admit if admission.max_per_source else None
-        pending = self.pending
+        pending, parking, deferred = self.pending, self.parking, self.deferred
+        fd_room = self.fd_room()
+        self._parking_allowed(fd_room > 0, now)
+        first_byte = deadline_for(FIRST_BYTE, now, 0, self.timeouts)
         for listener in list(self.backlogged):
             accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
+            hold = listener in deferred and fd_room > 0
             for _ in range(ACCEPT_BATCH):
-                if room <= 0 and allowed > 0:
+                if room <= 0 and allowed > 0 and not hold:
                     break  # back-pressure: let it wait in the backlog
                 try:
                     fd, addr = accept()  # socket._accept: (fd, addr), no socket object to build
@@ -116,21 +165,28 @@ class HotPath:
                 if allowed <= 0 or (admit and not admit(self.next_id, addr)):
                     admission.refuse(fd)
                     continue
-                pending.append((self.next_id, fd, name, format_peer(addr)))
-                room -= 1
+                item = (self.next_id, fd, name, format_peer(addr), b"", 0)
                 allowed -= 1
+                if hold and not waiting_bytes(fd):
+                    parking.hold(item, FIRST_BYTE, first_byte)  # nothing to do yet
+                    fd_room -= 1
+                    hold = fd_room > 0
+                    continue
+                pending.append(item)
+                room -= 1
         if room <= 0 and now >= self.next_busy_log and self.backlogged and self.busy():
             self._log_busy(now)
 
     def dispatch(self, now: float) -> None:
         room = {p: p.w.capacity - len(p.w.handed) for p in self.routable()}
         for target, items in assign(self.pending, room).items():
-            for start in range(0, len(items), wire.MAX_FDS):
-                self._send(target, items[start : start + wire.MAX_FDS], now)
+            for batch in batches(items):
+                self._send(target, batch, now)
 
     def _send(self, target: WorkerProcess, items: list[Pending], now: float) -> None:
-        data = wire.encode_handoff([(cid, name, peer) for cid, _, name, peer in items])
-        fds = [fd for _, fd, _, _ in items]
+        entries = [(cid, name, peer, carry, t) for cid, _, name, peer, carry, t in items]
+        data = wire.encode_handoff(entries, self.may_park)
+        fds = [item[1] for item in items]
         try:
             channel.send(target.chan, data, fds)
         except OSError as exc:
@@ -141,7 +197,7 @@ class HotPath:
             return
         channel.close_all(fds)  # the message in the worker's queue holds them now
         handed = target.w.handed
-        for cid, _, name, peer in items:
+        for cid, _, name, peer, _, _ in items:
             handed[cid] = (now, name, peer)
 
     def completed(self, now: float) -> set[int] | None:
@@ -151,28 +207,63 @@ class HotPath:
             data = os.read(self.done_r, wire.DONE_READ_SIZE)
         except BlockingIOError:
             return None
-        pids = set()
+        pids: set[int] = set()
         release = self.admission.release if self.admission.sources else None
         for pid, conn_id in wire.decode_done(data):
             p = self.workers.get(pid)
-            if p is None or p.w.handed.pop(conn_id, None) is None:
-                continue  # not a connection of that worker: ignore
-            w = p.w
+            if p is not None and self._served(p, conn_id, now, pids) and release:
+                release(conn_id)
+        return pids
+
+    def _served(self, p: WorkerProcess, conn_id: int, now: float, due: set[int]) -> tuple | None:
+        """A worker is done with a connection (closed or parked): its room is free again;
+        adds its pid to `due` when it has served max_requests. What it was handed, or None
+        for a connection it did not hold (ignored)."""
+        w = p.w
+        handed = w.handed.pop(conn_id, None)
+        if handed is not None:
             w.last_heard = now
             w.served += 1
             self.served += 1
             if w.served == w.max_served:
-                pids.add(pid)
-            if release:
-                release(conn_id)
-        return pids
+                due.add(p.pid)
+        return handed
+
+    def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float) -> set[int]:
+        """A worker gave a connection back: hold it until it speaks again, or close it when
+        it is over max_carry or the service is stopping with no request of it in flight.
+        Returns the pids due for recycling, as completed() does."""
+        due: set[int] = set()
+        handed = self._served(p, msg.conn_id, now, due)
+        if handed is None:
+            log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
+            channel.close_all([fd])
+            return due
+        item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
+        if len(msg.carry) > self.max_carry:
+            self.parking.drop(item, "too-large")
+        elif self.stopping and not msg.carry:
+            self.parking.drop(item, "stopping")
+        else:
+            kind = REQUEST if msg.carry else IDLE
+            self.parking.hold(item, kind, deadline_for(kind, now, msg.started, self.timeouts))
+        return due
+
+    def unpark(self) -> None:
+        """The held connections that spoke join the queue for a worker."""
+        self.pending.extend(self.parking.ready())
+
+    def undelivered(self) -> int:
+        """Accepted and not yet with a worker, with a request to serve (or a first one to
+        come): a stop lets workers finish only once these are handed over or closed."""
+        return len(self.pending) + self.parking.in_flight
 
     def recover(self, p: WorkerProcess) -> int:
         """A worker died: take back the handoffs it never read (they go first to the next
         worker) and let go of the connections it held. Returns how many it held."""
         recovered = p.read_back()
-        for conn_id, _, _, _ in recovered:
-            p.w.handed.pop(conn_id, None)
+        for item in recovered:
+            p.w.handed.pop(item[0], None)
         self.pending.extendleft(reversed(recovered))
         for conn_id in p.w.handed:  # still listed: they were in its hands and are gone
             self.admission.release(conn_id)
@@ -184,11 +275,30 @@ class HotPath:
         return sum(len(p.w.handed) for p in self.workers.values())
 
     def stop_accepting(self) -> None:
+        """On stop: no new connections, and the held ones with no request close now."""
         self.accepting = False
+        self.stopping = True
         self.backlogged.clear()
+        self.parking.close_idle()
 
     def held_fds(self) -> list[int]:
-        return [fd for _, fd, _, _ in self.pending]
+        return [item[1] for item in self.pending] + self.parking.fds()
+
+    def _parking_allowed(self, allowed: bool, now: float) -> None:
+        """Near the descriptor limit, workers keep what they hold and new connections go to
+        them at once (or wait in the backlog): said once, then at most once a minute."""
+        if allowed == self.may_park:
+            return
+        self.may_park = allowed
+        if not allowed and now >= self.next_fd_log:
+            self.next_fd_log = now + BUSY_LOG_INTERVAL
+            log.event(
+                Event.OVERLOAD,
+                "near the descriptor limit (%d connections held): not parking connections "
+                "until some close; raise LimitNOFILE= (logged at most once a minute)",
+                self.fd_limit(),
+                level=logging.WARNING,
+            )
 
     # -- logs, rate-limited ------------------------------------------------------------------
     def _log_busy(self, now: float) -> None:
@@ -217,6 +327,25 @@ class HotPath:
                 REFUSED_LOG_INTERVAL,
                 level=logging.WARNING,
                 REFUSED=refused,
+            )
+
+    def log_closed(self, now: float) -> None:
+        """What the dispatcher closed while it held it, by why: at most every
+        REFUSED_LOG_INTERVAL, as refusals."""
+        closed = self.parking.closed
+        fresh = {why: n - self.closed_logged[why] for why, n in closed.items()}
+        fresh = {why: n for why, n in fresh.items() if n}
+        if fresh and now >= self.next_closed_log:
+            self.next_closed_log = now + REFUSED_LOG_INTERVAL
+            self.closed_logged = closed.copy()
+            fields = {f"CLOSED_{why.upper().replace('-', '_')}": n for why, n in fresh.items()}
+            log.event(
+                Event.CLOSED_WAITING,
+                "closed %d connections waiting in the dispatcher: %s (logged at most every %gs)",
+                sum(fresh.values()),
+                ", ".join(f"{n} {why}" for why, n in sorted(fresh.items())),
+                REFUSED_LOG_INTERVAL,
+                **fields,
             )
 
     def _pause(self, now: float, exc: OSError) -> None:

@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
+from typing import NamedTuple
 
 from . import channel, health, log, wire
 from . import lifecycle as ev
@@ -20,9 +21,17 @@ from . import worker as worker_mod
 from .spec import WorkerSpec
 from .states import ExitReason, Worker
 
-# A connection accepted and not yet taken by a worker: (conn_id, fd, listener name, peer).
-# A tuple, because millions are made on the hot path.
-Pending = tuple[int, int, str, str]
+# A connection accepted and not yet taken by a worker: (conn_id, fd, listener name, peer,
+# carried bytes, when its request began in monotonic ns or 0). A tuple, because millions
+# are made on the hot path.
+Pending = tuple[int, int, str, str, bytes, int]
+
+
+class GivenBack(NamedTuple):
+    """A connection a worker parked: the hot path's, not the lifecycle policy's, business."""
+
+    message: wire.Park
+    fd: int
 
 
 def describe_status(code: int) -> str:
@@ -82,21 +91,30 @@ class WorkerProcess:
         self.inbox = inbox  # a copy of the worker's end: what it never read can be read back
         self.stacks = stacks  # memfd its faulthandler writes to
         self.w = w
+        self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
 
     def next_event(self, now: float) -> object | None:
-        """Its next message, as a lifecycle event; ChannelClosed once it closed its end, None
-        when there is nothing to read. Raises WireError for a message we cannot read. Plain
-        recv(), no control buffer: workers never send descriptors (the kernel closes any)."""
+        """Its next message: a lifecycle event, or GivenBack for a connection
+        it gave back; ChannelClosed once it closed its end, None when there is nothing to
+        read. Raises WireError (having closed any descriptor) for a message we cannot read."""
         try:
-            data = self.chan.recv(wire.MAX_MESSAGE, channel.DONTWAIT)
+            message = channel.receive(self.chan, channel.DONTWAIT)
         except BlockingIOError:
             return None
         except ConnectionError:
-            data = b""
-        if not data:
+            message = None
+        if message is None:
             return ev.ChannelClosed(self.pid)
-        message = wire.decode_to_dispatcher(data)
+        data, fds = message
+        try:
+            message = wire.decode_to_dispatcher(data, len(fds))
+        except wire.WireError:
+            channel.close_all(fds)
+            raise
+        if isinstance(message, wire.Park):
+            return GivenBack(message, fds[0])
         if isinstance(message, wire.Ready):
+            self.speaks_first = message.speaks_first
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)
@@ -141,8 +159,8 @@ class WorkerProcess:
             decoded = wire.decode_to_worker(data, len(fds))
             if isinstance(decoded, wire.Stop):
                 continue
-            for handoff, fd in zip(decoded, fds, strict=True):
-                recovered.append((handoff.conn_id, fd, handoff.listener, handoff.peer))
+            for h, fd in zip(decoded, fds, strict=True):
+                recovered.append((h.conn_id, fd, h.listener, h.peer, h.carry, h.started))
 
     def ended(self, status: int, oom_before: int | None) -> tuple[str, ExitReason, str, int | None]:
         """How it ended: in words, as a reason by the status alone, its stacks if it crashed,

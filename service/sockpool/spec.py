@@ -18,6 +18,7 @@ class WorkerSpec:
     capacity: int  # for async handlers; sync handlers take one connection at a time
     idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
     timeout: float | None = None  # async: cancel a connection older than this
+    park_after: float = 0.0  # wait this long for a keep-alive connection's next request
 
     @classmethod
     def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
@@ -29,4 +30,5 @@ class WorkerSpec:
             capacity=config.capacity,
             idle_timeout=config.idle_timeout or None,
             timeout=config.timeout or None,
+            park_after=config.park_after,
         )

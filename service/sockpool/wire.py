@@ -5,14 +5,24 @@ Descriptors travel beside the bytes as SCM_RIGHTS; a HANDOFF carries exactly one
 descriptor, in order, so a connection never gets separated from its metadata.
 
 Dispatcher -> worker
-    HANDOFF  b"H" count:u16 then count x (conn_id:u64 name_len:u8 peer_len:u16 name peer)
+    HANDOFF  b"H" flags:u8 count:u16 then count x
+             (conn_id:u64 name_len:u8 peer_len:u16 carry_len:u32 started:u64 name peer carry)
     STOP     b"S"                        finish what you hold, then exit
 Worker -> dispatcher
-    READY    b"R" capacity:u32           handler imported, can take `capacity` at once
+    READY    b"R" capacity:u32 names     handler imported, can take `capacity` at once; names
+                                         (NUL-separated) are the listeners whose handler
+                                         waits for the client to speak first
     FAILED   b"F" reason (utf-8)         could not start; why, for the dispatcher's log
     BEAT     b"B"                        heartbeat: an async worker's loop still turns
+    PARK     b"P" conn_id:u64 started:u64 carry   + exactly one descriptor: the connection,
+                                         given back until it is readable again
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again
+
+A HANDOFF's flag MAY_PARK says the worker may give these connections back (PARK); the
+dispatcher clears it near its descriptor limit. `carry` is what a worker read of the next
+request before it parked the connection, handed over again with it; `started` is when that
+request began (CLOCK_MONOTONIC nanoseconds, one clock for every process; 0: none begun).
 
 Completions are the one message per connection that flows back, so they share a pipe:
 whatever several workers finished while the dispatcher was busy, it reads with one read().
@@ -33,13 +43,19 @@ from dataclasses import dataclass
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
 MAX_NAME = 255  # bytes of a listener name (a u8 length); start-up refuses longer names
 MAX_PEER = 240  # bytes of a peer carried, the rest cut; AF_UNIX's longest is 108
+MAX_BATCH = 64  # connections in one handoff; the hot path splits larger batches
+MAX_CARRY = 65536  # bytes carried with one connection: the ceiling of `max_carry`
+MAY_PARK = 1
 
-_COUNT = struct.Struct("!H")
-_ENTRY_HEAD = struct.Struct("!QBH")
-# The receive buffer holds the largest handoff there can be (253 entries, each with the
-# longest name and peer: 128,021 bytes), so encoding never fails on size. It stays under
-# glibc's 128 KiB mmap threshold, past which each receive's buffer costs an mmap (~5x).
-MAX_MESSAGE = _COUNT.size + 1 + MAX_FDS * (_ENTRY_HEAD.size + MAX_NAME + MAX_PEER)
+_HEAD = struct.Struct("!BH")
+_ENTRY_HEAD = struct.Struct("!QBHIQ")
+_PARK = struct.Struct("!QQ")
+_ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
+# The receive buffer holds the largest message there can be: a full batch with the longest
+# names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
+# carrying connection per message). 98,755 bytes: under glibc's 128 KiB mmap threshold,
+# past which every receive's buffer would cost an mmap (~5x).
+MAX_MESSAGE = 1 + _HEAD.size + MAX_BATCH * _ENTRY_MAX + MAX_CARRY
 _READY = struct.Struct("!I")
 DONE = struct.Struct("!IQ")
 DONE_READ_SIZE = DONE.size * (65536 // DONE.size)  # whole records per read
@@ -55,6 +71,9 @@ class Handoff:
     conn_id: int
     listener: str
     peer: str
+    carry: bytes = b""
+    started: int = 0
+    may_park: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +84,14 @@ class Stop:
 @dataclass(frozen=True, slots=True)
 class Ready:
     capacity: int
+    speaks_first: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Park:
+    conn_id: int
+    started: int
+    carry: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,30 +105,38 @@ class Beat:
 
 
 ToWorker = list[Handoff] | Stop
-ToDispatcher = Ready | Failed | Beat
+ToDispatcher = Ready | Failed | Beat | Park
 
 
-def encode_handoff(entries: list[tuple[int, str, str]]) -> bytes:
-    """Encode (conn_id, listener, peer) entries; the caller sends one descriptor per entry.
+Entry = tuple[int, str, str, bytes, int]  # conn_id, listener, peer, carry, started
+
+
+def encode_handoff(entries: list[Entry], may_park: bool = True) -> bytes:
+    """Encode (conn_id, listener, peer, carry, started) entries; the caller sends one
+    descriptor per entry.
 
     Runs on the dispatcher's hot path, so no peer can make it raise: a peer is carried as
     the bytes Python decoded it from (surrogateescape), cut at MAX_PEER. It raises only for
-    a batch the caller got wrong, or a name over MAX_NAME bytes, which start-up refuses.
+    a batch the caller got wrong (empty, over MAX_BATCH, too large with its carries), or a
+    name over MAX_NAME bytes, which start-up refuses.
     """
     if not entries:
         raise WireError("a handoff needs at least one connection")
-    if len(entries) > MAX_FDS:
-        raise WireError(f"{len(entries)} connections in one handoff, at most {MAX_FDS}")
-    parts = [b"H", _COUNT.pack(len(entries))]
+    if len(entries) > MAX_BATCH:
+        raise WireError(f"{len(entries)} connections in one handoff, at most {MAX_BATCH}")
+    parts = [b"H", _HEAD.pack(MAY_PARK if may_park else 0, len(entries))]
     pack = _ENTRY_HEAD.pack
-    for conn_id, listener, peer in entries:
+    for conn_id, listener, peer, carry, started in entries:
         name = _names.get(listener) or _name_bytes(listener)
         try:
             addr = peer.encode(errors="surrogateescape")[:MAX_PEER]
         except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
             addr = peer.encode(errors="backslashreplace")[:MAX_PEER]
-        parts += (pack(conn_id, len(name), len(addr)), name, addr)
-    return b"".join(parts)
+        parts += (pack(conn_id, len(name), len(addr), len(carry), started), name, addr, carry)
+    data = b"".join(parts)
+    if len(data) > MAX_MESSAGE:
+        raise WireError(f"handoff of {len(data)} bytes, at most {MAX_MESSAGE}")
+    return data
 
 
 _names: dict[str, bytes] = {}  # listener names, encoded once: a handful per process
@@ -129,28 +164,34 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
         if nfds:
             raise WireError(f"STOP came with {nfds} descriptors")
         return Stop()
-    if data[:1] != b"H" or len(data) < 3:
+    if data[:1] != b"H" or len(data) < 1 + _HEAD.size:
         raise WireError(f"unknown message type {data[:1]!r}")
-    (count,) = _COUNT.unpack_from(data, 1)
+    flags, count = _HEAD.unpack_from(data, 1)
     if count != nfds:
         raise WireError(f"handoff lists {count} connections but carries {nfds} descriptors")
+    may_park = bool(flags & MAY_PARK)
     entries = []
-    pos = 3
+    pos = 1 + _HEAD.size
     try:
         for _ in range(count):
-            conn_id, name_len, peer_len = _ENTRY_HEAD.unpack_from(data, pos)
+            conn_id, name_len, peer_len, carry_len, started = _ENTRY_HEAD.unpack_from(data, pos)
             pos += _ENTRY_HEAD.size
             name = data[pos : pos + name_len]
             pos += name_len
             peer = data[pos : pos + peer_len]
             pos += peer_len
-            if len(name) != name_len or len(peer) != peer_len:
+            carry = data[pos : pos + carry_len]
+            pos += carry_len
+            if len(name) != name_len or len(peer) != peer_len or len(carry) != carry_len:
                 raise WireError("handoff truncated")
             entries.append(
                 Handoff(
                     conn_id,
                     name.decode(errors="surrogateescape"),
                     peer.decode(errors="surrogateescape"),
+                    carry,
+                    started,
+                    may_park,
                 )
             )
     except struct.error as exc:
@@ -160,8 +201,16 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
     return entries
 
 
-def encode_ready(capacity: int) -> bytes:
-    return b"R" + _READY.pack(capacity)
+def encode_ready(capacity: int, speaks_first: frozenset[str] | set[str] = frozenset()) -> bytes:
+    names = b"\0".join(sorted(_names.get(n) or _name_bytes(n) for n in speaks_first))
+    return b"R" + _READY.pack(capacity) + names
+
+
+def encode_park(conn_id: int, started: int, carry: bytes) -> bytes:
+    """Give a connection back (its descriptor goes beside): raises WireError past MAX_CARRY."""
+    if len(carry) > MAX_CARRY:
+        raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
+    return b"P" + _PARK.pack(conn_id, started) + carry
 
 
 def encode_done(pid: int, ids: list[int] | tuple[int, ...]) -> list[bytes]:
@@ -187,17 +236,27 @@ def encode_beat() -> bytes:
     return b"B"
 
 
-def decode_to_dispatcher(data: bytes) -> ToDispatcher:
-    """Decode a worker message (workers never send descriptors)."""
+def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
+    """Decode a worker message that came with `nfds` descriptors (only PARK has one)."""
     kind, body = data[:1], data[1:]
+    if (kind == b"P") != (nfds == 1) or nfds > 1:
+        raise WireError(f"{kind!r} message with {nfds} descriptors")
     try:
         if kind == b"R":
-            (capacity,) = _READY.unpack(body)
+            (capacity,) = _READY.unpack_from(body)
             if capacity < 1:
                 raise WireError("READY with capacity 0")
-            return Ready(capacity)
+            names = body[_READY.size :]
+            first = frozenset(n.decode(errors="surrogateescape") for n in names.split(b"\0") if n)
+            return Ready(capacity, first)
         if kind == b"B" and not body:
             return Beat()
+        if kind == b"P":
+            conn_id, started = _PARK.unpack_from(body)
+            carry = body[_PARK.size :]
+            if len(carry) > MAX_CARRY:
+                raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
+            return Park(conn_id, started, carry)
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

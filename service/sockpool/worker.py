@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from . import channel, health, log, notify, wire
+from . import channel, health, log, notify, park, wire
 from .connection import ConnectionInfo, describe, set_current
 from .events import Event
 from .importing import HandlerError, is_async, load_handler
@@ -96,11 +96,24 @@ class _Base:
         self.handlers = handlers
         self.spec = spec
         self.stopping = False
+        park._send, park._park_after = self.give_back, spec.park_after
+
+    def ready(self, capacity: int) -> None:
+        """READY, naming the listeners whose handler waits for the client to speak first:
+        the dispatcher holds their new connections until they have data."""
+        first = {name for name in self.spec.handlers if park.speaks_first(self.handler_for(name))}
+        channel.send(self.chan, wire.encode_ready(capacity, first))
+
+    def give_back(self, fd: int, conn_id: int, started: int, carry: bytes) -> None:
+        """PARK: the connection goes back to the dispatcher (park.py)."""
+        channel.send(self.chan, wire.encode_park(conn_id, started, carry), [fd])
 
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
+        h = handoff
         return describe(
-            sock, handoff.conn_id, handoff.listener, handoff.peer, self.spec.idle_timeout
-        )
+            sock, h.conn_id, h.listener, h.peer, self.spec.idle_timeout, h.carry, h.started,
+            h.may_park,
+        )  # fmt: skip
 
     def handler_for(self, listener: str) -> Handler:
         return self.handlers.get(listener) or self.handlers[None]
@@ -131,26 +144,31 @@ class _Base:
             return [(h, socket.socket(fileno=fd)) for h, fd in zip(decoded, fds, strict=True)]
 
     def serve_sync(self, handler: Handler, sock: socket.socket, info: ConnectionInfo) -> None:
-        """Run a sync handler on one connection; whatever it does, close the connection."""
+        """Run a sync handler on one connection; then close the connection, or only our
+        copy of it when the handler parked it."""
         set_current(info)  # for the handler, and the fields of every record it logs
         try:
             sock.settimeout(self.spec.idle_timeout)  # a silent peer cannot pin the worker
             handler(sock, info)
+        except park.Parked:
+            pass
         except (ConnectionError, TimeoutError) as exc:
             log.log.debug("connection ended: %s", exc)
         except Exception:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
-            finish(sock)
+            finish(sock, info)
 
 
-def finish(sock: socket.socket) -> None:
+def finish(sock: socket.socket, info: ConnectionInfo) -> None:
     """shutdown() before close(): the dispatcher closes its copy just after the handoff,
     but if we were scheduled first and got done before it did, its close() would be the
     last and would run the TCP teardown (FIN, and on loopback the peer's receive path) in
-    the one dispatcher. shutdown() does that here, in the worker, whoever closes last."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
+    the one dispatcher. shutdown() does that here, in the worker, whoever closes last.
+    Not for a parked connection, which lives on in the dispatcher: close only our copy."""
+    if not info.parked:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
     sock.close()
 
 
@@ -166,7 +184,7 @@ class SyncWorker(_Base):
                 raise _Stop
 
         signal.signal(signal.SIGTERM, on_term)
-        channel.send(self.chan, wire.encode_ready(1))
+        self.ready(1)
         while not self.stopping:
             try:
                 batch = self.receive()
@@ -178,7 +196,8 @@ class SyncWorker(_Base):
             for handoff, sock in batch:
                 info = self.describe(sock, handoff)
                 self.serve_sync(self.handler_for(handoff.listener), sock, info)
-                self.report_done([handoff.conn_id])
+                if not info.parked:  # a parked one was reported by its PARK
+                    self.report_done([handoff.conn_id])
             idle = True
 
 
@@ -205,7 +224,7 @@ class AsyncWorker(_Base):
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-handler")
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         loop.add_reader(self.chan, self._on_channel)
-        channel.send(self.chan, wire.encode_ready(_capacity(self.spec.capacity)))
+        self.ready(_capacity(self.spec.capacity))
         if self.spec.timeout:
             self._beat(min(1.0, self.spec.timeout / 4))
         await self.stopped
@@ -251,7 +270,8 @@ class AsyncWorker(_Base):
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self.executor, self.serve_sync, handler, sock, info)
         finally:
-            self.done.append(handoff.conn_id)
+            if not info.parked:  # a parked one was reported by its PARK
+                self.done.append(handoff.conn_id)
             if not self.flush_scheduled:
                 self.flush_scheduled = True
                 asyncio.get_running_loop().call_soon(self._flush)
@@ -263,7 +283,11 @@ class AsyncWorker(_Base):
         try:
             async with limit:
                 reader, writer = await asyncio.open_connection(sock=sock)
+                if info.carried:  # what was read before it parked comes first
+                    reader.feed_data(info.carried)
                 await handler(reader, writer)
+        except park.Parked:
+            pass
         except (ConnectionError, TimeoutError) as exc:
             if limit.expired():
                 log.log.warning("connection cancelled at its time limit of %gs", self.spec.timeout)
@@ -273,7 +297,9 @@ class AsyncWorker(_Base):
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
             if writer is None:
-                finish(sock)
+                finish(sock, info)
+            elif info.parked:
+                writer.close()
             else:  # the same, asyncio's way: FIN once the buffered data is out
                 with contextlib.suppress(Exception):
                     if not writer.is_closing() and writer.can_write_eof():

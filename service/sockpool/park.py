@@ -1,0 +1,158 @@
+"""Giving a connection back to the dispatcher: the handler's side of ready-work dispatch.
+
+A worker should only ever hold a connection that has work for it. Between requests, or in
+the middle of a request whose next bytes have not come, a handler gives the connection back
+with `park()` (or lets `receive()` / `read()` do it). The dispatcher watches it and hands it,
+with the bytes already read (`info.carried`) and the same connection id, to the least-busy
+worker once the peer sends more; or closes it after `idle_timeout` (between requests) or
+`request_timeout` (a request begun). A keep-alive client therefore never holds a worker
+while it thinks, and a client that trickles bytes holds one only while a byte is in hand.
+
+    @sockpool.client_speaks_first
+    def handler(conn, info):
+        buf = info.carried
+        while data := sockpool.receive(conn, buf):  # parks the connection when idle
+            ...
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .connection import ConnectionInfo, current_connection
+
+CHUNK = 65536
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Set by the worker process (worker.py): sends a PARK message with the descriptor, and how
+# long to wait for the next request before parking. Outside a worker, nothing parks.
+_send: Callable[[int, int, int, bytes], None] | None = None
+_park_after = 0.0
+
+
+class Parked(Exception):
+    """The connection went back to the dispatcher: raised by receive() and read() to end the
+    handler (sockpool catches it). Nothing more may be done with the connection."""
+
+
+def client_speaks_first(handler: F) -> F:
+    """Declare that this handler's clients send first (HTTP, echo, most request/response
+    protocols): the dispatcher then hands a new connection over only once it has data.
+    Protocols where the server speaks first (an SMTP banner) must not declare it."""
+    handler.client_speaks_first = True  # type: ignore[attr-defined]
+    return handler
+
+
+def speaks_first(handler: object) -> bool:
+    return bool(getattr(handler, "client_speaks_first", False))
+
+
+def _parkable(info: ConnectionInfo | None) -> bool:
+    return info is not None and info.may_park and not info.parked and _send is not None
+
+
+def _give_back(info: ConnectionInfo, fd: int, carry: bytes) -> bool:
+    assert _send is not None
+    started = (info.request_started or time.monotonic_ns()) if carry else 0
+    try:
+        _send(fd, info.conn_id, started, carry)
+    except (OSError, ValueError):  # the channel is gone, or the carry is over the wire's limit
+        return False
+    info.parked = True
+    return True
+
+
+def park(conn: socket.socket, carry: bytes = b"") -> bool:
+    """Give a sync handler's connection back to the dispatcher, with `carry`: the bytes
+    already read that belong to the next request. After True, return without touching the
+    connection again. False when it cannot be parked (outside sockpool, or the dispatcher
+    is near its descriptor limit): the handler keeps it, as before."""
+    info = current_connection()
+    return _parkable(info) and _give_back(info, conn.fileno(), carry)  # type: ignore[arg-type]
+
+
+def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes:
+    """`conn.recv(size)` for a handler that would rather not wait. Between requests
+    (`carry` empty) it waits up to `park_after` for the peer; mid-request (`carry` holds the
+    request so far) it does not wait. Either way, when nothing comes it parks the connection
+    with `carry` and raises Parked. b"" at end of stream, as recv()."""
+    info = current_connection()
+    if not _parkable(info):
+        return conn.recv(size)
+    assert info is not None
+    try:
+        data = _recv_now(conn, size)
+    except BlockingIOError:
+        if (carry or not _readable(conn, _park_after)) and _give_back(info, conn.fileno(), carry):
+            raise Parked from None
+        data = conn.recv(size)
+    if data and not carry:
+        info.request_started = time.monotonic_ns()  # the first bytes of a new request
+    return data
+
+
+def _recv_now(conn: socket.socket, size: int) -> bytes:
+    """One recv that never waits: a socket with a timeout polls for that long before it
+    reads, but its descriptor is non-blocking underneath, so read it directly."""
+    if conn.gettimeout() is None:
+        return conn.recv(size, socket.MSG_DONTWAIT)
+    return os.read(conn.fileno(), size)
+
+
+def _readable(conn: socket.socket, timeout: float) -> bool:
+    if timeout <= 0:
+        return False
+    poller = select.poll()
+    poller.register(conn, select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+async def park_async(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carry: bytes = b""
+) -> bool:
+    """park() for an async handler: waits until everything written has been sent, then
+    gives the connection back with `carry` plus what the reader had buffered."""
+    info = current_connection()
+    if not _parkable(info):
+        return False
+    assert info is not None
+    transport = writer.transport
+    transport.set_write_buffer_limits(0)  # drain() returns once the buffer is empty
+    await writer.drain()
+    if not _parkable(info) or writer.is_closing():
+        return False
+    transport.pause_reading()
+    buffered = bytes(reader._buffer)  # asyncio has no public peek at what it buffered
+    sock = transport.get_extra_info("socket")
+    if not _give_back(info, sock.fileno(), carry + buffered):
+        transport.resume_reading()
+        return False
+    transport.abort()  # closes our copy only: the PARK message holds the connection now
+    return True
+
+
+async def read(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carry: bytes = b""
+) -> bytes:
+    """`reader.read()` for an async handler: waits up to `park_after` for the peer, then
+    parks the connection with `carry` and raises Parked. b"" at end of stream."""
+    info = current_connection()
+    if not _parkable(info):
+        return await reader.read(CHUNK)
+    assert info is not None
+    try:
+        async with asyncio.timeout(_park_after):
+            data = await reader.read(CHUNK)
+    except TimeoutError:
+        if await park_async(reader, writer, carry):
+            raise Parked from None
+        data = await reader.read(CHUNK)
+    if data and not carry:
+        info.request_started = time.monotonic_ns()
+    return data

@@ -1,0 +1,165 @@
+"""Connections the dispatcher holds until they have work: the other half of ready-work dispatch.
+
+Two kinds wait here. New connections on a listener whose handler waits for the client to
+speak first (a user-space TCP_DEFER_ACCEPT, which Linux only half honours), and connections
+a worker gave back between requests or in the middle of one (park.py). Each is watched on
+an epoll of its own, which the main loop watches as one descriptor, so ten thousand idle
+connections cost the loop nothing until one of them speaks. A readable one goes back to the
+hot path's queue with its carried bytes and its connection id; the rest are closed at their
+deadline, counted by why:
+
+    first-byte   a new connection that sent nothing within first_byte_timeout
+    idle         a parked connection with no request begun, after idle_timeout
+    request      a request begun and not read whole within request_timeout
+    peer-closed  the client closed a parked connection (no data: nothing to serve)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import heapq
+import select
+import socket
+import termios
+from collections import Counter
+from collections.abc import Callable
+
+from .process import Pending
+
+_IN = select.EPOLLIN | select.EPOLLRDHUP
+_GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_NO_BYTES = bytes(4)
+_NEVER = float("inf")
+
+FIRST_BYTE, IDLE, REQUEST = "first-byte", "idle", "request"
+
+
+def waiting_bytes(fd: int) -> int:
+    """Bytes the peer has sent that nobody has read yet (0 when the peer is gone too)."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _NO_BYTES), "little")
+    except OSError:
+        return 0
+
+
+class Parking:
+    def __init__(self, release: Callable[[int], None]) -> None:
+        self.epoll = select.epoll()
+        self.release = release  # a connection closed here leaves the admission counts
+        self.held: dict[int, tuple[Pending, str, float]] = {}  # fd -> (item, kind, deadline)
+        self.deadlines: list[tuple[float, int, int]] = []  # (deadline, conn_id, fd), lazy
+        self.closed: Counter[str] = Counter()  # by reason, since start (STATUS=, the bench)
+        self.in_flight = 0  # held with a request not yet served: new ones, and partial ones
+
+    def __len__(self) -> int:
+        return len(self.held)
+
+    def fileno(self) -> int:
+        return self.epoll.fileno()
+
+    def hold(self, item: Pending, kind: str, deadline: float) -> None:
+        """Watch a connection until it is readable or `deadline` (inf: never) passes."""
+        fd = item[1]
+        try:
+            self.epoll.register(fd, _IN)
+        except OSError:  # the peer is long gone (or the descriptor is bad): let it go
+            self.drop(item, "peer-closed")
+            return
+        self.held[fd] = (item, kind, deadline)
+        self.in_flight += kind != IDLE
+        if deadline < _NEVER:
+            if len(self.deadlines) > 2 * len(self.held) + 1024:  # mostly stale: rebuild
+                self.deadlines = [(d, i[0], f) for f, (i, _, d) in self.held.items() if d < _NEVER]
+                heapq.heapify(self.deadlines)
+            heapq.heappush(self.deadlines, (deadline, item[0], fd))
+
+    def ready(self) -> list[Pending]:
+        """The held connections that became readable: no longer watched, in the order they
+        spoke. Those whose peer closed without sending anything are closed here."""
+        out = []
+        for fd, events in self.epoll.poll(0, 1024):
+            entry = self._release(fd)
+            if entry is None:
+                continue
+            item = entry[0]
+            if events & _GONE and not waiting_bytes(fd):
+                self.drop(item, "peer-closed")
+            else:
+                out.append(item)
+        return out
+
+    def expire(self, now: float) -> None:
+        """Close what is past its deadline."""
+        deadlines = self.deadlines
+        while deadlines and deadlines[0][0] <= now:
+            deadline, conn_id, fd = heapq.heappop(deadlines)
+            entry = self.held.get(fd)
+            if entry is not None and entry[0][0] == conn_id and entry[2] == deadline:
+                self._release(fd)
+                self.drop(entry[0], entry[1])
+
+    def next_deadline(self) -> float:
+        deadlines, held = self.deadlines, self.held
+        while deadlines:
+            deadline, conn_id, fd = deadlines[0]
+            entry = held.get(fd)
+            if entry is not None and entry[0][0] == conn_id and entry[2] == deadline:
+                return deadline
+            heapq.heappop(deadlines)  # stale: handed over or closed since
+        return _NEVER
+
+    def close_idle(self) -> int:
+        """On stop: close every connection with no request in flight; returns how many."""
+        idle = [fd for fd, (_, kind, _) in self.held.items() if kind == IDLE]
+        for fd in idle:
+            entry = self._release(fd)
+            if entry:
+                self.drop(entry[0], "stopping")
+        return len(idle)
+
+    def fds(self) -> list[int]:
+        return list(self.held)
+
+    def close_all(self, reason: str) -> int:
+        count = len(self.held)
+        for fd in list(self.held):
+            entry = self._release(fd)
+            if entry:
+                self.drop(entry[0], reason)
+        return count
+
+    def close(self) -> None:
+        self.epoll.close()
+
+    def _release(self, fd: int) -> tuple[Pending, str, float] | None:
+        entry = self.held.pop(fd, None)
+        if entry is not None:
+            self.in_flight -= entry[1] != IDLE
+            with contextlib.suppress(OSError):
+                self.epoll.unregister(fd)
+        return entry
+
+    def drop(self, item: Pending, reason: str) -> None:
+        """Close as a server that is done: FIN when nothing is unread, so the client sees an
+        orderly end (a client that did send gets the reset the kernel sends for unread data)."""
+        self.closed[reason] += 1
+        self.release(item[0])
+        sock = socket.socket(fileno=item[1])
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_WR)
+        sock.close()
+
+
+def deadline_for(
+    kind: str, now: float, started_ns: int, timeouts: tuple[float, float, float]
+) -> float:
+    """When a held connection is closed: timeouts are (first_byte, idle, request), 0 for
+    none. A request's clock runs from when it began (time.monotonic_ns(), the same clock in
+    every process), however often it was parked since."""
+    first_byte, idle, request = timeouts
+    limit = {FIRST_BYTE: first_byte, IDLE: idle, REQUEST: request}[kind]
+    if not limit:
+        return _NEVER
+    begun = min(now, started_ns / 1e9) if kind == REQUEST and started_ns else now
+    return begun + limit
