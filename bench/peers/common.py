@@ -26,6 +26,7 @@ class Info:
     peer_pid: int | None = None
     peer_uid: int | None = None
     peer_gid: int | None = None
+    carried: bytes = b""  # never: a peer has no dispatcher to park connections in
 
 
 def listening_socket() -> socket.socket:
