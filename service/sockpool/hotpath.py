@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import channel, log, wire
+from . import channel, log, park, wire
 from .admission import Admission
 from .config import Config
 from .events import Event
@@ -77,6 +77,7 @@ class HotPath:
         self.deferred: set[Listener] = set()  # new connections wait for data (dispatcher sets)
         self.admission = admission
         self.parking = Parking(admission.release)
+        self.waiting = park.share_waiting()  # workers read it: see park.py
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
@@ -116,7 +117,8 @@ class HotPath:
         are for a listener whose new connections the dispatcher holds until they speak."""
         if not self.can_accept(now):
             return False
-        return bool(self.backlogged & self.deferred) or self.free_capacity() > len(self.pending)
+        held = self.may_park and self.backlogged & self.deferred  # until the descriptor limit
+        return bool(held) or self.free_capacity() > len(self.pending)
 
     def fd_room(self) -> int:
         """Connections that may still come to hold a descriptor here: every connection in
@@ -182,6 +184,7 @@ class HotPath:
         for target, items in assign(self.pending, room).items():
             for batch in batches(items):
                 self._send(target, batch, now)
+        self.waiting[0] = len(self.pending)
 
     def _send(self, target: WorkerProcess, items: list[Pending], now: float) -> None:
         entries = [(cid, name, peer, carry, t) for cid, _, name, peer, carry, t in items]
@@ -252,6 +255,7 @@ class HotPath:
     def unpark(self) -> None:
         """The held connections that spoke join the queue for a worker."""
         self.pending.extend(self.parking.ready())
+        self.waiting[0] = len(self.pending)
 
     def undelivered(self) -> int:
         """Accepted and not yet with a worker, with a request to serve (or a first one to

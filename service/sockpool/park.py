@@ -18,6 +18,7 @@ while it thinks, and a client that trickles bytes holds one only while a byte is
 from __future__ import annotations
 
 import asyncio
+import mmap
 import os
 import select
 import socket
@@ -34,6 +35,23 @@ F = TypeVar("F", bound=Callable[..., Any])
 # long to wait for the next request before parking. Outside a worker, nothing parks.
 _send: Callable[[int, int, int, bytes], None] | None = None
 _park_after = 0.0
+# One word of memory the dispatcher shares with every worker it forks: how many ready
+# connections wait for a worker. While any wait, a worker does not linger on a keep-alive
+# connection (nor keep serving one that is quick to ask again): it parks it, so the
+# connections take turns and none starves. Nobody waits: it lingers, and saves the trip.
+_waiting: memoryview | None = None
+
+
+def share_waiting() -> memoryview:
+    """The dispatcher's end of the shared word (call before forking workers)."""
+    global _waiting
+    if _waiting is None:
+        _waiting = memoryview(mmap.mmap(-1, mmap.PAGESIZE)).cast("q")
+    return _waiting
+
+
+def _others_waiting() -> bool:
+    return _waiting is not None and _waiting[0] > 0
 
 
 class Parked(Exception):
@@ -81,19 +99,24 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
     """`conn.recv(size)` for a handler that would rather not wait. Between requests
     (`carry` empty) it waits up to `park_after` for the peer; mid-request (`carry` holds the
     request so far) it does not wait. Either way, when nothing comes it parks the connection
-    with `carry` and raises Parked. b"" at end of stream, as recv()."""
+    with `carry` and raises Parked. Between requests, while other connections wait for a
+    worker, it parks at once. b"" at end of stream, as recv()."""
     info = current_connection()
     if not _parkable(info):
         return conn.recv(size)
     assert info is not None
+    if not carry and info.has_read and _others_waiting() and _give_back(info, conn.fileno(), b""):
+        raise Parked  # its turn is over: it queues again behind those waiting
     try:
         data = _recv_now(conn, size)
     except BlockingIOError:
         if (carry or not _readable(conn, _park_after)) and _give_back(info, conn.fileno(), carry):
             raise Parked from None
         data = conn.recv(size)
-    if data and not carry:
-        info.request_started = time.monotonic_ns()  # the first bytes of a new request
+    if data:
+        info.has_read = True
+        if not carry:
+            info.request_started = time.monotonic_ns()  # the first bytes of a new request
     return data
 
 
@@ -146,6 +169,10 @@ async def read(
     if not _parkable(info):
         return await reader.read(CHUNK)
     assert info is not None
+    others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
+    others = others and _others_waiting()  # as receive(); a stream at its end is not parked
+    if others and await park_async(reader, writer, carry):
+        raise Parked
     try:
         async with asyncio.timeout(_park_after):
             data = await reader.read(CHUNK)
@@ -153,6 +180,8 @@ async def read(
         if await park_async(reader, writer, carry):
             raise Parked from None
         data = await reader.read(CHUNK)
-    if data and not carry:
-        info.request_started = time.monotonic_ns()
+    if data:
+        info.has_read = True
+        if not carry:
+            info.request_started = time.monotonic_ns()
     return data

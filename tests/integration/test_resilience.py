@@ -11,6 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from harness import Load, connect, free_port, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
@@ -125,21 +127,22 @@ def test_recycling_above_max_memory(serve) -> None:
     assert request(service.address, b"still") == b"still"
 
 
-def test_idle_peer_cannot_pin_a_sync_worker(serve) -> None:
-    service = serve(["--workers=1", "--idle-timeout=0.5", ECHO], listen=[tcp()])
+@pytest.mark.parametrize("handler", [ECHO, "sockpool.handlers:echo_async"])
+def test_idle_peers_cannot_pin_a_worker(serve, handler: str) -> None:
+    """A peer that says nothing waits in the dispatcher, not in the one worker, and is
+    closed at first_byte_timeout; one that goes quiet after a request is closed at
+    idle_timeout."""
+    args = ["--workers=1", "--first-byte-timeout=0.5", "--idle-timeout=0.5", handler]
+    service = serve(args, listen=[tcp()])
     silent = connect(service.address)
+    assert request(service.address, b"next") == b"next"  # the one worker is free
+    quiet = connect(service.address)
+    quiet.sendall(b"one")
+    assert quiet.recv(10) == b"one"
     started = time.monotonic()
     assert silent.recv(10) == b""  # closed by the server, not the test's timeout
-    assert 0.3 < time.monotonic() - started < 5
-    assert request(service.address, b"next") == b"next"
-
-
-def test_idle_timeout_in_async_built_in_handler(serve) -> None:
-    service = serve(
-        ["--workers=1", "--idle-timeout=0.5", "sockpool.handlers:echo_async"], listen=[tcp()]
-    )
-    silent = connect(service.address)
-    assert silent.recv(10) == b""
+    assert quiet.recv(10) == b""
+    assert time.monotonic() - started < 5
 
 
 def test_max_connections_refuses_with_a_reply_and_counts(serve) -> None:
