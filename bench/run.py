@@ -13,7 +13,9 @@ count; systemd's own Accept=yes runs in a real-systemd container.
 
 The issue 12 scenarios (idle-keepalive, idle-async, slowloris, keepalive-64, keepalive-few,
 parked-memory, park-after) run 2 workers whatever --workers says: idle, slow and keep-alive
-connections against the default pool of a 2-core machine, each under 5 minutes together.
+connections against the default pool of a 2-core machine, under 5 minutes together. They
+pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
+the same code measures sockpool before and after it; park-after needs --park-after.
 """
 
 from __future__ import annotations
