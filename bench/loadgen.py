@@ -8,18 +8,28 @@ to that request, and reads the answer to EOF:
 - ``mixed``: as echo, but one request in ten starts with ``S``, which bench.handlers'
   mixed handlers (and the Node peer) answer after 50 ms.
 - ``http``: ``GET /<unique> HTTP/1.1`` with ``Connection: close``; the answer must be a
-  ``200`` with the body ``hello\\n`` and a matching Content-Length.
+  ``200`` with the body ``hello\\n`` and a matching Content-Length. With ``keepalive``
+  each of the connections in flight stays open and sends its next request as soon as an
+  answer is complete; the result then says how many connections got no answer at all
+  (``starved``), which wrk cannot.
+
+A ``Crowd`` is the other kind of client: a process holding thousands of connections that
+do (almost) nothing: idle ones that send nothing, ones that make one keep-alive request and
+then stay idle, and slowloris ones that trickle a request head a byte at a time. It counts
+what the server did with them (answered, closed, and when).
 
 Reports connections per second, latency percentiles (p50, p99, p99.9) and failures by
 kind. Bounded by --duration, --max-requests and a per-request --timeout. A verified
 connection is closed with SO_LINGER 0, so the client keeps no TIME_WAIT port.
 
     python -m bench.loadgen --port 7101 --mode echo --procs 2 --concurrency 4 --duration 5
+    python -m bench.loadgen --port 7101 --mode http --keepalive --concurrency 32
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -32,7 +42,8 @@ import struct
 import sys
 import time
 from array import array
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -60,7 +71,17 @@ class Result:
     p999_ms: float = 0.0
     max_ms: float = 0.0
     fast_p99_ms: float = 0.0  # mixed mode: the 9 in 10 requests that are not slow
+    # p99 with every failed request counted as taking the whole timeout: a p99 that stays
+    # honest when clients get no answer at all (p99_ms only sees the answered ones).
+    p99_all_ms: float = 0.0
     client_cpu_us_per_conn: float = 0.0
+    keepalive: bool = False
+    # Per connection slot (procs * concurrency of them; with keepalive one connection each,
+    # reopened only when the server ends it): how many answers each got within the duration
+    # (a starved connection is often served once the others have closed theirs).
+    starved: int = 0  # slots with no answer at all
+    min_answers: int = 0
+    max_answers: int = 0
 
 
 def percentile(sorted_values: list[float] | array[float], q: float) -> float:
@@ -73,15 +94,22 @@ def percentile(sorted_values: list[float] | array[float], q: float) -> float:
 
 
 class _Conn:
-    __slots__ = ("expect_echo", "inbuf", "outbuf", "sent_all", "slow", "sock", "start")
+    __slots__ = ("expect_echo", "inbuf", "outbuf", "sent_all", "slot", "slow", "sock", "start")
 
-    def __init__(self, sock: socket.socket, payload: bytes, echo: bool, slow: bool) -> None:
+    def __init__(
+        self, sock: socket.socket, slot: int, payload: bytes, echo: bool, slow: bool
+    ) -> None:
         self.sock = sock
-        self.outbuf = memoryview(payload)
+        self.slot = slot
         self.inbuf = bytearray()
-        self.start = time.monotonic()
         self.expect_echo = payload if echo else b""
         self.slow = slow
+        self.next_request(payload)
+
+    def next_request(self, payload: bytes) -> None:
+        self.outbuf = memoryview(payload)
+        self.inbuf.clear()
+        self.start = time.monotonic()
         self.sent_all = False
 
 
@@ -92,14 +120,36 @@ def _check_http(answer: bytes) -> str | None:
     lines = head.split(b"\r\n")
     if not lines[0].startswith(b"HTTP/1.") or lines[0][9:12] != b"200":
         return "status"
-    length = None
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value.strip())
+    length = _content_length(lines)
     if length is None or length != len(body) or body != HTTP_BODY:
         return "mismatch"
     return None
+
+
+def _content_length(head_lines: list[bytes]) -> int | None:
+    for line in head_lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value.strip()) if value.strip().isdigit() else None
+    return None
+
+
+def _http_framed(buf: bytes | bytearray) -> int:
+    """Length of the complete HTTP response at the start of buf, 0 while it is incomplete
+    (a keep-alive answer ends at its Content-Length, not at EOF)."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return 0
+    length = _content_length(bytes(buf[:end]).split(b"\r\n")) or 0
+    total = end + 4 + length
+    return total if len(buf) >= total else 0
+
+
+def _http_request(tag: str, keepalive: bool) -> bytes:
+    close = "" if keepalive else "Connection: close\r\n"
+    return (
+        f"GET /r/{tag} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: sockpool-bench\r\n{close}\r\n"
+    ).encode()
 
 
 def _run_proc(
@@ -111,11 +161,14 @@ def _run_proc(
     duration: float,
     max_requests: int,
     timeout: float,
+    keepalive: bool,
     out: Any,
 ) -> None:
     ep = select.epoll()
     lat = array("d")
     slow_flags = array("b")
+    answers = array("q", [0] * concurrency)
+    free_slots = list(range(concurrency))
     fails: Counter[str] = Counter()
     ok_in_window = 0
     seq = 0
@@ -129,20 +182,36 @@ def _run_proc(
     deadline = start_at + duration
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 
+    def payload() -> tuple[bytes, bool]:
+        nonlocal seq
+        seq += 1
+        tag = f"{index}.{seq}.{token}"
+        if mode == "http":
+            return _http_request(tag, keepalive), False
+        slow = mode == "mixed" and seq % 10 == 0
+        return (("S" if slow else "F") + f" {tag} " + "x" * 24 + "\n").encode(), slow
+
     def finish(fd: int, conn: _Conn, failure: str | None) -> None:
         nonlocal ok_in_window
         now = time.monotonic()
-        ep.unregister(fd)
-        del inflight[fd]
         if failure is None:
             lat.append(now - conn.start)
             slow_flags.append(1 if conn.slow else 0)
             if now <= deadline:
                 ok_in_window += 1
+                answers[conn.slot] += 1
+            if keepalive and now < deadline and seq < max_requests:
+                conn.next_request(payload()[0])
+                ep.modify(fd, select.EPOLLOUT)
+                send(fd, conn)
+                return
             # The answer is complete and verified: abort rather than keep TIME_WAIT.
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
         else:
             fails[failure] += 1
+        ep.unregister(fd)
+        del inflight[fd]
+        free_slots.append(conn.slot)
         conn.sock.close()
 
     def send(fd: int, conn: _Conn) -> None:
@@ -161,22 +230,14 @@ def _run_proc(
             ep.modify(fd, select.EPOLLIN)
 
     def launch() -> None:
-        nonlocal seq
-        seq += 1
-        tag = f"{index}.{seq}.{token}"
-        slow = mode == "mixed" and seq % 10 == 0
-        if mode == "http":
-            payload = (
-                f"GET /r/{tag} HTTP/1.1\r\nHost: {HOST}\r\nUser-Agent: sockpool-bench\r\n"
-                "Connection: close\r\n\r\n"
-            ).encode()
-        else:
-            payload = (("S" if slow else "F") + f" {tag} " + "x" * 24 + "\n").encode()
+        slot = free_slots.pop()
+        data, slow = payload()
         s = socket.socket(socket.AF_INET, sock_type)
-        conn = _Conn(s, payload, echo, slow)
+        conn = _Conn(s, slot, data, echo, slow)
         err = s.connect_ex(addr)
         if err not in (0, errno.EINPROGRESS):
             fails["connect"] += 1
+            free_slots.append(slot)
             s.close()
             return
         fd = s.fileno()
@@ -205,11 +266,16 @@ def _run_proc(
             return
         if data:
             conn.inbuf += data
-            if len(conn.inbuf) > 1 << 16:
+            if keepalive and (n := _http_framed(conn.inbuf)):
+                whole = n == len(conn.inbuf)  # more than one answer to one request is wrong
+                finish(fd, conn, _check_http(bytes(conn.inbuf)) if whole else "mismatch")
+            elif len(conn.inbuf) > 1 << 16:
                 finish(fd, conn, "mismatch")
             return
         answer = bytes(conn.inbuf)
-        if echo:
+        if keepalive:  # the server ended the connection before a whole answer
+            finish(fd, conn, "short" if answer else "closed")
+        elif echo:
             if answer == conn.expect_echo:
                 finish(fd, conn, None)
             else:
@@ -221,7 +287,7 @@ def _run_proc(
     while True:
         now = time.monotonic()
         issuing = now < deadline and seq < max_requests
-        while issuing and len(inflight) < concurrency:
+        while issuing and free_slots:
             launch()
             issuing = seq < max_requests
         if not inflight:
@@ -242,7 +308,9 @@ def _run_proc(
     cpu1 = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     ep.close()
-    out.send((lat.tobytes(), slow_flags.tobytes(), dict(fails), ok_in_window, cpu))
+    out.send(
+        (lat.tobytes(), slow_flags.tobytes(), dict(fails), ok_in_window, cpu, answers.tobytes())
+    )
     out.close()
 
 
@@ -254,10 +322,13 @@ def run(
     duration: float = 5.0,
     max_requests: int = 1_000_000,
     timeout: float = 5.0,
+    keepalive: bool = False,
 ) -> Result:
     """Run the load and return the aggregated result (blocks for about `duration`)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
+    if keepalive and mode != "http":
+        raise ValueError("keepalive needs mode http")
     duration = min(max(duration, 0.1), MAX_DURATION)
     max_requests = min(max_requests, MAX_REQUESTS)
     ctx = mp.get_context("fork")
@@ -269,7 +340,7 @@ def run(
         r, w = ctx.Pipe(duplex=False)
         p = ctx.Process(
             target=_run_proc,
-            args=(i, port, mode, concurrency, start_at, duration, per_proc, timeout, w),
+            args=(i, port, mode, concurrency, start_at, duration, per_proc, timeout, keepalive, w),
             daemon=True,
         )
         p.start()
@@ -281,12 +352,15 @@ def run(
     fails: Counter[str] = Counter()
     ok_in_window = 0
     cpu = 0.0
+    answers = array("q")
     limit = time.monotonic() + duration + timeout + 30
     for r in pipes:
         if not r.poll(max(0.0, limit - time.monotonic())):
             fails["lost-process"] += 1
+            answers.extend([0] * concurrency)
             continue
-        blat, bslow, f, okw, c = r.recv()
+        blat, bslow, f, okw, c, banswers = r.recv()
+        answers.frombytes(banswers)
         part = array("d")
         part.frombytes(blat)
         lat.extend(part)
@@ -301,7 +375,9 @@ def run(
         if p.is_alive():
             p.kill()
             p.join()
-    res = Result(mode=mode, procs=procs, concurrency=concurrency, duration=duration)
+    res = Result(
+        mode=mode, procs=procs, concurrency=concurrency, duration=duration, keepalive=keepalive
+    )
     res.ok = len(lat)
     res.ok_in_window = ok_in_window
     res.failure_kinds = dict(fails)
@@ -312,12 +388,289 @@ def run(
     res.p99_ms = percentile(ordered, 99) * 1e3
     res.p999_ms = percentile(ordered, 99.9) * 1e3
     res.max_ms = (ordered[-1] if ordered else 0.0) * 1e3
+    res.p99_all_ms = percentile(sorted([*ordered, *[timeout] * res.failures]), 99) * 1e3
+    if keepalive:
+        res.starved = answers.tolist().count(0)
+        res.min_answers, res.max_answers = min(answers, default=0), max(answers, default=0)
     if mode == "mixed":
         fast = sorted(x for x, s in zip(lat, slow, strict=True) if not s)
         res.fast_p99_ms = percentile(fast, 99) * 1e3
     if res.ok:
         res.client_cpu_us_per_conn = cpu / res.ok * 1e6
     return res
+
+
+# --- a crowd of connections that (almost) never ask for anything ----------------------
+
+CROWD_KINDS = ("idle", "request", "trickle")
+# Connects in progress at once. A full accept queue drops SYNs, and a dropped SYN is only
+# retried after a second or more: opening in waves keeps the open phase as short as the
+# server lets it be.
+PENDING_CONNECTS = 256
+# A request head that never ends: a slowloris client sends it a byte at a time and runs
+# out of time (or is closed) long before it runs out of head.
+SLOW_HEAD = (
+    b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sockpool-bench-slowloris\r\n"
+    b"X-Slow: " + b"a" * 8000
+)
+
+
+def raise_nofile(need: int = 0) -> int:
+    """Soft RLIMIT_NOFILE up to the hard limit (a Crowd holds thousands of sockets, and
+    servers started from this process inherit the limit); ValueError if still below need."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else max(soft, need)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft < need:
+        raise ValueError(
+            f"RLIMIT_NOFILE allows {soft} descriptors, {need} needed: raise the hard limit "
+            "(ulimit -Hn, or LimitNOFILE=)"
+        )
+    return soft
+
+
+@dataclass
+class CrowdState:
+    """What the server has done with a Crowd's connections so far."""
+
+    conns: int
+    kind: str
+    started: int = 0  # connect() called
+    pending: int = 0  # connects not complete yet (a SYN dropped by a full accept queue)
+    connected: int = 0  # handshake complete: the client's view, the server may not have accepted
+    failed: int = 0  # connect failed
+    answered: int = 0  # "request": its one answer arrived, complete and right
+    wrong: int = 0  # "request": an answer that was not the expected one
+    closed: int = 0  # ended by the server (EOF or reset) while the crowd held it
+    closed_after_s: list[float] = field(default_factory=list)  # connect to close, per closed one
+    error: str = ""
+
+    @property
+    def held(self) -> int:
+        """Connected and not closed by the server."""
+        return self.connected - self.closed
+
+
+class _Member:
+    __slots__ = ("answered", "buf", "connecting", "sent", "sock", "start")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.start = time.monotonic()
+        self.connecting = True
+        self.answered = False
+        self.buf = bytearray()
+        self.sent = 0
+
+
+def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> None:
+    state = CrowdState(conns, kind)
+    try:
+        raise_nofile(conns + 64)
+    except ValueError as exc:
+        state.error = str(exc)
+    ep = select.epoll()
+    ctl_fd = ctl.fileno()
+    ep.register(ctl_fd, select.EPOLLIN)
+    members: dict[int, _Member] = {}
+    due: deque[tuple[float, int, _Member]] = deque()  # trickle: the next byte's time, in order
+    addr = (HOST, port)
+    to_open = 0 if state.error else conns
+    give_up = time.monotonic() + MAX_DURATION
+
+    def drop(fd: int, m: _Member, by_server: bool) -> None:
+        ep.unregister(fd)
+        del members[fd]
+        if m.connecting:
+            state.pending -= 1
+        if by_server:
+            state.closed += 1
+            state.closed_after_s.append(time.monotonic() - m.start)
+        m.sock.close()
+
+    def send(fd: int, m: _Member, data: bytes) -> bool:
+        try:
+            m.sock.send(data)  # a few bytes into an empty send buffer: all of them go
+        except BlockingIOError:
+            pass
+        except OSError:
+            drop(fd, m, True)
+            return False
+        return True
+
+    def trickle(fd: int, m: _Member) -> None:
+        if send(fd, m, SLOW_HEAD[m.sent : m.sent + 1]):
+            m.sent += 1
+            due.append((time.monotonic() + interval, fd, m))
+
+    def established(fd: int, m: _Member) -> None:
+        m.connecting = False
+        state.pending -= 1
+        if m.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+            state.failed += 1
+            drop(fd, m, False)
+            return
+        state.connected += 1
+        ep.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
+        if kind == "request":
+            send(fd, m, _http_request(f"crowd.{state.connected}", keepalive=True))
+        elif kind == "trickle":
+            trickle(fd, m)
+
+    def readable(fd: int, m: _Member) -> None:
+        try:
+            data = m.sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            drop(fd, m, True)
+            return
+        if not data:
+            drop(fd, m, True)
+            return
+        if kind == "request" and not m.answered:
+            m.buf += data
+            if n := _http_framed(m.buf):
+                m.answered = True
+                if n == len(m.buf) and _check_http(bytes(m.buf)) is None:
+                    state.answered += 1
+                else:
+                    state.wrong += 1
+                m.buf = bytearray()
+        # Anything else (an error page before a close, say) is read and dropped.
+
+    def open_one() -> None:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        state.started += 1
+        err = s.connect_ex(addr)
+        if err not in (0, errno.EINPROGRESS):
+            state.failed += 1
+            s.close()
+            return
+        members[s.fileno()] = _Member(s)
+        state.pending += 1
+        ep.register(s.fileno(), select.EPOLLOUT)  # fires at once when already connected
+
+    running = True
+    while running and time.monotonic() < give_up:
+        while state.started < to_open and state.pending < PENDING_CONNECTS:
+            open_one()
+        wait = 0.05 if not due else min(0.05, max(0.0, due[0][0] - time.monotonic()))
+        for fd, _events in ep.poll(wait):
+            if fd == ctl_fd:
+                try:
+                    command = ctl.recv()
+                except EOFError:  # the harness is gone
+                    command = "stop"
+                if command == "stop":
+                    running = False
+                    break
+                ctl.send(state)
+                continue
+            m = members.get(fd)
+            if m is None:
+                continue
+            if m.connecting:
+                established(fd, m)
+            else:
+                readable(fd, m)
+        now = time.monotonic()
+        while due and due[0][0] <= now:
+            _, fd, m = due.popleft()
+            if members.get(fd) is m:
+                trickle(fd, m)
+    for m in members.values():
+        m.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)  # no TIME_WAIT left
+        m.sock.close()
+    ep.close()
+    with contextlib.suppress(OSError):
+        ctl.send(state)
+    ctl.close()
+
+
+class Crowd:
+    """`conns` connections to 127.0.0.1:port, held by a process of their own (so that the
+    load processes forked later never inherit its descriptors), until stop():
+
+    - ``idle``: connect and send nothing;
+    - ``request``: one keep-alive HTTP request each, then stay open and idle;
+    - ``trickle`` (slowloris): a request head that never ends, one byte every `interval` s.
+
+    Use it in a with block; wait() polls its state, stop() closes every connection (with a
+    reset: no TIME_WAIT) and returns the final state, with when each closed connection was
+    closed by the server.
+    """
+
+    def __init__(self, port: int, conns: int, kind: str = "idle", interval: float = 2.0) -> None:
+        if kind not in CROWD_KINDS:
+            raise ValueError(f"kind must be one of {CROWD_KINDS}")
+        self.port, self.conns, self.kind, self.interval = port, conns, kind, interval
+        self.final: CrowdState | None = None
+        self._proc: Any = None
+        self._ctl: Any = None
+
+    def __enter__(self) -> Crowd:
+        ctx = mp.get_context("fork")
+        self._ctl, child = ctx.Pipe()
+        self._proc = ctx.Process(
+            target=_crowd_proc,
+            args=(self.port, self.conns, self.kind, self.interval, child),
+            daemon=True,
+        )
+        self._proc.start()
+        child.close()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def status(self) -> CrowdState:
+        if self.final is not None:
+            return self.final
+        self._ctl.send("status")
+        if not self._ctl.poll(30):
+            raise RuntimeError("the crowd process stopped answering")
+        state: CrowdState = self._ctl.recv()
+        if state.error:
+            raise RuntimeError(state.error)
+        return state
+
+    def wait(
+        self, done: Callable[[CrowdState], bool], cap: float, stall: float | None = None
+    ) -> CrowdState:
+        """The state once done(state) holds, after `cap` seconds, or (with `stall`) once no
+        count has moved for `stall` seconds: a server that stopped taking connections."""
+        now = time.monotonic()
+        end, moved, last = now + cap, now, None
+        while True:
+            state = self.status()
+            now = time.monotonic()
+            counts = (state.connected, state.answered, state.closed, state.failed)
+            if counts != last:
+                last, moved = counts, now
+            if done(state) or now >= end or (stall is not None and now - moved >= stall):
+                return state
+            time.sleep(0.1)
+
+    def stop(self) -> CrowdState:
+        if self.final is None and self._proc is not None:
+            with contextlib.suppress(OSError, EOFError):
+                self._ctl.send("stop")
+                if self._ctl.poll(30):
+                    self.final = self._ctl.recv()
+            self._proc.join(10)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+            self._ctl.close()
+        if self.final is None:
+            self.final = CrowdState(self.conns, self.kind, error="the crowd process was lost")
+        return self.final
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -329,7 +682,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of load")
     ap.add_argument("--max-requests", type=int, default=1_000_000)
     ap.add_argument("--timeout", type=float, default=5.0, help="seconds per request")
+    ap.add_argument(
+        "--keepalive", action="store_true", help="http: keep each connection for every request"
+    )
     args = ap.parse_args(argv)
+    if args.keepalive and args.mode != "http":
+        ap.error("--keepalive needs --mode http")
     res = run(
         args.port,
         args.mode,
@@ -338,6 +696,7 @@ def main(argv: list[str] | None = None) -> int:
         args.duration,
         args.max_requests,
         args.timeout,
+        args.keepalive,
     )
     json.dump(asdict(res), sys.stdout, indent=2)
     sys.stdout.write("\n")

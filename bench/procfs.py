@@ -62,6 +62,17 @@ def pss_kib(pid: int) -> int:
     return 0
 
 
+def rss_kib(pid: int) -> int:
+    """Resident set size in KiB, from /proc/PID/status (0 if gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def listening(port: int, host_hex: str = "0100007F") -> bool:
     """Whether 127.0.0.1:port is in LISTEN state (/proc/net/tcp), without connecting."""
     want = f"{host_hex}:{port:04X}"

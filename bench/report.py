@@ -5,6 +5,7 @@ python -m bench.report [bench/results/results.json] [--readme README-SECTION.md]
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import statistics
@@ -24,6 +25,45 @@ TITLES = {
     "mixed": "Mixed load: one request in ten takes 50 ms (bench.loadgen, echo)",
     "coldstart": "Cold start: first connect on an idle activated socket to its answer",
     "memory": "Memory (PSS) of the whole pool at rest",
+    "idle-keepalive": "Idle keep-alive connections, then new HTTP clients (2 sync workers)",
+    "idle-async": "Connections that send nothing, then new echo clients (2 async workers)",
+    "slowloris": "Slowloris: clients trickling a request head, plus new HTTP clients "
+    "(2 sync workers)",
+    "keepalive-64": "64 keep-alive connections on 2 sync workers",
+    "keepalive-few": "Keep-alive with as many connections as workers (2 sync workers)",
+    "parked-memory": "The dispatcher's memory with parked keep-alive connections",
+    "park-after": "Choosing park_after: keep-alive req/s at each value (2 sync workers)",
+}
+# What each issue 12 table shows (below its title).
+NOTES = {
+    "idle-keepalive": "Each idle connection made one keep-alive request (`answered`: how many "
+    "got their answer) and then stays open, idle; meanwhile new clients (bench.loadgen, a new "
+    "connection per request, 4 in flight, 3 s) are measured. `failed`: new clients' requests "
+    "with no right answer within the timeout (5 s); the last p99 counts each of them as the "
+    "whole timeout. `main fds`: descriptors the server's main process holds (sockpool: its "
+    "dispatcher, holding the parked connections or not).",
+    "idle-async": "The idle connections connect and send nothing (`connected`: handshakes "
+    "complete on the client's side, `pending`: SYNs the server's full accept queue dropped); "
+    "then new echo clients as in the table above. sockpool runs with the default capacity "
+    "(100 per worker) and, where it has it, `--first-byte-timeout 30` so that the idle ones "
+    "stay for the whole measurement.",
+    "slowloris": "Each slow client sends one byte of a never-ending request head every 2 s; new "
+    "HTTP clients are measured meanwhile as above. sockpool runs with `--request-timeout 10` "
+    "(default 30) where it has it, to keep the run short; `closed after`: from a slow client's "
+    "connect to the server's EOF or reset, watched for the request timeout plus 5 s.",
+    "keepalive-64": "Our own keep-alive client (bench.loadgen --keepalive: 64 connections, "
+    "each sends its next request when an answer is complete, 3 s) counts the connections that "
+    "got no answer at all (`starved`); then `wrk -c 64` (3 s, `--timeout 2s`) gives req/s and "
+    "timeouts. wrk 4.1 counts a timeout only when a late answer arrives, so connections that "
+    "never get one show as starved here, not as wrk timeouts.",
+    "keepalive-few": "`wrk -t2 -c2`. sockpool before issue 12 (fe504ec, extracted with `git "
+    "archive`) runs in the same rounds as today's; the recorded row, if any, is from "
+    "bench/results/before-issue12.json, another run on this machine (its load differs).",
+    "parked-memory": "The dispatcher's VmRSS (/proc/PID/status) at rest, then with every "
+    "connection idle after one keep-alive request; `parked`: the descriptors the dispatcher "
+    "gained (the connections it holds).",
+    "park-after": "One sockpool per value of `--park-after`: keepalive-few's load (wrk -c2) "
+    "and keepalive-64's (our client, then wrk -c64), 3 s each.",
 }
 
 
@@ -136,6 +176,96 @@ def load_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
     return table(headers, lines)
 
 
+# Issue 12's tables: (header, record key or Row -> value, digits) per column.
+Column = tuple[str, str | Callable[[Row], float | None], int]
+_NORMAL: list[Column] = [
+    ("new clients ok", "ok", 0),
+    ("failed", lambda r: r.failures, 0),
+    ("p50 ms", lambda r: r.get("p50_ms") if r.get("ok") else None, 2),
+    ("p99 ms", lambda r: r.get("p99_ms") if r.get("ok") else None, 2),
+    ("p99 ms, failures as the timeout", "p99_all_ms", 2),
+]
+COLUMNS: dict[str, list[Column]] = {
+    "idle-keepalive": [
+        ("idle conns", "idle_conns", 0),
+        ("answered", "idle_answered", 0),
+        ("main fds", "main_fds", 0),
+        *_NORMAL,
+    ],
+    "idle-async": [
+        ("idle conns", "idle_conns", 0),
+        ("connected", "idle_connected", 0),
+        ("pending", "idle_pending", 0),
+        ("closed by server", "idle_closed", 0),
+        ("main fds", "main_fds", 0),
+        *_NORMAL,
+    ],
+    "slowloris": [
+        ("request timeout s", "request_timeout_s", 0),
+        ("slow conns", "slow_conns", 0),
+        ("closed by server", "slow_closed", 0),
+        ("still open", "slow_held", 0),
+        ("closed after s: min", "slow_close_min_s", 1),
+        ("median", "slow_close_p50_s", 1),
+        ("max", "slow_close_max_s", 1),
+        *_NORMAL,
+    ],
+    "keepalive-64": [
+        ("req/s (wrk)", "req_per_s", 0),
+        ("wrk p99 ms", "p99_ms", 2),
+        ("wrk timeouts", "wrk_timeouts", 0),
+        ("starved (of 64)", "starved", 0),
+        ("answers per conn: min", "min_answers", 0),
+        ("max", "max_answers", 0),
+        ("our client req/s", "own_rps", 0),
+        ("failures, all rounds", lambda r: r.failures, 0),
+        ("rounds", lambda r: r.rounds, 0),
+    ],
+    "keepalive-few": [
+        ("req/s", "req_per_s", 0),
+        ("p50 ms", "p50_ms", 3),
+        ("p99 ms", "p99_ms", 2),
+        ("failures, all rounds", lambda r: r.failures, 0),
+        ("rounds", lambda r: r.rounds, 0),
+    ],
+    "parked-memory": [
+        ("connections", "parked_conns", 0),
+        ("answered", "parked_answered", 0),
+        ("parked", "parked", 0),
+        ("RSS before MiB", lambda r: _mib(r.get("rss_before_kib")), 1),
+        ("RSS after MiB", lambda r: _mib(r.get("rss_after_kib")), 1),
+        ("KiB per parked conn", "rss_per_parked_kib", 2),
+    ],
+    "park-after": [
+        ("park_after s", "park_after_s", 4),
+        ("req/s, 2 conns", "few_rps", 0),
+        ("req/s, 64 conns", "req_per_s", 0),
+        ("starved (of 64)", "starved", 0),
+        ("wrk timeouts", "wrk_timeouts", 0),
+        ("p99 ms, 64 conns", "p99_ms", 2),
+    ],
+}
+
+
+def _mib(kib: float | None) -> float | None:
+    return None if kib is None else kib / 1024
+
+
+def issue12_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
+    columns = COLUMNS[scenario]
+    lines = []
+    for row in rows.get(scenario, []):
+        if not row.rounds:
+            lines.append([row.label, "error: " + row.errors[0][:80], *[""] * (len(columns) - 1)])
+            continue
+        cells = [row.label]
+        for _header, key, digits in columns:
+            value = key(row) if callable(key) else row.get(key)
+            cells.append(fmt(value, digits))
+        lines.append(cells)
+    return table(["server", *(c[0] for c in columns)], lines)
+
+
 def cold_table(rows: dict[str, list[Row]]) -> list[str]:
     lines = [
         [
@@ -209,6 +339,13 @@ METRICS = {
     "fast_p99_ms": Metric("p99 of the fast requests", "ms", 2),
     "cold_ms": Metric("time to first answer", "ms", 0),
     "pss_per_worker_kib": Metric("pool PSS per worker", "MiB", 1, 1 / 1024),
+    "p99_all_ms": Metric("new clients' p99 (a failure counts as the timeout)", "ms", 2),
+    "starved": Metric("connections with no answer", "conns", 0),
+    "wrk_timeouts": Metric("wrk timeouts", "", 0),
+    "slow_held": Metric("slow clients never closed", "conns", 0),
+    "slow_close_over_s": Metric("last slow client's close past its request timeout", "s", 1),
+    "req_per_s": Metric("keep-alive throughput", "req/s", 0),
+    "rss_per_parked_kib": Metric("dispatcher RSS per parked connection", "KiB", 2),
 }
 SCENARIOS = {
     "newconn-echo": "new conn/request, echo",
@@ -217,6 +354,12 @@ SCENARIOS = {
     "mixed": "mixed load",
     "coldstart": "cold start",
     "memory": "memory at rest",
+    "idle-keepalive": "idle keep-alive connections",
+    "idle-async": "idle connections, async",
+    "slowloris": "slowloris",
+    "keepalive-64": "64 keep-alive connections",
+    "keepalive-few": "keep-alive, connections = workers",
+    "parked-memory": "parked connections",
 }
 SERVERS = {
     "sockpool": "sockpool",
@@ -227,6 +370,7 @@ SERVERS = {
     "accept-yes": "systemd Accept=yes",
     "forking": "ForkingTCPServer",
     "node": "Node.js cluster",
+    "sockpool-before": "sockpool before issue 12",
 }
 RELATIONS: dict[str, Callable[[float, float], bool]] = {
     "≥": operator.ge,
@@ -252,7 +396,7 @@ class Target:
         metric = METRICS[self.metric]
         what = f"{SCENARIOS[self.scenario]}: {SERVERS[self.server]}'s {metric.label}"
         if self.peer is None:
-            return f"{what} {self.relation} {self.bound:g} {metric.unit}"
+            return f"{what} {self.relation} {self.bound:g} {metric.unit}".rstrip()
         if not self.relation:
             return f"(for scale) {what} ÷ {SERVERS[self.peer]}'s"
         return f"{what} {self.relation} {self.bound:g}x {SERVERS[self.peer]}'s"
@@ -275,7 +419,22 @@ TARGETS = (
     Target("mixed", "fast_p99_ms", "≤", 1, "prefork-async", server="sockpool-async"),
     Target("coldstart", "cold_ms", "≤", 150),
     Target("memory", "pss_per_worker_kib", "≤", 12),
+    # Issue 12: idle and slow connections wait in the dispatcher, never in a worker.
+    Target("idle-keepalive", "p99_all_ms", "≤", 50),
+    Target("idle-async", "p99_all_ms", "≤", 50),
+    Target("slowloris", "p99_all_ms", "≤", 50),
+    Target("slowloris", "slow_held", "≤", 0),
+    # Closed at the request timeout: within 2 s of it (the dispatcher's timer granularity).
+    Target("slowloris", "slow_close_over_s", "≤", 2),
+    Target("keepalive-64", "starved", "≤", 0),
+    Target("keepalive-64", "wrk_timeouts", "≤", 0),
+    Target("keepalive-64", "req_per_s", "", 1, "prefork"),
+    Target("keepalive-few", "req_per_s", "≥", 0.9, "sockpool-before"),
+    Target("parked-memory", "rss_per_parked_kib", "≤", 4),
 )
+ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "keepalive-64", "keepalive-few")
+ISSUE12 += ("parked-memory", "park-after")
+BEFORE = RESULTS / "before-issue12.json"  # sockpool at fe504ec, before issue 12
 
 
 @dataclass
@@ -309,7 +468,7 @@ def judge(rows: dict[str, list[Row]], target: Target) -> Verdict:
         value = ratio(mine, theirs)
     if value is None:
         return Verdict(target.text, "-", None)
-    measured = f"{fmt(value, metric.digits)} {metric.unit}"
+    measured = f"{fmt(value, metric.digits)} {metric.unit}".rstrip()
     if target.peer:
         shown = f"{fmt(mine, metric.digits)} vs {fmt(theirs, metric.digits)} {metric.unit}"
         measured = f"{value:.2f}x ({shown})"
@@ -324,7 +483,8 @@ def targets(rows: dict[str, list[Row]]) -> list[Verdict]:
     out = [judge(rows, target) for target in TARGETS]
     for row_list in rows.values():
         for row in row_list:
-            if row.server.startswith("sockpool") and row.failures:
+            recorded = row.server == "sockpool-before"  # a past run's, not this one's
+            if row.server.startswith("sockpool") and not recorded and row.failures:
                 out.append(
                     Verdict(
                         f"no failures ({row.scenario}, {row.label})",
@@ -335,9 +495,28 @@ def targets(rows: dict[str, list[Row]]) -> list[Verdict]:
     return out
 
 
+def with_before(rows: dict[str, list[Row]], result: dict[str, Any], path: Path = BEFORE) -> None:
+    """Add sockpool's recorded figures from before issue 12 to the issue 12 tables this run
+    has (as server "sockpool-before"): the "before" that keepalive-few is held to."""
+    if not path.exists():
+        return
+    before = json.loads(path.read_text())
+    if before["meta"] == result["meta"]:  # rendering the recorded run itself
+        return
+    old = aggregate(before["records"])
+    rev = before["meta"]["versions"]["sockpool"].partition(" ")[2].strip("()") or "?"
+    for scenario in ISSUE12:
+        row = find(old, scenario, "sockpool")
+        live = find(rows, scenario, "sockpool-before")  # measured in this run: that one
+        if row is not None and scenario in rows and live is None:
+            label = f"sockpool before issue 12 ({rev}, recorded {before['meta']['date']})"
+            rows[scenario].append(dataclasses.replace(row, server="sockpool-before", label=label))
+
+
 def markdown(result: dict[str, Any]) -> str:
     meta = result["meta"]
     rows = aggregate(result["records"])
+    with_before(rows, result)
     cfg = meta["config"]
     m = meta["machine"]
     v = meta["versions"]
@@ -363,6 +542,15 @@ def markdown(result: dict[str, Any]) -> str:
         "Client and servers share the same cores: the client's CPU is part of every figure, "
         "so throughput ratios understate differences in server cost. bench.loadgen's "
         "latencies include the connect; wrk's start at the request.",
+    ]
+    if any(scenario in rows for scenario in ISSUE12):
+        md.append(
+            "- Issue 12's scenarios (idle, slow and keep-alive connections: "
+            + ", ".join(s for s in ISSUE12 if s in rows)
+            + ") run 2 workers whatever the above says, one round each except keepalive-64 "
+            "and keepalive-few; each table says what it measures."
+        )
+    md += [
         "",
         "## Targets",
         "",
@@ -388,6 +576,10 @@ def markdown(result: dict[str, Any]) -> str:
         md += ["", f"## {TITLES['coldstart']}", "", *cold_table(rows)]
     if "memory" in rows:
         md += ["", f"## {TITLES['memory']}", "", *memory_table(rows, cfg["workers"])]
+    for scenario in ISSUE12:
+        if scenario in rows:
+            md += ["", f"## {TITLES[scenario]}", "", NOTES[scenario], ""]
+            md += issue12_table(rows, scenario)
     if meta.get("skipped"):
         md += ["", "## Skipped", "", *[f"- {s}" for s in meta["skipped"]]]
     errs = [(r.scenario, r.label, e) for rs in rows.values() for r in rs for e in r.errors]

@@ -9,6 +9,13 @@ count; systemd's own Accept=yes runs in a real-systemd container.
 
     python -m bench.run                 # the full run (make bench), well under 20 minutes
     python -m bench.run --smoke --out /tmp/x   # seconds: two servers, two scenarios
+    python -m bench.run --scenario slowloris --out /tmp/x   # one scenario (or a list)
+
+The issue 12 scenarios (idle-keepalive, idle-async, slowloris, keepalive-64, keepalive-few,
+parked-memory, park-after) run 2 workers whatever --workers says: idle, slow and keep-alive
+connections against the default pool of a 2-core machine, under 5 minutes together. They
+pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
+the same code measures sockpool before and after it; park-after needs --park-after.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ START_TIMEOUT = 30.0
 ECHO = "sockpool.handlers:echo"
 HTTP = "sockpool.handlers:http_hello"
 HTTP_ASYNC = "sockpool.handlers:http_hello_async"
+ECHO_ASYNC = "sockpool.handlers:echo_async"
 MIXED = "bench.handlers:mixed"
 MIXED_ASYNC = "bench.handlers:mixed_async"
 
@@ -74,19 +82,38 @@ class Spec:
     label: str
     argv: list[str]
     dispatcher: bool = False  # its main process only dispatches: measure its CPU/conn
+    record: dict[str, Any] = field(default_factory=dict)  # settings to keep with its figures
+    pythonpath: str = ""  # before the repository's: another sockpool's tree
 
 
-def sockpool_argv(cfg: Config, handler: str) -> list[str]:
+def sockpool_argv(
+    cfg: Config, handler: str, workers: int | None = None, flags: tuple[str, ...] = ()
+) -> list[str]:
     return [
         str(BIN / "sockpool"),
         "--workers",
-        str(cfg.workers),
+        str(workers or cfg.workers),
         "--log-target",
         "stderr",
         "--log-level",
         "warning",
+        *flags,
         handler,
     ]
+
+
+_flags: set[str] = set()
+
+
+def sockpool_has(flag: str) -> bool:
+    """Whether this sockpool takes `flag` (read from --help): the issue 12 scenarios pass
+    its new settings only where they exist, so they also measure the code before it."""
+    if not _flags:
+        out = subprocess.run(
+            [str(BIN / "sockpool"), "--help"], capture_output=True, text=True, timeout=30
+        ).stdout
+        _flags.update(re.findall(r"--[a-z][a-z-]+", out))
+    return flag in _flags
 
 
 def py_peer(module: str, *args: str) -> list[str]:
@@ -165,6 +192,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             ),
             Spec("node", "Node.js cluster", node_argv(cfg, "mixed")),
         ]
+    elif scenario in ISSUE12:
+        specs = issue12_servers(scenario, cfg)
     else:
         raise ValueError(f"unknown scenario {scenario}")
     if cfg.servers:
@@ -180,6 +209,13 @@ SCENARIOS = (
     "mixed",
     "coldstart",
     "memory",
+    "idle-keepalive",
+    "idle-async",
+    "slowloris",
+    "keepalive-64",
+    "keepalive-few",
+    "parked-memory",
+    "park-after",
 )
 MODE = {
     "newconn-echo": "echo",
@@ -188,6 +224,10 @@ MODE = {
     "mixed": "mixed",
     "keepalive": "http",
 }
+# Printed as each run ends, besides throughput, p99, failures.
+SHOW_MORE = ("starved", "wrk_timeouts", "slow_closed", "slow_close_max_s", "rss_per_parked_kib")
+# One round each: they hold thousands of connections, and measure pass or fail, not a ratio.
+ONE_ROUND = {"memory", "idle-keepalive", "idle-async", "slowloris", "parked-memory", "park-after"}
 # wrk drives these: keep-alive with one connection per worker; new connections with
 # `Connection: close` and as many connections as the load generator keeps in flight.
 WRK = {"keepalive", "newconn-http-wrk"}
@@ -221,7 +261,10 @@ def launch(spec: Spec, port: int, log: Path) -> Service:
         [f"{HOST}:{port}"],
         log,
         fdnames=["bench"],
-        env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        env={
+            "PYTHONPATH": ":".join(p for p in (spec.pythonpath, str(REPO)) if p),
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        },
         start_timeout=START_TIMEOUT,
         stop_timeout=10.0,
     )
@@ -269,9 +312,19 @@ def pool_pss(pid: int) -> tuple[int, int]:
     return sum(procfs.pss_kib(p) for p in pids), len(pids)
 
 
-def run_wrk(port: int, cfg: Config, seconds: float, close: bool = False) -> dict[str, Any]:
+def run_wrk(
+    port: int,
+    cfg: Config,
+    seconds: float,
+    close: bool = False,
+    conns: int | None = None,
+    timeout: float = 5.0,
+) -> dict[str, Any]:
+    """wrk's figures; conns defaults to the load generator's in flight (close) or one
+    keep-alive connection per worker."""
     duration = max(1, round(seconds))
-    conns = cfg.procs * cfg.concurrency if close else cfg.workers
+    if conns is None:
+        conns = cfg.procs * cfg.concurrency if close else cfg.workers
     argv = [
         "wrk",
         "-t",
@@ -281,7 +334,7 @@ def run_wrk(port: int, cfg: Config, seconds: float, close: bool = False) -> dict
         "-d",
         f"{duration}s",
         "--timeout",
-        "5s",
+        f"{timeout:g}s",
         "-s",
         str(BENCH / "report.lua"),
         *(["-H", "Connection: close"] if close else []),
@@ -306,6 +359,17 @@ def run_wrk(port: int, cfg: Config, seconds: float, close: bool = False) -> dict
     }
 
 
+KEEPALIVE_ONLY = ("keepalive", "starved", "min_answers", "max_answers")
+
+
+def load_record(res: loadgen.Result) -> dict[str, Any]:
+    rec = dataclasses.asdict(res) | {"rps": res.conns_per_s}
+    if not res.keepalive:
+        for key in KEEPALIVE_ONLY:
+            del rec[key]
+    return rec
+
+
 def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
     port = free_port()
     with launch(spec, port, log) as srv:
@@ -324,8 +388,7 @@ def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any
             rec.update(run_wrk(port, cfg, cfg.duration, close))
         else:
             res = loadgen.run(port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
-            rec.update(dataclasses.asdict(res))
-            rec["rps"] = res.conns_per_s
+            rec.update(load_record(res))
         cpu1, ns1 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
         if rec["ok"]:
             rec["main_cpu_us_per_conn"] = (cpu1 - cpu0) / rec["ok"] * 1e6
@@ -366,11 +429,285 @@ def run_memory(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
         }
 
 
+# --- issue 12: idle, slow and keep-alive connections (ready-work dispatch) ---------------
+
+ISSUE12 = (
+    "idle-keepalive",
+    "idle-async",
+    "slowloris",
+    "keepalive-64",
+    "keepalive-few",
+    "parked-memory",
+    "park-after",
+)
+W2 = 2  # workers: the default pool of a 2-core machine, where issue 12's stalls were seen
+IDLE_CONNS = 1_000  # idle-keepalive: keep-alive connections idle after one request each
+IDLE_ASYNC_CONNS = 10_000  # idle-async: connections that send nothing
+FIRST_BYTE_TIMEOUT = 30.0  # idle-async: keeps them open for the whole measurement
+SLOW_CONNS = 500
+SLOW_INTERVAL = 2.0  # seconds between a slow client's bytes
+REQUEST_TIMEOUT = 10.0  # slowloris runs --request-timeout 10 (default 30): a short run
+PARKED_CONNS = 10_000
+MANY = 64  # keepalive-64's connections
+FEW = W2  # keepalive-few's: no more connections than workers
+PARK_AFTER = (0.0, 0.0005, 0.002, 0.01)  # seconds a worker waits before it parks
+NORMAL_SECONDS = 3.0  # normal clients measured while the crowd is held
+NORMAL_TIMEOUT = 5.0  # a normal request unanswered this long has failed
+KA_SECONDS = 3.0
+KA_TIMEOUT = 2.0  # wrk's and our keep-alive client's
+BEFORE_REV = "fe504ec"  # main just before issue 12: keepalive-few's "before"
+# Issue 12's settings as flags: passed only to a sockpool whose --help lists them.
+FLAG_PARK_AFTER = "--park-after"
+FLAG_REQUEST_TIMEOUT = "--request-timeout"
+FLAG_FIRST_BYTE_TIMEOUT = "--first-byte-timeout"
+
+
+def issue12_servers(scenario: str, cfg: Config) -> list[Spec]:
+    def sockpool(handler: str, label: str, flags: tuple[str, ...] = (), **record: Any) -> Spec:
+        argv = sockpool_argv(cfg, handler, W2, flags)
+        return Spec("sockpool", label, argv, dispatcher=True, record=record)
+
+    if scenario == "park-after":
+        if not sockpool_has(FLAG_PARK_AFTER):
+            return []
+        return [
+            dataclasses.replace(
+                sockpool(HTTP, f"park_after = {v:g} s", (FLAG_PARK_AFTER, f"{v:g}")),
+                server=f"park-after={v:g}",
+                record={"park_after_s": v},
+            )
+            for v in PARK_AFTER
+        ]
+    if scenario == "idle-async":
+        flag = FLAG_FIRST_BYTE_TIMEOUT
+        flags = (flag, f"{FIRST_BYTE_TIMEOUT:g}") if sockpool_has(flag) else ()
+        fbt = FIRST_BYTE_TIMEOUT if flags else None
+        return [sockpool(ECHO_ASYNC, "sockpool (echo_async)", flags, first_byte_timeout_s=fbt)]
+    if scenario == "slowloris":
+        flag = FLAG_REQUEST_TIMEOUT
+        flags = (flag, f"{REQUEST_TIMEOUT:g}") if sockpool_has(flag) else ()
+        rt = REQUEST_TIMEOUT if flags else None
+        return [sockpool(HTTP, "sockpool (http_hello)", flags, request_timeout_s=rt)]
+    specs = [sockpool(HTTP, "sockpool (http_hello)")]
+    if scenario == "keepalive-few" and (tree := before_tree(cfg)) is not None:
+        argv = [str(PY), "-m", "sockpool", *sockpool_argv(cfg, HTTP, W2)[1:]]
+        label = f"sockpool before issue 12 ({BEFORE_REV}, same run)"
+        specs.append(Spec("sockpool-before", label, argv, pythonpath=str(tree)))
+    if scenario != "parked-memory":
+        pool = py_peer("prefork", "--workers", str(W2), HTTP)
+        specs.append(Spec("prefork", "shared-accept pool", pool))
+    return specs
+
+
+def before_tree(cfg: Config) -> Path | None:
+    """sockpool's package tree as it was before issue 12 (BEFORE_REV), from `git archive`
+    into the run's raw/ once: keepalive-few runs it beside today's, in the same rounds, so
+    the "at least 0.9x before" comparison does not hang on machine load. None without git."""
+    dest = cfg.out / "raw" / f"sockpool-{BEFORE_REV}"
+    if not (dest / "service" / "sockpool" / "__main__.py").exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            tar = subprocess.run(
+                ["git", "-C", str(REPO), "archive", BEFORE_REV, "service/sockpool"],
+                capture_output=True,
+                check=True,
+                timeout=60,
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True, timeout=60)
+        except (OSError, subprocess.SubprocessError):
+            return None
+    return dest / "service"
+
+
+def unsupported(scenario: str) -> str | None:
+    """Why this sockpool cannot run the scenario at all (None: it can)."""
+    if scenario == "park-after" and not sockpool_has(FLAG_PARK_AFTER):
+        return f"this sockpool has no {FLAG_PARK_AFTER} (issue 12's parking is not in it)"
+    return None
+
+
+def settle(srv: Service, port: int, mode: str) -> dict[str, Any]:
+    """Answering, every worker forked and warm: what a crowd then changes is the crowd's."""
+    rec: dict[str, Any] = {"startup_s": wait_answering(port, mode)}
+    wait_pool(srv.pid, W2 + 1)
+    loadgen.run(port, mode, procs=1, concurrency=2, duration=0.5, timeout=NORMAL_TIMEOUT)
+    return rec
+
+
+def normal_load(port: int, mode: str) -> dict[str, Any]:
+    """New clients, a new connection per request, 4 in flight: what a user sees."""
+    res = loadgen.run(
+        port, mode, procs=1, concurrency=4, duration=NORMAL_SECONDS, timeout=NORMAL_TIMEOUT
+    )
+    return load_record(res) | {"normal_timeout_s": NORMAL_TIMEOUT}
+
+
+def crowd_record(prefix: str, st: loadgen.CrowdState) -> dict[str, Any]:
+    fields = ("conns", "connected", "pending", "failed", "answered", "closed")
+    return {f"{prefix}_{name}": getattr(st, name) for name in fields}
+
+
+def run_idle(spec: Spec, log: Path, mode: str, conns: int, kind: str) -> dict[str, Any]:
+    """`conns` idle connections (kind "request": each after one keep-alive request), then
+    normal clients while they stay open."""
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        rec = settle(srv, port, mode)
+        with loadgen.Crowd(port, conns, kind) as crowd:
+            if kind == "request":
+                held = crowd.wait(lambda s: s.answered >= s.conns, cap=40, stall=3)
+            else:
+                held = crowd.wait(lambda s: s.connected >= s.conns, cap=40, stall=3)
+            time.sleep(0.5)  # the server takes the last ones in
+            rec["main_fds"] = srv.fd_count()  # the dispatcher holds them, or not
+            rec.update(normal_load(port, mode))
+            end = crowd.stop()
+        return rec | crowd_record("idle", held) | {"idle_closed": end.closed, "alive": srv.alive()}
+
+
+def run_slowloris(spec: Spec, log: Path) -> dict[str, Any]:
+    """SLOW_CONNS clients trickling a request head, normal clients meanwhile; then how long
+    the server took to close each slow one (from its connect)."""
+    port = free_port()
+    timeout = spec.record.get("request_timeout_s")
+    with launch(spec, port, log) as srv:
+        rec = settle(srv, port, "http")
+        with loadgen.Crowd(port, SLOW_CONNS, "trickle", SLOW_INTERVAL) as crowd:
+            t0 = time.monotonic()
+            crowd.wait(lambda s: s.connected >= s.conns, cap=10, stall=3)
+            time.sleep(max(0.0, t0 + SLOW_INTERVAL + 0.5 - time.monotonic()))  # 2 bytes each
+            rec.update(normal_load(port, "http"))
+            # Every slow client should be closed at the request timeout after its connect.
+            horizon = t0 + (timeout or REQUEST_TIMEOUT) + 5
+            crowd.wait(lambda s: s.closed >= s.connected, cap=max(0.0, horizon - time.monotonic()))
+            end = crowd.stop()
+        closes = sorted(end.closed_after_s)
+        last = closes[-1] if closes else None
+        return (
+            rec
+            | crowd_record("slow", end)
+            | {
+                "slow_held": end.held,
+                # How much later than its request timeout the last slow client was closed.
+                "slow_close_over_s": last - timeout if last is not None and timeout else None,
+                "slow_observed_s": round(time.monotonic() - t0, 1),
+                "slow_close_min_s": closes[0] if closes else None,
+                "slow_close_p50_s": loadgen.percentile(closes, 50) if closes else None,
+                "slow_close_max_s": last,
+                "alive": srv.alive(),
+            }
+        )
+
+
+def keepalive_figures(port: int, cfg: Config, conns: int, seconds: float) -> dict[str, Any]:
+    """wrk's req/s and timeouts over `conns` keep-alive connections; with more connections
+    than workers also our own keep-alive client's count of connections that got no answer
+    at all (wrk cannot say per connection)."""
+    rec: dict[str, Any] = {"conns": conns}
+    failures = 0
+    if conns > W2:
+        own = loadgen.run(
+            port,
+            "http",
+            procs=2,
+            concurrency=conns // 2,
+            duration=seconds,
+            timeout=KA_TIMEOUT,
+            keepalive=True,
+        )
+        failures += own.failures
+        rec |= {
+            "starved": own.starved,
+            "min_answers": own.min_answers,
+            "max_answers": own.max_answers,
+            "own_rps": own.conns_per_s,
+            "own_p99_ms": own.p99_ms,
+            "own_failures": own.failures,
+        }
+    w = run_wrk(port, cfg, seconds, conns=conns, timeout=KA_TIMEOUT)
+    rec |= w | {"req_per_s": w["rps"], "wrk_timeouts": w["failure_kinds"].get("timeout", 0)}
+    rec["failures"] = failures + w["failures"]
+    return rec
+
+
+def run_keepalive(spec: Spec, cfg: Config, log: Path, conns: int) -> dict[str, Any]:
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        rec = settle(srv, port, "http")
+        run_wrk(port, cfg, 1, conns=FEW)  # warm-up
+        seconds = cfg.duration if conns == FEW else KA_SECONDS
+        rec |= keepalive_figures(port, cfg, conns, seconds)
+        return rec | {"alive": srv.alive()}
+
+
+def run_park_after(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
+    """keepalive-few's and keepalive-64's figures at one park_after."""
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        rec = settle(srv, port, "http")
+        few = keepalive_figures(port, cfg, FEW, KA_SECONDS)
+        many = keepalive_figures(port, cfg, MANY, KA_SECONDS)
+        return (
+            rec
+            | many
+            | {
+                "few_rps": few["rps"],
+                "few_p99_ms": few["p99_ms"],
+                "failures": few["failures"] + many["failures"],
+                "alive": srv.alive(),
+            }
+        )
+
+
+def run_parked_memory(spec: Spec, log: Path) -> dict[str, Any]:
+    """The dispatcher's RSS before and with PARKED_CONNS keep-alive connections idle after
+    one request each (parked, once the dispatcher parks them)."""
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        rec = settle(srv, port, "http")
+        with loadgen.Crowd(port, 100, "request") as warm:  # parking's first use, not counted
+            warm.wait(lambda s: s.answered >= s.conns, cap=10, stall=2)
+        time.sleep(0.5)
+        rss0, fds0 = procfs.rss_kib(srv.pid), srv.fd_count()
+        with loadgen.Crowd(port, PARKED_CONNS, "request") as crowd:
+            crowd.wait(lambda s: s.answered >= s.conns, cap=60, stall=5)
+            time.sleep(1.0)  # the last workers park theirs
+            rss1, fds1 = procfs.rss_kib(srv.pid), srv.fd_count()
+            held = crowd.status()
+            crowd.stop()
+        parked = fds1 - fds0  # descriptors the dispatcher holds for them
+        return (
+            rec
+            | crowd_record("parked", held)
+            | {
+                "ok": held.answered,
+                "failures": held.conns - held.answered,
+                "parked": parked,
+                "rss_before_kib": rss0,
+                "rss_after_kib": rss1,
+                "rss_per_parked_kib": (rss1 - rss0) / parked if parked > 0 else None,
+                "alive": srv.alive(),
+            }
+        )
+
+
 def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
     if scenario == "coldstart":
         return run_coldstart(spec, cfg, log)
     if scenario == "memory":
         return run_memory(spec, cfg, log)
+    if scenario == "idle-keepalive":
+        return run_idle(spec, log, "http", IDLE_CONNS, "request")
+    if scenario == "idle-async":
+        return run_idle(spec, log, "echo", IDLE_ASYNC_CONNS, "idle")
+    if scenario == "slowloris":
+        return run_slowloris(spec, log)
+    if scenario in ("keepalive-64", "keepalive-few"):
+        return run_keepalive(spec, cfg, log, MANY if scenario == "keepalive-64" else FEW)
+    if scenario == "park-after":
+        return run_park_after(spec, cfg, log)
+    if scenario == "parked-memory":
+        return run_parked_memory(spec, log)
     return run_load(scenario, spec, cfg, log)
 
 
@@ -449,7 +786,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
     ap.add_argument("--concurrency", type=int, default=4, help="connections in flight per process")
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS) + ",accept-yes")
+    ap.add_argument(
+        "--scenarios",
+        "--scenario",
+        default=",".join(SCENARIOS) + ",accept-yes",
+        help="comma-separated, from: " + ", ".join(SCENARIOS) + ", accept-yes",
+    )
     ap.add_argument("--servers", default="", help="only these (comma-separated)")
     ap.add_argument("--no-container", action="store_true", help="skip systemd Accept=yes")
     ap.add_argument("--out", type=Path, default=BENCH / "results")
@@ -489,18 +831,21 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": args.smoke,
     }
     records: list[dict[str, Any]] = []
+    skipped: list[str] = meta.setdefault("skipped", [])
+    loadgen.raise_nofile()  # the servers inherit it; a Crowd holds thousands of sockets
     t_start = time.monotonic()
 
     def note(rec: dict[str, Any]) -> None:
         records.append(rec)
-        show = {k: rec.get(k) for k in ("rps", "p99_ms", "cold_ms", "pss_kib", "failures")}
+        keys = ("rps", "p99_ms", "cold_ms", "pss_kib", "failures", *SHOW_MORE)
+        show = {k: rec.get(k) for k in keys}
         shown = ", ".join(
             f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}"
             for k, v in show.items()
             if v is not None
         )
         print(
-            f"  [{time.monotonic() - t_start:6.0f}s] {rec['scenario']:<13} "
+            f"  [{time.monotonic() - t_start:6.0f}s] {rec['scenario']:<14} "
             f"{rec['server']:<15} r{rec['round']}: {shown}",
             flush=True,
         )
@@ -508,9 +853,13 @@ def main(argv: list[str] | None = None) -> int:
     for scenario in cfg.scenarios:
         if scenario == "accept-yes":
             continue
+        if why := unsupported(scenario):
+            skipped.append(f"{scenario}: {why}")
+            print(f"{scenario}: skipped, {why}", flush=True)
+            continue
         specs = servers_for(scenario, cfg)
         rounds = cfg.cold_rounds if scenario == "coldstart" else cfg.rounds
-        if scenario == "memory":
+        if scenario in ONE_ROUND:
             rounds = 1
         print(f"{scenario}: {len(specs)} servers x {rounds} rounds", flush=True)
         for r in range(rounds):
@@ -523,14 +872,18 @@ def main(argv: list[str] | None = None) -> int:
                     "round": r,
                 }
                 try:
-                    rec = base | run_one(scenario, spec, cfg, log) | {"dispatcher": spec.dispatcher}
+                    rec = (
+                        base
+                        | spec.record
+                        | run_one(scenario, spec, cfg, log)
+                        | {"dispatcher": spec.dispatcher}
+                    )
                 except Exception as exc:  # one server failing must not lose the others
                     rec = base | {"error": f"{type(exc).__name__}: {exc}", "ok": 0, "failures": 1}
                 note(rec)
     want_accept_yes = "accept-yes" in cfg.scenarios and (
         not cfg.servers or "accept-yes" in cfg.servers
     )
-    skipped: list[str] = meta.setdefault("skipped", [])
     if want_accept_yes and not cfg.container:
         skipped.append("systemd Accept=yes: --no-container")
     elif want_accept_yes and (reason := acceptyes.unavailable_reason()):

@@ -1,0 +1,92 @@
+"""The bench's issue 12 clients count what they claim: starved keep-alive connections, and
+what a server did with a crowd of idle or slow connections.
+
+The servers are the shared-accept pool (bench.peers.prefork, 2 sync workers), whose
+behaviour is fixed: a sync worker keeps one connection until its client closes it. Speed is
+never asserted here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench import loadgen
+from bench.run import HTTP, Spec, free_port, launch, py_peer, wait_answering
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-socket-activate") is None, reason="systemd-socket-activate not installed"
+)
+
+
+@pytest.fixture
+def pool(tmp_path: Path) -> Iterator[int]:
+    """The port of a shared-accept pool of 2 sync http_hello workers."""
+    port = free_port()
+    spec = Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", "2", HTTP))
+    with launch(spec, port, tmp_path / "server.log"):
+        wait_answering(port, "http")
+        yield port
+
+
+def test_keepalive_client_counts_starved_connections(pool: int) -> None:
+    # As many connections as workers: each is served all along.
+    few = loadgen.run(pool, "http", procs=1, concurrency=2, duration=1.0, keepalive=True)
+    assert few.failures == 0, few.failure_kinds
+    assert few.starved == 0
+    assert few.min_answers > 1  # more than one answer per connection: kept alive
+    # Eight: the two workers keep serving the first two, the other six wait in the backlog
+    # until those close after the run (answers past the run do not count).
+    many = loadgen.run(pool, "http", procs=1, concurrency=8, duration=1.0, keepalive=True)
+    assert many.starved == 6
+    assert many.max_answers > 1
+
+
+def test_crowd_counts_answers_and_holds_connections(pool: int) -> None:
+    with loadgen.Crowd(pool, 20, "request") as crowd:
+        state = crowd.wait(lambda s: s.answered >= s.conns, cap=30, stall=2)
+        assert state.connected == 20
+        assert state.answered == 2  # one per sync worker; the rest wait, unanswered
+        final = crowd.stop()
+    assert final.closed == 0
+    assert final.wrong == 0
+
+
+def test_crowd_sees_when_the_server_closes_slow_clients() -> None:
+    """A listener that reads two bytes from each connection and closes it: every slow client
+    is closed, after its second byte (sent `interval` after the first)."""
+    interval = 0.3
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        port = listener.getsockname()[1]
+        stop = threading.Event()
+
+        def closer() -> None:
+            listener.settimeout(0.2)
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    conn.settimeout(10)
+                    got = b""
+                    while len(got) < 2 and (data := conn.recv(2 - len(got))):
+                        got += data
+
+        thread = threading.Thread(target=closer, daemon=True)
+        thread.start()
+        try:
+            with loadgen.Crowd(port, 5, "trickle", interval) as crowd:
+                state = crowd.wait(lambda s: s.closed >= s.conns, cap=30)
+                final = crowd.stop()
+        finally:
+            stop.set()
+            thread.join(5)
+    assert state.closed == 5, state
+    assert len(final.closed_after_s) == 5
+    assert min(final.closed_after_s) >= interval
