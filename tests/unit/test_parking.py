@@ -265,3 +265,23 @@ def test_close_all_closes_every_held_connection(held: Held) -> None:
     assert held.parking.closed == {"exit": 3} and sorted(held.released) == [0, 1, 2]
     assert all(held.is_closed(conn_id) for conn_id in range(3))
     assert (len(held.parking), held.parking.in_flight) == (0, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="dispatcher.py keeps `deadlines = hot.parking.deadlines` for its per-turn check, "
+    "but Parking.hold() rebinds self.deadlines when it rebuilds the heap: the loop then "
+    "watches a dead list, skips expire() and polls with timeout 0 until that list's "
+    "first (stale) deadline passes",
+)
+def test_the_heap_the_loop_watches_is_the_one_kept_after_a_rebuild(held: Held) -> None:
+    watched = held.parking.deadlines  # what dispatcher.py tests each turn: `deadlines[0][0]`
+    busy = held.connect(1)
+    for round_ in range(1500):
+        held.hold(busy, IDLE, 100.0 + round_)
+        held.clients[1].sendall(b"x")
+        assert held.parking.ready() == [busy]
+        assert os.read(busy[1], 1) == b"x"
+    held.hold(busy, IDLE, 5.0)  # due long before any stale entry
+    assert held.parking.next_deadline() == 5.0
+    assert watched and watched[0][0] == 5.0
