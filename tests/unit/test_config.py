@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sockpool import config
+from sockpool import config, wire
 from sockpool.errors import ConfigError, ExitCode
 
 
@@ -42,6 +42,10 @@ def test_defaults() -> None:
     ],
 )
 def test_bad_file_values(values: dict, message: str) -> None:
+    assert_one_line_config_error(values, message)
+
+
+def assert_one_line_config_error(values: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         config.build(values, {}, "f.toml")
     assert err.value.code == ExitCode.CONFIG
@@ -117,3 +121,71 @@ def test_error_lines_stay_short(values: dict) -> None:
     with pytest.raises(ConfigError) as err:
         config.build(values, {}, "f.toml")
     assert len(err.value.message) < 250 and "\n" not in err.value.message, err.value.message
+
+
+def test_ready_work_defaults() -> None:
+    cfg = config.load(None, {})
+    assert cfg.handoff is None  # as each handler declares
+    assert (cfg.first_byte_timeout, cfg.request_timeout, cfg.park_after) == (10, 30, 0.002)
+    assert cfg.max_carry == 16384
+    assert cfg.handoff_for("web") is None
+
+
+def test_ready_work_keys_from_file_and_flags() -> None:
+    values = {
+        "handoff": "immediate",
+        "first_byte_timeout": 0,
+        "request_timeout": 2.5,
+        "park_after": 0,
+        "max_carry": 0,
+        "listeners": {"web": {"handoff": "ready"}, "smtp": {"handler": "a:b"}},
+    }
+    cfg = config.build(values, {"max_carry": "65536", "park_after": "0.01"}, "f.toml")
+    assert (cfg.first_byte_timeout, cfg.request_timeout, cfg.park_after) == (0, 2.5, 0.01)
+    assert cfg.max_carry == 65536
+    # A listener's own handoff wins; the others take the top-level one.
+    assert cfg.handoff_for("web") == "ready"
+    assert cfg.handoff_for("smtp") == "immediate" and cfg.handoff_for("other") == "immediate"
+
+
+def test_max_carry_is_what_one_park_message_can_hold() -> None:
+    assert config.MAX_CARRY == wire.MAX_CARRY
+    assert config.build({"max_carry": wire.MAX_CARRY}, {}, "f.toml").max_carry == wire.MAX_CARRY
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"handoff": "later"}, "handoff: expected one of ready, immediate, got 'later'"),
+        ({"handoff": True}, "handoff: expected one of ready, immediate"),
+        ({"first_byte_timeout": -1}, "first_byte_timeout: expected a number of seconds >= 0"),
+        ({"first_byte_timeout": "10"}, "first_byte_timeout: expected a number of seconds"),
+        ({"request_timeout": float("nan")}, "request_timeout: expected a number of seconds"),
+        ({"request_timeout": False}, "request_timeout: expected a number of seconds"),
+        ({"park_after": -0.001}, "park_after: expected a number of seconds >= 0"),
+        ({"max_carry": -1}, "max_carry: expected bytes from 0 to 65536, got -1"),
+        ({"max_carry": 65537}, "max_carry: expected bytes from 0 to 65536, got 65537"),
+        ({"max_carry": 1.5}, "max_carry: expected bytes from 0 to 65536"),
+        ({"max_carry": True}, "max_carry: expected bytes from 0 to 65536"),
+        ({"listeners": {"web": {"handoff": "soon"}}}, "listeners: web.handoff: expected one of"),
+        ({"listeners": {"web": {"park_after": 1}}}, "listeners: web.park_after: unknown key"),
+    ],
+)
+def test_bad_ready_work_values(values: dict, message: str) -> None:
+    assert_one_line_config_error(values, message)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"handoff": "sometimes"}, "--handoff: expected one of ready, immediate"),
+        ({"max_carry": "lots"}, "--max-carry: expected bytes from 0 to 65536, got 'lots'"),
+        ({"max_carry": "70000"}, "--max-carry: expected bytes from 0 to 65536, got 70000"),
+        ({"first_byte_timeout": "-3"}, "--first-byte-timeout: expected a number of seconds"),
+        ({"park_after": "soon"}, "--park-after: expected a number of seconds >= 0"),
+    ],
+)
+def test_bad_ready_work_flags_name_the_flag(flags: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.build({}, flags, None)
+    assert err.value.message.startswith(message) and "\n" not in err.value.message

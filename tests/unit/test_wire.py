@@ -1,57 +1,96 @@
-"""The handoff wire format, without sockets."""
+"""The handoff wire format, without sockets (but for one check of the receive buffer)."""
 
 from __future__ import annotations
 
+import os
 import select
 
 import pytest
 
-from sockpool import wire
+from sockpool import channel, wire
+from sockpool.hotpath import batches
+
+LONGEST_NAME = "n" * wire.MAX_NAME
+LONGEST_PEER = "/" + "p" * 400  # cut to MAX_PEER on the wire
+
+
+def entry(conn_id: int = 1, listener: str = "web", peer: str = "127.0.0.1:5000", carry=b"", t=0):
+    return (conn_id, listener, peer, carry, t)
 
 
 def test_handoff_round_trip() -> None:
-    entries = [(1, "web", "127.0.0.1:5000"), (2**64 - 1, "admin", "[::1]:6000"), (3, "u", "")]
+    entries = [
+        entry(1, "web", "127.0.0.1:5000"),
+        entry(2**64 - 1, "admin", "[::1]:6000", b"GET / HT", 2**64 - 1),
+        entry(3, "u", "", b"\0" * 100, 12345),
+    ]
     decoded = wire.decode_to_worker(wire.encode_handoff(entries), nfds=3)
-    assert decoded == [wire.Handoff(*e) for e in entries]
+    assert decoded == [wire.Handoff(*e, may_park=True) for e in entries]
+
+
+@pytest.mark.parametrize("may_park", [True, False])
+def test_may_park_flag_round_trips(may_park: bool) -> None:
+    data = wire.encode_handoff([entry(), entry(2, carry=b"x", t=9)], may_park=may_park)
+    decoded = wire.decode_to_worker(data, nfds=2)
+    assert [h.may_park for h in decoded] == [may_park, may_park]
 
 
 def test_peer_that_is_not_utf8_survives() -> None:
     peer = b"/tmp/\xff.sock".decode(errors="surrogateescape")
-    [handoff] = wire.decode_to_worker(wire.encode_handoff([(7, "x", peer)]), nfds=1)
+    [handoff] = wire.decode_to_worker(wire.encode_handoff([entry(7, "x", peer)]), nfds=1)
     assert handoff.peer == peer
 
 
-@pytest.mark.parametrize("cut", [1, 2, 3, 5, 11, 12, 14, 20])
-def test_truncated_handoff_is_refused(cut: int) -> None:
-    data = wire.encode_handoff([(1, "web", "127.0.0.1:5000")])
-    with pytest.raises(wire.WireError):
-        wire.decode_to_worker(data[:cut], nfds=1)
+@pytest.mark.parametrize(
+    "entries",
+    [
+        [entry()],
+        [entry(carry=b"GET / HTTP/1.1\r\nHost: x\r\n", t=77)],
+        [entry(1), entry(2, "admin", "[::1]:1", b"partial", 5), entry(3, carry=b"z")],
+    ],
+    ids=["plain", "carry", "mixed"],
+)
+def test_a_handoff_cut_anywhere_is_refused(entries: list) -> None:
+    """Every proper prefix of a handoff, carries and all, is refused, never misread."""
+    data = wire.encode_handoff(entries)
+    for cut in range(len(data)):
+        with pytest.raises(wire.WireError):
+            wire.decode_to_worker(data[:cut], nfds=len(entries))
 
 
 def test_stray_bytes_are_refused() -> None:
-    data = wire.encode_handoff([(1, "web", "127.0.0.1:5000")])
+    data = wire.encode_handoff([entry(carry=b"abc", t=1)])
     with pytest.raises(wire.WireError, match="stray"):
         wire.decode_to_worker(data + b"x", nfds=1)
 
 
-@pytest.mark.parametrize("nfds", [0, 2, 253])
-def test_descriptor_count_must_match_entries(nfds: int) -> None:
-    data = wire.encode_handoff([(1, "web", "p")])
+@pytest.mark.parametrize(("count", "nfds"), [(1, 0), (1, 2), (1, 253), (3, 2), (3, 4)])
+def test_descriptor_count_must_match_entries(count: int, nfds: int) -> None:
+    data = wire.encode_handoff([entry(i, carry=b"c" * i) for i in range(count)])
     with pytest.raises(wire.WireError, match="carries"):
         wire.decode_to_worker(data, nfds=nfds)
 
 
-def test_too_many_descriptors_for_one_message() -> None:
-    wire.encode_handoff([(i, "l", "p") for i in range(wire.MAX_FDS)])
-    with pytest.raises(wire.WireError, match="at most 253"):
-        wire.encode_handoff([(i, "l", "p") for i in range(wire.MAX_FDS + 1)])
+def test_a_batch_is_at_most_max_batch() -> None:
+    wire.encode_handoff([entry(i) for i in range(wire.MAX_BATCH)])
+    with pytest.raises(wire.WireError, match=f"at most {wire.MAX_BATCH}"):
+        wire.encode_handoff([entry(i) for i in range(wire.MAX_BATCH + 1)])
 
 
 def test_empty_handoff_and_long_names_are_refused() -> None:
     with pytest.raises(wire.WireError):
         wire.encode_handoff([])
     with pytest.raises(wire.WireError, match="255 bytes"):
-        wire.encode_handoff([(1, "n" * 256, "p")])
+        wire.encode_handoff([entry(1, "n" * 256)])
+
+
+def test_a_handoff_over_max_message_is_refused() -> None:
+    """Two full carries in one message: the hot path never builds one (batches() sends a
+    carrying connection alone), and the encoder refuses it rather than send what the
+    worker's receive buffer would truncate."""
+    full = b"c" * wire.MAX_CARRY
+    with pytest.raises(wire.WireError, match=f"at most {wire.MAX_MESSAGE}"):
+        wire.encode_handoff([entry(1, carry=full), entry(2, carry=full)])
 
 
 def test_stop() -> None:
@@ -60,7 +99,7 @@ def test_stop() -> None:
         wire.decode_to_worker(wire.encode_stop(), nfds=1)
 
 
-@pytest.mark.parametrize("data", [b"", b"Z", b"Xabc", b"\x00"])
+@pytest.mark.parametrize("data", [b"", b"Z", b"Xabc", b"\x00", b"H", b"H\x01"])
 def test_unknown_messages_to_a_worker(data: bytes) -> None:
     with pytest.raises(wire.WireError):
         wire.decode_to_worker(data, nfds=0)
@@ -70,6 +109,54 @@ def test_worker_messages_round_trip() -> None:
     assert wire.decode_to_dispatcher(wire.encode_ready(100)) == wire.Ready(100)
     assert wire.decode_to_dispatcher(wire.encode_failed("no module")) == wire.Failed("no module")
     assert wire.decode_to_dispatcher(wire.encode_beat()) == wire.Beat()
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        set(),
+        {"web"},
+        {"web", "admin", "/run/x.sock", LONGEST_NAME},
+        {b"/run/\xff.sock".decode(errors="surrogateescape")},
+    ],
+)
+def test_ready_names_the_listeners_whose_clients_speak_first(names: set[str]) -> None:
+    ready = wire.decode_to_dispatcher(wire.encode_ready(7, names))
+    assert ready == wire.Ready(7, frozenset(names))
+
+
+@pytest.mark.parametrize("carry", [b"", b"GET / HTTP/1.1\r\n", b"\0" * wire.MAX_CARRY])
+def test_park_round_trip(carry: bytes) -> None:
+    data = wire.encode_park(2**64 - 1, 123456789, carry)
+    assert wire.decode_to_dispatcher(data, nfds=1) == wire.Park(2**64 - 1, 123456789, carry)
+
+
+@pytest.mark.parametrize("nfds", [0, 2, 253])
+def test_park_needs_exactly_one_descriptor(nfds: int) -> None:
+    with pytest.raises(wire.WireError, match="descriptors"):
+        wire.decode_to_dispatcher(wire.encode_park(1, 0, b"x"), nfds=nfds)
+
+
+@pytest.mark.parametrize(
+    "data", [wire.encode_ready(1, {"web"}), wire.encode_failed("x"), wire.encode_beat()]
+)
+def test_other_worker_messages_never_carry_a_descriptor(data: bytes) -> None:
+    with pytest.raises(wire.WireError, match="1 descriptors"):
+        wire.decode_to_dispatcher(data, nfds=1)
+
+
+def test_oversize_carries_are_refused_both_ways() -> None:
+    with pytest.raises(wire.WireError, match=f"at most {wire.MAX_CARRY}"):
+        wire.encode_park(1, 0, b"x" * (wire.MAX_CARRY + 1))
+    forged = wire.encode_park(1, 0, b"x" * wire.MAX_CARRY) + b"x"
+    with pytest.raises(wire.WireError, match=f"at most {wire.MAX_CARRY}"):
+        wire.decode_to_dispatcher(forged, nfds=1)
+
+
+@pytest.mark.parametrize("cut", range(1, 17))
+def test_a_park_cut_short_is_refused(cut: int) -> None:
+    with pytest.raises(wire.WireError, match="malformed"):
+        wire.decode_to_dispatcher(wire.encode_park(5, 6, b"")[:cut], nfds=1)
 
 
 @pytest.mark.parametrize(
@@ -101,14 +188,49 @@ def test_partial_done_record_is_refused() -> None:
         list(wire.decode_done(wire.encode_done(1, [5])[0][:-1]))
 
 
+def longest(conn_id: int, carry: bytes = b"") -> tuple:
+    return (conn_id, -1, LONGEST_NAME, LONGEST_PEER, carry, 2**64 - 1)
+
+
 def test_the_largest_handoff_fits_the_receive_buffer() -> None:
-    """253 connections of a 255-byte listener with long peers: encoding cannot fail on size,
-    and the receive buffer stays below glibc's 128 KiB mmap threshold."""
-    peer = "/" + "p" * 400
-    data = wire.encode_handoff([(2**64 - 1, "n" * wire.MAX_NAME, peer)] * wire.MAX_FDS)
+    """A full batch with the longest names and peers, one of them carrying MAX_CARRY bytes,
+    is MAX_MESSAGE exactly, and MAX_MESSAGE stays below glibc's 128 KiB mmap threshold."""
+    entries = [entry(2**64 - 1, LONGEST_NAME, LONGEST_PEER, t=2**64 - 1)] * wire.MAX_BATCH
+    entries[-1] = entry(2**64 - 1, LONGEST_NAME, LONGEST_PEER, b"c" * wire.MAX_CARRY, 2**64 - 1)
+    data = wire.encode_handoff(entries)
     assert len(data) == wire.MAX_MESSAGE < 128 * 1024 - 64
-    decoded = wire.decode_to_worker(data, nfds=wire.MAX_FDS)
-    assert decoded[0].peer == peer[: wire.MAX_PEER]
+    decoded = wire.decode_to_worker(data, nfds=wire.MAX_BATCH)
+    assert decoded[0].peer == LONGEST_PEER[: wire.MAX_PEER]
+    assert decoded[-1].carry == b"c" * wire.MAX_CARRY
+
+
+def test_every_message_the_hot_path_builds_fits() -> None:
+    """What batches() makes of any mix, with the longest names, peers and carries, encodes
+    (never over MAX_MESSAGE), and a PARK with the largest carry fits too."""
+    items = [longest(i, b"c" * wire.MAX_CARRY if i % 3 == 0 else b"") for i in range(200)]
+    for batch in batches(items):
+        entries = [(cid, name, peer, carry, t) for cid, _, name, peer, carry, t in batch]
+        assert len(wire.encode_handoff(entries)) <= wire.MAX_MESSAGE
+    assert len(wire.encode_park(1, 1, b"c" * wire.MAX_CARRY)) <= wire.MAX_MESSAGE
+
+
+def test_the_largest_handoff_passes_a_real_channel() -> None:
+    """The kernel takes a MAX_MESSAGE datagram with MAX_BATCH descriptors whole, and the
+    receiver's buffer reads it without truncation."""
+    entries = [entry(i, LONGEST_NAME, LONGEST_PEER) for i in range(wire.MAX_BATCH)]
+    entries[0] = entry(0, LONGEST_NAME, LONGEST_PEER, b"c" * wire.MAX_CARRY)
+    data = wire.encode_handoff(entries)
+    a, b = channel.pair()
+    r, w = os.pipe()
+    try:
+        channel.send(a, data, [r] * wire.MAX_BATCH)
+        got, fds = channel.receive(b)
+        channel.close_all(fds)
+    finally:
+        channel.close_all([r, w])
+        a.close()
+        b.close()
+    assert got == data and len(fds) == wire.MAX_BATCH
 
 
 UNDECODABLE = b"/tmp/\xff\xfe".decode(errors="surrogateescape")  # as Python gives such paths
@@ -124,11 +246,11 @@ UNDECODABLE = b"/tmp/\xff\xfe".decode(errors="surrogateescape")  # as Python giv
     ],
 )
 def test_no_peer_makes_encoding_raise(peer: str, received: str) -> None:
-    [handoff] = wire.decode_to_worker(wire.encode_handoff([(1, "web", peer)]), nfds=1)
+    [handoff] = wire.decode_to_worker(wire.encode_handoff([entry(1, "web", peer)]), nfds=1)
     assert (handoff.listener, handoff.peer) == ("web", received)
 
 
 def test_listener_name_with_undecodable_bytes_round_trips() -> None:
     name = b"/run/\xff.sock".decode(errors="surrogateescape")
-    [handoff] = wire.decode_to_worker(wire.encode_handoff([(1, name, "unix")]), nfds=1)
+    [handoff] = wire.decode_to_worker(wire.encode_handoff([entry(1, name, "unix")]), nfds=1)
     assert handoff.listener == name
