@@ -58,7 +58,7 @@ class Config:
     max_connections_per_source: int = 0  # in flight from one IP address
     overload_reply: str = ""  # one line sent to a refused connection before it is closed
     start_timeout: float = 30.0  # seconds from fork to READY before a start counts as failed
-    # Ready-work dispatch (park.py, parking.py).
+    # Ready-work dispatch (giveback.py, parking.py).
     handoff: str | None = None  # "ready" or "immediate"; None: as each handler declares
     first_byte_timeout: float = 10.0  # a new connection silent this long is closed
     request_timeout: float = 30.0  # a request not read whole this long after it began

@@ -10,7 +10,7 @@ import asyncio
 import socket
 
 from .connection import ConnectionInfo, current_connection
-from .park import client_speaks_first, read, receive
+from .giveback import client_speaks_first, read, receive
 
 CHUNK = 65536
 MAX_HEAD = 16384

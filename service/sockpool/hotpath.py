@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import channel, log, park, wire
+from . import channel, giveback, log, wire
 from .admission import Admission
 from .config import Config
 from .events import Event
@@ -33,6 +33,7 @@ ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot sta
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
+_LOGGED_CLOSES = {"first-byte", "idle", "request", "too-large"}
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -77,7 +78,7 @@ class HotPath:
         self.deferred: set[Listener] = set()  # new connections wait for data (dispatcher sets)
         self.admission = admission
         self.parking = Parking(admission.release)
-        self.waiting = park.share_waiting()  # workers read it: see park.py
+        self.waiting = giveback.share_waiting()  # workers read it: see giveback.py
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
@@ -245,10 +246,10 @@ class HotPath:
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
         if len(msg.carry) > self.max_carry:
             self.parking.drop(item, "too-large")
-        elif self.stopping and not msg.carry:
+        elif self.stopping and not msg.carry and not waiting_bytes(fd):
             self.parking.drop(item, "stopping")
-        else:
-            kind = REQUEST if msg.carry else IDLE
+        else:  # a request begun, or (stopping) one that arrived already: in flight
+            kind = REQUEST if msg.carry or self.stopping else IDLE
             self.parking.hold(item, kind, deadline_for(kind, now, msg.started, self.timeouts))
         return due
 
@@ -335,9 +336,12 @@ class HotPath:
 
     def log_closed(self, now: float) -> None:
         """What the dispatcher closed while it held it, by why: at most every
-        REFUSED_LOG_INTERVAL, as refusals."""
+        REFUSED_LOG_INTERVAL, as refusals. Not the clients that closed their own keep-alive
+        connections, nor those closed by a stop, which says so itself: those are normal."""
         closed = self.parking.closed
-        fresh = {why: n - self.closed_logged[why] for why, n in closed.items()}
+        fresh = {
+            why: n - self.closed_logged[why] for why, n in closed.items() if why in _LOGGED_CLOSES
+        }
         fresh = {why: n for why, n in fresh.items() if n}
         if fresh and now >= self.next_closed_log:
             self.next_closed_log = now + REFUSED_LOG_INTERVAL

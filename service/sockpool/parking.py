@@ -2,7 +2,7 @@
 
 Two kinds wait here. New connections on a listener whose handler waits for the client to
 speak first (a user-space TCP_DEFER_ACCEPT, which Linux only half honours), and connections
-a worker gave back between requests or in the middle of one (park.py). Each is watched on
+a worker gave back between requests or in the middle of one (giveback.py). Each is watched on
 an epoll of its own, which the main loop watches as one descriptor, so ten thousand idle
 connections cost the loop nothing until one of them speaks. A readable one goes back to the
 hot path's queue with its carried bytes and its connection id; the rest are closed at their
@@ -66,13 +66,15 @@ class Parking:
         except OSError:  # the peer is long gone (or the descriptor is bad): let it go
             self.drop(item, "peer-closed")
             return
-        self.held[fd] = (item, kind, deadline)
-        self.in_flight += kind != IDLE
         if deadline < _NEVER:
             if len(self.deadlines) > 2 * len(self.held) + 1024:  # mostly stale: rebuild
-                self.deadlines = [(d, i[0], f) for f, (i, _, d) in self.held.items() if d < _NEVER]
+                # in place: the dispatcher's loop holds this very list
+                held = self.held.items()
+                self.deadlines[:] = [(d, i[0], f) for f, (i, _, d) in held if d < _NEVER]
                 heapq.heapify(self.deadlines)
             heapq.heappush(self.deadlines, (deadline, item[0], fd))
+        self.held[fd] = (item, kind, deadline)
+        self.in_flight += kind != IDLE
 
     def ready(self) -> list[Pending]:
         """The held connections that became readable: no longer watched, in the order they
@@ -110,8 +112,11 @@ class Parking:
         return _NEVER
 
     def close_idle(self) -> int:
-        """On stop: close every connection with no request in flight; returns how many."""
-        idle = [fd for fd, (_, kind, _) in self.held.items() if kind == IDLE]
+        """On stop: close every connection with no request in flight; returns how many. One
+        whose client just sent a request is left to ready(): that request is work to serve."""
+        idle = [
+            fd for fd, (_, kind, _) in self.held.items() if kind == IDLE and not waiting_bytes(fd)
+        ]
         for fd in idle:
             entry = self._release(fd)
             if entry:

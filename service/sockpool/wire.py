@@ -53,7 +53,7 @@ _PARK = struct.Struct("!QQ")
 _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # The receive buffer holds the largest message there can be: a full batch with the longest
 # names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
-# carrying connection per message). 98,755 bytes: under glibc's 128 KiB mmap threshold,
+# carrying connection per message). 98,692 bytes: under glibc's 128 KiB mmap threshold,
 # past which every receive's buffer would cost an mmap (~5x).
 MAX_MESSAGE = 1 + _HEAD.size + MAX_BATCH * _ENTRY_MAX + MAX_CARRY
 _READY = struct.Struct("!I")

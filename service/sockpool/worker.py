@@ -20,7 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, NoReturn
 
-from . import channel, health, log, notify, park, wire
+from . import channel, giveback, health, log, notify, wire
 from .connection import ConnectionInfo, describe, set_current
 from .events import Event
 from .importing import HandlerError, is_async, load_handler
@@ -96,16 +96,18 @@ class _Base:
         self.handlers = handlers
         self.spec = spec
         self.stopping = False
-        park._send, park._park_after = self.give_back, spec.park_after
+        giveback._send, giveback._park_after = self.give_back, spec.park_after
 
     def ready(self, capacity: int) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:
         the dispatcher holds their new connections until they have data."""
-        first = {name for name in self.spec.handlers if park.speaks_first(self.handler_for(name))}
+        first = {
+            name for name in self.spec.handlers if giveback.speaks_first(self.handler_for(name))
+        }
         channel.send(self.chan, wire.encode_ready(capacity, first))
 
     def give_back(self, fd: int, conn_id: int, started: int, carry: bytes) -> None:
-        """PARK: the connection goes back to the dispatcher (park.py)."""
+        """PARK: the connection goes back to the dispatcher (giveback.py)."""
         channel.send(self.chan, wire.encode_park(conn_id, started, carry), [fd])
 
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
@@ -150,7 +152,7 @@ class _Base:
         try:
             sock.settimeout(self.spec.idle_timeout)  # a silent peer cannot pin the worker
             handler(sock, info)
-        except park.Parked:
+        except giveback.Parked:
             pass
         except (ConnectionError, TimeoutError) as exc:
             log.log.debug("connection ended: %s", exc)
@@ -286,7 +288,7 @@ class AsyncWorker(_Base):
                 if info.carried:  # what was read before it parked comes first
                     reader.feed_data(info.carried)
                 await handler(reader, writer)
-        except park.Parked:
+        except giveback.Parked:
             pass
         except (ConnectionError, TimeoutError) as exc:
             if limit.expired():

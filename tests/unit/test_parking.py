@@ -267,13 +267,6 @@ def test_close_all_closes_every_held_connection(held: Held) -> None:
     assert (len(held.parking), held.parking.in_flight) == (0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="dispatcher.py keeps `deadlines = hot.parking.deadlines` for its per-turn check, "
-    "but Parking.hold() rebinds self.deadlines when it rebuilds the heap: the loop then "
-    "watches a dead list, skips expire() and polls with timeout 0 until that list's "
-    "first (stale) deadline passes",
-)
 def test_the_heap_the_loop_watches_is_the_one_kept_after_a_rebuild(held: Held) -> None:
     watched = held.parking.deadlines  # what dispatcher.py tests each turn: `deadlines[0][0]`
     busy = held.connect(1)

@@ -181,7 +181,10 @@ async def read(
             raise Parked from None
         data = await reader.read(CHUNK)
     if data:
+        # The first read of a handoff returns the carried bytes the worker fed the reader:
+        # their request began when the handoff says, not now.
+        carried = info.carried and not info.has_read
         info.has_read = True
-        if not carry:
+        if not carry and not carried:
             info.request_started = time.monotonic_ns()
     return data

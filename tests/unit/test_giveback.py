@@ -1,4 +1,4 @@
-"""Giving a connection back (park.py) over a real channel, as a worker does it, and the
+"""Giving a connection back (giveback.py) over a real channel, as a worker does it, and the
 built-in HTTP handler's request framing (handlers.next_request)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from sockpool import channel, config, handlers, park, wire, worker
+from sockpool import channel, config, giveback, handlers, wire, worker
 from sockpool.connection import ConnectionInfo, current_connection, set_current
 from sockpool.spec import WorkerSpec
 
@@ -72,8 +72,8 @@ class Worker:
 
 @pytest.fixture
 def make_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worker]]:
-    monkeypatch.setattr(park, "_send", None)  # restored after the test: worker._Base sets it
-    monkeypatch.setattr(park, "_park_after", 0.0)
+    monkeypatch.setattr(giveback, "_send", None)  # restored after the test: worker._Base sets it
+    monkeypatch.setattr(giveback, "_park_after", 0.0)
     made: list[Worker] = []
 
     def make(park_after: float = 0.0, handler: Callable = handlers.echo) -> Worker:
@@ -112,7 +112,7 @@ def test_receive_returns_what_has_come(make_worker) -> None:
     info = w.info()
     w.client.sendall(b"hello")
     before = time.monotonic_ns()
-    assert serving(info, park.receive, w.conn) == b"hello"
+    assert serving(info, giveback.receive, w.conn) == b"hello"
     assert not info.parked and w.nothing_parked()
     assert info.request_started >= before  # a request began with those bytes
 
@@ -120,8 +120,8 @@ def test_receive_returns_what_has_come(make_worker) -> None:
 def test_receive_between_requests_parks_when_nothing_comes(make_worker) -> None:
     w = make_worker(park_after=0.001)
     info = w.info(conn_id=2**64 - 1)
-    with pytest.raises(park.Parked):
-        serving(info, park.receive, w.conn)
+    with pytest.raises(giveback.Parked):
+        serving(info, giveback.receive, w.conn)
     assert info.parked
     message, fd = w.parked()
     assert message == wire.Park(2**64 - 1, 0, b"")  # nothing begun: no request clock
@@ -129,7 +129,7 @@ def test_receive_between_requests_parks_when_nothing_comes(make_worker) -> None:
     w.client.sendall(b"next request")
     assert os.read(fd, 100) == b"next request"
     # Parked once: it cannot be parked again, nor read as if still ours.
-    assert serving(info, park.park, w.conn) is False
+    assert serving(info, giveback.park, w.conn) is False
 
 
 @pytest.mark.skipif(platform.machine() not in _POLL_SYSCALLS, reason="syscall numbers unknown")
@@ -151,7 +151,7 @@ def test_receive_between_requests_waits_park_after_for_the_peer(make_worker) -> 
     sender.start()
     info = w.info()
     try:
-        assert serving(info, park.receive, w.conn) == b"came while waiting"
+        assert serving(info, giveback.receive, w.conn) == b"came while waiting"
     finally:
         sender.join()
     assert not info.parked and w.nothing_parked()
@@ -176,8 +176,8 @@ def test_receive_mid_request_parks_at_once_with_the_request_so_far(
     rescuer.start()
     before = time.monotonic_ns()
     try:
-        with pytest.raises(park.Parked):
-            serving(info, park.receive, w.conn, b"GET / HTTP/1.1\r\nHo")
+        with pytest.raises(giveback.Parked):
+            serving(info, giveback.receive, w.conn, b"GET / HTTP/1.1\r\nHo")
     finally:
         rescuer.join()
     message, _ = w.parked()
@@ -194,19 +194,19 @@ def test_receive_without_may_park_just_receives(make_worker) -> None:
     w = make_worker(park_after=0.0)
     info = w.info(may_park=False)
     w.client.sendall(b"data")
-    assert serving(info, park.receive, w.conn) == b"data"
+    assert serving(info, giveback.receive, w.conn) == b"data"
     w.conn.settimeout(0.05)
     with pytest.raises(TimeoutError):
-        serving(info, park.receive, w.conn, b"partial")
+        serving(info, giveback.receive, w.conn, b"partial")
     assert not info.parked and w.nothing_parked()
-    assert serving(info, park.park, w.conn) is False
+    assert serving(info, giveback.park, w.conn) is False
 
 
 def test_receive_at_end_of_stream(make_worker) -> None:
     w = make_worker(park_after=0.0)
     w.client.shutdown(socket.SHUT_WR)
     info = w.info()
-    assert serving(info, park.receive, w.conn) == b""
+    assert serving(info, giveback.receive, w.conn) == b""
     assert not info.parked and w.nothing_parked()
 
 
@@ -214,16 +214,18 @@ def test_receive_at_end_of_stream(make_worker) -> None:
 def test_park_outside_a_worker_is_refused() -> None:
     client, conn = socket.socketpair()
     with client, conn:
-        assert current_connection() is None and park.park(conn, b"x") is False
+        assert current_connection() is None and giveback.park(conn, b"x") is False
         # A connection described as parkable, but no worker to send it: still refused.
-        assert serving(ConnectionInfo(1, "web", "peer", may_park=True), park.park, conn) is False
+        assert (
+            serving(ConnectionInfo(1, "web", "peer", may_park=True), giveback.park, conn) is False
+        )
 
 
 def test_park_gives_the_connection_back_with_its_carry(make_worker) -> None:
     w = make_worker()
     info = w.info(conn_id=7)
     info.request_started = 99
-    assert serving(info, park.park, w.conn, b"POST /x HTTP/1.1\r\n") is True
+    assert serving(info, giveback.park, w.conn, b"POST /x HTTP/1.1\r\n") is True
     assert info.parked
     message, fd = w.parked()
     assert message == wire.Park(7, 99, b"POST /x HTTP/1.1\r\n")
@@ -234,7 +236,7 @@ def test_park_gives_the_connection_back_with_its_carry(make_worker) -> None:
 def test_a_carry_over_the_wire_limit_is_kept_not_parked(make_worker) -> None:
     w = make_worker()
     info = w.info()
-    assert serving(info, park.park, w.conn, b"x" * (wire.MAX_CARRY + 1)) is False
+    assert serving(info, giveback.park, w.conn, b"x" * (wire.MAX_CARRY + 1)) is False
     assert not info.parked and w.nothing_parked()
 
 
@@ -242,7 +244,7 @@ def test_park_with_the_dispatcher_gone_keeps_the_connection(make_worker) -> None
     w = make_worker()
     w.dispatcher.close()
     info = w.info()
-    assert serving(info, park.park, w.conn) is False
+    assert serving(info, giveback.park, w.conn) is False
     assert not info.parked
 
 
@@ -258,7 +260,7 @@ def test_park_async_sends_what_was_written_then_parks_with_what_was_buffered(
         reader, writer = await asyncio.open_connection(sock=w.conn.dup())
         reader.feed_data(b" the next request, pipelined")
         writer.write(b"the response")
-        return await park.park_async(reader, writer, b"carried:")
+        return await giveback.park_async(reader, writer, b"carried:")
 
     assert contextvars.copy_context().run(asyncio.run, handler()) is True
     assert info.parked
@@ -276,9 +278,9 @@ def test_read_parks_an_idle_async_connection(make_worker) -> None:
     async def handler() -> bytes:
         set_current(info)
         reader, writer = await asyncio.open_connection(sock=w.conn.dup())
-        return await park.read(reader, writer)
+        return await giveback.read(reader, writer)
 
-    with pytest.raises(park.Parked):
+    with pytest.raises(giveback.Parked):
         contextvars.copy_context().run(asyncio.run, handler())
     message, _ = w.parked()
     assert message == wire.Park(42, 0, b"")
@@ -299,7 +301,7 @@ def test_ready_names_the_listeners_whose_handler_waits_for_the_client(make_worke
 
 def test_the_built_in_handlers_declare_that_their_clients_speak_first() -> None:
     for name in ("echo", "echo_async", "http_hello", "http_hello_async"):
-        assert park.speaks_first(getattr(handlers, name)), name
+        assert giveback.speaks_first(getattr(handlers, name)), name
 
 
 # -- handlers.next_request -------------------------------------------------------------------
@@ -367,15 +369,7 @@ def run_handed_over(w: Worker, handler: Callable, info: ConnectionInfo) -> None:
     "handler",
     [
         handlers.http_hello,
-        pytest.param(
-            handlers.http_hello_async,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="http_hello_async starts with buf=b'' and reads the carried bytes "
-                "back through read(carry=b''), which restarts info.request_started: a "
-                "slow client's request clock restarts at every handover",
-            ),
-        ),
+        handlers.http_hello_async,
     ],
 )
 def test_a_slow_request_handed_over_again_keeps_its_start(make_worker, handler) -> None:
@@ -386,19 +380,14 @@ def test_a_slow_request_handed_over_again_keeps_its_start(make_worker, handler) 
     info = ConnectionInfo(9, "web", "peer", carried=b"GET / HT", request_started=started)
     info.may_park = True
     w.client.sendall(b"T")  # the byte that woke it in the dispatcher
-    with pytest.raises(park.Parked):
+    with pytest.raises(giveback.Parked):
         contextvars.copy_context().run(run_handed_over, w, handler, info)
     message, _ = w.parked()
     assert message == wire.Park(9, started, b"GET / HTT")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="park.py's docstring shows @sockpool.client_speaks_first and sockpool.receive, "
-    "but sockpool/__init__.py exports only ConnectionInfo and current_connection",
-)
-def test_the_handler_api_is_importable_as_park_py_shows_it() -> None:
+def test_the_handler_api_is_importable_from_sockpool() -> None:
     import sockpool
 
     for name in ("client_speaks_first", "park", "receive", "park_async", "read", "Parked"):
-        assert getattr(sockpool, name) is getattr(park, name)
+        assert getattr(sockpool, name) is getattr(giveback, name)
