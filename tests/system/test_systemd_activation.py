@@ -42,7 +42,9 @@ def test_status_shows_live_status_and_workers(echo: Unit) -> None:
     for n in range(5):
         assert request(ECHO, b"%d\n" % n) == b"%d\n" % n
     main_pid, workers = echo.wait_running(), echo.workers()
-    status_line = re.compile(r'Status: "workers (\d+)/(\d+), busy \d+, served (\d+), refused \d+"')
+    status_line = re.compile(
+        r'Status: "workers (\d+)/(\d+), busy \d+, parked \d+, served (\d+), refused \d+"'
+    )
 
     def status() -> str | None:
         """The output once STATUS= (sent at most once a second) counts our connections."""

@@ -18,6 +18,9 @@ pytestmark = pytest.mark.system
 
 ECHO = ("127.0.0.1", ECHO_PORT)
 WATCHDOG = ("127.0.0.1", 7110)
+IN_FLIGHT = ("127.0.0.1", 7111)
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+HTTP_OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n\r\nhello\n"
 UNIT_SUCCESS = "7ad2d189f7e94e70a38c781354912448"  # systemd's "Deactivated successfully."
 
 
@@ -28,12 +31,14 @@ def _serving(echo: Unit) -> tuple[int, str]:
     return echo.wait_running(), echo.prop("InvocationID")
 
 
-def _across(echo: Unit, operation: Callable[[], None]) -> int:
+def _across(echo: Unit, operation: Callable[[], None], keeps_idle: bool) -> int:
     """Run operation under load with connections in flight; return the MainPID after it.
 
-    One connection is in flight before the operation, one arrives during it (while the old
-    dispatcher drains). Fails if either is cut or left unanswered, or if any client of the
-    load is refused, reset or answered wrongly.
+    One connection answered before the operation then sits idle, waiting in the dispatcher;
+    one arrives during the operation (while the old dispatcher drains). A reload keeps the
+    idle one (the new generation answers it); a stop closes it cleanly, with no data lost.
+    Fails if any is cut or left unanswered, or if any client of the load is refused, reset
+    or answered wrongly.
     """
     with steady_load(ECHO) as load:
         load.progress()
@@ -42,8 +47,9 @@ def _across(echo: Unit, operation: Callable[[], None]) -> int:
         operation()
         late = Held(ECHO)
         late.send(b"late\n")
-        assert held.echo(b"during\n") == b"during\n"
-        assert held.finish() == b""
+        if keeps_idle:
+            assert held.echo(b"during\n") == b"during\n"
+        assert held.finish() == b""  # an orderly close (a reset would raise)
         assert late.receive(5) == b"late\n"
         assert late.finish() == b""
         pid = echo.wait_running()
@@ -66,7 +72,7 @@ def _stopping(echo: Unit, verb: str) -> Callable[[], None]:
 def test_reload_under_load(echo: Unit) -> None:
     before, invocation = _serving(echo)
 
-    after = _across(echo, lambda: echo.machine.systemctl("reload", echo.service))
+    after = _across(echo, lambda: echo.machine.systemctl("reload", echo.service), True)
 
     assert after == before, "a reload keeps the dispatcher"
 
@@ -84,7 +90,7 @@ def test_restart_and_stop_under_load(echo: Unit, verb: str) -> None:
     """Both drain what is in flight; after a stop, the waiting clients start it again."""
     before, invocation = _serving(echo)
 
-    after = _across(echo, _stopping(echo, verb))
+    after = _across(echo, _stopping(echo, verb), False)
 
     assert after != before
     stopped = journal(echo.machine, f"MESSAGE_ID={UNIT_SUCCESS}", f"INVOCATION_ID={invocation}")
@@ -93,17 +99,28 @@ def test_restart_and_stop_under_load(echo: Unit, verb: str) -> None:
     assert len(stopping) == 1
 
 
-def test_stop_waits_for_connections_in_flight(echo: Unit) -> None:
-    """Without new clients, a stop ends once the last connection in flight is done."""
-    echo.start_socket()
-    held = Held(ECHO)
-    assert held.echo(b"before\n") == b"before\n"
-    _stopping(echo, "stop")()
-    assert held.echo(b"during\n") == b"during\n"
-    assert held.finish() == b""
-    echo.wait_state("inactive")
-    assert echo.prop("Result") == "success"
-    assert echo.machine.show(echo.socket, "ActiveState") == "active", "still listening"
+def test_stop_waits_for_the_request_in_flight(instance: MakeInstance) -> None:
+    """Without new clients, a stop closes the idle connections at once and ends once the
+    request in flight is answered: here one whose client sent half of it, then the rest."""
+    unit = instance(
+        "inflight",
+        'handler = "sockpool.handlers:http_hello"\nworkers = 1\n',
+        socket=f"[Socket]\nListenStream=\nListenStream={IN_FLIGHT[0]}:{IN_FLIGHT[1]}\n",
+    )
+    unit.start_socket()
+    idle, half = Held(IN_FLIGHT), Held(IN_FLIGHT)
+    idle.send(HTTP_GET)
+    assert idle.receive(len(HTTP_OK)) == HTTP_OK
+    half.send(HTTP_GET[:10])
+    wait_until(lambda: "parked 2," in unit.prop("StatusText"), "both connections parked")
+    _stopping(unit, "stop")()
+    assert idle.receive(1) == b""  # closed at once, cleanly
+    half.send(HTTP_GET[10:])
+    assert half.receive(len(HTTP_OK)) == HTTP_OK
+    assert half.finish() == b""
+    unit.wait_state("inactive")
+    assert unit.prop("Result") == "success"
+    assert unit.machine.show(unit.socket, "ActiveState") == "active", "still listening"
 
 
 def test_watchdog_restarts_a_frozen_dispatcher(instance: MakeInstance) -> None:
