@@ -105,19 +105,29 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
     if not _parkable(info):
         return conn.recv(size)
     assert info is not None
-    if not carry and info.has_read and _others_waiting() and _give_back(info, conn.fileno(), b""):
-        raise Parked  # its turn is over: it queues again behind those waiting
+    waited = False
+    if not carry and info.has_read:  # between requests: the next is rarely here yet, so wait
+        if _others_waiting() or not _readable(conn, _park_after):
+            return _park_or_recv(conn, info, b"", size)  # its turn is over, or it is idle
+        waited = True
     try:
         data = _recv_now(conn, size)
     except BlockingIOError:
-        if (carry or not _readable(conn, _park_after)) and _give_back(info, conn.fileno(), carry):
-            raise Parked from None
-        data = conn.recv(size)
+        if carry or waited or not _readable(conn, _park_after):
+            return _park_or_recv(conn, info, carry, size)
+        data = _recv_now(conn, size)
     if data:
         info.has_read = True
         if not carry:
             info.request_started = time.monotonic_ns()  # the first bytes of a new request
     return data
+
+
+def _park_or_recv(conn: socket.socket, info: ConnectionInfo, carry: bytes, size: int) -> bytes:
+    """Park (raising Parked), or where that fails, wait for the peer as recv() does."""
+    if _give_back(info, conn.fileno(), carry):
+        raise Parked
+    return conn.recv(size)
 
 
 def _recv_now(conn: socket.socket, size: int) -> bytes:
