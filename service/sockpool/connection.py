@@ -22,12 +22,13 @@ class ConnectionInfo:
     idle_timeout: float | None = None  # seconds a built-in handler waits for the peer
     carried: bytes = b""  # what was read of the next request before the connection parked
     # Mutable, sockpool's own: when the request in progress began (time.monotonic_ns(); 0
-    # for none), whether this connection may be parked, whether it was, and whether this
-    # worker has read anything from it yet (it takes its turn before it yields it).
+    # for none), whether this connection may be parked, whether it was, whether this worker
+    # has read anything from it yet (it takes its turn before it yields it), and when.
     request_started: int = 0
     may_park: bool = False
     parked: bool = False
     has_read: bool = False
+    turn_began: int = 0
 
 
 def describe(

@@ -170,13 +170,13 @@ class HotPath:
                     continue
                 item = (self.next_id, fd, name, format_peer(addr), b"", 0)
                 allowed -= 1
+                fd_room -= 1
                 if hold and not waiting_bytes(fd):
                     parking.hold(item, FIRST_BYTE, first_byte)  # nothing to do yet
-                    fd_room -= 1
-                    hold = fd_room > 0
-                    continue
-                pending.append(item)
-                room -= 1
+                else:
+                    pending.append(item)
+                    room -= 1
+                hold = hold and fd_room > 0
         if room <= 0 and now >= self.next_busy_log and self.backlogged and self.busy():
             self._log_busy(now)
 
