@@ -35,6 +35,7 @@ BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
 _LOGGED_CLOSES = {"first-byte", "idle", "request", "too-large"}
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
+STOP_FIRST_BYTE = 1.0  # seconds: a stop's first_byte_timeout (see stop_accepting)
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -280,11 +281,17 @@ class HotPath:
         return sum(len(p.w.handed) for p in self.workers.values())
 
     def stop_accepting(self) -> None:
-        """On stop: no new connections, and the held ones with no request close now."""
+        """On stop: no new connections, and the held ones with no request close now. A new
+        one still silent gets STOP_FIRST_BYTE from its accept: a client that connected a
+        moment ago is about to send its request, one silent for long (a browser's
+        preconnect) would only hold up the stop."""
         self.accepting = False
         self.stopping = True
         self.backlogged.clear()
         self.parking.close_idle()
+        first_byte = self.timeouts[0]
+        if first_byte > STOP_FIRST_BYTE:
+            self.parking.hurry(FIRST_BYTE, first_byte - STOP_FIRST_BYTE)
 
     def held_fds(self) -> list[int]:
         return [item[1] for item in self.pending] + self.parking.fds()

@@ -123,6 +123,13 @@ class Parking:
                 self.drop(entry[0], "stopping")
         return len(idle)
 
+    def hurry(self, kind: str, by: float) -> None:
+        """Bring the deadlines of every held connection of `kind` forward by `by` seconds."""
+        for fd, (item, held_kind, deadline) in list(self.held.items()):
+            if held_kind == kind and deadline < _NEVER:
+                self.held[fd] = (item, kind, deadline - by)
+                heapq.heappush(self.deadlines, (deadline - by, item[0], fd))
+
     def fds(self) -> list[int]:
         return list(self.held)
 
