@@ -16,6 +16,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from apps import BIG
 from harness import Address, connect, free_port, request, wait_until
 
@@ -30,30 +32,37 @@ def tcp() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-def figures(service) -> tuple[int, int]:
-    """(connections in workers' hands, connections held by the dispatcher) of the latest
-    STATUS= (sent when it changes, at most once a second)."""
-    for status in reversed(service.statuses()):
-        if m := FIGURES.search(status):
-            return int(m[1]), int(m[2])
-    return -1, -1
+def settle(service, busy: int, parked: int, since: int = 0) -> None:
+    """Wait for a STATUS= with these figures, among those sent after the first `since`
+    (mark(): a status from before an action would say nothing about it)."""
 
+    def latest() -> tuple[int, int]:
+        for status in reversed(service.statuses()[since:]):
+            if m := FIGURES.search(status):
+                return int(m[1]), int(m[2])
+        return -1, -1
 
-def settle(service, busy: int, parked: int) -> None:
     wait_until(
-        lambda: figures(service) == (busy, parked),
+        lambda: latest() == (busy, parked),
         f"STATUS busy {busy}, parked {parked} (last: {service.statuses()[-1:]})",
     )
 
 
-def closed(service, reason: str) -> int:
-    """Connections the dispatcher says it closed for `reason` (its rate-limited log line
-    "closed N connections waiting in the dispatcher: 2 first-byte, 1 peer-closed (...)")."""
+def mark(service) -> int:
+    """Where the statuses to come start. Each park or completion changes `served`, so a
+    connection that parks after this is reported in a status after it."""
+    return len(service.statuses())
+
+
+def closed(service, reason: str | None = None) -> int:
+    """Connections the dispatcher says it closed for `reason` (None: any), from its
+    rate-limited log line "closed N connections waiting in the dispatcher: 2 first-byte,
+    1 peer-closed (...)"."""
     total = 0
     for m in CLOSED.finditer(service.output()):
         for part in m[1].split(","):
             count, _, why = part.strip().partition(" ")
-            total += int(count) if why == reason else 0
+            total += int(count) if reason in (None, why) else 0
     return total
 
 
@@ -122,17 +131,20 @@ class Lines:
         self.sock.close()
 
 
-def first_trigger_gone(service) -> None:
-    """The connection that activated the service sent nothing and was closed: once the
-    dispatcher has let it go, it no longer counts against any limit."""
-    wait_until(lambda: closed(service, "peer-closed") >= 1, "the activating connection closed")
+def launch(serve, args: list[str], **kw):
+    """A service of a handler whose clients speak first, once the connection that
+    activated it is gone: it sends nothing and is closed, and until then it is held and
+    counted like any of the test's own."""
+    service = serve(args, listen=[tcp()], **kw)
+    wait_until(lambda: closed(service) >= 1, "the activating connection closed")
+    return service
 
 
 # -- 1. idle keep-alive ------------------------------------------------------------------------
 
 
 def test_idle_keep_alive_connections_do_not_pin_workers(serve) -> None:
-    service = serve(["--workers=2", "--idle-timeout=60", HELLO], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "--idle-timeout=60", HELLO])
     kept = [Http(service.address) for _ in range(3)]
     for client in kept:
         assert [hello(a) for a in client.ask(GET)] == [True]
@@ -154,7 +166,7 @@ def test_idle_keep_alive_connections_do_not_pin_workers(serve) -> None:
 
 
 def test_silent_connections_wait_in_the_dispatcher(serve) -> None:
-    service = serve(["--workers=2", HELLO], listen=[tcp()])
+    service = launch(serve, ["--workers=2", HELLO])
     silent = [connect(service.address) for _ in range(20)]
     settle(service, busy=0, parked=20)
     assert hello(request(service.address, LAST, timeout=5))
@@ -163,13 +175,16 @@ def test_silent_connections_wait_in_the_dispatcher(serve) -> None:
 
 
 def test_silent_connections_are_closed_at_the_first_byte_timeout(serve) -> None:
-    service = serve(["--workers=2", "--first-byte-timeout=1", HELLO], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "--first-byte-timeout=1", HELLO])
+    before = closed(service, "first-byte")  # 0, unless the activating connection lingered
     silent = [connect(service.address) for _ in range(20)]
     for sock in silent:
         assert sock.recv(10) == b""  # an orderly close by the server, not our timeout
         sock.close()
     # The log line is rate-limited: the rest of a count may come in a later line.
-    wait_until(lambda: closed(service, "first-byte") == 20, "20 first-byte closes", timeout=25)
+    wait_until(
+        lambda: closed(service, "first-byte") == before + 20, "20 first-byte closes", timeout=25
+    )
     assert hello(request(service.address, LAST, timeout=5))
 
 
@@ -221,7 +236,7 @@ class Trickle(threading.Thread):
 
 
 def test_slowloris_clients_pin_no_worker_and_are_closed_at_the_request_timeout(serve) -> None:
-    service = serve(["--workers=2", "--request-timeout=2", HELLO], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "--request-timeout=2", HELLO])
     # A head that would take 30 s at this pace: never whole within the request timeout.
     head = b"GET / HTTP/1.1\r\nHost: test\r\nX-Pad: " + b"a" * 100 + b"\r\n\r\n"
     slow = Trickle(service.address, head, clients=6, interval=0.3, seconds=20)
@@ -245,18 +260,19 @@ def test_slowloris_clients_pin_no_worker_and_are_closed_at_the_request_timeout(s
 
 
 def test_a_partial_request_over_max_carry_is_closed(serve) -> None:
-    service = serve(["--workers=2", "--max-carry=100", HELLO], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "--max-carry=100", HELLO])
     under = Http(service.address)
+    since = mark(service)
     under.sock.sendall(b"GET / HTTP/1.1\r\n")
-    settle(service, busy=0, parked=1)  # parked with 16 bytes carried
+    settle(service, busy=0, parked=1, since=since)  # parked with 16 bytes carried
     assert [hello(a) for a in under.ask(b"Host: test\r\n\r\n")] == [True]
     under.close()
     over = connect(service.address)
+    since = mark(service)
     over.sendall(b"GET / HTTP/1.1\r\nX-Pad: " + b"a" * 60)
-    settle(service, busy=0, parked=1)  # parked with 83 bytes carried
+    settle(service, busy=0, parked=1, since=since)  # parked with 83 bytes carried
     over.sendall(b"a" * 60)  # 143: over the bound
-    assert_closed_by_server(over)
-    wait_until(lambda: closed(service, "too-large") == 1, "a too-large close", timeout=25)
+    assert_closed_by_server(over)  # at once: not the request timeout's 30 s
 
 
 # -- 5. connection ids ---------------------------------------------------------------------------
@@ -276,13 +292,15 @@ def pin(service, worker: int) -> Lines:
 
 
 def test_connection_id_follows_the_connection_from_worker_to_worker(serve) -> None:
-    service = serve(["--workers=2", "apps:ids"], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "apps:ids"])
     client = Lines(service.address)
+    since = mark(service)
     conn_id, pid = client.ask(b"id")
     pids = [pid]
     for _ in range(3):
-        settle(service, busy=0, parked=1)
+        settle(service, busy=0, parked=1, since=since)  # given back between lines
         holder = pin(service, pid)
+        since = mark(service)
         again, pid = client.ask(b"id")
         assert again == conn_id
         assert pid != pids[-1]
@@ -302,7 +320,7 @@ def parked_clients(service, count: int) -> tuple[list[Lines], list[str]]:
 
 
 def test_parked_connections_go_to_the_new_generation_on_reload(serve) -> None:
-    service = serve(["--workers=2", "apps:ids"], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "apps:ids"])
     clients, ids = parked_clients(service, 3)
     old = set(service.workers())
     service.signal(signal.SIGHUP)
@@ -319,7 +337,7 @@ def test_parked_connections_go_to_the_new_generation_on_reload(serve) -> None:
 
 
 def test_a_killed_worker_loses_no_parked_connection(serve) -> None:
-    service = serve(["--workers=2", "apps:ids"], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "apps:ids"])
     clients, ids = parked_clients(service, 4)
     victim = service.workers()[0]
     os.kill(victim, signal.SIGKILL)
@@ -336,7 +354,7 @@ def test_a_killed_worker_loses_no_parked_connection(serve) -> None:
 
 
 def test_stop_closes_parked_connections_and_finishes_the_request_in_flight(serve) -> None:
-    service = serve(["--workers=2", "apps:ids"], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "apps:ids"])
     idle, _ = parked_clients(service, 3)
     busy = Lines(service.address)
     assert busy.ask(b"hold")[0] == "holding"  # in a worker's hands until it sends "go"
@@ -350,6 +368,41 @@ def test_stop_closes_parked_connections_and_finishes_the_request_in_flight(serve
     busy.close()
     assert service.wait() == 0
     assert "STOPPING=1" in service.read_notifications()
+
+
+def test_a_request_begun_before_stop_is_served_when_it_completes(serve) -> None:
+    service = launch(serve, ["--workers=2", HELLO])
+    client = Http(service.address)
+    since = mark(service)
+    client.sock.sendall(b"GET / HTTP/1.1\r\n")
+    settle(service, busy=0, parked=1, since=since)  # parked with the request so far
+    service.signal(signal.SIGTERM)
+    service.wait_for("STOPPING=1")
+    assert [hello(a) for a in client.ask(b"Host: test\r\n\r\n")] == [True]
+    assert client.sock.recv(10) == b""  # kept alive no longer: closed once answered
+    client.close()
+    assert service.wait() == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="bug: a new connection held for its first byte counts as work in flight "
+    "(HotPath.undelivered() adds parking.in_flight, which counts FIRST_BYTE holds, and "
+    "stop_accepting() closes only IDLE ones), so a stop waits for it up to "
+    "first_byte_timeout",
+)
+def test_stop_does_not_wait_for_a_connection_that_never_spoke(serve) -> None:
+    service = launch(serve, ["--workers=2", "--first-byte-timeout=300", HELLO])
+    silent = connect(service.address)
+    settle(service, busy=0, parked=1)
+    service.signal(signal.SIGTERM)
+    try:
+        silent.settimeout(5)  # "promptly", generously: the bug holds it for 300 s
+        assert silent.recv(10) == b""
+        assert service.wait() == 0
+    finally:
+        silent.close()  # lets the stop go on either way
 
 
 # -- 9. connection limits ------------------------------------------------------------------------
@@ -368,8 +421,7 @@ def answered(address: Address, source: str | None = None) -> bool:
 
 def test_parked_connections_count_towards_max_connections(serve) -> None:
     args = ["--workers=2", "--max-connections=3", "--overload-reply=busy", HELLO]
-    service = serve(args, listen=[tcp()])
-    first_trigger_gone(service)
+    service = launch(serve, args)
     kept = [Http(service.address) for _ in range(3)]
     for client in kept:
         assert [hello(a) for a in client.ask(GET)] == [True]
@@ -385,8 +437,7 @@ def test_parked_connections_count_towards_max_connections(serve) -> None:
 
 
 def test_parked_connections_count_towards_max_connections_per_source(serve) -> None:
-    service = serve(["--workers=2", "--max-connections-per-source=2", HELLO], listen=[tcp()])
-    first_trigger_gone(service)
+    service = launch(serve, ["--workers=2", "--max-connections-per-source=2", HELLO])
     kept = [Http(service.address) for _ in range(2)]
     for client in kept:
         assert [hello(a) for a in client.ask(GET)] == [True]
@@ -441,7 +492,7 @@ def assert_nothing_to_read(sock: socket.socket) -> None:
 
 
 def test_async_workers_and_500_silent_connections(serve) -> None:
-    service = serve(["--workers=2", "sockpool.handlers:echo_async"], listen=[tcp()])
+    service = launch(serve, ["--workers=2", "sockpool.handlers:echo_async"])
     silent = [connect(service.address) for _ in range(500)]  # over 2 x capacity 100
     settle(service, busy=0, parked=500)
     assert request(service.address, b"normal", timeout=5) == b"normal"
@@ -461,12 +512,11 @@ def test_async_workers_and_500_silent_connections(serve) -> None:
 def test_at_the_descriptor_limit_it_stops_parking_and_keeps_serving(serve) -> None:
     # 256 descriptors: the dispatcher keeps 128 + 4 per worker free of connections, so it
     # holds at most 120 of the 200 silent ones; the rest go to the async workers.
-    service = serve(
+    service = launch(
+        serve,
         ["--workers=2", "sockpool.handlers:echo_async"],
-        listen=[tcp()],
         wrapper=["prlimit", "--nofile=256:256", "--"],
     )
-    first_trigger_gone(service)
     assert request(service.address, b"settle") == b"settle"
     baseline = service.fd_count()
     silent = [connect(service.address) for _ in range(200)]
