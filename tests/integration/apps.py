@@ -11,7 +11,7 @@ import time
 
 import sockpool
 from sockpool.connection import ConnectionInfo
-from sockpool.park import client_speaks_first, receive
+from sockpool.park import client_speaks_first, park_async, receive
 
 log = logging.getLogger("apps")
 DELAY = 1.0
@@ -134,3 +134,14 @@ def banner(conn: socket.socket, info: ConnectionInfo) -> None:
     client_speaks_first: by default it gets its connections at once."""
     conn.sendall(f"220 {info.listener} ready\n".encode())
     conn.sendall(_line(conn))
+
+
+@client_speaks_first
+async def async_one_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one line, then gives the connection back with whatever the reader already
+    holds (park_async carries it): each line is a turn of its own, as a handler that
+    parks after every request does."""
+    line = await reader.readline()
+    if line:
+        writer.write(b"got " + line)
+        await park_async(reader, writer)
