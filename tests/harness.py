@@ -56,7 +56,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def connect(address: Address, timeout: float = 10.0) -> socket.socket:
+def connect(address: Address, timeout: float = 10.0, source: str | None = None) -> socket.socket:
+    """A connected client socket; `source` binds it to that local address first (another
+    loopback address is another peer to per-source limits)."""
     if isinstance(address, tuple):
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         target: tuple[str, int] | str = address
@@ -65,6 +67,8 @@ def connect(address: Address, timeout: float = 10.0) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
+        if source is not None:
+            sock.bind((source, 0))
         sock.connect(target)
     except BaseException:
         sock.close()

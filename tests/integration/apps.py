@@ -11,6 +11,7 @@ import time
 
 import sockpool
 from sockpool.connection import ConnectionInfo
+from sockpool.park import client_speaks_first, park_async, receive
 
 log = logging.getLogger("apps")
 DELAY = 1.0
@@ -94,3 +95,53 @@ def slow_reader(conn: socket.socket, info: ConnectionInfo) -> None:
         total += len(chunk)
         time.sleep(0.01)
     conn.sendall(f"{total}\n".encode())
+
+
+BIG = 1 << 20  # the answer to a held request: long enough to be cut if anything cut it
+
+
+@client_speaks_first
+def ids(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Answers each line with "CONN_ID PID", giving the connection back to the dispatcher
+    between lines (receive() parks it), so each line may be served by another worker.
+
+    "hold" pins the worker: it answers "holding PID", then waits for the next line in the
+    worker's hands (a plain recv, no parking) and answers it with BIG bytes and a newline.
+    """
+    buf = info.carried
+    while True:
+        line, sep, rest = buf.partition(b"\n")
+        if not sep:
+            if not (data := receive(conn, buf)):
+                return
+            buf += data
+            continue
+        buf = rest
+        if line != b"hold":
+            conn.sendall(f"{info.conn_id} {os.getpid()}\n".encode())
+            continue
+        conn.sendall(f"holding {os.getpid()}\n".encode())
+        while b"\n" not in buf:
+            if not (chunk := conn.recv(4096)):
+                return
+            buf += chunk
+        buf = buf.partition(b"\n")[2]
+        conn.sendall(b"x" * BIG + b"\n")
+
+
+def banner(conn: socket.socket, info: ConnectionInfo) -> None:
+    """The server speaks first (an SMTP-like greeting), then echoes one line. Not declared
+    client_speaks_first: by default it gets its connections at once."""
+    conn.sendall(f"220 {info.listener} ready\n".encode())
+    conn.sendall(_line(conn))
+
+
+@client_speaks_first
+async def async_one_line(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers one line, then gives the connection back with whatever the reader already
+    holds (park_async carries it): each line is a turn of its own, as a handler that
+    parks after every request does."""
+    line = await reader.readline()
+    if line:
+        writer.write(b"got " + line)
+        await park_async(reader, writer)
