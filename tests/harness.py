@@ -329,6 +329,23 @@ class Service:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def connections_held(self) -> int:
+        """TCP connections (not listening sockets) the dispatcher holds a descriptor of:
+        those it holds until they speak, or that wait for a worker."""
+        inodes = set()
+        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+            with contextlib.suppress(OSError):
+                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+        held = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as f:
+                for line in list(f)[1:]:
+                    fields = line.split()
+                    held += fields[3] != "0A" and fields[9] in inodes  # 0A: LISTEN
+        return held
+
     def output(self) -> str:
         """What was written to the log since start()."""
         with self.log.open("rb") as f:

@@ -33,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set by the worker process (worker.py): sends a PARK message with the descriptor, and how
 # long to wait for the next request before parking. Outside a worker, nothing parks.
-_send: Callable[[int, int, int, bytes], None] | None = None
+_send: Callable[..., None] | None = None  # (fd, conn_id, started, carry, ready)
 _park_after = 0.0
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
@@ -76,11 +76,13 @@ def _parkable(info: ConnectionInfo | None) -> bool:
     return info is not None and info.may_park and not info.parked and _send is not None
 
 
-def _give_back(info: ConnectionInfo, fd: int, carry: bytes) -> bool:
+def _give_back(info: ConnectionInfo, fd: int, carry: bytes, unread: bytes = b"") -> bool:
+    """Send the connection back with `carry` (a request begun) and `unread` (bytes that
+    came in but nobody looked at: the dispatcher then hands it on at once)."""
     assert _send is not None
-    started = (info.request_started or time.monotonic_ns()) if carry else 0
+    started = (info.request_started or time.monotonic_ns()) if carry or unread else 0
     try:
-        _send(fd, info.conn_id, started, carry)
+        _send(fd, info.conn_id, started, carry + unread, bool(unread))
     except (OSError, ValueError):  # the channel is gone, or the carry is over the wire's limit
         return False
     info.parked = True
@@ -169,7 +171,8 @@ async def park_async(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carry: bytes = b""
 ) -> bool:
     """park() for an async handler: waits until everything written has been sent, then
-    gives the connection back with `carry` plus what the reader had buffered."""
+    gives the connection back with `carry` plus what the reader had buffered. Buffered bytes
+    are work nobody has looked at: the dispatcher hands such a connection on at once."""
     info = current_connection()
     if not _parkable(info):
         return False
@@ -180,9 +183,12 @@ async def park_async(
     if not _parkable(info) or writer.is_closing():
         return False
     transport.pause_reading()
-    buffered = bytes(reader._buffer)  # asyncio has no public peek at what it buffered
+    unread = bytes(reader._buffer)  # asyncio has no public peek at what it buffered
+    if reader.at_eof() and not unread:  # the peer is done: nothing to park for
+        transport.resume_reading()
+        return False
     sock = transport.get_extra_info("socket")
-    if not _give_back(info, sock.fileno(), carry + buffered):
+    if not _give_back(info, sock.fileno(), carry, unread):
         transport.resume_reading()
         return False
     transport.abort()  # closes our copy only: the PARK message holds the connection now

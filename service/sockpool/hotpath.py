@@ -245,7 +245,10 @@ class HotPath:
             channel.close_all([fd])
             return due
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
-        if len(msg.carry) > self.max_carry:
+        if msg.ready:  # bytes nobody has looked at: work for a worker now
+            self.pending.append(item)
+            self.waiting[0] = len(self.pending)
+        elif len(msg.carry) > self.max_carry:
             self.parking.drop(item, "too-large")
         elif self.stopping and not msg.carry and not waiting_bytes(fd):
             self.parking.drop(item, "stopping")

@@ -14,8 +14,10 @@ Worker -> dispatcher
                                          waits for the client to speak first
     FAILED   b"F" reason (utf-8)         could not start; why, for the dispatcher's log
     BEAT     b"B"                        heartbeat: an async worker's loop still turns
-    PARK     b"P" conn_id:u64 started:u64 carry   + exactly one descriptor: the connection,
-                                         given back until it is readable again
+    PARK     b"P" flags:u8 conn_id:u64 started:u64 carry   + exactly one descriptor: the
+                                         connection, given back until it is readable again;
+                                         flag READY_NOW: its carry holds bytes nobody has
+                                         looked at yet, so hand it on at once
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again
 
@@ -46,10 +48,11 @@ MAX_PEER = 240  # bytes of a peer carried, the rest cut; AF_UNIX's longest is 10
 MAX_BATCH = 64  # connections in one handoff; the hot path splits larger batches
 MAX_CARRY = 65536  # bytes carried with one connection: the ceiling of `max_carry`
 MAY_PARK = 1
+READY_NOW = 1
 
 _HEAD = struct.Struct("!BH")
 _ENTRY_HEAD = struct.Struct("!QBHIQ")
-_PARK = struct.Struct("!QQ")
+_PARK = struct.Struct("!BQQ")
 _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # The receive buffer holds the largest message there can be: a full batch with the longest
 # names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
@@ -92,6 +95,7 @@ class Park:
     conn_id: int
     started: int
     carry: bytes
+    ready: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,11 +210,11 @@ def encode_ready(capacity: int, speaks_first: frozenset[str] | set[str] = frozen
     return b"R" + _READY.pack(capacity) + names
 
 
-def encode_park(conn_id: int, started: int, carry: bytes) -> bytes:
+def encode_park(conn_id: int, started: int, carry: bytes, ready: bool = False) -> bytes:
     """Give a connection back (its descriptor goes beside): raises WireError past MAX_CARRY."""
     if len(carry) > MAX_CARRY:
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
-    return b"P" + _PARK.pack(conn_id, started) + carry
+    return b"P" + _PARK.pack(READY_NOW if ready else 0, conn_id, started) + carry
 
 
 def encode_done(pid: int, ids: list[int] | tuple[int, ...]) -> list[bytes]:
@@ -252,11 +256,11 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
         if kind == b"B" and not body:
             return Beat()
         if kind == b"P":
-            conn_id, started = _PARK.unpack_from(body)
+            flags, conn_id, started = _PARK.unpack_from(body)
             carry = body[_PARK.size :]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
-            return Park(conn_id, started, carry)
+            return Park(conn_id, started, carry, bool(flags & READY_NOW))
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

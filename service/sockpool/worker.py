@@ -106,9 +106,11 @@ class _Base:
         }
         channel.send(self.chan, wire.encode_ready(capacity, first))
 
-    def give_back(self, fd: int, conn_id: int, started: int, carry: bytes) -> None:
+    def give_back(
+        self, fd: int, conn_id: int, started: int, carry: bytes, ready: bool = False
+    ) -> None:
         """PARK: the connection goes back to the dispatcher (giveback.py)."""
-        channel.send(self.chan, wire.encode_park(conn_id, started, carry), [fd])
+        channel.send(self.chan, wire.encode_park(conn_id, started, carry, ready), [fd])
 
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
         h = handoff

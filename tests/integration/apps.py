@@ -10,8 +10,8 @@ import socket
 import time
 
 import sockpool
+from sockpool import client_speaks_first, park_async, receive
 from sockpool.connection import ConnectionInfo
-from sockpool.park import client_speaks_first, park_async, receive
 
 log = logging.getLogger("apps")
 DELAY = 1.0

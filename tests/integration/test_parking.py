@@ -136,7 +136,7 @@ def launch(serve, args: list[str], **kw):
     activated it is gone: it sends nothing and is closed, and until then it is held and
     counted like any of the test's own."""
     service = serve(args, listen=[tcp()], **kw)
-    wait_until(lambda: closed(service) >= 1, "the activating connection closed")
+    wait_until(lambda: service.connections_held() == 0, "the activating connection closed")
     return service
 
 
@@ -384,14 +384,6 @@ def test_a_request_begun_before_stop_is_served_when_it_completes(serve) -> None:
     assert service.wait() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="bug: a new connection held for its first byte counts as work in flight "
-    "(HotPath.undelivered() adds parking.in_flight, which counts FIRST_BYTE holds, and "
-    "stop_accepting() closes only IDLE ones), so a stop waits for it up to "
-    "first_byte_timeout",
-)
 def test_stop_does_not_wait_for_a_connection_that_never_spoke(serve) -> None:
     service = launch(serve, ["--workers=2", "--first-byte-timeout=300", HELLO])
     silent = connect(service.address)
@@ -534,15 +526,6 @@ def test_at_the_descriptor_limit_it_stops_parking_and_keeps_serving(serve) -> No
 # -- bytes a worker carried back ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(TimeoutError, AssertionError),
-    reason="bug: a connection parked with a whole request already carried is handed on only "
-    "when more bytes come (parking.py Parking.ready); if the peer then half-closes it is "
-    "dropped as peer-closed with the carry, else it waits for the request timeout. "
-    "park_async carries what asyncio buffered, so echo_async loses a message ~1 in 6000 "
-    "under load (test_serving's 1,000 connections)",
-)
 @pytest.mark.parametrize("half_close", [False, True], ids=["open", "half-closed"])
 def test_lines_a_worker_carried_back_are_answered(serve, half_close: bool) -> None:
     service = launch(serve, ["--workers=2", "apps:async_one_line"])
