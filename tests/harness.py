@@ -329,6 +329,11 @@ class Service:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def wait_idle(self) -> None:
+        """Until the dispatcher holds no connection: e.g. the one that activated it, which
+        sends nothing and is held until its client's close is seen."""
+        wait_until(lambda: self.connections_held() == 0, "the dispatcher to hold no connection")
+
     def connections_held(self) -> int:
         """TCP connections (not listening sockets) the dispatcher holds a descriptor of:
         those it holds until they speak, or that wait for a worker."""

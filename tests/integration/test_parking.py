@@ -136,7 +136,7 @@ def launch(serve, args: list[str], **kw):
     activated it is gone: it sends nothing and is closed, and until then it is held and
     counted like any of the test's own."""
     service = serve(args, listen=[tcp()], **kw)
-    wait_until(lambda: service.connections_held() == 0, "the activating connection closed")
+    service.wait_idle()
     return service
 
 

@@ -190,9 +190,10 @@ def test_max_connections_per_source(serve) -> None:
 def test_descriptor_exhaustion_backs_off_and_recovers(serve) -> None:
     service = serve(["--workers=1", ECHO], listen=[tcp()])
     pid = service.pid
-    # An answered request first: the start-up's trigger connection, queued before it, has
-    # been accepted and handed over by then, so the descriptors below are the settled ones.
+    # The start-up's trigger connection sent nothing: once the dispatcher has closed it, the
+    # descriptors below are the settled ones.
     assert request(service.address, b"settle") == b"settle"
+    service.wait_idle()
     # The number the next accept() would get: a soft limit of it makes accept() fail. (Not
     # the count: a descriptor inherited high up, such as make's jobserver pipe, leaves a gap.)
     held = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
@@ -213,9 +214,7 @@ def test_descriptor_exhaustion_backs_off_and_recovers(serve) -> None:
 
 def test_peers_that_connect_and_reset_at_once(serve) -> None:
     service = serve(["--workers=2", ECHO], listen=[tcp()])
-    # Answered: the start-up's trigger connection, which sent nothing and closed before
-    # this one came, has been closed by the dispatcher by then: the count below is settled.
-    assert request(service.address, b"settle") == b"settle"
+    service.wait_idle()  # the trigger connection sent nothing: the dispatcher closes it
     workers = service.workers()
     fds = service.fd_count()
     linger = struct.pack("ii", 1, 0)  # close() sends RST
