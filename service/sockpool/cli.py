@@ -64,6 +64,10 @@ _LIMITS = [
         "bytes of a partial request the dispatcher holds for a parked connection; a "
         "connection parked with more is closed (default 16384, at most 65536)",
     ),
+    ("max_request_line", "BYTES", "web apps: a longer request line gets 414 (default 8190)"),
+    ("max_header_bytes", "BYTES", "web apps: a larger request head gets 431 (default 16384)"),
+    ("max_headers", "N", "web apps: more header fields get 431 (default 100)"),
+    ("max_body", "BYTES", "web apps: a larger request body gets 413 (default 16 MiB; 0: none)"),
     ("max_requests", "N", "recycle a worker after N connections (default 0)"),
     ("max_requests_jitter", "N", "plus up to N more, per worker (default a tenth of N)"),
     ("max_memory", "MIB", "recycle a worker above this resident memory (default 0)"),
@@ -91,6 +95,18 @@ def parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="HANDLER",
         help="module:callable serving every listener without its own handler",
+    )
+    p.add_argument(
+        "--wsgi", metavar="MODULE:APP", help="serve this WSGI application (sync workers)"
+    )
+    p.add_argument(
+        "--asgi", metavar="MODULE:APP", help="serve this ASGI 3 application (async workers)"
+    )
+    p.add_argument(
+        "--access-log",
+        action="store_const",
+        const=True,
+        help="web apps: one journal record per request (METHOD, PATH, STATUS, ...)",
     )
     p.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags")
     p.add_argument("--workers", metavar="N", help="worker processes (default: CPUs available)")
@@ -225,10 +241,10 @@ def _check(cfg: config.Config) -> int:
     """Validate what can be without taking the sockets: LISTEN_FDNAMES when set, and the
     handlers, imported in a child as a worker would, within start_timeout."""
     check_fdnames(os.environ)
-    named = {cfg.handler, *(lc.handler for lc in cfg.listeners.values())}
+    named = {cfg.default_target(), *(cfg.target_for(name) for name in cfg.listeners)}
     targets = sorted(t for t in named if t)
     if not targets:
-        raise Fatal(ExitCode.CONFIG, "no handler: give HANDLER or 'handler = ...'")
+        raise Fatal(ExitCode.CONFIG, "no handler: give HANDLER, --wsgi, --asgi or 'handler = ...'")
     try:
         check_in_child(targets, cfg.start_timeout)
     except HandlerError as exc:

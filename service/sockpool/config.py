@@ -11,7 +11,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import QUOTE_LIMIT, ConfigError, cut, quote
 from .listeners import MAX_LISTEN_FDS, parse_address
@@ -32,10 +32,32 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
+KINDS = ("handler", "wsgi", "asgi")  # what serves a listener; one per scope
+
+
+class Target(NamedTuple):
+    """What serves a listener: a sockpool handler, a WSGI app or an ASGI app."""
+
+    kind: str  # one of KINDS
+    spec: str  # module:attribute
+
+    def __str__(self) -> str:
+        return f"{'handler' if self.kind == 'handler' else self.kind + ' app'} {quote(self.spec)}"
+
+
+def _target_of(scope: Any) -> Target | None:
+    for kind in KINDS:
+        if spec := getattr(scope, kind):
+            return Target(kind, spec)
+    return None
+
+
 @dataclass(frozen=True)
 class ListenerConfig:
     handler: str | None = None
     handoff: str | None = None  # None: as the handler declares (client_speaks_first)
+    wsgi: str | None = None
+    asgi: str | None = None
 
 
 @dataclass(frozen=True)
@@ -64,11 +86,25 @@ class Config:
     request_timeout: float = 30.0  # a request not read whole this long after it began
     park_after: float = 0.002  # a worker waits this long for the next request, then parks
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
+    # Web applications (http11.py, wsgi.py, asgi.py).
+    wsgi: str | None = None  # module:app, served on sync workers
+    asgi: str | None = None  # module:app, served on async workers
+    access_log: bool = False  # one journal record per request: off, it is on the hot path
+    max_request_line: int = 8190  # bytes; longer: 414
+    max_header_bytes: int = 16384  # bytes of the whole head; more: 431
+    max_headers: int = 100  # header fields; more: 431
+    max_body: int = 16 * 1024 * 1024  # bytes of a request body; more: 413 (0: no limit)
     path: str | None = None
 
-    def handler_for(self, listener: str) -> str | None:
+    def target_for(self, listener: str) -> Target | None:
+        """What serves `listener`: its own table's handler, wsgi or asgi, else the top
+        level's."""
         own = self.listeners.get(listener)
-        return own.handler if own and own.handler else self.handler
+        return (own and _target_of(own)) or self.default_target()
+
+    def default_target(self) -> Target | None:
+        """What serves a listener without a table of its own."""
+        return _target_of(self)
 
     def handoff_for(self, listener: str) -> str | None:
         own = self.listeners.get(listener)
@@ -126,6 +162,18 @@ def _carry(value: Any) -> int:
     return value
 
 
+def _flag(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {quote(value)}")
+    return value
+
+
+def _bytes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a number of bytes >= 0, got {quote(value)}")
+    return value
+
+
 def _handler(value: Any) -> str:
     if not isinstance(value, str) or not _HANDLER_RE.match(value):
         raise ValueError(f"expected 'module:callable', got {quote(value)}")
@@ -176,12 +224,19 @@ def _listeners(value: Any) -> dict[str, ListenerConfig]:
                 values[key] = check(table[key]) if key in table else None
             except ValueError as exc:
                 raise ValueError(f"{where}.{key}: {exc}") from None
+        if len([k for k in KINDS if values[k]]) > 1:
+            raise ValueError(f"{where}: give one of handler, wsgi and asgi")
         result[name] = ListenerConfig(**values)
     return result
 
 
 Validator = Callable[[Any], Any]
-_LISTENER_KEYS: dict[str, Validator] = {"handler": _handler, "handoff": _handoff}
+_LISTENER_KEYS: dict[str, Validator] = {
+    "handler": _handler,
+    "handoff": _handoff,
+    "wsgi": _handler,
+    "asgi": _handler,
+}
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
     "workers": (int, _positive_int),
@@ -205,6 +260,13 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "request_timeout": (float, _non_negative_number),
     "park_after": (float, _non_negative_number),
     "max_carry": (int, _carry),
+    "wsgi": (str, _handler),
+    "asgi": (str, _handler),
+    "access_log": (bool, _flag),
+    "max_request_line": (int, _positive_int),
+    "max_header_bytes": (int, _positive_int),
+    "max_headers": (int, _positive_int),
+    "max_body": (int, _bytes),
 }
 
 
@@ -260,9 +322,15 @@ def build(file_values: Mapping[str, Any], flags: Mapping[str, Any], path: str | 
         if key not in _KEYS:
             raise ConfigError(f"{_where(path)}: {cut(key, QUOTE_LIMIT)}: unknown key")
         values[key] = _check(f"{_where(path)}: {key}", _KEYS[key][1], raw)
+    if set(flags) & set(KINDS):  # HANDLER, --wsgi or --asgi replaces what the file serves
+        values = {k: v for k, v in values.items() if k not in KINDS}
     for key, raw in flags.items():
         kind, validator = _KEYS[key]
         values[key] = _check(flag_name(key), validator, _coerce_flag(kind, raw))
+    given = [k for k in KINDS if values.get(k)]
+    if len(given) > 1:
+        where = _where(path) if set(given) - set(flags) else "command line"
+        raise ConfigError(f"{where}: give one of HANDLER, --wsgi and --asgi ({', '.join(given)})")
     return Config(**values)
 
 
@@ -280,9 +348,9 @@ def _check(where: str, validator: Validator, raw: Any) -> Any:
 def check_handlers(config: Config, names: list[str]) -> None:
     """Every listener the dispatcher serves must get a handler."""
     for name in names:
-        if config.handler_for(name) is None:
+        if config.target_for(name) is None:
             where = _where(config.path) if config.path else "command line"
             raise ConfigError(
-                f"{where}: no handler for listener {quote(name)}: give HANDLER, "
-                f"'handler = ...' or [listeners.{cut(name, QUOTE_LIMIT)}]"
+                f"{where}: no handler for listener {quote(name)}: give HANDLER, --wsgi, "
+                f"--asgi, 'handler = ...' or [listeners.{cut(name, QUOTE_LIMIT)}]"
             )

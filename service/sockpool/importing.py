@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .config import Target
 from .errors import cut, quote
 
 SYNC_CALL = "handler(sock, info)"
@@ -26,25 +27,58 @@ class HandlerError(Exception):
 
 def load_handler(spec: str) -> Callable[..., Any]:
     """Import the handler `spec` names and make sure sockpool can call it (check_callable)."""
+    target = _import(spec, f"handler {quote(spec)}")
+    check_callable(spec, target)
+    return target
+
+
+def load_app(spec: str, kind: str) -> Callable[..., Any]:
+    """Import a WSGI (`kind` "wsgi") or ASGI ("asgi") application and check that it can be
+    called as one: app(environ, start_response), or await app(scope, receive, send)."""
+    name = f"{kind} app {quote(spec)}"
+    app = _import(spec, name)
+    if kind == "asgi" and not is_async(app):
+        raise HandlerError(
+            f"{name} is not async; an ASGI app is `async def app(scope, receive, send)`"
+        )
+    if kind == "wsgi" and is_async(app):
+        raise HandlerError(f"{name} is async: serve it with --asgi")
+    args = 3 if kind == "asgi" else 2
+    try:
+        inspect.signature(app).bind(*[None] * args)
+    except (TypeError, ValueError):
+        call = (
+            "await app(scope, receive, send)" if kind == "asgi" else "app(environ, start_response)"
+        )
+        raise HandlerError(f"{name} cannot be called as {call}") from None
+    return app
+
+
+def load_target(target: Target) -> Callable[..., Any]:
+    """Import and check what serves a listener (for --check, and the worker)."""
+    if target.kind == "handler":
+        return load_handler(target.spec)
+    return load_app(target.spec, target.kind)
+
+
+def _import(spec: str, name: str) -> Any:
+    """The object `module:attr.path` names, with any failure as one HandlerError line."""
     module_name, _, attr_path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
     except Exception as exc:  # any import-time failure of user code is the user's to fix
         where = traceback.extract_tb(exc.__traceback__)[-1]
         raise HandlerError(
-            f"handler {quote(spec)}: cannot import {quote(module_name)}: "
+            f"{name}: cannot import {quote(module_name)}: "
             f"{type(exc).__name__}: {cut(str(exc))} ({cut(where.filename)}:{where.lineno})"
         ) from None
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
         except AttributeError:
-            raise HandlerError(
-                f"handler {quote(spec)}: {quote(module_name)} has no {quote(attr_path)}"
-            ) from None
+            raise HandlerError(f"{name}: {quote(module_name)} has no {quote(attr_path)}") from None
     if not callable(target):
-        raise HandlerError(f"handler {quote(spec)}: {type(target).__name__} is not callable")
-    check_callable(spec, target)
+        raise HandlerError(f"{name}: {type(target).__name__} is not callable")
     return target
 
 
@@ -89,7 +123,7 @@ def is_async(handler: Callable[..., Any]) -> bool:
     )
 
 
-def check_in_child(specs: Iterable[str], timeout: float) -> None:
+def check_in_child(specs: Iterable[Target], timeout: float) -> None:
     """Load the handlers as a worker would, in a child process, within `timeout` seconds
     (start_timeout): for `--check`, which must neither hang on an import that blocks nor
     be fooled by one that forks. Raises HandlerError naming the handler.
@@ -121,7 +155,7 @@ def check_in_child(specs: Iterable[str], timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)  # the unreaped child keeps the group's id ours
         _, status = os.waitpid(pid, 0)
-    name = f"handler {quote(current)}" if current else "the handlers"
+    name = current or "the handlers"
     if kind == "timeout":
         raise HandlerError(f"{name}: importing it did not finish within start_timeout={text}s")
     if kind == "ended":
@@ -136,7 +170,7 @@ def _flush() -> None:
             stream.flush()
 
 
-def _load_and_report(specs: list[str], w: int) -> None:
+def _load_and_report(specs: list[Target], w: int) -> None:
     """In the check's child: one JSON line to the parent per step, each write atomic."""
     import json  # --check's child only: kept off the service's cold start
 
@@ -148,9 +182,9 @@ def _load_and_report(specs: list[str], w: int) -> None:
         os.write(w, json.dumps([kind, text[:2000]]).encode() + b"\n")
 
     for spec in specs:
-        report("importing", spec)
+        report("importing", str(spec))
         try:
-            load_handler(spec)
+            load_target(spec)
         except HandlerError as exc:
             if os.getpid() == me:
                 report("failed", str(exc))
@@ -164,10 +198,10 @@ def _load_and_report(specs: list[str], w: int) -> None:
     report("ok", "")
 
 
-def _forked(spec: str) -> str:
-    module = spec.partition(":")[0]
+def _forked(target: Target) -> str:
+    module = target.spec.partition(":")[0]
     return (
-        f"handler {quote(spec)}: importing {quote(module)} forks (os.fork()): in a worker the "
+        f"{target}: importing {quote(module)} forks (os.fork()): in a worker the "
         "copy would go on as a second worker; start helper processes with subprocess, "
         "or from the handler"
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .config import Config
+from .config import Config, Target
 
 
 @dataclass(frozen=True)
@@ -13,22 +13,29 @@ class WorkerSpec:
     """What a worker needs to know, decided by the dispatcher before the fork."""
 
     generation: int
-    handlers: Mapping[str, str]  # listener name -> "module:callable"
-    default_handler: str | None
+    handlers: Mapping[str, Target]  # listener name -> what serves it
+    default_handler: Target | None
     capacity: int  # for async handlers; sync handlers take one connection at a time
     idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
     timeout: float | None = None  # async: cancel a connection older than this
     park_after: float = 0.0  # wait this long for a keep-alive connection's next request
+    access_log: bool = False  # web apps: a journal record per request
+    http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
 
     @classmethod
     def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
-        handlers = {name: h for name in listeners if (h := config.handler_for(name))}
+        handlers = {name: t for name in listeners if (t := config.target_for(name))}
         return cls(
             generation=generation,
             handlers=handlers,
-            default_handler=config.handler,
+            default_handler=config.default_target(),
             capacity=config.capacity,
             idle_timeout=config.idle_timeout or None,
             timeout=config.timeout or None,
             park_after=config.park_after,
-        )
+            access_log=config.access_log,
+            http_limits=(
+                config.max_request_line, config.max_header_bytes, config.max_headers,
+                config.max_body,
+            ),
+        )  # fmt: skip

@@ -22,9 +22,11 @@ from typing import Any, NoReturn
 
 from . import channel, giveback, health, log, notify, wire
 from .connection import ConnectionInfo, describe, set_current
+from .errors import cut
 from .events import Event
-from .importing import HandlerError, is_async, load_handler
+from .importing import HandlerError, is_async
 from .spec import WorkerSpec
+from .targets import Served
 
 EXIT_HANDLER_FAILED = 3
 Handler = Callable[..., Any]
@@ -49,16 +51,18 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoRetu
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         forked = os.getpid()
         try:
-            handlers = _load(spec)
-        except HandlerError as exc:
+            served = Served(spec)
+            _only_the_forked_one(forked)
+            handlers = served.table
+            worker_type = AsyncWorker if any(map(is_async, handlers.values())) else SyncWorker
+            worker = worker_type(chan, handlers, spec, done)
+            worker.lifespans = served.lifespans
+            worker.run()
+        except HandlerError as exc:  # could not import, or an app's startup failed
             _only_the_forked_one(forked)
             log.log.error("%s", exc)
             channel.send(chan, wire.encode_failed(str(exc)))
             code = EXIT_HANDLER_FAILED
-        else:
-            _only_the_forked_one(forked)
-            worker_type = AsyncWorker if any(map(is_async, handlers.values())) else SyncWorker
-            worker_type(chan, handlers, spec, done).run()
     except BaseException:
         log.log.exception("worker failed")
         code = 1
@@ -74,18 +78,6 @@ def _only_the_forked_one(pid: int) -> None:
         os._exit(0)
 
 
-def _load(spec: WorkerSpec) -> dict[str | None, Handler]:
-    """Handlers by listener name; the key None is the default for unnamed listeners."""
-    loaded: dict[str, Handler] = {}  # one import per distinct spec
-    table: dict[str | None, Handler] = {}
-    for name, target in [(None, spec.default_handler), *spec.handlers.items()]:
-        if target:
-            if target not in loaded:
-                loaded[target] = load_handler(target)
-            table[name] = loaded[target]
-    return table
-
-
 class _Base:
     def __init__(
         self, chan: socket.socket, handlers: dict[str | None, Handler], spec: WorkerSpec, done: int
@@ -96,6 +88,7 @@ class _Base:
         self.handlers = handlers
         self.spec = spec
         self.stopping = False
+        self.lifespans: list[Any] = []  # ASGI apps' (asgi.Lifespan): startup before READY
         giveback._send, giveback._park_after = self.give_back, spec.park_after
 
     def ready(self, capacity: int) -> None:
@@ -227,6 +220,7 @@ class AsyncWorker(_Base):
         self.stopped = loop.create_future()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sync-handler")
         loop.add_signal_handler(signal.SIGTERM, self._stop)
+        await self._startup()
         loop.add_reader(self.chan, self._on_channel)
         self.ready(_capacity(self.spec.capacity))
         if self.spec.timeout:
@@ -236,7 +230,21 @@ class AsyncWorker(_Base):
         while self.tasks:
             await asyncio.wait(set(self.tasks))
         self._flush()
+        for lifespan in reversed(self.lifespans):  # retiring: the apps clean up
+            try:
+                await lifespan.shutdown()
+            except Exception:
+                log.log.exception("ASGI lifespan shutdown failed")
         self.executor.shutdown()
+
+    async def _startup(self) -> None:
+        """Each ASGI app's lifespan startup, once per worker, before it takes work: one that
+        fails is a worker that cannot start (the dispatcher's backoff and give-up apply)."""
+        for lifespan in self.lifespans:
+            try:
+                await lifespan.startup()
+            except Exception as exc:
+                raise HandlerError(f"ASGI lifespan startup failed: {cut(str(exc))}") from None
 
     def _beat(self, interval: float) -> None:
         """Tell the dispatcher this loop still turns; a blocked loop falls silent, and

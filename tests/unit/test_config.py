@@ -17,8 +17,8 @@ def test_flags_win_over_the_file(tmp_path: Path) -> None:
     )
     cfg = config.load(str(path), {"workers": "2", "graceful_timeout": "2.5"})
     assert (cfg.workers, cfg.graceful_timeout, cfg.handler) == (2, 2.5, "a:b")
-    assert cfg.handler_for("admin") == "c:d"
-    assert cfg.handler_for("web") == "a:b"
+    assert cfg.target_for("admin") == config.Target("handler", "c:d")
+    assert cfg.target_for("web") == config.Target("handler", "a:b")
 
 
 def test_defaults() -> None:
@@ -189,3 +189,42 @@ def test_bad_ready_work_flags_name_the_flag(flags: dict, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         config.build({}, flags, None)
     assert err.value.message.startswith(message) and "\n" not in err.value.message
+
+
+def test_web_apps_serve_listeners_beside_handlers(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        'wsgi = "site:app"\naccess_log = true\nmax_body = 1024\n'
+        '[listeners.api]\nasgi = "api:app"\n[listeners.raw]\nhandler = "raw:serve"\n'
+    )
+    cfg = config.load(str(path), {})
+    assert cfg.target_for("web") == config.Target("wsgi", "site:app")
+    assert cfg.target_for("api") == config.Target("asgi", "api:app")
+    assert cfg.target_for("raw") == config.Target("handler", "raw:serve")
+    assert (cfg.access_log, cfg.max_body) == (True, 1024)
+    assert str(cfg.target_for("api")) == "asgi app 'api:app'"
+
+
+def test_a_flag_replaces_what_the_file_serves(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('handler = "a:b"\n')
+    cfg = config.load(str(path), {"asgi": "web:app"})
+    assert cfg.default_target() == config.Target("asgi", "web:app") and cfg.handler is None
+
+
+@pytest.mark.parametrize(
+    ("text", "flags", "message"),
+    [
+        ('handler = "a:b"\nwsgi = "c:d"\n', {}, "give one of HANDLER, --wsgi and --asgi"),
+        ("", {"wsgi": "a:b", "asgi": "c:d"}, "command line: give one of"),
+        ('[listeners.x]\nwsgi = "a:b"\nasgi = "c:d"\n', {}, "listeners: x: give one of"),
+        ('wsgi = "not a target"\n', {}, "wsgi: expected 'module:callable'"),
+        ("access_log = 1\n", {}, "access_log: expected true or false"),
+        ("max_headers = 0\n", {}, "max_headers: expected a positive integer"),
+    ],
+)
+def test_bad_web_app_settings(tmp_path: Path, text: str, flags: dict, message: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        config.load(str(path), flags)
