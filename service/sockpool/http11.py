@@ -190,13 +190,20 @@ def _request(event: h11.Request, limits: HttpLimits) -> Request:
     headers = [(name, value) for name, value in event.headers]
     length: int | None = None
     chunked = False
+    hosts = 0
     for name, value in headers:
         if name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
             chunked = True
+        elif name == b"host":
+            hosts += 1
     if chunked and length is not None:
         raise HttpError(400, "both Content-Length and Transfer-Encoding")
+    if chunked and event.http_version == b"1.0":  # RFC 9112 6.1: its framing is faulty
+        raise HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+    if hosts > 1:  # RFC 9112 3.2
+        raise HttpError(400, "more than one Host")
     if length is not None and limits.max_body and length > limits.max_body:
         raise HttpError(413, f"body of {length} bytes")
     path, query = split_target(event.target)
@@ -220,7 +227,9 @@ class HttpConnection:
     Between requests `carry()` is what was read of the next one (parking's carry).
     """
 
-    __slots__ = ("_body_done", "_body_seen", "_buf", "_eof", "_h11", "_head", "limits")
+    __slots__ = (
+        "_body_done", "_body_seen", "_buf", "_continue_owed", "_eof", "_h11", "_head", "limits"
+    )  # fmt: skip
 
     def __init__(self, limits: HttpLimits, carried: bytes = b"") -> None:
         self.limits = limits
@@ -230,6 +239,7 @@ class HttpConnection:
         self._head = False  # the response head went out
         self._body_seen = 0
         self._body_done = False
+        self._continue_owed = False  # the client waits for 100 Continue, not sent yet
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -283,6 +293,7 @@ class HttpConnection:
         assert type(event) is h11.Request, event
         request = _request(event, self.limits)
         self._h11, self._head, self._body_seen, self._body_done = conn, False, 0, False
+        self._continue_owed = conn.they_are_waiting_for_100_continue
         return request
 
     def expects_continue(self) -> bool:
@@ -294,6 +305,7 @@ class HttpConnection:
         if not self.expects_continue():
             return b""
         assert self._h11 is not None
+        self._continue_owed = False
         self._h11.send(h11.InformationalResponse(status_code=100, headers=()))
         return CONTINUE
 
@@ -335,6 +347,8 @@ class HttpConnection:
         conn = self._h11
         assert conn is not None
         headers = [*headers, (b"Date", http_date()), (b"Server", SERVER)]
+        if self._continue_owed and not self._body_done:  # its body may never come: close
+            headers.append((b"Connection", b"close"))
         response = h11.Response(
             status_code=status, headers=headers, reason=reason or _reason(status)
         )
@@ -370,13 +384,13 @@ class HttpConnection:
         """Drop the unread rest of the request body, so the next request can be read:
         True when it is gone, None to feed more, False to give up and close."""
         while not self._body_done:
-            if self.expects_continue():
-                return False  # the client may never send it
             try:
                 data = self.read_body()
             except (HttpError, ClientDisconnected):
                 return False
             if data is None:
+                if self._continue_owed:
+                    return False  # not asked for with 100 Continue: it may never come
                 return None if self._body_seen <= self.limits.max_drain else False
         return True
 

@@ -301,7 +301,7 @@ def _base_environ(conn: socket.socket, info: ConnectionInfo) -> dict[str, Any]:
 def _environ(base: dict[str, Any], request: Request) -> dict[str, Any]:
     environ = base.copy()
     environ["REQUEST_METHOD"] = request.method.decode("latin-1")
-    environ["PATH_INFO"] = wsgi_path(request.path)
+    environ["PATH_INFO"] = wsgi_path(request.path) if request.path[:1] == b"/" else ""  # "*"
     environ["QUERY_STRING"] = request.query.decode("latin-1")
     environ["RAW_URI"] = request.target.decode("latin-1")
     environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode()
