@@ -228,7 +228,8 @@ class HttpConnection:
     """
 
     __slots__ = (
-        "_body_done", "_body_seen", "_buf", "_continue_owed", "_eof", "_h11", "_head", "limits"
+        "_body_done", "_body_seen", "_buf", "_continue_owed", "_eof", "_h11", "_head", "_length",
+        "limits",
     )  # fmt: skip
 
     def __init__(self, limits: HttpLimits, carried: bytes = b"") -> None:
@@ -240,6 +241,7 @@ class HttpConnection:
         self._body_seen = 0
         self._body_done = False
         self._continue_owed = False  # the client waits for 100 Continue, not sent yet
+        self._length: int | None = None  # the request's Content-Length
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -294,6 +296,7 @@ class HttpConnection:
         request = _request(event, self.limits)
         self._h11, self._head, self._body_seen, self._body_done = conn, False, 0, False
         self._continue_owed = conn.they_are_waiting_for_100_continue
+        self._length = request.content_length
         return request
 
     def expects_continue(self) -> bool:
@@ -328,6 +331,8 @@ class HttpConnection:
             self._body_seen += len(event.data)
             if self.limits.max_body and self._body_seen > self.limits.max_body:
                 raise HttpError(413, f"body over {self.limits.max_body} bytes")
+            if self._body_seen == self._length:  # the end is known: say so with the data
+                self._body_done = conn.next_event() is not h11.NEED_DATA  # EndOfMessage
             return bytes(event.data)
         self._body_done = True  # EndOfMessage (PAUSED: an Upgrade request's end)
         return b""

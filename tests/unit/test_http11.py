@@ -8,6 +8,7 @@ wrapped in wsgiref.validate) and the ASGI handler.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
@@ -22,7 +23,7 @@ from typing import Any
 import h11
 import pytest
 
-from sockpool import log, wsgi
+from sockpool import Parked, asgi, log, wsgi
 from sockpool.connection import ConnectionInfo, set_current
 from sockpool.http11 import (
     ClientDisconnected,
@@ -389,7 +390,7 @@ def run_sync(
         set_current(info)
         try:
             handler(server, info)
-        except (ConnectionError, TimeoutError):
+        except (ConnectionError, TimeoutError, Parked):  # as the worker does
             pass
         finally:
             server.shutdown(socket.SHUT_WR)
@@ -699,3 +700,222 @@ def test_access_log(caplog: pytest.LogCaptureFixture) -> None:
         )
         assert int(record.DURATION_US) >= 0
         assert record.CONN_ID == "7"
+
+
+# -- ASGI ----------------------------------------------------------------------------------
+
+
+def run_async(
+    handler: Callable[..., Any], info: ConnectionInfo = INFO, first: bytes = b""
+) -> tuple[socket.socket, threading.Thread]:
+    """Serve one connection the way an async worker does, on an event loop in a thread;
+    `first`: what the client has sent before the handler starts."""
+    server, client = socket.socketpair()
+    client.settimeout(10)
+    client.sendall(first)
+
+    async def serve() -> None:
+        set_current(info)
+        reader, writer = await asyncio.open_connection(sock=server)
+        if info.carried:
+            reader.feed_data(info.carried)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, TimeoutError, Parked):  # as the worker does
+            pass
+        finally:
+            if writer.can_write_eof():
+                writer.write_eof()
+            writer.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    return client, thread
+
+
+def recording_asgi(calls: Calls) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            assert message["type"] == "http.request"
+            body += message["body"]
+            if not message["more_body"]:
+                break
+        calls.seen.append({**scope, "body": body})
+        out = b"%d bytes" % len(body)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_asgi_serves_the_valid_corpus(name: str) -> None:
+    case = VALID[name]
+    calls = Calls()
+    client, thread = run_async(asgi.make_handler(recording_asgi(calls), LIMITS))
+    client.sendall(case.raw)
+    reader = Client(client)
+    for method, _, body in case.want:
+        status, headers, got = reader.response(method)
+        answer = b"%d bytes" % len(body)
+        assert status == 200
+        assert headers[b"content-length"] == b"%d" % len(answer)  # HEAD's too
+        assert got == (b"" if method == b"HEAD" else answer)
+    client.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    got_calls = [
+        (s["method"].encode(), s["raw_path"], s["query_string"], s["body"]) for s in calls.seen
+    ]
+    assert got_calls == [(m, *split_target(t), b) for m, t, b in case.want]
+    for header in case.headers:
+        assert header in calls.seen[0]["headers"]
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_asgi_refuses_the_invalid_corpus(name: str) -> None:
+    raw, status, limits = INVALID[name]
+    calls = Calls()
+    client, thread = run_async(asgi.make_handler(recording_asgi(calls), limits))
+    client.sendall(raw)
+    reader = Client(client)
+    got, headers, _ = reader.response(b"POST")
+    thread.join(10)
+    assert got == status
+    assert headers[b"connection"] == b"close"
+    assert reader.closed()
+    if status != 413 or b"chunked" not in raw:
+        assert calls.seen == []
+
+
+def test_asgi_scope() -> None:
+    calls = Calls()
+    info = ConnectionInfo(7, "web", "[::1]:41000")
+    client, thread = run_async(asgi.make_handler(recording_asgi(calls), state={"db": 1}), info)
+    client.sendall(b"GET /caf%C3%A9/x%2Fy?q=%20 HTTP/1.0\r\nX-A: 1\r\n\r\n")
+    assert Client(client).response()[0] == 200
+    thread.join(10)
+    (scope,) = calls.seen
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert scope["http_version"] == "1.0" and scope["method"] == "GET"
+    assert scope["scheme"] == "http" and scope["root_path"] == ""
+    assert scope["path"] == "/café/x/y"
+    assert scope["raw_path"] == b"/caf%C3%A9/x%2Fy" and scope["query_string"] == b"q=%20"
+    assert scope["headers"] == [(b"x-a", b"1")]
+    assert scope["client"] == ("::1", 41000)
+    assert scope["server"] is None  # a socketpair has no address
+    assert scope["state"] == {"db": 1}
+
+
+def test_asgi_streaming_continue_disconnect_and_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """A streamed body goes out chunked; 100 Continue is sent when the body is first asked
+    for; receive() after the body is http.disconnect once the response is out; an error
+    before the response is a 500 and a HANDLER_ERROR record."""
+    after: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        message = await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send(
+            {"type": "http.response.body", "body": b"a" + message["body"], "more_body": True}
+        )
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        after.append((await receive())["type"])
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(
+        b"POST /s HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+    )
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += client.recv(4096)
+    assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.sendall(b"x")
+    reader = Client(client)
+    status, headers, body = reader.response(b"POST")
+    assert (status, headers[b"transfer-encoding"], body) == (201, b"chunked", b"axb")
+    with caplog.at_level(logging.ERROR):
+        client.sendall(b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, headers, _ = reader.response()
+        thread.join(10)
+    assert status == 500 and headers[b"connection"] == b"close"
+    assert after == ["http.disconnect"]
+    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"
+
+
+def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sockpool import giveback
+
+    parked: list[bytes] = []
+
+    def send(fd: int, cid: int, started: int, carry: bytes) -> None:
+        parked.append(carry)
+
+    monkeypatch.setattr(giveback, "_send", send)
+    # The bytes are there before the handler starts: it reads them well within this.
+    monkeypatch.setattr(giveback, "_park_after", 0.2)
+    calls = Calls()
+    handler = asgi.make_handler(recording_asgi(calls))
+    info = ConnectionInfo(7, "web", "127.0.0.1:1", may_park=True)
+    first = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo"
+    client, thread = run_async(handler, info, first)
+    assert Client(client).response()[2] == b"0 bytes"
+    thread.join(10)
+    assert parked == [b"GET /2 HTTP/1.1\r\nHo"]
+    # Parked, the connection left this worker (abort() closed its copy); it comes back,
+    # here on a new socketpair, with what was read of the next request carried.
+    info2 = ConnectionInfo(7, "web", "127.0.0.1:1", carried=parked[0], may_park=True)
+    client2, thread = run_async(handler, info2)
+    client2.sendall(b"st: a\r\n\r\n")
+    assert Client(client2).response()[2] == b"0 bytes"
+    thread.join(10)
+    assert [s["path"] for s in calls.seen] == ["/1", "/2"]
+
+
+def lifespan_app(behaviour: str, seen: list[str]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan" or behaviour == "unsupported":
+            raise ValueError("no lifespan here")
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                if behaviour == "fail":
+                    await send({"type": "lifespan.startup.failed", "message": "no database"})
+                    return
+                if behaviour == "raise":
+                    raise RuntimeError("startup raised")
+                scope["state"]["ready"] = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return app
+
+
+def test_lifespan() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+        life = asgi.Lifespan(lifespan_app("ok", seen))
+        await life.startup()
+        assert life.state == {"ready": True}
+        await life.shutdown()
+        assert seen == ["lifespan.startup", "lifespan.shutdown"]
+        for behaviour, words in (("fail", "no database"), ("raise", "startup raised")):
+            failing = asgi.Lifespan(lifespan_app(behaviour, []))
+            with pytest.raises(asgi.LifespanFailed, match=words):
+                await failing.startup()
+        unsupported = asgi.Lifespan(lifespan_app("unsupported", []))
+        await unsupported.startup()
+        await unsupported.shutdown()
+        assert not unsupported.supported
+
+    asyncio.run(main())
