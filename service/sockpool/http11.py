@@ -377,9 +377,8 @@ class HttpConnection:
             if low == b"content-length":
                 if not value.isdigit() or (length is not None and value != length):
                     raise ValueError(f"bad Content-Length {value!r}")
-                if length is not None:
-                    continue
                 length = value
+                continue
             elif low == b"transfer-encoding":
                 continue  # the framing is ours to choose
             elif low == b"connection":

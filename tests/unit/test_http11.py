@@ -316,6 +316,45 @@ def test_response_headers_date_server_and_framing() -> None:
         assert framing in head
 
 
+def exchange(raw: bytes) -> HttpConnection:
+    http = HttpConnection(LIMITS)
+    http.feed(raw)
+    assert http.next_request() is not None
+    assert http.read_body() == b""
+    return http
+
+
+def test_response_framing() -> None:
+    """The application's Content-Length is sent once and held to; a 204 has no body;
+    HTTP/1.0 keep-alive is answered; nothing can split a response."""
+    http = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = http.respond(200, [(b"Content-Length", b"3"), (b"X", b"y"), (b"Content-Length", b"3")])
+    assert head.lower().count(b"content-length") == 1 and b"transfer-encoding" not in head.lower()
+    assert http.body(b"abc") == [b"abc"]
+    with pytest.raises(ValueError):
+        http.body(b"d")
+    assert not http.finish()  # too much: closed
+    short = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    short.respond(200, [(b"content-length", b"3")])
+    short.body(b"ab")
+    with pytest.raises(ValueError):
+        short.end()
+    empty = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = empty.respond(204, [])
+    assert b"content-length" not in head.lower() and b"transfer-encoding" not in head.lower()
+    assert empty.body(b"ignored") == [] and empty.end() == b"" and empty.finish()
+    old = exchange(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"\r\nConnection: keep-alive\r\n" in old.respond(200, [(b"content-length", b"0")])
+    assert old.end() == b"" and old.finish()
+    told = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"\r\nConnection: close\r\n" in told.respond(200, [(b"Connection", b"close")])
+    told.end()
+    assert not told.finish()
+    for bad in ((b"X", b"a\r\nSet-Cookie: b"), (b"X", b"a\nb"), (b"X:", b"a"), (b"X", b"a\x00")):
+        with pytest.raises(ValueError):
+            exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(200, [bad])
+
+
 def test_end_of_stream_mid_head_is_a_disconnect() -> None:
     http = HttpConnection(LIMITS)
     http.feed(b"GET / HTT")
@@ -583,6 +622,20 @@ def test_wsgi_application_error_is_a_500_and_a_journal_record(
     (record,) = [r for r in caplog.records if r.name == "sockpool"]
     assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
     assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+
+
+def test_wsgi_header_that_would_split_the_response_is_a_500() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: stolen=1")])
+        return [b"never"]
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    seen = b""
+    while data := client.recv(4096):
+        seen += data
+    thread.join(10)
+    assert seen.startswith(b"HTTP/1.1 500 ") and b"stolen" not in seen
 
 
 def test_wsgi_continue_is_sent_when_the_body_is_read() -> None:
