@@ -210,7 +210,7 @@ class _Exchange:
             while (data := http.read_body()) is None:
                 async with asyncio.timeout(self.idle):
                     http.feed(await self.reader.read(CHUNK))  # mid-request: no parking
-        except (ClientDisconnected, ConnectionError):
+        except (ClientDisconnected, ConnectionError, TimeoutError):  # gone, or silent too long
             self._lost()
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": data, "more_body": not http.body_done}

@@ -206,7 +206,8 @@ class _Response:
         try:
             fd = wrapper.filelike.fileno()
             st = os.fstat(fd)
-            offset = os.lseek(fd, 0, os.SEEK_CUR)
+            tell = getattr(wrapper.filelike, "tell", None)  # a buffered file's own position
+            offset = tell() if tell else os.lseek(fd, 0, os.SEEK_CUR)
         except (AttributeError, OSError, io.UnsupportedOperation):
             return False
         if not stat.S_ISREG(st.st_mode) or self.http.head_sent:

@@ -674,7 +674,7 @@ def test_wsgi_file_wrapper_sends_the_file(monkeypatch: pytest.MonkeyPatch) -> No
         def app(environ: dict[str, Any], start_response: Any) -> Any:
             start_response("200 OK", [("Content-Type", "application/octet-stream")])
             opened = open(f.name, "rb")  # noqa: SIM115 (the server closes it, as PEP 3333 says)
-            opened.seek(5)
+            opened.read(5)  # buffered: the descriptor is further on than the file
             return environ["wsgi.file_wrapper"](opened)
 
         sent: list[int] = []
@@ -972,3 +972,21 @@ def test_lifespan() -> None:
         assert not unsupported.supported
 
     asyncio.run(main())
+
+
+def test_asgi_silent_client_mid_body_is_a_disconnect() -> None:
+    """A client that stops sending its body for idle_timeout is a disconnect to the
+    application, not an error in its code."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+
+    info = ConnectionInfo(7, "web", "127.0.0.1:1", idle_timeout=0.2)
+    first = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"
+    client, thread = run_async(asgi.make_handler(app), info, first)
+    thread.join(10)
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert seen[0]["body"] == b"abc" and seen[0]["more_body"]
+    assert client.recv(4096) == b""  # closed without an answer: nobody is listening
