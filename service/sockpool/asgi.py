@@ -1,0 +1,299 @@
+"""An ASGI 3 application as an async sockpool handler: the `http` and `lifespan` scopes.
+
+    handler = make_handler(app, HttpLimits(), access_log=False)
+    lifespan = Lifespan(app)
+    await lifespan.startup()    # before the worker reports READY; LifespanFailed: it cannot start
+    ...
+    await lifespan.shutdown()   # when the worker retires
+
+HTTP itself is http11.py's, shared with the WSGI server. WebSocket is not served: a
+request to upgrade reaches the application as a plain `http` request, and its answer goes
+back as a plain response (the connection is never switched).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import log
+from .connection import current_connection
+from .events import Event
+from .giveback import client_speaks_first, read
+from .http11 import (
+    ClientDisconnected,
+    HttpConnection,
+    HttpError,
+    HttpLimits,
+    Request,
+    asgi_path,
+    error_response,
+    log_access,
+    parse_peer,
+)
+
+CHUNK = 65536
+ASGI = {"version": "3.0", "spec_version": "2.3"}
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+Message = dict[str, Any]
+
+
+class LifespanFailed(Exception):
+    """The application's lifespan startup (or shutdown) failed: the message says why."""
+
+
+class Lifespan:
+    """The `lifespan` scope, run once per worker. An application that does not support it
+    (it raises, or returns, before receiving the first message) is served without it."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.state: dict[str, Any] = {}  # copied into each request's scope["state"]
+        self._to_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._from_app: asyncio.Queue[Message] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self._received = False
+        self._error: BaseException | None = None
+        self.supported = True
+
+    async def startup(self) -> None:
+        self._task = asyncio.create_task(self._main())
+        await self._to_app.put({"type": "lifespan.startup"})
+        await self._await("startup")
+
+    async def shutdown(self) -> None:
+        if not self.supported or self._task is None or self._task.done():
+            return
+        await self._to_app.put({"type": "lifespan.shutdown"})
+        try:
+            await self._await("shutdown")
+        finally:
+            if not self._task.done():
+                self._task.cancel()
+
+    async def _await(self, phase: str) -> None:
+        message = await self._from_app.get()
+        kind = message["type"]
+        if kind == f"lifespan.{phase}.complete":
+            return
+        if kind == f"lifespan.{phase}.failed":
+            raise LifespanFailed(message.get("message") or f"lifespan {phase} failed")
+        if kind == "ended" and not self._received:
+            self.supported = False
+            log.log.info("the application does not support ASGI lifespan: %r", self._error)
+            return
+        if kind == "ended":
+            error = self._error or "the application returned"
+            raise LifespanFailed(f"lifespan {phase}: {error!r}")
+        raise LifespanFailed(f"lifespan {phase}: unexpected message {kind!r}")
+
+    async def _main(self) -> None:
+        scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"},
+                 "state": self.state}  # fmt: skip
+        try:
+            await self.app(scope, self._receive, self._send)
+        except Exception as exc:
+            self._error = exc
+        finally:
+            self._from_app.put_nowait({"type": "ended"})
+
+    async def _receive(self) -> Message:
+        self._received = True
+        return await self._to_app.get()
+
+    async def _send(self, message: Message) -> None:
+        await self._from_app.put(message)
+
+
+def make_handler(
+    app: Any,
+    limits: HttpLimits | None = None,
+    access_log: bool = False,
+    state: dict[str, Any] | None = None,
+) -> Handler:
+    """The async sockpool handler serving `app`, an ASGI 3 application, over HTTP/1.1.
+    `state`: the lifespan's state (Lifespan.state), copied into every request's scope."""
+    limits = limits or HttpLimits()
+
+    @client_speaks_first
+    async def asgi_handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        info = current_connection()
+        idle = info.idle_timeout if info else None
+        base = _base_scope(writer, info.peer if info else "", state)
+        http = HttpConnection(limits)  # the worker feeds info.carried to the reader
+        while True:
+            try:
+                while (request := http.next_request()) is None:
+                    if http.closed:
+                        return
+                    async with asyncio.timeout(idle):
+                        http.feed(await read(reader, writer, http.carry()))  # may park
+            except HttpError as exc:
+                log.log.debug("refused a request: %s", exc)
+                writer.write(error_response(exc.status))
+                await writer.drain()
+                return
+            except ClientDisconnected:
+                return
+            exchange = _Exchange(http, reader, writer, idle)
+            if not await exchange.run(app, _scope(base, request), request, access_log):
+                return
+
+    return asgi_handler
+
+
+def _base_scope(writer: asyncio.StreamWriter, peer: str, state: dict[str, Any] | None) -> Message:
+    host, port = parse_peer(peer)
+    sockname = writer.get_extra_info("sockname")
+    server = (str(sockname[0]), int(sockname[1])) if isinstance(sockname, tuple) else None
+    scope: Message = {
+        "type": "http",
+        "asgi": ASGI,
+        "scheme": "http",
+        "root_path": "",
+        "client": (host, port) if port is not None else None,
+        "server": server,
+    }
+    if state is not None:
+        scope["state"] = state
+    return scope
+
+
+def _scope(base: Message, request: Request) -> Message:
+    scope = base.copy()
+    scope["http_version"] = request.http_version.decode()
+    scope["method"] = request.method.decode("latin-1")
+    scope["path"] = asgi_path(request.path)
+    scope["raw_path"] = request.path
+    scope["query_string"] = request.query
+    scope["headers"] = request.headers
+    if "state" in base:
+        scope["state"] = base["state"].copy()
+    return scope
+
+
+class _Exchange:
+    """One request: the application's receive() and send(), and what came of them."""
+
+    def __init__(
+        self,
+        http: HttpConnection,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        idle: float | None,
+    ) -> None:
+        self.http = http
+        self.reader = reader
+        self.writer = writer
+        self.idle = idle
+        self.asked = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.done = False
+        self.gone = False  # the client went away
+        self.finished = asyncio.Event()  # the response is complete, or the client is gone
+        self.sent = 0
+
+    async def receive(self) -> Message:
+        http = self.http
+        if self.gone or http.body_done:
+            await self.finished.wait()  # nothing more to read: until the response is out
+            return {"type": "http.disconnect"}
+        if not self.asked:
+            self.asked = True
+            if go_on := http.continue_bytes():
+                self.writer.write(go_on)
+        try:
+            while (data := http.read_body()) is None:
+                async with asyncio.timeout(self.idle):
+                    http.feed(await self.reader.read(CHUNK))  # mid-request: no parking
+        except (ClientDisconnected, ConnectionError, TimeoutError):  # gone, or silent too long
+            self._lost()
+            return {"type": "http.disconnect"}
+        return {"type": "http.request", "body": data, "more_body": not http.body_done}
+
+    def _lost(self) -> None:
+        self.gone = True
+        self.finished.set()
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            if self.status:
+                raise RuntimeError("http.response.start sent twice")
+            self.status = int(message["status"])
+            self.headers = [(bytes(k), bytes(v)) for k, v in message.get("headers", ())]
+            return
+        if kind != "http.response.body":
+            raise RuntimeError(f"unexpected ASGI message {kind!r}")
+        if not self.status:
+            raise RuntimeError("http.response.body before http.response.start")
+        if self.done:
+            raise RuntimeError("http.response.body after the response ended")
+        if self.gone:
+            return  # the client went: the application learns it from receive()
+        http = self.http
+        body = bytes(message.get("body", b""))
+        more = bool(message.get("more_body", False))
+        out = []
+        if not http.head_sent:
+            if not more and not any(k.lower() == b"content-length" for k, _ in self.headers):
+                self.headers.append((b"content-length", b"%d" % len(body)))
+            out.append(http.respond(self.status, self.headers))
+        pieces = http.body(body)
+        if pieces:
+            out += pieces
+            self.sent += len(body)
+        if not more:
+            out.append(http.end())
+            self.done = True
+        self.writer.write(b"".join(out))
+        try:
+            await self.writer.drain()
+        except ConnectionError:
+            self._lost()
+        if self.done:
+            self.finished.set()
+
+    async def run(self, app: Any, scope: Message, request: Request, access_log: bool) -> bool:
+        """Run the application for one request; whether the connection can serve another."""
+        started = time.monotonic_ns() if access_log else 0
+        status = 0
+        try:
+            await app(scope, self.receive, self.send)
+            if not self.done and not self.gone:
+                raise RuntimeError("the application returned without completing its response")
+            status = self.status
+        except HttpError as exc:  # the body broke a limit, or its framing, while being read
+            if not self.http.head_sent:
+                self.writer.write(error_response(exc.status))
+                status = exc.status
+            return False
+        except Exception:
+            log.event(
+                Event.HANDLER_ERROR,
+                "application raised on %s %s",
+                request.method.decode("latin-1"),
+                request.target.decode("latin-1"),
+                level=logging.ERROR,
+                exc_info=True,
+            )
+            if not self.http.head_sent and not self.gone:
+                self.writer.write(error_response(500))
+                status = 500
+            return False
+        finally:
+            self.finished.set()
+            if access_log:
+                status = status or (self.status if self.http.head_sent else 0)
+                log_access(request.method, request.target, status, self.sent, started)
+        if self.gone:
+            return False
+        http = self.http
+        while (drained := http.drain()) is None:
+            async with asyncio.timeout(self.idle):
+                http.feed(await self.reader.read(CHUNK))
+        return drained and http.finish()

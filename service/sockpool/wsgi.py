@@ -1,0 +1,401 @@
+"""A WSGI (PEP 3333) application as a sync sockpool handler.
+
+    handler = make_handler(app, HttpLimits(), access_log=False)
+
+HTTP itself is http11.py's; this module moves bytes between it, the socket and the
+application. Between requests, and while a request head is incomplete, the connection goes
+back to the dispatcher (giveback.receive): a keep-alive client holds no worker while it
+thinks, and the next request, whole or in part, comes back in `info.carried`.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import select
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from . import __version__, log
+from .connection import ConnectionInfo
+from .events import Event
+from .giveback import client_speaks_first, receive
+from .http11 import (
+    ClientDisconnected,
+    HttpConnection,
+    HttpError,
+    HttpLimits,
+    Request,
+    error_response,
+    log_access,
+    parse_peer,
+    wsgi_path,
+)
+
+CHUNK = 65536
+Handler = Callable[[socket.socket, ConnectionInfo], None]
+_NOT_HTTP = (b"content-type", b"content-length")
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: a file the server sends with os.sendfile() when it is a regular
+    file with a descriptor, and reads block by block otherwise."""
+
+    def __init__(self, filelike: Any, blksize: int = 8192) -> None:
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self) -> Iterator[bytes]:
+        while block := self.filelike.read(self.blksize):
+            yield block
+
+
+class _Input(io.RawIOBase):
+    """wsgi.input: reads the request body as the application asks for it, sending
+    `100 Continue` first when the client waits for it."""
+
+    def __init__(self, conn: socket.socket, http: HttpConnection) -> None:
+        self._conn = conn
+        self._http = http
+        self._buf = bytearray()
+        self._asked = False
+
+    def readable(self) -> bool:
+        return True
+
+    def _more(self) -> bool:
+        """One more piece of the body into the buffer; False at its end."""
+        http = self._http
+        if not self._asked:
+            self._asked = True
+            if go_on := http.continue_bytes():
+                self._conn.sendall(go_on)
+        while (data := http.read_body()) is None:
+            http.feed(self._conn.recv(CHUNK))  # mid-request: wait for it, do not park
+        self._buf += data
+        return bool(data)
+
+    def read(self, size: int | None = -1) -> bytes:
+        buf = self._buf
+        if size is None or size < 0:
+            while self._more():
+                pass
+        else:
+            while len(buf) < size and self._more():
+                pass
+            size = min(size, len(buf))
+        data = bytes(buf[:size] if size is not None and size >= 0 else buf)
+        del buf[: len(data)]
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        return self.read(-1)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        buf = self._buf
+        limit = size if size is not None and size >= 0 else None
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                end += 1
+                break
+            if (limit is not None and len(buf) >= limit) or not self._more():
+                end = len(buf)
+                break
+        if limit is not None:
+            end = min(end, limit)
+        data = bytes(buf[:end])
+        del buf[:end]
+        return data
+
+    def readlines(self, hint: int = -1) -> list[bytes]:
+        lines, total = [], 0
+        while line := self.readline():
+            lines.append(line)
+            total += len(line)
+            if 0 < hint <= total:
+                break
+        return lines
+
+    def __iter__(self) -> Iterator[bytes]:  # type: ignore[override]
+        while line := self.readline():
+            yield line
+
+
+class _Response:
+    """start_response(), write() and sending the iterable, for one request."""
+
+    __slots__ = ("conn", "headers", "http", "reason", "sent", "status")
+
+    def __init__(self, conn: socket.socket, http: HttpConnection) -> None:
+        self.conn = conn
+        self.http = http
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.sent = 0  # body bytes sent, for the access log
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.http.head_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status:
+            raise AssertionError("start_response() called again without exc_info")
+        code, _, reason = status.partition(" ")
+        if len(code) != 3 or not code.isdigit():
+            raise ValueError(f"bad status {status!r}")
+        self.status, self.reason = int(code), reason.encode("latin-1")
+        self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        return self.write
+
+    def _head(self) -> bytes:
+        if not self.status:
+            raise AssertionError("the application sent a body before start_response()")
+        return (
+            b""
+            if self.http.head_sent
+            else self.http.respond(self.status, self.headers, self.reason)
+        )
+
+    def write(self, data: bytes) -> None:
+        """Send one block now (the write() callable, and each block of a streamed body)."""
+        if not data:
+            return
+        pieces = [self._head(), *self.http.body(data)]
+        self.conn.sendall(b"".join(pieces))
+        self.sent += len(data) if len(pieces) > 1 else 0
+
+    def send(self, result: Iterable[bytes]) -> None:
+        """Send the application's iterable, then the end of the response."""
+        if isinstance(result, FileWrapper) and self._sendfile(result):
+            return
+        if isinstance(result, list | tuple):
+            # Everything is here: one send, with a Content-Length when none was given.
+            body = b"".join(result)
+            if not self.http.head_sent and not _has(self.headers, b"content-length"):
+                self.headers.append((b"Content-Length", b"%d" % len(body)))
+            pieces = [self._head(), *self.http.body(body), self.http.end()]
+            self.conn.sendall(b"".join(pieces))
+            self.sent += len(body) if not self.http.is_head else 0
+            return
+        for block in result:
+            self.write(block)
+        if not self.http.head_sent and not _has(self.headers, b"content-length"):
+            self.headers.append((b"Content-Length", b"0"))
+        self.conn.sendall(self._head() + self.http.end())
+
+    def _sendfile(self, wrapper: FileWrapper) -> bool:
+        """Send a regular file with os.sendfile(); False when it is not one."""
+        try:
+            fd = wrapper.filelike.fileno()
+            st = os.fstat(fd)
+            tell = getattr(wrapper.filelike, "tell", None)  # a buffered file's own position
+            offset = tell() if tell else os.lseek(fd, 0, os.SEEK_CUR)
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return False
+        if not stat.S_ISREG(st.st_mode) or self.http.head_sent:
+            return False
+        count = max(0, st.st_size - offset)
+        given = _has(self.headers, b"content-length")
+        if given is None:
+            self.headers.append((b"Content-Length", b"%d" % count))
+        elif given.isdigit():
+            count = min(count, int(given))
+        head = self._head()
+        pieces = self.http.body(_FileRange(count)) if count else []
+        before = b"".join(p for p in pieces[:1] if not isinstance(p, _FileRange))
+        self.conn.sendall(head + before)
+        if pieces:
+            _send_file(self.conn, fd, offset, count)
+            self.sent += count
+            after = b"".join(p for p in pieces[1:] if not isinstance(p, _FileRange))
+        else:
+            after = b""
+        self.conn.sendall(after + self.http.end())
+        return True
+
+
+class _FileRange:
+    """A stand-in for a file's bytes in the framing h11 writes: only its length counts."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
+    out = conn.fileno()
+    timeout = conn.gettimeout()
+    while count > 0:
+        try:
+            sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
+        except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+            poller = select.poll()
+            poller.register(out, select.POLLOUT)
+            if not poller.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("sendfile: the client does not read") from None
+            continue
+        if not sent:
+            raise ConnectionError("the file ended before its Content-Length")
+        offset += sent
+        count -= sent
+
+
+def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    for k, v in headers:
+        if k.lower() == name:
+            return v.strip()
+    return None
+
+
+def _base_environ(conn: socket.socket, info: ConnectionInfo) -> dict[str, Any]:
+    """What every request on this connection shares."""
+    host, port = parse_peer(info.peer)
+    try:
+        name = conn.getsockname()
+    except OSError:
+        name = None
+    if isinstance(name, tuple):
+        server_name, server_port = str(name[0]), str(name[1])
+    else:
+        server_name, server_port = "localhost", ""
+    environ: dict[str, Any] = {
+        "SCRIPT_NAME": "",
+        "SERVER_NAME": server_name,
+        "SERVER_PORT": server_port,
+        "SERVER_SOFTWARE": f"sockpool/{__version__}",
+        "REMOTE_ADDR": host,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": False,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+        "wsgi.file_wrapper": FileWrapper,
+    }
+    if port is not None:
+        environ["REMOTE_PORT"] = str(port)
+    return environ
+
+
+def _environ(base: dict[str, Any], request: Request) -> dict[str, Any]:
+    environ = base.copy()
+    environ["REQUEST_METHOD"] = request.method.decode("latin-1")
+    environ["PATH_INFO"] = wsgi_path(request.path) if request.path[:1] == b"/" else ""  # "*"
+    environ["QUERY_STRING"] = request.query.decode("latin-1")
+    environ["RAW_URI"] = request.target.decode("latin-1")
+    environ["SERVER_PROTOCOL"] = "HTTP/" + request.http_version.decode()
+    for name, value in request.headers:
+        if name in _NOT_HTTP:
+            key = name.decode().upper().replace("-", "_")
+        elif b"_" in name:
+            continue  # would read as the dash-spelled header's HTTP_ key: a spoofing path
+        else:
+            key = "HTTP_" + name.decode().upper().replace("-", "_")
+        text = value.decode("latin-1")
+        environ[key] = f"{environ[key]},{text}" if key in environ and key[0] == "H" else text
+    if request.chunked:
+        environ["wsgi.input_terminated"] = True  # no CONTENT_LENGTH: read to the end
+    return environ
+
+
+def make_handler(app: Any, limits: HttpLimits | None = None, access_log: bool = False) -> Handler:
+    """The sockpool handler serving `app`, a WSGI application, over HTTP/1.1."""
+    limits = limits or HttpLimits()
+
+    @client_speaks_first
+    def wsgi_handler(conn: socket.socket, info: ConnectionInfo) -> None:
+        http = HttpConnection(limits, info.carried)
+        base = _base_environ(conn, info)
+        while True:
+            try:
+                while (request := http.next_request()) is None:
+                    if http.closed:
+                        return
+                    http.feed(receive(conn, http.carry()))  # parks when nothing comes
+            except HttpError as exc:
+                _refuse(conn, exc)
+                return
+            except ClientDisconnected:
+                return
+            if not _serve(app, conn, http, request, base, access_log):
+                return
+
+    return wsgi_handler
+
+
+def _refuse(conn: socket.socket, exc: HttpError) -> None:
+    log.log.debug("refused a request: %s", exc)
+    conn.sendall(error_response(exc.status))
+
+
+def _serve(
+    app: Any,
+    conn: socket.socket,
+    http: HttpConnection,
+    request: Request,
+    base: dict[str, Any],
+    access_log: bool,
+) -> bool:
+    """Run the application for one request; whether the connection can serve another."""
+    started = time.monotonic_ns() if access_log else 0
+    environ = _environ(base, request)
+    environ["wsgi.input"] = _Input(conn, http)
+    response = _Response(conn, http)
+    status = 0
+    try:
+        result = app(environ, response.start_response)
+        try:
+            response.send(result)
+        finally:
+            if hasattr(result, "close"):
+                result.close()
+        status = response.status
+    except HttpError as exc:  # the body broke a limit, or its framing, while being read
+        if not http.head_sent:
+            _refuse(conn, exc)
+            status = exc.status
+        return False
+    except (ConnectionError, TimeoutError):
+        raise  # the client went: nothing to answer (the worker logs it at debug)
+    except Exception:
+        log.event(
+            Event.HANDLER_ERROR,
+            "application raised on %s %s",
+            request.method.decode("latin-1"),
+            request.target.decode("latin-1"),
+            level=logging.ERROR,
+            exc_info=True,
+        )
+        if not http.head_sent:
+            conn.sendall(error_response(500))
+            status = 500
+        return False
+    finally:
+        if access_log:
+            status = status or (response.status if http.head_sent else 0)
+            log_access(request.method, request.target, status, response.sent, started)
+    while (drained := http.drain()) is None:
+        http.feed(conn.recv(CHUNK))
+    return drained and http.finish()

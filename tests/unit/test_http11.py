@@ -1,0 +1,992 @@
+"""HTTP/1.1 (http11.py) and the WSGI and ASGI handlers over real socketpairs.
+
+The corpus is written from RFC 9112: every valid request must come out with its method,
+target, headers and body; every invalid one must get its status and never reach the
+application. The same corpus drives the sans-IO core, the WSGI handler (the application
+wrapped in wsgiref.validate) and the ASGI handler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import tempfile
+import threading
+import wsgiref.validate
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import pytest
+
+from sockpool import Parked, asgi, log, wsgi
+from sockpool.connection import ConnectionInfo, set_current
+from sockpool.http11 import (
+    ClientDisconnected,
+    HttpConnection,
+    HttpError,
+    HttpLimits,
+    parse_peer,
+    split_target,
+)
+
+LIMITS = HttpLimits()
+SMALL = HttpLimits(max_body=100)
+
+
+@dataclass
+class Valid:
+    raw: bytes
+    # (method, target, body) of each request in `raw`, and some headers the first must have
+    want: list[tuple[bytes, bytes, bytes]]
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+VALID = {
+    "get": Valid(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", [(b"GET", b"/", b"")]),
+    "query": Valid(
+        b"GET /p?a=1&b=%20 HTTP/1.1\r\nHost: a\r\n\r\n", [(b"GET", b"/p?a=1&b=%20", b"")]
+    ),
+    "percent": Valid(b"GET /a%2Fb%20c HTTP/1.1\r\nHost: a\r\n\r\n", [(b"GET", b"/a%2Fb%20c", b"")]),
+    "methods": Valid(
+        b"PUT /r HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi"
+        b"DELETE /r HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"PATCH /r HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\nx"
+        b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n",
+        [
+            (b"PUT", b"/r", b"hi"),
+            (b"DELETE", b"/r", b""),
+            (b"PATCH", b"/r", b"x"),
+            (b"OPTIONS", b"*", b""),
+        ],
+    ),
+    "absolute form": Valid(
+        b"GET http://example.com/x?y HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        [(b"GET", b"http://example.com/x?y", b"")],
+    ),
+    "content-length": Valid(
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello world",
+        [(b"POST", b"/f", b"hello world")],
+    ),
+    "same content-length twice": Valid(
+        b"POST /f HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nabc",
+        [(b"POST", b"/f", b"abc")],
+    ),
+    "chunked": Valid(
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5\r\nhello\r\nA;name=val\r\n0123456789\r\n1;a;b="q"\r\n!\r\n0\r\n'
+        b"Trailer-Field: t\r\n\r\n",
+        [(b"POST", b"/c", b"hello0123456789!")],
+    ),
+    "chunked, upper case coding": Valid(
+        b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        [(b"POST", b"/c", b"ok")],
+    ),
+    "pipelined": Valid(
+        b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+        b"POST /2 HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\n\r\n"
+        b"xGET /3 HTTP/1.1\r\nHost: a\r\n\r\n",
+        [(b"GET", b"/1", b""), (b"POST", b"/2", b"x"), (b"GET", b"/3", b"")],
+    ),
+    "http/1.0 without host": Valid(b"GET /old HTTP/1.0\r\n\r\n", [(b"GET", b"/old", b"")]),
+    "empty line before": Valid(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", [(b"GET", b"/", b"")]),
+    "header forms": Valid(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Tab:\tin\tside \r\nX-Obs: caf\xe9\r\n\r\n",
+        [(b"GET", b"/", b"")],
+        [(b"x-empty", b""), (b"x-tab", b"in\tside"), (b"x-obs", b"caf\xe9")],
+    ),
+    "head": Valid(b"HEAD /h HTTP/1.1\r\nHost: a\r\n\r\n", [(b"HEAD", b"/h", b"")]),
+    "expect 100": Valid(
+        b"POST /e HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\nok",
+        [(b"POST", b"/e", b"ok")],
+    ),
+    "upgrade websocket (served as plain http)": Valid(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        [(b"GET", b"/ws", b"")],
+    ),
+}
+
+HEAD_OF = b"GET / HTTP/1.1\r\nHost: a\r\n"
+POST = b"POST / HTTP/1.1\r\nHost: a\r\n"
+POST_CHUNKED = POST + b"Transfer-Encoding: chunked\r\n\r\n"
+
+INVALID: dict[str, tuple[bytes, int, HttpLimits]] = {
+    # limits
+    "request line too long": (b"GET /" + b"a" * 8190 + b" HTTP/1.1\r\nHost: a\r\n\r\n",
+                              414, LIMITS),
+    "request line too long, unfinished": (b"GET /" + b"a" * 9000, 414, LIMITS),
+    "head too large": (HEAD_OF + b"X: " + b"v" * 16400 + b"\r\n\r\n", 431, LIMITS),
+    "head too large, unfinished": (HEAD_OF + b"X: " + b"v" * 16400, 431, LIMITS),
+    "too many headers": (HEAD_OF + b"X: v\r\n" * 100 + b"\r\n", 431, LIMITS),
+    "body too large": (POST + b"Content-Length: 16777217\r\n\r\n", 413, LIMITS),
+    "chunked body too large": (POST_CHUNKED + b"65\r\n" + b"x" * 101 + b"\r\n0\r\n\r\n",
+                               413, SMALL),
+    # smuggling
+    "content-length and transfer-encoding": (
+        POST + b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"0\r\n\r\n", 400, LIMITS),
+    "transfer-encoding and content-length": (
+        POST + b"Transfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n"
+        b"0\r\n\r\n", 400, LIMITS),
+    "content-lengths differ": (
+        POST + b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400, LIMITS),
+    "content-length list differs": (
+        POST + b"Content-Length: 3, 4\r\n\r\nabcd", 400, LIMITS),
+    "content-length negative": (POST + b"Content-Length: -1\r\n\r\n", 400, LIMITS),
+    "content-length signed": (POST + b"Content-Length: +3\r\n\r\nabc", 400, LIMITS),
+    "content-length hex": (POST + b"Content-Length: 0x3\r\n\r\nabc", 400, LIMITS),
+    "transfer-encoding chunked, identity": (
+        POST + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400, LIMITS),
+    "transfer-encoding not chunked last": (
+        POST + b"Transfer-Encoding: gzip\r\n\r\n0\r\n\r\n", 400, LIMITS),
+    "transfer-encoding xchunked": (
+        POST + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 400, LIMITS),
+    "transfer-encoding twice": (
+        POST + b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked"
+        b"\r\n\r\n0\r\n\r\n", 400, LIMITS),
+    "transfer-encoding in http/1.0": (
+        b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, LIMITS),
+    "chunk size negative": (POST_CHUNKED + b"-1\r\nx\r\n0\r\n\r\n", 400, LIMITS),
+    "chunk size not hex": (POST_CHUNKED + b"zz\r\nx\r\n0\r\n\r\n", 400, LIMITS),
+    "chunk size 0x": (POST_CHUNKED + b"0x5\r\nhello\r\n0\r\n\r\n", 400, LIMITS),
+    "chunk size too long": (POST_CHUNKED + b"1" * 21 + b"\r\nx\r\n0\r\n\r\n", 400, LIMITS),
+    "chunk data longer than its size": (POST_CHUNKED + b"3\r\nhello\r\n0\r\n\r\n", 400, LIMITS),
+    "chunk size bare LF": (POST_CHUNKED + b"5\nhello\r\n0\r\n\r\n", 400, LIMITS),
+    "space before colon": (HEAD_OF + b"Content-Length : 0\r\n\r\n", 400, LIMITS),
+    "obs-fold": (HEAD_OF + b"X-A: a\r\n b\r\n\r\n", 400, LIMITS),
+    "obs-fold with tab": (HEAD_OF + b"X-A: a\r\n\tb\r\n\r\n", 400, LIMITS),
+    "NUL in a value": (HEAD_OF + b"X-A: a\x00b\r\n\r\n", 400, LIMITS),
+    "CR in a value": (HEAD_OF + b"X-A: a\rb\r\n\r\n", 400, LIMITS),
+    "bare LF line ends": (b"GET / HTTP/1.1\nHost: a\n\n", 400, LIMITS),
+    "bare LF in a header": (HEAD_OF + b"X-A: a\nX-B: b\r\n\r\n", 400, LIMITS),
+    "empty header name": (HEAD_OF + b": v\r\n\r\n", 400, LIMITS),
+    "no host": (b"GET / HTTP/1.1\r\n\r\n", 400, LIMITS),
+    "two hosts": (HEAD_OF + b"Host: b\r\n\r\n", 400, LIMITS),
+    # request line
+    "no version": (b"GET /\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "no target": (b"GET HTTP/1.1\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "extra part": (b"GET / x HTTP/1.1\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "two spaces": (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "bad version": (b"GET / HTTP/x.y\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "version without dot": (b"GET / HTTP/11\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "lower-case version": (b"GET / http/1.1\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "method not a token": (b"G@T / HTTP/1.1\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "control in target": (b"GET /a\x01b HTTP/1.1\r\nHost: a\r\n\r\n", 400, LIMITS),
+    "http/2.0": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505, LIMITS),
+}  # fmt: skip
+
+
+# -- the sans-IO core --------------------------------------------------------------------
+
+
+def parse(raw: bytes, limits: HttpLimits = LIMITS, step: int = 0) -> list[tuple[Any, bytes]]:
+    """Every request in `raw` as (Request, body), answering each with an empty 200.
+    With `step`, the bytes arrive `step` at a time."""
+    http = HttpConnection(limits)
+    pieces = [raw[i : i + step] for i in range(0, len(raw), step)] if step else [raw]
+    pieces.append(b"")  # the end of the stream
+    out = []
+
+    def more() -> None:
+        http.feed(pieces.pop(0))
+
+    while True:
+        while (request := http.next_request()) is None:
+            if http.closed:
+                return out
+            more()
+        body = b""
+        while (data := http.read_body()) != b"":
+            if data is None:
+                more()
+            else:
+                body += data
+        http.respond(200, [(b"content-length", b"0")])
+        http.end()
+        out.append((request, body))
+        if not http.finish():
+            return out
+
+
+@pytest.mark.parametrize("step", [0, 1, 7])
+@pytest.mark.parametrize("name", VALID)
+def test_valid_requests_parse(name: str, step: int) -> None:
+    case = VALID[name]
+    got = parse(case.raw, step=step)
+    assert [(r.method, r.target, body) for r, body in got] == case.want
+    for header in case.headers:
+        assert header in got[0][0].headers
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_invalid_requests_refused(name: str) -> None:
+    raw, status, limits = INVALID[name]
+    with pytest.raises(HttpError) as caught:
+        parse(raw, limits)
+    assert caught.value.status == status
+
+
+def test_the_next_request_is_carried() -> None:
+    """What was read of the next request is what a parked connection carries, and a new
+    connection resumes from it."""
+    http = HttpConnection(LIMITS)
+    http.feed(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo")
+    assert http.next_request() is not None
+    assert http.read_body() == b""
+    http.respond(204, [])
+    http.end()
+    assert http.finish()
+    assert http.next_request() is None
+    carry = http.carry()
+    assert carry == b"GET /2 HTTP/1.1\r\nHo"
+    resumed = HttpConnection(LIMITS, carry)
+    resumed.feed(b"st: a\r\n\r\n")
+    request = resumed.next_request()
+    assert request is not None and request.target == b"/2"
+
+
+def test_keep_alive_decisions() -> None:
+    def keeps(raw: bytes) -> bool:
+        http = HttpConnection(LIMITS)
+        http.feed(raw)
+        assert http.next_request() is not None
+        assert http.read_body() == b""
+        http.respond(200, [(b"content-length", b"0")])
+        http.end()
+        return http.finish()
+
+    assert keeps(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert not keeps(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    assert not keeps(b"GET / HTTP/1.0\r\n\r\n")
+
+
+def test_unread_body_is_drained_or_the_connection_closes() -> None:
+    http = HttpConnection(LIMITS)
+    http.feed(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nab")
+    assert http.next_request() is not None
+    http.respond(200, [(b"content-length", b"0")])
+    http.end()
+    assert http.drain() is None  # one byte to come
+    http.feed(b"cGET")
+    assert http.drain() is True
+    assert http.finish() and http.carry() == b"GET"
+    waiting = HttpConnection(LIMITS)
+    waiting.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n")
+    assert waiting.next_request() is not None
+    waiting.respond(417, [(b"content-length", b"0")])
+    waiting.end()
+    assert waiting.drain() is False  # never asked for: it may never come
+
+
+def test_continue_only_when_asked() -> None:
+    http = HttpConnection(LIMITS)
+    http.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n")
+    assert http.next_request() is not None
+    assert http.expects_continue()
+    assert http.continue_bytes() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert http.continue_bytes() == b""
+
+
+def test_head_response_keeps_framing_and_sends_no_body() -> None:
+    http = HttpConnection(LIMITS)
+    http.feed(b"HEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert http.next_request() is not None
+    head = http.respond(200, [(b"content-length", b"5")])
+    assert b"content-length: 5\r\n" in head.lower()
+    assert http.body(b"hello") == []
+    assert http.end() == b""
+
+
+def test_response_headers_date_server_and_framing() -> None:
+    for version, framing in (
+        (b"1.1", b"transfer-encoding: chunked"),
+        (b"1.0", b"connection: close"),
+    ):
+        http = HttpConnection(LIMITS)
+        http.feed(b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n")
+        assert http.next_request() is not None
+        head = http.respond(200, []).lower()
+        assert head.startswith(b"http/1.1 200 ok\r\n")
+        assert b"\r\ndate: " in head and b"\r\nserver: sockpool\r\n" in head
+        assert framing in head
+
+
+def exchange(raw: bytes) -> HttpConnection:
+    http = HttpConnection(LIMITS)
+    http.feed(raw)
+    assert http.next_request() is not None
+    assert http.read_body() == b""
+    return http
+
+
+def test_response_framing() -> None:
+    """The application's Content-Length is sent once and held to; a 204 has no body;
+    HTTP/1.0 keep-alive is answered; nothing can split a response."""
+    http = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = http.respond(200, [(b"Content-Length", b"3"), (b"X", b"y"), (b"Content-Length", b"3")])
+    assert head.lower().count(b"content-length") == 1 and b"transfer-encoding" not in head.lower()
+    assert http.body(b"abc") == [b"abc"]
+    with pytest.raises(ValueError):
+        http.body(b"d")
+    assert not http.finish()  # too much: closed
+    short = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    short.respond(200, [(b"content-length", b"3")])
+    short.body(b"ab")
+    with pytest.raises(ValueError):
+        short.end()
+    empty = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    head = empty.respond(204, [])
+    assert b"content-length" not in head.lower() and b"transfer-encoding" not in head.lower()
+    assert empty.body(b"ignored") == [] and empty.end() == b"" and empty.finish()
+    old = exchange(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    assert b"\r\nConnection: keep-alive\r\n" in old.respond(200, [(b"content-length", b"0")])
+    assert old.end() == b"" and old.finish()
+    told = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert b"\r\nConnection: close\r\n" in told.respond(200, [(b"Connection", b"close")])
+    told.end()
+    assert not told.finish()
+    for bad in ((b"X", b"a\r\nSet-Cookie: b"), (b"X", b"a\nb"), (b"X:", b"a"), (b"X", b"a\x00")):
+        with pytest.raises(ValueError):
+            exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(200, [bad])
+
+
+def test_end_of_stream_mid_head_is_a_disconnect() -> None:
+    http = HttpConnection(LIMITS)
+    http.feed(b"GET / HTT")
+    assert http.next_request() is None
+    http.feed(b"")
+    with pytest.raises(ClientDisconnected):
+        http.next_request()
+
+
+def test_targets_and_peers() -> None:
+    assert split_target(b"/a?b=c") == (b"/a", b"b=c")
+    assert split_target(b"http://h:8/x/y?q") == (b"/x/y", b"q")
+    assert split_target(b"http://h") == (b"/", b"")
+    assert split_target(b"*") == (b"*", b"")
+    assert parse_peer("10.0.0.1:5000") == ("10.0.0.1", 5000)
+    assert parse_peer("[::1]:5000") == ("::1", 5000)
+    assert parse_peer("/run/x.sock") == ("/run/x.sock", None)
+    assert parse_peer("unix") == ("unix", None)
+
+
+# -- driving the handlers over socketpairs -------------------------------------------------
+
+
+class Client:
+    """Reads responses with h11 as a client, given the methods of the requests sent."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.conn = h11.Connection(h11.CLIENT)
+
+    def response(self, method: bytes = b"GET") -> tuple[int, dict[bytes, bytes], bytes]:
+        conn = self.conn
+        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
+            conn.start_next_cycle()
+        conn.send(h11.Request(method=method, target="/", headers=[("Host", "a")]))
+        conn.send(h11.EndOfMessage())
+        status, headers, body = 0, {}, b""
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                conn.receive_data(self.sock.recv(65536))
+            elif type(event) is h11.Response:
+                status, headers = event.status_code, dict(event.headers)
+            elif type(event) is h11.Data:
+                body += event.data
+            elif type(event) in (h11.EndOfMessage, h11.ConnectionClosed):
+                return status, headers, body
+
+    def closed(self) -> bool:
+        """The server closed the connection, nothing more sent."""
+        data, closed = self.conn.trailing_data
+        return not data and (closed or self.sock.recv(1) == b"")
+
+
+INFO = ConnectionInfo(7, "web", "127.0.0.1:40000")
+
+
+@dataclass
+class Calls:
+    seen: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_sync(
+    handler: Callable[..., None], info: ConnectionInfo = INFO
+) -> tuple[socket.socket, threading.Thread]:
+    """Serve one connection the way a sync worker does, in a thread; the client's end."""
+    server, client = socket.socketpair()
+    client.settimeout(10)
+    server.settimeout(10)
+
+    def serve() -> None:
+        set_current(info)
+        try:
+            handler(server, info)
+        except (ConnectionError, TimeoutError, Parked):  # as the worker does
+            pass
+        finally:
+            server.shutdown(socket.SHUT_WR)
+            server.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return client, thread
+
+
+def recording_wsgi(calls: Calls) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        stream = environ["wsgi.input"]
+        body = b"".join(iter(lambda: stream.read(4096), b""))
+        calls.seen.append({**environ, "body": body})
+        out = b"%d bytes" % len(body)
+        start_response(
+            "200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(out)))]
+        )
+        return [out]
+
+    return wsgiref.validate.validator(app)
+
+
+def methods_of(case: Valid) -> list[bytes]:
+    return [method for method, _, _ in case.want]
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_wsgi_serves_the_valid_corpus(name: str) -> None:
+    case = VALID[name]
+    calls = Calls()
+    client, thread = run_sync(wsgi.make_handler(recording_wsgi(calls), LIMITS))
+    client.sendall(case.raw)
+    reader = Client(client)
+    for method, _, body in case.want:
+        status, headers, got = reader.response(method)
+        assert status == 200
+        answer = b"%d bytes" % len(body)
+        assert headers[b"content-length"] == b"%d" % len(answer)  # HEAD's too
+        assert got == (b"" if method == b"HEAD" else answer)
+    client.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert [
+        (e["REQUEST_METHOD"].encode(), e["RAW_URI"].encode(), e["body"]) for e in calls.seen
+    ] == case.want
+    first = calls.seen[0]
+    for name_, value in case.headers:
+        assert first["HTTP_" + name_.decode().upper().replace("-", "_")] == value.decode("latin-1")
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_wsgi_refuses_the_invalid_corpus(name: str) -> None:
+    raw, status, limits = INVALID[name]
+    calls = Calls()
+    client, thread = run_sync(wsgi.make_handler(recording_wsgi(calls), limits))
+    client.sendall(raw)
+    reader = Client(client)
+    got, headers, _ = reader.response(b"POST")
+    thread.join(10)
+    assert got == status
+    assert headers[b"connection"] == b"close"
+    assert reader.closed()
+    if status != 413 or b"chunked" not in raw:  # a chunked body's size shows as it is read
+        assert calls.seen == []
+
+
+def test_wsgi_environ() -> None:
+    calls = Calls()
+    info = ConnectionInfo(7, "web", "[::1]:41000")
+    client, thread = run_sync(wsgi.make_handler(recording_wsgi(calls)), info)
+    client.sendall(
+        b"POST /caf%C3%A9/x%2Fy?q=%20 HTTP/1.1\r\nHost: a:80\r\nContent-Type: text/plain\r\n"
+        b"Content-Length: 2\r\nX-Two: 1\r\nX-Two: 2\r\nX_Under: spoof\r\nConnection: close\r\n"
+        b"\r\nhi"
+    )
+    assert Client(client).response(b"POST")[0] == 200
+    thread.join(10)
+    (env,) = calls.seen
+    assert env["SCRIPT_NAME"] == ""
+    assert env["PATH_INFO"] == "/caf\xc3\xa9/x/y"  # bytes as latin-1, PEP 3333
+    assert env["QUERY_STRING"] == "q=%20"
+    assert env["REMOTE_ADDR"] == "::1" and env["REMOTE_PORT"] == "41000"
+    assert env["SERVER_PROTOCOL"] == "HTTP/1.1"
+    assert env["CONTENT_TYPE"] == "text/plain" and env["CONTENT_LENGTH"] == "2"
+    assert "HTTP_CONTENT_LENGTH" not in env
+    assert env["HTTP_X_TWO"] == "1,2"
+    assert "HTTP_X_UNDER" not in env
+    assert env["wsgi.url_scheme"] == "http"
+    assert env["wsgi.multithread"] is False and env["wsgi.multiprocess"] is True
+    assert env["wsgi.run_once"] is False
+    assert env["body"] == b"hi"
+
+
+def test_wsgi_streams_and_closes_the_iterable() -> None:
+    """Each block goes out as it is yielded (chunked on 1.1, close-delimited on 1.0), and
+    close() is called, even when the application raises midway."""
+    events: list[str] = []
+    release = threading.Event()
+
+    class Body:
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def __iter__(self) -> Any:
+            yield b"first"
+            release.wait(10)  # the client has the first block before the second is made
+            if self.fail:
+                raise RuntimeError("midway")
+            yield b"second"
+
+        def close(self) -> None:
+            events.append("closed")
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return Body(environ["PATH_INFO"] == "/fail")
+
+    for version in (b"1.1", b"1.0"):
+        release.clear()
+        client, thread = run_sync(wsgi.make_handler(wsgiref.validate.validator(app)))
+        client.sendall(b"GET / HTTP/" + version + b"\r\nHost: a\r\nConnection: close\r\n\r\n")
+        seen = b""
+        while b"first" not in seen:
+            seen += client.recv(4096)
+        release.set()
+        while data := client.recv(4096):
+            seen += data
+        thread.join(10)
+        if version == b"1.1":
+            assert b"transfer-encoding: chunked" in seen.lower() and seen.endswith(b"0\r\n\r\n")
+        else:
+            assert b"transfer-encoding" not in seen.lower() and seen.endswith(b"second")
+    release.set()
+    client, thread = run_sync(wsgi.make_handler(app))
+    client.sendall(b"GET /fail HTTP/1.1\r\nHost: a\r\n\r\n")
+    seen = b""
+    while data := client.recv(4096):
+        seen += data
+    thread.join(10)
+    assert b"first" in seen and not seen.endswith(b"0\r\n\r\n")  # cut: the client can tell
+    assert events == ["closed", "closed", "closed"]
+
+
+def test_wsgi_write_callable_and_exc_info() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        path = environ["PATH_INFO"]
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        if path == "/early":  # an error before any body: a second start_response wins
+            try:
+                raise ValueError("before the head")
+            except ValueError:
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")],
+                               sys.exc_info())  # fmt: skip
+            return [b"sorry"]
+        write(b"written ")
+        if path == "/late":  # after the head: start_response re-raises
+            try:
+                raise ValueError("after the head")
+            except ValueError:
+                start_response("500 Oops", [("Content-Type", "text/plain")], sys.exc_info())
+        return [b"returned"]
+
+    client, thread = run_sync(wsgi.make_handler(wsgiref.validate.validator(app)))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /early HTTP/1.1\r\nHost: a\r\n\r\n")
+    reader = Client(client)
+    assert reader.response()[::2] == (200, b"written returned")
+    assert reader.response()[::2] == (503, b"sorry")
+    client.sendall(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
+    seen = b""
+    while data := client.recv(4096):
+        seen += data
+    thread.join(10)
+    assert seen.startswith(b"HTTP/1.1 200 OK\r\n") and seen.endswith(b"written \r\n")  # cut
+
+
+def test_wsgi_application_error_is_a_500_and_a_journal_record(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        raise RuntimeError("boom")
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    with caplog.at_level(logging.ERROR):
+        client.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        reader = Client(client)
+        status, headers, _ = reader.response()
+        thread.join(10)
+    assert status == 500 and headers[b"connection"] == b"close"
+    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
+    assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+
+
+def test_wsgi_header_that_would_split_the_response_is_a_500() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: stolen=1")])
+        return [b"never"]
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    seen = b""
+    while data := client.recv(4096):
+        seen += data
+    thread.join(10)
+    assert seen.startswith(b"HTTP/1.1 500 ") and b"stolen" not in seen
+
+
+def test_wsgi_continue_is_sent_when_the_body_is_read() -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        body = b""
+        if environ["PATH_INFO"] == "/read":
+            body = environ["wsgi.input"].read(int(environ["CONTENT_LENGTH"]))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [body or b"unread"]
+
+    client, thread = run_sync(wsgi.make_handler(wsgiref.validate.validator(app)))
+    head = b"Host: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
+    client.sendall(b"POST /read HTTP/1.1\r\n" + head)
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += client.recv(4096)
+    assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.sendall(b"body")
+    assert Client(client).response(b"POST")[2] == b"body"
+    client.sendall(b"POST /unread HTTP/1.1\r\n" + head)
+    reader = Client(client)
+    status, headers, body = reader.response(b"POST")
+    assert (status, body) == (200, b"unread")  # no 100: the application did not read
+    assert headers[b"connection"] == b"close"  # the body may never come: close
+    thread.join(10)
+
+
+def test_wsgi_file_wrapper_sends_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A regular file goes out with os.sendfile(), from where the file stands, with its
+    Content-Length; HEAD gets the same Content-Length and no body."""
+    content = b"0123456789" * 10000
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(content)
+        f.flush()
+
+        def app(environ: dict[str, Any], start_response: Any) -> Any:
+            start_response("200 OK", [("Content-Type", "application/octet-stream")])
+            opened = open(f.name, "rb")  # noqa: SIM115 (the server closes it, as PEP 3333 says)
+            opened.read(5)  # buffered: the descriptor is further on than the file
+            return environ["wsgi.file_wrapper"](opened)
+
+        sent: list[int] = []
+        real = os.sendfile
+
+        def spy(out: int, fd: int, offset: int, count: int) -> int:
+            sent.append(offset)
+            return real(out, fd, offset, count)
+
+        monkeypatch.setattr(os, "sendfile", spy)
+        # Not through wsgiref.validate: it hides the wrapper in an iterator of its own.
+        client, thread = run_sync(wsgi.make_handler(app))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
+        reader = Client(client)
+        _, headers, body = reader.response()
+        assert headers[b"content-length"] == b"99995" and body == content[5:]
+        _, headers, body = reader.response(b"HEAD")
+        assert headers[b"content-length"] == b"99995" and body == b""
+        client.close()
+        thread.join(10)
+    assert sent[0] == 5
+
+
+def test_wsgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Between requests the handler gives the connection back with what it read of the
+    next request; a new handler call resumes from `info.carried`."""
+    from sockpool import giveback
+
+    parked: list[bytes] = []
+    monkeypatch.setattr(giveback, "_send", lambda fd, cid, started, carry: parked.append(carry))
+    monkeypatch.setattr(giveback, "_park_after", 0.0)
+    calls = Calls()
+    handler = wsgi.make_handler(recording_wsgi(calls))
+    info = ConnectionInfo(7, "web", "127.0.0.1:1", may_park=True)
+    server, client = socket.socketpair()
+    client.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo")
+    set_current(info)
+    with pytest.raises(giveback.Parked):
+        handler(server, info)
+    assert parked == [b"GET /2 HTTP/1.1\r\nHo"]
+    info2 = ConnectionInfo(7, "web", "127.0.0.1:1", carried=parked[0], may_park=True)
+    client.sendall(b"st: a\r\n\r\n")
+    set_current(info2)
+    with pytest.raises(giveback.Parked):
+        handler(server, info2)
+    assert parked[1:] == [b""]
+    assert [e["PATH_INFO"] for e in calls.seen] == ["/1", "/2"]
+    reader = Client(client)
+    assert reader.response()[2] == b"0 bytes" and reader.response()[2] == b"0 bytes"
+    assert wsgi.make_handler(recording_wsgi(calls)).client_speaks_first  # type: ignore[attr-defined]
+
+
+def test_access_log(caplog: pytest.LogCaptureFixture) -> None:
+    calls = Calls()
+    caplog.handler.addFilter(log._AddFields())  # as log.setup() does: connection fields
+    for on in (True, False):
+        caplog.clear()
+        client, thread = run_sync(wsgi.make_handler(recording_wsgi(calls), access_log=on))
+        with caplog.at_level(logging.INFO):
+            client.sendall(
+                b"POST /a?b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n"
+                b"\r\nxyz"
+            )
+            Client(client).response(b"POST")
+            thread.join(10)
+        records = [r for r in caplog.records if r.name == "sockpool.access"]
+        if not on:
+            assert records == []
+            continue
+        (record,) = records
+        assert (record.METHOD, record.PATH, record.STATUS, record.BYTES) == (
+            "POST",
+            "/a?b",
+            "200",
+            "7",
+        )
+        assert int(record.DURATION_US) >= 0
+        assert record.CONN_ID == "7"
+
+
+# -- ASGI ----------------------------------------------------------------------------------
+
+
+def run_async(
+    handler: Callable[..., Any], info: ConnectionInfo = INFO, first: bytes = b""
+) -> tuple[socket.socket, threading.Thread]:
+    """Serve one connection the way an async worker does, on an event loop in a thread;
+    `first`: what the client has sent before the handler starts."""
+    server, client = socket.socketpair()
+    client.settimeout(10)
+    client.sendall(first)
+
+    async def serve() -> None:
+        set_current(info)
+        reader, writer = await asyncio.open_connection(sock=server)
+        if info.carried:
+            reader.feed_data(info.carried)
+        try:
+            await handler(reader, writer)
+        except (ConnectionError, TimeoutError, Parked):  # as the worker does
+            pass
+        finally:
+            if writer.can_write_eof():
+                writer.write_eof()
+            writer.close()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+    thread.start()
+    return client, thread
+
+
+def recording_asgi(calls: Calls) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        body = b""
+        while True:
+            message = await receive()
+            assert message["type"] == "http.request"
+            body += message["body"]
+            if not message["more_body"]:
+                break
+        calls.seen.append({**scope, "body": body})
+        out = b"%d bytes" % len(body)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": out})
+
+    return app
+
+
+@pytest.mark.parametrize("name", VALID)
+def test_asgi_serves_the_valid_corpus(name: str) -> None:
+    case = VALID[name]
+    calls = Calls()
+    client, thread = run_async(asgi.make_handler(recording_asgi(calls), LIMITS))
+    client.sendall(case.raw)
+    reader = Client(client)
+    for method, _, body in case.want:
+        status, headers, got = reader.response(method)
+        answer = b"%d bytes" % len(body)
+        assert status == 200
+        assert headers[b"content-length"] == b"%d" % len(answer)  # HEAD's too
+        assert got == (b"" if method == b"HEAD" else answer)
+    client.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    got_calls = [
+        (s["method"].encode(), s["raw_path"], s["query_string"], s["body"]) for s in calls.seen
+    ]
+    assert got_calls == [(m, *split_target(t), b) for m, t, b in case.want]
+    for header in case.headers:
+        assert header in calls.seen[0]["headers"]
+
+
+@pytest.mark.parametrize("name", INVALID)
+def test_asgi_refuses_the_invalid_corpus(name: str) -> None:
+    raw, status, limits = INVALID[name]
+    calls = Calls()
+    client, thread = run_async(asgi.make_handler(recording_asgi(calls), limits))
+    client.sendall(raw)
+    reader = Client(client)
+    got, headers, _ = reader.response(b"POST")
+    thread.join(10)
+    assert got == status
+    assert headers[b"connection"] == b"close"
+    assert reader.closed()
+    if status != 413 or b"chunked" not in raw:
+        assert calls.seen == []
+
+
+def test_asgi_scope() -> None:
+    calls = Calls()
+    info = ConnectionInfo(7, "web", "[::1]:41000")
+    client, thread = run_async(asgi.make_handler(recording_asgi(calls), state={"db": 1}), info)
+    client.sendall(b"GET /caf%C3%A9/x%2Fy?q=%20 HTTP/1.0\r\nX-A: 1\r\n\r\n")
+    assert Client(client).response()[0] == 200
+    thread.join(10)
+    (scope,) = calls.seen
+    assert scope["asgi"] == {"version": "3.0", "spec_version": "2.3"}
+    assert scope["http_version"] == "1.0" and scope["method"] == "GET"
+    assert scope["scheme"] == "http" and scope["root_path"] == ""
+    assert scope["path"] == "/café/x/y"
+    assert scope["raw_path"] == b"/caf%C3%A9/x%2Fy" and scope["query_string"] == b"q=%20"
+    assert scope["headers"] == [(b"x-a", b"1")]
+    assert scope["client"] == ("::1", 41000)
+    assert scope["server"] is None  # a socketpair has no address
+    assert scope["state"] == {"db": 1}
+
+
+def test_asgi_streaming_continue_disconnect_and_errors(caplog: pytest.LogCaptureFixture) -> None:
+    """A streamed body goes out chunked; 100 Continue is sent when the body is first asked
+    for; receive() after the body is http.disconnect once the response is out; an error
+    before the response is a 500 and a HANDLER_ERROR record."""
+    after: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/boom":
+            raise RuntimeError("boom")
+        message = await receive()
+        await send({"type": "http.response.start", "status": 201, "headers": []})
+        await send(
+            {"type": "http.response.body", "body": b"a" + message["body"], "more_body": True}
+        )
+        await send({"type": "http.response.body", "body": b"b", "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        after.append((await receive())["type"])
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(
+        b"POST /s HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
+    )
+    got = b""
+    while b"\r\n\r\n" not in got:
+        got += client.recv(4096)
+    assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+    client.sendall(b"x")
+    reader = Client(client)
+    status, headers, body = reader.response(b"POST")
+    assert (status, headers[b"transfer-encoding"], body) == (201, b"chunked", b"axb")
+    with caplog.at_level(logging.ERROR):
+        client.sendall(b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, headers, _ = reader.response()
+        thread.join(10)
+    assert status == 500 and headers[b"connection"] == b"close"
+    assert after == ["http.disconnect"]
+    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"
+
+
+def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sockpool import giveback
+
+    parked: list[bytes] = []
+
+    def send(fd: int, cid: int, started: int, carry: bytes) -> None:
+        parked.append(carry)
+
+    monkeypatch.setattr(giveback, "_send", send)
+    # The bytes are there before the handler starts: it reads them well within this.
+    monkeypatch.setattr(giveback, "_park_after", 0.2)
+    calls = Calls()
+    handler = asgi.make_handler(recording_asgi(calls))
+    info = ConnectionInfo(7, "web", "127.0.0.1:1", may_park=True)
+    first = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHo"
+    client, thread = run_async(handler, info, first)
+    assert Client(client).response()[2] == b"0 bytes"
+    thread.join(10)
+    assert parked == [b"GET /2 HTTP/1.1\r\nHo"]
+    # Parked, the connection left this worker (abort() closed its copy); it comes back,
+    # here on a new socketpair, with what was read of the next request carried.
+    info2 = ConnectionInfo(7, "web", "127.0.0.1:1", carried=parked[0], may_park=True)
+    client2, thread = run_async(handler, info2)
+    client2.sendall(b"st: a\r\n\r\n")
+    assert Client(client2).response()[2] == b"0 bytes"
+    thread.join(10)
+    assert [s["path"] for s in calls.seen] == ["/1", "/2"]
+
+
+def lifespan_app(behaviour: str, seen: list[str]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan" or behaviour == "unsupported":
+            raise ValueError("no lifespan here")
+        while True:
+            message = await receive()
+            seen.append(message["type"])
+            if message["type"] == "lifespan.startup":
+                if behaviour == "fail":
+                    await send({"type": "lifespan.startup.failed", "message": "no database"})
+                    return
+                if behaviour == "raise":
+                    raise RuntimeError("startup raised")
+                scope["state"]["ready"] = True
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    return app
+
+
+def test_lifespan() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+        life = asgi.Lifespan(lifespan_app("ok", seen))
+        await life.startup()
+        assert life.state == {"ready": True}
+        await life.shutdown()
+        assert seen == ["lifespan.startup", "lifespan.shutdown"]
+        for behaviour, words in (("fail", "no database"), ("raise", "startup raised")):
+            failing = asgi.Lifespan(lifespan_app(behaviour, []))
+            with pytest.raises(asgi.LifespanFailed, match=words):
+                await failing.startup()
+        unsupported = asgi.Lifespan(lifespan_app("unsupported", []))
+        await unsupported.startup()
+        await unsupported.shutdown()
+        assert not unsupported.supported
+
+    asyncio.run(main())
+
+
+def test_asgi_silent_client_mid_body_is_a_disconnect() -> None:
+    """A client that stops sending its body for idle_timeout is a disconnect to the
+    application, not an error in its code."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+
+    info = ConnectionInfo(7, "web", "127.0.0.1:1", idle_timeout=0.2)
+    first = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"
+    client, thread = run_async(asgi.make_handler(app), info, first)
+    thread.join(10)
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert seen[0]["body"] == b"abc" and seen[0]["more_body"]
+    assert client.recv(4096) == b""  # closed without an answer: nobody is listening
