@@ -45,5 +45,6 @@ class Served:
             return wsgi.make_handler(app, limits, self.spec.access_log)
         from . import asgi
 
-        self.lifespans.append(asgi.Lifespan(app))
-        return asgi.make_handler(app, limits, self.spec.access_log)
+        lifespan = asgi.Lifespan(app)
+        self.lifespans.append(lifespan)
+        return asgi.make_handler(app, limits, self.spec.access_log, state=lifespan.state)
