@@ -60,11 +60,17 @@ def _across(echo: Unit, operation: Callable[[], None], keeps_idle: bool) -> int:
 
 
 def _stopping(echo: Unit, verb: str) -> Callable[[], None]:
-    """systemctl VERB without waiting, then wait until the service is draining."""
+    """systemctl VERB without waiting, then wait until the old dispatcher has begun to stop
+    (its STOPPING record: with nothing in flight the stop is too quick to catch the unit
+    in "deactivating")."""
 
     def operation() -> None:
+        before = echo.main_pid()
         echo.machine.systemctl("--no-block", verb, echo.service)
-        echo.wait_state("deactivating")
+        wait_until(
+            lambda: echo.journal(f"MESSAGE_ID={Event.STOPPING.value}", f"_PID={before}"),
+            f"the dispatcher {before} stopping",
+        )
 
     return operation
 
