@@ -198,6 +198,13 @@ class SyncWorker(_Base):
             idle = True
 
 
+def _last_line(exc: Exception) -> str:
+    """An app's failure in one line: frameworks report a whole traceback as the message,
+    whose last line is the exception itself."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return cut(lines[-1].strip()) if lines else type(exc).__name__
+
+
 def _capacity(wanted: int) -> int:
     """No more connections than descriptors: past RLIMIT_NOFILE the kernel would drop
     handed-over descriptors in transit (MSG_CTRUNC), and those connections with them."""
@@ -244,7 +251,7 @@ class AsyncWorker(_Base):
             try:
                 await lifespan.startup()
             except Exception as exc:
-                raise HandlerError(f"ASGI lifespan startup failed: {cut(str(exc))}") from None
+                raise HandlerError(f"ASGI lifespan startup failed: {_last_line(exc)}") from None
 
     def _beat(self, interval: float) -> None:
         """Tell the dispatcher this loop still turns; a blocked loop falls silent, and
