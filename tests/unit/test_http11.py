@@ -704,7 +704,9 @@ def test_wsgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
     from sockpool import giveback
 
     parked: list[bytes] = []
-    monkeypatch.setattr(giveback, "_send", lambda fd, cid, started, carry: parked.append(carry))
+    monkeypatch.setattr(
+        giveback, "_send", lambda fd, cid, started, carry, ready: parked.append(carry)
+    )
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     calls = Calls()
     handler = wsgi.make_handler(recording_wsgi(calls))
@@ -908,7 +910,7 @@ def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
     parked: list[bytes] = []
 
-    def send(fd: int, cid: int, started: int, carry: bytes) -> None:
+    def send(fd: int, cid: int, started: int, carry: bytes, ready: bool) -> None:
         parked.append(carry)
 
     monkeypatch.setattr(giveback, "_send", send)
