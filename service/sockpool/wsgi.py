@@ -189,7 +189,10 @@ class _Response:
         if isinstance(result, list | tuple):
             # Everything is here: one send, with a Content-Length when none was given.
             body = b"".join(result)
-            if not self.http.head_sent and not _has(self.headers, b"content-length"):
+            # An empty answer to HEAD says nothing of GET's length (Flask answers a
+            # streamed view's HEAD with ()): no Content-Length, rather than a wrong one.
+            known = body or not self.http.is_head
+            if known and not self.http.head_sent and not _has(self.headers, b"content-length"):
                 self.headers.append((b"Content-Length", b"%d" % len(body)))
             pieces = [self._head(), *self.http.body(body), self.http.end()]
             self.conn.sendall(b"".join(pieces))
@@ -197,7 +200,8 @@ class _Response:
             return
         for block in result:
             self.write(block)
-        if not self.http.head_sent and not _has(self.headers, b"content-length"):
+        head_only = self.http.is_head
+        if not head_only and not self.http.head_sent and not _has(self.headers, b"content-length"):
             self.headers.append((b"Content-Length", b"0"))
         self.conn.sendall(self._head() + self.http.end())
 
