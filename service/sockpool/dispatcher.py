@@ -46,7 +46,10 @@ class Dispatcher:
         self.policy = Lifecycle(config)
         self.loop = Loop()
         procs: dict[int, WorkerProcess] = {}
-        self.hot = HotPath(listeners, Admission(config), procs, self._routable, self._closed)
+        self.hot = HotPath(
+            listeners, Admission(config), procs, self._routable, self._closed, self.loop.epoll
+        )
+        self.loop.others = self.hot.parking.seen  # held connections that spoke
         self.hot.configure(config)
         self.do = Executor(
             self.policy, self.loop, self.hot, notifier, self._feed, self.status,
@@ -66,17 +69,18 @@ class Dispatcher:
             listener.sock.setblocking(False)
             self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
         self.loop.watch(hot.done_r, self._on_done)
-        self.loop.watch(hot.parking.fileno(), hot.unpark)
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
         self._periodic()
-        deadlines = hot.parking.deadlines
+        deadlines, parked_events = hot.parking.deadlines, hot.parking.events
         try:
             self.do(self.policy.start(time.monotonic()))
             while not self.policy.finished:
                 now = time.monotonic()
                 self.loop.poll(0.0 if hot.has_work(now) else self._idle(now))
                 now = time.monotonic()
+                if parked_events:
+                    hot.unpark()
                 if hot.backlogged:
                     hot.accept(now)
                 if hot.pending:
@@ -176,6 +180,7 @@ class Dispatcher:
         """sd_notify's STATUS= and watchdog, and the refusal count, on their own clock."""
         now = time.monotonic()
         self.notifier.tick(now, self.status)
+        self.hot.read_limits()
         self.hot.log_refused(now)
         self.hot.log_closed(now)
         self.loop.call_at(now + self.notifier.next_due(now), self._periodic)

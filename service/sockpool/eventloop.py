@@ -36,6 +36,9 @@ class Loop:
         self.timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()  # ties keep the order they were set in
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
+        # Where events of descriptors registered on `epoll` by others go (the parked
+        # connections: parking.py), as (fd, events).
+        self.others: Callable[[int, int], None] = _ignore_event
 
     def watch(
         self,
@@ -72,10 +75,12 @@ class Loop:
 
     def poll(self, timeout: float) -> None:
         """Wait up to `timeout` seconds and run the callbacks of what became readable."""
-        for fd, _ in self.epoll.poll(timeout):
+        for fd, events in self.epoll.poll(timeout):
             callback = self.callbacks.get(fd)  # an earlier callback may have unwatched it
             if callback:
                 callback()
+            else:
+                self.others(fd, events)
 
     def run_timers(self, now: float) -> None:
         """Run the timers due by `now`; those they set run on a later turn, even if due."""
@@ -115,4 +120,8 @@ class Loop:
 
 
 def _ignore(signum: int, frame: object) -> None:
+    pass
+
+
+def _ignore_event(fd: int, events: int) -> None:
     pass

@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import resource
+import select
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TypeVar
@@ -45,6 +46,8 @@ T = TypeVar("T")
 def batches(items: list[Pending]) -> list[list[Pending]]:
     """Split one worker's share into handoff messages: at most wire.MAX_BATCH each, and a
     connection carrying bytes travels alone, so no message outgrows wire.MAX_MESSAGE."""
+    if 0 < len(items) <= wire.MAX_BATCH and not any(item[4] for item in items):
+        return [items]  # the usual case: a few plain connections
     plain = [item for item in items if not item[4]]
     out = [plain[i : i + wire.MAX_BATCH] for i in range(0, len(plain), wire.MAX_BATCH)]
     if len(plain) < len(items):
@@ -74,17 +77,19 @@ class HotPath:
         workers: dict[int, WorkerProcess],
         routable: Callable[[], list[WorkerProcess]],
         on_broken: Callable[[WorkerProcess], None],
+        epoll: select.epoll | None = None,
     ) -> None:
         self.listeners = listeners
         self.deferred: set[Listener] = set()  # new connections wait for data (dispatcher sets)
         self.admission = admission
-        self.parking = Parking(admission.release)
+        self.parking = Parking(admission.release, epoll)
         self.waiting = giveback.share_waiting()  # workers read it: see giveback.py
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
         self.stopping = False
         self.next_fd_log = 0.0
+        self.read_limits()
         self.next_closed_log = 0.0
         self.closed_logged: Counter[str] = Counter()
         self.workers = workers  # every worker process, by pid (the dispatcher's table)
@@ -115,12 +120,8 @@ class HotPath:
         return bool(self.backlogged) and self.accepting and now >= self.paused_until
 
     def has_work(self, now: float) -> bool:
-        """Connections wait in a listener's queue, and workers have room for them or they
-        are for a listener whose new connections the dispatcher holds until they speak."""
-        if not self.can_accept(now):
-            return False
-        held = self.may_park and self.backlogged & self.deferred  # until the descriptor limit
-        return bool(held) or self.free_capacity() > len(self.pending)
+        """Connections wait in a listener's queue and workers have room for them."""
+        return self.can_accept(now) and self.free_capacity() > len(self.pending)
 
     def fd_room(self) -> int:
         """Connections that may still come to hold a descriptor here: every connection in
@@ -128,14 +129,18 @@ class HotPath:
         return self.fd_limit() - self.busy() - len(self.pending) - len(self.parking)
 
     def fd_limit(self) -> int:
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        return soft - FD_RESERVE - 4 * len(self.workers)
+        return self.nofile - FD_RESERVE - 4 * len(self.workers)
+
+    def read_limits(self) -> None:
+        """RLIMIT_NOFILE, read again every second (prlimit can change it under us): not on
+        every loop turn, where the system call would cost more than the check."""
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
     def accept(self, now: float) -> None:
         """Accept while workers have room (back-pressure: the rest waits in the kernel's
-        backlog, nothing queues up in here); over the limits, accept only to refuse. A
-        listener whose connections are held until they speak is accepted from whatever the
-        workers' room, up to the descriptor limit."""
+        backlog, nothing queues up in here); over the limits, accept only to refuse. On a
+        listener whose connections are held until they speak, a silent one takes no room:
+        accepting goes on until enough have spoken to fill the workers."""
         if not self.can_accept(now):
             return
         room = self.free_capacity() - len(self.pending)
@@ -146,12 +151,11 @@ class HotPath:
         pending, parking, deferred = self.pending, self.parking, self.deferred
         fd_room = self.fd_room()
         self._parking_allowed(fd_room > 0, now)
-        first_byte = deadline_for(FIRST_BYTE, now, 0, self.timeouts)
         for listener in list(self.backlogged):
             accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
             hold = listener in deferred and fd_room > 0
             for _ in range(ACCEPT_BATCH):
-                if room <= 0 and allowed > 0 and not hold:
+                if room <= 0 and allowed > 0:
                     break  # back-pressure: let it wait in the backlog
                 try:
                     fd, addr = accept()  # socket._accept: (fd, addr), no socket object to build
@@ -172,8 +176,8 @@ class HotPath:
                 item = (self.next_id, fd, name, format_peer(addr), b"", 0)
                 allowed -= 1
                 fd_room -= 1
-                if hold and not waiting_bytes(fd):
-                    parking.hold(item, FIRST_BYTE, first_byte)  # nothing to do yet
+                if hold and not waiting_bytes(fd):  # nothing to do yet
+                    parking.hold(item, FIRST_BYTE, deadline_for(FIRST_BYTE, now, 0, self.timeouts))
                 else:
                     pending.append(item)
                     room -= 1
