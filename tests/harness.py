@@ -163,9 +163,13 @@ class Load:
             if self.pause:
                 time.sleep(self.pause)
 
+    def _exchange(self, payload: bytes) -> bytes:
+        """One exchange: the answer to compare with the payload."""
+        return request(self.address, payload, self.timeout)
+
     def _one(self, payload: bytes) -> tuple[str, str]:
         try:
-            answer = request(self.address, payload, self.timeout)
+            answer = self._exchange(payload)
         except ConnectionRefusedError as exc:
             return "refused", repr(exc)
         except (ConnectionResetError, BrokenPipeError) as exc:
@@ -174,6 +178,8 @@ class Load:
             if exc.errno == errno.ENOTCONN:  # reset before our shutdown(): cut all the same
                 return "reset", repr(exc)
             return "other", repr(exc)
+        except EOFError as exc:  # closed mid-answer (HttpClient)
+            return "closed", repr(exc)
         if answer == payload:
             return "ok", ""
         return "mismatched" if answer else "closed", f"{payload!r} -> {answer[:60]!r}"
@@ -202,6 +208,170 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(self.timeout + 5)
+
+
+# -- HTTP clients ------------------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: list[tuple[bytes, bytes]]  # names lower-cased, in order
+    body: bytes
+    head: bytes  # the status line and header lines as received
+
+    def header(self, name: bytes) -> bytes | None:
+        """The (first) value of a header field, or None."""
+        return next((v for k, v in self.headers if k == name.lower()), None)
+
+
+def http_request(
+    method: str,
+    target: str,
+    body: bytes = b"",
+    headers: list[tuple[str, str]] | None = None,
+    close: bool = False,
+) -> bytes:
+    """An HTTP/1.1 request; a Content-Length for a body unless `headers` frame it."""
+    fields = [("Host", "test"), *(headers or [])]
+    named = {k.lower() for k, _ in fields}
+    if body and not {"content-length", "transfer-encoding"} & named:
+        fields.append(("Content-Length", str(len(body))))
+    if close:
+        fields.append(("Connection", "close"))
+    head = f"{method} {target} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields)
+    return head.encode("latin-1") + b"\r\n" + body
+
+
+class HttpClient:
+    """One client connection speaking HTTP/1.x: raw bytes out, responses read in order and
+    framed as RFC 9112 6.3 says (no body for HEAD, 1xx, 204, 304; Content-Length; chunked;
+    else to the end of the stream). EOFError when the server closes short of a response."""
+
+    def __init__(self, address: Address, timeout: float = 10.0, source: str | None = None):
+        self.sock = connect(address, timeout, source)
+        self.buf = b""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def port(self) -> int:
+        """Our local port: the PEER the server logs."""
+        return self.sock.getsockname()[1]
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def ask(self, method: str, target: str, body: bytes = b"", **kw) -> Response:
+        self.send(http_request(method, target, body, **kw))
+        return self.response(head=method == "HEAD")
+
+    def response(self, head: bool = False, interim: bool = False) -> Response:
+        """The next response; 1xx ones are skipped unless `interim`."""
+        while True:
+            status, headers, raw = self._head()
+            if interim or not 100 <= status < 200:
+                break
+        if head or 100 <= status < 200 or status in (204, 304):
+            body = b""
+        elif (coding := _field(headers, b"transfer-encoding")) and b"chunked" in coding.lower():
+            body = self._chunked()
+        elif (length := _field(headers, b"content-length")) is not None:
+            body = self._exactly(int(length))
+        else:
+            body, self.buf = self.buf + read_to_eof(self.sock), b""
+        return Response(status, headers, body, raw)
+
+    def _head(self) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        raw = self._until(b"\r\n\r\n")[:-4]
+        line, *lines = raw.split(b"\r\n")
+        version, status, *_ = line.split(b" ", 2)
+        assert version.startswith(b"HTTP/1."), f"not an HTTP/1 response: {raw!r}"
+        headers = []
+        for text in lines:
+            name, _, value = text.partition(b":")
+            headers.append((name.lower(), value.strip()))
+        return int(status), headers, raw
+
+    def _chunked(self) -> bytes:
+        body = b""
+        while size := int(self._until(b"\r\n")[:-2].split(b";")[0], 16):
+            body += self._exactly(size)
+            assert self._exactly(2) == b"\r\n", "chunk data not followed by CRLF"
+        while self._until(b"\r\n") != b"\r\n":  # trailer fields
+            pass
+        return body
+
+    def _until(self, end: bytes) -> bytes:
+        while (at := self.buf.find(end)) < 0:
+            self._more()
+        at += len(end)
+        data, self.buf = self.buf[:at], self.buf[at:]
+        return data
+
+    def _exactly(self, count: int) -> bytes:
+        while len(self.buf) < count:
+            self._more()
+        data, self.buf = self.buf[:count], self.buf[count:]
+        return data
+
+    def _more(self) -> None:
+        if not (chunk := self.sock.recv(65536)):
+            raise EOFError(f"closed by the server mid-response: {self.buf[:200]!r}")
+        self.buf += chunk
+
+    def closed(self) -> bool:
+        """The server ended the connection with nothing more sent: EOF, or a reset (it left
+        bytes of ours unread). A client timeout raises."""
+        if self.buf:
+            return False
+        try:
+            return self.sock.recv(65536) == b""
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _field(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    return next((v for k, v in headers if k == name), None)
+
+
+@dataclass
+class HttpLoad(Load):
+    """Load's clients speaking HTTP: each payload is POSTed to `path`, which must answer
+    200 with the body it was sent. keep_alive=0: a new connection per request (the last
+    request says Connection: close); N: N requests a connection."""
+
+    path: str = "/say"
+    keep_alive: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._local = threading.local()
+
+    def _exchange(self, payload: bytes) -> bytes:
+        local = self._local
+        if getattr(local, "client", None) is None:
+            local.client, local.used = HttpClient(self.address, self.timeout), 0
+        local.used += 1
+        last = local.used >= max(1, self.keep_alive)
+        try:
+            local.client.send(http_request("POST", self.path, payload, close=last))
+            answer = local.client.response()
+        except BaseException:
+            last = True
+            raise
+        finally:
+            if last:
+                local.client.close()
+                local.client = None
+        return answer.body if answer.status == 200 else answer.head
 
 
 # -- servers ---------------------------------------------------------------------------------

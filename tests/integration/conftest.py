@@ -16,9 +16,9 @@ _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(_soft, 8192), _hard), _hard))
 
 
-@pytest.fixture
-def serve() -> Iterator[Callable[..., Service]]:
-    """serve(args, listen=[...], ...) -> a started sockpool; stopped after the test.
+def _serving() -> Iterator[Callable[..., Service]]:
+    """serve(args, listen=[...], ...) -> a started sockpool; stopped after the test (or
+    module, for serve_module).
 
     wait_ready=False does not wait for READY=1; wrapper (e.g. ["env", "LISTEN_PID=1"]) runs
     between systemd-socket-activate and sockpool; env adds to sockpool's environment.
@@ -50,3 +50,14 @@ def serve() -> Iterator[Callable[..., Service]]:
     yield start
     for service in services:
         service.stop()
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., Service]]:
+    yield from _serving()
+
+
+@pytest.fixture(scope="module")
+def serve_module() -> Iterator[Callable[..., Service]]:
+    """serve, for services a module's tests share."""
+    yield from _serving()
