@@ -136,12 +136,13 @@ def py_peer(module: str, *args: str) -> list[str]:
 def gunicorn_argv(cfg: Config, app: str = "bench.peers.wsgi:app", threads: int = 0) -> list[str]:
     """gunicorn on the activated socket (it reads LISTEN_FDS itself): sync workers, or
     gthread workers with `threads` threads each."""
-    workers = ["--worker-class", "gthread", "--threads", str(threads)] if threads else []
+    kind = ["gthread", "--threads", str(threads)] if threads else ["sync"]
     return [
         str(BIN / "gunicorn"),
         "--workers",
         str(cfg.workers),
-        *(workers or ["--worker-class", "sync"]),
+        "--worker-class",
+        *kind,
         "--no-control-socket",
         "--log-level",
         "warning",
