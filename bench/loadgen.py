@@ -11,7 +11,9 @@ to that request, and reads the answer to EOF:
   ``200`` with the body ``hello\\n`` and a matching Content-Length. With ``keepalive``
   each of the connections in flight stays open and sends its next request as soon as an
   answer is complete; the result then says how many connections got no answer at all
-  (``starved``), which wrk cannot.
+  (``starved``), which wrk cannot. An answer with ``Connection: close`` ends its
+  connection, as any HTTP client would; the next request of that slot opens a new one
+  (``server_closes`` counts them: gunicorn's sync workers close every connection).
 
 A ``Crowd`` is the other kind of client: a process holding thousands of connections that
 do (almost) nothing: idle ones that send nothing, ones that make one keep-alive request and
@@ -82,6 +84,7 @@ class Result:
     starved: int = 0  # slots with no answer at all
     min_answers: int = 0
     max_answers: int = 0
+    server_closes: int = 0  # keep-alive: answers that said `Connection: close`
 
 
 def percentile(sorted_values: list[float] | array[float], q: float) -> float:
@@ -145,6 +148,16 @@ def _http_framed(buf: bytes | bytearray) -> int:
     return total if len(buf) >= total else 0
 
 
+def _says_close(answer: bytes | bytearray) -> bool:
+    """Whether a whole HTTP response ends its connection (`Connection: close`)."""
+    head = bytes(answer[: answer.find(b"\r\n\r\n")]).split(b"\r\n")[1:]
+    for line in head:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"connection" and b"close" in value.lower():
+            return True
+    return False
+
+
 def _http_request(tag: str, keepalive: bool) -> bytes:
     close = "" if keepalive else "Connection: close\r\n"
     return (
@@ -171,6 +184,7 @@ def _run_proc(
     free_slots = list(range(concurrency))
     fails: Counter[str] = Counter()
     ok_in_window = 0
+    closes = 0  # keep-alive answers that closed their connection
     seq = 0
     inflight: dict[int, _Conn] = {}
     token = os.urandom(6).hex()
@@ -191,7 +205,7 @@ def _run_proc(
         slow = mode == "mixed" and seq % 10 == 0
         return (("S" if slow else "F") + f" {tag} " + "x" * 24 + "\n").encode(), slow
 
-    def finish(fd: int, conn: _Conn, failure: str | None) -> None:
+    def finish(fd: int, conn: _Conn, failure: str | None, reuse: bool = True) -> None:
         nonlocal ok_in_window
         now = time.monotonic()
         if failure is None:
@@ -200,7 +214,7 @@ def _run_proc(
             if now <= deadline:
                 ok_in_window += 1
                 answers[conn.slot] += 1
-            if keepalive and now < deadline and seq < max_requests:
+            if keepalive and reuse and now < deadline and seq < max_requests:
                 conn.next_request(payload()[0])
                 ep.modify(fd, select.EPOLLOUT)
                 send(fd, conn)
@@ -247,6 +261,7 @@ def _run_proc(
             send(fd, conn)
 
     def on_event(fd: int) -> None:
+        nonlocal closes
         conn = inflight.get(fd)
         if conn is None:
             return
@@ -268,7 +283,10 @@ def _run_proc(
             conn.inbuf += data
             if keepalive and (n := _http_framed(conn.inbuf)):
                 whole = n == len(conn.inbuf)  # more than one answer to one request is wrong
-                finish(fd, conn, _check_http(bytes(conn.inbuf)) if whole else "mismatch")
+                failure = _check_http(bytes(conn.inbuf)) if whole else "mismatch"
+                reuse = not _says_close(conn.inbuf)
+                closes += not reuse and failure is None
+                finish(fd, conn, failure, reuse)
             elif len(conn.inbuf) > 1 << 16:
                 finish(fd, conn, "mismatch")
             return
@@ -309,7 +327,15 @@ def _run_proc(
     cpu = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
     ep.close()
     out.send(
-        (lat.tobytes(), slow_flags.tobytes(), dict(fails), ok_in_window, cpu, answers.tobytes())
+        (
+            lat.tobytes(),
+            slow_flags.tobytes(),
+            dict(fails),
+            ok_in_window,
+            cpu,
+            answers.tobytes(),
+            closes,
+        )
     )
     out.close()
 
@@ -351,6 +377,7 @@ def run(
     slow = array("b")
     fails: Counter[str] = Counter()
     ok_in_window = 0
+    closes = 0
     cpu = 0.0
     answers = array("q")
     limit = time.monotonic() + duration + timeout + 30
@@ -359,7 +386,8 @@ def run(
             fails["lost-process"] += 1
             answers.extend([0] * concurrency)
             continue
-        blat, bslow, f, okw, c, banswers = r.recv()
+        blat, bslow, f, okw, c, banswers, pcloses = r.recv()
+        closes += pcloses
         answers.frombytes(banswers)
         part = array("d")
         part.frombytes(blat)
@@ -392,6 +420,7 @@ def run(
     if keepalive:
         res.starved = answers.tolist().count(0)
         res.min_answers, res.max_answers = min(answers, default=0), max(answers, default=0)
+        res.server_closes = closes
     if mode == "mixed":
         fast = sorted(x for x, s in zip(lat, slow, strict=True) if not s)
         res.fast_p99_ms = percentile(fast, 99) * 1e3

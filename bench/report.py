@@ -33,6 +33,9 @@ TITLES = {
     "keepalive-few": "Keep-alive with as many connections as workers (2 sync workers)",
     "parked-memory": "The dispatcher's memory with parked keep-alive connections",
     "park-after": "Choosing park_after: keep-alive req/s at each value (2 sync workers)",
+    "flask-newconn": 'Flask "hello", a new connection per request: sockpool --wsgi vs gunicorn',
+    "flask-keepalive": 'Flask "hello", 64 keep-alive connections: sockpool --wsgi vs gunicorn',
+    "starlette": 'Starlette "hello": sockpool --asgi vs uvicorn',
 }
 # What each issue 12 table shows (below its title).
 NOTES = {
@@ -64,6 +67,22 @@ NOTES = {
     "gained (the connections it holds).",
     "park-after": "One sockpool per value of `--park-after`: keepalive-few's load (wrk -c2) "
     "and keepalive-64's (our client, then wrk -c64), 3 s each.",
+    "flask-newconn": "The same Flask app (bench/apps/flask_hello.py, a view returning "
+    "`hello\\n`) under each server. `wrk -H 'Connection: close'` with the load generator's "
+    "connections in flight, then bench.loadgen's http mode (every answer checked), 2 s each. "
+    "`errors`: wrk's connect/read/write/status errors and timeouts (5 s).",
+    "flask-keepalive": "The same app; our keep-alive client (64 connections, 2 s; an answer "
+    "with `Connection: close` makes it open a new connection, counted in `closed by server`) "
+    "counts the connections that got no answer at all (`starved`), then `wrk -c 64` (2 s, "
+    "`--timeout 2s`) gives req/s. gunicorn's sync workers close every connection.",
+    "starlette": "The same Starlette app (bench/apps/starlette_hello.py) under sockpool "
+    "--asgi and uvicorn (`uvicorn[standard]`: httptools and uvloop; `--no-access-log`), "
+    "measured with wrk as the two Flask scenarios are, one after the other. uvicorn takes "
+    "the socket with `--fd 3`, which it wraps as an AF_UNIX socket and so never sets "
+    "TCP_NODELAY on: every server here gets its socket with TCP_NODELAY set, as "
+    "`NoDelay=yes` in a socket unit does "
+    "(bench/peers/nodelay.py); without it uvicorn waits for the client's delayed ACK "
+    "(~40 ms) on each keep-alive answer.",
 }
 
 
@@ -251,8 +270,10 @@ def _mib(kib: float | None) -> float | None:
     return None if kib is None else kib / 1024
 
 
-def issue12_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
-    columns = COLUMNS[scenario]
+def issue12_table(
+    rows: dict[str, list[Row]], scenario: str, columns: list[Column] | None = None
+) -> list[str]:
+    columns = COLUMNS[scenario] if columns is None else columns
     lines = []
     for row in rows.get(scenario, []):
         if not row.rounds:
@@ -264,6 +285,56 @@ def issue12_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
             cells.append(fmt(value, digits))
         lines.append(cells)
     return table(["server", *(c[0] for c in columns)], lines)
+
+
+WEB = ("flask-newconn", "flask-keepalive", "starlette")  # issue 13's scenarios
+
+
+def web_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
+    """Each server's figures with the ratio sockpool ÷ it, per load."""
+    base = find(rows, scenario, "sockpool")
+
+    def vs(key: str) -> Callable[[Row], float | None]:
+        def get(row: Row) -> float | None:
+            if base is None or row.server == "sockpool":
+                return None
+            return ratio(base.get(key), row.get(key))
+
+        return get
+
+    # What the scenario measured (bench.run's WEB_PHASES), from the figures it recorded.
+    measured = {k for row in rows.get(scenario, []) for k in row.med}
+    columns: list[Column] = []
+    if "close_rps" in measured:
+        columns += [
+            ("new conn each: req/s (wrk)", "close_rps", 0),
+            ("sockpool ÷ this", vs("close_rps"), 2),
+            ("p99 ms", "close_p99_ms", 2),
+            ("errors", "close_failures", 0),
+            ("of which timeouts", "close_timeouts", 0),
+        ]
+    if "lg_rps" in measured:
+        columns += [
+            ("conns/s (bench.loadgen)", "lg_rps", 0),
+            ("p99 ms", "lg_p99_ms", 2),
+            ("failed", "lg_failures", 0),
+        ]
+    if "req_per_s" in measured:
+        columns += [
+            ("64 keep-alive: req/s (wrk)", "req_per_s", 0),
+            ("sockpool ÷ this", vs("req_per_s"), 2),
+            ("p99 ms", "p99_ms", 2),
+            ("errors", "ka_errors", 0),
+            ("of which timeouts", "wrk_timeouts", 0),
+            ("starved (of 64)", "starved", 0),
+            ("closed by server", "server_closes", 0),
+            ("our client failed", "own_failures", 0),
+        ]
+    columns += [
+        ("failures, all rounds", lambda r: r.failures, 0),
+        ("rounds", lambda r: r.rounds, 0),
+    ]
+    return issue12_table(rows, scenario, columns)
 
 
 def cold_table(rows: dict[str, list[Row]]) -> list[str]:
@@ -345,6 +416,7 @@ METRICS = {
     "slow_held": Metric("slow clients never closed", "conns", 0),
     "slow_close_over_s": Metric("last slow client's close past its request timeout", "s", 1),
     "req_per_s": Metric("keep-alive throughput", "req/s", 0),
+    "close_rps": Metric("throughput, a new connection per request", "req/s", 0),
     "rss_per_parked_kib": Metric("dispatcher RSS per parked connection", "KiB", 2),
 }
 SCENARIOS = {
@@ -360,6 +432,9 @@ SCENARIOS = {
     "keepalive-64": "64 keep-alive connections",
     "keepalive-few": "keep-alive, connections = workers",
     "parked-memory": "parked connections",
+    "flask-newconn": "Flask, new conn/request",
+    "flask-keepalive": "Flask, 64 keep-alive connections",
+    "starlette": "Starlette",
 }
 SERVERS = {
     "sockpool": "sockpool",
@@ -371,6 +446,9 @@ SERVERS = {
     "forking": "ForkingTCPServer",
     "node": "Node.js cluster",
     "sockpool-before": "sockpool before issue 12",
+    "gunicorn": "gunicorn sync",
+    "gunicorn-gthread": "gunicorn gthread",
+    "uvicorn": "uvicorn",
 }
 RELATIONS: dict[str, Callable[[float, float], bool]] = {
     "≥": operator.ge,
@@ -431,6 +509,14 @@ TARGETS = (
     Target("keepalive-64", "req_per_s", "", 1, "prefork"),
     Target("keepalive-few", "req_per_s", "≥", 0.9, "sockpool-before"),
     Target("parked-memory", "rss_per_parked_kib", "≤", 4),
+    # Issue 13: the same app, the same worker count, the same run.
+    Target("flask-newconn", "close_rps", "≥", 1.3, "gunicorn"),
+    Target("flask-newconn", "close_rps", "≥", 1, "gunicorn-gthread"),
+    Target("flask-keepalive", "starved", "≤", 0),
+    Target("flask-keepalive", "req_per_s", "≥", 2, "gunicorn"),
+    Target("flask-keepalive", "req_per_s", "≥", 1, "gunicorn-gthread"),
+    Target("starlette", "close_rps", "≥", 1, "uvicorn"),
+    Target("starlette", "req_per_s", "≥", 1, "uvicorn"),
 )
 ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "keepalive-64", "keepalive-few")
 ISSUE12 += ("parked-memory", "park-after")
@@ -550,6 +636,14 @@ def markdown(result: dict[str, Any]) -> str:
             + ") run 2 workers whatever the above says, one round each except keepalive-64 "
             "and keepalive-few; each table says what it measures."
         )
+    if any(scenario in rows for scenario in WEB):
+        md.append(
+            "- Issue 13's scenarios (web applications: "
+            + ", ".join(s for s in WEB if s in rows)
+            + f") run {cfg['workers']} workers in every server (gunicorn gthread: 4 threads "
+            "each), no access log, and every listening socket has TCP_NODELAY, as "
+            "`NoDelay=yes` in a socket unit sets it; each table says what it measures."
+        )
     md += [
         "",
         "## Targets",
@@ -580,6 +674,10 @@ def markdown(result: dict[str, Any]) -> str:
         if scenario in rows:
             md += ["", f"## {TITLES[scenario]}", "", NOTES[scenario], ""]
             md += issue12_table(rows, scenario)
+    for scenario in WEB:
+        if scenario in rows:
+            md += ["", f"## {TITLES[scenario]}", "", NOTES[scenario], ""]
+            md += web_table(rows, scenario)
     if meta.get("skipped"):
         md += ["", "## Skipped", "", *[f"- {s}" for s in meta["skipped"]]]
     errs = [(r.scenario, r.label, e) for rs in rows.values() for r in rs for e in r.errors]
@@ -616,6 +714,9 @@ def plot(result: dict[str, Any], path: Path) -> bool:
             False,
         ),
         ("keepalive", "keep-alive HTTP", "req/s", lambda r: r.get("rps"), False),
+        ("flask-newconn", "Flask, new conn/request", "req/s", lambda r: r.get("close_rps"), False),
+        ("flask-keepalive", "Flask, 64 keep-alive", "req/s", lambda r: r.get("req_per_s"), False),
+        ("starlette", "Starlette, 64 keep-alive", "req/s", lambda r: r.get("req_per_s"), False),
         (
             "mixed",
             "mixed load: p99 of the fast 9 in 10",
@@ -692,7 +793,7 @@ def readme_section(result: dict[str, Any]) -> str:
         "",
         "`make bench` measures sockpool against its peers on the machine at hand, in one run "
         "(about 8 minutes): it installs what it needs (wrk and Node.js from the distribution, "
-        "gunicorn and matplotlib into the venv), starts every server exactly as systemd would "
+        "gunicorn, uvicorn and matplotlib into the venv), starts every server exactly as systemd would "
         "(`systemd-socket-activate`, and a real systemd in a throw-away container for "
         "`Accept=yes`), and writes [bench/results/RESULTS.md](bench/results/RESULTS.md) and "
         "[bench/results/bench.png](bench/results/bench.png). `make bench-smoke` runs the same "

@@ -16,6 +16,13 @@ parked-memory, park-after) run 2 workers whatever --workers says: idle, slow and
 connections against the default pool of a 2-core machine, under 5 minutes together. They
 pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
 the same code measures sockpool before and after it; park-after needs --park-after.
+
+The issue 13 scenarios (flask-newconn, flask-keepalive, starlette) serve the same Flask and
+Starlette "hello" apps (bench/apps/) under sockpool --wsgi/--asgi, gunicorn (sync and
+gthread) and uvicorn, each with --workers workers, under 3 minutes together. A sockpool
+whose --help lacks --wsgi/--asgi has no rows there (a note says so); the peers run anyway.
+
+    python -m bench.run --scenarios flask-newconn,flask-keepalive,starlette --out /tmp/web
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -84,11 +92,16 @@ class Spec:
     dispatcher: bool = False  # its main process only dispatches: measure its CPU/conn
     record: dict[str, Any] = field(default_factory=dict)  # settings to keep with its figures
     pythonpath: str = ""  # before the repository's: another sockpool's tree
+    nodelay: bool = False  # TCP_NODELAY on the activated socket, as a unit's NoDelay=yes
+
+
+NODELAY = [str(PY), "-m", "bench.peers.nodelay"]
 
 
 def sockpool_argv(
-    cfg: Config, handler: str, workers: int | None = None, flags: tuple[str, ...] = ()
+    cfg: Config, handler: str | None, workers: int | None = None, flags: tuple[str, ...] = ()
 ) -> list[str]:
+    """No handler: the flags name what it serves (--wsgi/--asgi APP)."""
     return [
         str(BIN / "sockpool"),
         "--workers",
@@ -98,7 +111,7 @@ def sockpool_argv(
         "--log-level",
         "warning",
         *flags,
-        handler,
+        *([handler] if handler else []),
     ]
 
 
@@ -120,17 +133,20 @@ def py_peer(module: str, *args: str) -> list[str]:
     return [str(PY), "-m", f"bench.peers.{module}", *args]
 
 
-def gunicorn_argv(cfg: Config) -> list[str]:
+def gunicorn_argv(cfg: Config, app: str = "bench.peers.wsgi:app", threads: int = 0) -> list[str]:
+    """gunicorn on the activated socket (it reads LISTEN_FDS itself): sync workers, or
+    gthread workers with `threads` threads each."""
+    kind = ["gthread", "--threads", str(threads)] if threads else ["sync"]
     return [
         str(BIN / "gunicorn"),
         "--workers",
         str(cfg.workers),
         "--worker-class",
-        "sync",
+        *kind,
         "--no-control-socket",
         "--log-level",
         "warning",
-        "bench.peers.wsgi:app",
+        app,
     ]
 
 
@@ -194,6 +210,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
         ]
     elif scenario in ISSUE12:
         specs = issue12_servers(scenario, cfg)
+    elif scenario in WEB:
+        specs = web_servers(scenario, cfg)
     else:
         raise ValueError(f"unknown scenario {scenario}")
     if cfg.servers:
@@ -216,6 +234,9 @@ SCENARIOS = (
     "keepalive-few",
     "parked-memory",
     "park-after",
+    "flask-newconn",
+    "flask-keepalive",
+    "starlette",
 )
 MODE = {
     "newconn-echo": "echo",
@@ -225,7 +246,15 @@ MODE = {
     "keepalive": "http",
 }
 # Printed as each run ends, besides throughput, p99, failures.
-SHOW_MORE = ("starved", "wrk_timeouts", "slow_closed", "slow_close_max_s", "rss_per_parked_kib")
+SHOW_MORE = (
+    "close_rps",
+    "close_p99_ms",
+    "starved",
+    "wrk_timeouts",
+    "slow_closed",
+    "slow_close_max_s",
+    "rss_per_parked_kib",
+)
 # One round each: they hold thousands of connections, and measure pass or fail, not a ratio.
 ONE_ROUND = {"memory", "idle-keepalive", "idle-async", "slowloris", "parked-memory", "park-after"}
 # wrk drives these: keep-alive with one connection per worker; new connections with
@@ -254,10 +283,11 @@ def free_port() -> int:
 
 def launch(spec: Spec, port: int, log: Path) -> Service:
     """The server as systemd would start it, on 127.0.0.1:port; use it in a with block."""
+    argv = [*NODELAY, *spec.argv] if spec.nodelay else spec.argv
     with log.open("a") as f:
-        f.write(f"\n== {spec.label}: {' '.join(spec.argv)}\n")
+        f.write(f"\n== {spec.label}: {' '.join(argv)}\n")
     return Service(
-        spec.argv,
+        argv,
         [f"{HOST}:{port}"],
         log,
         fdnames=["bench"],
@@ -359,7 +389,7 @@ def run_wrk(
     }
 
 
-KEEPALIVE_ONLY = ("keepalive", "starved", "min_answers", "max_answers")
+KEEPALIVE_ONLY = ("keepalive", "starved", "min_answers", "max_answers", "server_closes")
 
 
 def load_record(res: loadgen.Result) -> dict[str, Any]:
@@ -623,6 +653,7 @@ def keepalive_figures(port: int, cfg: Config, conns: int, seconds: float) -> dic
             "own_rps": own.conns_per_s,
             "own_p99_ms": own.p99_ms,
             "own_failures": own.failures,
+            "server_closes": own.server_closes,
         }
     w = run_wrk(port, cfg, seconds, conns=conns, timeout=KA_TIMEOUT)
     rec |= w | {"req_per_s": w["rps"], "wrk_timeouts": w["failure_kinds"].get("timeout", 0)}
@@ -708,7 +739,110 @@ def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]
         return run_park_after(spec, cfg, log)
     if scenario == "parked-memory":
         return run_parked_memory(spec, log)
+    if scenario in WEB:
+        return run_web(scenario, spec, cfg, log)
     return run_load(scenario, spec, cfg, log)
+
+
+# --- issue 13: web applications under sockpool, gunicorn and uvicorn -------------------
+
+WEB = ("flask-newconn", "flask-keepalive", "starlette")
+FLASK_APP = "bench.apps.flask_hello:app"
+STARLETTE_APP = "bench.apps.starlette_hello:app"
+FLAG_WSGI = "--wsgi"
+FLAG_ASGI = "--asgi"
+# What each scenario measures on one server: "close", a new connection per request (wrk
+# with `Connection: close`); "loadgen", the same with bench.loadgen's http mode, which
+# checks every answer; "keepalive", MANY keep-alive connections (our client counts starved
+# ones, then wrk).
+WEB_PHASES = {
+    "flask-newconn": ("close", "loadgen"),
+    "flask-keepalive": ("keepalive",),
+    "starlette": ("close", "keepalive"),
+}
+WEB_SECONDS = 2.0  # per measurement: the three scenarios stay under 3 minutes at 3 rounds
+GTHREAD_THREADS = 4  # gunicorn gthread: threads per worker (gunicorn's docs suggest 2-4 x cores)
+
+
+def web_servers(scenario: str, cfg: Config) -> list[Spec]:
+    """The same app under each server, each with cfg.workers workers; sockpool only when it
+    has the flag (until issue 13 lands it has none)."""
+    w = str(cfg.workers)
+    if scenario == "starlette":
+        flag, app = FLAG_ASGI, STARLETTE_APP
+        # uvicorn takes the activated socket as a bare fd; httptools and uvloop, its fast
+        # parts, come with uvicorn[standard]. No access log: sockpool's is off by default.
+        uvicorn = [str(BIN / "uvicorn"), "--fd", "3", "--workers", w, "--no-access-log"]
+        uvicorn += ["--log-level", "warning", app]
+        specs = [Spec("uvicorn", "uvicorn (httptools, uvloop)", uvicorn)]
+    else:
+        flag, app = FLAG_WSGI, FLASK_APP
+        gthread = gunicorn_argv(cfg, app, threads=GTHREAD_THREADS)
+        specs = [
+            Spec("gunicorn", "gunicorn sync", gunicorn_argv(cfg, app)),
+            Spec(
+                "gunicorn-gthread",
+                f"gunicorn gthread ({GTHREAD_THREADS} threads)",
+                gthread,
+                record={"threads": GTHREAD_THREADS},
+            ),
+        ]
+    if sockpool_has(flag):
+        argv = sockpool_argv(cfg, None, flags=(flag, app))
+        specs.insert(0, Spec("sockpool", f"sockpool {flag}", argv, dispatcher=True))
+    # Every socket as the examples' units make it, NoDelay=yes: uvicorn never sets
+    # TCP_NODELAY on an --fd socket (it takes it for AF_UNIX), and without it each of its
+    # keep-alive answers waits for the client's delayed ACK (~40 ms).
+    return [dataclasses.replace(spec, nodelay=True) for spec in specs]
+
+
+def sockpool_missing(scenario: str, cfg: Config) -> str | None:
+    """Why a scenario runs without sockpool's rows (None: it has them)."""
+    if scenario not in WEB or (cfg.servers and "sockpool" not in cfg.servers):
+        return None
+    flag = FLAG_ASGI if scenario == "starlette" else FLAG_WSGI
+    if sockpool_has(flag):
+        return None
+    return f"this sockpool has no {flag} (issue 13's web serving is not in it)"
+
+
+def prefixed(prefix: str, rec: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}_{k}": v for k, v in rec.items()}
+
+
+def run_web(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
+    """WEB_PHASES[scenario] on one server; keys close_* (wrk), lg_* (bench.loadgen) and
+    keepalive_figures' own; failures: all of them."""
+    port = free_port()
+    seconds = min(cfg.duration, WEB_SECONDS)
+    phases = WEB_PHASES[scenario]
+    with launch(spec, port, log) as srv:
+        rec: dict[str, Any] = {"startup_s": wait_answering(port, "http")}
+        wait_pool(srv.pid, cfg.workers + 1)
+        failures = 0
+        if "close" in phases:
+            if cfg.warmup > 0:
+                run_wrk(port, cfg, cfg.warmup, close=True)
+            w = run_wrk(port, cfg, seconds, close=True)
+            rec |= prefixed("close", w)
+            rec["close_timeouts"] = w["failure_kinds"].get("timeout", 0)
+            failures += w["failures"]
+        if "loadgen" in phases:
+            lg = loadgen.run(port, "http", cfg.procs, cfg.concurrency, seconds, timeout=5)
+            rec |= prefixed("lg", load_record(lg))
+            failures += lg.failures
+        if "keepalive" in phases:
+            if cfg.warmup > 0:
+                run_wrk(port, cfg, cfg.warmup, conns=MANY, timeout=KA_TIMEOUT)
+            ka = keepalive_figures(port, cfg, MANY, seconds)
+            # wrk's own errors, apart from our keep-alive client's failures
+            ka["ka_errors"] = ka["failures"] - ka.get("own_failures", 0)
+            rec |= ka
+            failures += ka["failures"]
+        rec["ok"] = rec.get("ok", 0) + rec.get("close_ok", 0)
+        rec["failures"] = failures
+        rec["alive"] = srv.alive()
+        return rec
 
 
 # --- systemd Accept=yes, in a real-systemd container -------------------------------------
@@ -755,6 +889,14 @@ def machine() -> dict[str, Any]:
     }
 
 
+def dist_version(name: str) -> str:
+    """An installed distribution's version (the servers run in this interpreter's venv)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "unavailable"
+
+
 def versions() -> dict[str, str]:
     sockpool = cmd_version(
         [str(PY), "-c", "import importlib.metadata as m; print(m.version('sockpool'))"]
@@ -772,6 +914,7 @@ def versions() -> dict[str, str]:
         "sockpool": f"{sockpool} ({rev}{'+changes' if dirty else ''})",
         "python": python,
         "gunicorn": m.group(0) if m else gunicorn,
+        **{name: dist_version(name) for name in ("uvicorn", "flask", "starlette")},
         "node": cmd_version([NODE, "--version"]),
         "wrk": cmd_version(["wrk", "--version"]).split(" Copyright")[0].removeprefix("wrk "),
         "systemd": cmd_version(["systemctl", "--version"]).removeprefix("systemd "),
@@ -858,6 +1001,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{scenario}: skipped, {why}", flush=True)
             continue
         specs = servers_for(scenario, cfg)
+        if why := sockpool_missing(scenario, cfg):
+            skipped.append(f"{scenario}, sockpool: {why}")
+            print(f"{scenario}: sockpool skipped, {why}", flush=True)
         rounds = cfg.cold_rounds if scenario == "coldstart" else cfg.rounds
         if scenario in ONE_ROUND:
             rounds = 1

@@ -5,16 +5,19 @@
 # --scenarios, --servers, --no-container; see --help).
 
 BENCH_ARGS ?=
-BENCH_PIP := gunicorn>=22 matplotlib>=3.7
+# The peers of issue 13's web scenarios: gunicorn (sync and gthread workers) and uvicorn with
+# its C parts (httptools, uvloop); Flask and Starlette come with the test extra.
+BENCH_PIP := gunicorn>=22 matplotlib>=3.7 uvicorn[standard]>=0.30
 
 .PHONY: bench bench-smoke bench-deps bench-report
 
 bench-deps: venv $(VENV)/.bench-stamp
 	@scripts/ensure-deps bench
 
-# Bench-only Python packages go into the venv, not into the project's dependencies.
-$(VENV)/.bench-stamp: $(VENV)/.stamp
-	$(PY) -m pip install -q $(foreach p,$(BENCH_PIP),'$(p)')
+# Bench-only Python packages go into the venv, not into the project's dependencies, at the
+# versions constraints.txt pins (`make repin` moves them with the rest).
+$(VENV)/.bench-stamp: $(VENV)/.stamp mk/bench.mk
+	$(PY) -m pip install -q -c constraints.txt $(foreach p,$(BENCH_PIP),'$(p)')
 	touch $@
 
 bench: bench-deps

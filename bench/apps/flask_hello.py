@@ -1,0 +1,18 @@
+"""Flask "hello": every path answers ``hello\\n``, under sockpool --wsgi and gunicorn alike.
+
+Every path, because bench.loadgen asks for a unique /r/<tag> per request (wrk asks for /).
+
+    systemd-socket-activate -l 127.0.0.1:7101 gunicorn -w 4 bench.apps.flask_hello:app
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response
+
+app = Flask(__name__)
+
+
+@app.route("/", defaults={"path": ""})
+@app.route("/<path:path>")
+def hello(path: str) -> Response:
+    return Response("hello\n", mimetype="text/plain")
