@@ -793,8 +793,8 @@ def readme_section(result: dict[str, Any]) -> str:
         "",
         "`make bench` measures sockpool against its peers on the machine at hand, in one run "
         "(about 8 minutes): it installs what it needs (wrk and Node.js from the distribution, "
-        "gunicorn, uvicorn and matplotlib into the venv), starts every server exactly as systemd would "
-        "(`systemd-socket-activate`, and a real systemd in a throw-away container for "
+        "gunicorn, uvicorn and matplotlib into the venv), starts every server exactly as "
+        "systemd would (`systemd-socket-activate`, and a real systemd in a throw-away container for "
         "`Accept=yes`), and writes [bench/results/RESULTS.md](bench/results/RESULTS.md) and "
         "[bench/results/bench.png](bench/results/bench.png). `make bench-smoke` runs the same "
         "harness for a few seconds; options go through `BENCH_ARGS` "
