@@ -258,12 +258,33 @@ class _Exchange:
         if self.done:
             self.finished.set()
 
+    async def _read_whole(self) -> Any:
+        """A chunked body's framing and size are known only once read: read it whole (at
+        most max_body) before the application, so a malformed or oversized body is refused
+        unseen (HttpError). The application's receive() then replays it."""
+        pieces = []
+        while (message := await self.receive())["type"] == "http.request":
+            pieces.append(message["body"])
+            if not message["more_body"]:
+                break
+        replay = [{"type": "http.request", "body": b"".join(pieces), "more_body": False}]
+        if message["type"] != "http.request":
+            replay = [message]  # the client went: say so
+
+        async def receive() -> Message:
+            return replay.pop() if replay else await self.receive()
+
+        return receive
+
     async def run(self, app: Any, scope: Message, request: Request, access_log: bool) -> bool:
         """Run the application for one request; whether the connection can serve another."""
         started = time.monotonic_ns() if access_log else 0
         status = 0
+        receive = self.receive
         try:
-            await app(scope, self.receive, self.send)
+            if request.chunked:
+                receive = await self._read_whole()
+            await app(scope, receive, self.send)
             if not self.done and not self.gone:
                 raise RuntimeError("the application returned without completing its response")
             status = self.status

@@ -365,7 +365,18 @@ def _serve(
     """Run the application for one request; whether the connection can serve another."""
     started = time.monotonic_ns() if access_log else 0
     environ = _environ(base, request)
-    environ["wsgi.input"] = _Input(conn, http)
+    body: Any = _Input(conn, http)
+    if request.chunked:
+        # Its framing and size are known only once read: read it whole (at most max_body)
+        # before the application, so a malformed or oversized body is refused unseen.
+        try:
+            body = io.BytesIO(body.read())
+        except HttpError as exc:
+            _refuse(conn, exc)
+            if access_log:
+                log_access(request.method, request.target, exc.status, 0, started)
+            return False
+    environ["wsgi.input"] = body
     response = _Response(conn, http)
     status = 0
     try:

@@ -208,11 +208,6 @@ def kind(request) -> str:
 def test_head_of_a_streamed_response_does_not_claim_an_empty_body(site: Site) -> None:
     """GET /stream is chunked (its length is not known up front). HEAD may leave the length
     out, or frame it as GET would; Content-Length: 0 would say GET's body is empty."""
-    if site.kind == "wsgi":
-        pytest.xfail(
-            "wsgi.py _Response.send: Flask answers HEAD with an empty iterable (a tuple) "
-            "and the server adds 'Content-Length: 0' to the HEAD response (strict)"
-        )
     with site.client() as client:
         get = client.ask("GET", "/stream")
         head = client.ask("HEAD", "/stream")
@@ -437,13 +432,6 @@ def test_invalid_corpus_is_refused_before_the_application(echo: Site, name: str)
     assert_refused(echo, raw, status, in_body=name in IN_BODY)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="wsgi.py/asgi.py call the application once the head is whole; a malformed "
-    "chunked body is found as the application reads it (it gets an error from wsgi.input "
-    "or receive()), so such a request does reach the application (issue 13: 'never "
-    "reaches the application')",
-)
 def test_a_malformed_chunked_body_never_reaches_the_application(echo: Site) -> None:
     assert_refused(echo, INVALID["chunk size not hex"][0], 400)
 
@@ -639,12 +627,6 @@ def test_asgi_lifespan_startup_once_per_worker_before_ready_and_shutdown_on_reti
     assert sorted(int(e.split()[1]) for e in site.events("shutdown")) == sorted(first + second)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="targets.py Served._load: asgi.make_handler(app, limits, access_log) is not given "
-    "state=Lifespan.state, so what the lifespan yields never reaches a request's scope "
-    "(Starlette: request.state has no attribute; a 500)",
-)
 def test_asgi_lifespan_state_reaches_requests(asgi_site: Site) -> None:
     with asgi_site.client() as client:
         answer = client.ask("GET", "/state")
@@ -670,13 +652,6 @@ def test_asgi_lifespan_startup_failure_gives_up_with_70(failed_startup: Site) ->
     assert "ASGI lifespan startup failed: " in last
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Starlette reports a failed startup with lifespan.startup.failed whose message is "
-    "the whole traceback; asgi.py Lifespan._await / worker.py _startup put it in the line "
-    "as is: 'ASGI lifespan startup failed: Traceback (most recent call last):\\n  File ... "
-    "Fi...', cut before the error itself",
-)
 def test_asgi_lifespan_startup_failure_names_the_error_in_one_line(
     failed_startup: Site,
 ) -> None:
