@@ -330,6 +330,10 @@ def make_handler(app: Any, limits: HttpLimits | None = None, access_log: bool = 
 
     @client_speaks_first
     def wsgi_handler(conn: socket.socket, info: ConnectionInfo) -> None:
+        if conn.family != socket.AF_UNIX:
+            # As asyncio does for its transports: a streamed response's second write must
+            # not wait for the client's delayed ACK (40 ms, Nagle's algorithm).
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         http = HttpConnection(limits, info.carried)
         base = _base_environ(conn, info)
         while True:
