@@ -89,6 +89,7 @@ class HotPath:
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
         self.stopping = False
         self.next_fd_log = 0.0
+        self.came_back = 0  # held connections that joined the queue since accept() ran
         self.read_limits()
         self.next_closed_log = 0.0
         self.closed_logged: Counter[str] = Counter()
@@ -143,7 +144,13 @@ class HotPath:
         accepting goes on until enough have spoken to fill the workers."""
         if not self.can_accept(now):
             return
-        room = self.free_capacity() - len(self.pending)
+        routes = self.routable()
+        room = sum(p.w.capacity - len(p.w.handed) for p in routes) - len(self.pending)
+        # Connections the workers gave back queue up here once they speak again, and could
+        # keep `room` at nothing for ever: on a listener held until it speaks, as many new
+        # ones as came back since the last turn queue with them, however full the queue.
+        # Or keep-alive clients would starve the backlog.
+        came_back, self.came_back = self.came_back, 0
         admission = self.admission
         busy = self.busy() + len(self.pending) + len(self.parking) if admission.max_total else 0
         allowed = admission.room(busy)
@@ -154,8 +161,9 @@ class HotPath:
         for listener in list(self.backlogged):
             accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
             hold = listener in deferred and fd_room > 0
-            for _ in range(ACCEPT_BATCH):
-                if room <= 0 and allowed > 0:
+            floor = came_back if hold else 0
+            for n in range(ACCEPT_BATCH):
+                if room <= 0 and allowed > 0 and n >= floor:
                     break  # back-pressure: let it wait in the backlog
                 try:
                     fd, addr = accept()  # socket._accept: (fd, addr), no socket object to build
@@ -251,6 +259,7 @@ class HotPath:
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
         if msg.ready:  # bytes nobody has looked at: work for a worker now
             self.pending.append(item)
+            self.came_back += 1
             self.waiting[0] = len(self.pending)
         elif len(msg.carry) > self.max_carry:
             self.parking.drop(item, "too-large")
@@ -263,7 +272,9 @@ class HotPath:
 
     def unpark(self) -> None:
         """The held connections that spoke join the queue for a worker."""
-        self.pending.extend(self.parking.ready())
+        ready = self.parking.ready()
+        self.came_back += len(ready)
+        self.pending.extend(ready)
         self.waiting[0] = len(self.pending)
 
     def undelivered(self) -> int:
