@@ -46,8 +46,12 @@ T = TypeVar("T")
 def batches(items: list[Pending]) -> list[list[Pending]]:
     """Split one worker's share into handoff messages: at most wire.MAX_BATCH each, and a
     connection carrying bytes travels alone, so no message outgrows wire.MAX_MESSAGE."""
-    if 0 < len(items) <= wire.MAX_BATCH and not any(item[4] for item in items):
-        return [items]  # the usual case: a few plain connections
+    for item in items:
+        if item[4]:
+            break
+    else:
+        if 0 < len(items) <= wire.MAX_BATCH:
+            return [items]  # the usual case: a few plain connections
     plain = [item for item in items if not item[4]]
     out = [plain[i : i + wire.MAX_BATCH] for i in range(0, len(plain), wire.MAX_BATCH)]
     if len(plain) < len(items):
@@ -152,12 +156,13 @@ class HotPath:
         # Or keep-alive clients would starve the backlog.
         came_back, self.came_back = self.came_back, 0
         admission = self.admission
-        busy = self.busy() + len(self.pending) + len(self.parking) if admission.max_total else 0
-        allowed = admission.room(busy)
+        held = self.busy() + len(self.pending) + len(self.parking)
+        allowed = admission.room(held)
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
-        fd_room = self.fd_room()
-        self._parking_allowed(fd_room > 0, now)
+        fd_room = self.fd_limit() - held
+        if (fd_room > 0) != self.may_park:
+            self._parking_allowed(fd_room > 0, now)
         for listener in list(self.backlogged):
             accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
             hold = listener in deferred and fd_room > 0
@@ -184,7 +189,7 @@ class HotPath:
                 item = (self.next_id, fd, name, format_peer(addr), b"", 0)
                 allowed -= 1
                 fd_room -= 1
-                if hold and not waiting_bytes(fd):  # nothing to do yet
+                if hold and not waiting_bytes(fd):  # nothing to read yet
                     parking.hold(item, FIRST_BYTE, deadline_for(FIRST_BYTE, now, 0, self.timeouts))
                 else:
                     pending.append(item)

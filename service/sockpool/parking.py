@@ -35,12 +35,13 @@ _NEVER = float("inf")
 FIRST_BYTE, IDLE, REQUEST = "first-byte", "idle", "request"
 
 
-def waiting_bytes(fd: int) -> int:
-    """Bytes the peer has sent that nobody has read yet (0 when the peer is gone too)."""
+def waiting_bytes(fd: int) -> bool:
+    """Whether the peer has sent bytes nobody has read yet (False when it is gone too).
+    Once per accepted connection: kept to one call and a comparison."""
     try:
-        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, _NO_BYTES), "little")
+        return fcntl.ioctl(fd, termios.FIONREAD, _NO_BYTES) != _NO_BYTES
     except OSError:
-        return 0
+        return False
 
 
 class Parking:
