@@ -34,6 +34,12 @@ IN_MACHINE_DEB = "/tmp/sockpool.deb"
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 CATALOG = REPO / "packaging" / "sockpool.catalog"
+FLASK_EXAMPLE = REPO / "examples" / "flask_app"
+FLASK_ADDRESS = ("127.0.0.1", 7208)
+# Flask and what it imports, copied from the tests' own environment into the example's
+# venv: the machine has no route to PyPI (all pure Python but MarkupSafe's optional C part,
+# built for CPython 3.11 as Debian's python3 is).
+FLASK_PACKAGES = ("flask", "werkzeug", "jinja2", "markupsafe", "itsdangerous", "click", "blinker")
 
 
 def _version() -> str:
@@ -192,6 +198,54 @@ def test_reinstall_leaves_a_stopped_service_stopped(
     assert machine.systemctl("is-active", echo.socket).strip() == "active"
     assert answers(b"still here\n") == b"still here\n"
     echo.wait_running()
+
+
+def test_the_flask_example_serves_through_sockpool_web(machine: Container, installed: str) -> None:
+    """README's "The Flask example under systemd", as an admin follows it with the package
+    installed: the app in /srv/flask_app with a venv that sees the package's sockpool,
+    /etc/sockpool/web.toml, the example's drop-ins, `systemctl enable --now`."""
+    import flask
+
+    app_dir = "/srv/flask_app"
+    machine.put_files(
+        {
+            f"{app_dir}/app.py": (FLASK_EXAMPLE / "app.py").read_bytes(),
+            "/etc/sockpool/web.toml": (FLASK_EXAMPLE / "web.toml").read_bytes(),
+        }
+    )
+    for drop_in in ("sockpool@web.socket.d", "sockpool@web.service.d"):
+        machine.put_tree(FLASK_EXAMPLE / drop_in, f"/etc/systemd/system/{drop_in}")
+    host, port = FLASK_ADDRESS  # not the example's 8080: the machines share the host's network
+    machine.put_files(
+        {
+            "/etc/systemd/system/sockpool@web.socket.d/zz-test.conf": (
+                f"[Socket]\nListenStream=\nListenStream={host}:{port}\n"
+            )
+        }
+    )
+    machine.run("python3", "-m", "venv", "--system-site-packages", f"{app_dir}/venv")
+    purelib = machine.run(
+        f"{app_dir}/venv/bin/python", "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"
+    ).stdout.strip()
+    site = Path(flask.__file__).resolve().parent.parent
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if any(name == p or name.startswith(p + "-") for p in FLASK_PACKAGES):
+            machine.put_tree(entry, f"{purelib}/{entry.name}")
+    machine.systemctl("daemon-reload")
+    try:
+        machine.systemctl("enable", "--now", "sockpool@web.socket")
+        web = Unit(machine, "sockpool@web")
+        answer = request(FLASK_ADDRESS, b"GET / HTTP/1.0\r\nHost: web\r\n\r\n")
+        assert answer.startswith((b"HTTP/1.0 200 ", b"HTTP/1.1 200 ")), answer
+        assert answer.endswith(b"hello from Flask under sockpool\n")
+        web.wait_running()
+        assert f"path={app_dir}/venv/bin/python " in web.prop("ExecStart")
+    finally:  # the admin takes the example away again: the purge test counts what is left
+        machine.systemctl("disable", "--now", "sockpool@web.socket", "sockpool@web.service")
+        machine.run("rm", "-rf", app_dir, "/etc/sockpool/web.toml")
+        machine.run("sh", "-c", "rm -rf /etc/systemd/system/sockpool@web.*.d")
+        machine.systemctl("daemon-reload")
 
 
 def test_purge_stops_and_removes_everything(machine: Container, installed: str, echo: Unit) -> None:
