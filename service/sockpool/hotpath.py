@@ -128,12 +128,9 @@ class HotPath:
         """Connections wait in a listener's queue and workers have room for them."""
         return self.can_accept(now) and self.free_capacity() > len(self.pending)
 
-    def fd_room(self) -> int:
-        """Connections that may still come to hold a descriptor here: every connection in
-        flight can be parked back, so all count against the descriptor limit."""
-        return self.fd_limit() - self.busy() - len(self.pending) - len(self.parking)
-
     def fd_limit(self) -> int:
+        """Connections that may hold a descriptor here at once: every connection in flight
+        can be parked back, so all count against it (accept() checks)."""
         return self.nofile - FD_RESERVE - 4 * len(self.workers)
 
     def read_limits(self) -> None:
