@@ -219,6 +219,17 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
     return specs
 
 
+# Issue 12's scenarios: idle, slow and keep-alive connections (ready-work dispatch).
+ISSUE12 = (
+    "idle-keepalive",
+    "idle-async",
+    "slowloris",
+    "keepalive-64",
+    "keepalive-few",
+    "parked-memory",
+    "park-after",
+)
+
 SCENARIOS = (
     "newconn-echo",
     "newconn-http",
@@ -227,13 +238,7 @@ SCENARIOS = (
     "mixed",
     "coldstart",
     "memory",
-    "idle-keepalive",
-    "idle-async",
-    "slowloris",
-    "keepalive-64",
-    "keepalive-few",
-    "parked-memory",
-    "park-after",
+    *ISSUE12,
     "flask-newconn",
     "flask-keepalive",
     "starlette",
@@ -461,15 +466,7 @@ def run_memory(spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
 
 # --- issue 12: idle, slow and keep-alive connections (ready-work dispatch) ---------------
 
-ISSUE12 = (
-    "idle-keepalive",
-    "idle-async",
-    "slowloris",
-    "keepalive-64",
-    "keepalive-few",
-    "parked-memory",
-    "park-after",
-)
+# (ISSUE12, the scenarios themselves, stands beside SCENARIOS above.)
 W2 = 2  # workers: the default pool of a 2-core machine, where issue 12's stalls were seen
 IDLE_CONNS = 1_000  # idle-keepalive: keep-alive connections idle after one request each
 IDLE_ASYNC_CONNS = 10_000  # idle-async: connections that send nothing

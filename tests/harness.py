@@ -50,6 +50,11 @@ def wait_until(
 # -- clients ---------------------------------------------------------------------------------
 
 
+def open_fds() -> int:
+    """Descriptors this process has open."""
+    return len(os.listdir("/proc/self/fd"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

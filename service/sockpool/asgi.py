@@ -14,14 +14,12 @@ back as a plain response (the connection is never switched).
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import log
 from .connection import current_connection
-from .events import Event
 from .giveback import client_speaks_first, read
 from .http11 import (
     ClientDisconnected,
@@ -32,6 +30,7 @@ from .http11 import (
     asgi_path,
     error_response,
     log_access,
+    log_app_error,
     parse_peer,
 )
 
@@ -294,14 +293,7 @@ class _Exchange:
                 status = exc.status
             return False
         except Exception:
-            log.event(
-                Event.HANDLER_ERROR,
-                "application raised on %s %s",
-                request.method.decode("latin-1"),
-                request.target.decode("latin-1"),
-                level=logging.ERROR,
-                exc_info=True,
-            )
+            log_app_error(request)
             if not self.http.head_sent and not self.gone:
                 self.writer.write(error_response(500))
                 status = 500

@@ -38,6 +38,9 @@ from urllib.parse import unquote_to_bytes
 import h11
 from h11._readers import ChunkedReader
 
+from . import log
+from .events import Event
+
 SERVER = b"sockpool"
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _END = b"\r\n\r\n"
@@ -494,6 +497,19 @@ def log_access(method: bytes, target: bytes, status: int, sent: int, started_ns:
         extra={"METHOD": m, "PATH": p, "STATUS": str(status), "BYTES": str(sent),
                "DURATION_US": str(duration)},
     )  # fmt: skip
+
+
+def log_app_error(request: Request) -> None:
+    """The application raised on `request`: a HANDLER_ERROR record with its traceback (the
+    connection's fields come from log.py). Call it from inside the `except`."""
+    log.event(
+        Event.HANDLER_ERROR,
+        "application raised on %s %s",
+        request.method.decode("latin-1"),
+        request.target.decode("latin-1"),
+        level=logging.ERROR,
+        exc_info=True,
+    )
 
 
 def _join(pieces: list[bytes] | None) -> bytes:

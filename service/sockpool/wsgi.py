@@ -11,7 +11,6 @@ thinks, and the next request, whole or in part, comes back in `info.carried`.
 from __future__ import annotations
 
 import io
-import logging
 import os
 import select
 import socket
@@ -23,7 +22,6 @@ from typing import Any
 
 from . import __version__, log
 from .connection import ConnectionInfo
-from .events import Event
 from .giveback import client_speaks_first, receive
 from .http11 import (
     ClientDisconnected,
@@ -33,6 +31,7 @@ from .http11 import (
     Request,
     error_response,
     log_access,
+    log_app_error,
     parse_peer,
     wsgi_path,
 )
@@ -399,14 +398,7 @@ def _serve(
     except (ConnectionError, TimeoutError):
         raise  # the client went: nothing to answer (the worker logs it at debug)
     except Exception:
-        log.event(
-            Event.HANDLER_ERROR,
-            "application raised on %s %s",
-            request.method.decode("latin-1"),
-            request.target.decode("latin-1"),
-            level=logging.ERROR,
-            exc_info=True,
-        )
+        log_app_error(request)
         if not http.head_sent:
             conn.sendall(error_response(500))
             status = 500

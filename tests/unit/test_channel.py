@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import open_fds
 from sockpool import channel, wire
 
 
@@ -18,10 +19,6 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     yield a, b
     a.close()
     b.close()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def test_descriptors_arrive_with_their_message_and_close_on_exec(pair) -> None:

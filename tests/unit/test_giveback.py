@@ -23,15 +23,7 @@ T = TypeVar("T")
 NOTHING_WAITS = 3600.0  # a park_after no test may sit out: parking mid-request never waits
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_descriptor_leaks() -> Iterator[None]:
-    before = open_fds()
-    yield
-    assert open_fds() == before, "descriptors leaked"
+pytestmark = pytest.mark.usefixtures("no_descriptor_leaks")
 
 
 class Worker:

@@ -15,15 +15,7 @@ NEVER = float("inf")
 TIMEOUTS = (10.0, 60.0, 30.0)  # first byte, idle, request
 
 
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-@pytest.fixture(autouse=True)
-def no_descriptor_leaks() -> Iterator[None]:
-    before = open_fds()
-    yield
-    assert open_fds() == before, "descriptors leaked"
+pytestmark = pytest.mark.usefixtures("no_descriptor_leaks")
 
 
 # -- deadline_for ----------------------------------------------------------------------------
