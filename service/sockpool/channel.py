@@ -10,6 +10,7 @@ from __future__ import annotations
 import array
 import os
 import socket
+import struct
 
 from .wire import MAX_FDS, MAX_MESSAGE, WireError
 
@@ -19,7 +20,8 @@ DONTWAIT = int(socket.MSG_DONTWAIT)
 _CLOEXEC, _CTRUNC, _TRUNC = (
     int(f) for f in (socket.MSG_CMSG_CLOEXEC, socket.MSG_CTRUNC, socket.MSG_TRUNC)
 )
-_SCM = (socket.SOL_SOCKET, socket.SCM_RIGHTS)
+_SCM = _LEVEL, _RIGHTS = (int(socket.SOL_SOCKET), int(socket.SCM_RIGHTS))
+_FD = struct.Struct("i")  # one descriptor, as SCM_RIGHTS carries it (native int)
 
 
 def pair() -> tuple[socket.socket, socket.socket]:
@@ -33,6 +35,11 @@ def send(sock: socket.socket, data: bytes, fds: list[int] | tuple[int, ...] = ()
         sock.sendmsg([data], [(*_SCM, array.array("i", fds))])
     else:
         sock.send(data)
+
+
+def send_fd(sock: socket.socket, data: bytes, fd: int) -> None:
+    """send() with exactly one descriptor: the hot path's usual message, with no array."""
+    sock.sendmsg([data], [(_LEVEL, _RIGHTS, _FD.pack(fd))])
 
 
 def receive(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | None:

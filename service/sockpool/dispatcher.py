@@ -14,8 +14,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 
-from . import channel, health, log, wire
+from . import channel, giveback, health, log, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -67,18 +68,24 @@ class Dispatcher:
         hot = self.hot
         for listener in self.listeners:
             listener.sock.setblocking(False)
-            self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
-        self.loop.watch(hot.done_r, self._on_done)
+            self.loop.watch(listener.sock, partial(hot.backlogged.add, listener), edge=True)
+        self.loop.watch(hot.done_r, hot.done_readable)  # read below, with the turn's clock
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
         self._periodic()
         deadlines, parked_events = hot.parking.deadlines, hot.parking.events
+        loop, timers, monotonic = self.loop, self.loop.timers, time.monotonic
         try:
-            self.do(self.policy.start(time.monotonic()))
+            self.do(self.policy.start(monotonic()))
             while not self.policy.finished:
-                now = time.monotonic()
-                self.loop.poll(0.0 if hot.has_work(now) else self._idle(now))
-                now = time.monotonic()
+                now = monotonic()
+                loop.poll(0.0 if hot.has_work(now) else self._idle(now))
+                now = monotonic()
+                if hot.done:
+                    self._on_done(now)
+                    hot.rebalance(now)
+                elif now >= hot.next_steal:
+                    hot.rebalance(now)
                 if parked_events:
                     hot.unpark()
                 if hot.backlogged:
@@ -87,13 +94,14 @@ class Dispatcher:
                     hot.dispatch(now)
                 if deadlines and deadlines[0][0] <= now:
                     hot.parking.expire(now)
-                self.loop.run_timers(now)
+                if timers and timers[0][0] <= now:
+                    loop.run_timers(now)
         finally:
             self._close()
         return ExitCode.OK
 
     def _idle(self, now: float) -> float:
-        due = min(self.loop.next_timer(), self.hot.parking.next_deadline())
+        due = min(self.loop.next_timer(), self.hot.parking.next_deadline(), self.hot.next_steal)
         if self.hot.backlogged and self.hot.paused_until > now:
             due = min(due, self.hot.paused_until)  # accepting resumes then
         return max(0.0, due - now)
@@ -150,15 +158,14 @@ class Dispatcher:
             self._feed(event)
         return event is not None and not isinstance(event, ev.ChannelClosed)
 
-    def _on_done(self) -> bool:
-        now = time.monotonic()
+    def _on_done(self, now: float) -> bool:
         due = self.hot.completed(now)
         if due:  # workers that reached max_requests: the policy recycles them
             self._feed(ev.Completions(frozenset(due), now))
         return due is not None
 
     def _reap(self) -> None:
-        while self._on_done():  # what the dead reported before dying counts
+        while self._on_done(time.monotonic()):  # what the dead reported before dying counts
             pass
         while True:
             try:
@@ -233,7 +240,4 @@ class Dispatcher:
 
 
 def _waits_for_data(config: Config, listener: str, speaks_first: frozenset[str]) -> bool:
-    """A listener's new connections wait in the dispatcher until they have data: as its
-    `handoff` setting says, else as its handler declares (client_speaks_first)."""
-    handoff = config.handoff_for(listener)
-    return handoff == "ready" if handoff else listener in speaks_first
+    return giveback.waits_for_data(config.handoff_for(listener), listener in speaks_first)

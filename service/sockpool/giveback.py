@@ -72,6 +72,13 @@ def speaks_first(handler: object) -> bool:
     return bool(getattr(handler, "client_speaks_first", False))
 
 
+def waits_for_data(handoff: str | None, handler_speaks_first: bool) -> bool:
+    """Whether a listener's new connections wait for data before a worker serves them: as
+    its `handoff` setting says, else as its handler declares (client_speaks_first). The
+    dispatcher holds them (hotpath.accept); a worker gives back one that came unchecked."""
+    return handoff == "ready" if handoff else handler_speaks_first
+
+
 def _parkable(info: ConnectionInfo | None) -> bool:
     return info is not None and info.may_park and not info.parked and _send is not None
 

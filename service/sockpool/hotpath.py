@@ -8,7 +8,9 @@ worker dies with handoffs it never took.
 
 Ready work only: on a listener whose handler waits for the client to speak first, a new
 connection with nothing to read yet is held in `parking` instead, and so is a connection a
-worker gives back (PARK); either joins `pending` once it is readable.
+worker gives back (PARK); either joins `pending` once it is readable. While workers have
+room, new connections go to them unchecked, and a worker gives back one that stays silent:
+the FIONREAD that tells is then the worker's system call, not the dispatcher's.
 """
 
 from __future__ import annotations
@@ -36,9 +38,15 @@ BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
 _LOGGED_CLOSES = {"first-byte", "idle", "request", "too-large"}
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
+_NEVER = float("inf")
 STOP_FIRST_BYTE = 1.0  # seconds: a stop's first_byte_timeout (see stop_accepting)
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+# A worker of at most this capacity serves one connection at a time and queues one more
+# (worker.QUEUE_AHEAD): each connection goes to it alone, so a queued one can be read back.
+SOLO = 2
+STEAL_AFTER = 0.002  # seconds a queued connection waits behind a long one before it moves
 
 T = TypeVar("T")
 
@@ -111,6 +119,8 @@ class HotPath:
         self.next_busy_log = 0.0
         self.next_refused_log = 0.0
         # Every worker writes its finished connections to this one pipe (wire.DONE).
+        self.done = False  # the done pipe is readable (done_readable())
+        self.next_steal = _NEVER  # when rebalance() may next find a queued one to move
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.done_r, False)
 
@@ -119,14 +129,26 @@ class HotPath:
         self.max_carry = config.max_carry
 
     def free_capacity(self) -> int:
-        return sum(p.w.capacity - len(p.w.handed) for p in self.routable())
+        """Free places in the workers that take work. (Loops, not sum() over a generator:
+        this runs on every loop turn, and a generator costs more than the sum.)"""
+        free = 0
+        for p in self.routable():
+            w = p.w
+            free += w.capacity - len(w.handed)
+        return free
 
     def can_accept(self, now: float) -> bool:
         return bool(self.backlogged) and self.accepting and now >= self.paused_until
 
     def has_work(self, now: float) -> bool:
         """Connections wait in a listener's queue and workers have room for them."""
-        return self.can_accept(now) and self.free_capacity() > len(self.pending)
+        if not (self.backlogged and self.accepting and now >= self.paused_until):
+            return False
+        room = -len(self.pending)
+        for p in self.routable():
+            w = p.w
+            room += w.capacity - len(w.handed)
+        return room > 0
 
     def fd_limit(self) -> int:
         """Connections that may hold a descriptor here at once: every connection in flight
@@ -143,10 +165,9 @@ class HotPath:
         backlog, nothing queues up in here); over the limits, accept only to refuse. On a
         listener whose connections are held until they speak, a silent one takes no room:
         accepting goes on until enough have spoken to fill the workers."""
-        if not self.can_accept(now):
+        if not (self.accepting and now >= self.paused_until):
             return
-        routes = self.routable()
-        room = sum(p.w.capacity - len(p.w.handed) for p in routes) - len(self.pending)
+        room = self.free_capacity() - len(self.pending)
         # Connections the workers gave back queue up here once they speak again, and could
         # keep `room` at nothing for ever: on a listener held until it speaks, as many new
         # ones as came back since the last turn queue with them, however full the queue.
@@ -186,7 +207,9 @@ class HotPath:
                 item = (self.next_id, fd, name, format_peer(addr), b"", 0)
                 allowed -= 1
                 fd_room -= 1
-                if hold and not waiting_bytes(fd):  # nothing to read yet
+                # With room, it goes to a worker unchecked, which gives it back if it stays
+                # silent (worker.py, `silent`): the check costs the worker, not us.
+                if hold and room <= 0 and not waiting_bytes(fd):  # nothing to read yet
                     parking.hold(item, FIRST_BYTE, deadline_for(FIRST_BYTE, now, 0, self.timeouts))
                 else:
                     pending.append(item)
@@ -196,11 +219,62 @@ class HotPath:
             self._log_busy(now)
 
     def dispatch(self, now: float) -> None:
-        room = {p: p.w.capacity - len(p.w.handed) for p in self.routable()}
-        for target, items in assign(self.pending, room).items():
-            for batch in batches(items):
-                self._send(target, batch, now)
-        self.waiting[0] = len(self.pending)
+        pending = self.pending
+        if len(pending) == 1:  # the usual turn: one connection, to the least busy
+            best, most = None, 0
+            for p in self.routable():
+                w = p.w
+                if (free := w.capacity - len(w.handed)) > most:
+                    best, most = p, free
+            if best is not None:
+                self._send_one(best, pending.popleft(), now)
+        else:
+            room = {p: p.w.capacity - len(p.w.handed) for p in self.routable()}
+            for target, items in assign(pending, room).items():
+                if len(items) == 1 or target.w.capacity <= SOLO:
+                    for item in items:
+                        self._send_one(target, item, now)
+                    continue
+                for batch in batches(items):
+                    self._send(target, batch, now)
+        self.waiting[0] = len(pending) + self.queued()
+
+    def queued(self) -> int:
+        """Connections queued ahead in sync workers' channels: waiting as much as pending
+        ones, so a keep-alive client's turn ends for them too (giveback.receive)."""
+        queued = 0
+        for p in self.routable():
+            w = p.w
+            if w.capacity <= SOLO and len(w.handed) > 1:
+                queued += len(w.handed) - 1
+        return queued
+
+    def rebalance(self, now: float) -> None:
+        """A connection queued behind a long request moves to a worker with room: read back
+        from the busy worker's channel (SOCK_SEQPACKET gives a message to one reader only,
+        so if the worker took it first we read nothing) and sent on at once. Without this,
+        a fast request could wait out a slow one that happened to be ahead of it."""
+        routes = self.routable()
+        self.next_steal = _NEVER
+        for p in routes:
+            w = p.w
+            if w.capacity > SOLO or len(w.handed) < 2:
+                continue
+            head = next(iter(w.handed.values()))
+            due = max(head[0], w.last_heard) + STEAL_AFTER
+            if now < due:
+                self.next_steal = min(self.next_steal, due)
+                continue
+            target, most = None, 0
+            for other in routes:
+                ow = other.w
+                if other is not p and (free := ow.capacity - len(ow.handed)) > most:
+                    target, most = other, free
+            if target is None:
+                return  # no room anywhere: nothing to move to
+            for item in p.read_back(one=True):
+                w.handed.pop(item[0], None)
+                self._send_one(target, item, now)
 
     def _send(self, target: WorkerProcess, items: list[Pending], now: float) -> None:
         entries = [(cid, name, peer, carry, t) for cid, _, name, peer, carry, t in items]
@@ -219,9 +293,32 @@ class HotPath:
         for cid, _, name, peer, _, _ in items:
             handed[cid] = (now, name, peer)
 
+    def _send_one(self, target: WorkerProcess, item: Pending, now: float) -> None:
+        """_send() of a single connection, without the lists."""
+        conn_id, fd, name, peer, carry, started = item
+        try:
+            channel.send_fd(
+                target.chan, wire.encode_one(conn_id, name, peer, carry, started, self.may_park), fd
+            )
+        except OSError as exc:
+            self.pending.appendleft(item)
+            if not isinstance(exc, BlockingIOError):
+                self.on_broken(target)
+            return
+        try:  # noqa: SIM105 - on the hot path a try costs less than suppress()
+            os.close(fd)  # the message in the worker's queue holds it now
+        except OSError:
+            pass
+        target.w.handed[conn_id] = (now, name, peer)
+
+    def done_readable(self) -> None:
+        """The loop's callback for the done pipe: the dispatcher reads it after the poll."""
+        self.done = True
+
     def completed(self, now: float) -> set[int] | None:
         """Read finished connections of any number of workers: the pids of those that have
         now served their max_requests (usually none), None when there was nothing to read."""
+        self.done = False
         try:
             data = os.read(self.done_r, wire.DONE_READ_SIZE)
         except BlockingIOError:
@@ -234,17 +331,20 @@ class HotPath:
                 release(conn_id)
         return pids
 
-    def _served(self, p: WorkerProcess, conn_id: int, now: float, due: set[int]) -> tuple | None:
+    def _served(
+        self, p: WorkerProcess, conn_id: int, now: float, due: set[int], served: int = 1
+    ) -> tuple | None:
         """A worker is done with a connection (closed or parked): its room is free again;
         adds its pid to `due` when it has served max_requests. What it was handed, or None
-        for a connection it did not hold (ignored)."""
+        for a connection it did not hold (ignored). `served` 0: it gave back a connection
+        that had sent nothing, which it did not serve."""
         w = p.w
         handed = w.handed.pop(conn_id, None)
         if handed is not None:
             w.last_heard = now
-            w.served += 1
-            self.served += 1
-            if w.served == w.max_served:
+            w.served += served
+            self.served += served
+            if served and w.served == w.max_served:
                 due.add(p.pid)
         return handed
 
@@ -253,7 +353,7 @@ class HotPath:
         it is over max_carry or the service is stopping with no request of it in flight.
         Returns the pids due for recycling, as completed() does."""
         due: set[int] = set()
-        handed = self._served(p, msg.conn_id, now, due)
+        handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
         if handed is None:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
             channel.close_all([fd])
@@ -262,7 +362,12 @@ class HotPath:
         if msg.ready:  # bytes nobody has looked at: work for a worker now
             self.pending.append(item)
             self.came_back += 1
-            self.waiting[0] = len(self.pending)
+            self.waiting[0] = len(self.pending) + self.queued()
+        elif msg.silent:  # new, and not a byte yet: as accept() holds one
+            deadline = deadline_for(FIRST_BYTE, now, 0, self.timeouts)
+            if self.stopping:
+                deadline = min(deadline, now + STOP_FIRST_BYTE)
+            self.parking.hold(item, FIRST_BYTE, deadline)
         elif len(msg.carry) > self.max_carry:
             self.parking.drop(item, "too-large")
         elif self.stopping and not msg.carry and not waiting_bytes(fd):
@@ -277,7 +382,7 @@ class HotPath:
         ready = self.parking.ready()
         self.came_back += len(ready)
         self.pending.extend(ready)
-        self.waiting[0] = len(self.pending)
+        self.waiting[0] = len(self.pending) + self.queued()
 
     def undelivered(self) -> int:
         """Accepted and not yet with a worker, with a request to serve (or a first one to
@@ -298,7 +403,10 @@ class HotPath:
         return lost
 
     def busy(self) -> int:
-        return sum(len(p.w.handed) for p in self.workers.values())
+        busy = 0
+        for p in self.workers.values():
+            busy += len(p.w.handed)
+        return busy
 
     def stop_accepting(self) -> None:
         """On stop: no new connections, and the held ones with no request close now. A new

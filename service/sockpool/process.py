@@ -142,10 +142,11 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):  # already reaped: nothing to tell
             os.kill(self.pid, sig)
 
-    def read_back(self) -> list[Pending]:
-        """The handoffs it never took, descriptors and all (call once it has exited)."""
+    def read_back(self, one: bool = False) -> list[Pending]:
+        """The handoffs it never took, descriptors and all: all of them once it has exited,
+        or (`one`) the next message in its queue while it lives, to move it elsewhere."""
         recovered: list[Pending] = []
-        while True:
+        while not (one and recovered):
             try:
                 message = channel.receive(self.inbox, channel.DONTWAIT)
             except BlockingIOError:
@@ -158,9 +159,13 @@ class WorkerProcess:
             data, fds = message
             decoded = wire.decode_to_worker(data, len(fds))
             if isinstance(decoded, wire.Stop):
+                if one:  # never ours to take from a live worker: put it back
+                    channel.send(self.chan, data)
+                    return recovered
                 continue
             for h, fd in zip(decoded, fds, strict=True):
                 recovered.append((h.conn_id, fd, h.listener, h.peer, h.carry, h.started))
+        return recovered
 
     def ended(self, status: int, oom_before: int | None) -> tuple[str, ExitReason, str, int | None]:
         """How it ended: in words, as a reason by the status alone, its stacks if it crashed,

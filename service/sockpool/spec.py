@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import Config, Target
 
@@ -21,9 +21,11 @@ class WorkerSpec:
     park_after: float = 0.0  # wait this long for a keep-alive connection's next request
     access_log: bool = False  # web apps: a journal record per request
     http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
+    handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
 
     @classmethod
     def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
+        listeners = list(listeners)
         handlers = {name: t for name in listeners if (t := config.target_for(name))}
         return cls(
             generation=generation,
@@ -38,4 +40,5 @@ class WorkerSpec:
                 config.max_request_line, config.max_header_bytes, config.max_headers,
                 config.max_body,
             ),
+            handoff={name: config.handoff_for(name) for name in listeners},
         )  # fmt: skip

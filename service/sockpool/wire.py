@@ -17,7 +17,8 @@ Worker -> dispatcher
     PARK     b"P" flags:u8 conn_id:u64 started:u64 carry   + exactly one descriptor: the
                                          connection, given back until it is readable again;
                                          flag READY_NOW: its carry holds bytes nobody has
-                                         looked at yet, so hand it on at once
+                                         looked at yet, so hand it on at once; flag SILENT:
+                                         a new connection that has sent nothing yet
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again
 
@@ -49,6 +50,7 @@ MAX_BATCH = 64  # connections in one handoff; the hot path splits larger batches
 MAX_CARRY = 65536  # bytes carried with one connection: the ceiling of `max_carry`
 MAY_PARK = 1
 READY_NOW = 1
+SILENT = 2
 
 _HEAD = struct.Struct("!BH")
 _ENTRY_HEAD = struct.Struct("!QBHIQ")
@@ -96,6 +98,7 @@ class Park:
     started: int
     carry: bytes
     ready: bool = False
+    silent: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,20 +132,33 @@ def encode_handoff(entries: list[Entry], may_park: bool = True) -> bytes:
     if len(entries) > MAX_BATCH:
         raise WireError(f"{len(entries)} connections in one handoff, at most {MAX_BATCH}")
     parts = [b"H", _HEAD.pack(MAY_PARK if may_park else 0, len(entries))]
-    pack = _ENTRY_HEAD.pack
-    for conn_id, listener, peer, carry, started in entries:
-        name = _names.get(listener) or _name_bytes(listener)
-        try:
-            addr = peer.encode(errors="surrogateescape")[:MAX_PEER]
-        except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
-            addr = peer.encode(errors="backslashreplace")[:MAX_PEER]
-        parts += (pack(conn_id, len(name), len(addr), len(carry), started), name, addr, carry)
+    parts += (_entry(*entry) for entry in entries)
     data = b"".join(parts)
     if len(data) > MAX_MESSAGE:
         raise WireError(f"handoff of {len(data)} bytes, at most {MAX_MESSAGE}")
     return data
 
 
+def encode_one(
+    conn_id: int, listener: str, peer: str, carry: bytes, started: int, may_park: bool
+) -> bytes:
+    """encode_handoff() of one connection, the usual case, without building a batch. A
+    carry is at most max_carry (wire.MAX_CARRY), so one connection always fits."""
+    return _ONE_HEAD[may_park] + _entry(conn_id, listener, peer, carry, started)
+
+
+def _entry(conn_id: int, listener: str, peer: str, carry: bytes, started: int) -> bytes:
+    name = _names.get(listener) or _name_bytes(listener)
+    try:
+        addr = peer.encode(errors="surrogateescape")[:MAX_PEER]
+    except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
+        addr = peer.encode(errors="backslashreplace")[:MAX_PEER]
+    return (
+        _ENTRY_HEAD.pack(conn_id, len(name), len(addr), len(carry), started) + name + addr + carry
+    )
+
+
+_ONE_HEAD = {flag: b"H" + _HEAD.pack(MAY_PARK if flag else 0, 1) for flag in (False, True)}
 _names: dict[str, bytes] = {}  # listener names, encoded once: a handful per process
 
 
@@ -210,11 +226,14 @@ def encode_ready(capacity: int, speaks_first: frozenset[str] | set[str] = frozen
     return b"R" + _READY.pack(capacity) + names
 
 
-def encode_park(conn_id: int, started: int, carry: bytes, ready: bool = False) -> bytes:
+def encode_park(
+    conn_id: int, started: int, carry: bytes, ready: bool = False, silent: bool = False
+) -> bytes:
     """Give a connection back (its descriptor goes beside): raises WireError past MAX_CARRY."""
     if len(carry) > MAX_CARRY:
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
-    return b"P" + _PARK.pack(READY_NOW if ready else 0, conn_id, started) + carry
+    flags = (READY_NOW if ready else 0) | (SILENT if silent else 0)
+    return b"P" + _PARK.pack(flags, conn_id, started) + carry
 
 
 def encode_done(pid: int, ids: list[int] | tuple[int, ...]) -> list[bytes]:
@@ -260,7 +279,7 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             carry = body[_PARK.size :]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
-            return Park(conn_id, started, carry, bool(flags & READY_NOW))
+            return Park(conn_id, started, carry, bool(flags & READY_NOW), bool(flags & SILENT))
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

@@ -14,6 +14,7 @@ import faulthandler
 import logging
 import os
 import resource
+import select
 import signal
 import socket
 from collections.abc import Callable
@@ -29,6 +30,10 @@ from .spec import WorkerSpec
 from .targets import Served
 
 EXIT_HANDLER_FAILED = 3
+# A sync worker takes one connection queued behind the one it serves: it starts the next the
+# moment it is done, without waiting for the dispatcher to hear of it and answer. The queued
+# one stays in the channel, where the dispatcher can still read it back (hotpath.rebalance).
+QUEUE_AHEAD = 1
 Handler = Callable[..., Any]
 
 
@@ -89,6 +94,7 @@ class _Base:
         self.spec = spec
         self.stopping = False
         self.lifespans: list[Any] = []  # ASGI apps' (asgi.Lifespan): startup before READY
+        self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
 
     def ready(self, capacity: int) -> None:
@@ -97,13 +103,40 @@ class _Base:
         first = {
             name for name in self.spec.handlers if giveback.speaks_first(self.handler_for(name))
         }
+        self.waits = {  # the dispatcher's rule (giveback.waits_for_data), for every listener
+            name
+            for name, handoff in self.spec.handoff.items()
+            if giveback.waits_for_data(handoff, giveback.speaks_first(self.handler_for(name)))
+        }
         channel.send(self.chan, wire.encode_ready(capacity, first))
 
     def give_back(
-        self, fd: int, conn_id: int, started: int, carry: bytes, ready: bool = False
+        self,
+        fd: int,
+        conn_id: int,
+        started: int,
+        carry: bytes,
+        ready: bool = False,
+        silent: bool = False,
     ) -> None:
         """PARK: the connection goes back to the dispatcher (giveback.py)."""
-        channel.send(self.chan, wire.encode_park(conn_id, started, carry, ready), [fd])
+        channel.send(self.chan, wire.encode_park(conn_id, started, carry, ready, silent), [fd])
+
+    def may_be_silent(self, handoff: wire.Handoff) -> bool:
+        """A new connection on a listener whose clients speak first, which the dispatcher
+        sent unchecked (it had room: hotpath.accept); one that stays silent goes back."""
+        return (
+            handoff.may_park
+            and not handoff.carry
+            and not handoff.started
+            and handoff.listener in self.waits
+        )
+
+    def return_silent(self, handoff: wire.Handoff, sock: socket.socket) -> None:
+        """Give back a new connection that has sent nothing: it waits in the dispatcher for
+        its first byte (first_byte_timeout) and pins no worker. Not done: it was served."""
+        self.give_back(sock.fileno(), handoff.conn_id, 0, b"", silent=True)
+        sock.close()  # only our copy: the dispatcher holds it now
 
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
         h = handoff
@@ -181,7 +214,7 @@ class SyncWorker(_Base):
                 raise _Stop
 
         signal.signal(signal.SIGTERM, on_term)
-        self.ready(1)
+        self.ready(1 + QUEUE_AHEAD)
         while not self.stopping:
             try:
                 batch = self.receive()
@@ -191,11 +224,42 @@ class SyncWorker(_Base):
                 return
             idle = False
             for handoff, sock in batch:
+                if self.may_be_silent(handoff) and not _readable(sock, self.spec.park_after):
+                    self.return_silent(handoff, sock)
+                    continue
                 info = self.describe(sock, handoff)
                 self.serve_sync(self.handler_for(handoff.listener), sock, info)
                 if not info.parked:  # a parked one was reported by its PARK
                     self.report_done([handoff.conn_id])
             idle = True
+
+
+_poller = select.poll()
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether `sock` has something to read (data or its end) within `timeout` seconds."""
+    fd = sock.fileno()
+    _poller.register(fd, select.POLLIN)
+    try:
+        return bool(_poller.poll(timeout * 1000))
+    finally:
+        _poller.unregister(fd)
+
+
+async def _readable_async(sock: socket.socket, timeout: float) -> bool:
+    """_readable() without blocking the loop: at once when it is, else by the loop."""
+    if _readable(sock, 0):
+        return True
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(True))
+    try:
+        return await asyncio.wait_for(ready, timeout)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(sock.fileno())
 
 
 def _last_line(exc: Exception) -> str:
@@ -280,6 +344,9 @@ class AsyncWorker(_Base):
                 task.add_done_callback(self.tasks.discard)
 
     async def _serve(self, handoff: wire.Handoff, sock: socket.socket) -> None:
+        if self.may_be_silent(handoff) and not await _readable_async(sock, self.spec.park_after):
+            self.return_silent(handoff, sock)
+            return
         info = self.describe(sock, handoff)
         handler = self.handler_for(handoff.listener)
         try:

@@ -131,6 +131,27 @@ def test_park_round_trip(carry: bytes) -> None:
     assert wire.decode_to_dispatcher(data, nfds=1) == wire.Park(2**64 - 1, 123456789, carry)
 
 
+@pytest.mark.parametrize("ready", [False, True])
+@pytest.mark.parametrize("silent", [False, True])
+def test_park_flags_round_trip(ready: bool, silent: bool) -> None:
+    data = wire.encode_park(5, 0, b"x" if ready else b"", ready=ready, silent=silent)
+    park = wire.decode_to_dispatcher(data, nfds=1)
+    assert isinstance(park, wire.Park) and (park.ready, park.silent) == (ready, silent)
+
+
+@pytest.mark.parametrize("conn_id", [0, 1, 2**64 - 1])
+@pytest.mark.parametrize("carry", [b"", b"GET / HTTP/1.1\r\n"])
+@pytest.mark.parametrize("may_park", [False, True])
+def test_one_connection_encodes_as_a_batch_of_one(
+    conn_id: int, carry: bytes, may_park: bool
+) -> None:
+    entry = (conn_id, "web", "127.0.0.1:5", carry, 7)
+    one = wire.encode_one(*entry, may_park)
+    assert one == wire.encode_handoff([entry], may_park)
+    (h,) = wire.decode_to_worker(one, 1)
+    assert (h.conn_id, h.listener, h.peer, h.carry, h.started, h.may_park) == (*entry, may_park)
+
+
 @pytest.mark.parametrize("nfds", [0, 2, 253])
 def test_park_needs_exactly_one_descriptor(nfds: int) -> None:
     with pytest.raises(wire.WireError, match="descriptors"):
