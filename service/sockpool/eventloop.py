@@ -46,11 +46,14 @@ class Loop:
         callback: Callback,
         edge: bool = False,
         writable: bool = False,
+        exclusive: bool = False,
     ) -> None:
-        """Call back when `source` is readable (or writable), level- or edge-triggered."""
+        """Call back when `source` is readable (or writable), level- or edge-triggered;
+        `exclusive`: one of the loops (processes) that watch it is woken, not all of them."""
         fd = source if isinstance(source, int) else source.fileno()
         events = select.EPOLLOUT if writable else select.EPOLLIN
-        self.epoll.register(fd, events | (select.EPOLLET if edge else 0))
+        events |= (select.EPOLLET if edge else 0) | (select.EPOLLEXCLUSIVE if exclusive else 0)
+        self.epoll.register(fd, events)
         self.callbacks[fd] = callback
 
     def watch_writable(self, fd: int, callback: Callback) -> None:
@@ -99,6 +102,8 @@ class Loop:
         signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
         for sig in signals:
             signal.signal(sig, _ignore)  # the C-level handler writes to the wakeup socket
+        # Those a parent blocked across fork() (supervisor.py), to keep them, arrive now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
         def read() -> None:
             try:
