@@ -33,8 +33,6 @@ _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 class Dispatcher:
-    exclusive = False  # one of several dispatchers on the same sockets (supervisor.py)
-
     def __init__(
         self,
         listeners: list[Listener],
@@ -69,8 +67,7 @@ class Dispatcher:
         hot = self.hot
         for listener in self.listeners:
             listener.sock.setblocking(False)
-            backlogged = lambda lst=listener: hot.backlogged.add(lst)  # noqa: E731
-            self.loop.watch(listener.sock, backlogged, edge=True, exclusive=self.exclusive)
+            self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
         self.loop.watch(hot.done_r, self._on_done)
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)

@@ -46,14 +46,11 @@ class Loop:
         callback: Callback,
         edge: bool = False,
         writable: bool = False,
-        exclusive: bool = False,
     ) -> None:
-        """Call back when `source` is readable (or writable), level- or edge-triggered;
-        `exclusive`: one of the loops (processes) that watch it is woken, not all of them."""
+        """Call back when `source` is readable (or writable), level- or edge-triggered."""
         fd = source if isinstance(source, int) else source.fileno()
         events = select.EPOLLOUT if writable else select.EPOLLIN
-        events |= (select.EPOLLET if edge else 0) | (select.EPOLLEXCLUSIVE if exclusive else 0)
-        self.epoll.register(fd, events)
+        self.epoll.register(fd, events | (select.EPOLLET if edge else 0))
         self.callbacks[fd] = callback
 
     def watch_writable(self, fd: int, callback: Callback) -> None:

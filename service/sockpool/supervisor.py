@@ -4,9 +4,13 @@
     each dispatcher --sd_notify-style lines over a socketpair--> main process --> systemd
 
 Each dispatcher runs the ordinary Dispatcher with its share of the workers and of the
-connection limits, and accepts from the same listening sockets, registered with
-EPOLLEXCLUSIVE so that a new connection wakes one idle dispatcher, not all of them. The main
-process stays systemd's MAINPID (NotifyAccess=main holds): it sends READY=1 once every
+connection limits, and accepts from the same listening sockets. Not with EPOLLEXCLUSIVE:
+the kernel gives an exclusive wake-up to the first dispatcher sleeping in epoll_wait, and a
+dispatcher whose workers are all busy sleeps there without accepting (back-pressure), so it
+would swallow the wake-ups while another one's workers idle (a test shows it). So every
+dispatcher is woken and one with room accepts; the others' accept() finds nothing.
+
+The main process stays systemd's MAINPID (NotifyAccess=main holds): it sends READY=1 once every
 dispatcher is ready, sums their STATUS=, forwards reload and stop, feeds the watchdog only
 while every dispatcher feeds its own, restarts a dispatcher that dies, and writes the
 journal's lifecycle records once for the service. With one dispatcher none of this runs.
@@ -597,7 +601,6 @@ class Supervisor:
                 lambda: share(self.reload_config(), index, parts),
                 notifier,
             )
-            dispatcher.exclusive = True
             return dispatcher.run()
         except Fatal as exc:
             self.report(exc)

@@ -102,6 +102,23 @@ def test_both_dispatchers_accept_under_load(serve) -> None:
     assert set(served) == set(dispatchers), served
 
 
+def test_a_busy_dispatcher_leaves_new_connections_to_an_idle_one(serve) -> None:
+    """One worker each: while the first connection holds one dispatcher's only worker, the
+    next is served by the other dispatcher's at once, not after the first one ends (with
+    EPOLLEXCLUSIVE the busy dispatcher, asleep in epoll_wait, took its wake-up: 3 of 5
+    such second connections waited)."""
+    service, _ = two_dispatchers(serve, "apps:slow_echo", workers=2)
+    for _ in range(5):
+        with connect(service.address) as first, connect(service.address) as second:
+            assert first.recv(1) == b"+"  # in a worker's hands, and holding it
+            assert second.recv(1) == b"+"  # in the other worker's
+            for sock in (first, second):
+                sock.sendall(b"done\n")
+                assert sock.recv(10) == b"done\n"
+        # Both workers free again (each dispatcher's STATUS says busy 0 in the sum).
+        wait_until(lambda: "busy 0," in service.statuses()[-1], "both workers free")
+
+
 def test_reload_under_load_loses_nothing(serve) -> None:
     service, dispatchers = two_dispatchers(serve, ECHO)
     first = {w for d in dispatchers for w in children(d)}
