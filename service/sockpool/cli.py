@@ -111,6 +111,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags")
     p.add_argument("--workers", metavar="N", help="worker processes (default: CPUs available)")
     p.add_argument(
+        "--dispatchers",
+        metavar="N",
+        help="dispatcher processes sharing the sockets and the workers, or 'auto' (default 1)",
+    )
+    p.add_argument(
         "--listen",
         metavar="[NAME=]ADDR",
         action="append",
@@ -200,6 +205,12 @@ def _main(argv: list[str] | None) -> int:
 
     _raise_descriptor_limit()
 
+    from .supervisor import count
+
+    if (dispatchers := count(cfg)) > 1:
+        from .supervisor import Supervisor
+
+        return Supervisor(listeners, cfg, reload, dispatchers, _report).run()
     return Dispatcher(listeners, cfg, reload, Notifier()).run()
 
 

@@ -32,6 +32,9 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
+AUTO = "auto"  # dispatchers = "auto": as many as the cores call for (supervisor.py)
+
+
 KINDS = ("handler", "wsgi", "asgi")  # what serves a listener; one per scope
 
 
@@ -64,6 +67,7 @@ class ListenerConfig:
 class Config:
     handler: str | None = None
     workers: int = field(default_factory=default_workers)
+    dispatchers: int | str = 1  # dispatcher processes sharing the sockets, or AUTO
     graceful_timeout: float = 30.0
     capacity: int = 100
     name: str = "sockpool"
@@ -115,6 +119,14 @@ class Config:
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a positive integer, got {quote(value)}")
+    return value
+
+
+def _dispatchers(value: Any) -> int | str:
+    if value == AUTO:
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a positive integer or {AUTO!r}, got {quote(value)}")
     return value
 
 
@@ -240,6 +252,7 @@ _LISTENER_KEYS: dict[str, Validator] = {
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
     "workers": (int, _positive_int),
+    "dispatchers": (int, _dispatchers),
     "graceful_timeout": (float, _non_negative_number),
     "capacity": (int, _positive_int),
     "name": (str, _name),
@@ -331,7 +344,14 @@ def build(file_values: Mapping[str, Any], flags: Mapping[str, Any], path: str | 
     if len(given) > 1:
         where = _where(path) if set(given) - set(flags) else "command line"
         raise ConfigError(f"{where}: give one of HANDLER, --wsgi and --asgi ({', '.join(given)})")
-    return Config(**values)
+    cfg = Config(**values)
+    if isinstance(cfg.dispatchers, int) and cfg.dispatchers > cfg.workers:
+        where = "--dispatchers" if "dispatchers" in flags else f"{_where(path)}: dispatchers"
+        raise ConfigError(
+            f"{where}: {cfg.dispatchers} is more than workers ({cfg.workers}): "
+            "each dispatcher needs a worker of its own"
+        )
+    return cfg
 
 
 def load(path: str | None, flags: Mapping[str, Any]) -> Config:

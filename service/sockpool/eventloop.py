@@ -99,6 +99,8 @@ class Loop:
         signal.set_wakeup_fd(w.fileno(), warn_on_full_buffer=False)
         for sig in signals:
             signal.signal(sig, _ignore)  # the C-level handler writes to the wakeup socket
+        # Those a parent blocked across fork() (supervisor.py), to keep them, arrive now.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signals)
 
         def read() -> None:
             try:

@@ -7,21 +7,35 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Callable, Mapping
 
 STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
 
 
 class Notifier:
-    def __init__(self, env: Mapping[str, str] = os.environ) -> None:
-        self.enabled = bool(env.get("NOTIFY_SOCKET"))
-        self.watchdog_interval = _watchdog_interval(env)
+    """To systemd's NOTIFY_SOCKET; or, given `target`, the same assignments to that socket
+    (a dispatcher under the supervisor tells the main process, supervisor.py), feeding its
+    watchdog every `watchdog_interval` seconds."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str] = os.environ,
+        target: socket.socket | None = None,
+        watchdog_interval: float = 0.0,
+    ) -> None:
+        self.target = target
+        self.enabled = target is not None or bool(env.get("NOTIFY_SOCKET"))
+        self.watchdog_interval = watchdog_interval if target else _watchdog_interval(env)
         self._last_status = ""
         self._next_status = 0.0
         self._next_watchdog = 0.0
 
     def send(self, *assignments: str) -> None:
-        if self.enabled:
+        if self.target is not None:
+            with contextlib.suppress(OSError):  # the main process reads it; it never blocks us
+                self.target.send("\n".join(assignments).encode(errors="replace"))
+        elif self.enabled:
             from systemd import daemon
 
             # sd_notify opens a socket each time: out of descriptors, a STATUS= is skipped
@@ -40,11 +54,11 @@ class Notifier:
         self._last_status = status
         self.send("STOPPING=1", f"STATUS={status}")
 
-    def tick(self, now: float, status: Callable[[], str]) -> None:
+    def tick(self, now: float, status: Callable[[], str], healthy: bool = True) -> None:
         """STATUS= when it changed, at most once a second (the text is built only then),
-        and WATCHDOG=1 at half the interval systemd asked for. Called from the main loop on
-        purpose: a loop that hangs stops feeding the watchdog."""
-        if self.watchdog_interval and now >= self._next_watchdog:
+        and WATCHDOG=1 at half the interval systemd asked for, while `healthy`. Called from
+        the main loop on purpose: a loop that hangs stops feeding the watchdog."""
+        if self.watchdog_interval and healthy and now >= self._next_watchdog:
             self._next_watchdog = now + self.watchdog_interval
             self.send("WATCHDOG=1")
         if now >= self._next_status and (text := status()) != self._last_status:

@@ -59,6 +59,7 @@ class Unit:
 
     machine: Container
     name: str  # "sockpool-echo", "sockpool@boom"
+    dispatchers: int = 1  # more: the workers are the main process's grandchildren
 
     @property
     def socket(self) -> str:
@@ -78,9 +79,15 @@ class Unit:
         return int(self.prop("MainPID"))
 
     def workers(self) -> set[int]:
-        """PIDs of the dispatcher's children."""
-        pid = self.main_pid()
-        children = self.machine.run("sh", "-c", f"cat /proc/{pid}/task/*/children", check=False)
+        """PIDs of the dispatchers' children: with one dispatcher, the main process's."""
+        pids = {self.main_pid()}
+        for _ in range(1 + (self.dispatchers > 1)):
+            pids = self.children(pids)
+        return pids
+
+    def children(self, pids: set[int]) -> set[int]:
+        paths = " ".join(f"/proc/{pid}/task/*/children" for pid in pids)
+        children = self.machine.run("sh", "-c", f"cat {paths}", check=False)
         return {int(child) for child in children.stdout.split()}
 
     def start_socket(self) -> None:

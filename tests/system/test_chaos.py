@@ -3,7 +3,8 @@ its workers killed and frozen, under a real systemd. Nothing may be refused or a
 wrongly; the only connections allowed to fail are those inside a worker at the moment it
 was killed, as the journal counts them (CONNECTIONS_LOST of each WORKER_EXITED).
 
-Run three times in a row, as `make test` does.
+Run three times in a row, as `make test` does, and once more with `dispatchers = 2`
+(the workers killed and frozen are then the dispatchers' children).
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ def _storm(unit: Unit, clients: Load, cursor: str, rng: random.Random) -> tuple[
     return kills, start_fds, start_rss
 
 
-@pytest.mark.parametrize("run", [1, 2, 3])
-def test_chaos(instance: MakeInstance, run: int) -> None:
-    unit = instance("chaos", CONFIG, socket=SOCKET)
+@pytest.mark.parametrize(("run", "dispatchers"), [(1, 1), (2, 1), (3, 1), (1, 2)])
+def test_chaos(instance: MakeInstance, run: int, dispatchers: int) -> None:
+    unit = instance("chaos", f"{CONFIG}dispatchers = {dispatchers}\n", socket=SOCKET)
+    unit.dispatchers = dispatchers
     unit.start_socket()
     assert request(ADDRESS, b"wake up\n") == b"wake up\n"
     unit.wait_running()
@@ -126,7 +128,8 @@ def test_chaos(instance: MakeInstance, run: int) -> None:
     hung = _events(unit, cursor, Event.WORKER_HUNG)
     reasons = sorted(e.get("EXIT_REASON", "?") for e in exited)
     print(
-        f"\nchaos run {run}: {clients.done} connections: {clients.ok} answered, "
+        f"\nchaos run {run}, {dispatchers} dispatchers: {clients.done} connections: "
+        f"{clients.ok} answered, "
         f"{clients.refused} refused, {clients.cut} cut, {clients.mismatched} wrong; "
         f"lost in killed workers per the journal: {lost}; {kills} SIGKILLs, "
         f"{len(hung)} hung; exits {dict((r, reasons.count(r)) for r in set(reasons))}; "

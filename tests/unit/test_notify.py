@@ -85,3 +85,32 @@ def test_workers_forget_the_notify_socket() -> None:
     env = {"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1", "WATCHDOG_PID": "1", "HOME": "/root"}
     forget_environment(env)
     assert env == {"HOME": "/root"}
+
+
+def test_a_notifier_with_a_target_tells_it_not_systemd(systemd, monkeypatch) -> None:
+    """A dispatcher under the supervisor: the same assignments, to the main process, and
+    its watchdog fed at the interval it was given; systemd hears nothing from it."""
+    sock, env = systemd
+    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(0.1)
+    with ours, theirs:
+        n = Notifier(env, target=theirs, watchdog_interval=0.5)
+        n.ready("workers 1/1")
+        n.tick(1.0, lambda: "workers 1/1")
+        assert [ours.recv(4096) for _ in range(2)] == [
+            b"READY=1\nSTATUS=workers 1/1",
+            b"WATCHDOG=1",
+        ]
+        assert n.next_due(1.0) == 0.5
+        assert received(sock) == []
+
+
+def test_an_unhealthy_tick_does_not_feed_the_watchdog(systemd, monkeypatch) -> None:
+    sock, env = systemd
+    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
+    n = Notifier({**env, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())})
+    n.tick(1.0, lambda: "", healthy=False)
+    assert received(sock) == []
+    n.tick(1.1, lambda: "", healthy=True)
+    assert received(sock) == ["WATCHDOG=1"]

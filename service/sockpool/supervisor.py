@@ -1,0 +1,639 @@
+"""More than one core: N dispatcher processes under one main process (`dispatchers = N`).
+
+    systemd --signals--> main process (this module) --signals--> N dispatchers (dispatcher.py)
+    each dispatcher --sd_notify-style lines over a socketpair--> main process --> systemd
+
+Each dispatcher runs the ordinary Dispatcher with its share of the workers and of the
+connection limits, and accepts from the same listening sockets. Not with EPOLLEXCLUSIVE:
+the kernel gives an exclusive wake-up to the first dispatcher sleeping in epoll_wait, and a
+dispatcher whose workers are all busy sleeps there without accepting (back-pressure), so it
+would swallow the wake-ups while another one's workers idle (a test shows it). So every
+dispatcher is woken and one with room accepts; the others' accept() finds nothing.
+
+The main process stays systemd's MAINPID (NotifyAccess=main holds): it sends READY=1 once every
+dispatcher is ready, sums their STATUS=, forwards reload and stop, feeds the watchdog only
+while every dispatcher feeds its own, restarts a dispatcher that dies, and writes the
+journal's lifecycle records once for the service. With one dispatcher none of this runs.
+
+`Plan` decides, with no I/O (events in, actions out, as policy.py does for workers), so its
+tests need no process; `Supervisor` carries the actions out: uvicorn's multiprocess
+supervisor (one `Child` per process, owning its pipe) with gunicorn's arbiter's rule that a
+signal handler only queues (eventloop.Loop delivers signals from the loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import logging
+import os
+import re
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterable
+from typing import NamedTuple
+
+from . import lifecycle as ev
+from . import log, notify, records
+from .config import AUTO, Config
+from .errors import ExitCode, Fatal
+from .eventloop import Loop
+from .events import Event
+from .lifecycle import Record
+from .listeners import Listener
+from .process import describe_status
+
+# One dispatcher keeps about this many cores of workers busy before it becomes the limit:
+# with workers that answer at once it spends some 45 us of CPU per connection (issue 14's
+# profile) against roughly 100-150 us for the worker and the client, so about 3-4 cores.
+# `auto` starts one dispatcher per this many cores. bench/ measures the one-dispatcher
+# ceiling; change the figure here when it says otherwise.
+CORES_PER_DISPATCHER = 4
+MAX_BACKOFF = 10.0  # seconds between restarts of a dispatcher that keeps dying, at most
+MAX_FAILURES = 5  # deaths in a row before it ever got ready: the main process gives up
+_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+# Records a dispatcher leaves to the main process, which writes them once for the service.
+_MAIN_RECORDS = frozenset(
+    e.value
+    for e in (Event.STARTED, Event.READY, Event.RELOADING, Event.RELOAD_FAILED, Event.STOPPING)
+)
+RECORD = "X_SOCKPOOL_RECORD"  # a dispatcher's failed reload, for the main process to write
+
+
+# -- pure parts ------------------------------------------------------------------------------
+
+
+def count(config: Config, cores: int | None = None) -> int:
+    """How many dispatchers: as configured, or for `auto` one per CORES_PER_DISPATCHER cores
+    this process may run on (CPUAffinity=, cpusets), at least one, at most one per worker."""
+    if config.dispatchers != AUTO:
+        return int(config.dispatchers)
+    cores = cores or len(os.sched_getaffinity(0)) or 1
+    return max(1, min(config.workers, cores // CORES_PER_DISPATCHER))
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` over `parts` as evenly as whole numbers go: 5 over 2 is [3, 2]."""
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+def share(config: Config, index: int, parts: int) -> Config:
+    """Dispatcher `index`'s configuration: its share of the workers and of the connection
+    limits, so that the totals still hold. A limit below `parts` still gives each one
+    (0 would turn it off). max_connections_per_source is split too, but a source's
+    connections do not all reach one dispatcher: one dispatcher may refuse a source at its
+    share while another has room, so a source gets between limit/parts and limit."""
+
+    def part(limit: int) -> int:
+        return max(1, split(limit, parts)[index]) if limit else 0
+
+    return dataclasses.replace(
+        config,
+        dispatchers=1,
+        workers=part(config.workers),
+        max_connections=part(config.max_connections),
+        max_connections_per_source=part(config.max_connections_per_source),
+    )
+
+
+_FIGURE = re.compile(r"([a-z][a-z ]*?) (\d+)(?:/(\d+))?")
+
+
+def parse_status(text: str) -> dict[str, tuple[int, ...]]:
+    """A dispatcher's STATUS= text as its figures: "workers 2/3, busy 1, reloading" ->
+    {"workers": (2, 3), "busy": (1,)}. Words without a figure are states, left out."""
+    figures = {}
+    for part in text.split(","):
+        if match := _FIGURE.fullmatch(part.strip()):
+            figures[match[1]] = tuple(int(n) for n in match.groups()[1:] if n is not None)
+    return figures
+
+
+def sum_status(texts: Iterable[str]) -> str:
+    """The dispatchers' figures added up, in the order the first one gives them."""
+    totals: dict[str, tuple[int, ...]] = {}
+    for text in texts:
+        for name, values in parse_status(text).items():
+            have = totals.get(name, (0,) * len(values))
+            if len(have) == len(values):
+                totals[name] = tuple(a + b for a, b in zip(have, values, strict=True))
+    return ", ".join(f"{name} {'/'.join(map(str, v))}" for name, v in totals.items())
+
+
+def parse_message(data: bytes) -> list[tuple[str, str]]:
+    """One message from a dispatcher: sd_notify's KEY=VALUE lines, or a forwarded record
+    (one assignment whose value may span lines)."""
+    text = data.decode(errors="replace")
+    if text.startswith(RECORD + "="):
+        return [(RECORD, text[len(RECORD) + 1 :])]
+    return [(k, v) for k, sep, v in (ln.partition("=") for ln in text.split("\n")) if sep]
+
+
+def exit_code(status: int) -> int:
+    """A dispatcher's wait status as a shell would show it: 128+N for signal N."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+# -- the decisions ---------------------------------------------------------------------------
+
+
+class Started(NamedTuple):
+    index: int
+    pid: int
+    now: float
+
+
+class ForkFailed(NamedTuple):
+    index: int
+    reason: str
+    now: float
+
+
+class Said(NamedTuple):
+    """Assignments a dispatcher sent (READY=1, STATUS=..., WATCHDOG=1, ...)."""
+
+    index: int
+    assignments: list[tuple[str, str]]
+    now: float
+
+
+class Exited(NamedTuple):
+    index: int
+    how: str  # the wait status in words
+    code: int  # as exit_code() gives it
+    now: float
+
+
+class Fork(NamedTuple):
+    index: int
+
+
+class Signal(NamedTuple):
+    index: int
+    signum: int
+
+
+class Notify(NamedTuple):
+    assignments: tuple[str, ...]
+
+
+class Wake(NamedTuple):
+    at: float
+
+
+class Exit(NamedTuple):
+    code: int
+
+
+Action = Fork | Signal | Notify | Record | Wake | Exit
+
+
+@dataclasses.dataclass
+class ChildState:
+    """The main process's view of one dispatcher."""
+
+    pid: int = 0  # 0: not running
+    ready: bool = False  # said READY=1 since it was started
+    reload: str = ""  # "asked": sent SIGHUP; "begun": it said RELOADING=1; "": neither
+    reload_error: str = ""  # its record of a failed reload
+    status: str = ""
+    fed: float = 0.0  # when it last fed its watchdog (or was started)
+    failures: int = 0  # deaths in a row before READY
+    restart_at: float | None = None
+    code: int = 0  # how it exited, once it has
+
+
+class Plan:
+    """What the main process does about each event: the lifecycle of N dispatchers."""
+
+    def __init__(self, config: Config, parts: int, watchdog: float = 0.0) -> None:
+        self.config = config
+        self.parts = parts
+        self.watchdog = watchdog  # seconds between WATCHDOG=1; 0: systemd asked for none
+        self.children = [ChildState() for _ in range(parts)]
+        self.stopping = False
+        self.announced = False  # READY=1 sent once every dispatcher was ready
+        self.reloading = False  # RELOADING=1 sent, READY=1 not yet
+        self.code = 0  # the worst exit code so far
+
+    def start(self, now: float) -> list[Action]:
+        return [Fork(i) for i in range(self.parts)]
+
+    def handle(self, event: object) -> list[Action]:
+        """Event `Name` goes to `_on_name`, as in policy.Lifecycle."""
+        return getattr(self, f"_on_{type(event).__name__.lower()}")(event)
+
+    # -- dispatchers starting and speaking ---------------------------------------------------
+    def _on_started(self, e: Started) -> list[Action]:
+        c = self.children[e.index]
+        c.pid, c.ready, c.reload, c.status, c.fed, c.restart_at = e.pid, False, "", "", e.now, None
+        return []
+
+    def _on_forkfailed(self, e: ForkFailed) -> list[Action]:
+        record = records.problem(f"cannot start dispatcher {e.index}: {e.reason}", logging.ERROR)
+        return [record, *self._failed(e.index, e.now)]
+
+    def _on_said(self, e: Said) -> list[Action]:
+        c, actions = self.children[e.index], []
+        said = dict(e.assignments)  # the figures first: READY=1 comes with its STATUS=
+        c.status = said.get("STATUS", c.status)
+        c.reload_error = said.get(RECORD, c.reload_error)
+        if said.get("WATCHDOG") == "1":
+            c.fed = e.now
+        if said.get("RELOADING") == "1":
+            c.reload = "begun"
+            actions += self._reload_state()
+        if said.get("READY") == "1":
+            if c.reload == "begun":  # not one of before the SIGHUP we sent
+                c.reload = ""
+            c.ready, c.failures = True, 0
+            actions += self._ready()
+        return actions
+
+    def _ready(self) -> list[Action]:
+        if not self.announced:
+            if self.stopping or not all(c.ready for c in self.children):
+                return []
+            self.announced = True
+            message = f"ready: {self.config.workers} workers in {self.parts} dispatchers"
+            return [Record(Event.READY, message), self._notify("READY=1")]
+        return self._reload_state()
+
+    def _reload_state(self) -> list[Action]:
+        """RELOADING=1 when the first dispatcher reloads, READY=1 and the record once none
+        does; a reload of one that dies meanwhile ends with its death."""
+        busy = any(c.reload and c.pid for c in self.children)
+        if busy == self.reloading or self.stopping:
+            return []
+        self.reloading = busy
+        if busy:
+            return [Notify(("RELOADING=1", "STATUS=reloading"))]
+        failed = [c.reload_error for c in self.children if c.reload_error]
+        for c in self.children:
+            c.reload_error = ""
+        if failed:
+            note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
+            record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
+        else:
+            record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
+        return [record, self._notify("READY=1")]
+
+    def _notify(self, state: str) -> Notify:
+        return Notify((state, f"STATUS={self.status()}"))
+
+    # -- dispatchers ending ------------------------------------------------------------------
+    def _on_exited(self, e: Exited) -> list[Action]:
+        c = self.children[e.index]
+        was_ready = c.ready
+        c.pid, c.ready, c.code = 0, False, e.code
+        if self.stopping:
+            self.code = max(self.code, e.code)
+            return self._finish()
+        actions: list[Action] = [
+            records.problem(f"dispatcher {e.index} {e.how}; starting another", logging.ERROR)
+        ]
+        if e.code == ExitCode.WORKERS_FAILING:  # it gave up, as one dispatcher gives up
+            return actions + self._give_up(e.code, f"dispatcher {e.index} gave up")
+        return actions + self._failed(e.index, e.now, at_once=was_ready) + self._reload_state()
+
+    def _failed(self, index: int, now: float, at_once: bool = False) -> list[Action]:
+        """Start it again: at once after it served, else backing off, as worker starts do."""
+        if at_once:
+            return [Fork(index)]
+        c = self.children[index]
+        c.failures += 1
+        if c.failures >= MAX_FAILURES:
+            return self._give_up(
+                ExitCode.WORKERS_FAILING, f"dispatcher {index} failed {c.failures} times in a row"
+            )
+        c.restart_at = now + min(MAX_BACKOFF, 0.1 * 2 ** (c.failures - 1))
+        return [Wake(c.restart_at)]
+
+    def _give_up(self, code: int, why: str) -> list[Action]:
+        self.code = max(self.code, code)
+        record = records.problem(f"{why}: stopping the service", logging.CRITICAL)
+        return [record, *self._stop("SIGTERM")]
+
+    def _finish(self) -> list[Action]:
+        if any(c.pid for c in self.children):
+            return []
+        message = f"stopped: {self.parts} dispatchers exited"
+        return [records.problem(message, logging.INFO), Exit(self.code)]
+
+    # -- the clock, reload and stop ----------------------------------------------------------
+    def _on_tick(self, e: ev.Tick) -> list[Action]:
+        actions: list[Action] = []
+        for i, c in enumerate(self.children):
+            if not self.stopping and c.restart_at is not None and c.restart_at <= e.now:
+                c.restart_at = None
+                actions.append(Fork(i))
+        return actions
+
+    def _on_reloadrequested(self, e: ev.ReloadRequested) -> list[Action]:
+        if self.stopping:
+            return []
+        actions: list[Action] = [Record(Event.RELOADING, "reloading: re-reading the configuration")]
+        if e.config is None:
+            actions.append(records.reload_failed(e.error))
+            if not self.reloading:  # as one dispatcher says it: reloading, then ready
+                actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
+            return actions
+        if (wanted := count(e.config)) != self.parts:
+            message = f"dispatchers: the configuration asks for {wanted}, {self.parts} keep "
+            message += "serving (the count changes on restart, not on reload)"
+            actions.append(records.problem(message))
+        self.config = e.config
+        for i, c in enumerate(self.children):
+            if c.pid:
+                c.reload = "asked"
+                actions.append(Signal(i, signal.SIGHUP))
+        return actions + self._reload_state()
+
+    def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
+        if self.stopping:  # a second Ctrl-C: the dispatchers stop waiting too
+            if e.signal == "SIGINT":
+                return [Signal(i, signal.SIGINT) for i, c in enumerate(self.children) if c.pid]
+            return []
+        busy = parse_status(self.status()).get("busy", (0,))[0]
+        grace = self.config.graceful_timeout
+        message = (
+            f"stopping on {e.signal}: draining {busy} connections in {self.parts} "
+            f"dispatchers (up to {grace:g}s)"
+        )
+        return [Record(Event.STOPPING, message), *self._stop(e.signal)]
+
+    def _stop(self, why: str) -> list[Action]:
+        """SIGTERM to every dispatcher (a first Ctrl-C too: a terminal has sent them SIGINT
+        already, and a second SIGINT would cut their drain short)."""
+        if self.stopping:
+            return []
+        self.stopping = True
+        for c in self.children:
+            c.restart_at = None
+        actions: list[Action] = [self._notify("STOPPING=1")]
+        actions += [Signal(i, signal.SIGTERM) for i, c in enumerate(self.children) if c.pid]
+        return actions + self._finish()
+
+    # -- what systemd is told ----------------------------------------------------------------
+    def status(self) -> str:
+        live = [c for c in self.children if c.pid]
+        text = sum_status(c.status for c in live if c.status) or "starting"
+        text += f", dispatchers {sum(c.ready for c in live)}/{self.parts}"
+        return text + ", reloading" * self.reloading + ", stopping" * self.stopping
+
+    def healthy(self, now: float) -> bool:
+        """Every running dispatcher fed its watchdog within systemd's interval (twice ours);
+        one being restarted is the main process's business, not a hang."""
+        limit = 2 * self.watchdog
+        return not limit or all(now - c.fed <= limit for c in self.children if c.pid)
+
+
+# -- carrying it out -------------------------------------------------------------------------
+
+
+class Child:
+    """One dispatcher process as the main process holds it: its pid and its end of the pipe."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.sock: socket.socket | None = None
+
+    def read(self) -> list[bytes]:
+        """What it sent since the last read; b"" at the end of it (it is exiting)."""
+        messages = []
+        while self.sock is not None:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                data = b""
+            messages.append(data)
+            if not data:
+                break
+        return messages
+
+    def signal(self, signum: int) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+class Supervisor:
+    def __init__(
+        self,
+        listeners: list[Listener],
+        config: Config,
+        reload_config: Callable[[], Config],
+        parts: int,
+        report: Callable[[Fatal], None],
+        notifier: notify.Notifier | None = None,
+    ) -> None:
+        self.listeners = listeners
+        self.reload_config = reload_config
+        self.report = report  # cli._report: a dispatcher's fatal error as one line
+        self.notifier = notifier or notify.Notifier()
+        self.plan = Plan(config, parts, self.notifier.watchdog_interval)
+        self.children = [Child(i) for i in range(parts)]
+        self.loop = Loop()
+        self.code: int | None = None
+
+    def run(self) -> int:
+        self.loop.on_signals(_SIGNALS, self._on_signal)
+        if log.journal:
+            log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
+        addresses = ", ".join(f"{lst.name} on {lst.address}" for lst in self.listeners)
+        config, parts = self.plan.config, self.plan.parts
+        log.event(
+            Event.STARTED, "started: %s; %d workers in %d dispatchers", addresses,
+            config.workers, parts,
+        )  # fmt: skip
+        self._periodic()
+        try:
+            self.do(self.plan.start(time.monotonic()))
+            while self.code is None:  # the supervisor loop: wait, then what fell due
+                self.loop.poll(max(0.0, self.loop.next_timer() - time.monotonic()))
+                self.loop.run_timers(time.monotonic())
+        finally:
+            for child in self.children:
+                child.close()
+            self.loop.close()
+        return self.code
+
+    def do(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Fork):
+                self._fork(action.index)
+            elif isinstance(action, Signal):
+                self.children[action.index].signal(action.signum)
+            elif isinstance(action, Notify):
+                self.notifier.send(*action.assignments)
+            elif isinstance(action, Record):
+                records.write(action)
+            elif isinstance(action, Wake):
+                self.loop.call_at(action.at, self._tick)
+            else:
+                self.code = action.code
+
+    def _tick(self) -> None:
+        self.do(self.plan.handle(ev.Tick(time.monotonic())))
+
+    def _periodic(self) -> None:
+        now = time.monotonic()
+        self.notifier.tick(now, self.plan.status, self.plan.healthy(now))
+        self.loop.call_at(now + self.notifier.next_due(now), self._periodic)
+
+    # -- the outside world, as events --------------------------------------------------------
+    def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if signum == signal.SIGCHLD:
+            self._reap()
+        elif signum == signal.SIGHUP:
+            try:
+                config, error = self._reloaded(), ""
+            except Fatal as exc:
+                config, error = None, exc.message
+            self.do(self.plan.handle(ev.ReloadRequested(config, error, now)))
+        else:
+            self.do(self.plan.handle(ev.StopRequested(signal.Signals(signum).name, now)))
+
+    def _reloaded(self) -> Config:
+        """The new configuration, checked here first: a bad one never reaches a dispatcher."""
+        config = self.reload_config()
+        if config.workers < self.plan.parts:
+            raise Fatal(
+                ExitCode.CONFIG,
+                f"workers: {config.workers} is fewer than the {self.plan.parts} dispatchers "
+                "running (each needs a worker; the count changes on restart, not on reload)",
+            )
+        return config
+
+    def _on_messages(self, child: Child) -> None:
+        for data in child.read():
+            if not data:  # it is exiting: SIGCHLD says how
+                self.loop.unwatch(child.sock)  # type: ignore[arg-type]
+                child.close()
+                return
+            said = Said(child.index, parse_message(data), time.monotonic())
+            self.do(self.plan.handle(said))
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            for child in self.children:
+                if child.pid == pid:
+                    self._on_messages(child)  # what it said before it died counts
+                    if child.sock is not None:
+                        self.loop.unwatch(child.sock)
+                        child.close()
+                    child.pid = 0
+                    how = describe_status(status)
+                    self.do(
+                        self.plan.handle(
+                            Exited(child.index, how, exit_code(status), time.monotonic())
+                        )
+                    )
+
+    # -- a dispatcher process ----------------------------------------------------------------
+    def _fork(self, index: int) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # Blocked across fork(): in the child until its dispatcher's loop takes them, so a
+        # SIGTERM sent meanwhile waits instead of being lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        main = os.getpid()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            ours.close()
+            theirs.close()
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            self.do(self.plan.handle(ForkFailed(index, exc.strerror or str(exc), time.monotonic())))
+            return
+        if pid == 0:
+            code = ExitCode.WORKERS_FAILING
+            try:
+                ours.close()
+                code = self._dispatch(index, theirs, main)
+            finally:
+                os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        theirs.close()
+        child = self.children[index]
+        child.pid, child.sock = pid, ours
+        ours.setblocking(False)
+        self.loop.watch(ours, lambda: self._on_messages(child))
+        self.do(self.plan.handle(Started(index, pid, time.monotonic())))
+
+    def _dispatch(self, index: int, sock: socket.socket, main: int) -> int:
+        """In the child: the ordinary dispatcher with its share, telling us, not systemd."""
+        from .dispatcher import Dispatcher
+
+        _die_with_parent(main)
+        self.loop.close()
+        for child in self.children:
+            child.close()
+        notify.forget_environment()
+        os.register_at_fork(after_in_child=sock.close)  # its workers do not speak for it
+        parts = self.plan.parts
+        notifier = notify.Notifier(target=sock, watchdog_interval=self.plan.watchdog)
+        sock.setblocking(False)
+        log.log.addFilter(_LeaveToMain(notifier))
+        log.set_process_fields(DISPATCHER=index)
+        try:
+            dispatcher = Dispatcher(
+                self.listeners,
+                share(self.plan.config, index, parts),
+                lambda: share(self.reload_config(), index, parts),
+                notifier,
+            )
+            return dispatcher.run()
+        except Fatal as exc:
+            self.report(exc)
+            return exc.code
+        except BaseException:
+            log.log.critical("dispatcher %d failed", index, exc_info=True)
+            return ExitCode.WORKERS_FAILING
+        finally:
+            if log.journal:
+                log.journal.drain(log.EXIT_DRAIN)
+            logging.shutdown()
+
+
+class _LeaveToMain(logging.Filter):
+    """In a dispatcher: the service's lifecycle records are the main process's to write,
+    once; the reason of a failed reload goes to it for that."""
+
+    def __init__(self, notifier: notify.Notifier) -> None:
+        super().__init__()
+        self.notifier = notifier
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "MESSAGE_ID", None) not in _MAIN_RECORDS:
+            return True
+        if Event.RELOAD_FAILED.value == record.MESSAGE_ID:  # type: ignore[attr-defined]
+            self.notifier.send(f"{RECORD}={record.getMessage()}")
+        return False
+
+
+def _die_with_parent(main: int) -> None:
+    """A dispatcher gets SIGTERM when the main process dies (SIGKILL, say, outside systemd,
+    which would otherwise leave it serving on its own)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != main:  # it died before that took effect
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -1,0 +1,235 @@
+"""`dispatchers = 2` under the real systemd-socket-activate: one main process, two
+dispatchers accepting from the same socket, each with its share of the workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from harness import SOCKPOOL, Load, connect, free_port, read_to_eof, request, wait_until
+
+ECHO = "sockpool.handlers:echo"
+
+
+def tcp() -> str:
+    return f"127.0.0.1:{free_port()}"
+
+
+def children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def two_dispatchers(serve, *args: str, workers: int = 4, **kw):
+    service = serve([f"--workers={workers}", "--dispatchers=2", *args], listen=[tcp()], **kw)
+    dispatchers = wait_until(lambda: len(service.workers()) == 2 and service.workers(), "two")
+    shares = wait_until(
+        lambda: (
+            sorted(len(children(d)) for d in dispatchers) == [workers // 2, workers - workers // 2]
+        ),
+        "each dispatcher's share of the workers",
+    )
+    assert shares
+    return service, dispatchers
+
+
+def test_serves_with_two_dispatchers_and_sums_their_status(serve) -> None:
+    service, dispatchers = two_dispatchers(serve, ECHO, workers=5)
+    assert sorted(len(children(d)) for d in dispatchers) == [2, 3]
+    for n in range(6):
+        assert request(service.address, f"hello {n}".encode()) == f"hello {n}".encode()
+    wait_until(
+        lambda: any(
+            s.startswith("STATUS=workers 5/5, busy 0, parked 0, served 6, refused 0")
+            and s.endswith(", dispatchers 2/2")
+            for s in service.statuses()
+        ),
+        "the summed STATUS",
+    )
+    log = service.output()
+    # The lifecycle records come once, from the main process.
+    assert log.count("started: ") == 1 and "5 workers in 2 dispatchers" in log
+    assert log.count("ready: ") == 1 and f"sockpool[{service.pid}] INFO: ready:" in log
+    assert service.read_notifications().count("READY=1") == 1
+
+
+def test_both_dispatchers_accept_under_load(serve) -> None:
+    """Connections from 8 concurrent clients, each answered by a worker that names itself:
+    the workers of both dispatchers answer (EPOLLEXCLUSIVE wakes one dispatcher a
+    connection, not always the same one)."""
+    service, dispatchers = two_dispatchers(serve, "apps:whoami")
+    served: Counter[int] = Counter()
+    failures: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        for _ in range(150):
+            try:
+                with connect(service.address) as sock:
+                    sock.sendall(b"who\n")
+                    words = read_to_eof(sock).split()
+                dispatcher = parent(int(words[2]))
+            except (OSError, IndexError, ValueError) as exc:
+                with lock:
+                    failures.append(repr(exc))
+                continue
+            with lock:
+                served[dispatcher] += 1
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    print(f"\nconnections per dispatcher: {dict(served)}")
+    assert not failures, failures[:5]
+    assert sum(served.values()) == 1200
+    assert set(served) == set(dispatchers), served
+
+
+def test_a_busy_dispatcher_leaves_new_connections_to_an_idle_one(serve) -> None:
+    """One worker each: while the first connection holds one dispatcher's only worker, the
+    next is served by the other dispatcher's at once, not after the first one ends (with
+    EPOLLEXCLUSIVE the busy dispatcher, asleep in epoll_wait, took its wake-up: 3 of 5
+    such second connections waited)."""
+    service, _ = two_dispatchers(serve, "apps:slow_echo", workers=2)
+    for _ in range(5):
+        with connect(service.address) as first, connect(service.address) as second:
+            assert first.recv(1) == b"+"  # in a worker's hands, and holding it
+            assert second.recv(1) == b"+"  # in the other worker's
+            for sock in (first, second):
+                sock.sendall(b"done\n")
+                assert sock.recv(10) == b"done\n"
+        # Both workers free again (each dispatcher's STATUS says busy 0 in the sum).
+        wait_until(lambda: "busy 0," in service.statuses()[-1], "both workers free")
+
+
+def test_reload_under_load_loses_nothing(serve) -> None:
+    service, dispatchers = two_dispatchers(serve, ECHO)
+    first = {w for d in dispatchers for w in children(d)}
+    with Load(service.address, clients=6) as load:
+        load.progress(100)
+        service.signal(signal.SIGHUP)
+        service.wait_for("RELOADING=1")
+        wait_until(lambda: "reloaded: 2 dispatchers serve" in service.output(), "the reload")
+        load.progress(200)
+    assert load.done and load.refused == load.reset == load.wrong == 0, load.summary()
+    assert service.read_notifications().count("READY=1") == 2
+    assert service.workers() == dispatchers  # the same dispatchers, new workers
+    wait_until(lambda: sum(len(children(d)) for d in dispatchers) == 4, "the old workers to drain")
+    assert not first & {w for d in dispatchers for w in children(d)}
+    log = service.output()
+    assert log.count("reloading: re-reading") == 1 and log.count("reloaded: ") == 1
+
+
+def test_reload_with_a_bad_config_keeps_serving(serve, tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'handler = "{ECHO}"\nworkers = 2\ndispatchers = 2\n')
+    service = serve([f"--config={config}"], listen=[tcp()])
+    config.write_text(f'handler = "{ECHO}"\nworkers = 1\n')
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in service.output(), "the reload to fail")
+    assert service.output().count("reload failed") == 1
+    assert "workers: 1 is fewer than the 2 dispatchers running" in service.output()
+    assert request(service.address, b"still here") == b"still here"
+
+
+def test_sigterm_drains_in_flight_connections(serve) -> None:
+    service, _ = two_dispatchers(serve, "--capacity=50", "apps:async_slow_echo", workers=2)
+    clients = [connect(service.address) for _ in range(20)]
+    assert [c.recv(1) for c in clients] == [b"+"] * 20  # all in workers' hands
+    for i, c in enumerate(clients):
+        c.sendall(f"in flight {i}\n".encode())
+    service.signal(signal.SIGTERM)
+    for i, c in enumerate(clients):
+        assert c.recv(100) == f"in flight {i}\n".encode()  # answered in full, not reset
+        assert c.recv(100) == b""
+        c.close()
+    assert service.wait() == 0
+    assert "STOPPING=1" in service.read_notifications()
+    log = service.output()
+    assert log.count("stopping on SIGTERM: draining") == 1
+    assert "stopped: 2 dispatchers exited" in log
+
+
+def test_killed_dispatcher_is_restarted_and_the_service_keeps_serving(serve) -> None:
+    service, dispatchers = two_dispatchers(serve, ECHO)
+    victim = dispatchers[0]
+    orphans = children(victim)
+    with Load(service.address, clients=6) as load:
+        load.progress(100)
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda: len(service.workers()) == 2 and victim not in service.workers(),
+            "another dispatcher",
+        )
+        wait_until(lambda: "dispatchers 2/2" in service.statuses()[-1], "both ready again")
+        load.progress(200)
+    # Only what the killed dispatcher held (accepted, not yet handed over) may be cut.
+    assert load.refused == load.mismatched == 0, load.summary()
+    assert "dispatcher 0 killed by signal SIGKILL; starting another" in service.output()
+    wait_until(lambda: not any(alive(w) for w in orphans), "its workers to leave")
+    assert request(service.address, b"after") == b"after"
+
+
+def test_watchdog_is_fed_only_while_every_dispatcher_feeds_its_own(serve) -> None:
+    service, dispatchers = two_dispatchers(serve, ECHO, workers=2, env={"WATCHDOG_USEC": "200000"})
+
+    def fed() -> int:
+        return service.read_notifications().count("WATCHDOG=1")
+
+    wait_until(lambda: fed() >= 3, "WATCHDOG=1 x3")
+    os.kill(dispatchers[1], signal.SIGSTOP)  # it stops feeding; its loop looks hung
+    try:
+        quiet = {"count": fed(), "since": time.monotonic()}
+
+        def silent_for_a_while() -> bool:
+            if (now := fed()) != quiet["count"]:
+                quiet.update(count=now, since=time.monotonic())
+            return time.monotonic() - quiet["since"] > 1.0  # five of systemd's intervals
+
+        wait_until(silent_for_a_while, "the main process to stop feeding systemd")
+    finally:
+        os.kill(dispatchers[1], signal.SIGCONT)
+    before = fed()
+    wait_until(lambda: fed() >= before + 3, "feeding again")
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SOCKPOOL, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_check_accepts_dispatchers_and_refuses_bad_values(tmp_path: Path) -> None:
+    assert run("--check", "--workers=2", "--dispatchers=2", ECHO).returncode == 0
+    assert run("--check", "--dispatchers=auto", ECHO).returncode == 0
+    config = tmp_path / "c.toml"
+    for value, message in [
+        ("0", "dispatchers: expected a positive integer or 'auto', got 0"),
+        ('"many"', "dispatchers: expected a positive integer or 'auto', got 'many'"),
+        ("3", "dispatchers: 3 is more than workers (2)"),
+    ]:
+        config.write_text(f'handler = "{ECHO}"\nworkers = 2\ndispatchers = {value}\n')
+        result = run("--check", f"--config={config}")
+        lines = result.stderr.splitlines()
+        assert result.returncode == 78 and len(lines) == 1, result
+        assert lines[0].startswith("sockpool: config ") and message in lines[0], lines
+    result = run("--check", "--dispatchers=many", ECHO)
+    assert result.returncode == 78
+    assert result.stderr == (
+        "sockpool: --dispatchers: expected a positive integer or 'auto', got 'many'\n"
+    )

@@ -1,0 +1,277 @@
+"""The main process of `dispatchers = N`: its pure parts, and its decisions as data."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+import pytest
+
+from sockpool import config
+from sockpool import lifecycle as ev
+from sockpool.events import Event
+from sockpool.lifecycle import Record
+from sockpool.supervisor import (
+    RECORD,
+    Exit,
+    Exited,
+    Fork,
+    Notify,
+    Plan,
+    Said,
+    Signal,
+    Started,
+    Wake,
+    count,
+    parse_message,
+    parse_status,
+    share,
+    split,
+    sum_status,
+)
+
+
+def test_split_is_as_even_as_whole_numbers_go() -> None:
+    assert split(5, 2) == [3, 2]
+    assert split(4, 2) == [2, 2]
+    assert split(7, 3) == [3, 2, 2]
+    assert sum(split(1001, 7)) == 1001
+
+
+def test_share_keeps_the_totals() -> None:
+    cfg = config.build(
+        {"workers": 5, "max_connections": 101, "max_connections_per_source": 10}, {}, None
+    )
+    shares = [share(cfg, i, 2) for i in range(2)]
+    assert [s.workers for s in shares] == [3, 2]
+    assert [s.max_connections for s in shares] == [51, 50]
+    assert [s.max_connections_per_source for s in shares] == [5, 5]
+    assert {s.dispatchers for s in shares} == {1}
+    off = config.build({"workers": 2}, {}, None)
+    assert share(off, 1, 2).max_connections == 0  # off stays off
+    tiny = config.build({"workers": 3, "max_connections": 2}, {}, None)
+    assert [share(tiny, i, 3).max_connections for i in range(3)] == [1, 1, 1]  # never 0: off
+
+
+def test_count() -> None:
+    assert count(config.build({"workers": 8, "dispatchers": 3}, {}, None)) == 3
+    auto = config.build({"workers": 8, "dispatchers": "auto"}, {}, None)
+    assert [count(auto, cores) for cores in (1, 2, 4, 7, 8, 16, 64)] == [1, 1, 1, 1, 2, 4, 8]
+    few = config.build({"workers": 2, "dispatchers": "auto"}, {}, None)
+    assert count(few, 64) == 2  # at most one per worker
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, "expected a positive integer or 'auto', got 0"),
+        ("many", "expected a positive integer or 'auto', got 'many'"),
+        (True, "expected a positive integer or 'auto', got True"),
+        (3, "3 is more than workers (2)"),
+    ],
+)
+def test_bad_dispatchers(value: object, message: str) -> None:
+    with pytest.raises(config.ConfigError) as err:
+        config.build({"workers": 2, "dispatchers": value}, {}, "f.toml")
+    assert err.value.message.startswith("config f.toml: dispatchers: ")
+    assert message in err.value.message
+
+
+def test_dispatchers_flag() -> None:
+    assert config.build({"workers": 4}, {"dispatchers": "2"}, None).dispatchers == 2
+    assert config.build({}, {"dispatchers": "auto"}, None).dispatchers == "auto"
+    with pytest.raises(config.ConfigError, match=r"^--dispatchers: expected a positive"):
+        config.build({}, {"dispatchers": "many"}, None)
+
+
+def test_status_is_parsed_and_summed() -> None:
+    a = "workers 3/3, busy 1, parked 0, served 10, refused 2"
+    b = "workers 1/2, busy 0, parked 4, served 5, refused 0, reloading"
+    assert parse_status(b) == {
+        "workers": (1, 2),
+        "busy": (0,),
+        "parked": (4,),
+        "served": (5,),
+        "refused": (0,),
+    }
+    assert sum_status([a, b]) == "workers 4/5, busy 1, parked 4, served 15, refused 2"
+    assert sum_status([]) == ""
+    assert sum_status(["a figure 3", "a figure 4, new 1"]) == "a figure 7, new 1"
+
+
+def test_messages_are_parsed() -> None:
+    assert parse_message(b"READY=1\nSTATUS=workers 1/1, busy 0") == [
+        ("READY", "1"),
+        ("STATUS", "workers 1/1, busy 0"),
+    ]
+    assert parse_message(b"WATCHDOG=1") == [("WATCHDOG", "1")]
+    text = f"{RECORD}=reload failed: first line\nsecond=line"
+    assert parse_message(text.encode()) == [(RECORD, "reload failed: first line\nsecond=line")]
+    assert parse_message(b"garbage\n\xff") == []
+
+
+# -- the main process's decisions ------------------------------------------------------------
+
+
+def plan(parts: int = 2, watchdog: float = 0.0, **values: object) -> Plan:
+    cfg = config.build({"workers": 4, "dispatchers": parts, **values}, {}, None)
+    p = Plan(cfg, parts, watchdog)
+    assert p.start(0.0) == [Fork(i) for i in range(parts)]
+    for i in range(parts):
+        assert p.handle(Started(i, 100 + i, 0.0)) == []
+    return p
+
+
+def say(p: Plan, index: int, *lines: str, now: float = 1.0) -> list:
+    return p.handle(Said(index, parse_message("\n".join(lines).encode()), now))
+
+
+def events(actions: list) -> list:
+    """The records' events and the other actions, for comparison."""
+    return [a.event if isinstance(a, Record) else a for a in actions]
+
+
+def notified(actions: list) -> list[str]:
+    return [a.assignments[0] for a in actions if isinstance(a, Notify)]
+
+
+def test_ready_once_every_dispatcher_is() -> None:
+    p = plan()
+    assert say(p, 0, "READY=1", "STATUS=workers 2/2, busy 0, served 0") == []
+    actions = say(p, 1, "READY=1", "STATUS=workers 2/2, busy 1, served 3")
+    assert events(actions)[0] is Event.READY and notified(actions) == ["READY=1"]
+    assert actions[-1].assignments[1] == "STATUS=workers 4/4, busy 1, served 3, dispatchers 2/2"
+    assert say(p, 0, "READY=1") == []  # said again: nothing new
+
+
+def ready(parts: int = 2, **values: object) -> Plan:
+    p = plan(parts, **values)
+    for i in range(parts):
+        say(p, i, "READY=1", "STATUS=workers 2/2, busy 0, served 0")
+    return p
+
+
+def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
+    p = ready()
+    new = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 5}, {}, None)
+    actions = p.handle(ev.ReloadRequested(new, "", 2.0))
+    assert events(actions) == [
+        Event.RELOADING,
+        Signal(0, signal.SIGHUP),
+        Signal(1, signal.SIGHUP),
+        Notify(("RELOADING=1", "STATUS=reloading")),
+    ]
+    assert p.config is new  # a dispatcher started from now on gets it
+    assert say(p, 0, "READY=1") == []  # from before it had the SIGHUP: not its reload
+    assert say(p, 0, "RELOADING=1") == say(p, 0, "READY=1") == []
+    assert say(p, 1, "RELOADING=1") == []
+    actions = say(p, 1, "READY=1")
+    assert events(actions)[0] is Event.READY and "reloaded" in actions[0].message
+    assert notified(actions) == ["READY=1"]
+
+
+def test_a_dispatcher_reload_that_failed_is_recorded_once() -> None:
+    p = ready()
+    p.handle(ev.ReloadRequested(p.config, "", 2.0))
+    for i in (0, 1):
+        say(p, i, "RELOADING=1")
+        say(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
+    say(p, 0, "READY=1")
+    actions = say(p, 1, "READY=1")
+    assert events(actions)[0] is Event.RELOAD_FAILED
+    assert actions[0].message == "reload failed, still serving the old generation: no module"
+    assert actions[0].level == logging.ERROR and notified(actions) == ["READY=1"]
+
+
+def test_a_bad_configuration_never_reaches_the_dispatchers() -> None:
+    p = ready()
+    actions = p.handle(ev.ReloadRequested(None, "workers: expected a positive integer", 2.0))
+    assert events(actions) == [
+        Event.RELOADING,
+        Event.RELOAD_FAILED,
+        Notify(("RELOADING=1", "STATUS=reloading")),
+        Notify(("READY=1", "STATUS=workers 4/4, busy 0, served 0, dispatchers 2/2")),
+    ]
+
+
+def test_a_reload_asking_for_another_count_says_so_and_keeps_it() -> None:
+    p = ready()
+    new = config.build({"workers": 4, "dispatchers": 4}, {}, None)
+    actions = p.handle(ev.ReloadRequested(new, "", 2.0))
+    said = [a.message for a in actions if isinstance(a, Record) and a.event is None]
+    assert said == [
+        "dispatchers: the configuration asks for 4, 2 keep serving "
+        "(the count changes on restart, not on reload)"
+    ]
+    assert p.parts == 2 and len([a for a in actions if isinstance(a, Signal)]) == 2
+
+
+def test_stop_is_forwarded_and_the_worst_exit_code_wins() -> None:
+    p = ready()
+    say(p, 0, "STATUS=workers 2/2, busy 3, served 0")
+    actions = p.handle(ev.StopRequested("SIGINT", 3.0))
+    assert events(actions)[0] is Event.STOPPING
+    assert actions[0].message == (
+        "stopping on SIGINT: draining 3 connections in 2 dispatchers (up to 30s)"
+    )
+    assert notified(actions) == ["STOPPING=1"]
+    assert [a for a in actions if isinstance(a, Signal)] == [
+        Signal(0, signal.SIGTERM),  # not SIGINT: a second one cuts the drain short
+        Signal(1, signal.SIGTERM),
+    ]
+    assert p.handle(ev.StopRequested("SIGTERM", 3.1)) == []
+    assert p.handle(ev.StopRequested("SIGINT", 3.2)) == [
+        Signal(0, signal.SIGINT),
+        Signal(1, signal.SIGINT),
+    ]
+    assert p.handle(Exited(0, "exited with status 0", 0, 4.0)) == []  # not a restart
+    actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 4.0))
+    assert actions[-1] == Exit(137)
+
+
+def test_a_dispatcher_that_dies_is_started_again() -> None:
+    p = ready()
+    actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 5.0))
+    assert actions[0].message == "dispatcher 1 killed by signal SIGKILL; starting another"
+    assert actions[1:] == [Fork(1)]  # it had served: at once
+    assert p.status().endswith("dispatchers 1/2")
+    p.handle(Started(1, 200, 5.0))
+    # One that dies before it is ready again waits, longer each time, then the main
+    # process gives up.
+    waits = []
+    for n in range(4):
+        actions = p.handle(Exited(1, "exited with status 1", 1, 6.0 + n))
+        waits += [a.at - (6.0 + n) for a in actions if isinstance(a, Wake)]
+        assert p.handle(ev.Tick(7.0 + n + 20)) == [Fork(1)]
+        p.handle(Started(1, 300 + n, 7.0 + n))
+    assert waits == pytest.approx([0.1, 0.2, 0.4, 0.8])
+    actions = p.handle(Exited(1, "exited with status 1", 1, 20.0))
+    assert [a.level for a in actions if isinstance(a, Record)][-1] == logging.CRITICAL
+    assert Signal(0, signal.SIGTERM) in actions and p.stopping
+    assert p.handle(Exited(0, "exited with status 0", 0, 21.0))[-1] == Exit(70)
+
+
+def test_workers_failing_in_a_dispatcher_stops_the_service() -> None:
+    p = plan()
+    actions = p.handle(Exited(0, "exited with status 70", 70, 1.0))
+    assert Fork(0) not in actions and Signal(1, signal.SIGTERM) in actions
+    assert p.handle(Exited(1, "exited with status 0", 0, 2.0))[-1] == Exit(70)
+
+
+def test_no_restart_while_stopping() -> None:
+    p = ready()
+    p.handle(Exited(0, "killed by signal SIGKILL", 137, 1.0))  # Fork(0) is on its way
+    p.handle(ev.StopRequested("SIGTERM", 1.0))
+    assert p.handle(ev.Tick(100.0)) == []
+
+
+def test_watchdog_fed_only_while_every_dispatcher_feeds_its_own() -> None:
+    p = plan(watchdog=1.0)  # systemd's interval is 2 s
+    assert p.healthy(1.9)  # started at 0: they have until 2
+    say(p, 0, "WATCHDOG=1", now=1.5)
+    assert not p.healthy(2.1)  # dispatcher 1 never fed
+    say(p, 1, "WATCHDOG=1", now=2.2)
+    assert p.healthy(2.3) and not p.healthy(3.6)
+    p.handle(Exited(0, "killed by signal SIGKILL", 137, 3.7))
+    assert p.healthy(3.8)  # being restarted is not hanging
+    assert plan().healthy(1000.0)  # no watchdog asked for
