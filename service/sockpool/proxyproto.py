@@ -11,6 +11,7 @@ while `data` can still become a valid header, and raises ProxyError the moment i
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import os
 import re
@@ -320,8 +321,9 @@ def take(fd: int, version: str) -> Header | None:
     if not first:
         raise ValueError(f"version must be one of {', '.join(VERSIONS)}, not {version!r}")
     # With family, type and proto all given, wrapping the fd makes no system call (and none
-    # of them matters to recv); detach() leaves the fd open, as it came.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
+    # of them matters to recv); detach() leaves the fd open, as it came. The C type under
+    # socket.socket: its Python-level __init__ would double the cost of the wrapping.
+    sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     try:
         data = _peek(sock, first)
         header = parse(data, version)
@@ -344,7 +346,7 @@ def take(fd: int, version: str) -> Header | None:
         sock.detach()
 
 
-def _peek(sock: socket.socket, size: int) -> bytes:
+def _peek(sock: _socket.socket, size: int) -> bytes:
     return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
 
