@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 from .errors import QUOTE_LIMIT, ConfigError, cut, quote
 from .listeners import MAX_LISTEN_FDS, parse_address
+from .proxyproto import DEFAULT_ALLOW, VERSIONS, parse_network
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 _HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -61,6 +62,8 @@ class ListenerConfig:
     handoff: str | None = None  # None: as the handler declares (client_speaks_first)
     wsgi: str | None = None
     asgi: str | None = None
+    proxy_protocol: str | None = None  # "v1", "v2" or "any"; None: no PROXY header (off)
+    proxy_allow: tuple[str, ...] | None = None  # None: the top level's
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,9 @@ class Config:
     max_header_bytes: int = 16384  # bytes of the whole head; more: 431
     max_headers: int = 100  # header fields; more: 431
     max_body: int = 16 * 1024 * 1024  # bytes of a request body; more: 413 (0: no limit)
+    # PROXY protocol (proxyproto.py), turned on per listener by its proxy_protocol.
+    proxy_allow: tuple[str, ...] = DEFAULT_ALLOW  # peers that may send a PROXY header
+    proxy_timeout: float = 3.0  # the header must be whole this long after the accept
     path: str | None = None
 
     def target_for(self, listener: str) -> Target | None:
@@ -113,6 +119,17 @@ class Config:
     def handoff_for(self, listener: str) -> str | None:
         own = self.listeners.get(listener)
         return own.handoff if own and own.handoff else self.handoff
+
+    def proxy_protocol_for(self, listener: str) -> str | None:
+        """The PROXY header versions `listener` takes; None: it takes none (only a listener's
+        own table turns it on: a header is never guessed at)."""
+        own = self.listeners.get(listener)
+        return own.proxy_protocol if own else None
+
+    def proxy_allow_for(self, listener: str) -> tuple[str, ...]:
+        """The networks whose peers may send `listener` a PROXY header (proxyproto.Trusted)."""
+        own = self.listeners.get(listener)
+        return own.proxy_allow if own and own.proxy_allow is not None else self.proxy_allow
 
 
 # key -> (kind, validator). The kind tells the CLI how to read a flag's text.
@@ -142,8 +159,10 @@ def _count(value: Any) -> int:
     return value
 
 
-def _start_timeout(value: Any) -> float:
-    """Not 0: a start that can never time out is what hangs a reload (and --check) forever."""
+def _seconds_above_zero(value: Any) -> float:
+    """Not 0 for start_timeout: a start that can never time out is what hangs a reload (and
+    --check) forever; nor for proxy_timeout: a connection is only ever handed to a worker
+    with its whole PROXY header, so one that never sends it would stay in the dispatcher."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | float)
@@ -154,6 +173,22 @@ def _start_timeout(value: Any) -> float:
             f"got {quote(value)}"
         )
     return float(value)
+
+
+def _proxy_protocol(value: Any) -> str:
+    if not isinstance(value, str) or value not in VERSIONS:
+        raise ValueError(f"expected one of {', '.join(VERSIONS)}, got {quote(value)}")
+    return value
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of addresses or networks, got {quote(value)}")
+    for text in value:
+        parse_network(text)  # raises ValueError naming the bad one
+    return tuple(value)
 
 
 def _reply(value: Any) -> str:
@@ -248,6 +283,8 @@ _LISTENER_KEYS: dict[str, Validator] = {
     "handoff": _handoff,
     "wsgi": _handler,
     "asgi": _handler,
+    "proxy_protocol": _proxy_protocol,
+    "proxy_allow": _networks,
 }
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
@@ -267,7 +304,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "max_connections": (int, _count),
     "max_connections_per_source": (int, _count),
     "overload_reply": (str, _reply),
-    "start_timeout": (float, _start_timeout),
+    "start_timeout": (float, _seconds_above_zero),
     "handoff": (str, _handoff),
     "first_byte_timeout": (float, _non_negative_number),
     "request_timeout": (float, _non_negative_number),
@@ -280,6 +317,8 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "max_header_bytes": (int, _positive_int),
     "max_headers": (int, _positive_int),
     "max_body": (int, _bytes),
+    "proxy_allow": (list, _networks),
+    "proxy_timeout": (float, _seconds_above_zero),
 }
 
 

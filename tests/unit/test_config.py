@@ -228,3 +228,66 @@ def test_bad_web_app_settings(tmp_path: Path, text: str, flags: dict, message: s
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         config.load(str(path), flags)
+
+
+def test_proxy_protocol_is_off_unless_a_listener_turns_it_on() -> None:
+    cfg = config.load(None, {})
+    assert cfg.proxy_protocol_for("web") is None
+    assert cfg.proxy_allow_for("web") == ("127.0.0.0/8", "::1") and cfg.proxy_timeout == 3.0
+
+
+def test_proxy_protocol_keys_per_listener() -> None:
+    values = {
+        "proxy_allow": ["10.0.0.0/8", "2001:db8::1"],
+        "proxy_timeout": 0.5,
+        "listeners": {
+            "web": {"proxy_protocol": "v2"},
+            "smtp": {"proxy_protocol": "any", "proxy_allow": "192.0.2.7"},
+            "admin": {"handler": "a:b"},
+        },
+    }
+    cfg = config.build(values, {}, "f.toml")
+    assert cfg.proxy_timeout == 0.5
+    assert cfg.proxy_protocol_for("web") == "v2" and cfg.proxy_protocol_for("smtp") == "any"
+    assert cfg.proxy_protocol_for("admin") is None and cfg.proxy_protocol_for("other") is None
+    # A listener's own proxy_allow replaces the top-level one; the others take the top level's.
+    assert cfg.proxy_allow_for("smtp") == ("192.0.2.7",)
+    assert cfg.proxy_allow_for("web") == ("10.0.0.0/8", "2001:db8::1")
+    assert (
+        config.build({"listeners": {"w": {"proxy_allow": []}}}, {}, "f").proxy_allow_for("w") == ()
+    )
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"proxy_protocol": "v2"}, "config f.toml: proxy_protocol: unknown key"),
+        (
+            {"listeners": {"web": {"proxy_protocol": "v3"}}},
+            "listeners: web.proxy_protocol: expected one of v1, v2, any, got 'v3'",
+        ),
+        (
+            {"listeners": {"web": {"proxy_protocol": True}}},
+            "listeners: web.proxy_protocol: expected one of v1, v2, any, got True",
+        ),
+        (
+            {"proxy_allow": ["127.0.0.1", "10.0.0.5/8"]},
+            "proxy_allow: '10.0.0.5/8' has host bits set: did you mean 10.0.0.0/8?",
+        ),
+        (
+            {"proxy_allow": ["haproxy.internal"]},
+            "proxy_allow: 'haproxy.internal' is not an IPv4 or IPv6 address or network",
+        ),
+        ({"proxy_allow": 10}, "proxy_allow: expected a list of addresses or networks, got 10"),
+        (
+            {"listeners": {"web": {"proxy_allow": ["::1/129"]}}},
+            "listeners: web.proxy_allow: '::1/129' is not an IPv4 or IPv6 address or network",
+        ),
+        ({"proxy_timeout": 0}, "proxy_timeout: expected a number of seconds above 0"),
+        ({"proxy_timeout": -1}, "proxy_timeout: expected a number of seconds above 0"),
+        ({"proxy_timeout": "3"}, "proxy_timeout: expected a number of seconds above 0"),
+        ({"listeners": {"web": {"proxy_timeout": 1}}}, "web.proxy_timeout: unknown key"),
+    ],
+)
+def test_bad_proxy_protocol_values(values: dict, message: str) -> None:
+    assert_one_line_config_error(values, message)
