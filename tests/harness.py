@@ -19,6 +19,7 @@ import random
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -564,3 +565,21 @@ class Service:
 def _host_port(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
+
+
+# -- PROXY protocol headers, as a load balancer sends them (proxyproto.py) --
+
+PROXY_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    return bytes([kind]) + struct.pack("!H", len(value)) + value
+
+
+def v2(command: int = 1, fam: int = 0x11, block: bytes = b"", tlvs: bytes = b"") -> bytes:
+    body = block + tlvs
+    return PROXY_V2_SIGNATURE + bytes([0x20 | command, fam]) + struct.pack("!H", len(body)) + body
+
+
+def inet4(src: str, dst: str, sport: int, dport: int) -> bytes:
+    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)

@@ -29,6 +29,10 @@ class ConnectionInfo:
     parked: bool = False
     has_read: bool = False
     turn_began: int = 0
+    # Behind a load balancer speaking the PROXY protocol v2: the TLVs it sent, if any.
+    proxy_unique_id: bytes | None = None  # PP2_TYPE_UNIQUE_ID (HAProxy's unique-id)
+    proxy_authority: str | None = None  # PP2_TYPE_AUTHORITY: the host name asked for (SNI)
+    proxy_alpn: bytes | None = None  # PP2_TYPE_ALPN: the protocol the client negotiated
 
 
 def describe(
@@ -48,7 +52,12 @@ def describe(
             creds = _PEERCRED.unpack(raw)
         except OSError:
             pass
-    return ConnectionInfo(conn_id, listener, peer, *creds, idle_timeout, carried, started, may_park)
+    info = ConnectionInfo(conn_id, listener, peer, *creds, idle_timeout, carried, started, may_park)
+    if "\0" in peer:  # a proxied client's TLVs ride behind its address
+        from .proxyproto import split_peer
+
+        info.peer, info.proxy_unique_id, info.proxy_authority, info.proxy_alpn = split_peer(peer)
+    return info
 
 
 def current_connection() -> ConnectionInfo | None:

@@ -190,6 +190,7 @@ class Dispatcher:
         self.hot.read_limits()
         self.hot.log_refused(now)
         self.hot.log_closed(now)
+        self.hot.forget_headers(now)
         self.loop.call_at(now + self.notifier.next_due(now), self._periodic)
 
     # -- the hot path's view of the pool ----------------------------------------------------

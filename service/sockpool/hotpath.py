@@ -20,23 +20,26 @@ import logging
 import os
 import resource
 import select
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import TypeVar
 
-from . import channel, giveback, log, wire
+from . import channel, giveback, log, proxyproto, wire
 from .admission import Admission
 from .config import Config
 from .events import Event
 from .listeners import Listener
-from .parking import FIRST_BYTE, IDLE, REQUEST, Parking, deadline_for, waiting_bytes
+from .parking import FIRST_BYTE, IDLE, PROXY, REQUEST, Parking, deadline_for, waiting_bytes
 from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
-_LOGGED_CLOSES = {"first-byte", "idle", "request", "too-large"}
+_LOGGED_CLOSES = {
+    "first-byte", "idle", "request", "too-large", PROXY, "proxy-invalid", "proxy-untrusted",
+}  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
 STOP_FIRST_BYTE = 1.0  # seconds: a stop's first_byte_timeout (see stop_accepting)
@@ -49,6 +52,16 @@ SOLO = 2
 STEAL_AFTER = 0.002  # seconds a queued connection waits behind a long one before it moves
 
 T = TypeVar("T")
+
+
+class _Anyone:
+    """Trusted already: checked when it was accepted."""
+
+    def allows(self, addr: object) -> bool:
+        return True
+
+
+_ANYONE: proxyproto.Trusted = _Anyone()  # type: ignore[assignment]
 
 
 def batches(items: list[Pending]) -> list[list[Pending]]:
@@ -98,6 +111,10 @@ class HotPath:
         self.waiting = giveback.share_waiting()  # workers read it: see giveback.py
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
+        # Listeners whose connections start with a PROXY header: (version, who may send it).
+        self.proxied: dict[Listener, tuple[str, proxyproto.Trusted]] = {}
+        self.headers: dict[int, tuple[str, str, float]] = {}  # conn_id -> (version, kind, due)
+        self.proxy_timeout = 3.0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
         self.stopping = False
         self.next_fd_log = 0.0
@@ -127,6 +144,11 @@ class HotPath:
     def configure(self, config: Config) -> None:
         self.timeouts = (config.first_byte_timeout, config.idle_timeout, config.request_timeout)
         self.max_carry = config.max_carry
+        self.proxy_timeout = config.proxy_timeout
+        self.proxied = {}
+        for lst in self.listeners:
+            if version := config.proxy_protocol_for(lst.name):
+                self.proxied[lst] = (version, proxyproto.Trusted(config.proxy_allow_for(lst.name)))
 
     def free_capacity(self) -> int:
         """Free places in the workers that take work. (Loops, not sum() over a generator:
@@ -183,6 +205,7 @@ class HotPath:
             self._parking_allowed(fd_room > 0, now)
         for listener in list(self.backlogged):
             accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
+            proxied = self.proxied.get(listener)
             hold = listener in deferred and fd_room > 0
             floor = came_back if hold else 0
             for n in range(ACCEPT_BATCH):
@@ -201,6 +224,12 @@ class HotPath:
                     self._pause(now, exc)
                     return
                 self.next_id += 1
+                if proxied and allowed > 0:  # its client is known once its header is read
+                    allowed -= 1
+                    fd_room -= 1
+                    item = (self.next_id, fd, name, format_peer(addr), b"", 0)
+                    self._proxy_header(item, proxied, addr, listener in deferred, now)
+                    continue
                 if allowed <= 0 or (admit and not admit(self.next_id, addr)):
                     admission.refuse(fd)
                     continue
@@ -377,12 +406,69 @@ class HotPath:
             self.parking.hold(item, kind, deadline_for(kind, now, msg.started, self.timeouts))
         return due
 
+    def _proxy_header(
+        self,
+        item: Pending,
+        proxied: tuple[str, proxyproto.Trusted],
+        addr: object,
+        deferred: bool,
+        now: float,
+    ) -> None:
+        """A new connection on a PROXY protocol listener: from a trusted balancer, its
+        header read (or waited for, up to proxy_timeout), and then it is its client's: that
+        address is PEER everywhere and counts against the per-source limit. The balancer's
+        header and the request usually come in one segment, so this rarely waits."""
+        version, trusted = proxied
+        if not trusted.allows(addr):
+            self.parking.drop(item, "proxy-untrusted")
+            return
+        try:
+            header = proxyproto.take(item[1], version)
+        except proxyproto.ProxyError as exc:
+            log.log.debug("connection %d: bad PROXY header: %s", item[0], exc)
+            self.parking.drop(item, "proxy-invalid")
+            return
+        if header is None:  # not all there yet: hold it until it is, or proxy_timeout
+            due = self.headers.get(item[0], (version, "", now + self.proxy_timeout))[2]
+            self.headers[item[0]] = (version, FIRST_BYTE if deferred else "", due)
+            self.parking.hold(item, PROXY, due)
+            return
+        self.headers.pop(item[0], None)
+        client = addr if header.local or header.source is None else header.source
+        admission = self.admission
+        if admission.max_per_source and not admission.admit(item[0], client):
+            admission.refuse(item[1])
+            return
+        item = (item[0], item[1], item[2], proxyproto.peer_text(header, item[3]), b"", 0)
+        if deferred and not waiting_bytes(item[1]):
+            self.parking.hold(item, FIRST_BYTE, deadline_for(FIRST_BYTE, now, 0, self.timeouts))
+        else:
+            self.pending.append(item)
+
     def unpark(self) -> None:
-        """The held connections that spoke join the queue for a worker."""
+        """The held connections that spoke join the queue for a worker (those waiting for
+        their PROXY header read it first)."""
         ready = self.parking.ready()
+        if self.headers:
+            ready = [item for item in ready if not self._header_came(item)]
         self.came_back += len(ready)
         self.pending.extend(ready)
         self.waiting[0] = len(self.pending) + self.queued()
+
+    def _header_came(self, item: Pending) -> bool:
+        """True for a connection that was waiting for its PROXY header: read it now."""
+        waiting = self.headers.get(item[0])
+        if waiting is None:
+            return False
+        version, first, _ = waiting
+        self._proxy_header(item, (version, _ANYONE), None, bool(first), time.monotonic())
+        return True
+
+    def forget_headers(self, now: float) -> None:
+        """Drop the records of PROXY headers waited for by connections closed since (timed
+        out, or their peer left): once a second, not on the hot path."""
+        if self.headers:
+            self.headers = {cid: h for cid, h in self.headers.items() if h[2] > now}
 
     def undelivered(self) -> int:
         """Accepted and not yet with a worker, with a request to serve (or a first one to

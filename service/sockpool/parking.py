@@ -33,6 +33,7 @@ _NO_BYTES = bytes(4)
 _NEVER = float("inf")
 
 FIRST_BYTE, IDLE, REQUEST = "first-byte", "idle", "request"
+PROXY = "proxy-header"  # waiting for its PROXY protocol header (proxy_timeout; hotpath.py)
 
 
 def waiting_bytes(fd: int) -> bool:

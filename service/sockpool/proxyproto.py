@@ -433,3 +433,36 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 def _within(value: int, networks: tuple[tuple[int, int], ...]) -> bool:
     return any(value & mask == net for net, mask in networks)
+
+
+MAX_ALPN_SHOWN = 64  # bytes: protocol ids are short ("h2", "http/1.1"); the wire is bounded
+# The TLVs a handler sees travel to the worker behind the PEER text, after a NUL (which no
+# PEER of a TCP client contains): each as a length byte and its bytes, as the wire carries a
+# peer (surrogateescape), so any byte survives. The worker splits them off (split_peer).
+_NOTHING = b"\0\0\0"
+
+
+def peer_text(header: Header, own_peer: str) -> str:
+    """The PEER a proxied connection is known by: the client's (the connection's own for a
+    LOCAL header), with the TLVs handlers see behind it."""
+    peer = own_peer if header.local or header.source is None else format_peer(header.source)
+    authority = header.authority.encode() if header.authority else b""
+    fields = (header.unique_id or b"", authority, (header.alpn or b"")[:MAX_ALPN_SHOWN])
+    suffix = b"".join(bytes((len(f),)) + f for f in fields)
+    if suffix == _NOTHING:
+        return peer
+    return peer + "\0" + suffix.decode(errors="surrogateescape")
+
+
+def split_peer(peer: str) -> tuple[str, bytes | None, str | None, bytes | None]:
+    """(PEER, unique id, authority, ALPN) of a peer_text(); the TLVs None when absent."""
+    text, _, rest = peer.partition("\0")
+    raw = rest.encode(errors="surrogateescape")
+    fields: list[bytes | None] = []
+    at = 0
+    for _ in range(3):
+        size = raw[at] if at < len(raw) else 0
+        fields.append(raw[at + 1 : at + 1 + size] or None)
+        at += 1 + size
+    uid, authority, alpn = fields
+    return text, uid, authority.decode(errors="replace") if authority else None, alpn

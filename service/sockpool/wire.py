@@ -45,7 +45,9 @@ from dataclasses import dataclass
 
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
 MAX_NAME = 255  # bytes of a listener name (a u8 length); start-up refuses longer names
-MAX_PEER = 240  # bytes of a peer carried, the rest cut; AF_UNIX's longest is 108
+# Bytes of a peer carried, the rest cut: AF_UNIX's longest is 108, and a PROXY protocol
+# client's TLVs ride behind its address (proxyproto.peer_text): at most 451 bytes more.
+MAX_PEER = 600
 MAX_BATCH = 64  # connections in one handoff; the hot path splits larger batches
 MAX_CARRY = 65536  # bytes carried with one connection: the ceiling of `max_carry`
 MAY_PARK = 1
@@ -58,7 +60,7 @@ _PARK = struct.Struct("!BQQ")
 _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # The receive buffer holds the largest message there can be: a full batch with the longest
 # names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
-# carrying connection per message). 98,692 bytes: under glibc's 128 KiB mmap threshold,
+# carrying connection per message). 121,732 bytes: under glibc's 128 KiB mmap threshold,
 # past which every receive's buffer would cost an mmap (~5x).
 MAX_MESSAGE = 1 + _HEAD.size + MAX_BATCH * _ENTRY_MAX + MAX_CARRY
 _READY = struct.Struct("!I")

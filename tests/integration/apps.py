@@ -145,3 +145,16 @@ async def async_one_line(reader: asyncio.StreamReader, writer: asyncio.StreamWri
     if line:
         writer.write(b"got " + line)
         await park_async(reader, writer)
+
+
+@client_speaks_first
+def proxied(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Who the client is, behind a PROXY protocol balancer: PEER and the TLVs handed on,
+    for each line it sends. Between lines it parks, and comes back as the same client."""
+    buf = info.carried
+    while data := receive(conn, buf):
+        buf += data
+        while b"\n" in buf:
+            _, _, buf = buf.partition(b"\n")
+            words = [info.peer, info.proxy_unique_id, info.proxy_authority, info.proxy_alpn]
+            conn.sendall(("proxied " + " ".join(map(str, words)) + "\n").encode())

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from harness import inet4, tlv, v2
 from sockpool import proxyproto
 from sockpool.listeners import PEER_FORMAT
 from sockpool.proxyproto import MAX_HEADER, V2_SIGNATURE, Header, ProxyError, parse, take
@@ -18,19 +19,6 @@ from sockpool.proxyproto import MAX_HEADER, V2_SIGNATURE, Header, ProxyError, pa
 pytestmark = pytest.mark.usefixtures("no_descriptor_leaks")
 
 PAYLOAD = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"
-
-
-def tlv(kind: int, value: bytes) -> bytes:
-    return bytes([kind]) + struct.pack("!H", len(value)) + value
-
-
-def v2(command: int = 1, fam: int = 0x11, block: bytes = b"", tlvs: bytes = b"") -> bytes:
-    body = block + tlvs
-    return V2_SIGNATURE + bytes([0x20 | command, fam]) + struct.pack("!H", len(body)) + body
-
-
-def inet4(src: str, dst: str, sport: int, dport: int) -> bytes:
-    return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
 
 
 def inet6(src: str, dst: str, sport: int, dport: int) -> bytes:
