@@ -33,6 +33,9 @@ def default_workers() -> int:
 
 
 KINDS = ("handler", "wsgi", "asgi")  # what serves a listener; one per scope
+# What a [listeners.NAME] table is: served by the workers (the default), or answered by the
+# dispatcher itself with HAProxy's agent-check line (agent.py).
+LISTENER_KINDS = ("serve", "haproxy-agent")
 
 
 class Target(NamedTuple):
@@ -58,6 +61,7 @@ class ListenerConfig:
     handoff: str | None = None  # None: as the handler declares (client_speaks_first)
     wsgi: str | None = None
     asgi: str | None = None
+    kind: str | None = None  # one of LISTENER_KINDS; None: "serve"
 
 
 @dataclass(frozen=True)
@@ -100,7 +104,14 @@ class Config:
         """What serves `listener`: its own table's handler, wsgi or asgi, else the top
         level's."""
         own = self.listeners.get(listener)
+        if self.is_agent(listener):
+            return None
         return (own and _target_of(own)) or self.default_target()
+
+    def is_agent(self, listener: str) -> bool:
+        """The dispatcher answers this listener's connections itself (HAProxy's agent-check)."""
+        own = self.listeners.get(listener)
+        return bool(own) and own.kind == "haproxy-agent"
 
     def default_target(self) -> Target | None:
         """What serves a listener without a table of its own."""
@@ -153,6 +164,12 @@ def _reply(value: Any) -> str:
 def _handoff(value: Any) -> str:
     if not isinstance(value, str) or value not in HANDOFFS:
         raise ValueError(f"expected one of {', '.join(HANDOFFS)}, got {quote(value)}")
+    return value
+
+
+def _listener_kind(value: Any) -> str:
+    if not isinstance(value, str) or value not in LISTENER_KINDS:
+        raise ValueError(f"expected one of {', '.join(LISTENER_KINDS)}, got {quote(value)}")
     return value
 
 
@@ -226,6 +243,10 @@ def _listeners(value: Any) -> dict[str, ListenerConfig]:
                 raise ValueError(f"{where}.{key}: {exc}") from None
         if len([k for k in KINDS if values[k]]) > 1:
             raise ValueError(f"{where}: give one of handler, wsgi and asgi")
+        # The dispatcher answers an agent listener itself: there is nothing to serve it with.
+        given = [k for k, v in values.items() if v is not None and k != "kind"]
+        if values["kind"] == "haproxy-agent" and given:
+            raise ValueError(f"{where}.{given[0]}: a haproxy-agent listener takes no {given[0]}")
         result[name] = ListenerConfig(**values)
     return result
 
@@ -236,6 +257,7 @@ _LISTENER_KEYS: dict[str, Validator] = {
     "handoff": _handoff,
     "wsgi": _handler,
     "asgi": _handler,
+    "kind": _listener_kind,
 }
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
@@ -346,11 +368,22 @@ def _check(where: str, validator: Validator, raw: Any) -> Any:
 
 
 def check_handlers(config: Config, names: list[str]) -> None:
-    """Every listener the dispatcher serves must get a handler."""
+    """Every listener the workers serve must get a handler (agent listeners need none)."""
     for name in names:
-        if config.target_for(name) is None:
+        if config.target_for(name) is None and not config.is_agent(name):
             where = _where(config.path) if config.path else "command line"
             raise ConfigError(
                 f"{where}: no handler for listener {quote(name)}: give HANDLER, --wsgi, "
                 f"--asgi, 'handler = ...' or [listeners.{cut(name, QUOTE_LIMIT)}]"
+            )
+
+
+def check_kinds(old: Config, new: Config, names: list[str]) -> None:
+    """Which listeners the dispatcher answers itself is settled at start: a reload that would
+    change it fails (a restart applies it)."""
+    for name in names:
+        if old.is_agent(name) != new.is_agent(name):
+            raise ConfigError(
+                f"{_where(new.path)}: listener {quote(name)}: kind cannot change on reload "
+                "(restart the service)"
             )

@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import channel, health, log, wire
+from . import agent, channel, health, log, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -23,7 +23,7 @@ from .errors import ExitCode, Fatal
 from .eventloop import Loop
 from .events import Event
 from .executor import Executor
-from .hotpath import HotPath
+from .hotpath import ACCEPT_PAUSE, HotPath
 from .listeners import Listener
 from .notify import Notifier
 from .policy import Lifecycle
@@ -46,8 +46,11 @@ class Dispatcher:
         self.policy = Lifecycle(config)
         self.loop = Loop()
         procs: dict[int, WorkerProcess] = {}
+        # HAProxy's agent-check listeners are answered here, off the hot path (agent.py).
+        self.agents = [lst for lst in listeners if config.is_agent(lst.name)]
+        served = [lst for lst in listeners if lst not in self.agents]
         self.hot = HotPath(
-            listeners, Admission(config), procs, self._routable, self._closed, self.loop.epoll
+            served, Admission(config), procs, self._routable, self._closed, self.loop.epoll
         )
         self.loop.others = self.hot.parking.seen  # held connections that spoke
         self.hot.configure(config)
@@ -67,7 +70,10 @@ class Dispatcher:
         hot = self.hot
         for listener in self.listeners:
             listener.sock.setblocking(False)
+        for listener in hot.listeners:
             self.loop.watch(listener.sock, lambda lst=listener: hot.backlogged.add(lst), edge=True)
+        for listener in self.agents:
+            self._watch_agent(listener)
         self.loop.watch(hot.done_r, self._on_done)
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
@@ -106,6 +112,29 @@ class Dispatcher:
             f"parked {len(hot.parking)}, served {hot.served}, refused {hot.admission.refused}"
         )
         return text + ", reloading" * bool(policy.incoming) + ", stopping" * policy.stopping
+
+    # -- HAProxy's agent-check ---------------------------------------------------------------
+    def _watch_agent(self, listener: Listener) -> None:
+        self.loop.watch(listener.sock, lambda: self._on_agent(listener))
+
+    def _on_agent(self, listener: Listener) -> None:
+        if not agent.answer(listener.sock, self._agent_reply):  # out of descriptors: pause
+            self.loop.unwatch(listener.sock)
+            self.loop.call_at(time.monotonic() + ACCEPT_PAUSE, lambda: self._watch_agent(listener))
+
+    def _agent_reply(self) -> bytes:
+        """The pool's state as agent.reply() takes it. Total capacity is what the configured
+        workers would have, so a missing or starting worker counts as busy."""
+        hot, policy = self.hot, self.policy
+        routes = hot.routable()
+        per_worker = max((p.w.capacity for p in routes), default=0)
+        return agent.reply(
+            free=hot.free_capacity() - len(hot.pending),
+            total=per_worker * policy.active.config.workers,
+            held=hot.busy() + len(hot.pending) + len(hot.parking),
+            max_connections=hot.admission.max_total,
+            draining=policy.stopping or policy.incoming is not None,
+        )
 
     # -- the outside world, as events --------------------------------------------------------
     def _feed(self, event: object) -> None:
@@ -198,7 +227,7 @@ class Dispatcher:
             if routes:
                 config, first = self.policy.active.config, routes[0].speaks_first
                 self.hot.deferred = {
-                    lst for lst in self.listeners if _waits_for_data(config, lst.name, first)
+                    lst for lst in self.hot.listeners if _waits_for_data(config, lst.name, first)
                 }
         return routes
 
