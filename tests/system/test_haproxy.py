@@ -234,6 +234,8 @@ def balanced(machine: Container, instance: MakeInstance) -> Iterator[dict[str, U
 def test_restarts_reloads_and_a_killed_instance_behind_haproxy(
     machine: Container, balanced: dict[str, Unit]
 ) -> None:
+    # The agent's maxconn (max_connections in the README's TOML) reached HAProxy.
+    wait_until(lambda: {r["slim"] for r in servers().values()} == {"400"}, "maxconn 400")
     with steady(FRONTEND) as load, steady(BARE) as bare:
         load.progress(30)
         bare.progress(30)
