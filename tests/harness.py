@@ -48,6 +48,26 @@ def wait_until(
     return value
 
 
+def readme_block(name: str) -> str:
+    """The fenced block after `<!-- readme-block: NAME -->` in README.md: configuration the
+    README shows, which tests then run as it is written."""
+    text = (REPO / "README.md").read_text()
+    marker = f"<!-- readme-block: {name} -->\n"
+    assert text.count(marker) == 1, f"README.md has no single block {name!r}"
+    after = text.split(marker, 1)[1]
+    assert after.startswith("```"), f"README.md: {name!r} is not followed by a fenced block"
+    return after.split("\n", 1)[1].split("\n```\n", 1)[0] + "\n"
+
+
+def replaced(text: str, replacements: dict[str, str]) -> str:
+    """text with each key replaced by its value; a key that is not there is an error, so a
+    README that moved on fails the test that rewrites it."""
+    for old, new in replacements.items():
+        assert old in text, f"{old!r} is not in:\n{text}"
+        text = text.replace(old, new)
+    return text
+
+
 # -- clients ---------------------------------------------------------------------------------
 
 

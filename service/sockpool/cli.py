@@ -198,6 +198,7 @@ def _main(argv: list[str] | None) -> int:
     def reload() -> config.Config:
         new = load()
         config.check_handlers(new, names)
+        config.check_kinds(cfg, new, names)
         return new
 
     from .dispatcher import Dispatcher

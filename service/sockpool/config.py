@@ -37,6 +37,9 @@ AUTO = "auto"  # dispatchers = "auto": as many as the cores call for (supervisor
 
 
 KINDS = ("handler", "wsgi", "asgi")  # what serves a listener; one per scope
+# What a [listeners.NAME] table is: served by the workers (the default), or answered by the
+# dispatcher itself with HAProxy's agent-check line (agent.py).
+LISTENER_KINDS = ("serve", "haproxy-agent")
 
 
 class Target(NamedTuple):
@@ -64,6 +67,7 @@ class ListenerConfig:
     asgi: str | None = None
     proxy_protocol: str | None = None  # "v1", "v2" or "any"; None: no PROXY header (off)
     proxy_allow: tuple[str, ...] | None = None  # None: the top level's
+    kind: str | None = None  # one of LISTENER_KINDS; None: "serve"
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,14 @@ class Config:
         """What serves `listener`: its own table's handler, wsgi or asgi, else the top
         level's."""
         own = self.listeners.get(listener)
+        if self.is_agent(listener):
+            return None
         return (own and _target_of(own)) or self.default_target()
+
+    def is_agent(self, listener: str) -> bool:
+        """The dispatcher answers this listener's connections itself (HAProxy's agent-check)."""
+        own = self.listeners.get(listener)
+        return bool(own) and own.kind == "haproxy-agent"
 
     def default_target(self) -> Target | None:
         """What serves a listener without a table of its own."""
@@ -203,6 +214,12 @@ def _handoff(value: Any) -> str:
     return value
 
 
+def _listener_kind(value: Any) -> str:
+    if not isinstance(value, str) or value not in LISTENER_KINDS:
+        raise ValueError(f"expected one of {', '.join(LISTENER_KINDS)}, got {quote(value)}")
+    return value
+
+
 def _carry(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CARRY:
         raise ValueError(f"expected bytes from 0 to {MAX_CARRY}, got {quote(value)}")
@@ -273,6 +290,10 @@ def _listeners(value: Any) -> dict[str, ListenerConfig]:
                 raise ValueError(f"{where}.{key}: {exc}") from None
         if len([k for k in KINDS if values[k]]) > 1:
             raise ValueError(f"{where}: give one of handler, wsgi and asgi")
+        # The dispatcher answers an agent listener itself: there is nothing to serve it with.
+        given = [k for k, v in values.items() if v is not None and k != "kind"]
+        if values["kind"] == "haproxy-agent" and given:
+            raise ValueError(f"{where}.{given[0]}: a haproxy-agent listener takes no {given[0]}")
         result[name] = ListenerConfig(**values)
     return result
 
@@ -285,6 +306,7 @@ _LISTENER_KEYS: dict[str, Validator] = {
     "asgi": _handler,
     "proxy_protocol": _proxy_protocol,
     "proxy_allow": _networks,
+    "kind": _listener_kind,
 }
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
@@ -405,11 +427,22 @@ def _check(where: str, validator: Validator, raw: Any) -> Any:
 
 
 def check_handlers(config: Config, names: list[str]) -> None:
-    """Every listener the dispatcher serves must get a handler."""
+    """Every listener the workers serve must get a handler (agent listeners need none)."""
     for name in names:
-        if config.target_for(name) is None:
+        if config.target_for(name) is None and not config.is_agent(name):
             where = _where(config.path) if config.path else "command line"
             raise ConfigError(
                 f"{where}: no handler for listener {quote(name)}: give HANDLER, --wsgi, "
                 f"--asgi, 'handler = ...' or [listeners.{cut(name, QUOTE_LIMIT)}]"
+            )
+
+
+def check_kinds(old: Config, new: Config, names: list[str]) -> None:
+    """Which listeners the dispatcher answers itself is settled at start: a reload that would
+    change it fails (a restart applies it)."""
+    for name in names:
+        if old.is_agent(name) != new.is_agent(name):
+            raise ConfigError(
+                f"{_where(new.path)}: listener {quote(name)}: kind cannot change on reload "
+                "(restart the service)"
             )

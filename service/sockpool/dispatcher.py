@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import channel, giveback, health, log, wire
+from . import agent, channel, giveback, health, log, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -24,7 +24,7 @@ from .errors import ExitCode, Fatal
 from .eventloop import Loop
 from .events import Event
 from .executor import Executor
-from .hotpath import HotPath
+from .hotpath import ACCEPT_PAUSE, HotPath, serving_capacity
 from .listeners import Listener
 from .notify import Notifier
 from .policy import Lifecycle
@@ -47,8 +47,11 @@ class Dispatcher:
         self.policy = Lifecycle(config)
         self.loop = Loop()
         procs: dict[int, WorkerProcess] = {}
+        # HAProxy's agent-check listeners are answered here, off the hot path (agent.py).
+        self.agents = [lst for lst in listeners if config.is_agent(lst.name)]
+        served = [lst for lst in listeners if lst not in self.agents]
         self.hot = HotPath(
-            listeners, Admission(config), procs, self._routable, self._closed, self.loop.epoll
+            served, Admission(config), procs, self._routable, self._closed, self.loop.epoll
         )
         self.loop.others = self.hot.parking.seen  # held connections that spoke
         self.hot.configure(config)
@@ -68,7 +71,10 @@ class Dispatcher:
         hot = self.hot
         for listener in self.listeners:
             listener.sock.setblocking(False)
+        for listener in hot.listeners:
             self.loop.watch(listener.sock, partial(hot.backlogged.add, listener), edge=True)
+        for listener in self.agents:
+            self._watch_agent(listener)
         self.loop.watch(hot.done_r, hot.done_readable)  # read below, with the turn's clock
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
@@ -114,6 +120,31 @@ class Dispatcher:
             f"parked {len(hot.parking)}, served {hot.served}, refused {hot.admission.refused}"
         )
         return text + ", reloading" * bool(policy.incoming) + ", stopping" * policy.stopping
+
+    # -- HAProxy's agent-check ---------------------------------------------------------------
+    def _watch_agent(self, listener: Listener) -> None:
+        self.loop.watch(listener.sock, lambda: self._on_agent(listener))
+
+    def _on_agent(self, listener: Listener) -> None:
+        if not agent.answer(listener.sock, self._agent_reply):  # out of descriptors: pause
+            self.loop.unwatch(listener.sock)
+            self.loop.call_at(time.monotonic() + ACCEPT_PAUSE, lambda: self._watch_agent(listener))
+
+    def _agent_reply(self) -> bytes:
+        """The pool's state as agent.reply() takes it. Total capacity is what the configured
+        workers would have, so a missing or starting worker counts as busy; a sync worker's
+        queued-ahead place is not capacity (it only saves a round trip)."""
+        hot, policy = self.hot, self.policy
+        routes = hot.routable()
+        per_worker = max((serving_capacity(p.w.capacity) for p in routes), default=0)
+        free = sum(max(0, serving_capacity(p.w.capacity) - len(p.w.handed)) for p in routes)
+        return agent.reply(
+            free=free - len(hot.pending),
+            total=per_worker * policy.active.config.workers,
+            held=hot.busy() + len(hot.pending) + len(hot.parking),
+            max_connections=hot.admission.max_total,
+            draining=policy.stopping or policy.incoming is not None,
+        )
 
     # -- the outside world, as events --------------------------------------------------------
     def _feed(self, event: object) -> None:
@@ -206,7 +237,7 @@ class Dispatcher:
             if routes:
                 config, first = self.policy.active.config, routes[0].speaks_first
                 self.hot.deferred = {
-                    lst for lst in self.listeners if _waits_for_data(config, lst.name, first)
+                    lst for lst in self.hot.listeners if _waits_for_data(config, lst.name, first)
                 }
         return routes
 

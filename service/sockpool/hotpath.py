@@ -54,6 +54,11 @@ STEAL_AFTER = 0.002  # seconds a queued connection waits behind a long one befor
 T = TypeVar("T")
 
 
+def serving_capacity(capacity: int) -> int:
+    """Connections a worker serves at once: a sync worker's second place is a queue."""
+    return 1 if capacity <= SOLO else capacity
+
+
 class _Anyone:
     """Trusted already: checked when it was accepted."""
 

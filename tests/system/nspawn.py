@@ -41,9 +41,12 @@ CATALOG_DIR = "/usr/lib/systemd/catalog"
 MAN_DIR = "/usr/share/man"
 
 # Units the host's tree has enabled that have no business in a test machine: postgres
-# would take port 5432 on the shared network, timers would run apt and fstrim.
+# would take port 5432 on the shared network, nginx port 80 (haproxy and nginx are there for
+# the tests that run them themselves), timers would run apt and fstrim.
 DEFAULT_MASKS = (
     "postgresql.service",
+    "haproxy.service",
+    "nginx.service",
     "postgresql@.service",
     "getty@.service",
     "console-getty.service",
