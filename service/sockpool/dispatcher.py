@@ -28,7 +28,7 @@ from .hotpath import ACCEPT_PAUSE, HotPath, serving_capacity
 from .listeners import Listener
 from .notify import Notifier
 from .policy import Lifecycle
-from .process import GivenBack, WorkerProcess
+from .process import GivenBack, WorkerProcess, reaped
 
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
@@ -198,13 +198,7 @@ class Dispatcher:
     def _reap(self) -> None:
         while self._on_done(time.monotonic()):  # what the dead reported before dying counts
             pass
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             if p := self.hot.workers.pop(pid, None):
                 while self._on_message(p):  # what it said before it died counts (FAILED)
                     pass

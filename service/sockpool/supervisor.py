@@ -43,7 +43,7 @@ from .eventloop import Loop
 from .events import Event
 from .lifecycle import Record
 from .listeners import Listener
-from .process import describe_status
+from .process import describe_status, reaped
 
 # One dispatcher keeps about this many cores of workers busy before it becomes the limit:
 # with workers that answer at once it spends some 45 us of CPU per connection (issue 14's
@@ -528,13 +528,7 @@ class Supervisor:
             self.do(self.plan.handle(said))
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             for child in self.children:
                 if child.pid == pid:
                     self._on_messages(child)  # what it said before it died counts
