@@ -47,7 +47,7 @@ _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 # A worker of at most this capacity serves one connection at a time and queues one more
-# (worker.QUEUE_AHEAD): each connection goes to it alone, so a queued one can be read back.
+# (spec.QUEUE_AHEAD): each connection goes to it alone, so a queued one can be read back.
 SOLO = 2
 STEAL_AFTER = 0.002  # seconds a queued connection waits behind a long one before it moves
 

@@ -92,7 +92,7 @@ def share(config: Config, index: int, parts: int) -> Config:
 
     return dataclasses.replace(
         config,
-        dispatchers=1,
+        dispatchers=parts,  # one of these: its sync workers queue nothing ahead (spec.py)
         workers=part(config.workers),
         max_connections=part(config.max_connections),
         max_connections_per_source=part(config.max_connections_per_source),

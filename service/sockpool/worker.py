@@ -30,10 +30,6 @@ from .spec import WorkerSpec
 from .targets import Served
 
 EXIT_HANDLER_FAILED = 3
-# A sync worker takes one connection queued behind the one it serves: it starts the next the
-# moment it is done, without waiting for the dispatcher to hear of it and answer. The queued
-# one stays in the channel, where the dispatcher can still read it back (hotpath.rebalance).
-QUEUE_AHEAD = 1
 Handler = Callable[..., Any]
 
 
@@ -214,7 +210,7 @@ class SyncWorker(_Base):
                 raise _Stop
 
         signal.signal(signal.SIGTERM, on_term)
-        self.ready(1 + QUEUE_AHEAD)
+        self.ready(1 + self.spec.queue_ahead)
         while not self.stopping:
             try:
                 batch = self.receive()

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness import connect, free_port, inet4, read_to_eof, tlv, v2, wait_until
-from test_ready_work import assert_closed_by_server, closed
+from test_ready_work import assert_closed_by_server, closed, settle
 
 CLIENT = inet4("203.0.113.7", "198.51.100.1", 40000, 443)  # a client on the far side
 TLVS = tlv(0x05, b"req-42") + tlv(0x02, b"shop.example") + tlv(0x01, b"h2")
@@ -48,7 +48,7 @@ def test_the_client_behind_a_v2_balancer_is_the_peer_with_its_tlvs(serve, tmp_pa
         sock.sendall(v2(block=CLIENT, tlvs=TLVS))
         assert ask(sock) == "proxied 203.0.113.7:40000 b'req-42' shop.example b'h2'\n"
         # Between lines the connection parks in the dispatcher, and comes back the same.
-        service.wait_idle()
+        settle(service, busy=0, parked=1)
         assert ask(sock) == "proxied 203.0.113.7:40000 b'req-42' shop.example b'h2'\n"
 
 

@@ -11,6 +11,7 @@ from sockpool import config
 from sockpool import lifecycle as ev
 from sockpool.events import Event
 from sockpool.lifecycle import Record
+from sockpool.spec import WorkerSpec
 from sockpool.supervisor import (
     RECORD,
     Exit,
@@ -46,7 +47,11 @@ def test_share_keeps_the_totals() -> None:
     assert [s.workers for s in shares] == [3, 2]
     assert [s.max_connections for s in shares] == [51, 50]
     assert [s.max_connections_per_source for s in shares] == [5, 5]
-    assert {s.dispatchers for s in shares} == {1}
+    assert {s.dispatchers for s in shares} == {2}  # each knows it is one of two
+    # ...so its sync workers queue nothing ahead: a busy dispatcher would take connections
+    # another one's idle worker could serve.
+    assert {WorkerSpec.of(1, s, ["main"]).queue_ahead for s in shares} == {0}
+    assert WorkerSpec.of(1, cfg, ["main"]).queue_ahead == 1
     off = config.build({"workers": 2}, {}, None)
     assert share(off, 1, 2).max_connections == 0  # off stays off
     tiny = config.build({"workers": 3, "max_connections": 2}, {}, None)
