@@ -914,6 +914,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     rows = aggregate(result["records"])
     panels: list[tuple[str, str, str, Callable[[Row], float | None], bool]] = [
         ("newconn-echo", "new conn/request, echo", "conns/s", lambda r: r.get("rps"), True),
+        ("newconn-echo-2w", "echo churn, 2 workers", "conns/s", lambda r: r.get("rps"), False),
+        ("churn-cpu", "0.5 ms CPU churn, 2 workers", "conns/s", lambda r: r.get("rps"), False),
         ("newconn-http", "new conn/request, HTTP", "conns/s", lambda r: r.get("rps"), True),
         (
             "newconn-http-wrk",
@@ -929,6 +931,13 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         (
             "mixed",
             "mixed load: p99 of the fast 9 in 10",
+            "ms",
+            lambda r: r.get("fast_p99_ms"),
+            False,
+        ),
+        (
+            "mixed-cpu",
+            "5 ms CPU in 1 of 10, async: p99 fast",
             "ms",
             lambda r: r.get("fast_p99_ms"),
             False,
@@ -1001,8 +1010,9 @@ def readme_section(result: dict[str, Any]) -> str:
         "## Benchmarks",
         "",
         "`make bench` measures sockpool against its peers on the machine at hand, in one run "
-        "(about 8 minutes): it installs what it needs (wrk and Node.js from the distribution, "
-        "gunicorn, uvicorn and matplotlib into the venv), starts every server exactly as "
+        "(about 18 minutes on 2 cores): it installs what it needs (wrk and Node.js from the "
+        "distribution, gunicorn, uvicorn, matplotlib and py-spy into the venv), starts every "
+        "server exactly as "
         "systemd would (`systemd-socket-activate`, and a real systemd in a throw-away "
         "container for `Accept=yes`), and writes "
         "[bench/results/RESULTS.md](bench/results/RESULTS.md) and "
@@ -1031,6 +1041,13 @@ def readme_section(result: dict[str, Any]) -> str:
             [[t.text, t.measured, t.shown] for t in targets(rows)],
         ),
     ]
+    if any(scenario in rows for scenario in ISSUE14_SCENARIOS):
+        md += ["", *issue14_section(rows, cfg, "###")]
+        md += [
+            "",
+            "`make bench-profile` records where the dispatcher's CPU goes under echo churn "
+            "(py-spy and perf): [bench/results/profile/](bench/results/profile/README.md).",
+        ]
     for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk"):
         if scenario in rows:
             md += ["", f"### {TITLES[scenario]}", "", *load_table(rows, scenario)]

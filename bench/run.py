@@ -7,7 +7,7 @@ systemd would start it, through `systemd-socket-activate` on a fresh 127.0.0.1 p
 tests/harness.py's Service, as the integration tests start sockpool), with the same worker
 count; systemd's own Accept=yes runs in a real-systemd container.
 
-    python -m bench.run                 # the full run (make bench), well under 20 minutes
+    python -m bench.run                 # the full run (make bench), about 18 minutes here
     python -m bench.run --smoke --out /tmp/x   # seconds: two servers, two scenarios
     python -m bench.run --scenario slowloris --out /tmp/x   # one scenario (or a list)
 
@@ -16,6 +16,17 @@ parked-memory, park-after) run 2 workers whatever --workers says: idle, slow and
 connections against the default pool of a 2-core machine, under 5 minutes together. They
 pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
 the same code measures sockpool before and after it; park-after needs --park-after.
+
+Issue 14's scenarios (newconn-echo-2w, churn-cpu, ceiling, mixed-cpu) measure sockpool's
+handoff against the shared-accept pool and the plain loop with the same handler and workers:
+echo churn at 2 workers (newconn-echo gives 4), churn with 0.5 ms of CPU per connection, the
+dispatcher's CPU with workers that answer at once (its ceiling, 1e6 / µs per connection),
+and async workers where one request in ten burns 5 ms of CPU. newconn-http and
+newconn-http-wrk run the plain loop too, and newconn-echo runs `--dispatchers 2` beside the
+default where sockpool has the flag. Every load run records the CPU per connection of the
+main process and of the processes below it (the workers), from /proc.
+
+    python -m bench.run --scenarios newconn-echo-2w,churn-cpu,ceiling,mixed-cpu --out /tmp/x
 
 The issue 13 scenarios (flask-newconn, flask-keepalive, starlette) serve the same Flask and
 Starlette "hello" apps (bench/apps/) under sockpool --wsgi/--asgi, gunicorn (sync and
@@ -74,11 +85,13 @@ ANSWER_ONCE = "bench.handlers:answer_once"
 class Config:
     workers: int = 4
     rounds: int = 3
-    duration: float = 5.0
+    # 4 s measured after 0.5 s of warm-up: every scenario in one run stays within ~20 minutes
+    # on a 2-core machine (issue 14 added 40 server runs); medians over 3 rounds.
+    duration: float = 4.0
     procs: int = 2
     concurrency: int = 4  # per load process: procs * concurrency connections in flight
     cold_rounds: int = 5
-    warmup: float = 1.0  # seconds of the same load before measuring (JITs, lazy imports)
+    warmup: float = 0.5  # seconds of the same load before measuring (JITs, lazy imports)
     container: bool = True
     scenarios: list[str] = field(default_factory=list)
     servers: list[str] = field(default_factory=list)
@@ -1039,7 +1052,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="seconds: 2 scenarios, 2 servers")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
+    ap.add_argument(
+        "--duration", type=float, default=Config.duration, help="seconds of load per run"
+    )
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
     ap.add_argument("--concurrency", type=int, default=4, help="connections in flight per process")
     ap.add_argument(

@@ -126,7 +126,7 @@ def test_profile(tmp_path: Path) -> None:
     assert (tmp_path / "sockpool-dispatcher.svg").read_text().lstrip().startswith("<?xml")
     for server in ("sockpool", "plainloop"):
         top = (tmp_path / f"{server}-dispatcher-top.txt").read_text()
-        assert "samples of the dispatcher on CPU" in top
+        assert "samples of the dispatcher at work" in top
         assert "[kernel.kallsyms]" in (tmp_path / f"{server}-dispatcher-perf-top.txt").read_text()
     summary = (tmp_path / "summary.md").read_text()
     # The plain loop's dispatcher accepts and passes on every connection itself.
