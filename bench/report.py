@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import operator
 import statistics
 import sys
@@ -19,10 +20,15 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 TITLES = {
     "newconn-echo": "New connection per request, echo (bench.loadgen)",
+    "newconn-echo-2w": "New connection per request, echo, 2 workers (bench.loadgen)",
+    "churn-cpu": "New connection per request, 0.5 ms of CPU then echo, 2 workers (bench.loadgen)",
+    "ceiling": "Workers that answer at once: the dispatcher's own cost (bench.loadgen, echo)",
     "newconn-http": "New connection per request, HTTP `Connection: close` (bench.loadgen)",
     "newconn-http-wrk": "New connection per request, HTTP `Connection: close` (wrk)",
     "keepalive": "Keep-alive HTTP requests (wrk, one connection per worker)",
     "mixed": "Mixed load: one request in ten takes 50 ms (bench.loadgen, echo)",
+    "mixed-cpu": "Mixed load, async workers: one request in ten burns 5 ms of CPU "
+    "(bench.loadgen, echo)",
     "coldstart": "Cold start: first connect on an idle activated socket to its answer",
     "memory": "Memory (PSS) of the whole pool at rest",
     "idle-keepalive": "Idle keep-alive connections, then new HTTP clients (2 sync workers)",
@@ -159,7 +165,8 @@ def table(headers: list[str], lines: list[list[str]]) -> list[str]:
 
 
 def load_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
-    base = find(rows, scenario, "sockpool")
+    mine = [r for r in rows.get(scenario, []) if r.server.startswith("sockpool") and r.rounds]
+    base = find(rows, scenario, "sockpool") or (mine[0] if mine else None)
     base_rps = base.get("rps") if base else None
     unit = "req/s" if scenario == "keepalive" else "conns/s"
     headers = [
@@ -170,9 +177,9 @@ def load_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
         "p99 ms",
         "p99.9 ms",
     ]
-    if scenario == "mixed":
+    if scenario in MIXED:
         headers.append("p99 ms, fast 9/10")
-    headers += ["failures", "main process CPU µs/conn", "rounds"]
+    headers += ["failures", "main process CPU µs/conn", "workers' CPU µs/conn", "rounds"]
     lines = []
     for row in rows.get(scenario, []):
         if not row.rounds:
@@ -182,17 +189,32 @@ def load_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
         line = [
             row.label,
             fmt(row.get("rps"), 0),
-            "" if row.server == "sockpool" else (f"{r:.2f}x" if r else "-"),
+            "" if row is base else (f"{r:.2f}x" if r else "-"),
             fmt(row.get("p50_ms"), 2),
             fmt(row.get("p99_ms"), 2),
             fmt(row.get("p999_ms"), 2),
         ]
-        if scenario == "mixed":
+        if scenario in MIXED:
             line.append(fmt(row.get("fast_p99_ms"), 2))
         cpu = row.get("main_cpu_us_per_conn") if row.med.get("dispatcher") else None
-        line += [str(row.failures), fmt(cpu, 1), str(row.rounds)]
+        workers = row.get("workers_cpu_us_per_conn")
+        line += [str(row.failures), fmt(cpu, 1), fmt(workers, 1), str(row.rounds)]
         lines.append(line)
     return table(headers, lines)
+
+
+MIXED = ("mixed", "mixed-cpu")
+# Every table of load_table's kind, in the order RESULTS.md shows them.
+LOAD_SCENARIOS = (
+    "newconn-echo",
+    "newconn-echo-2w",
+    "churn-cpu",
+    "ceiling",
+    "newconn-http",
+    "newconn-http-wrk",
+    "keepalive",
+    *MIXED,
+)
 
 
 # Issue 12's tables: (header, record key or Row -> value, digits) per column.
@@ -371,9 +393,13 @@ def memory_table(rows: dict[str, list[Row]], workers: int) -> list[str]:
     )
 
 
+CPU_SCENARIOS = ("newconn-echo", "newconn-echo-2w", "churn-cpu", "ceiling")
+CPU_SCENARIOS += ("newconn-http", "newconn-http-wrk")
+
+
 def cpu_table(rows: dict[str, list[Row]]) -> list[str]:
     lines = []
-    for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk"):
+    for scenario in CPU_SCENARIOS:
         for row in rows.get(scenario, []):
             if not row.med.get("dispatcher") or not row.rounds:
                 continue
@@ -418,9 +444,14 @@ METRICS = {
     "req_per_s": Metric("keep-alive throughput", "req/s", 0),
     "close_rps": Metric("throughput, a new connection per request", "req/s", 0),
     "rss_per_parked_kib": Metric("dispatcher RSS per parked connection", "KiB", 2),
+    "ceiling_conns_per_s": Metric("ceiling (1e6 ÷ its CPU µs/conn)", "conns/s", 0),
 }
 SCENARIOS = {
     "newconn-echo": "new conn/request, echo",
+    "newconn-echo-2w": "new conn/request, echo, 2 workers",
+    "churn-cpu": "new conn/request, 0.5 ms CPU + echo, 2 workers",
+    "ceiling": "workers that answer at once",
+    "mixed-cpu": "mixed load, 5 ms of CPU in 1 of 10 (async)",
     "newconn-http": "new conn/request, HTTP",
     "newconn-http-wrk": "new conn/request, HTTP (wrk client)",
     "mixed": "mixed load",
@@ -439,6 +470,7 @@ SCENARIOS = {
 SERVERS = {
     "sockpool": "sockpool",
     "sockpool-async": "sockpool (async)",
+    "sockpool-d2": "sockpool with dispatchers = 2",
     "prefork": "shared-accept pool",
     "prefork-async": "shared-accept pool (async)",
     "plainloop": "plain accept/send_fds/close loop",
@@ -473,6 +505,8 @@ class Target:
     def text(self) -> str:
         metric = METRICS[self.metric]
         what = f"{SCENARIOS[self.scenario]}: {SERVERS[self.server]}'s {metric.label}"
+        if self.peer is None and not self.relation:
+            return f"(measured) {what}"
         if self.peer is None:
             return f"{what} {self.relation} {self.bound:g} {metric.unit}".rstrip()
         if not self.relation:
@@ -518,6 +552,47 @@ TARGETS = (
     Target("starlette", "close_rps", "≥", 1, "uvicorn"),
     Target("starlette", "req_per_s", "≥", 1, "uvicorn"),
 )
+# Issue 14's "done when", each against the same run's shared-accept pool or plain loop with
+# the same handler and workers (newconn-echo: the run's --workers; the 2-worker ones: 2).
+ISSUE14_TARGETS = (
+    # The dispatcher's CPU per connection, no more than the plainest loop's.
+    Target("newconn-echo", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+    Target("newconn-echo-2w", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+    Target("churn-cpu", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+    Target("newconn-http", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+    Target("newconn-http-wrk", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+    # Echo churn: the limit of a separate dispatcher on shared cores, and how far that is
+    # from the shared-accept pool.
+    Target("newconn-echo-2w", "rps", "≥", 0.95, "plainloop"),
+    Target("newconn-echo-2w", "rps", "", 1, "prefork"),
+    Target("newconn-echo-2w", "rps", "", 1, "prefork", server="plainloop"),
+    Target("newconn-echo", "rps", "≥", 0.95, "plainloop"),
+    Target("newconn-echo", "rps", "", 1, "prefork"),
+    # The realistic case: 0.5 ms of CPU per connection.
+    Target("churn-cpu", "rps", "≥", 0.95, "prefork"),
+    Target("churn-cpu", "rps", "", 1, "plainloop"),
+    # HTTP churn, the load generator's and wrk's: the same two ratios.
+    Target("newconn-http", "rps", "≥", 0.95, "plainloop"),
+    Target("newconn-http", "rps", "", 1, "prefork"),
+    Target("newconn-http-wrk", "rps", "≥", 0.95, "plainloop"),
+    Target("newconn-http-wrk", "rps", "", 1, "prefork"),
+    # Mixed load: fast requests never wait behind slow ones.
+    Target("mixed", "fast_p99_ms", "≤", 1, "prefork"),
+    Target("mixed", "fast_p99_ms", "≤", 1, "prefork-async", server="sockpool-async"),
+    Target("mixed-cpu", "fast_p99_ms", "≤", 0.7, "prefork-async", server="sockpool-async"),
+    # Past one core: the measured ceiling (the projection is its own table) and two
+    # dispatchers beside one.
+    Target("ceiling", "ceiling_conns_per_s", ""),
+    Target("ceiling", "ceiling_conns_per_s", "", server="plainloop"),
+    Target("newconn-echo", "rps", "", 1, "sockpool", server="sockpool-d2"),
+    # Other figures.
+    Target("keepalive-few", "req_per_s", "≥", 0.9, "prefork"),
+    Target("coldstart", "cold_ms", "≤", 120),
+    Target("memory", "pss_per_worker_kib", "≤", 8),
+)
+# A run with any of these has an issue 14 section (the rest of its figures come from the
+# older scenarios).
+ISSUE14_SCENARIOS = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu")
 ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "keepalive-64", "keepalive-few")
 ISSUE12 += ("parked-memory", "park-after")
 BEFORE = RESULTS / "before-issue12.json"  # sockpool at fe504ec, before issue 12
@@ -579,6 +654,138 @@ def targets(rows: dict[str, list[Row]]) -> list[Verdict]:
                     )
                 )
     return out
+
+
+# --- issue 14: how far one dispatcher goes ---------------------------------------------
+
+CORES = (16, 64)  # the machines the projection is for
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Where one dispatcher that spends `dispatcher_us` of CPU per connection caps a pool
+    whose workers spend `workers_us` per connection, the clients on other machines.
+
+    Alone on a core it passes at most 1e6 / dispatcher_us connections a second; its
+    workers need workers_us / dispatcher_us cores to keep up with it. So with fewer than
+    1 + workers_us / dispatcher_us cores the cores are the limit, and with more the single
+    dispatcher is: the rest of the cores idle unless more dispatchers share the load."""
+
+    dispatcher_us: float
+    workers_us: float
+
+    @property
+    def ceiling(self) -> float:
+        return 1e6 / self.dispatcher_us
+
+    @property
+    def cap_cores(self) -> float:
+        return 1 + self.workers_us / self.dispatcher_us
+
+    def conns_per_s(self, cores: int, dispatchers: int = 1) -> float:
+        by_cores = cores * 1e6 / (self.workers_us + self.dispatcher_us)
+        return min(dispatchers * self.ceiling, by_cores)
+
+    def dispatchers_for(self, cores: int) -> int:
+        """Dispatchers needed for the cores, not a dispatcher, to be the limit."""
+        return max(
+            1, math.ceil(cores * self.dispatcher_us / (self.workers_us + self.dispatcher_us))
+        )
+
+
+# (pool, scenario and server whose workers' CPU per connection it takes, the record key).
+POOLS = (
+    ("echo", "newconn-echo", "sockpool", "workers_cpu_us_per_conn"),
+    ("Flask", "flask-newconn", "sockpool", "lg_workers_cpu_us_per_conn"),
+    ("Flask", "flask-newconn", "gunicorn", "lg_workers_cpu_us_per_conn"),  # no --wsgi yet
+)
+DISPATCHERS = (("sockpool", "sockpool's dispatcher"), ("plainloop", "the plain loop"))
+
+
+def projection_table(rows: dict[str, list[Row]]) -> list[str]:
+    """One line per pool and dispatcher: the dispatcher's CPU per connection from the
+    ceiling scenario (workers that answer at once), the pool's workers' from its own."""
+    lines = []
+    done: set[str] = set()
+    for pool, scenario, server, key in POOLS:
+        row = find(rows, scenario, server)
+        workers_us = row.get(key) if row else None
+        if pool in done or not workers_us:
+            continue
+        done.add(pool)
+        for name, label in DISPATCHERS:
+            drow = find(rows, "ceiling", name)
+            dispatcher_us = drow.get("main_cpu_us_per_conn") if drow else None
+            if not dispatcher_us:
+                continue
+            pr = Projection(dispatcher_us, workers_us)
+            cells = [
+                f"{pool} ({SERVERS[server]}'s workers, {scenario})",
+                fmt(workers_us, 1),
+                label,
+                fmt(dispatcher_us, 1),
+                fmt(pr.ceiling, 0),
+                fmt(pr.cap_cores, 1),
+            ]
+            for cores in CORES:
+                bound = "dispatcher" if pr.cap_cores < cores else "cores"
+                cells += [
+                    f"{fmt(pr.conns_per_s(cores), 0)} ({bound})",
+                    str(pr.dispatchers_for(cores)),
+                ]
+            lines.append(cells)
+    headers = [
+        "pool",
+        "workers' CPU µs/conn",
+        "dispatcher",
+        "its CPU µs/conn",
+        "one dispatcher's ceiling, conns/s",
+        "caps the pool from (cores)",
+    ]
+    for cores in CORES:
+        headers += [f"{cores} cores, one dispatcher: conns/s (limit)", "dispatchers needed"]
+    return table(headers, lines)
+
+
+PROJECTION_NOTE = (
+    "One dispatcher alone on a core passes at most 1e6 ÷ (its CPU µs per connection) "
+    "connections a second (its CPU from the `ceiling` scenario: workers that answer at "
+    "once). Its workers need (their CPU µs per connection ÷ the dispatcher's) cores to keep "
+    "up with it, so one dispatcher caps the pool on any machine with more than 1 + that "
+    "many cores; below, the cores are the limit. The workers' CPU per connection is "
+    "measured from /proc here (user+system time of every process below the main one, over "
+    "the measurement, ÷ the connections answered): on these 2 shared cores, with the "
+    "clients beside them, so it includes the contention, and kernel time spent on a "
+    "connection's TCP handshake is charged to whichever process was running. The "
+    "projection assumes the clients on other machines and the CPU per connection "
+    "unchanged with more cores. `dispatchers needed`: for the cores, not a dispatcher, to "
+    "be the limit (`dispatchers = N`)."
+)
+
+
+def issue14_section(
+    rows: dict[str, list[Row]], cfg: dict[str, Any], level: str = "##"
+) -> list[str]:
+    """Issue 14's targets and the one-dispatcher projection."""
+    md = [
+        f"{level} Issue 14 targets",
+        "",
+        f"Against the same run's shared-accept pool (every worker calls `accept()`) and plain "
+        f"loop (accept, `send_fds`, close), with the same handler and workers: "
+        f"{cfg['workers']} workers in new conn/request echo and HTTP, 2 where it says so; the "
+        "mixed loads run the same worker count as the rest. `(measured)` and `(for scale)` "
+        "rows have no target.",
+        "",
+    ]
+    md += table(
+        ["target", "measured", "met"],
+        [[t.text, t.measured, t.shown] for t in (judge(rows, x) for x in ISSUE14_TARGETS)],
+    )
+    proj = projection_table(rows)
+    if len(proj) > 2:
+        md += ["", f"{level} One dispatcher's ceiling, projected to 16 and 64 cores", ""]
+        md += [PROJECTION_NOTE, "", *proj]
+    return md
 
 
 def with_before(rows: dict[str, list[Row]], result: dict[str, Any], path: Path = BEFORE) -> None:
@@ -653,10 +860,12 @@ def markdown(result: dict[str, Any]) -> str:
         ["target", "measured", "met"],
         [[t.text, t.measured, t.shown] for t in targets(rows)],
     )
-    for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk", "keepalive", "mixed"):
+    if any(scenario in rows for scenario in ISSUE14_SCENARIOS):
+        md += ["", *issue14_section(rows, cfg)]
+    for scenario in LOAD_SCENARIOS:
         if scenario in rows:
             md += ["", f"## {TITLES[scenario]}", "", *load_table(rows, scenario)]
-    if any(s in rows for s in ("newconn-echo", "newconn-http")):
+    if any(s in rows for s in CPU_SCENARIOS):
         md += [
             "",
             "## Dispatcher CPU time per connection",
@@ -705,6 +914,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     rows = aggregate(result["records"])
     panels: list[tuple[str, str, str, Callable[[Row], float | None], bool]] = [
         ("newconn-echo", "new conn/request, echo", "conns/s", lambda r: r.get("rps"), True),
+        ("newconn-echo-2w", "echo churn, 2 workers", "conns/s", lambda r: r.get("rps"), False),
+        ("churn-cpu", "0.5 ms CPU churn, 2 workers", "conns/s", lambda r: r.get("rps"), False),
         ("newconn-http", "new conn/request, HTTP", "conns/s", lambda r: r.get("rps"), True),
         (
             "newconn-http-wrk",
@@ -720,6 +931,13 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         (
             "mixed",
             "mixed load: p99 of the fast 9 in 10",
+            "ms",
+            lambda r: r.get("fast_p99_ms"),
+            False,
+        ),
+        (
+            "mixed-cpu",
+            "5 ms CPU in 1 of 10, async: p99 fast",
             "ms",
             lambda r: r.get("fast_p99_ms"),
             False,
@@ -792,8 +1010,9 @@ def readme_section(result: dict[str, Any]) -> str:
         "## Benchmarks",
         "",
         "`make bench` measures sockpool against its peers on the machine at hand, in one run "
-        "(about 8 minutes): it installs what it needs (wrk and Node.js from the distribution, "
-        "gunicorn, uvicorn and matplotlib into the venv), starts every server exactly as "
+        "(about 18 minutes on 2 cores): it installs what it needs (wrk and Node.js from the "
+        "distribution, gunicorn, uvicorn, matplotlib and py-spy into the venv), starts every "
+        "server exactly as "
         "systemd would (`systemd-socket-activate`, and a real systemd in a throw-away "
         "container for `Accept=yes`), and writes "
         "[bench/results/RESULTS.md](bench/results/RESULTS.md) and "
@@ -822,6 +1041,13 @@ def readme_section(result: dict[str, Any]) -> str:
             [[t.text, t.measured, t.shown] for t in targets(rows)],
         ),
     ]
+    if any(scenario in rows for scenario in ISSUE14_SCENARIOS):
+        md += ["", *issue14_section(rows, cfg, "###")]
+        md += [
+            "",
+            "`make bench-profile` records where the dispatcher's CPU goes under echo churn "
+            "(py-spy and perf): [bench/results/profile/](bench/results/profile/README.md).",
+        ]
     for scenario in ("newconn-echo", "newconn-http", "newconn-http-wrk"):
         if scenario in rows:
             md += ["", f"### {TITLES[scenario]}", "", *load_table(rows, scenario)]

@@ -7,7 +7,7 @@ systemd would start it, through `systemd-socket-activate` on a fresh 127.0.0.1 p
 tests/harness.py's Service, as the integration tests start sockpool), with the same worker
 count; systemd's own Accept=yes runs in a real-systemd container.
 
-    python -m bench.run                 # the full run (make bench), well under 20 minutes
+    python -m bench.run                 # the full run (make bench), about 18 minutes here
     python -m bench.run --smoke --out /tmp/x   # seconds: two servers, two scenarios
     python -m bench.run --scenario slowloris --out /tmp/x   # one scenario (or a list)
 
@@ -16,6 +16,17 @@ parked-memory, park-after) run 2 workers whatever --workers says: idle, slow and
 connections against the default pool of a 2-core machine, under 5 minutes together. They
 pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
 the same code measures sockpool before and after it; park-after needs --park-after.
+
+Issue 14's scenarios (newconn-echo-2w, churn-cpu, ceiling, mixed-cpu) measure sockpool's
+handoff against the shared-accept pool and the plain loop with the same handler and workers:
+echo churn at 2 workers (newconn-echo gives 4), churn with 0.5 ms of CPU per connection, the
+dispatcher's CPU with workers that answer at once (its ceiling, 1e6 / µs per connection),
+and async workers where one request in ten burns 5 ms of CPU. newconn-http and
+newconn-http-wrk run the plain loop too, and newconn-echo runs `--dispatchers 2` beside the
+default where sockpool has the flag. Every load run records the CPU per connection of the
+main process and of the processes below it (the workers), from /proc.
+
+    python -m bench.run --scenarios newconn-echo-2w,churn-cpu,ceiling,mixed-cpu --out /tmp/x
 
 The issue 13 scenarios (flask-newconn, flask-keepalive, starlette) serve the same Flask and
 Starlette "hello" apps (bench/apps/) under sockpool --wsgi/--asgi, gunicorn (sync and
@@ -65,17 +76,22 @@ HTTP_ASYNC = "sockpool.handlers:http_hello_async"
 ECHO_ASYNC = "sockpool.handlers:echo_async"
 MIXED = "bench.handlers:mixed"
 MIXED_ASYNC = "bench.handlers:mixed_async"
+MIXED_CPU_ASYNC = "bench.handlers:mixed_cpu_async"
+CPU_ECHO = "bench.handlers:cpu_echo"
+ANSWER_ONCE = "bench.handlers:answer_once"
 
 
 @dataclass
 class Config:
     workers: int = 4
     rounds: int = 3
-    duration: float = 5.0
+    # 4 s measured after 0.5 s of warm-up: every scenario in one run stays within ~20 minutes
+    # on a 2-core machine (issue 14 added 40 server runs); medians over 3 rounds.
+    duration: float = 4.0
     procs: int = 2
     concurrency: int = 4  # per load process: procs * concurrency connections in flight
     cold_rounds: int = 5
-    warmup: float = 1.0  # seconds of the same load before measuring (JITs, lazy imports)
+    warmup: float = 0.5  # seconds of the same load before measuring (JITs, lazy imports)
     container: bool = True
     scenarios: list[str] = field(default_factory=list)
     servers: list[str] = field(default_factory=list)
@@ -93,6 +109,11 @@ class Spec:
     record: dict[str, Any] = field(default_factory=dict)  # settings to keep with its figures
     pythonpath: str = ""  # before the repository's: another sockpool's tree
     nodelay: bool = False  # TCP_NODELAY on the activated socket, as a unit's NoDelay=yes
+    workers: int = 0  # its worker count when not cfg.workers (a scenario that fixes it)
+
+
+def pool_size(spec: Spec, cfg: Config) -> int:
+    return spec.workers or cfg.workers
 
 
 NODELAY = [str(PY), "-m", "bench.peers.nodelay"]
@@ -154,31 +175,68 @@ def node_argv(cfg: Config, mode: str) -> list[str]:
     return [NODE, str(BENCH / "peers" / "cluster.js"), mode, str(cfg.workers)]
 
 
+PLAIN = "plain loop (accept/send_fds/close)"
+
+
+def handoff_trio(cfg: Config, handler: str, what: str, workers: int = 0) -> list[Spec]:
+    """sockpool, the shared-accept pool and the plain loop serving `handler` with the same
+    workers: the three every handoff figure is a ratio between."""
+    w = workers or cfg.workers
+    record = {"workers": w} if workers else {}
+    return [
+        Spec(
+            "sockpool",
+            f"sockpool ({what})",
+            sockpool_argv(cfg, handler, w),
+            dispatcher=True,
+            record=record,
+            workers=workers,
+        ),
+        Spec(
+            "prefork",
+            "shared-accept pool",
+            py_peer("prefork", "--workers", str(w), handler),
+            record=record,
+            workers=workers,
+        ),
+        Spec(
+            "plainloop",
+            PLAIN,
+            py_peer("plainloop", "--workers", str(w), handler),
+            dispatcher=True,
+            record=record,
+            workers=workers,
+        ),
+    ]
+
+
 def servers_for(scenario: str, cfg: Config) -> list[Spec]:
     w = str(cfg.workers)
     if scenario in ("newconn-echo", "coldstart", "memory"):
         specs = [
-            Spec("sockpool", "sockpool (echo)", sockpool_argv(cfg, ECHO), dispatcher=True),
-            Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, ECHO)),
-            Spec(
-                "plainloop",
-                "plain loop (accept/send_fds/close)",
-                py_peer("plainloop", "--workers", w, ECHO),
-                dispatcher=True,
-            ),
+            *handoff_trio(cfg, ECHO, "echo"),
             Spec("forking", "ForkingTCPServer", py_peer("forking", ECHO)),
             Spec("node", "Node.js cluster", node_argv(cfg, "echo"), dispatcher=True),
         ]
+        if scenario == "newconn-echo" and sockpool_has(FLAG_DISPATCHERS):
+            # Beside the default single dispatcher, in the same rounds. Its main process
+            # supervises: no dispatcher CPU figure, only the whole pool's.
+            argv = sockpool_argv(cfg, ECHO, flags=(FLAG_DISPATCHERS, "2"))
+            specs.insert(1, Spec("sockpool-d2", "sockpool, dispatchers = 2", argv))
         if scenario == "coldstart":
             specs = [s for s in specs if s.server != "plainloop"]
             specs.append(Spec("gunicorn", "gunicorn sync (HTTP)", gunicorn_argv(cfg)))
         if scenario == "memory":
             specs = [s for s in specs if s.server != "forking"]
             specs.append(Spec("gunicorn", "gunicorn sync (HTTP)", gunicorn_argv(cfg)))
+    elif scenario in ("newconn-echo-2w", "churn-cpu"):
+        handler, what = (ECHO, "echo") if scenario == "newconn-echo-2w" else (CPU_ECHO, "cpu_echo")
+        specs = handoff_trio(cfg, handler, what, W14)
+    elif scenario == "ceiling":
+        specs = [s for s in handoff_trio(cfg, ANSWER_ONCE, "answer_once") if s.dispatcher]
     elif scenario in ("newconn-http", "newconn-http-wrk"):
         specs = [
-            Spec("sockpool", "sockpool (http_hello)", sockpool_argv(cfg, HTTP), dispatcher=True),
-            Spec("prefork", "shared-accept pool", py_peer("prefork", "--workers", w, HTTP)),
+            *handoff_trio(cfg, HTTP, "http_hello"),
             Spec("forking", "ForkingTCPServer", py_peer("forking", HTTP)),
             Spec("gunicorn", "gunicorn sync", gunicorn_argv(cfg)),
             Spec("node", "Node.js cluster", node_argv(cfg, "http"), dispatcher=True),
@@ -208,6 +266,20 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             ),
             Spec("node", "Node.js cluster", node_argv(cfg, "mixed")),
         ]
+    elif scenario == "mixed-cpu":
+        specs = [
+            Spec(
+                "sockpool-async",
+                "sockpool (async)",
+                sockpool_argv(cfg, MIXED_CPU_ASYNC),
+                dispatcher=True,
+            ),
+            Spec(
+                "prefork-async",
+                "shared-accept pool, async",
+                py_peer("prefork", "--workers", w, MIXED_CPU_ASYNC),
+            ),
+        ]
     elif scenario in ISSUE12:
         specs = issue12_servers(scenario, cfg)
     elif scenario in WEB:
@@ -230,12 +302,24 @@ ISSUE12 = (
     "park-after",
 )
 
+# Issue 14's own scenarios (the rest of its figures come from the ones above and below):
+# echo churn at 2 workers, churn with 0.5 ms of CPU per connection (2 workers), the one
+# dispatcher's ceiling (workers that answer at once), mixed load with a CPU-bound slow
+# request in async workers.
+ISSUE14 = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu")
+W14 = 2  # issue 14's "2 workers" figures
+FLAG_DISPATCHERS = "--dispatchers"
+
 SCENARIOS = (
     "newconn-echo",
+    "newconn-echo-2w",
+    "churn-cpu",
+    "ceiling",
     "newconn-http",
     "newconn-http-wrk",
     "keepalive",
     "mixed",
+    "mixed-cpu",
     "coldstart",
     "memory",
     *ISSUE12,
@@ -245,6 +329,10 @@ SCENARIOS = (
 )
 MODE = {
     "newconn-echo": "echo",
+    "newconn-echo-2w": "echo",
+    "churn-cpu": "echo",
+    "ceiling": "echo",
+    "mixed-cpu": "mixed",
     "newconn-http": "http",
     "newconn-http-wrk": "http",
     "mixed": "mixed",
@@ -341,6 +429,40 @@ def wait_pool(pid: int, nprocs: int, timeout: float = 10.0) -> None:
 # --- measurements -----------------------------------------------------------------------
 
 
+@dataclass
+class CpuMark:
+    """A server's CPU time so far: its main process (ticks and schedstat) and each process
+    below it (the workers; with several dispatchers, those too)."""
+
+    main_s: float
+    main_ns: int
+    below_s: dict[int, float]
+
+
+def cpu_mark(pid: int) -> CpuMark:
+    below: dict[int, float] = {}
+    for p in procfs.descendants(pid)[1:]:
+        with contextlib.suppress(OSError, ValueError, IndexError):  # it just exited
+            below[p] = procfs.cpu_seconds(p)
+    return CpuMark(procfs.cpu_seconds(pid), procfs.run_ns(pid), below)
+
+
+def cpu_per_conn(before: CpuMark, after: CpuMark, conns: int) -> dict[str, float]:
+    """CPU µs per connection between two marks: the main process's (the dispatcher's, when
+    it only dispatches), the processes below it (the workers'), and both together. A
+    process that exited in between takes its time with it (none do in these runs)."""
+    if conns <= 0:
+        return {}
+    main = after.main_s - before.main_s
+    below = sum(cpu - before.below_s.get(p, 0.0) for p, cpu in after.below_s.items())
+    return {
+        "main_cpu_us_per_conn": main / conns * 1e6,
+        "main_run_us_per_conn": (after.main_ns - before.main_ns) / conns / 1e3,
+        "workers_cpu_us_per_conn": below / conns * 1e6,
+        "pool_cpu_us_per_conn": (main + below) / conns * 1e6,
+    }
+
+
 def pool_pss(pid: int) -> tuple[int, int]:
     """(total PSS in KiB of the process tree, number of processes)."""
     pids = procfs.descendants(pid)
@@ -410,7 +532,7 @@ def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any
     with launch(spec, port, log) as srv:
         mode = MODE[scenario]
         rec: dict[str, Any] = {"startup_s": wait_answering(port, mode)}
-        wait_pool(srv.pid, 1 if spec.server == "forking" else cfg.workers + 1)
+        wait_pool(srv.pid, 1 if spec.server == "forking" else pool_size(spec, cfg) + 1)
         close = scenario == "newconn-http-wrk"
         if cfg.warmup > 0 and scenario not in WRK:
             loadgen.run(port, mode, cfg.procs, cfg.concurrency, cfg.warmup, timeout=5)
@@ -418,16 +540,16 @@ def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any
             run_wrk(port, cfg, cfg.warmup, close)
         time.sleep(0.2)
         rec["pss_kib"], rec["nprocs"] = pool_pss(srv.pid)
-        cpu0, ns0 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
+        before = cpu_mark(srv.pid)
         if scenario in WRK:
             rec.update(run_wrk(port, cfg, cfg.duration, close))
         else:
             res = loadgen.run(port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
             rec.update(load_record(res))
-        cpu1, ns1 = procfs.cpu_seconds(srv.pid), procfs.run_ns(srv.pid)
-        if rec["ok"]:
-            rec["main_cpu_us_per_conn"] = (cpu1 - cpu0) / rec["ok"] * 1e6
-            rec["main_run_us_per_conn"] = (ns1 - ns0) / rec["ok"] / 1e3
+        rec |= cpu_per_conn(before, cpu_mark(srv.pid), rec["ok"])
+        if spec.dispatcher and rec.get("main_cpu_us_per_conn"):
+            # What one such dispatcher could pass at most on a core of its own.
+            rec["ceiling_conns_per_s"] = 1e6 / rec["main_cpu_us_per_conn"]
         rec["alive"] = srv.alive()
         return rec
 
@@ -794,7 +916,10 @@ def web_servers(scenario: str, cfg: Config) -> list[Spec]:
 
 
 def sockpool_missing(scenario: str, cfg: Config) -> str | None:
-    """Why a scenario runs without sockpool's rows (None: it has them)."""
+    """Why a scenario runs without (some of) sockpool's rows (None: it has them all)."""
+    wants_d2 = not cfg.servers or "sockpool-d2" in cfg.servers
+    if scenario == "newconn-echo" and wants_d2 and not sockpool_has(FLAG_DISPATCHERS):
+        return f"this sockpool has no {FLAG_DISPATCHERS} (dispatchers = 2 not measured)"
     if scenario not in WEB or (cfg.servers and "sockpool" not in cfg.servers):
         return None
     flag = FLAG_ASGI if scenario == "starlette" else FLAG_WSGI
@@ -820,13 +945,17 @@ def run_web(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]
         if "close" in phases:
             if cfg.warmup > 0:
                 run_wrk(port, cfg, cfg.warmup, close=True)
+            before = cpu_mark(srv.pid)
             w = run_wrk(port, cfg, seconds, close=True)
+            w |= cpu_per_conn(before, cpu_mark(srv.pid), w["ok"])
             rec |= prefixed("close", w)
             rec["close_timeouts"] = w["failure_kinds"].get("timeout", 0)
             failures += w["failures"]
         if "loadgen" in phases:
+            before = cpu_mark(srv.pid)
             lg = loadgen.run(port, "http", cfg.procs, cfg.concurrency, seconds, timeout=5)
-            rec |= prefixed("lg", load_record(lg))
+            cpu = cpu_per_conn(before, cpu_mark(srv.pid), lg.ok)
+            rec |= prefixed("lg", load_record(lg) | cpu)
             failures += lg.failures
         if "keepalive" in phases:
             if cfg.warmup > 0:
@@ -923,7 +1052,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="seconds: 2 scenarios, 2 servers")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per run")
+    ap.add_argument(
+        "--duration", type=float, default=Config.duration, help="seconds of load per run"
+    )
     ap.add_argument("--procs", type=int, default=2, help="load-generator processes")
     ap.add_argument("--concurrency", type=int, default=4, help="connections in flight per process")
     ap.add_argument(
@@ -1000,7 +1131,7 @@ def main(argv: list[str] | None = None) -> int:
         specs = servers_for(scenario, cfg)
         if why := sockpool_missing(scenario, cfg):
             skipped.append(f"{scenario}, sockpool: {why}")
-            print(f"{scenario}: sockpool skipped, {why}", flush=True)
+            print(f"{scenario}: sockpool row skipped, {why}", flush=True)
         rounds = cfg.cold_rounds if scenario == "coldstart" else cfg.rounds
         if scenario in ONE_ROUND:
             rounds = 1
