@@ -50,7 +50,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 HOST = "127.0.0.1"
-MODES = ("echo", "mixed", "http")
+MODES = ("echo", "mixed", "http", "proxy")
+# "proxy": echo behind a balancer: each connection starts with a PROXY protocol v2 header, as
+# HAProxy's send-proxy-v2 writes it (client 203.0.113.1:50000 to 127.0.0.1:80).
+PROXY_V2 = (
+    b"\r\n\r\n\x00\r\nQUIT\n\x21\x11\x00\x0c"
+    + socket.inet_aton("203.0.113.1") + socket.inet_aton("127.0.0.1")
+    + struct.pack("!HH", 50000, 80)
+)  # fmt: skip
 HTTP_BODY = b"hello\n"
 LINGER0 = struct.pack("ii", 1, 0)
 MAX_DURATION = 600.0
@@ -248,6 +255,8 @@ def _run_proc(
         data, slow = payload()
         s = socket.socket(socket.AF_INET, sock_type)
         conn = _Conn(s, slot, data, echo, slow)
+        if mode == "proxy":  # the header goes first; the echo answers the rest
+            conn.outbuf = memoryview(PROXY_V2 + data)
         err = s.connect_ex(addr)
         if err not in (0, errno.EINPROGRESS):
             fails["connect"] += 1

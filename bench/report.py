@@ -471,6 +471,7 @@ SERVERS = {
     "sockpool": "sockpool",
     "sockpool-async": "sockpool (async)",
     "sockpool-d2": "sockpool with dispatchers = 2",
+    "sockpool-proxy": "sockpool behind PROXY protocol v2",
     "prefork": "shared-accept pool",
     "prefork-async": "shared-accept pool (async)",
     "plainloop": "plain accept/send_fds/close loop",
@@ -551,6 +552,9 @@ TARGETS = (
     Target("flask-keepalive", "req_per_s", "≥", 1, "gunicorn-gthread"),
     Target("starlette", "close_rps", "≥", 1, "uvicorn"),
     Target("starlette", "req_per_s", "≥", 1, "uvicorn"),
+    # Issue 15: reading a PROXY v2 header costs churn no more than 5%.
+    Target("newconn-echo", "rps", "≥", 0.95, "sockpool", server="sockpool-proxy"),
+    Target("newconn-echo", "main_cpu_us_per_conn", "", 1, "sockpool", server="sockpool-proxy"),
 )
 # Issue 14's "done when", each against the same run's shared-accept pool or plain loop with
 # the same handler and workers (newconn-echo: the run's --workers; the 2-worker ones: 2).

@@ -223,6 +223,11 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             # supervises: no dispatcher CPU figure, only the whole pool's.
             argv = sockpool_argv(cfg, ECHO, flags=(FLAG_DISPATCHERS, "2"))
             specs.insert(1, Spec("sockpool-d2", "sockpool, dispatchers = 2", argv))
+        if scenario == "newconn-echo" and sockpool_has(FLAG_CONFIG):
+            # PROXY protocol v2 on the same listener (issue 15): its cost beside none.
+            argv = sockpool_argv(cfg, ECHO, flags=(FLAG_CONFIG, str(BENCH / "proxy.toml")))
+            proxied = Spec("sockpool-proxy", "sockpool (echo, PROXY v2)", argv, dispatcher=True)
+            specs.insert(1, dataclasses.replace(proxied, record={"mode": "proxy"}))
         if scenario == "coldstart":
             specs = [s for s in specs if s.server != "plainloop"]
             specs.append(Spec("gunicorn", "gunicorn sync (HTTP)", gunicorn_argv(cfg)))
@@ -308,6 +313,7 @@ ISSUE12 = (
 # request in async workers.
 ISSUE14 = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu")
 W14 = 2  # issue 14's "2 workers" figures
+FLAG_CONFIG = "--config"
 FLAG_DISPATCHERS = "--dispatchers"
 
 SCENARIOS = (
@@ -397,7 +403,8 @@ def one_request(port: int, mode: str, timeout: float = 10.0) -> bool:
     """One blocking request, answer checked; True when it was right."""
     if mode != "http":
         payload = b"F warm " + os.urandom(8).hex().encode() + b"\n"
-        return request((HOST, port), payload, timeout) == payload
+        header = loadgen.PROXY_V2 if mode == "proxy" else b""
+        return request((HOST, port), header + payload, timeout) == payload
     with connect((HOST, port), timeout) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         answer = read_to_eof(s)
@@ -530,7 +537,7 @@ def load_record(res: loadgen.Result) -> dict[str, Any]:
 def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]:
     port = free_port()
     with launch(spec, port, log) as srv:
-        mode = MODE[scenario]
+        mode = spec.record.get("mode", MODE[scenario])
         rec: dict[str, Any] = {"startup_s": wait_answering(port, mode)}
         wait_pool(srv.pid, 1 if spec.server == "forking" else pool_size(spec, cfg) + 1)
         close = scenario == "newconn-http-wrk"

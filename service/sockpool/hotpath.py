@@ -119,6 +119,7 @@ class HotPath:
         # Listeners whose connections start with a PROXY header: (version, who may send it).
         self.proxied: dict[Listener, tuple[str, proxyproto.Trusted]] = {}
         self.headers: dict[int, tuple[str, str, float]] = {}  # conn_id -> (version, kind, due)
+        self.deferred_before: dict[Listener, int] = {}  # TCP_DEFER_ACCEPT as systemd set it
         self.proxy_timeout = 3.0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
         self.stopping = False
@@ -154,6 +155,11 @@ class HotPath:
         for lst in self.listeners:
             if version := config.proxy_protocol_for(lst.name):
                 self.proxied[lst] = (version, proxyproto.Trusted(config.proxy_allow_for(lst.name)))
+                before = proxyproto.defer_accept(lst.sock, config.proxy_timeout)
+                if before is not None:
+                    self.deferred_before.setdefault(lst, before)
+            elif lst in self.deferred_before:  # a reload turned PROXY off: as systemd set it
+                proxyproto.restore_accept(lst.sock, self.deferred_before.pop(lst))
 
     def free_capacity(self) -> int:
         """Free places in the workers that take work. (Loops, not sum() over a generator:
@@ -233,7 +239,8 @@ class HotPath:
                     allowed -= 1
                     fd_room -= 1
                     item = (self.next_id, fd, name, format_peer(addr), b"", 0)
-                    self._proxy_header(item, proxied, addr, listener in deferred, now)
+                    check = hold and room <= 0  # as below: with room a worker checks
+                    room -= self._proxy_header(item, proxied, addr, check, now)
                     continue
                 if allowed <= 0 or (admit and not admit(self.next_id, addr)):
                     admission.refuse(fd)
@@ -416,39 +423,42 @@ class HotPath:
         item: Pending,
         proxied: tuple[str, proxyproto.Trusted],
         addr: object,
-        deferred: bool,
+        check: bool,
         now: float,
-    ) -> None:
+    ) -> bool:
         """A new connection on a PROXY protocol listener: from a trusted balancer, its
         header read (or waited for, up to proxy_timeout), and then it is its client's: that
         address is PEER everywhere and counts against the per-source limit. The balancer's
-        header and the request usually come in one segment, so this rarely waits."""
+        header and the request usually come in one segment, so this rarely waits. True when
+        it joined `pending`; `check`: only if it has data (else it is held for it)."""
         version, trusted = proxied
         if not trusted.allows(addr):
             self.parking.drop(item, "proxy-untrusted")
-            return
+            return False
         try:
             header = proxyproto.take(item[1], version)
         except proxyproto.ProxyError as exc:
             log.log.debug("connection %d: bad PROXY header: %s", item[0], exc)
             self.parking.drop(item, "proxy-invalid")
-            return
+            return False
         if header is None:  # not all there yet: hold it until it is, or proxy_timeout
             due = self.headers.get(item[0], (version, "", now + self.proxy_timeout))[2]
-            self.headers[item[0]] = (version, FIRST_BYTE if deferred else "", due)
+            self.headers[item[0]] = (version, FIRST_BYTE if check else "", due)
             self.parking.hold(item, PROXY, due)
-            return
-        self.headers.pop(item[0], None)
+            return False
+        if self.headers:
+            self.headers.pop(item[0], None)
         client = addr if header.local or header.source is None else header.source
         admission = self.admission
         if admission.max_per_source and not admission.admit(item[0], client):
             admission.refuse(item[1])
-            return
+            return False
         item = (item[0], item[1], item[2], proxyproto.peer_text(header, item[3]), b"", 0)
-        if deferred and not waiting_bytes(item[1]):
+        if check and not waiting_bytes(item[1]):
             self.parking.hold(item, FIRST_BYTE, deadline_for(FIRST_BYTE, now, 0, self.timeouts))
-        else:
-            self.pending.append(item)
+            return False
+        self.pending.append(item)
+        return True
 
     def unpark(self) -> None:
         """The held connections that spoke join the queue for a worker (those waiting for

@@ -103,6 +103,13 @@ def parse(data: bytes, version: str) -> Header | None:
     """The header at the start of `data`; None while `data` is a valid but incomplete prefix."""
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {', '.join(VERSIONS)}, not {version!r}")
+    if data[:16] == _TCP4_PLAIN and len(data) >= 28 and version != "v1":
+        # HAProxy's send-proxy-v2 without TLVs, the usual header: parsed in one unpack (the
+        # general path below accepts exactly the same, with more steps).
+        src, dst, sport, dport = _V4_BLOCK.unpack_from(data, 16)
+        return _new(
+            Header, (28, False, (_ntoa(src), sport), (_ntoa(dst), dport), "tcp4", *_NO_TLVS)
+        )
     if not data:
         return None
     v2 = V2_SIGNATURE.startswith(data[:12])
@@ -116,6 +123,9 @@ def parse(data: bytes, version: str) -> Header | None:
     if v1:
         raise ProxyError("a PROXY v1 header on a v2 listener")
     raise ProxyError("not a PROXY header" if version == "any" else f"not a PROXY {version} header")
+
+
+_TCP4_PLAIN = V2_SIGNATURE + b"\x21\x11\x00\x0c"  # PROXY, TCP over IPv4, 12 bytes: no TLVs
 
 
 def _parse_v2(data: bytes) -> Header | None:
@@ -346,6 +356,29 @@ def take(fd: int, version: str) -> Header | None:
         sock.detach()
 
 
+def defer_accept(sock: socket.socket, seconds: float) -> int | None:
+    """A balancer writes its header as soon as it has connected: with TCP_DEFER_ACCEPT the
+    kernel hands over a connection once that has arrived, so the dispatcher reads the header
+    on accept instead of waking a second time for it. Linux may still hand one over with
+    nothing to read after `seconds` (it only half honours it, as systemd's DeferAcceptSec=);
+    take() then waits for it as for any incomplete header. Returns the setting it replaced
+    (systemd's, for restore_accept()); None for a UNIX socket, or when it cannot be set."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        before = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, round(seconds)))
+    except OSError:
+        return None
+    return before
+
+
+def restore_accept(sock: socket.socket, before: int) -> None:
+    """Put back what defer_accept() replaced: the listener no longer speaks PROXY."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, before)
+
+
 def _peek(sock: _socket.socket, size: int) -> bytes:
     return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
 
@@ -446,6 +479,8 @@ def peer_text(header: Header, own_peer: str) -> str:
     """The PEER a proxied connection is known by: the client's (the connection's own for a
     LOCAL header), with the TLVs handlers see behind it."""
     peer = own_peer if header.local or header.source is None else format_peer(header.source)
+    if header.unique_id is None and header.authority is None and header.alpn is None:
+        return peer
     authority = header.authority.encode() if header.authority else b""
     fields = (header.unique_id or b"", authority, (header.alpn or b"")[:MAX_ALPN_SHOWN])
     suffix = b"".join(bytes((len(f),)) + f for f in fields)

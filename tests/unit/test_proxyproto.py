@@ -431,3 +431,16 @@ def test_fuzz_mutated_headers(base: bytes, flips, cut: int, tail: bytes) -> None
             data[at] = value
     _check(bytes(data[: max(cut, 1)]))
     _check(bytes(data))
+
+
+def test_defer_accept_is_set_for_tcp_and_put_back_as_it_was() -> None:
+    with socket.socket() as lsock:
+        lsock.bind(("127.0.0.1", 0))
+        lsock.listen()
+        lsock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 0)  # systemd's default
+        assert proxyproto.defer_accept(lsock, 3.0) == 0
+        assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) > 0
+        proxyproto.restore_accept(lsock, 0)
+        assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
+    with socket.socket(socket.AF_UNIX) as usock:
+        assert proxyproto.defer_accept(usock, 3.0) is None  # no such thing for UNIX sockets
