@@ -142,3 +142,15 @@ def test_web_apps_see_the_client_behind_the_balancer(serve, tmp_path, kind, app,
     assert head.startswith(b"HTTP/1.1 200"), answer
     seen = json.loads(body)[field]
     assert seen in ("203.0.113.7", ["203.0.113.7", 40000]), seen
+
+
+def test_the_journal_fields_name_the_client_behind_the_balancer(serve, tmp_path) -> None:
+    config = tmp_path / "boom.toml"
+    config.write_text('handler = "apps:boom"\n[listeners.edge]\nproxy_protocol = "v2"\n')
+    service = serve(["--workers=1", f"--config={config}"], listen=[tcp()], fdnames=["edge"])
+    with connect(service.address) as sock:
+        sock.sendall(v2(block=CLIENT) + b"go\n")
+        read_to_eof(sock)
+    wait_until(lambda: "about to fail" in service.output(), "the handler's record")
+    line = next(ln for ln in service.output().splitlines() if "about to fail" in ln)
+    assert "PEER=203.0.113.7:40000" in line, line  # the connection's fields, on every record
