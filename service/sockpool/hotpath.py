@@ -52,6 +52,8 @@ SOLO = 2
 STEAL_AFTER = 0.002  # seconds a queued connection waits behind a long one before it moves
 
 T = TypeVar("T")
+# A PROXY protocol listener's: its version, who may send the header, how its peers read.
+Proxied = tuple[str, "proxyproto.Trusted", Callable[[object], str]]
 
 
 def serving_capacity(capacity: int) -> int:
@@ -117,7 +119,7 @@ class HotPath:
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
         # Listeners whose connections start with a PROXY header: (version, who may send it).
-        self.proxied: dict[Listener, tuple[str, proxyproto.Trusted]] = {}
+        self.proxied: dict[Listener, Proxied] = {}
         self.headers: dict[int, tuple[str, str, float]] = {}  # conn_id -> (version, kind, due)
         self.deferred_before: dict[Listener, int] = {}  # TCP_DEFER_ACCEPT as systemd set it
         self.proxy_timeout = 3.0
@@ -154,7 +156,8 @@ class HotPath:
         self.proxied = {}
         for lst in self.listeners:
             if version := config.proxy_protocol_for(lst.name):
-                self.proxied[lst] = (version, proxyproto.Trusted(config.proxy_allow_for(lst.name)))
+                trusted = proxyproto.Trusted(config.proxy_allow_for(lst.name))
+                self.proxied[lst] = (version, trusted, lst.format_peer)
                 before = proxyproto.defer_accept(lst.sock, config.proxy_timeout)
                 if before is not None:
                     self.deferred_before.setdefault(lst, before)
@@ -238,7 +241,7 @@ class HotPath:
                 if proxied and allowed > 0:  # its client is known once its header is read
                     allowed -= 1
                     fd_room -= 1
-                    item = (self.next_id, fd, name, format_peer(addr), b"", 0)
+                    item = (self.next_id, fd, name, "", b"", 0)  # its PEER: the header's
                     check = hold and room <= 0  # as below: with room a worker checks
                     room -= self._proxy_header(item, proxied, addr, check, now)
                     continue
@@ -421,7 +424,7 @@ class HotPath:
     def _proxy_header(
         self,
         item: Pending,
-        proxied: tuple[str, proxyproto.Trusted],
+        proxied: Proxied,
         addr: object,
         check: bool,
         now: float,
@@ -431,7 +434,7 @@ class HotPath:
         address is PEER everywhere and counts against the per-source limit. The balancer's
         header and the request usually come in one segment, so this rarely waits. True when
         it joined `pending`; `check`: only if it has data (else it is held for it)."""
-        version, trusted = proxied
+        version, trusted, own_peer = proxied
         if not trusted.allows(addr):
             self.parking.drop(item, "proxy-untrusted")
             return False
@@ -442,6 +445,7 @@ class HotPath:
             self.parking.drop(item, "proxy-invalid")
             return False
         if header is None:  # not all there yet: hold it until it is, or proxy_timeout
+            item = (item[0], item[1], item[2], item[3] or own_peer(addr), b"", 0)
             due = self.headers.get(item[0], (version, "", now + self.proxy_timeout))[2]
             self.headers[item[0]] = (version, FIRST_BYTE if check else "", due)
             self.parking.hold(item, PROXY, due)
@@ -453,7 +457,9 @@ class HotPath:
         if admission.max_per_source and not admission.admit(item[0], client):
             admission.refuse(item[1])
             return False
-        item = (item[0], item[1], item[2], proxyproto.peer_text(header, item[3]), b"", 0)
+        local = header.local or header.source is None  # served as the balancer's own
+        own = (item[3] or own_peer(addr)) if local else ""
+        item = (item[0], item[1], item[2], proxyproto.peer_text(header, own), b"", 0)
         if check and not waiting_bytes(item[1]):
             self.parking.hold(item, FIRST_BYTE, deadline_for(FIRST_BYTE, now, 0, self.timeouts))
             return False
@@ -476,7 +482,7 @@ class HotPath:
         if waiting is None:
             return False
         version, first, _ = waiting
-        self._proxy_header(item, (version, _ANYONE), None, bool(first), time.monotonic())
+        self._proxy_header(item, (version, _ANYONE, str), None, bool(first), time.monotonic())
         return True
 
     def forget_headers(self, now: float) -> None:

@@ -379,8 +379,11 @@ def restore_accept(sock: socket.socket, before: int) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, before)
 
 
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag's | runs Python code
+
+
 def _peek(sock: _socket.socket, size: int) -> bytes:
-    return sock.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    return sock.recv(size, _PEEK)
 
 
 def _peer_closed(fd: int) -> bool:
