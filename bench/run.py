@@ -223,6 +223,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             # supervises: no dispatcher CPU figure, only the whole pool's.
             argv = sockpool_argv(cfg, ECHO, flags=(FLAG_DISPATCHERS, "2"))
             specs.insert(1, Spec("sockpool-d2", "sockpool, dispatchers = 2", argv))
+        if scenario == "newconn-echo" and sockpool_has(FLAG_QUEUE_AHEAD):
+            specs.insert(1, queue_ahead_spec(specs[0]))
         if scenario == "newconn-echo" and sockpool_has(FLAG_CONFIG):
             # PROXY protocol v2 on the same listener (issue 15): its cost beside none.
             argv = sockpool_argv(cfg, ECHO, flags=(FLAG_CONFIG, str(BENCH / "proxy.toml")))
@@ -237,6 +239,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
     elif scenario in ("newconn-echo-2w", "churn-cpu"):
         handler, what = (ECHO, "echo") if scenario == "newconn-echo-2w" else (CPU_ECHO, "cpu_echo")
         specs = handoff_trio(cfg, handler, what, W14)
+        if scenario == "newconn-echo-2w" and sockpool_has(FLAG_QUEUE_AHEAD):
+            specs.insert(1, queue_ahead_spec(specs[0]))
     elif scenario == "ceiling":
         specs = [s for s in handoff_trio(cfg, ANSWER_ONCE, "answer_once") if s.dispatcher]
     elif scenario in ("newconn-http", "newconn-http-wrk"):
@@ -314,6 +318,17 @@ ISSUE12 = (
 ISSUE14 = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu")
 W14 = 2  # issue 14's "2 workers" figures
 FLAG_CONFIG = "--config"
+FLAG_QUEUE_AHEAD = "--queue-ahead"
+
+
+def queue_ahead_spec(sockpool: Spec) -> Spec:
+    """The same sockpool with `queue_ahead = 1`: one connection queued in each sync worker."""
+    argv = [*sockpool.argv[:-1], FLAG_QUEUE_AHEAD, "1", sockpool.argv[-1]]
+    return dataclasses.replace(
+        sockpool, server="sockpool-qa", label=sockpool.label + ", queue_ahead = 1", argv=argv
+    )
+
+
 FLAG_DISPATCHERS = "--dispatchers"
 
 SCENARIOS = (

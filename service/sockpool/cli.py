@@ -59,6 +59,13 @@ _LIMITS = [
         "gives the connection back to the dispatcher (default 0.002)",
     ),
     (
+        "queue_ahead",
+        "N",
+        "1: a sync worker holds one more connection queued behind the one it serves (less "
+        "dispatcher work per connection; a queued one waits for its worker unless another "
+        "is idle); 0: none (default)",
+    ),
+    (
         "max_carry",
         "BYTES",
         "bytes of a partial request the dispatcher holds for a parked connection; a "

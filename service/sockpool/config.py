@@ -96,6 +96,7 @@ class Config:
     first_byte_timeout: float = 10.0  # a new connection silent this long is closed
     request_timeout: float = 30.0  # a request not read whole this long after it began
     park_after: float = 0.002  # a worker waits this long for the next request, then parks
+    queue_ahead: int = 0  # connections a sync worker holds queued behind the one it serves
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     # Web applications (http11.py, wsgi.py, asgi.py).
     wsgi: str | None = None  # module:app, served on sync workers
@@ -155,6 +156,12 @@ def _dispatchers(value: Any) -> int | str:
         return value
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a positive integer or {AUTO!r}, got {quote(value)}")
+    return value
+
+
+def _zero_or_one(value: Any) -> int:
+    if isinstance(value, bool) or value not in (0, 1):
+        raise ValueError(f"expected 0 or 1, got {quote(value)}")
     return value
 
 
@@ -331,6 +338,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "first_byte_timeout": (float, _non_negative_number),
     "request_timeout": (float, _non_negative_number),
     "park_after": (float, _non_negative_number),
+    "queue_ahead": (int, _zero_or_one),
     "max_carry": (int, _carry),
     "wsgi": (str, _handler),
     "asgi": (str, _handler),

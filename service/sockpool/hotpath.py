@@ -47,9 +47,11 @@ _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 # A worker of at most this capacity serves one connection at a time and queues one more
-# (spec.QUEUE_AHEAD): each connection goes to it alone, so a queued one can be read back.
+# (`queue_ahead`, spec.py): each connection goes to it alone, so a queued one can be read back.
 SOLO = 2
-STEAL_AFTER = 0.002  # seconds a queued connection waits behind a long one before it moves
+# A queued connection is looked at again this soon after it was sent, even if no worker
+# finishes anything meanwhile (one may have become ready): see rebalance().
+STEAL_AFTER = 0.002
 
 T = TypeVar("T")
 # A PROXY protocol listener's: its version, who may send the header, how its peers read.
@@ -294,28 +296,27 @@ class HotPath:
         return queued
 
     def rebalance(self, now: float) -> None:
-        """A connection queued behind a long request moves to a worker with room: read back
-        from the busy worker's channel (SOCK_SEQPACKET gives a message to one reader only,
-        so if the worker took it first we read nothing) and sent on at once. Without this,
-        a fast request could wait out a slow one that happened to be ahead of it."""
+        """A connection queued at a busy worker (`queue_ahead`) moves to an idle one: read
+        back from the busy worker's channel (SOCK_SEQPACKET gives a message to one reader
+        only, so if the worker took it first we read nothing) and sent on at once, before
+        anything new. Without this, a fast request could wait out a slow one that happened
+        to be ahead of it while another worker idles. Only to an idle worker: a busy one's
+        request may be as long, and nothing moves back and forth."""
         routes = self.routable()
         self.next_steal = _NEVER
         for p in routes:
             w = p.w
             if w.capacity > SOLO or len(w.handed) < 2:
                 continue
-            head = next(iter(w.handed.values()))
-            due = max(head[0], w.last_heard) + STEAL_AFTER
-            if now < due:
-                self.next_steal = min(self.next_steal, due)
-                continue
-            target, most = None, 0
+            # Only to an idle worker (nothing can serve it sooner; a busy one's request may
+            # be as long), and at once: it goes before anything new.
+            target = None
             for other in routes:
-                ow = other.w
-                if other is not p and (free := ow.capacity - len(ow.handed)) > most:
-                    target, most = other, free
+                if other is not p and not other.w.handed and other.w.capacity:
+                    target = other
+                    break
             if target is None:
-                return  # no room anywhere: nothing to move to
+                continue  # nowhere better for it: completions bring it back here
             for item in p.read_back(one=True):
                 w.handed.pop(item[0], None)
                 self._send_one(target, item, now)
@@ -353,7 +354,10 @@ class HotPath:
             os.close(fd)  # the message in the worker's queue holds it now
         except OSError:
             pass
-        target.w.handed[conn_id] = (now, name, peer)
+        handed = target.w.handed
+        handed[conn_id] = (now, name, peer)
+        if len(handed) > 1 and target.w.capacity <= SOLO and self.next_steal == _NEVER:
+            self.next_steal = now + STEAL_AFTER  # queued ahead: see rebalance()
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: the dispatcher reads it after the poll."""

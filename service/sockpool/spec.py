@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 
 from .config import AUTO, Config, Target
 
-QUEUE_AHEAD = 1  # connections a sync worker holds queued behind the one it serves
-
 
 @dataclass(frozen=True)
 class WorkerSpec:
@@ -24,12 +22,13 @@ class WorkerSpec:
     access_log: bool = False  # web apps: a journal record per request
     http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
-    # A sync worker takes one connection queued behind the one it serves: it starts the next
-    # the moment it is done, without waiting for the dispatcher to hear of it and answer. The
-    # queued one stays in the channel, where the dispatcher can still read it back and give
-    # it to a free worker (hotpath.rebalance). Not with several dispatchers: a busy one would
-    # accept a connection into its queue that another dispatcher's idle worker could serve.
-    queue_ahead: int = 1
+    # `queue_ahead = 1`: a sync worker takes one connection queued behind the one it serves,
+    # and starts it the moment it is done, without waiting for the dispatcher to hear of it.
+    # The queued one stays in the channel, where the dispatcher can still read it back for an
+    # idle worker (hotpath.rebalance). Off by default: a queued connection may wait out a long
+    # request while a newer one is served elsewhere. Never with several dispatchers: a busy
+    # one would accept into its queue a connection another one's idle worker could serve.
+    queue_ahead: int = 0
 
     @classmethod
     def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
@@ -49,5 +48,5 @@ class WorkerSpec:
                 config.max_body,
             ),
             handoff={name: config.handoff_for(name) for name in listeners},
-            queue_ahead=QUEUE_AHEAD if config.dispatchers in (1, AUTO) else 0,
+            queue_ahead=config.queue_ahead if config.dispatchers in (1, AUTO) else 0,
         )  # fmt: skip

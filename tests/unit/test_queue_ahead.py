@@ -98,22 +98,32 @@ def test_the_second_connection_is_queued_and_counted_as_waiting(pool: Pool) -> N
     assert pool.hot.waiting[0] == 1
 
 
-def test_a_connection_queued_behind_a_long_one_moves_to_a_worker_with_room(pool: Pool) -> None:
+def test_a_queued_connection_moves_only_to_an_idle_worker(pool: Pool) -> None:
     pool.accept(1, 0.0)  # to worker 1
     pool.accept(2, 0.0)  # to worker 2
     pool.accept(3, 0.0)  # queued behind 1 at worker 1
     assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
     assert pool.take(1) == [1]  # worker 1 starts a long request; 3 waits in its channel
     assert pool.take(2) == [2]
-    pool.finish(2, 2, 0.0005)  # worker 2 is free again
-    pool.hot.rebalance(0.0005)
-    assert pool.handed(1) == [1, 3]  # too soon: worker 1 may be about to take it
-    assert pool.hot.next_steal == pytest.approx(STEAL_AFTER)
-    pool.hot.rebalance(STEAL_AFTER)
+    pool.hot.rebalance(1.0)
+    # Worker 2 has room, but is busy: its request may be as long. Nothing moves.
+    assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
+    pool.finish(2, 2, 1.0)  # worker 2 is idle now
+    pool.hot.rebalance(1.0)
     assert pool.handed(1) == [1] and pool.handed(2) == [3]
-    assert pool.take(2) == [3]  # the free worker got it...
+    assert pool.take(2) == [3]  # the idle worker got it...
     with pytest.raises(BlockingIOError):
         pool.take(1)  # ...and the busy one no longer has it
+
+
+def test_an_idle_worker_takes_a_queued_connection_at_once(pool: Pool) -> None:
+    pool.accept(1, 0.0)
+    pool.accept(2, 0.0)
+    pool.accept(3, 0.0)  # queued behind 1 at worker 1
+    assert pool.take(1) == [1] and pool.take(2) == [2]
+    pool.finish(2, 2, 0.0001)  # worker 2 idle: nothing can serve 3 sooner
+    pool.hot.rebalance(0.0001)
+    assert pool.handed(1) == [1] and pool.handed(2) == [3]
 
 
 def test_a_queued_connection_the_worker_already_took_stays_with_it(pool: Pool) -> None:
@@ -153,3 +163,18 @@ def test_workers_of_larger_capacity_get_batches_and_never_lose_one_to_rebalance(
         assert len(pool.handed(1)) == 2 and len(pool.handed(2)) == 2
     finally:
         pool.close()
+
+
+def test_a_queued_connection_is_looked_at_without_any_completion(pool: Pool) -> None:
+    # Only worker 1 is ready when two connections come (worker 2 still starting): the second
+    # queues behind the first. Then worker 2 is ready; nothing completes, yet the queued
+    # one moves once it has waited STEAL_AFTER (the send set when to look).
+    starting = pool.procs[2].w.capacity
+    pool.procs[2].w.capacity = 0
+    pool.accept(1, 0.0)
+    pool.accept(2, 0.0)
+    assert pool.handed(1) == [1, 2] and pool.hot.next_steal == pytest.approx(STEAL_AFTER)
+    assert pool.take(1) == [1]  # worker 1 serves the first; the second waits in its channel
+    pool.procs[2].w.capacity = starting
+    pool.hot.rebalance(STEAL_AFTER)
+    assert pool.handed(1) == [1] and pool.handed(2) == [2]
