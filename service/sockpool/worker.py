@@ -231,16 +231,26 @@ class SyncWorker(_Base):
 
 
 _poller = select.poll()
+_ENDED = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
-    """Whether `sock` has something to read (data or its end) within `timeout` seconds."""
+    """Whether the peer has sent something within `timeout` seconds. A peer that closed
+    without sending anything has not: like a silent one it goes back to the dispatcher,
+    which closes it (peer-closed), and it is not counted as served."""
     fd = sock.fileno()
-    _poller.register(fd, select.POLLIN)
+    _poller.register(fd, select.POLLIN | select.POLLRDHUP)
     try:
-        return bool(_poller.poll(timeout * 1000))
+        events = _poller.poll(timeout * 1000)
     finally:
         _poller.unregister(fd)
+    if not events:
+        return False
+    if not events[0][1] & _ENDED:
+        return True
+    from .parking import waiting_bytes  # here: parking imports process, which imports us
+
+    return waiting_bytes(fd)  # its end: after some data, or with none
 
 
 async def _readable_async(sock: socket.socket, timeout: float) -> bool:
@@ -251,11 +261,12 @@ async def _readable_async(sock: socket.socket, timeout: float) -> bool:
     ready = loop.create_future()
     loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(True))
     try:
-        return await asyncio.wait_for(ready, timeout)
+        await asyncio.wait_for(ready, timeout)
     except TimeoutError:
         return False
     finally:
         loop.remove_reader(sock.fileno())
+    return _readable(sock, 0)
 
 
 def _last_line(exc: Exception) -> str:
