@@ -136,8 +136,8 @@ class Dispatcher:
         queued-ahead place is not capacity (it only saves a round trip)."""
         hot, policy = self.hot, self.policy
         routes = hot.routable()
-        per_worker = max((serving_capacity(p.w.capacity) for p in routes), default=0)
-        free = sum(max(0, serving_capacity(p.w.capacity) - len(p.w.handed)) for p in routes)
+        per_worker = max((serving_capacity(p) for p in routes), default=0)
+        free = sum(max(0, serving_capacity(p) - len(p.w.handed)) for p in routes)
         return agent.reply(
             free=free - len(hot.pending),
             total=per_worker * policy.active.config.workers,
@@ -228,6 +228,7 @@ class Dispatcher:
             procs = self.hot.workers
             routes = [procs[w.pid] for w in pool.serving(self.policy.active) if w.pid in procs]
             self.routes = (pool.version, routes)
+            self.hot.next_steal = 0.0  # a worker may be new and idle: see hotpath.rebalance
             if routes:
                 config, first = self.policy.active.config, routes[0].speaks_first
                 self.hot.deferred = {

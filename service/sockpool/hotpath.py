@@ -46,9 +46,9 @@ STOP_FIRST_BYTE = 1.0  # seconds: a stop's first_byte_timeout (see stop_acceptin
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
-# A worker of at most this capacity serves one connection at a time and queues one more
-# (`queue_ahead`, spec.py): each connection goes to it alone, so a queued one can be read back.
-SOLO = 2
+# A sync worker (`p.solo`, from its READY) serves one connection at a time and, with
+# `queue_ahead` (spec.py), queues one more: each connection goes to it alone, so a queued one
+# can be read back.
 # A queued connection is looked at again this soon after it was sent, even if no worker
 # finishes anything meanwhile (one may have become ready): see rebalance().
 STEAL_AFTER = 0.002
@@ -58,9 +58,9 @@ T = TypeVar("T")
 Proxied = tuple[str, "proxyproto.Trusted", Callable[[object], str]]
 
 
-def serving_capacity(capacity: int) -> int:
+def serving_capacity(p: WorkerProcess) -> int:
     """Connections a worker serves at once: a sync worker's second place is a queue."""
-    return 1 if capacity <= SOLO else capacity
+    return 1 if p.solo else p.w.capacity
 
 
 class _Anyone:
@@ -277,7 +277,7 @@ class HotPath:
         else:
             room = {p: p.w.capacity - len(p.w.handed) for p in self.routable()}
             for target, items in assign(pending, room).items():
-                if len(items) == 1 or target.w.capacity <= SOLO:
+                if len(items) == 1 or target.solo:
                     for item in items:
                         self._send_one(target, item, now)
                     continue
@@ -291,7 +291,7 @@ class HotPath:
         queued = 0
         for p in self.routable():
             w = p.w
-            if w.capacity <= SOLO and len(w.handed) > 1:
+            if p.solo and len(w.handed) > 1:
                 queued += len(w.handed) - 1
         return queued
 
@@ -306,7 +306,7 @@ class HotPath:
         self.next_steal = _NEVER
         for p in routes:
             w = p.w
-            if w.capacity > SOLO or len(w.handed) < 2:
+            if not p.solo or len(w.handed) < 2:
                 continue
             # Only to an idle worker (nothing can serve it sooner; a busy one's request may
             # be as long), and at once: it goes before anything new.
@@ -356,7 +356,7 @@ class HotPath:
             pass
         handed = target.w.handed
         handed[conn_id] = (now, name, peer)
-        if len(handed) > 1 and target.w.capacity <= SOLO and self.next_steal == _NEVER:
+        if len(handed) > 1 and target.solo and self.next_steal == _NEVER:
             self.next_steal = now + STEAL_AFTER  # queued ahead: see rebalance()
 
     def done_readable(self) -> None:
@@ -402,6 +402,8 @@ class HotPath:
         Returns the pids due for recycling, as completed() does."""
         due: set[int] = set()
         handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
+        if p.solo and p.w.capacity > 1 and not p.w.handed:
+            self.next_steal = now  # idle now, and no completion says so: see rebalance()
         if handed is None:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
             channel.close_all([fd])

@@ -36,7 +36,9 @@ def _format_inet6(addr: Any) -> str:
 
 def _format_unix(addr: Any) -> str:
     if isinstance(addr, bytes):  # abstract namespace
-        return "@" + addr.lstrip(b"\0").decode(errors="replace")
+        # systemd's way: a leading NUL shows as "@", and so does one inside the name, so
+        # no PEER ever holds a NUL (proxyproto's TLVs ride behind one).
+        return "@" + addr.lstrip(b"\0").replace(b"\0", b"@").decode(errors="replace")
     return utf8_text(addr) if addr else "unix"
 
 

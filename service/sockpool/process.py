@@ -104,6 +104,7 @@ class WorkerProcess:
         self.stacks = stacks  # memfd its faulthandler writes to
         self.w = w
         self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
+        self.solo = False  # from READY: a sync worker (more than 1 in hand are queued)
 
     def next_event(self, now: float) -> object | None:
         """Its next message: a lifecycle event, or GivenBack for a connection
@@ -127,6 +128,7 @@ class WorkerProcess:
             return GivenBack(message, fds[0])
         if isinstance(message, wire.Ready):
             self.speaks_first = message.speaks_first
+            self.solo = message.solo
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)
@@ -165,6 +167,8 @@ class WorkerProcess:
                 return recovered
             except wire.WireError as exc:  # descriptors dropped at our own limit (EMFILE)
                 log.log.error("could not read back a handoff from worker %d: %s", self.pid, exc)
+                if one:  # a live worker: try no further now
+                    return recovered
                 continue
             if message is None:
                 return recovered

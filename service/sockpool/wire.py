@@ -64,6 +64,7 @@ _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # past which every receive's buffer would cost an mmap (~5x).
 MAX_MESSAGE = 1 + _HEAD.size + MAX_BATCH * _ENTRY_MAX + MAX_CARRY
 _READY = struct.Struct("!I")
+_SOLO_BIT = 1 << 31  # in READY's capacity: see Ready.solo
 DONE = struct.Struct("!IQ")
 DONE_READ_SIZE = DONE.size * (65536 // DONE.size)  # whole records per read
 _DONE_PER_WRITE = select.PIPE_BUF // DONE.size
@@ -92,6 +93,7 @@ class Stop:
 class Ready:
     capacity: int
     speaks_first: frozenset[str] = frozenset()
+    solo: bool = False  # one connection at a time: a capacity over 1 is a queue (queue_ahead)
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,9 +225,12 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
     return entries
 
 
-def encode_ready(capacity: int, speaks_first: frozenset[str] | set[str] = frozenset()) -> bytes:
+def encode_ready(
+    capacity: int, speaks_first: frozenset[str] | set[str] = frozenset(), solo: bool = False
+) -> bytes:
+    """`solo`: a sync worker, serving one connection at a time (any more are queued)."""
     names = b"\0".join(sorted(_names.get(n) or _name_bytes(n) for n in speaks_first))
-    return b"R" + _READY.pack(capacity) + names
+    return b"R" + _READY.pack(capacity | (_SOLO_BIT if solo else 0)) + names
 
 
 def encode_park(
@@ -269,11 +274,12 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
     try:
         if kind == b"R":
             (capacity,) = _READY.unpack_from(body)
+            solo, capacity = bool(capacity & _SOLO_BIT), capacity & ~_SOLO_BIT
             if capacity < 1:
                 raise WireError("READY with capacity 0")
             names = body[_READY.size :]
             first = frozenset(n.decode(errors="surrogateescape") for n in names.split(b"\0") if n)
-            return Ready(capacity, first)
+            return Ready(capacity, first, solo)
         if kind == b"B" and not body:
             return Beat()
         if kind == b"P":

@@ -93,7 +93,7 @@ class _Base:
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
 
-    def ready(self, capacity: int) -> None:
+    def ready(self, capacity: int, solo: bool = False) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:
         the dispatcher holds their new connections until they have data."""
         first = {
@@ -104,7 +104,7 @@ class _Base:
             for name, handoff in self.spec.handoff.items()
             if giveback.waits_for_data(handoff, giveback.speaks_first(self.handler_for(name)))
         }
-        channel.send(self.chan, wire.encode_ready(capacity, first))
+        channel.send(self.chan, wire.encode_ready(capacity, first, solo))
 
     def give_back(
         self,
@@ -210,7 +210,7 @@ class SyncWorker(_Base):
                 raise _Stop
 
         signal.signal(signal.SIGTERM, on_term)
-        self.ready(1 + self.spec.queue_ahead)
+        self.ready(1 + self.spec.queue_ahead, solo=True)
         while not self.stopping:
             try:
                 batch = self.receive()

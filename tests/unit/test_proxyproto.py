@@ -444,3 +444,9 @@ def test_defer_accept_is_set_for_tcp_and_put_back_as_it_was() -> None:
         assert lsock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT) == 0
     with socket.socket(socket.AF_UNIX) as usock:
         assert proxyproto.defer_accept(usock, 3.0) is None  # no such thing for UNIX sockets
+
+
+def test_no_peer_text_holds_a_nul_so_no_client_can_forge_the_tlvs() -> None:
+    # An abstract UNIX name may hold NULs; behind one, split_peer would read "TLVs".
+    peer = PEER_FORMAT[socket.AF_UNIX](b"\0x\0\x04evil\0\0")
+    assert "\0" not in peer and proxyproto.split_peer(peer) == (peer, None, None, None)

@@ -16,15 +16,17 @@ import pytest
 from sockpool import channel, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
-from sockpool.hotpath import SOLO, STEAL_AFTER, HotPath
+from sockpool.hotpath import STEAL_AFTER, HotPath
 from sockpool.process import WorkerProcess
 from sockpool.states import Worker, WorkerState
+
+SOLO = 2  # a sync worker's capacity with queue_ahead = 1: one served, one queued
 
 
 class Pool:
     """HotPath over fake workers: each a real channel whose far end the test reads."""
 
-    def __init__(self, capacities: list[int]) -> None:
+    def __init__(self, capacities: list[int], solo: bool = True) -> None:
         self.procs: dict[int, WorkerProcess] = {}
         self.ends: dict[int, socket.socket] = {}
         for pid, capacity in enumerate(capacities, start=1):
@@ -32,6 +34,7 @@ class Pool:
             ours.setblocking(False)
             w = Worker(pid, 1, WorkerState.READY, capacity)
             self.procs[pid] = WorkerProcess(pid, ours, theirs, os.memfd_create("stacks"), w)
+            self.procs[pid].solo = solo  # as its READY says
             self.ends[pid] = theirs
         routes = list(self.procs.values())
         self.hot = HotPath([], Admission(Config()), self.procs, lambda: routes, self.broken)
@@ -153,13 +156,14 @@ def test_a_stop_read_back_by_mistake_goes_back_to_the_worker(pool: Pool) -> None
 
 
 def test_workers_of_larger_capacity_get_batches_and_never_lose_one_to_rebalance() -> None:
-    pool = Pool([SOLO + 8, SOLO + 8])
+    pool = Pool([SOLO, SOLO], solo=False)  # async workers of capacity 2: not a queue
     try:
         fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(4)]
         pool.hot.pending.extend((n, fd, "main", "peer", b"", 0) for n, fd in enumerate(fds, 1))
         pool.hot.dispatch(0.0)
         assert len(pool.take(1)) == 2 and len(pool.take(2)) == 2  # one message each
-        pool.hot.rebalance(1.0)  # async workers read everything at once: nothing queued
+        assert pool.hot.queued() == 0  # both in hand are served at once: nobody waits
+        pool.hot.rebalance(1.0)  # and nothing is read back from an async worker
         assert len(pool.handed(1)) == 2 and len(pool.handed(2)) == 2
     finally:
         pool.close()
@@ -178,3 +182,19 @@ def test_a_queued_connection_is_looked_at_without_any_completion(pool: Pool) -> 
     pool.procs[2].w.capacity = starting
     pool.hot.rebalance(STEAL_AFTER)
     assert pool.handed(1) == [1] and pool.handed(2) == [2]
+
+
+def test_a_worker_that_gives_its_connection_back_takes_a_queued_one(pool: Pool) -> None:
+    for conn_id in (1, 2, 3):
+        pool.accept(conn_id, 0.0)
+    assert pool.take(1) == [1] and pool.take(2) == [2]
+    assert pool.handed(1) == [1, 3]
+    # Worker 2's client sent nothing: it gives the connection back (no completion).
+    ours, client = socket.socketpair()
+    pool.hot.park(pool.procs[2], wire.Park(2, 0, b"", silent=True), ours.detach(), 0.001)
+    assert pool.hot.next_steal == 0.001  # worker 2 is idle: look at once
+    pool.hot.rebalance(0.001)
+    assert pool.handed(1) == [1] and pool.handed(2) == [3]
+    pool.hot.parking.close_all("test")
+    pool.hot.parking.close()
+    client.close()

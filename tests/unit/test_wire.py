@@ -275,3 +275,9 @@ def test_listener_name_with_undecodable_bytes_round_trips() -> None:
     name = b"/run/\xff.sock".decode(errors="surrogateescape")
     [handoff] = wire.decode_to_worker(wire.encode_handoff([entry(1, name, "unix")]), nfds=1)
     assert handoff.listener == name
+
+
+@pytest.mark.parametrize("solo", [False, True])
+def test_ready_says_whether_the_worker_serves_one_at_a_time(solo: bool) -> None:
+    ready = wire.decode_to_dispatcher(wire.encode_ready(2, {"web"}, solo))
+    assert ready == wire.Ready(2, frozenset({"web"}), solo)
