@@ -261,7 +261,8 @@ class HotPath:
                     pending.append(item)
                     room -= 1
                 hold = hold and fd_room > 0
-        if room <= 0 and now >= self.next_busy_log and self.backlogged and self.busy():
+        # "All busy" only once every worker has work: not while some are still starting.
+        if room <= 0 and now >= self.next_busy_log and self.backlogged and self._all_busy():
             self._log_busy(now)
 
     def dispatch(self, now: float) -> None:
@@ -514,6 +515,9 @@ class HotPath:
         lost = len(p.w.handed)
         p.w.handed.clear()
         return lost
+
+    def _all_busy(self) -> bool:
+        return all(p.w.handed for p in self.workers.values())
 
     def busy(self) -> int:
         busy = 0
