@@ -180,13 +180,7 @@ class HotPath:
 
     def has_work(self, now: float) -> bool:
         """Connections wait in a listener's queue and workers have room for them."""
-        if not (self.backlogged and self.accepting and now >= self.paused_until):
-            return False
-        room = -len(self.pending)
-        for p in self.routable():
-            w = p.w
-            room += w.capacity - len(w.handed)
-        return room > 0
+        return self.can_accept(now) and self.free_capacity() > len(self.pending)
 
     def fd_limit(self) -> int:
         """Connections that may hold a descriptor here at once: every connection in flight
