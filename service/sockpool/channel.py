@@ -53,7 +53,9 @@ def receive(sock: socket.socket, flags: int = 0) -> tuple[bytes, list[int]] | No
     fds: list[int] = []
     foreign = False
     for level, kind, payload in ancdata:
-        if (level, kind) == _SCM:
+        if (level, kind) == _SCM and len(payload) == _FD.size:  # the usual: one descriptor
+            fds.append(_FD.unpack(payload)[0])
+        elif (level, kind) == _SCM:
             ints = array.array("i")
             ints.frombytes(payload[: len(payload) - len(payload) % ints.itemsize])
             fds.extend(ints)

@@ -89,7 +89,8 @@ class Dispatcher:
                 now = monotonic()
                 if hot.done:
                     self._on_done(now)
-                    hot.rebalance(now)
+                    if hot.may_queue:
+                        hot.rebalance(now)
                 elif now >= hot.next_steal:
                     hot.rebalance(now)
                 if parked_events:
@@ -228,7 +229,7 @@ class Dispatcher:
             procs = self.hot.workers
             routes = [procs[w.pid] for w in pool.serving(self.policy.active) if w.pid in procs]
             self.routes = (pool.version, routes)
-            self.hot.next_steal = 0.0  # a worker may be new and idle: see hotpath.rebalance
+            self.hot.routes_changed(routes)
             if routes:
                 config, first = self.policy.active.config, routes[0].speaks_first
                 self.hot.deferred = {

@@ -67,8 +67,8 @@ class Executor:
         if gen.number not in self.specs:  # forget the generations that are gone
             live = {g.number for g in (self.policy.active, self.policy.incoming) if g}
             self.specs = {n: s for n, s in self.specs.items() if n in live}
-            names = [lst.name for lst in self.hot.listeners]
-            self.specs[gen.number] = WorkerSpec.of(gen.number, gen.config, names)
+            kinds = {lst.name: lst.kind for lst in self.hot.listeners}
+            self.specs[gen.number] = WorkerSpec.of(gen.number, gen.config, kinds, kinds)
         return self.specs[gen.number]
 
     def sendstop(self, a: ev.SendStop) -> None:

@@ -148,6 +148,7 @@ class HotPath:
         # Every worker writes its finished connections to this one pipe (wire.DONE).
         self.done = False  # the done pipe is readable (done_readable())
         self.next_steal = _NEVER  # when rebalance() may next find a queued one to move
+        self.may_queue = True  # a worker may queue connections ahead (routes_changed())
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.done_r, False)
 
@@ -280,9 +281,20 @@ class HotPath:
                     self._send(target, batch, now)
         self.waiting[0] = len(pending) + self.queued()
 
+    def routes_changed(self, routes: list[WorkerProcess]) -> None:
+        """The workers that take work changed (the caller caches them). Without
+        `queue_ahead` none queues a connection, and nothing need look for queued ones."""
+        self.may_queue = False
+        for p in routes:
+            if p.solo and p.w.capacity > 1:
+                self.may_queue = True
+        self.next_steal = 0.0 if self.may_queue else _NEVER  # a new one may be idle
+
     def queued(self) -> int:
         """Connections queued ahead in sync workers' channels: waiting as much as pending
         ones, so a keep-alive client's turn ends for them too (giveback.receive)."""
+        if not self.may_queue:
+            return 0
         queued = 0
         for p in self.routable():
             w = p.w
@@ -297,8 +309,10 @@ class HotPath:
         anything new. Without this, a fast request could wait out a slow one that happened
         to be ahead of it while another worker idles. Only to an idle worker: a busy one's
         request may be as long, and nothing moves back and forth."""
-        routes = self.routable()
         self.next_steal = _NEVER
+        if not self.may_queue:
+            return
+        routes = self.routable()
         for p in routes:
             w = p.w
             if not p.solo or len(w.handed) < 2:

@@ -59,6 +59,10 @@ class Listener:
 
     def __post_init__(self) -> None:
         self.format_peer: Callable[[Any], str] = PEER_FORMAT[self.sock.family]
+        # What its connections are: (family, type, proto), as socket.socket() takes them.
+        # The kernel's proto (IPPROTO_TCP), not 0 as a socket we made may have been given.
+        proto = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
+        self.kind = (int(self.sock.family), int(self.sock.type), proto)
 
     def close(self) -> None:
         """Close our copy; an owned UNIX socket's file goes too."""

@@ -29,9 +29,18 @@ class WorkerSpec:
     # request while a newer one is served elsewhere. Never with several dispatchers: a busy
     # one would accept into its queue a connection another one's idle worker could serve.
     queue_ahead: int = 0
+    # listener -> its sockets' (family, type, proto): a worker builds each connection's
+    # socket object from these instead of asking the kernel (three system calls each).
+    sockets: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, generation: int, config: Config, listeners: Iterable[str]) -> WorkerSpec:
+    def of(
+        cls,
+        generation: int,
+        config: Config,
+        listeners: Iterable[str],
+        sockets: Mapping[str, tuple[int, int, int]] | None = None,
+    ) -> WorkerSpec:
         listeners = list(listeners)
         handlers = {name: t for name in listeners if (t := config.target_for(name))}
         return cls(
@@ -49,4 +58,5 @@ class WorkerSpec:
             ),
             handoff={name: config.handoff_for(name) for name in listeners},
             queue_ahead=config.queue_ahead if config.dispatchers in (1, AUTO) else 0,
+            sockets=sockets or {},
         )  # fmt: skip

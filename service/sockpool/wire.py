@@ -42,6 +42,7 @@ import select
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_FDS = 253  # SCM_MAX_FD: the kernel's limit of descriptors in one message
 MAX_NAME = 255  # bytes of a listener name (a u8 length); start-up refuses longer names
@@ -74,8 +75,10 @@ class WireError(ValueError):
     """A message that does not follow the format: the receiver drops it and its descriptors."""
 
 
-@dataclass(frozen=True, slots=True)
-class Handoff:
+class Handoff(NamedTuple):
+    """One connection of a HANDOFF (a tuple: built for every connection a worker takes,
+    where a frozen dataclass costs twice as much)."""
+
     conn_id: int
     listener: str
     peer: str
@@ -195,33 +198,29 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
         raise WireError(f"handoff lists {count} connections but carries {nfds} descriptors")
     may_park = bool(flags & MAY_PARK)
     entries = []
-    pos = 1 + _HEAD.size
+    pos, end = 1 + _HEAD.size, len(data)
     try:
         for _ in range(count):
             conn_id, name_len, peer_len, carry_len, started = _ENTRY_HEAD.unpack_from(data, pos)
-            pos += _ENTRY_HEAD.size
-            name = data[pos : pos + name_len]
-            pos += name_len
-            peer = data[pos : pos + peer_len]
-            pos += peer_len
-            carry = data[pos : pos + carry_len]
-            pos += carry_len
-            if len(name) != name_len or len(peer) != peer_len or len(carry) != carry_len:
+            name_at = pos + _ENTRY_HEAD.size
+            carry_at = name_at + name_len + peer_len
+            pos = carry_at + carry_len
+            if pos > end:
                 raise WireError("handoff truncated")
             entries.append(
                 Handoff(
                     conn_id,
-                    name.decode(errors="surrogateescape"),
-                    peer.decode(errors="surrogateescape"),
-                    carry,
+                    data[name_at : name_at + name_len].decode(errors="surrogateescape"),
+                    data[name_at + name_len : carry_at].decode(errors="surrogateescape"),
+                    data[carry_at:pos],
                     started,
                     may_park,
                 )
             )
     except struct.error as exc:
         raise WireError("handoff truncated") from exc
-    if pos != len(data):
-        raise WireError(f"{len(data) - pos} stray bytes after the handoff")
+    if pos != end:
+        raise WireError(f"{end - pos} stray bytes after the handoff")
     return entries
 
 

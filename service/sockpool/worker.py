@@ -148,6 +148,10 @@ class _Base:
         for record in wire.encode_done(self.pid, ids):
             os.write(self.done_pipe, record)
 
+    def report_one(self, conn_id: int) -> None:
+        """report_done() of a sync worker's one connection, without the lists."""
+        os.write(self.done_pipe, wire.DONE.pack(self.pid, conn_id))
+
     def receive(self, flags: int = 0) -> list[tuple[wire.Handoff, socket.socket]] | None:
         """The next handoff as (metadata, socket) pairs; None when told to stop."""
         while True:
@@ -167,7 +171,11 @@ class _Base:
                 continue
             if isinstance(decoded, wire.Stop):
                 return None
-            return [(h, socket.socket(fileno=fd)) for h, fd in zip(decoded, fds, strict=True)]
+            kinds = self.spec.sockets  # known: socket() need not ask the kernel
+            return [
+                (h, socket.socket(*kinds.get(h.listener, _ASK), fileno=fd))
+                for h, fd in zip(decoded, fds, strict=True)
+            ]
 
     def serve_sync(self, handler: Handler, sock: socket.socket, info: ConnectionInfo) -> None:
         """Run a sync handler on one connection; then close the connection, or only our
@@ -193,8 +201,10 @@ def finish(sock: socket.socket, info: ConnectionInfo) -> None:
     the one dispatcher. shutdown() does that here, in the worker, whoever closes last.
     Not for a parked connection, which lives on in the dispatcher: close only our copy."""
     if not info.parked:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - once per connection, and a try costs less than suppress()
             sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
     sock.close()
 
 
@@ -226,31 +236,42 @@ class SyncWorker(_Base):
                 info = self.describe(sock, handoff)
                 self.serve_sync(self.handler_for(handoff.listener), sock, info)
                 if not info.parked:  # a parked one was reported by its PARK
-                    self.report_done([handoff.conn_id])
+                    self.report_one(handoff.conn_id)
             idle = True
 
 
+_ASK = (-1, -1, -1)  # socket.socket()'s defaults: ask the kernel what the descriptor is
+_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: see channel.DONTWAIT
 _poller = select.poll()
-_ENDED = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
 def _readable(sock: socket.socket, timeout: float) -> bool:
     """Whether the peer has sent something within `timeout` seconds. A peer that closed
     without sending anything has not: like a silent one it goes back to the dispatcher,
-    which closes it (peer-closed), and it is not counted as served."""
+    which closes it (peer-closed), and it is not counted as served. The request is usually
+    there already, and one peek tells, also when the client has half-closed (a poll would
+    need FIONREAD as well to tell its end from its data)."""
+    ready = _peek(sock)
+    if ready is not None or not timeout:
+        return bool(ready)
     fd = sock.fileno()
-    _poller.register(fd, select.POLLIN | select.POLLRDHUP)
+    _poller.register(fd, select.POLLIN)
     try:
         events = _poller.poll(timeout * 1000)
     finally:
         _poller.unregister(fd)
-    if not events:
-        return False
-    if not events[0][1] & _ENDED:
-        return True
-    from .parking import waiting_bytes  # here: parking imports process, which imports us
+    return bool(events) and bool(_peek(sock))
 
-    return waiting_bytes(fd)  # its end: after some data, or with none
+
+def _peek(sock: socket.socket) -> bool | None:
+    """True: bytes to read; False: its end, or an error, with none; None: nothing yet.
+    (A new connection's socket has no timeout yet, so recv() does not poll first.)"""
+    try:
+        return bool(sock.recv(1, _PEEK))
+    except BlockingIOError:
+        return None
+    except OSError:
+        return False
 
 
 async def _readable_async(sock: socket.socket, timeout: float) -> bool:

@@ -38,6 +38,8 @@ class Pool:
             self.ends[pid] = theirs
         routes = list(self.procs.values())
         self.hot = HotPath([], Admission(Config()), self.procs, lambda: routes, self.broken)
+        self.hot.routes_changed(routes)  # as the dispatcher does when it rebuilds the routes
+        self.hot.rebalance(0.0)  # and the loop's turn just after: nothing queued yet
         self.broken_ones: list[int] = []
 
     def broken(self, p: WorkerProcess) -> None:
