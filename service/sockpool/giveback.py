@@ -17,16 +17,18 @@ while it thinks, and a client that trickles bytes holds one only while a byte is
 
 from __future__ import annotations
 
-import asyncio
 import mmap
 import os
 import select
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .connection import ConnectionInfo, _current, current_connection
+
+if TYPE_CHECKING:  # imported by the async functions that use it: see read()
+    import asyncio
 
 CHUNK = 65536
 F = TypeVar("F", bound=Callable[..., Any])
@@ -207,6 +209,8 @@ async def read(
 ) -> bytes:
     """`reader.read()` for an async handler: waits up to `park_after` for the peer, then
     parks the connection with `carry` and raises Parked. b"" at end of stream."""
+    import asyncio  # here, not at the top: sync workers and the dispatcher never load it
+
     info = current_connection()
     if not _parkable(info):
         return await reader.read(CHUNK)

@@ -6,12 +6,15 @@ benchmark compares the pool models, not two implementations.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import socket
+from typing import TYPE_CHECKING
 
 from .connection import ConnectionInfo, current_connection
 from .giveback import client_speaks_first, read, receive
+
+if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
+    import asyncio
 
 CHUNK = 65536
 MAX_HEAD = 16384
@@ -51,6 +54,8 @@ def _idle_timeout() -> float | None:
 
 @client_speaks_first
 async def echo_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    import asyncio  # loaded by the async worker already
+
     idle = _idle_timeout()
     while True:
         async with asyncio.timeout(idle):
@@ -130,6 +135,8 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
 
 @client_speaks_first
 async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    import asyncio  # loaded by the async worker already
+
     idle = _idle_timeout()
     buf = b""
     while True:

@@ -8,7 +8,6 @@ done pipe, so the dispatcher knows our free capacity.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import faulthandler
 import logging
@@ -18,8 +17,7 @@ import select
 import signal
 import socket
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import channel, giveback, health, log, notify, wire
 from .connection import ConnectionInfo, describe, set_current
@@ -28,6 +26,10 @@ from .events import Event
 from .importing import HandlerError, is_async
 from .spec import WorkerSpec
 from .targets import Served
+
+if TYPE_CHECKING:  # AsyncWorker.run imports them: a sync worker never loads either
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
 EXIT_HANDLER_FAILED = 3
 Handler = Callable[..., Any]
@@ -309,6 +311,12 @@ class AsyncWorker(_Base):
     run one at a time in a thread, so they never block the loop."""
 
     def run(self) -> None:
+        # Here, not at the top: only an async worker needs them (asyncio alone is ~20 ms and
+        # a few hundred KiB a worker); bound as module globals for the methods below.
+        global asyncio, ThreadPoolExecutor
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
         asyncio.run(self._main())
 
     async def _main(self) -> None:
