@@ -85,8 +85,18 @@ _LIMITS = [
 
 
 class _Parser(argparse.ArgumentParser):
+    building = True  # parser() clears it once every flag is added
+
     def error(self, message: str) -> NoReturn:
         raise Fatal(ExitCode.USAGE, f"{message} (see sockpool --help)")
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # add_argument() makes a formatter for each flag only to check its metavar; with no
+        # width given, each would ask the terminal's size through shutil (and its bz2 and
+        # lzma imports): ~4 ms of every start. --help still gets the terminal's width.
+        if self.building:
+            return self.formatter_class(prog=self.prog, width=80)
+        return super()._get_formatter()
 
 
 def parser() -> argparse.ArgumentParser:
@@ -160,6 +170,7 @@ def parser() -> argparse.ArgumentParser:
         "(the units' ExecReload=; needs no kill(1))",
     )
     p.add_argument("--version", action="version", version=f"sockpool {__version__}")
+    p.building = False
     return p
 
 
@@ -213,12 +224,11 @@ def _main(argv: list[str] | None) -> int:
 
     _raise_descriptor_limit()
 
-    from .supervisor import count
+    if cfg.dispatchers != 1:  # the supervisor's module only when there may be several
+        from .supervisor import Supervisor, count
 
-    if (dispatchers := count(cfg)) > 1:
-        from .supervisor import Supervisor
-
-        return Supervisor(listeners, cfg, reload, dispatchers, _report).run()
+        if (dispatchers := count(cfg)) > 1:
+            return Supervisor(listeners, cfg, reload, dispatchers, _report).run()
     return Dispatcher(listeners, cfg, reload, Notifier()).run()
 
 

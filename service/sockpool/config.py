@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -376,6 +375,8 @@ def read_file(path: str) -> dict[str, Any]:
         raise ConfigError(
             f"{_where(path)}: not UTF-8: byte 0x{data[exc.start]:02x} on line {line}"
         ) from None
+    import tomllib  # here: most starts have no config file
+
     try:
         return tomllib.loads(text)
     except ValueError as exc:  # TOMLDecodeError, or a value tomllib itself cannot build

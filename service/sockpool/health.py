@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from pathlib import Path
 
 DUMP_SIGNAL = signal.SIGUSR1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -34,31 +33,38 @@ def read_stacks(fd: int, limit: int = 64 * 1024) -> str:
 
 def rss_mib(pid: int) -> float | None:
     try:
-        resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+        resident = int(_read(f"/proc/{pid}/statm").split()[1])
     except (OSError, IndexError, ValueError):
         return None
     return resident * _PAGE / (1 << 20)
 
 
+def _read(path: str) -> str:
+    # Plain open(), not pathlib: pathlib brings urllib.parse and ipaddress to every start.
+    with open(path) as f:
+        return f.read()
+
+
 def oom_kills(
-    proc_cgroup: Path = Path("/proc/self/cgroup"), sysfs: Path = Path("/sys/fs/cgroup")
+    proc_cgroup: str | os.PathLike[str] = "/proc/self/cgroup",
+    sysfs: str | os.PathLike[str] = "/sys/fs/cgroup",
 ) -> int | None:
     """The OOM killer's count for our cgroup (v2 memory.events, or v1 memory.oom_control);
     None where neither can be read (no memory controller of our own, as in some containers)."""
     try:
-        lines = proc_cgroup.read_text().splitlines()
+        lines = _read(os.fspath(proc_cgroup)).splitlines()
     except OSError:
         return None
     candidates = []
     for line in lines:
         _, controllers, path = line.split(":", 2)
         if controllers == "":
-            candidates.append(sysfs / path.lstrip("/") / "memory.events")
+            candidates.append(os.path.join(sysfs, path.lstrip("/"), "memory.events"))
         elif "memory" in controllers.split(","):
-            candidates.append(sysfs / "memory" / path.lstrip("/") / "memory.oom_control")
+            candidates.append(os.path.join(sysfs, "memory", path.lstrip("/"), "memory.oom_control"))
     for candidate in candidates:
         with contextlib.suppress(OSError, ValueError):
-            for line in candidate.read_text().splitlines():
+            for line in _read(candidate).splitlines():
                 key, _, value = line.partition(" ")
                 if key == "oom_kill":
                     return int(value)

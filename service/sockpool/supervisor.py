@@ -24,7 +24,6 @@ signal handler only queues (eventloop.Loop delivers signals from the loop).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -627,6 +626,8 @@ class _LeaveToMain(logging.Filter):
 def _die_with_parent(main: int) -> None:
     """A dispatcher gets SIGTERM when the main process dies (SIGKILL, say, outside systemd,
     which would otherwise leave it serving on its own)."""
+    import ctypes  # here: only a dispatcher under a main process needs it
+
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() != main:  # it died before that took effect
