@@ -275,6 +275,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             ),
             Spec("node", "Node.js cluster", node_argv(cfg, "mixed")),
         ]
+        if sockpool_has(FLAG_QUEUE_AHEAD):  # where a queued connection could wait out a slow one
+            specs.insert(1, queue_ahead_spec(specs[0]))
     elif scenario == "mixed-cpu":
         specs = [
             Spec(

@@ -179,9 +179,18 @@ class _Base:
                 for h, fd in zip(decoded, fds, strict=True)
             ]
 
-    def serve_sync(self, handler: Handler, sock: socket.socket, info: ConnectionInfo) -> None:
+    def serve_sync(
+        self,
+        handler: Handler,
+        sock: socket.socket,
+        info: ConnectionInfo,
+        done: Callable[[int], None] | None = None,
+    ) -> None:
         """Run a sync handler on one connection; then close the connection, or only our
-        copy of it when the handler parked it."""
+        copy of it when the handler parked it. `done` reports it finished (not a parked
+        one, which its PARK reported) before the close: the dispatcher can send the next
+        one while the TCP teardown runs, and that one is then waiting when we ask for it,
+        instead of our sleeping until it comes."""
         set_current(info)  # for the handler, and the fields of every record it logs
         try:
             sock.settimeout(self.spec.idle_timeout)  # a silent peer cannot pin the worker
@@ -193,6 +202,8 @@ class _Base:
         except Exception:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
+            if done and not info.parked:
+                done(info.conn_id)
             finish(sock, info)
 
 
@@ -236,9 +247,7 @@ class SyncWorker(_Base):
                     self.return_silent(handoff, sock)
                     continue
                 info = self.describe(sock, handoff)
-                self.serve_sync(self.handler_for(handoff.listener), sock, info)
-                if not info.parked:  # a parked one was reported by its PARK
-                    self.report_one(handoff.conn_id)
+                self.serve_sync(self.handler_for(handoff.listener), sock, info, self.report_one)
             idle = True
 
 
