@@ -256,6 +256,8 @@ class HotPath:
                     pending.append(item)
                     room -= 1
                 hold = hold and fd_room > 0
+        if not pending:  # a backlog left, or emptied: dispatch() will not run to say so
+            self.publish_waiting()
         # "All busy" only once every worker has work: not while some are still starting.
         if room <= 0 and now >= self.next_busy_log and self.backlogged and self._all_busy():
             self._log_busy(now)
@@ -279,7 +281,15 @@ class HotPath:
                     continue
                 for batch in batches(items):
                     self._send(target, batch, now)
-        self.waiting[0] = len(pending) + self.queued()
+        self.publish_waiting()
+
+    def publish_waiting(self) -> None:
+        """Tell the workers how many connections wait for one (giveback.receive ends a
+        keep-alive client's turn while any do): those pending here, those queued ahead,
+        and one more while a listener may hold connections back-pressure left in its
+        backlog. Without that one, workers busy with keep-alive clients that never pause
+        would never make room, and the backlog would wait for ever."""
+        self.waiting[0] = len(self.pending) + self.queued() + (1 if self.backlogged else 0)
 
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
         """The workers that take work changed (the caller caches them). Without
@@ -421,7 +431,7 @@ class HotPath:
         if msg.ready:  # bytes nobody has looked at: work for a worker now
             self.pending.append(item)
             self.came_back += 1
-            self.waiting[0] = len(self.pending) + self.queued()
+            self.publish_waiting()
         elif msg.silent:  # new, and not a byte yet: as accept() holds one
             deadline = deadline_for(FIRST_BYTE, now, 0, self.timeouts)
             if self.stopping:
@@ -489,7 +499,7 @@ class HotPath:
             ready = [item for item in ready if not self._header_came(item)]
         self.came_back += len(ready)
         self.pending.extend(ready)
-        self.waiting[0] = len(self.pending) + self.queued()
+        self.publish_waiting()
 
     def _header_came(self, item: Pending) -> bool:
         """True for a connection that was waiting for its PROXY header: read it now."""

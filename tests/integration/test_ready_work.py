@@ -162,6 +162,35 @@ def test_idle_keep_alive_connections_do_not_pin_workers(serve) -> None:
         client.close()
 
 
+def test_busy_keep_alive_clients_make_room_for_one_in_the_backlog(serve) -> None:
+    # Two clients that ask again the moment they are answered hold both sync workers, and
+    # park_after is too long for either worker ever to park one for idling: only the turn
+    # a keep-alive client takes while others wait can make room. The third client waits in
+    # the kernel's backlog, where back-pressure leaves it: it must count as waiting too.
+    service = launch(serve, ["--workers=2", "--park-after=30", "sockpool.handlers:echo"])
+    stop = threading.Event()
+    answered = [0, 0]
+
+    def hammer(i: int) -> None:
+        with connect(service.address, timeout=10) as sock:
+            while not stop.is_set():
+                sock.sendall(b"ping")
+                assert sock.recv(4) == b"ping"
+                answered[i] += 1
+
+    hammers = [threading.Thread(target=hammer, args=(i,)) for i in range(2)]
+    for t in hammers:
+        t.start()
+    try:  # a sync worker serves one connection at a time: each of the two holds one
+        wait_until(lambda: all(answered), "both clients answered")
+        assert request(service.address, b"third", timeout=5) == b"third"
+    finally:
+        stop.set()
+        for t in hammers:
+            t.join(10)
+    assert not any(t.is_alive() for t in hammers)
+
+
 # -- 2. silent connections -----------------------------------------------------------------------
 
 
