@@ -108,7 +108,10 @@ class Dispatcher:
         return ExitCode.OK
 
     def _idle(self, now: float) -> float:
-        due = min(self.loop.next_timer(), self.hot.parking.next_deadline(), self.hot.next_steal)
+        hot = self.hot
+        due = min(self.loop.next_timer(), hot.parking.next_deadline(), hot.next_steal)
+        if hot.backlogged:  # connections left in a backlog: when they count as waiting
+            due = min(due, hot.stuck_due())
         if self.hot.backlogged and self.hot.paused_until > now:
             due = min(due, self.hot.paused_until)  # accepting resumes then
         return max(0.0, due - now)

@@ -52,6 +52,10 @@ _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # A queued connection is looked at again this soon after it was sent, even if no worker
 # finishes anything meanwhile (one may have become ready): see rebalance().
 STEAL_AFTER = 0.002
+# A listener's backlog that back-pressure has kept from any accept this long counts as
+# waiting (publish_waiting): long enough that churn, which accepts at every completion,
+# never sets it off and makes workers hand back connections for nothing.
+STUCK_AFTER = 0.01
 
 T = TypeVar("T")
 # A PROXY protocol listener's: its version, who may send the header, how its peers read.
@@ -149,6 +153,8 @@ class HotPath:
         self.done = False  # the done pipe is readable (done_readable())
         self.next_steal = _NEVER  # when rebalance() may next find a queued one to move
         self.may_queue = True  # a worker may queue connections ahead (routes_changed())
+        self.accepted_at = 0.0  # the last turn that accepted a connection
+        self.stuck = False  # a backlog has had no accept for STUCK_AFTER (accept())
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.done_r, False)
 
@@ -211,6 +217,7 @@ class HotPath:
         allowed = admission.room(held)
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
+        first_id = self.next_id
         fd_room = self.fd_limit() - held
         if (fd_room > 0) != self.may_park:
             self._parking_allowed(fd_room > 0, now)
@@ -256,7 +263,11 @@ class HotPath:
                     pending.append(item)
                     room -= 1
                 hold = hold and fd_room > 0
-        if not pending:  # a backlog left, or emptied: dispatch() will not run to say so
+        if self.next_id != first_id:
+            self.accepted_at = now
+        stuck = bool(self.backlogged) and now - self.accepted_at >= STUCK_AFTER
+        if stuck != self.stuck:  # the dispatcher's loop wakes for it: see stuck_due()
+            self.stuck = stuck
             self.publish_waiting()
         # "All busy" only once every worker has work: not while some are still starting.
         if room <= 0 and now >= self.next_busy_log and self.backlogged and self._all_busy():
@@ -286,10 +297,14 @@ class HotPath:
     def publish_waiting(self) -> None:
         """Tell the workers how many connections wait for one (giveback.receive ends a
         keep-alive client's turn while any do): those pending here, those queued ahead,
-        and one more while a listener may hold connections back-pressure left in its
-        backlog. Without that one, workers busy with keep-alive clients that never pause
-        would never make room, and the backlog would wait for ever."""
-        self.waiting[0] = len(self.pending) + self.queued() + (1 if self.backlogged else 0)
+        and one more while a listener's backlog has waited STUCK_AFTER with no accept.
+        Without that one, workers busy with keep-alive clients that never pause would
+        never make room, and the backlog would wait for ever."""
+        self.waiting[0] = len(self.pending) + self.queued() + self.stuck
+
+    def stuck_due(self) -> float:
+        """When a backlog left waiting becomes `stuck`, for the loop's timeout."""
+        return self.accepted_at + STUCK_AFTER if self.backlogged and not self.stuck else _NEVER
 
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
         """The workers that take work changed (the caller caches them). Without
@@ -551,6 +566,8 @@ class HotPath:
         self.accepting = False
         self.stopping = True
         self.backlogged.clear()
+        self.stuck = False  # nothing more is accepted: none waits for a worker there
+        self.publish_waiting()
         self.parking.close_idle()
         first_byte = self.timeouts[0]
         if first_byte > STOP_FIRST_BYTE:
