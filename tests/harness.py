@@ -82,6 +82,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """(client, server) of one loopback TCP connection: the server end is what a listener
+    accepted, as the dispatcher or a worker holds it."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        client = socket.create_connection(listener.getsockname())
+        server, _ = listener.accept()
+    return client, server
+
+
 def connect(address: Address, timeout: float = 10.0, source: str | None = None) -> socket.socket:
     """A connected client socket; `source` binds it to that local address first (another
     loopback address is another peer to per-source limits)."""

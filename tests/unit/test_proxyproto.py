@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import inet4, tlv, v2
+from harness import inet4, tcp_pair, tlv, v2
 from sockpool import proxyproto
 from sockpool.listeners import PEER_FORMAT
 from sockpool.proxyproto import MAX_HEADER, V2_SIGNATURE, Header, ProxyError, parse, take
@@ -224,15 +224,6 @@ def test_bad_version_setting_is_a_programming_error() -> None:
 
 
 # --- take(): the socket edge --------------------------------------------------------------
-
-
-def tcp_pair() -> tuple[socket.socket, socket.socket]:
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        client = socket.create_connection(listener.getsockname())
-        server, _ = listener.accept()
-    return client, server
 
 
 @pytest.fixture(params=["unix", "tcp"])

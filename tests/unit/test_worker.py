@@ -9,18 +9,16 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness import tcp_pair
 from sockpool import handlers, worker
 
 
 @pytest.fixture
 def tcp() -> Iterator[tuple[socket.socket, socket.socket]]:
     """(client, the server's end of its connection)."""
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        client = socket.create_connection(server.getsockname())
-        conn, _ = server.accept()
+    client, conn = tcp_pair()
+    with client, conn:
         yield client, conn
-        client.close()
-        conn.close()
 
 
 def test_a_connection_with_a_request_is_readable(tcp) -> None:
