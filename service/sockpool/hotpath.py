@@ -302,9 +302,13 @@ class HotPath:
         never make room, and the backlog would wait for ever."""
         self.waiting[0] = len(self.pending) + self.queued() + self.stuck
 
-    def stuck_due(self) -> float:
-        """When a backlog left waiting becomes `stuck`, for the loop's timeout."""
-        return self.accepted_at + STUCK_AFTER if self.backlogged and not self.stuck else _NEVER
+    def stuck_due(self, now: float) -> float:
+        """When a backlog left waiting becomes `stuck`, for the loop's timeout: accept()
+        finds out. Never while accept() would return at once (paused after EMFILE, or
+        stopping), or the loop would spin until it runs again."""
+        if not self.backlogged or self.stuck or not self.can_accept(now):
+            return _NEVER
+        return self.accepted_at + STUCK_AFTER
 
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
         """The workers that take work changed (the caller caches them). Without
