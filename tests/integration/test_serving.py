@@ -149,10 +149,19 @@ def test_killed_worker_is_replaced_and_other_connections_succeed(serve) -> None:
     assert "killed by signal SIGKILL" in service.output()
 
 
+def stopped(pid: int) -> bool:
+    """The process is stopped by a signal (state T in /proc/PID/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rpartition(")")[2].split()[0] == "T"
+
+
 def test_connection_handed_to_a_worker_that_dies_before_taking_it_is_served(serve) -> None:
     service = serve(["--workers=2", "apps:slow_echo"], listen=[tcp()])
     stuck, other = service.workers()
     os.kill(stuck, signal.SIGSTOP)  # it cannot take (acknowledge) what it is sent
+    # Once it is stopped: kill() only queues the signal, and a worker woken by it but not
+    # yet stopped would still take a handoff that came meanwhile (and die with it).
+    wait_until(lambda: stopped(stuck), f"worker {stuck} to stop")
     clients = [connect(service.address) for _ in range(2)]
     # One of the two went to the stopped worker; it answers nothing until rescued.
     os.kill(stuck, signal.SIGKILL)
