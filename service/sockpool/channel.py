@@ -17,6 +17,7 @@ from .wire import MAX_FDS, MAX_MESSAGE, WireError
 _ANC_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 # Plain ints: the socket module's flags are IntFlag members, whose | and & run Python code.
 DONTWAIT = int(socket.MSG_DONTWAIT)
+PEEK = int(socket.MSG_PEEK) | DONTWAIT  # a look at what waits, without taking or waiting
 _CLOEXEC, _CTRUNC, _TRUNC = (
     int(f) for f in (socket.MSG_CMSG_CLOEXEC, socket.MSG_CTRUNC, socket.MSG_TRUNC)
 )

@@ -110,10 +110,10 @@ class Dispatcher:
     def _idle(self, now: float) -> float:
         hot = self.hot
         due = min(self.loop.next_timer(), hot.parking.next_deadline(), hot.next_steal)
-        if hot.backlogged:  # connections left in a backlog: when they count as waiting
-            due = min(due, hot.stuck_due(now))
-        if hot.backlogged and hot.paused_until > now:
-            due = min(due, hot.paused_until)  # accepting resumes then
+        if hot.backlogged:  # connections left in a backlog
+            due = min(due, hot.stuck_due(now))  # when they count as waiting
+            if hot.paused_until > now:
+                due = min(due, hot.paused_until)  # accepting resumes then
         return max(0.0, due - now)
 
     def status(self) -> str:

@@ -313,10 +313,7 @@ class HotPath:
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
         """The workers that take work changed (the caller caches them). Without
         `queue_ahead` none queues a connection, and nothing need look for queued ones."""
-        self.may_queue = False
-        for p in routes:
-            if p.solo and p.w.capacity > 1:
-                self.may_queue = True
+        self.may_queue = any(p.solo and p.w.capacity > 1 for p in routes)
         self.next_steal = 0.0 if self.may_queue else _NEVER  # a new one may be idle
 
     def queued(self) -> int:

@@ -21,6 +21,7 @@ import struct
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
+from .channel import PEEK
 from .errors import quote
 from .listeners import PEER_FORMAT
 
@@ -379,11 +380,8 @@ def restore_accept(sock: socket.socket, before: int) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, before)
 
 
-_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: IntFlag's | runs Python code
-
-
 def _peek(sock: _socket.socket, size: int) -> bytes:
-    return sock.recv(size, _PEEK)
+    return sock.recv(size, PEEK)
 
 
 def _peer_closed(fd: int) -> bool:

@@ -252,7 +252,6 @@ class SyncWorker(_Base):
 
 
 _ASK = (-1, -1, -1)  # socket.socket()'s defaults: ask the kernel what the descriptor is
-_PEEK = int(socket.MSG_PEEK | socket.MSG_DONTWAIT)  # a plain int: see channel.DONTWAIT
 _poller = select.poll()
 
 
@@ -278,7 +277,7 @@ def _peek(sock: socket.socket) -> bool | None:
     """True: bytes to read; False: its end, or an error, with none; None: nothing yet.
     (A new connection's socket has no timeout yet, so recv() does not poll first.)"""
     try:
-        return bool(sock.recv(1, _PEEK))
+        return bool(sock.recv(1, channel.PEEK))
     except BlockingIOError:
         return None
     except OSError:
