@@ -317,8 +317,9 @@ def _v1_port(field: bytes, growing: bool) -> int | None:
 
 
 def _show(raw: bytes) -> str:
-    """A bounded, printable rendering of what the peer sent, for the one-line reason."""
-    return repr(raw[:48].decode("ascii", "backslashreplace"))
+    """A bounded, printable rendering of what the peer sent, for the one-line reason: cut
+    after escaping (errors.quote), since 48 NUL bytes escape to over 200 characters."""
+    return quote(raw[:48].decode("ascii", "backslashreplace"))
 
 
 def take(fd: int, version: str) -> Header | None:
