@@ -471,7 +471,7 @@ SERVERS = {
     "sockpool": "sockpool",
     "sockpool-async": "sockpool (async)",
     "sockpool-d2": "sockpool with dispatchers = 2",
-    "sockpool-qa": "sockpool with queue_ahead = 1",
+    "sockpool-qa0": "sockpool with queue_ahead = 0",
     "sockpool-proxy": "sockpool behind PROXY protocol v2",
     "prefork": "shared-accept pool",
     "prefork-async": "shared-accept pool (async)",
@@ -590,11 +590,11 @@ ISSUE14_TARGETS = (
     Target("ceiling", "ceiling_conns_per_s", ""),
     Target("ceiling", "ceiling_conns_per_s", "", server="plainloop"),
     Target("newconn-echo", "rps", "", 1, "sockpool", server="sockpool-d2"),
-    # queue_ahead = 1 (off by default): its effect on the same churn.
-    Target("newconn-echo", "main_cpu_us_per_conn", "", 1, "plainloop", server="sockpool-qa"),
-    Target("newconn-echo", "rps", "", 1, "plainloop", server="sockpool-qa"),
-    Target("newconn-echo-2w", "main_cpu_us_per_conn", "", 1, "plainloop", server="sockpool-qa"),
-    Target("newconn-echo-2w", "rps", "", 1, "plainloop", server="sockpool-qa"),
+    # queue_ahead = 0 (1 is the default): the same churn without it.
+    Target("newconn-echo", "main_cpu_us_per_conn", "", 1, "plainloop", server="sockpool-qa0"),
+    Target("newconn-echo", "rps", "", 1, "plainloop", server="sockpool-qa0"),
+    Target("newconn-echo-2w", "main_cpu_us_per_conn", "", 1, "plainloop", server="sockpool-qa0"),
+    Target("newconn-echo-2w", "rps", "", 1, "plainloop", server="sockpool-qa0"),
     # Other figures.
     Target("keepalive-few", "req_per_s", "≥", 0.9, "prefork"),
     Target("coldstart", "cold_ms", "≤", 120),

@@ -324,10 +324,11 @@ FLAG_QUEUE_AHEAD = "--queue-ahead"
 
 
 def queue_ahead_spec(sockpool: Spec) -> Spec:
-    """The same sockpool with `queue_ahead = 1`: one connection queued in each sync worker."""
-    argv = [*sockpool.argv[:-1], FLAG_QUEUE_AHEAD, "1", sockpool.argv[-1]]
+    """The same sockpool with `queue_ahead = 0` (1 is the default): no connection queued in
+    a sync worker, so each one sleeps until the dispatcher sends the next."""
+    argv = [*sockpool.argv[:-1], FLAG_QUEUE_AHEAD, "0", sockpool.argv[-1]]
     return dataclasses.replace(
-        sockpool, server="sockpool-qa", label=sockpool.label + ", queue_ahead = 1", argv=argv
+        sockpool, server="sockpool-qa0", label=sockpool.label + ", queue_ahead = 0", argv=argv
     )
 
 

@@ -541,13 +541,15 @@ class Service:
         sends nothing and is held until its client's close is seen."""
         wait_until(lambda: self.connections_held() == 0, "the dispatcher to hold no connection")
 
-    def connections_held(self) -> int:
-        """TCP connections (not listening sockets) the dispatcher holds a descriptor of:
-        those it holds until they speak, or that wait for a worker."""
+    def connections_held(self, pid: int | None = None) -> int:
+        """TCP connections (not listening sockets) the dispatcher (or the process `pid`, a
+        worker) holds a descriptor of: those it holds until they speak, or that wait for a
+        worker."""
+        pid = pid or self.pid
         inodes = set()
-        for fd in os.listdir(f"/proc/{self.pid}/fd"):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
             with contextlib.suppress(OSError):
-                target = os.readlink(f"/proc/{self.pid}/fd/{fd}")
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
                 if target.startswith("socket:["):
                     inodes.add(target[8:-1])
         held = 0

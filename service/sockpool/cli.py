@@ -61,9 +61,9 @@ _LIMITS = [
     (
         "queue_ahead",
         "N",
-        "1: a sync worker holds one more connection queued behind the one it serves (less "
-        "dispatcher work per connection; a queued one waits for its worker unless another "
-        "is idle); 0: none (default)",
+        "1: a sync worker holds one more connection queued behind the one it serves, so it "
+        "starts the next without waiting for the dispatcher; one left waiting behind a long "
+        "request goes to another worker (default); 0: none",
     ),
     (
         "max_carry",

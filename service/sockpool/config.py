@@ -95,7 +95,7 @@ class Config:
     first_byte_timeout: float = 10.0  # a new connection silent this long is closed
     request_timeout: float = 30.0  # a request not read whole this long after it began
     park_after: float = 0.002  # a worker waits this long for the next request, then parks
-    queue_ahead: int = 0  # connections a sync worker holds queued behind the one it serves
+    queue_ahead: int = 1  # connections a sync worker holds queued behind the one it serves
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     # Web applications (http11.py, wsgi.py, asgi.py).
     wsgi: str | None = None  # module:app, served on sync workers

@@ -89,9 +89,7 @@ class Dispatcher:
                 now = monotonic()
                 if hot.done:
                     self._on_done(now)
-                    if hot.may_queue:
-                        hot.rebalance(now)
-                elif now >= hot.next_steal:
+                if now >= hot.next_steal:
                     hot.rebalance(now)
                 if parked_events:
                     hot.unpark()

@@ -35,14 +35,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set by the worker process (worker.py): sends a PARK message with the descriptor, and how
 # long to wait for the next request before parking. Outside a worker, nothing parks.
-_send: Callable[..., None] | None = None  # (fd, conn_id, started, carry, ready)
+_send: Callable[..., None] | None = None  # (fd, conn_id, started, carry, ready, silent)
 _park_after = 0.0
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
 # connection (nor keep serving one that is quick to ask again): it parks it, so the
 # connections take turns and none starves. Nobody waits: it lingers, and saves the trip.
+# Its second word: set once the service is stopping (hotpath.stop_accepting). Nobody may be
+# left to take a connection given back with a request to serve, so a worker keeps those.
 _waiting: memoryview | None = None
+WAITING, STOPPING = 0, 1  # the words' places
 TURN_NS = 1_000_000  # see _turn_over()
+STOP_FIRST_BYTE = 1.0  # seconds a stop gives a client that has not spoken yet
 
 
 def share_waiting() -> memoryview:
@@ -54,7 +58,11 @@ def share_waiting() -> memoryview:
 
 
 def _others_waiting() -> bool:
-    return _waiting is not None and _waiting[0] > 0
+    return _waiting is not None and _waiting[WAITING] > 0
+
+
+def stopping() -> bool:
+    return _waiting is not None and _waiting[STOPPING] > 0
 
 
 class Parked(Exception):
@@ -85,13 +93,21 @@ def _parkable(info: ConnectionInfo | None) -> bool:
     return info is not None and info.may_park and not info.parked and _send is not None
 
 
-def _give_back(info: ConnectionInfo, fd: int, carry: bytes, unread: bytes = b"") -> bool:
+def _give_back(
+    info: ConnectionInfo, fd: int, carry: bytes, unread: bytes = b"", first: bool = False
+) -> bool:
     """Send the connection back with `carry` (a request begun) and `unread` (bytes that
-    came in but nobody looked at: the dispatcher then hands it on at once)."""
+    came in but nobody looked at: the dispatcher then hands it on at once). `first`: the
+    handler's first read found nothing, so the connection may never have spoken: the
+    dispatcher holds it as a new one (first_byte_timeout; a stop lets it speak), not as
+    one idle between requests."""
     assert _send is not None
+    if (first or carry or unread) and stopping():
+        return False  # a request to serve: the stop may have retired every other worker
     started = (info.request_started or time.monotonic_ns()) if carry or unread else 0
+    silent = first and not (carry or unread)
     try:
-        _send(fd, info.conn_id, started, carry + unread, bool(unread))
+        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent)
     except (OSError, ValueError):  # the channel is gone, or the carry is over the wire's limit
         return False
     info.parked = True
@@ -121,7 +137,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
         return conn.recv(size)
     fd = conn.fileno()
     if not carry and info.has_read:  # between requests: the next is rarely here yet, so wait
-        turn_over = _waiting is not None and _waiting[0] > 0 and _turn_over(info)
+        turn_over = _others_waiting() and _turn_over(info)
         if turn_over or not _poller(fd).poll(_park_after * 1000):
             return _park_or_recv(conn, info, b"", size)  # its turn is over, or it is idle
         data = os.read(fd, size)  # readable: this does not wait
@@ -132,7 +148,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
             )
         except BlockingIOError:
             if carry or not _poller(fd).poll(_park_after * 1000):
-                return _park_or_recv(conn, info, carry, size)
+                return _park_or_recv(conn, info, carry, size, first=not info.has_read)
             data = os.read(fd, size)
     if data:
         if not info.has_read:
@@ -169,10 +185,15 @@ def _poller(fd: int) -> select.poll:
 _pollers: dict[int, select.poll] = {}
 
 
-def _park_or_recv(conn: socket.socket, info: ConnectionInfo, carry: bytes, size: int) -> bytes:
-    """Park (raising Parked), or where that fails, wait for the peer as recv() does."""
-    if _give_back(info, conn.fileno(), carry):
+def _park_or_recv(
+    conn: socket.socket, info: ConnectionInfo, carry: bytes, size: int, first: bool = False
+) -> bytes:
+    """Park (raising Parked), or where that fails, wait for the peer as recv() does; while
+    stopping, a client yet to speak gets STOP_FIRST_BYTE, as one the dispatcher holds."""
+    if _give_back(info, conn.fileno(), carry, first=first):
         raise Parked
+    if first and stopping() and not _poller(conn.fileno()).poll(STOP_FIRST_BYTE * 1000):
+        return b""  # never spoke: the end, as the dispatcher would close it
     return conn.recv(size)
 
 
@@ -182,6 +203,12 @@ async def park_async(
     """park() for an async handler: waits until everything written has been sent, then
     gives the connection back with `carry` plus what the reader had buffered. Buffered bytes
     are work nobody has looked at: the dispatcher hands such a connection on at once."""
+    return await _park_async(reader, writer, carry)
+
+
+async def _park_async(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, carry: bytes, first: bool = False
+) -> bool:
     info = current_connection()
     if not _parkable(info):
         return False
@@ -197,7 +224,7 @@ async def park_async(
         transport.resume_reading()
         return False
     sock = transport.get_extra_info("socket")
-    if not _give_back(info, sock.fileno(), carry, unread):
+    if not _give_back(info, sock.fileno(), carry, unread, first):
         transport.resume_reading()
         return False
     transport.abort()  # closes our copy only: the PARK message holds the connection now
@@ -217,15 +244,20 @@ async def read(
     assert info is not None
     others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
     others = others and _others_waiting() and _turn_over(info)  # as receive(); not at its end
-    if others and await park_async(reader, writer, carry):
+    if others and await _park_async(reader, writer, carry):
         raise Parked
     try:
         async with asyncio.timeout(_park_after):
             data = await reader.read(CHUNK)
     except TimeoutError:
-        if await park_async(reader, writer, carry):
+        first = not info.has_read
+        if await _park_async(reader, writer, carry, first):
             raise Parked from None
-        data = await reader.read(CHUNK)
+        try:  # as _park_or_recv()
+            async with asyncio.timeout(STOP_FIRST_BYTE if first and stopping() else None):
+                data = await reader.read(CHUNK)
+        except TimeoutError:
+            return b""
     if data:
         # The first read of a handoff returns the carried bytes the worker fed the reader:
         # their request began when the handoff says, not now.

@@ -42,15 +42,16 @@ _LOGGED_CLOSES = {
 }  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
-STOP_FIRST_BYTE = 1.0  # seconds: a stop's first_byte_timeout (see stop_accepting)
+STOP_FIRST_BYTE = giveback.STOP_FIRST_BYTE  # a stop's first_byte_timeout (stop_accepting)
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 # A sync worker (`p.solo`, from its READY) serves one connection at a time and, with
 # `queue_ahead` (spec.py), queues one more: each connection goes to it alone, so a queued one
-# can be read back.
-# A queued connection is looked at again this soon after it was sent, even if no worker
-# finishes anything meanwhile (one may have become ready): see rebalance().
+# can be read back. An async worker reads its channel whenever its loop turns.
+# A worker not heard from this long after a handoff may have left it unread: behind a long
+# request, or in a loop that a handler blocks. rebalance() reads it back for another worker.
+# Far longer than a fast connection takes, so churn moves nothing.
 STEAL_AFTER = 0.002
 # A listener's backlog that back-pressure has kept from any accept this long counts as
 # waiting (publish_waiting): long enough that churn, which accepts at every completion,
@@ -151,8 +152,8 @@ class HotPath:
         self.next_refused_log = 0.0
         # Every worker writes its finished connections to this one pipe (wire.DONE).
         self.done = False  # the done pipe is readable (done_readable())
-        self.next_steal = _NEVER  # when rebalance() may next find a queued one to move
-        self.may_queue = True  # a worker may queue connections ahead (routes_changed())
+        self.next_steal = _NEVER  # when rebalance() may next find an unread handoff
+        self.may_queue = True  # a worker may leave handoffs unread (routes_changed())
         self.accepted_at = 0.0  # the last turn that accepted a connection
         self.stuck = False  # a backlog has had no accept for STUCK_AFTER (accept())
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
@@ -179,7 +180,8 @@ class HotPath:
         free = 0
         for p in self.routable():
             w = p.w
-            free += w.capacity - len(w.handed)
+            if w.last_heard >= p.stalled_at:  # not one that left handoffs unread
+                free += w.capacity - len(w.handed)
         return free
 
     def can_accept(self, now: float) -> bool:
@@ -276,15 +278,22 @@ class HotPath:
     def dispatch(self, now: float) -> None:
         pending = self.pending
         if len(pending) == 1:  # the usual turn: one connection, to the least busy
+            # Of two as busy, the one heard from since its last handoff: the other's loop
+            # may be blocked, with its handoff unread.
             best, most = None, 0
             for p in self.routable():
                 w = p.w
-                if (free := w.capacity - len(w.handed)) > most:
+                free = 2 * (w.capacity - len(w.handed)) - (p.unheard_since > w.last_heard)
+                if free > most and w.last_heard >= p.stalled_at:
                     best, most = p, free
             if best is not None:
                 self._send_one(best, pending.popleft(), now)
         else:
-            room = {p: p.w.capacity - len(p.w.handed) for p in self.routable()}
+            room = {
+                p: p.w.capacity - len(p.w.handed)
+                for p in self.routable()
+                if p.w.last_heard >= p.stalled_at
+            }
             for target, items in assign(pending, room).items():
                 if len(items) == 1 or target.solo:
                     for item in items:
@@ -300,7 +309,7 @@ class HotPath:
         and one more while a listener's backlog has waited STUCK_AFTER with no accept.
         Without that one, workers busy with keep-alive clients that never pause would
         never make room, and the backlog would wait for ever."""
-        self.waiting[0] = len(self.pending) + self.queued() + self.stuck
+        self.waiting[giveback.WAITING] = len(self.pending) + self.queued() + self.stuck
 
     def stuck_due(self, now: float) -> float:
         """When a backlog left waiting becomes `stuck`, for the loop's timeout: accept()
@@ -311,10 +320,10 @@ class HotPath:
         return self.accepted_at + STUCK_AFTER
 
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
-        """The workers that take work changed (the caller caches them). Without
-        `queue_ahead` none queues a connection, and nothing need look for queued ones."""
-        self.may_queue = any(p.solo and p.w.capacity > 1 for p in routes)
-        self.next_steal = 0.0 if self.may_queue else _NEVER  # a new one may be idle
+        """The workers that take work changed (the caller caches them). Only a worker that
+        takes more than one connection can leave handoffs unread (queue_ahead, or async):
+        without one, nothing need look for them."""
+        self.may_queue = any(p.w.capacity > 1 for p in routes)
 
     def queued(self) -> int:
         """Connections queued ahead in sync workers' channels: waiting as much as pending
@@ -329,32 +338,40 @@ class HotPath:
         return queued
 
     def rebalance(self, now: float) -> None:
-        """A connection queued at a busy worker (`queue_ahead`) moves to an idle one: read
-        back from the busy worker's channel (SOCK_SEQPACKET gives a message to one reader
-        only, so if the worker took it first we read nothing) and sent on at once, before
-        anything new. Without this, a fast request could wait out a slow one that happened
-        to be ahead of it while another worker idles. Only to an idle worker: a busy one's
-        request may be as long, and nothing moves back and forth."""
-        self.next_steal = _NEVER
+        """Handoffs that a worker not heard from for STEAL_AFTER left unread go back to the
+        front of the queue, and that worker gets nothing new until it is heard from again:
+        a sync worker behind a long request (queue_ahead), or an async worker whose loop a
+        handler blocks. Without this, a fast request could wait out a slow one that happened
+        to be ahead of it while other workers serve newer ones. SOCK_SEQPACKET gives a
+        message to one reader only: what the worker took first, we do not read."""
+        self.next_steal = due = _NEVER
         if not self.may_queue:
             return
-        routes = self.routable()
-        for p in routes:
-            w = p.w
-            if not p.solo or len(w.handed) < 2:
+        moved: list[Pending] = []
+        for p in self.routable():
+            since, heard = p.unheard_since, p.w.last_heard
+            if not since or since < heard or heard < p.stalled_at:
+                continue  # nothing sent, heard from since (it reads its channel), or stalled
+            if since + STEAL_AFTER > now:  # the same sum as the loop's wake-up: no drift
+                due = min(due, since + STEAL_AFTER)
                 continue
-            # Only to an idle worker (nothing can serve it sooner; a busy one's request may
-            # be as long), and at once: it goes before anything new.
-            target = None
-            for other in routes:
-                if other is not p and not other.w.handed and other.w.capacity:
-                    target = other
-                    break
-            if target is None:
-                continue  # nowhere better for it: completions bring it back here
-            for item in p.read_back(one=True):
-                w.handed.pop(item[0], None)
-                self._send_one(target, item, now)
+            p.unheard_since = 0.0
+            items = p.read_back(live=True)
+            if not items:
+                continue
+            handed = p.w.handed
+            sent = [handed.pop(item[0], None) for item in items]
+            if not handed:  # it took none: not yet scheduled, or stopped (SIGSTOP). It keeps
+                first = items.pop(0)  # its first, or it would never be heard from again,
+                self._send_one(p, first, now)  # nor found hung: so from its first send on
+                if first[0] in handed and sent[0] is not None:
+                    handed[first[0]] = sent[0]
+            if handed:  # (not if that send failed: it would never be heard from)
+                p.stalled_at = now  # nothing new until it is heard from
+            moved += items
+        self.next_steal = min(self.next_steal, due)  # _send_one() may have set it
+        if moved:  # before anything newer; dispatch() sends them on this turn
+            self.pending.extendleft(reversed(moved))
 
     def _send(self, target: WorkerProcess, items: list[Pending], now: float) -> None:
         entries = [(cid, name, peer, carry, t) for cid, _, name, peer, carry, t in items]
@@ -369,9 +386,12 @@ class HotPath:
                 self.on_broken(target)
             return
         channel.close_all(fds)  # the message in the worker's queue holds them now
-        handed = target.w.handed
+        w = target.w
+        handed = w.handed
         for cid, _, name, peer, _, _ in items:
             handed[cid] = (now, name, peer)
+        if self.may_queue and w.last_heard >= target.unheard_since:
+            self._unheard(target, now)
 
     def _send_one(self, target: WorkerProcess, item: Pending, now: float) -> None:
         """_send() of a single connection, without the lists."""
@@ -389,10 +409,17 @@ class HotPath:
             os.close(fd)  # the message in the worker's queue holds it now
         except OSError:
             pass
-        handed = target.w.handed
-        handed[conn_id] = (now, name, peer)
-        if len(handed) > 1 and target.solo and self.next_steal == _NEVER:
-            self.next_steal = now + STEAL_AFTER  # queued ahead: see rebalance()
+        w = target.w
+        w.handed[conn_id] = (now, name, peer)
+        if self.may_queue and w.last_heard >= target.unheard_since:
+            self._unheard(target, now)
+
+    def _unheard(self, p: WorkerProcess, now: float) -> None:
+        """The first handoff to `p` since it was last heard from: if it stays unheard for
+        STEAL_AFTER, rebalance() looks for what it left unread."""
+        p.unheard_since = now
+        if self.next_steal == _NEVER:
+            self.next_steal = now + STEAL_AFTER
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: the dispatcher reads it after the poll."""
@@ -437,8 +464,6 @@ class HotPath:
         Returns the pids due for recycling, as completed() does."""
         due: set[int] = set()
         handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
-        if p.solo and p.w.capacity > 1 and not p.w.handed:
-            self.next_steal = now  # idle now, and no completion says so: see rebalance()
         if handed is None:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
             channel.close_all([fd])
@@ -566,6 +591,7 @@ class HotPath:
         preconnect) would only hold up the stop."""
         self.accepting = False
         self.stopping = True
+        self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
         self.backlogged.clear()
         self.stuck = False  # nothing more is accepted: none waits for a worker there
         self.publish_waiting()

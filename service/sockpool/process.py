@@ -105,6 +105,11 @@ class WorkerProcess:
         self.w = w
         self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
         self.solo = False  # from READY: a sync worker (more than 1 in hand are queued)
+        # Handoffs it may not have read (hotpath.rebalance): the first sent since it was
+        # last heard from (0: none), and when some were found unread: it gets no more
+        # until it is heard from again.
+        self.unheard_since = 0.0
+        self.stalled_at = 0.0
 
     def next_event(self, now: float) -> object | None:
         """Its next message: a lifecycle event, or GivenBack for a connection
@@ -156,18 +161,18 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):  # already reaped: nothing to tell
             os.kill(self.pid, sig)
 
-    def read_back(self, one: bool = False) -> list[Pending]:
-        """The handoffs it never took, descriptors and all: all of them once it has exited,
-        or (`one`) the next message in its queue while it lives, to move it elsewhere."""
+    def read_back(self, live: bool = False) -> list[Pending]:
+        """The handoffs it never took, descriptors and all: once it has exited, or (`live`)
+        while it lives, to move them elsewhere (a STOP is never ours to take: it goes back)."""
         recovered: list[Pending] = []
-        while not (one and recovered):
+        while True:
             try:
                 message = channel.receive(self.inbox, channel.DONTWAIT)
             except BlockingIOError:
                 return recovered
             except wire.WireError as exc:  # descriptors dropped at our own limit (EMFILE)
                 log.log.error("could not read back a handoff from worker %d: %s", self.pid, exc)
-                if one:  # a live worker: try no further now
+                if live:  # a live worker: try no further now
                     return recovered
                 continue
             if message is None:
@@ -175,13 +180,12 @@ class WorkerProcess:
             data, fds = message
             decoded = wire.decode_to_worker(data, len(fds))
             if isinstance(decoded, wire.Stop):
-                if one:  # never ours to take from a live worker: put it back
+                if live:  # put it back: it is the last thing the worker is sent
                     channel.send(self.chan, data)
                     return recovered
                 continue
             for h, fd in zip(decoded, fds, strict=True):
                 recovered.append((h.conn_id, fd, h.listener, h.peer, h.carry, h.started))
-        return recovered
 
     def ended(self, status: int, oom_before: int | None) -> tuple[str, ExitReason, str, int | None]:
         """How it ended: in words, as a reason by the status alone, its stacks if it crashed,

@@ -24,10 +24,10 @@ class WorkerSpec:
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
     # `queue_ahead = 1`: a sync worker takes one connection queued behind the one it serves,
     # and starts it the moment it is done, without waiting for the dispatcher to hear of it.
-    # The queued one stays in the channel, where the dispatcher can still read it back for an
-    # idle worker (hotpath.rebalance). Off by default: a queued connection may wait out a long
-    # request while a newer one is served elsewhere. Never with several dispatchers: a busy
-    # one would accept into its queue a connection another one's idle worker could serve.
+    # The queued one stays in the channel, where the dispatcher reads it back for another
+    # worker when this one is not heard from for a while (hotpath.rebalance): so it never
+    # waits out a long request. Never with several dispatchers: a busy one would accept into
+    # its queue a connection another one's idle worker could serve.
     queue_ahead: int = 0
     # listener -> its sockets' (family, type, proto): a worker builds each connection's
     # socket object from these instead of asking the kernel (two of the three system calls

@@ -136,6 +136,13 @@ class _Base:
         self.give_back(sock.fileno(), handoff.conn_id, 0, b"", silent=True)
         sock.close()  # only our copy: the dispatcher holds it now
 
+    def end_silent(self, handoff: wire.Handoff, sock: socket.socket) -> None:
+        """While the service stops, a new connection is not given back (the stop may have
+        retired every other worker once this one held it): it had STOP_FIRST_BYTE here to
+        speak, as in the dispatcher, and is closed as the dispatcher would close it."""
+        finish(sock, ConnectionInfo(handoff.conn_id, handoff.listener, handoff.peer))
+        self.report_done([handoff.conn_id])
+
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
         h = handoff
         return describe(
@@ -244,8 +251,12 @@ class SyncWorker(_Base):
             idle = False
             for handoff, sock in batch:
                 if self.may_be_silent(handoff) and not _readable(sock, self.spec.park_after):
-                    self.return_silent(handoff, sock)
-                    continue
+                    if not giveback.stopping():
+                        self.return_silent(handoff, sock)
+                        continue
+                    if not _readable(sock, giveback.STOP_FIRST_BYTE):
+                        self.end_silent(handoff, sock)
+                        continue
                 info = self.describe(sock, handoff)
                 self.serve_sync(self.handler_for(handoff.listener), sock, info, self.report_one)
             idle = True
@@ -389,8 +400,12 @@ class AsyncWorker(_Base):
 
     async def _serve(self, handoff: wire.Handoff, sock: socket.socket) -> None:
         if self.may_be_silent(handoff) and not await _readable_async(sock, self.spec.park_after):
-            self.return_silent(handoff, sock)
-            return
+            if not giveback.stopping():
+                self.return_silent(handoff, sock)
+                return
+            if not await _readable_async(sock, giveback.STOP_FIRST_BYTE):
+                self.end_silent(handoff, sock)
+                return
         info = self.describe(sock, handoff)
         handler = self.handler_for(handoff.listener)
         try:

@@ -158,3 +158,40 @@ def proxied(conn: socket.socket, info: ConnectionInfo) -> None:
             _, _, buf = buf.partition(b"\n")
             words = [info.peer, info.proxy_unique_id, info.proxy_authority, info.proxy_alpn]
             conn.sendall(("proxied " + " ".join(map(str, words)) + "\n").encode())
+
+
+def gate_echo(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Echo a line; 'gate PATH' instead answers 'gated', then holds its worker until the
+    test opens and closes the FIFO at PATH, then answers 'opened'."""
+    line = _line(conn)
+    if line.startswith(b"gate "):
+        conn.sendall(b"gated\n")
+        _wait_for_gate(line)
+        conn.sendall(b"opened\n")
+    else:
+        conn.sendall(line)
+
+
+async def async_gate_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """gate_echo, async: the gate blocks the worker's whole loop, as a handler that computes
+    for a long time would."""
+    line = await reader.readline()
+    if line.startswith(b"gate "):
+        writer.write(b"gated\n")
+        await writer.drain()
+        _wait_for_gate(line)
+        line = b"opened\n"
+    writer.write(line)
+    await writer.drain()
+
+
+def _wait_for_gate(line: bytes) -> None:
+    with open(line[5:].strip(), "rb") as gate:  # a FIFO: blocks until a writer opens it
+        gate.read()  # and until it closes it
+
+
+def undeclared_echo(conn: socket.socket, info: ConnectionInfo) -> None:
+    """sockpool.handlers.echo without client_speaks_first: a new connection comes to a
+    worker at once, and receive() gives it back if its client has not spoken yet."""
+    while data := receive(conn):
+        conn.sendall(data)

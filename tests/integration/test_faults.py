@@ -149,7 +149,7 @@ def test_fork_failure_at_start_backs_off_then_exits_70(pids_cgroup, serve) -> No
     failures = [ln for ln in log.splitlines() if FORK_FAILED in ln]
     assert len(failures) == 1, log  # one line, however often the fork is retried
     assert "pids.max" in failures[0], failures
-    assert "worker" in log and "ready (capacity 1)" in log  # the one that fit did start
+    assert "worker" in log and "ready (capacity " in log  # the one that fit did start
 
 
 def test_fork_failure_during_reload_keeps_the_old_generation(pids_cgroup, serve) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from apps import BIG
-from harness import Address, connect, free_port, request, wait_until
+from harness import Address, Load, connect, free_port, read_to_eof, request, wait_until
 
 HELLO = "sockpool.handlers:http_hello"
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -426,6 +426,42 @@ def test_stop_does_not_wait_for_a_connection_that_never_spoke(serve) -> None:
         silent.close()  # lets the stop go on either way
 
 
+def test_a_client_about_to_speak_when_the_stop_comes_is_served(serve) -> None:
+    # The handler declares nothing: a new connection goes to a worker, whose first read
+    # waits park_after and then gives it back. Its client has not spoken yet, so at a stop
+    # it gets the moment a connection held since its accept gets, not closed as one idle
+    # between requests.
+    service = launch(serve, ["--workers=2", "apps:undeclared_echo"])
+    client = connect(service.address)
+    wait_until(lambda: service.connections_held() == 1, "the worker to give it back")
+    service.signal(signal.SIGTERM)
+    service.wait_for("STOPPING=1")
+    client.sendall(b"just in time\n")
+    client.shutdown(socket.SHUT_WR)
+    assert read_to_eof(client) == b"just in time\n"
+    client.close()
+    assert service.wait() == 0
+
+
+def test_a_client_that_speaks_while_its_worker_stops_is_served(serve) -> None:
+    # A worker holds a new connection, waiting park_after for its first byte, when the
+    # stop comes: every worker is retired at once, since nothing waits in the dispatcher.
+    # It must not give the connection back then (no worker would be left to take it), but
+    # wait STOP_FIRST_BYTE for the request, as the dispatcher would: the chaos test's
+    # restarts lost connections so.
+    service = launch(serve, ["--workers=1", "--park-after=0.3", "sockpool.handlers:echo"])
+    [worker] = service.workers()
+    client = connect(service.address)
+    wait_until(lambda: service.connections_held(worker) == 1, "the worker to hold it")
+    service.signal(signal.SIGTERM)
+    time.sleep(0.6)  # past park_after, well within STOP_FIRST_BYTE (1 s) after it
+    client.sendall(b"in time\n")
+    client.shutdown(socket.SHUT_WR)
+    assert read_to_eof(client) == b"in time\n"
+    client.close()
+    assert service.wait() == 0
+
+
 # -- 9. connection limits ------------------------------------------------------------------------
 
 
@@ -568,3 +604,30 @@ def test_lines_a_worker_carried_back_are_answered(serve, half_close: bool) -> No
     finally:  # a connection held with a request would hold up the stop
         answers.close()
         client.close()
+
+
+# -- 5. a worker held up -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("handler", ["apps:gate_echo", "apps:async_gate_echo"])
+def test_a_worker_held_up_by_one_request_keeps_no_other_client_waiting(
+    serve, tmp_path: Path, handler: str
+) -> None:
+    # One request holds its worker (sync), or blocks its worker's whole loop (async), as a
+    # long computation would. Connections sent to that worker meanwhile (a sync worker's
+    # queued one, queue_ahead; an async worker's second place) are read back and served by
+    # the other: every client is answered while the first is still held.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    service = launch(serve, ["--workers=2", "--capacity=2", handler])
+    held = connect(service.address)
+    held.sendall(f"gate {gate}\n".encode())
+    assert held.recv(6) == b"gated\n"  # its worker is held from now on
+    with Load(service.address, clients=8, limit=25) as load:
+        load.join()
+    assert load.ok == 200, load.summary()
+    assert select.select([held], [], [], 0)[0] == []  # still held all along
+    with open(gate, "wb"):
+        pass
+    assert held.recv(7) == b"opened\n"
+    held.close()

@@ -98,8 +98,9 @@ def _storm(unit: Unit, clients: Load, cursor: str, rng: random.Random) -> tuple[
         else:  # frozen with a connection in hand: hung once past timeout=2
             unit.machine.run("kill", "-STOP", str(victim))
             # A little load of the test's own meanwhile: a connection reaches the frozen
-            # worker even if the main load has finished by now.
-            with Load(ADDRESS, 2, 1000, seconds=30, timeout=CLIENT_TIMEOUT):
+            # worker even if the main load has finished by now. More clients than the other
+            # two workers can hold: least-busy dispatch sends to a third only then.
+            with Load(ADDRESS, 4, 1000, seconds=30, timeout=CLIENT_TIMEOUT):
                 wait_until(lambda: _events(unit, cursor, Event.WORKER_HUNG), "the hang", 20)
     return kills, start_fds, start_rss
 

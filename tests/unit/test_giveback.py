@@ -109,14 +109,18 @@ def test_receive_returns_what_has_come(make_worker) -> None:
     assert info.request_started >= before  # a request began with those bytes
 
 
-def test_receive_between_requests_parks_when_nothing_comes(make_worker) -> None:
+@pytest.mark.parametrize("has_read", [True, False])
+def test_receive_between_requests_parks_when_nothing_comes(make_worker, has_read: bool) -> None:
     w = make_worker(park_after=0.001)
     info = w.info(conn_id=2**64 - 1)
+    info.has_read = has_read  # False: the handler's first read, on a client yet to speak
     with pytest.raises(giveback.Parked):
         serving(info, giveback.receive, w.conn)
     assert info.parked
     message, fd = w.parked()
-    assert message == wire.Park(2**64 - 1, 0, b"")  # nothing begun: no request clock
+    # Nothing begun: no request clock. A connection that never spoke goes back as a new
+    # one (first_byte_timeout; a stop gives it a moment), not as one idle between requests.
+    assert message == wire.Park(2**64 - 1, 0, b"", silent=not has_read)
     # What the dispatcher got is the connection itself.
     w.client.sendall(b"next request")
     assert os.read(fd, 100) == b"next request"
@@ -129,24 +133,77 @@ def test_receive_between_requests_waits_park_after_for_the_peer(make_worker) -> 
     """A busy keep-alive connection whose next request comes within park_after is not
     bounced through the dispatcher: the bytes are sent only once receive() waits."""
     w = make_worker(park_after=NOTHING_WAITS)
+    info = w.info()
+    assert received_once_waiting(w, info, b"came while waiting") == b"came while waiting"
+    assert not info.parked and w.nothing_parked()
+
+
+def received_once_waiting(w: Worker, info: ConnectionInfo, payload: bytes) -> bytes:
+    """What receive() returns when the client sends `payload` only once it waits in poll()
+    (or closes, if it never does: the caller's assertion then fails on b"")."""
     main = threading.get_native_id()
 
     def send_when_waiting() -> None:
         for _ in range(10_000):
             if in_poll(main):
-                w.client.sendall(b"came while waiting")
+                w.client.sendall(payload)
                 return
             time.sleep(0.001)
-        w.client.close()  # never waited: end the test (it fails on b"")
+        w.client.close()
 
     sender = threading.Thread(target=send_when_waiting)
     sender.start()
-    info = w.info()
     try:
-        assert serving(info, giveback.receive, w.conn) == b"came while waiting"
+        return serving(info, giveback.receive, w.conn)
     finally:
         sender.join()
+
+
+@pytest.fixture
+def stopping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The dispatcher's shared words, as they are once the service is stopping."""
+    words = memoryview(bytearray(16)).cast("q")
+    words[giveback.STOPPING] = 1
+    monkeypatch.setattr(giveback, "_waiting", words)
+
+
+@pytest.mark.skipif(platform.machine() not in _POLL_SYSCALLS, reason="syscall numbers unknown")
+@pytest.mark.usefixtures("stopping")
+def test_while_stopping_a_client_yet_to_speak_is_kept_and_waited_for(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given back, it could find every worker retired: the worker keeps it, and waits for
+    # the first byte as the dispatcher would (STOP_FIRST_BYTE).
+    monkeypatch.setattr(giveback, "STOP_FIRST_BYTE", NOTHING_WAITS)
+    w = make_worker(park_after=0.0)
+    info = w.info()
+    assert received_once_waiting(w, info, b"just in time") == b"just in time"
     assert not info.parked and w.nothing_parked()
+
+
+@pytest.mark.usefixtures("stopping")
+def test_while_stopping_a_client_that_never_speaks_is_ended(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(giveback, "STOP_FIRST_BYTE", 0.01)
+    w = make_worker(park_after=0.0)
+    info = w.info()
+    assert serving(info, giveback.receive, w.conn) == b""  # the handler ends; serve_sync closes
+    assert not info.parked and w.nothing_parked()
+
+
+@pytest.mark.usefixtures("stopping")
+def test_while_stopping_a_request_begun_is_kept_and_an_idle_one_still_parks(make_worker) -> None:
+    w = make_worker(park_after=0.0)
+    begun = w.info()
+    assert serving(begun, giveback.park, w.conn, b"GET / HT") is False
+    assert not begun.parked and w.nothing_parked()
+    idle = w.info()
+    idle.has_read = True  # between requests: the dispatcher closes it, as a stop does
+    with pytest.raises(giveback.Parked):
+        serving(idle, giveback.receive, w.conn)
+    message, _ = w.parked()
+    assert message == wire.Park(42, 0, b"")
 
 
 @pytest.mark.parametrize("started", [0, 123_456_789])
@@ -264,9 +321,11 @@ def test_park_async_sends_what_was_written_then_parks_with_what_was_buffered(
     assert os.read(fd, 100) == b"more"
 
 
-def test_read_parks_an_idle_async_connection(make_worker) -> None:
+@pytest.mark.parametrize("has_read", [True, False])
+def test_read_parks_an_idle_async_connection(make_worker, has_read: bool) -> None:
     w = make_worker(park_after=0.001)
     info = w.info()
+    info.has_read = has_read  # False: the first read, on a client yet to speak (as receive)
 
     async def handler() -> bytes:
         set_current(info)
@@ -276,7 +335,7 @@ def test_read_parks_an_idle_async_connection(make_worker) -> None:
     with pytest.raises(giveback.Parked):
         contextvars.copy_context().run(asyncio.run, handler())
     message, _ = w.parked()
-    assert message == wire.Park(42, 0, b"")
+    assert message == wire.Park(42, 0, b"", silent=not has_read)
 
 
 # -- READY names the listeners whose clients speak first -------------------------------------

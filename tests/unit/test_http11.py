@@ -705,7 +705,7 @@ def test_wsgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
     parked: list[bytes] = []
     monkeypatch.setattr(
-        giveback, "_send", lambda fd, cid, started, carry, ready: parked.append(carry)
+        giveback, "_send", lambda fd, cid, started, carry, ready, silent: parked.append(carry)
     )
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     calls = Calls()
@@ -910,7 +910,7 @@ def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
     parked: list[bytes] = []
 
-    def send(fd: int, cid: int, started: int, carry: bytes, ready: bool) -> None:
+    def send(fd: int, cid: int, started: int, carry: bytes, ready: bool, silent: bool) -> None:
         parked.append(carry)
 
     monkeypatch.setattr(giveback, "_send", send)

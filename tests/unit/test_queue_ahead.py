@@ -1,5 +1,7 @@
-"""Queue-ahead: a sync worker holds one connection queued behind the one it serves, and the
-dispatcher moves that one to a worker with room when it waits behind a long request.
+"""Handoffs left unread: a sync worker with queue_ahead holds one connection queued behind the
+one it serves, and an async worker's loop can be blocked by a handler. A worker not heard
+from for STEAL_AFTER after a handoff gives back what it has not read, and gets nothing new
+until it is heard from again.
 
 Real channels (SOCK_SEQPACKET socketpairs) and real descriptors; no processes: the "worker"
 is the far end of its channel, read (or not) by the test.
@@ -16,11 +18,13 @@ import pytest
 from sockpool import channel, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
-from sockpool.hotpath import STEAL_AFTER, HotPath
+from sockpool.hotpath import _NEVER, STEAL_AFTER, HotPath
 from sockpool.process import WorkerProcess
 from sockpool.states import Worker, WorkerState
 
 SOLO = 2  # a sync worker's capacity with queue_ahead = 1: one served, one queued
+T0 = 100.0  # the monotonic clock, some time after start-up
+LATER = T0 + STEAL_AFTER  # when a handoff sent at T0 and not heard of since is looked at
 
 
 class Pool:
@@ -39,13 +43,13 @@ class Pool:
         routes = list(self.procs.values())
         self.hot = HotPath([], Admission(Config()), self.procs, lambda: routes, self.broken)
         self.hot.routes_changed(routes)  # as the dispatcher does when it rebuilds the routes
-        self.hot.rebalance(0.0)  # and the loop's turn just after: nothing queued yet
+        self.hot.rebalance(T0)  # and the loop's turn just after: nothing sent yet
         self.broken_ones: list[int] = []
 
     def broken(self, p: WorkerProcess) -> None:
         self.broken_ones.append(p.pid)
 
-    def accept(self, conn_id: int, now: float) -> None:
+    def accept(self, conn_id: int, now: float = T0) -> None:
         """A connection, as the accept loop would queue it, then dispatched."""
         fd = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
         self.hot.pending.append((conn_id, fd, "main", "peer", b"", 0))
@@ -88,7 +92,7 @@ def test_a_sync_worker_gets_each_connection_in_a_message_of_its_own(pool: Pool) 
     # each worker holds stays in its channel, where it can still be read back.
     fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(4)]
     pool.hot.pending.extend((n, fd, "main", "peer", b"", 0) for n, fd in enumerate(fds, 1))
-    pool.hot.dispatch(0.0)
+    pool.hot.dispatch(T0)
     assert sorted(pool.handed(1) + pool.handed(2)) == [1, 2, 3, 4]
     for pid in (1, 2):
         assert len(pool.take(pid)) == 1 and len(pool.take(pid)) == 1
@@ -96,107 +100,202 @@ def test_a_sync_worker_gets_each_connection_in_a_message_of_its_own(pool: Pool) 
 
 def test_the_second_connection_is_queued_and_counted_as_waiting(pool: Pool) -> None:
     for conn_id in (1, 2, 3):
-        pool.accept(conn_id, 0.0)
+        pool.accept(conn_id)
     # Least busy first: one each, then the third queues behind one of them.
     assert sorted(len(pool.handed(pid)) for pid in (1, 2)) == [1, 2]
     # The keep-alive turn (giveback.receive) ends for a queued connection as for a pending one.
     assert pool.hot.waiting[0] == 1
 
 
-def test_a_queued_connection_moves_only_to_an_idle_worker(pool: Pool) -> None:
-    pool.accept(1, 0.0)  # to worker 1
-    pool.accept(2, 0.0)  # to worker 2
-    pool.accept(3, 0.0)  # queued behind 1 at worker 1
+def test_a_connection_left_unread_behind_a_long_request_goes_to_an_idle_worker(
+    pool: Pool,
+) -> None:
+    pool.accept(1)  # to worker 1
+    pool.accept(2)  # to worker 2
+    pool.accept(3)  # queued behind 1 at worker 1
     assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
     assert pool.take(1) == [1]  # worker 1 starts a long request; 3 waits in its channel
     assert pool.take(2) == [2]
-    pool.hot.rebalance(1.0)
-    # Worker 2 has room, but is busy: its request may be as long. Nothing moves.
-    assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
-    pool.finish(2, 2, 1.0)  # worker 2 is idle now
-    pool.hot.rebalance(1.0)
+    pool.finish(2, 2, T0 + 0.001)  # a fast one: worker 2 is idle
+    pool.hot.rebalance(T0 + 0.001)
+    assert pool.handed(1) == [1, 3]  # not yet: worker 1 may be about to take it
+    assert pool.hot.next_steal == LATER
+    pool.hot.rebalance(LATER)
+    pool.hot.dispatch(LATER)  # the loop's turn: what came back goes out first
     assert pool.handed(1) == [1] and pool.handed(2) == [3]
     assert pool.take(2) == [3]  # the idle worker got it...
     with pytest.raises(BlockingIOError):
         pool.take(1)  # ...and the busy one no longer has it
 
 
-def test_an_idle_worker_takes_a_queued_connection_at_once(pool: Pool) -> None:
-    pool.accept(1, 0.0)
-    pool.accept(2, 0.0)
-    pool.accept(3, 0.0)  # queued behind 1 at worker 1
+def test_it_goes_first_and_the_worker_behind_gets_nothing_until_heard_from(pool: Pool) -> None:
+    for conn_id in (1, 2, 3):
+        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
     assert pool.take(1) == [1] and pool.take(2) == [2]
-    pool.finish(2, 2, 0.0001)  # worker 2 idle: nothing can serve 3 sooner
-    pool.hot.rebalance(0.0001)
-    assert pool.handed(1) == [1] and pool.handed(2) == [3]
+    pool.finish(2, 2, T0 + 0.001)
+    pool.accept(4, T0 + 0.001)  # worker 2 is idle: it gets this one
+    assert pool.handed(2) == [4] and pool.take(2) == [4]
+    pool.hot.pending.append((5, os.open("/dev/null", os.O_RDONLY), "main", "peer", b"", 0))
+    pool.hot.rebalance(LATER)
+    pool.hot.dispatch(LATER)
+    # 3 came back and went before 5, into worker 2's queue: 4 began only a moment ago.
+    assert pool.handed(2) == [4, 3] and pool.handed(1) == [1]
+    # Worker 1 has room now, but it is still behind its long request: 5 waits here.
+    assert [item[0] for item in pool.hot.pending] == [5] and pool.hot.free_capacity() == 0
+    pool.finish(1, 1, LATER + 0.04)  # the long request ends: worker 1 is heard from
+    pool.hot.dispatch(LATER + 0.04)
+    assert pool.handed(1) == [5]
+
+
+def test_nothing_is_read_back_from_a_worker_heard_from_since(pool: Pool) -> None:
+    pool.accept(1)
+    pool.accept(2)
+    pool.accept(3)  # queued behind 1 at worker 1
+    assert pool.take(1) == [1]
+    pool.finish(1, 1, T0 + 0.0001)  # worker 1 finished 1 after 3 was sent: it takes 3 next
+    pool.hot.rebalance(T0 + 1)
+    assert pool.handed(1) == [3] and pool.take(1) == [3]  # still in its channel: left there
 
 
 def test_a_queued_connection_the_worker_already_took_stays_with_it(pool: Pool) -> None:
     for conn_id in (1, 2, 3):
-        pool.accept(conn_id, 0.0)
+        pool.accept(conn_id)
     assert pool.take(1) == [1] and pool.take(1) == [3]  # worker 1 read both already
     pool.take(2)
-    pool.finish(2, 2, 0.0)
-    pool.hot.rebalance(1.0)
-    # Nothing to read back: the dispatcher still counts it as worker 1's, as it is.
+    pool.finish(2, 2, T0)
+    pool.hot.rebalance(LATER)
+    # Nothing to read back: the dispatcher still counts it as worker 1's, as it is, and
+    # worker 1 still takes work once it has room.
     assert pool.handed(1) == [1, 3] and pool.handed(2) == []
+    pool.finish(1, 1, LATER)
+    pool.accept(4, LATER)
+    pool.accept(5, LATER)
+    assert pool.handed(1) == [3, 5] and pool.handed(2) == [4]
 
 
 def test_nothing_moves_without_room_elsewhere(pool: Pool) -> None:
     for conn_id in (1, 2, 3, 4):
-        pool.accept(conn_id, 0.0)
-    pool.hot.rebalance(1.0)
-    assert pool.handed(1) == [1, 3] and pool.handed(2) == [2, 4]
+        pool.accept(conn_id)
+    assert pool.take(1) == [1] and pool.take(2) == [2]
+    pool.hot.rebalance(LATER)
+    pool.hot.dispatch(LATER)
+    # Both workers are behind long requests: 3 and 4 wait in the dispatcher, for whichever
+    # finishes first, as they would without queue_ahead.
+    assert pool.handed(1) == [1] and pool.handed(2) == [2]
+    assert [item[0] for item in pool.hot.pending] == [3, 4]
+    assert pool.hot.waiting[0] == 2  # and a keep-alive client's turn ends for them
+    pool.finish(2, 2, LATER + 0.01)
+    pool.hot.dispatch(LATER + 0.01)
+    assert pool.handed(2) == [3, 4]
 
 
 def test_a_stop_read_back_by_mistake_goes_back_to_the_worker(pool: Pool) -> None:
     p = pool.procs[1]
     channel.send(p.chan, wire.encode_stop())
-    assert p.read_back(one=True) == []
+    assert p.read_back(live=True) == []
     message = channel.receive(pool.ends[1], channel.DONTWAIT)
     assert message is not None and isinstance(wire.decode_to_worker(message[0], 0), wire.Stop)
 
 
-def test_workers_of_larger_capacity_get_batches_and_never_lose_one_to_rebalance() -> None:
+def test_workers_of_larger_capacity_get_batches_and_keep_what_they_took() -> None:
     pool = Pool([SOLO, SOLO], solo=False)  # async workers of capacity 2: not a queue
     try:
         fds = [os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC) for _ in range(4)]
         pool.hot.pending.extend((n, fd, "main", "peer", b"", 0) for n, fd in enumerate(fds, 1))
-        pool.hot.dispatch(0.0)
+        pool.hot.dispatch(T0)
         assert len(pool.take(1)) == 2 and len(pool.take(2)) == 2  # one message each
         assert pool.hot.queued() == 0  # both in hand are served at once: nobody waits
-        pool.hot.rebalance(1.0)  # and nothing is read back from an async worker
+        pool.hot.rebalance(LATER)  # nothing left unread: nothing comes back
         assert len(pool.handed(1)) == 2 and len(pool.handed(2)) == 2
     finally:
         pool.close()
 
 
-def test_a_queued_connection_is_looked_at_without_any_completion(pool: Pool) -> None:
+def test_an_async_worker_whose_loop_is_blocked_loses_what_it_left_unread() -> None:
+    pool = Pool([4, 4], solo=False)
+    try:
+        pool.accept(1)  # to worker 1, which takes it and then blocks its loop (5 ms of CPU)
+        assert pool.take(1) == [1]
+        pool.accept(2)  # to worker 2, which answers it at once
+        assert pool.take(2) == [2]
+        pool.finish(2, 2, T0 + 0.0005)
+        pool.accept(3, T0 + 0.001)  # least busy: worker 2 again
+        pool.accept(4, T0 + 0.001)  # a tie: worker 1, whose loop is blocked
+        assert pool.handed(1) == [1, 4] and pool.handed(2) == [3]
+        assert pool.take(2) == [3]
+        pool.finish(2, 3, T0 + 0.0015)
+        # Worker 1 has not been heard from since it was sent 1, at T0.
+        assert pool.hot.next_steal == LATER
+        pool.hot.rebalance(LATER)
+        pool.hot.dispatch(LATER)
+        assert pool.handed(1) == [1] and pool.handed(2) == [4] and pool.take(2) == [4]
+        pool.accept(5, T0 + 0.004)  # worker 1 has more room, but is still blocked
+        assert pool.handed(2) == [4, 5]
+        pool.finish(1, 1, T0 + 0.006)  # its loop turns again
+        pool.accept(6, T0 + 0.006)
+        assert pool.handed(1) == [6]
+    finally:
+        pool.close()
+
+
+def test_the_loop_looks_even_if_nothing_completes(pool: Pool) -> None:
     # Only worker 1 is ready when two connections come (worker 2 still starting): the second
     # queues behind the first. Then worker 2 is ready; nothing completes, yet the queued
     # one moves once it has waited STEAL_AFTER (the send set when to look).
     starting = pool.procs[2].w.capacity
     pool.procs[2].w.capacity = 0
-    pool.accept(1, 0.0)
-    pool.accept(2, 0.0)
-    assert pool.handed(1) == [1, 2] and pool.hot.next_steal == pytest.approx(STEAL_AFTER)
+    pool.accept(1)
+    pool.accept(2)
+    assert pool.handed(1) == [1, 2] and pool.hot.next_steal == LATER
     assert pool.take(1) == [1]  # worker 1 serves the first; the second waits in its channel
     pool.procs[2].w.capacity = starting
-    pool.hot.rebalance(STEAL_AFTER)
+    pool.hot.rebalance(LATER)
+    pool.hot.dispatch(LATER)
     assert pool.handed(1) == [1] and pool.handed(2) == [2]
+    assert pool.hot.next_steal == LATER + STEAL_AFTER  # for worker 2's, just sent
 
 
-def test_a_worker_that_gives_its_connection_back_takes_a_queued_one(pool: Pool) -> None:
+def test_workers_that_take_one_at_a_time_are_never_looked_at() -> None:
+    pool = Pool([1, 1])  # sync workers without queue_ahead: one handoff, read at once
+    try:
+        pool.accept(1)
+        pool.accept(2)
+        assert pool.hot.next_steal == _NEVER
+    finally:
+        pool.close()
+
+
+def test_a_worker_that_gives_a_connection_back_is_heard_from(pool: Pool) -> None:
     for conn_id in (1, 2, 3):
-        pool.accept(conn_id, 0.0)
+        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
     assert pool.take(1) == [1] and pool.take(2) == [2]
-    assert pool.handed(1) == [1, 3]
-    # Worker 2's client sent nothing: it gives the connection back (no completion).
+    # Worker 1's client sent nothing: it gives the connection back, and takes 3 next.
     ours, client = socket.socketpair()
-    pool.hot.park(pool.procs[2], wire.Park(2, 0, b"", silent=True), ours.detach(), 0.001)
-    assert pool.hot.next_steal == 0.001  # worker 2 is idle: look at once
-    pool.hot.rebalance(0.001)
-    assert pool.handed(1) == [1] and pool.handed(2) == [3]
+    pool.hot.park(pool.procs[1], wire.Park(1, 0, b"", silent=True), ours.detach(), T0 + 0.001)
+    pool.hot.rebalance(LATER)
+    assert pool.handed(1) == [3]
     pool.hot.parking.close_all("test")
     pool.hot.parking.close()
     client.close()
+
+
+def test_a_worker_that_took_nothing_keeps_its_first_and_gets_nothing_new(pool: Pool) -> None:
+    # Worker 1 took nothing for STEAL_AFTER: not yet scheduled, or stopped (SIGSTOP). It
+    # keeps its first connection, or it would never be heard from again and never be found
+    # hung; the one queued behind goes on.
+    pool.accept(1)
+    pool.accept(2)
+    pool.accept(3)  # queued behind 1 at worker 1
+    assert pool.take(2) == [2]
+    pool.hot.rebalance(LATER)
+    pool.hot.dispatch(LATER)
+    assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
+    assert pool.take(2) == [3]
+    pool.hot.rebalance(LATER + 5)  # however long it stays silent: it is not sent again...
+    assert pool.take(1) == [1]  # (once, in its channel)
+    with pytest.raises(BlockingIOError):
+        pool.take(1)
+    assert pool.procs[1].w.handed[1][0] == T0  # ...and the hang check counts from T0
+    pool.finish(1, 1, LATER + 0.001)  # heard from: it takes work again
+    pool.accept(4, LATER + 0.001)
+    assert pool.handed(1) == [4]

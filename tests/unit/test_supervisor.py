@@ -51,10 +51,9 @@ def test_share_keeps_the_totals() -> None:
     # ...so its sync workers queue nothing ahead: a busy dispatcher would take connections
     # another one's idle worker could serve.
     assert {WorkerSpec.of(1, s, ["main"]).queue_ahead for s in shares} == {0}
-    assert WorkerSpec.of(1, cfg, ["main"]).queue_ahead == 0  # off unless asked for
-    asked = config.build({"workers": 5, "queue_ahead": 1}, {}, None)
-    assert WorkerSpec.of(1, asked, ["main"]).queue_ahead == 1
-    assert WorkerSpec.of(1, share(asked, 0, 2), ["main"]).queue_ahead == 0
+    assert WorkerSpec.of(1, cfg, ["main"]).queue_ahead == 1  # on by default with one
+    asked = config.build({"workers": 5, "queue_ahead": 0}, {}, None)
+    assert WorkerSpec.of(1, asked, ["main"]).queue_ahead == 0
     off = config.build({"workers": 2}, {}, None)
     assert share(off, 1, 2).max_connections == 0  # off stays off
     tiny = config.build({"workers": 3, "max_connections": 2}, {}, None)
