@@ -42,7 +42,8 @@ _park_after = 0.0
 # connection (nor keep serving one that is quick to ask again): it parks it, so the
 # connections take turns and none starves. Nobody waits: it lingers, and saves the trip.
 # Its second word: set once the service is stopping (hotpath.stop_accepting). Nobody may be
-# left to take a connection given back with a request to serve, so a worker keeps those.
+# left to take a connection given back with a request to serve, so a worker keeps those,
+# and no keep-alive client's turn ends (its next request may be on its way already).
 _waiting: memoryview | None = None
 WAITING, STOPPING = 0, 1  # the words' places
 TURN_NS = 1_000_000  # see _turn_over()
@@ -137,7 +138,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
         return conn.recv(size)
     fd = conn.fileno()
     if not carry and info.has_read:  # between requests: the next is rarely here yet, so wait
-        turn_over = _others_waiting() and _turn_over(info)
+        turn_over = _others_waiting() and not stopping() and _turn_over(info)
         if turn_over or not _poller(fd).poll(_park_after * 1000):
             return _park_or_recv(conn, info, b"", size)  # its turn is over, or it is idle
         data = os.read(fd, size)  # readable: this does not wait
@@ -243,7 +244,7 @@ async def read(
         return await reader.read(CHUNK)
     assert info is not None
     others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
-    others = others and _others_waiting() and _turn_over(info)  # as receive(); not at its end
+    others = others and _others_waiting() and not stopping() and _turn_over(info)  # as receive()
     if others and await _park_async(reader, writer, carry):
         raise Parked
     try:

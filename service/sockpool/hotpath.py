@@ -53,6 +53,10 @@ _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # request, or in a loop that a handler blocks. rebalance() reads it back for another worker.
 # Far longer than a fast connection takes, so churn moves nothing.
 STEAL_AFTER = 0.002
+# A worker found with handoffs unread gets nothing new until it is heard from, or this long:
+# an async worker serving only long-lived connections may have nothing to report for hours,
+# so after a loop blocked for a moment it must not be passed over for good.
+STALL_FOR = 0.5
 # A listener's backlog that back-pressure has kept from any accept this long counts as
 # waiting (publish_waiting): long enough that churn, which accepts at every completion,
 # never sets it off and makes workers hand back connections for nothing.
@@ -154,6 +158,7 @@ class HotPath:
         self.done = False  # the done pipe is readable (done_readable())
         self.next_steal = _NEVER  # when rebalance() may next find an unread handoff
         self.may_queue = True  # a worker may leave handoffs unread (routes_changed())
+        self.last_routes: list[WorkerProcess] = []
         self.accepted_at = 0.0  # the last turn that accepted a connection
         self.stuck = False  # a backlog has had no accept for STUCK_AFTER (accept())
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
@@ -322,8 +327,21 @@ class HotPath:
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
         """The workers that take work changed (the caller caches them). Only a worker that
         takes more than one connection can leave handoffs unread (queue_ahead, or async):
-        without one, nothing need look for them."""
+        without one, nothing need look for them. What one that no longer takes work (a
+        reload or a recycle retired it) left unread goes to the others, rather than wait
+        behind its last long request; not at a stop, where no other is left."""
+        if routes:
+            for p in self.last_routes:
+                if p not in routes and p.w.capacity > 1 and p.pid in self.workers:
+                    self._take_back(p, p.read_back(live=True))
+        self.last_routes = list(routes)
         self.may_queue = any(p.w.capacity > 1 for p in routes)
+
+    def _take_back(self, p: WorkerProcess, items: list[Pending]) -> None:
+        """Handoffs read back from `p` go first, before anything newer."""
+        for item in items:
+            p.w.handed.pop(item[0], None)
+        self.pending.extendleft(reversed(items))
 
     def queued(self) -> int:
         """Connections queued ahead in sync workers' channels: waiting as much as pending
@@ -350,8 +368,13 @@ class HotPath:
         moved: list[Pending] = []
         for p in self.routable():
             since, heard = p.unheard_since, p.w.last_heard
-            if not since or since < heard or heard < p.stalled_at:
-                continue  # nothing sent, heard from since (it reads its channel), or stalled
+            if heard < p.stalled_at:  # stalled: until heard from, or STALL_FOR
+                if now < p.stalled_at + STALL_FOR:
+                    due = min(due, p.stalled_at + STALL_FOR)
+                    continue
+                p.stalled_at = 0.0  # it may take work again: a handoff tells how it does
+            if not since or since < heard:
+                continue  # nothing sent, or heard from since: it reads its channel
             if since + STEAL_AFTER > now:  # the same sum as the loop's wake-up: no drift
                 due = min(due, since + STEAL_AFTER)
                 continue
@@ -361,12 +384,15 @@ class HotPath:
                 continue
             handed = p.w.handed
             sent = [handed.pop(item[0], None) for item in items]
+            # Only a handoff left unread for STEAL_AFTER says the worker does not read its
+            # channel: one sent a moment ago it may be about to take.
+            stale = any(e is not None and e[0] + STEAL_AFTER <= now for e in sent)
             if not handed:  # it took none: not yet scheduled, or stopped (SIGSTOP). It keeps
                 first = items.pop(0)  # its first, or it would never be heard from again,
                 self._send_one(p, first, now)  # nor found hung: so from its first send on
                 if first[0] in handed and sent[0] is not None:
                     handed[first[0]] = sent[0]
-            if handed:  # (not if that send failed: it would never be heard from)
+            if handed and stale:  # (not if that send failed: it would never be heard from)
                 p.stalled_at = now  # nothing new until it is heard from
             moved += items
         self.next_steal = min(self.next_steal, due)  # _send_one() may have set it
@@ -559,8 +585,10 @@ class HotPath:
 
     def undelivered(self) -> int:
         """Accepted and not yet with a worker, with a request to serve (or a first one to
-        come): a stop lets workers finish only once these are handed over or closed."""
-        return len(self.pending) + self.parking.in_flight
+        come): a stop lets workers finish only once these are handed over or closed. A
+        connection queued behind a sync worker's current one counts: until that worker takes
+        it, rebalance() may still move it to another, which a stop must not have retired."""
+        return len(self.pending) + self.parking.in_flight + self.queued()
 
     def recover(self, p: WorkerProcess) -> int:
         """A worker died: take back the handoffs it never read (they go first to the next

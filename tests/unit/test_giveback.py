@@ -193,6 +193,20 @@ def test_while_stopping_a_client_that_never_speaks_is_ended(
 
 
 @pytest.mark.usefixtures("stopping")
+def test_while_stopping_a_keep_alive_client_keeps_its_turn(make_worker) -> None:
+    # Others wait (the word says so) and its turn is over, but while stopping no turn ends:
+    # given back with its next request already sent, nobody might be left to serve it.
+    assert giveback._waiting is not None
+    giveback._waiting[giveback.WAITING] = 1
+    w = make_worker(park_after=0.0)
+    info = w.info()
+    info.has_read, info.turn_began = True, 0  # between requests, its turn long begun
+    w.client.sendall(b"next request")
+    assert serving(info, giveback.receive, w.conn) == b"next request"
+    assert not info.parked and w.nothing_parked()
+
+
+@pytest.mark.usefixtures("stopping")
 def test_while_stopping_a_request_begun_is_kept_and_an_idle_one_still_parks(make_worker) -> None:
     w = make_worker(park_after=0.0)
     begun = w.info()

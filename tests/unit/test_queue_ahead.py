@@ -224,16 +224,22 @@ def test_an_async_worker_whose_loop_is_blocked_loses_what_it_left_unread() -> No
         assert pool.handed(1) == [1, 4] and pool.handed(2) == [3]
         assert pool.take(2) == [3]
         pool.finish(2, 3, T0 + 0.0015)
-        # Worker 1 has not been heard from since it was sent 1, at T0.
+        # Worker 1 has not been heard from since it was sent 1, at T0: it is looked at
+        # then, but 4 is only a moment old there, and may be about to be read.
         assert pool.hot.next_steal == LATER
         pool.hot.rebalance(LATER)
         pool.hot.dispatch(LATER)
-        assert pool.handed(1) == [1] and pool.handed(2) == [4] and pool.take(2) == [4]
-        pool.accept(5, T0 + 0.004)  # worker 1 has more room, but is still blocked
-        assert pool.handed(2) == [4, 5]
+        assert pool.handed(2) == [4] and pool.take(2) == [4]  # moved, but...
+        pool.accept(5, LATER)
+        assert pool.handed(1) == [1, 5]  # ...worker 1 is not passed over for that
+        pool.hot.rebalance(LATER + STEAL_AFTER)  # 5 was left unread for STEAL_AFTER: it is
+        pool.hot.dispatch(LATER + STEAL_AFTER)
+        assert pool.handed(1) == [1] and pool.handed(2) == [4, 5]
+        pool.accept(6, T0 + 0.005)  # worker 1 has more room, but is still blocked
+        assert pool.handed(2) == [4, 5, 6]
         pool.finish(1, 1, T0 + 0.006)  # its loop turns again
-        pool.accept(6, T0 + 0.006)
-        assert pool.handed(1) == [6]
+        pool.accept(7, T0 + 0.006)
+        assert pool.handed(1) == [7]
     finally:
         pool.close()
 
@@ -291,11 +297,31 @@ def test_a_worker_that_took_nothing_keeps_its_first_and_gets_nothing_new(pool: P
     pool.hot.dispatch(LATER)
     assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
     assert pool.take(2) == [3]
-    pool.hot.rebalance(LATER + 5)  # however long it stays silent: it is not sent again...
+    pool.accept(4, LATER + 0.1)  # not to worker 1, which is stalled: it waits here
+    assert pool.handed(1) == [1] and [item[0] for item in pool.hot.pending] == [4]
+    pool.hot.rebalance(LATER + 5)  # looked at again after STALL_FOR: it still holds just 1...
     assert pool.take(1) == [1]  # (once, in its channel)
     with pytest.raises(BlockingIOError):
         pool.take(1)
     assert pool.procs[1].w.handed[1][0] == T0  # ...and the hang check counts from T0
-    pool.finish(1, 1, LATER + 0.001)  # heard from: it takes work again
-    pool.accept(4, LATER + 0.001)
-    assert pool.handed(1) == [4]
+    pool.finish(1, 1, LATER + 5.001)  # heard from: it takes work again
+    pool.accept(5, LATER + 5.001)
+    assert pool.handed(1) == [4, 5]
+
+
+def test_a_retired_worker_leaves_what_it_did_not_take_to_the_others(pool: Pool) -> None:
+    for conn_id in (1, 2, 3):
+        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
+    assert pool.take(1) == [1] and pool.take(2) == [2]
+    assert pool.hot.undelivered() == 1  # a stop waits for it: it may still move
+    pool.hot.routes_changed([pool.procs[2]])  # a reload or a recycle retires worker 1
+    assert pool.handed(1) == [1] and [item[0] for item in pool.hot.pending] == [3]
+    with pytest.raises(BlockingIOError):
+        pool.take(1)
+
+
+def test_at_a_stop_a_worker_keeps_what_it_was_sent(pool: Pool) -> None:
+    for conn_id in (1, 2, 3):
+        pool.accept(conn_id)
+    pool.hot.routes_changed([])  # every worker retired: nobody else could take 3
+    assert pool.handed(1) == [1, 3] and not pool.hot.pending
