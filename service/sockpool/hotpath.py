@@ -338,7 +338,8 @@ class HotPath:
         self.may_queue = any(p.w.capacity > 1 for p in routes)
 
     def _take_back(self, p: WorkerProcess, items: list[Pending]) -> None:
-        """Handoffs read back from `p` go first, before anything newer."""
+        """Handoffs read back from `p` (retired, or dead: recover()) are no longer its,
+        and go first, before anything newer."""
         for item in items:
             p.w.handed.pop(item[0], None)
         self.pending.extendleft(reversed(items))
@@ -593,10 +594,7 @@ class HotPath:
     def recover(self, p: WorkerProcess) -> int:
         """A worker died: take back the handoffs it never read (they go first to the next
         worker) and let go of the connections it held. Returns how many it held."""
-        recovered = p.read_back()
-        for item in recovered:
-            p.w.handed.pop(item[0], None)
-        self.pending.extendleft(reversed(recovered))
+        self._take_back(p, p.read_back())
         for conn_id in p.w.handed:  # still listed: they were in its hands and are gone
             self.admission.release(conn_id)
         lost = len(p.w.handed)

@@ -141,7 +141,7 @@ class _Base:
         retired every other worker once this one held it): it had STOP_FIRST_BYTE here to
         speak, as in the dispatcher, and is closed as the dispatcher would close it."""
         finish(sock, ConnectionInfo(handoff.conn_id, handoff.listener, handoff.peer))
-        self.report_done([handoff.conn_id])
+        self.report_one(handoff.conn_id)
 
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
         h = handoff
