@@ -330,7 +330,7 @@ class HotPath:
         without one, nothing need look for them. What one that no longer takes work (a
         reload or a recycle retired it) left unread goes to the others, rather than wait
         behind its last long request; not at a stop, where no other is left."""
-        if routes:
+        if routes and self.may_park:  # (as rebalance())
             for p in self.last_routes:
                 if p not in routes and p.w.capacity > 1 and p.pid in self.workers:
                     self._take_back(p, p.read_back(live=True))
@@ -364,8 +364,8 @@ class HotPath:
         to be ahead of it while other workers serve newer ones. SOCK_SEQPACKET gives a
         message to one reader only: what the worker took first, we do not read."""
         self.next_steal = due = _NEVER
-        if not self.may_queue:
-            return
+        if not self.may_queue or not self.may_park:
+            return  # (near the descriptor limit workers keep what they hold: see accept())
         moved: list[Pending] = []
         for p in self.routable():
             since, heard = p.unheard_since, p.w.last_heard
@@ -631,10 +631,13 @@ class HotPath:
 
     def _parking_allowed(self, allowed: bool, now: float) -> None:
         """Near the descriptor limit, workers keep what they hold and new connections go to
-        them at once (or wait in the backlog): said once, then at most once a minute."""
+        them at once (or wait in the backlog): said once, then at most once a minute. That
+        holds for handoffs they left unread too (rebalance() reads none back meanwhile)."""
         if allowed == self.may_park:
             return
         self.may_park = allowed
+        if allowed:
+            self.next_steal = now  # look for what was left unread meanwhile
         if not allowed and now >= self.next_fd_log:
             self.next_fd_log = now + BUSY_LOG_INTERVAL
             log.event(

@@ -325,3 +325,20 @@ def test_at_a_stop_a_worker_keeps_what_it_was_sent(pool: Pool) -> None:
         pool.accept(conn_id)
     pool.hot.routes_changed([])  # every worker retired: nobody else could take 3
     assert pool.handed(1) == [1, 3] and not pool.hot.pending
+
+
+def test_near_the_descriptor_limit_nothing_is_read_back(pool: Pool) -> None:
+    # Workers keep what they hold there (nothing is parked either): a read back would bring
+    # descriptors into a dispatcher that has none to spare, and lose them to EMFILE.
+    for conn_id in (1, 2, 3):
+        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
+    assert pool.take(1) == [1] and pool.take(2) == [2]
+    pool.hot._parking_allowed(False, T0)
+    pool.hot.rebalance(LATER)
+    pool.hot.routes_changed([pool.procs[2]])
+    assert pool.handed(1) == [1, 3] and not pool.hot.pending
+    pool.hot._parking_allowed(True, LATER + 1)  # room again: look at once
+    assert pool.hot.next_steal == LATER + 1
+    pool.hot.rebalance(LATER + 1)
+    pool.hot.dispatch(LATER + 1)
+    assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
