@@ -57,6 +57,10 @@ STEAL_AFTER = 0.002
 # an async worker serving only long-lived connections may have nothing to report for hours,
 # so after a loop blocked for a moment it must not be passed over for good.
 STALL_FOR = 0.5
+# A sync worker that has not taken the first of its handoffs this long is frozen (SIGSTOP),
+# not just waiting for a core: only then are its handoffs read back with it unstarted. Any
+# sooner, and its waking up between two reads back would let the second overtake the first.
+FROZEN_AFTER = 0.1
 # A listener's backlog that back-pressure has kept from any accept this long counts as
 # waiting (publish_waiting): long enough that churn, which accepts at every completion,
 # never sets it off and makes workers hand back connections for nothing.
@@ -378,6 +382,13 @@ class HotPath:
                 continue  # nothing sent, or heard from since: it reads its channel
             if since + STEAL_AFTER > now:  # the same sum as the loop's wake-up: no drift
                 due = min(due, since + STEAL_AFTER)
+                continue
+            oldest = next(iter(p.w.handed), None)
+            if p.solo and since + FROZEN_AFTER > now and p.first_unread() == oldest:
+                # It has not yet taken the one it is to serve: reading that back would race
+                # its taking the next, which would then overtake it. Look again until it
+                # takes it (then only the queued one is left to read) or FROZEN_AFTER.
+                due = min(due, now + STEAL_AFTER, since + FROZEN_AFTER)
                 continue
             p.unheard_since = 0.0
             items = p.read_back(live=True)

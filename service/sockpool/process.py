@@ -161,6 +161,16 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):  # already reaped: nothing to tell
             os.kill(self.pid, sig)
 
+    def first_unread(self) -> int | None:
+        """The conn_id of the first handoff still in its channel, left there: a peek,
+        without a buffer for descriptors, so none is installed here. None: nothing (or a
+        STOP) is waiting."""
+        try:
+            head = self.inbox.recv(wire.FIRST_ID_SIZE, channel.PEEK)
+        except OSError:
+            return None
+        return wire.first_conn_id(head)
+
     def read_back(self, live: bool = False) -> list[Pending]:
         """The handoffs it never took, descriptors and all: once it has exited, or (`live`)
         while it lives, to move them elsewhere (a STOP is never ours to take: it goes back)."""

@@ -185,6 +185,17 @@ def encode_stop() -> bytes:
     return b"S"
 
 
+FIRST_ID_SIZE = 1 + _HEAD.size + 8  # a handoff's head up to its first conn_id
+
+
+def first_conn_id(head: bytes) -> int | None:
+    """The first conn_id of a handoff from its first FIRST_ID_SIZE bytes (a peek at a
+    channel); None for anything else (a STOP)."""
+    if len(head) < FIRST_ID_SIZE or head[:1] != b"H":
+        return None
+    return int.from_bytes(head[1 + _HEAD.size : FIRST_ID_SIZE], "big")
+
+
 def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
     """Decode a dispatcher message that came with `nfds` descriptors."""
     if data == b"S":

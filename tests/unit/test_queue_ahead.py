@@ -18,7 +18,7 @@ import pytest
 from sockpool import channel, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
-from sockpool.hotpath import _NEVER, STEAL_AFTER, HotPath
+from sockpool.hotpath import _NEVER, FROZEN_AFTER, STEAL_AFTER, HotPath
 from sockpool.process import WorkerProcess
 from sockpool.states import Worker, WorkerState
 
@@ -285,27 +285,50 @@ def test_a_worker_that_gives_a_connection_back_is_heard_from(pool: Pool) -> None
     client.close()
 
 
-def test_a_worker_that_took_nothing_keeps_its_first_and_gets_nothing_new(pool: Pool) -> None:
-    # Worker 1 took nothing for STEAL_AFTER: not yet scheduled, or stopped (SIGSTOP). It
-    # keeps its first connection, or it would never be heard from again and never be found
-    # hung; the one queued behind goes on.
+def test_a_worker_slow_to_start_serves_its_first_connection_first(pool: Pool) -> None:
+    # Worker 1 has not yet taken its first connection when the second, queued behind it, is
+    # looked at: it is waiting for a core. Reading both back would race its waking up: it
+    # could take the second while the first is out of its channel, and a client that came
+    # later would be served first. Both stay until it takes the first.
     pool.accept(1)
     pool.accept(2)
     pool.accept(3)  # queued behind 1 at worker 1
     assert pool.take(2) == [2]
     pool.hot.rebalance(LATER)
     pool.hot.dispatch(LATER)
+    assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
+    assert pool.hot.next_steal == LATER + STEAL_AFTER  # it looks again
+    assert pool.take(1) == [1]  # it wakes up: the first comes first
+    pool.hot.rebalance(LATER + STEAL_AFTER)  # and only the one queued behind moves
+    pool.hot.dispatch(LATER + STEAL_AFTER)
     assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
     assert pool.take(2) == [3]
-    pool.accept(4, LATER + 0.1)  # not to worker 1, which is stalled: it waits here
+
+
+def test_a_frozen_worker_keeps_its_first_and_gets_nothing_new(pool: Pool) -> None:
+    # Worker 1 took nothing for FROZEN_AFTER: stopped (SIGSTOP). It keeps its first
+    # connection, or it would never be heard from again and never be found hung; the one
+    # queued behind goes on.
+    pool.accept(1)
+    pool.accept(2)
+    pool.accept(3)  # queued behind 1 at worker 1
+    assert pool.take(2) == [2]
+    frozen = T0 + FROZEN_AFTER
+    pool.hot.rebalance(frozen - STEAL_AFTER)
+    assert pool.hot.next_steal == frozen
+    pool.hot.rebalance(frozen)
+    pool.hot.dispatch(frozen)
+    assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
+    assert pool.take(2) == [3]
+    pool.accept(4, frozen + 0.1)  # not to worker 1, which is stalled: it waits here
     assert pool.handed(1) == [1] and [item[0] for item in pool.hot.pending] == [4]
-    pool.hot.rebalance(LATER + 5)  # looked at again after STALL_FOR: it still holds just 1...
+    pool.hot.rebalance(frozen + 5)  # looked at again after STALL_FOR: it still holds just 1...
     assert pool.take(1) == [1]  # (once, in its channel)
     with pytest.raises(BlockingIOError):
         pool.take(1)
     assert pool.procs[1].w.handed[1][0] == T0  # ...and the hang check counts from T0
-    pool.finish(1, 1, LATER + 5.001)  # heard from: it takes work again
-    pool.accept(5, LATER + 5.001)
+    pool.finish(1, 1, frozen + 5.001)  # heard from: it takes work again
+    pool.accept(5, frozen + 5.001)
     assert pool.handed(1) == [4, 5]
 
 

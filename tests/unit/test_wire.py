@@ -99,6 +99,17 @@ def test_stop() -> None:
         wire.decode_to_worker(wire.encode_stop(), nfds=1)
 
 
+@pytest.mark.parametrize("conn_id", [1, 2**64 - 1])
+def test_a_peek_at_a_handoffs_head_names_its_first_connection(conn_id: int) -> None:
+    for data in (
+        wire.encode_one(conn_id, "web", "peer", b"", 0, True),
+        wire.encode_handoff([entry(conn_id), entry(conn_id - 1)]),
+    ):
+        assert wire.first_conn_id(data[: wire.FIRST_ID_SIZE]) == conn_id
+    assert wire.first_conn_id(wire.encode_stop()) is None
+    assert wire.first_conn_id(data[: wire.FIRST_ID_SIZE - 1]) is None
+
+
 @pytest.mark.parametrize("data", [b"", b"Z", b"Xabc", b"\x00", b"H", b"H\x01"])
 def test_unknown_messages_to_a_worker(data: bytes) -> None:
     with pytest.raises(wire.WireError):
