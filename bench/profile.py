@@ -1,9 +1,10 @@
-"""Profile sockpool's dispatcher under echo churn: where its CPU per connection goes.
+"""Profile sockpool's dispatcher under churn: where its CPU per connection goes.
 
-`make bench-profile` (python -m bench.profile) starts sockpool's echo pool as the
-newconn-echo scenario does (bench.run's launcher, bench.loadgen's clients, --workers
-workers), and the plain accept/send_fds/close loop after it for comparison, and measures
-each under the same load in phases of --duration seconds, one tool at a time:
+`make bench-profile` (python -m bench.profile) starts sockpool's pool as a churn scenario
+does (bench.run's launcher, bench.loadgen's clients): --scenario newconn-echo (echo,
+--workers workers) or churn-cpu (0.5 ms of CPU per connection, 2 workers); and the plain
+accept/send_fds/close loop after it for comparison, and measures each under the same load
+in phases of --duration seconds, one tool at a time:
 
 - ``baseline``: no tool; conns/s and CPU µs per connection from /proc, as bench.run does;
 - ``flame`` (sockpool only): ``py-spy record --native -r 1000`` of the dispatcher, a
@@ -21,6 +22,7 @@ every sample): the conns/s of each phase say by how much; the CPU shares and per
 counts stay comparable. README.md in the output directory says how to read the files.
 
     python -m bench.profile --out bench/results/profile --duration 5
+    python -m bench.profile --scenario churn-cpu --no-native
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ SERVERS = ("sockpool", "plainloop")
 ATTACH_S = 0.5  # for a tool to attach before the load starts
 PERF_EVENTS = "task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
 TOP_LINES = 25
+# What each scenario is called in the summary.
+SCENARIOS = {"newconn-echo": "echo churn", "churn-cpu": "churn with 0.5 ms of CPU per connection"}
 # Leaves where the dispatcher waits for work: py-spy --native counts a thread inside a
 # syscall as active, so these take the samples of its idle time too. The top table leaves
 # them out and says how many there were.
@@ -122,8 +126,13 @@ def phase(
     return Phase(name, res.ok, res.conns_per_s, cpu)
 
 
-def py_spy(pid: int, *args: str) -> list[str]:
-    return [str(PY_SPY), "record", "--native", "-r", "1000", "--pid", str(pid), *args]
+def py_spy(pid: int, *args: str, no_native: bool = False) -> list[str]:
+    """--native stops the dispatcher for every sample while it unwinds the C stack, long
+    enough to slow it several times over, and then its timers fire more often than
+    unwatched (churn-cpu: rebalance()). Without it (--no-native), a sample is
+    short, and a syscall's time goes to the Python function that makes it."""
+    how = [] if no_native else ["--native"]
+    return [str(PY_SPY), "record", *how, "-r", "1000", "--pid", str(pid), *args]
 
 
 def dumps(pid: int, path: Path, count: int = 3) -> Callable[[], None]:
@@ -152,7 +161,9 @@ def frame_name(frame: str) -> str:
     return f"{m['func']} ({os.path.basename(m['file'])})"
 
 
-def top_table(collapsed: Path, lines: int = TOP_LINES) -> tuple[list[str], int]:
+def top_table(
+    collapsed: Path, lines: int = TOP_LINES, no_native: bool = False
+) -> tuple[list[str], int]:
     """py-spy's collapsed stacks (`root;...;leaf count`) as the functions with the most
     samples on their own (the leaf) and in total (anywhere in the stack)."""
     own: Counter[str] = Counter()
@@ -172,7 +183,8 @@ def top_table(collapsed: Path, lines: int = TOP_LINES) -> tuple[list[str], int]:
         for name in set(frames):
             total[name] += n
     out = [
-        f"{samples} samples of the dispatcher at work (py-spy --native, 1000/s); "
+        f"{samples} samples of the dispatcher at work "
+        f"(py-spy{'' if no_native else ' --native'}, 1000/s); "
         f"{waiting} more in {', '.join(w.split()[0] for w in WAITS)}, waiting or not, "
         "left out (perf record has the on-CPU share)",
         "",
@@ -242,13 +254,15 @@ def perf_top(data: Path, dest: Path) -> list[str]:
 # --- one server, every phase -------------------------------------------------------------
 
 
-def profile(spec: run.Spec, cfg: run.Config, out: Path, log: Path) -> dict[str, Any]:
+def profile(
+    spec: run.Spec, cfg: run.Config, out: Path, log: Path, what: str, no_native: bool
+) -> dict[str, Any]:
     name = spec.server
     port = run.free_port()
-    found: dict[str, Any] = {"label": spec.label, "phases": {}}
+    found: dict[str, Any] = {"label": spec.label, "phases": {}, "workers": spec.workers}
     with run.launch(spec, port, log) as srv:
         run.wait_answering(port, "echo")
-        run.wait_pool(srv.pid, cfg.workers + 1)
+        run.wait_pool(srv.pid, (spec.workers or cfg.workers) + 1)
         loadgen.run(port, "echo", cfg.procs, cfg.concurrency, cfg.warmup, timeout=5)
         who = roles(srv.pid)
         pids = ",".join(str(p) for p in procfs.descendants(srv.pid))
@@ -257,15 +271,14 @@ def profile(spec: run.Spec, cfg: run.Config, out: Path, log: Path) -> dict[str, 
         phases["baseline"] = phase("baseline", srv.pid, port, cfg, log)
         if name == "sockpool":
             svg = out / f"{name}-dispatcher.svg"
-            phases["flame"] = phase(
-                "flame", srv.pid, port, cfg, log, py_spy(srv.pid, "-o", str(svg))
-            )
+            argv = py_spy(srv.pid, "-o", str(svg), no_native=no_native)
+            phases["flame"] = phase("flame", srv.pid, port, cfg, log, argv)
         collapsed = out / f"{name}-dispatcher.collapsed.txt"
-        argv = py_spy(srv.pid, "-f", "raw", "-o", str(collapsed))
+        argv = py_spy(srv.pid, "-f", "raw", "-o", str(collapsed), no_native=no_native)
         phases["top"] = phase("top", srv.pid, port, cfg, log, argv)
         if collapsed.exists():
-            lines, samples = top_table(collapsed)
-            head = f"# {spec.label}: the dispatcher's hottest functions under echo churn"
+            lines, samples = top_table(collapsed, no_native=no_native)
+            head = f"# {spec.label}: the dispatcher's hottest functions under {what}"
             (out / f"{name}-dispatcher-top.txt").write_text("\n".join([head, "", *lines, ""]))
             found["top"] = lines
             found["samples"] = samples
@@ -303,15 +316,16 @@ def per_conn(found: dict[str, Any], tool_phase: str, value: float) -> float | No
 def summary(found: dict[str, dict[str, Any]], cfg: run.Config, meta: dict[str, Any]) -> str:
     names = list(found)
     labels = [found[n]["label"] for n in names]
+    workers = next(iter(found.values()))["workers"] or cfg.workers
     md = [
-        "# Dispatcher profile under echo churn",
+        f"# Dispatcher profile under {meta['what']}",
         "",
         f"Run {meta['date']}, sockpool {meta['sockpool']}, {meta['cores']} cores, load average "
         f"{meta['load_start']} at start, {meta['load_end']} at end (a shared machine: "
-        "expect ~10% noise). Reproduce with `make bench-profile`; README.md says how to read "
-        "these files.",
+        "expect ~10% noise). Reproduce with `make bench-profile`; "
+        "bench/results/profile/README.md says how to read these files.",
         "",
-        f"Each server: {cfg.workers} workers, `sockpool.handlers:echo`, bench.loadgen "
+        f"Each server: {workers} workers, `{meta['handler']}`, bench.loadgen "
         f"{cfg.procs} processes x {cfg.concurrency} connections in flight, a new connection "
         f"per request, {cfg.duration:g} s per phase, one tool per phase.",
         "",
@@ -397,9 +411,13 @@ def _stat(found: dict[str, Any], role: str, event: str, scale: float = 1.0) -> f
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="profile sockpool's dispatcher under echo churn")
-    ap.add_argument("--out", type=Path, default=run.BENCH / "results" / "profile")
+    ap = argparse.ArgumentParser(description="profile sockpool's dispatcher under churn")
+    ap.add_argument("--scenario", choices=list(SCENARIOS), default="newconn-echo")
+    ap.add_argument("--out", type=Path, help="default: bench/results/profile[-SCENARIO]")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds of load per phase")
+    ap.add_argument(
+        "--no-native", action="store_true", help="py-spy without --native: see py_spy()"
+    )
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--servers", default=",".join(SERVERS), help="sockpool, plainloop")
     args = ap.parse_args(argv)
@@ -408,6 +426,9 @@ def main(argv: list[str] | None = None) -> int:
     servers = [s for s in args.servers.split(",") if s]
     if unknown := set(servers) - set(SERVERS):
         ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
+    if args.out is None:
+        suffix = "" if args.scenario == "newconn-echo" else f"-{args.scenario}"
+        args.out = run.BENCH / "results" / f"profile{suffix}"
     cfg = run.Config(workers=args.workers, duration=args.duration, out=args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("*"):
@@ -418,15 +439,18 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC)
     load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     found: dict[str, dict[str, Any]] = {}
-    specs = {s.server: s for s in run.servers_for("newconn-echo", cfg)}
+    specs = {s.server: s for s in run.servers_for(args.scenario, cfg)}
+    what = SCENARIOS[args.scenario]
     for name in servers:
-        found[name] = profile(specs[name], cfg, args.out, log)
+        found[name] = profile(specs[name], cfg, args.out, log, what, args.no_native)
     meta = {
         "date": stamp.strftime("%Y-%m-%d %H:%M UTC"),
         "sockpool": run.versions()["sockpool"],
         "cores": os.cpu_count(),
         "load_start": load_start,
         "load_end": " ".join(Path("/proc/loadavg").read_text().split()[:3]),
+        "what": what,
+        "handler": run.CPU_ECHO if args.scenario == "churn-cpu" else run.ECHO,
     }
     (args.out / "summary.md").write_text(summary(found, cfg, meta))
     print(f"wrote {args.out / 'summary.md'}", flush=True)

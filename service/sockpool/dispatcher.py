@@ -54,6 +54,7 @@ class Dispatcher:
             served, Admission(config), procs, self._routable, self._closed, self.loop.epoll
         )
         self.loop.others = self.hot.parking.seen  # held connections that spoke
+        self.hot.mute = self.loop.mute  # a backlogged listener's new connections
         self.hot.configure(config)
         self.do = Executor(
             self.policy, self.loop, self.hot, notifier, self._feed, self.status,

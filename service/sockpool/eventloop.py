@@ -33,6 +33,7 @@ class Loop:
     def __init__(self) -> None:
         self.epoll = select.epoll()
         self.callbacks: dict[int, Callback] = {}
+        self.events: dict[int, int] = {}  # what each watched descriptor is watched for
         self.timers: list[tuple[float, int, Timer]] = []
         self._order = itertools.count()  # ties keep the order they were set in
         self.wakeup: tuple[socket.socket, socket.socket] | None = None
@@ -49,9 +50,16 @@ class Loop:
     ) -> None:
         """Call back when `source` is readable (or writable), level- or edge-triggered."""
         fd = source if isinstance(source, int) else source.fileno()
-        events = select.EPOLLOUT if writable else select.EPOLLIN
-        self.epoll.register(fd, events | (select.EPOLLET if edge else 0))
+        events = (select.EPOLLOUT if writable else select.EPOLLIN) | (select.EPOLLET if edge else 0)
+        self.epoll.register(fd, events)
         self.callbacks[fd] = callback
+        self.events[fd] = events
+
+    def mute(self, source: socket.socket, muted: bool) -> None:
+        """Stop (or resume) calling back for a watched `source`, which stays registered.
+        Resuming reports it at once if it is readable by then."""
+        fd = source.fileno()
+        self.epoll.modify(fd, 0 if muted else self.events[fd])
 
     def watch_writable(self, fd: int, callback: Callback) -> None:
         self.watch(fd, callback, writable=True)
@@ -59,6 +67,7 @@ class Loop:
     def unwatch(self, source: socket.socket | int) -> None:
         fd = source if isinstance(source, int) else source.fileno()
         if self.callbacks.pop(fd, None) is not None:
+            del self.events[fd]
             self.epoll.unregister(fd)
 
     def call_at(self, at: float, callback: Callback) -> Timer:

@@ -20,6 +20,7 @@ import logging
 import os
 import resource
 import select
+import socket
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -69,6 +70,10 @@ STUCK_AFTER = 0.01
 T = TypeVar("T")
 # A PROXY protocol listener's: its version, who may send the header, how its peers read.
 Proxied = tuple[str, "proxyproto.Trusted", Callable[[object], str]]
+
+
+def _unmutable(sock: socket.socket, muted: bool) -> None:
+    """HotPath.mute without a loop (the unit tests): new connections are not watched."""
 
 
 def serving_capacity(p: WorkerProcess) -> int:
@@ -150,6 +155,10 @@ class HotPath:
         self.on_broken = on_broken  # a channel that failed: its worker is dying
         self.pending: deque[Pending] = deque()
         self.backlogged: set[Listener] = set(listeners)  # connections may already be queued
+        # Backlogged listeners whose new connections wake nobody (accept()): the dispatcher
+        # sets mute to its loop's Loop.mute.
+        self.muted: set[Listener] = set()
+        self.mute: Callable[[socket.socket, bool], None] = _unmutable
         self.accepting = True
         self.next_id = 0
         self.served = 0
@@ -239,11 +248,20 @@ class HotPath:
             floor = came_back if hold else 0
             for n in range(ACCEPT_BATCH):
                 if room <= 0 and allowed > 0 and n >= floor:
-                    break  # back-pressure: let it wait in the backlog
+                    # Back-pressure: let it wait in the backlog. Every turn accepts from it
+                    # again while it is backlogged: a new connection need wake nobody, which
+                    # under load would be a turn for nothing most times one comes.
+                    if listener not in self.muted:
+                        self.muted.add(listener)
+                        self.mute(listener.sock, True)
+                    break
                 try:
                     fd, addr = accept()  # socket._accept: (fd, addr), no socket object to build
                 except BlockingIOError:
                     self.backlogged.discard(listener)
+                    if listener in self.muted:  # nothing left: the next one must wake us
+                        self.muted.discard(listener)
+                        self.mute(listener.sock, False)
                     break
                 except OSError as exc:
                     if exc.errno in _PEER_GONE:

@@ -1,0 +1,129 @@
+"""Back-pressure: while the workers have no room, new connections wait in the kernel's backlog,
+and their coming wakes nobody. The dispatcher accepts again on every turn that could have
+made room, so the wake-up would only be a turn for nothing, most times one comes under load.
+
+A real listener, the loop's real epoll and a real worker channel; no processes.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from sockpool import channel, wire
+from sockpool.admission import Admission
+from sockpool.config import Config
+from sockpool.eventloop import Loop
+from sockpool.hotpath import HotPath
+from sockpool.listeners import Listener
+from sockpool.process import WorkerProcess
+from sockpool.states import Worker, WorkerState
+
+PID = 1
+
+
+class Service:
+    """A dispatcher's loop and hot path over one listener and one worker of capacity 1."""
+
+    def __init__(self) -> None:
+        sock = socket.create_server(("127.0.0.1", 0))
+        self.address = sock.getsockname()
+        self.listener = Listener("main", sock, "127.0.0.1")
+        self.loop = Loop()
+        ours, self.worker_end = channel.pair()
+        ours.setblocking(False)
+        w = Worker(PID, 1, WorkerState.READY, 1)
+        self.proc = WorkerProcess(PID, ours, self.worker_end, os.memfd_create("stacks"), w)
+        routes = [self.proc]
+        self.hot = HotPath(
+            [self.listener], Admission(Config()), {PID: self.proc}, lambda: routes,
+            lambda p: None, self.loop.epoll,
+        )  # fmt: skip
+        self.hot.mute = self.loop.mute  # as the dispatcher wires it
+        sock.setblocking(False)
+        self.loop.watch(sock, self._readable, edge=True)
+        self.wakes = 0
+        self.clients: list[socket.socket] = []
+
+    def _readable(self) -> None:
+        """The listener's callback, as the dispatcher's, counting."""
+        self.wakes += 1
+        self.hot.backlogged.add(self.listener)
+
+    def connect(self) -> None:
+        """A client connects: on loopback its handshake is done when connect() returns."""
+        self.clients.append(socket.create_connection(self.address))
+
+    def woken(self) -> bool:
+        """Whether the loop is woken now (poll without waiting), for the listener."""
+        wakes = self.wakes
+        self.loop.poll(0)
+        return self.wakes > wakes
+
+    def turn(self, now: float = 1.0) -> None:
+        """One loop turn's work, as Dispatcher.run does it after the poll."""
+        if self.hot.done:
+            self.hot.completed(now)
+        if self.hot.backlogged:
+            self.hot.accept(now)
+        if self.hot.pending:
+            self.hot.dispatch(now)
+
+    def serve_one(self) -> None:
+        """The worker takes its connection and finishes it."""
+        message = channel.receive(self.worker_end, channel.DONTWAIT)
+        assert message is not None
+        data, fds = message
+        channel.close_all(fds)
+        [handoff] = wire.decode_to_worker(data, len(fds))  # type: ignore[misc]
+        os.write(self.hot.done_w, b"".join(wire.encode_done(PID, [handoff.conn_id])))
+        self.hot.done = True
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        channel.close_all([item[1] for item in self.hot.pending])
+        self.proc.close()
+        self.worker_end.close()
+        self.loop.close()
+        self.listener.close()
+        channel.close_all([self.hot.done_r, self.hot.done_w])
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    made = Service()
+    yield made
+    made.close()
+
+
+def test_a_connection_that_no_worker_has_room_for_wakes_nobody(service: Service) -> None:
+    service.connect()
+    assert service.woken()
+    service.turn()
+    assert list(service.proc.w.handed) == [1]  # the worker is full now
+    service.connect()
+    assert not service.woken()  # it waits in the backlog, and we sleep on
+    service.serve_one()  # ...until the worker has room: that turn accepts it
+    service.turn()
+    assert list(service.proc.w.handed) == [2]
+
+
+def test_once_the_backlog_is_empty_a_new_connection_wakes_the_loop(service: Service) -> None:
+    service.connect()
+    service.woken()
+    service.turn()
+    service.connect()
+    assert not service.woken()
+    service.serve_one()
+    service.turn()  # takes the second
+    service.serve_one()
+    service.turn()  # room, and nobody left in the backlog
+    assert not service.proc.w.handed and not service.hot.backlogged
+    service.connect()
+    assert service.woken()
+    service.turn()
+    assert list(service.proc.w.handed) == [3]
