@@ -55,6 +55,12 @@ class Pool:
         self.hot.pending.append((conn_id, fd, "main", "peer", b"", 0))
         self.hot.dispatch(now)
 
+    def three(self) -> None:
+        """Connections 1, 2 and 3: least busy first, so 1 to worker 1, 2 to worker 2, and 3
+        queued behind 1 at worker 1."""
+        for conn_id in (1, 2, 3):
+            self.accept(conn_id)
+
     def take(self, pid: int) -> list[int]:
         """The worker reads one message: the conn_ids it got (their descriptors closed)."""
         message = channel.receive(self.ends[pid], channel.DONTWAIT)
@@ -99,8 +105,7 @@ def test_a_sync_worker_gets_each_connection_in_a_message_of_its_own(pool: Pool) 
 
 
 def test_the_second_connection_is_queued_and_counted_as_waiting(pool: Pool) -> None:
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)
+    pool.three()
     # Least busy first: one each, then the third queues behind one of them.
     assert sorted(len(pool.handed(pid)) for pid in (1, 2)) == [1, 2]
     # The keep-alive turn (giveback.receive) ends for a queued connection as for a pending one.
@@ -110,9 +115,7 @@ def test_the_second_connection_is_queued_and_counted_as_waiting(pool: Pool) -> N
 def test_a_connection_left_unread_behind_a_long_request_goes_to_an_idle_worker(
     pool: Pool,
 ) -> None:
-    pool.accept(1)  # to worker 1
-    pool.accept(2)  # to worker 2
-    pool.accept(3)  # queued behind 1 at worker 1
+    pool.three()
     assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
     assert pool.take(1) == [1]  # worker 1 starts a long request; 3 waits in its channel
     assert pool.take(2) == [2]
@@ -129,8 +132,7 @@ def test_a_connection_left_unread_behind_a_long_request_goes_to_an_idle_worker(
 
 
 def test_it_goes_first_and_the_worker_behind_gets_nothing_until_heard_from(pool: Pool) -> None:
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
+    pool.three()
     assert pool.take(1) == [1] and pool.take(2) == [2]
     pool.finish(2, 2, T0 + 0.001)
     pool.accept(4, T0 + 0.001)  # worker 2 is idle: it gets this one
@@ -148,9 +150,7 @@ def test_it_goes_first_and_the_worker_behind_gets_nothing_until_heard_from(pool:
 
 
 def test_nothing_is_read_back_from_a_worker_heard_from_since(pool: Pool) -> None:
-    pool.accept(1)
-    pool.accept(2)
-    pool.accept(3)  # queued behind 1 at worker 1
+    pool.three()
     assert pool.take(1) == [1]
     pool.finish(1, 1, T0 + 0.0001)  # worker 1 finished 1 after 3 was sent: it takes 3 next
     pool.hot.rebalance(T0 + 1)
@@ -158,8 +158,7 @@ def test_nothing_is_read_back_from_a_worker_heard_from_since(pool: Pool) -> None
 
 
 def test_a_queued_connection_the_worker_already_took_stays_with_it(pool: Pool) -> None:
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)
+    pool.three()
     assert pool.take(1) == [1] and pool.take(1) == [3]  # worker 1 read both already
     pool.take(2)
     pool.finish(2, 2, T0)
@@ -272,8 +271,7 @@ def test_workers_that_take_one_at_a_time_are_never_looked_at() -> None:
 
 
 def test_a_worker_that_gives_a_connection_back_is_heard_from(pool: Pool) -> None:
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
+    pool.three()
     assert pool.take(1) == [1] and pool.take(2) == [2]
     # Worker 1's client sent nothing: it gives the connection back, and takes 3 next.
     ours, client = socket.socketpair()
@@ -290,9 +288,7 @@ def test_a_worker_slow_to_start_serves_its_first_connection_first(pool: Pool) ->
     # looked at: it is waiting for a core. Reading both back would race its waking up: it
     # could take the second while the first is out of its channel, and a client that came
     # later would be served first. Both stay until it takes the first.
-    pool.accept(1)
-    pool.accept(2)
-    pool.accept(3)  # queued behind 1 at worker 1
+    pool.three()
     assert pool.take(2) == [2]
     pool.hot.rebalance(LATER)
     pool.hot.dispatch(LATER)
@@ -309,9 +305,7 @@ def test_a_frozen_worker_keeps_its_first_and_gets_nothing_new(pool: Pool) -> Non
     # Worker 1 took nothing for FROZEN_AFTER: stopped (SIGSTOP). It keeps its first
     # connection, or it would never be heard from again and never be found hung; the one
     # queued behind goes on.
-    pool.accept(1)
-    pool.accept(2)
-    pool.accept(3)  # queued behind 1 at worker 1
+    pool.three()
     assert pool.take(2) == [2]
     frozen = T0 + FROZEN_AFTER
     pool.hot.rebalance(frozen - STEAL_AFTER)
@@ -333,8 +327,7 @@ def test_a_frozen_worker_keeps_its_first_and_gets_nothing_new(pool: Pool) -> Non
 
 
 def test_a_retired_worker_leaves_what_it_did_not_take_to_the_others(pool: Pool) -> None:
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
+    pool.three()
     assert pool.take(1) == [1] and pool.take(2) == [2]
     assert pool.hot.undelivered() == 1  # a stop waits for it: it may still move
     pool.hot.routes_changed([pool.procs[2]])  # a reload or a recycle retires worker 1
@@ -344,8 +337,7 @@ def test_a_retired_worker_leaves_what_it_did_not_take_to_the_others(pool: Pool) 
 
 
 def test_at_a_stop_a_worker_keeps_what_it_was_sent(pool: Pool) -> None:
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)
+    pool.three()
     pool.hot.routes_changed([])  # every worker retired: nobody else could take 3
     assert pool.handed(1) == [1, 3] and not pool.hot.pending
 
@@ -353,8 +345,7 @@ def test_at_a_stop_a_worker_keeps_what_it_was_sent(pool: Pool) -> None:
 def test_near_the_descriptor_limit_nothing_is_read_back(pool: Pool) -> None:
     # Workers keep what they hold there (nothing is parked either): a read back would bring
     # descriptors into a dispatcher that has none to spare, and lose them to EMFILE.
-    for conn_id in (1, 2, 3):
-        pool.accept(conn_id)  # 3 queued behind 1 at worker 1
+    pool.three()
     assert pool.take(1) == [1] and pool.take(2) == [2]
     pool.hot._parking_allowed(False, T0)
     pool.hot.rebalance(LATER)
