@@ -57,9 +57,11 @@ class Loop:
 
     def mute(self, source: socket.socket, muted: bool) -> None:
         """Stop (or resume) calling back for a watched `source`, which stays registered.
-        Resuming reports it at once if it is readable by then."""
+        Resuming reports it at once if it is readable by then. One no longer watched stays
+        so."""
         fd = source.fileno()
-        self.epoll.modify(fd, 0 if muted else self.events[fd])
+        if fd in self.events:
+            self.epoll.modify(fd, 0 if muted else self.events[fd])
 
     def watch_writable(self, fd: int, callback: Callback) -> None:
         self.watch(fd, callback, writable=True)

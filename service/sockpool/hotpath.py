@@ -648,6 +648,7 @@ class HotPath:
         self.stopping = True
         self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
         self.backlogged.clear()
+        self.muted.clear()  # (the caller unwatched the listeners)
         self.stuck = False  # nothing more is accepted: none waits for a worker there
         self.publish_waiting()
         self.parking.close_idle()

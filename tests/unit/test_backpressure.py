@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sockpool import channel, wire
+from sockpool import channel, giveback, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
 from sockpool.eventloop import Loop
@@ -94,7 +94,10 @@ class Service:
 
 
 @pytest.fixture
-def service() -> Iterator[Service]:
+def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+    # The words a HotPath shares with its workers (giveback.share_waiting) are this
+    # process's: a fresh pair, so a stop here does not tell later tests' workers to stop.
+    monkeypatch.setattr(giveback, "_waiting", None)
     made = Service()
     yield made
     made.close()
@@ -127,3 +130,18 @@ def test_once_the_backlog_is_empty_a_new_connection_wakes_the_loop(service: Serv
     assert service.woken()
     service.turn()
     assert list(service.proc.w.handed) == [3]
+
+
+def test_a_stop_leaves_a_muted_listener_alone(service: Service) -> None:
+    service.connect()
+    service.woken()
+    service.turn()
+    service.connect()
+    assert not service.woken() and service.hot.muted  # back-pressure: muted
+    service.loop.unwatch(service.listener.sock)  # as the executor does at a stop
+    service.hot.stop_accepting()
+    assert not service.hot.muted
+    service.loop.mute(service.listener.sock, False)  # no longer watched: nothing to resume
+    service.serve_one()
+    service.turn()  # nothing more is accepted; the second client stays in the backlog
+    assert not service.proc.w.handed
