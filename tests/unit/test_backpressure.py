@@ -63,6 +63,16 @@ class Service:
         self.loop.poll(0)
         return self.wakes > wakes
 
+    def hold_one_back(self) -> None:
+        """A first client fills the worker; a second waits in the backlog, and its coming
+        wakes nobody."""
+        self.connect()
+        assert self.woken()
+        self.turn()
+        assert list(self.proc.w.handed) == [1]  # the worker is full now
+        self.connect()
+        assert not self.woken()
+
     def turn(self, now: float = 1.0) -> None:
         """One loop turn's work, as Dispatcher.run does it after the poll."""
         if self.hot.done:
@@ -104,23 +114,14 @@ def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
 
 
 def test_a_connection_that_no_worker_has_room_for_wakes_nobody(service: Service) -> None:
-    service.connect()
-    assert service.woken()
-    service.turn()
-    assert list(service.proc.w.handed) == [1]  # the worker is full now
-    service.connect()
-    assert not service.woken()  # it waits in the backlog, and we sleep on
+    service.hold_one_back()  # the second waits in the backlog, and we sleep on
     service.serve_one()  # ...until the worker has room: that turn accepts it
     service.turn()
     assert list(service.proc.w.handed) == [2]
 
 
 def test_once_the_backlog_is_empty_a_new_connection_wakes_the_loop(service: Service) -> None:
-    service.connect()
-    service.woken()
-    service.turn()
-    service.connect()
-    assert not service.woken()
+    service.hold_one_back()
     service.serve_one()
     service.turn()  # takes the second
     service.serve_one()
@@ -133,11 +134,8 @@ def test_once_the_backlog_is_empty_a_new_connection_wakes_the_loop(service: Serv
 
 
 def test_a_stop_leaves_a_muted_listener_alone(service: Service) -> None:
-    service.connect()
-    service.woken()
-    service.turn()
-    service.connect()
-    assert not service.woken() and service.hot.muted  # back-pressure: muted
+    service.hold_one_back()
+    assert service.hot.muted
     service.loop.unwatch(service.listener.sock)  # as the executor does at a stop
     service.hot.stop_accepting()
     assert not service.hot.muted
