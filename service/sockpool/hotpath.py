@@ -43,7 +43,6 @@ _LOGGED_CLOSES = {
 }  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
-STOP_FIRST_BYTE = giveback.STOP_FIRST_BYTE  # a stop's first_byte_timeout (stop_accepting)
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -401,8 +400,7 @@ class HotPath:
             if since + STEAL_AFTER > now:  # the same sum as the loop's wake-up: no drift
                 due = min(due, since + STEAL_AFTER)
                 continue
-            oldest = next(iter(p.w.handed), None)
-            if p.solo and since + FROZEN_AFTER > now and p.first_unread() == oldest:
+            if p.solo and since + FROZEN_AFTER > now and p.took_none():
                 # It has not yet taken the one it is to serve: reading that back would race
                 # its taking the next, which would then overtake it. Look again until it
                 # takes it (then only the queued one is left to read) or FROZEN_AFTER.
@@ -532,7 +530,7 @@ class HotPath:
         elif msg.silent:  # new, and not a byte yet: as accept() holds one
             deadline = deadline_for(FIRST_BYTE, now, 0, self.timeouts)
             if self.stopping:
-                deadline = min(deadline, now + STOP_FIRST_BYTE)
+                deadline = min(deadline, now + giveback.STOP_FIRST_BYTE)
             self.parking.hold(item, FIRST_BYTE, deadline)
         elif len(msg.carry) > self.max_carry:
             self.parking.drop(item, "too-large")
@@ -641,9 +639,9 @@ class HotPath:
 
     def stop_accepting(self) -> None:
         """On stop: no new connections, and the held ones with no request close now. A new
-        one still silent gets STOP_FIRST_BYTE from its accept: a client that connected a
-        moment ago is about to send its request, one silent for long (a browser's
-        preconnect) would only hold up the stop."""
+        one still silent gets giveback.STOP_FIRST_BYTE from its accept: a client that
+        connected a moment ago is about to send its request, one silent for long (a
+        browser's preconnect) would only hold up the stop."""
         self.accepting = False
         self.stopping = True
         self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
@@ -653,8 +651,8 @@ class HotPath:
         self.publish_waiting()
         self.parking.close_idle()
         first_byte = self.timeouts[0]
-        if first_byte > STOP_FIRST_BYTE:
-            self.parking.hurry(FIRST_BYTE, first_byte - STOP_FIRST_BYTE)
+        if first_byte > giveback.STOP_FIRST_BYTE:
+            self.parking.hurry(FIRST_BYTE, first_byte - giveback.STOP_FIRST_BYTE)
 
     def held_fds(self) -> list[int]:
         return [item[1] for item in self.pending] + self.parking.fds()

@@ -161,15 +161,15 @@ class WorkerProcess:
         with contextlib.suppress(ProcessLookupError):  # already reaped: nothing to tell
             os.kill(self.pid, sig)
 
-    def first_unread(self) -> int | None:
-        """The conn_id of the first handoff still in its channel, left there: a peek,
-        without a buffer for descriptors, so none is installed here. None: nothing (or a
-        STOP) is waiting."""
+    def took_none(self) -> bool:
+        """Whether the first handoff still in its channel is the oldest it holds: it has
+        taken none of them yet. A peek, without a buffer for descriptors, so none is
+        installed here (an empty channel, like a STOP, has no handoff to name)."""
         try:
             head = self.inbox.recv(wire.FIRST_ID_SIZE, channel.PEEK)
         except OSError:
-            return None
-        return wire.first_conn_id(head)
+            head = b""
+        return wire.first_conn_id(head) == next(iter(self.w.handed), None)
 
     def read_back(self, live: bool = False) -> list[Pending]:
         """The handoffs it never took, descriptors and all: once it has exited, or (`live`)
