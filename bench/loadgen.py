@@ -20,12 +20,21 @@ do (almost) nothing: idle ones that send nothing, ones that make one keep-alive 
 then stay idle, and slowloris ones that trickle a request head a byte at a time. It counts
 what the server did with them (answered, closed, and when).
 
+With ``rate``, the load is open-loop instead: new connections start at that many per
+second in all, on a fixed schedule, whether or not earlier ones were answered (at most
+``concurrency`` in flight per process), and each latency runs from the moment its connection
+was due, not from when a free slot let it start. A server that falls behind is then charged
+for the wait, which a closed loop hides by sending less (coordinated omission). A closed
+loop always runs the server flat out; below that, where services spend most of their
+time, what decides a tail latency is where each connection goes, not the CPU left.
+
 Reports connections per second, latency percentiles (p50, p99, p99.9) and failures by
 kind. Bounded by --duration, --max-requests and a per-request --timeout. A verified
 connection is closed with SO_LINGER 0, so the client keeps no TIME_WAIT port.
 
     python -m bench.loadgen --port 7101 --mode echo --procs 2 --concurrency 4 --duration 5
     python -m bench.loadgen --port 7101 --mode http --keepalive --concurrency 32
+    python -m bench.loadgen --port 7101 --mode mixed --rate 1000 --concurrency 64
 """
 
 from __future__ import annotations
@@ -85,6 +94,7 @@ class Result:
     p99_all_ms: float = 0.0
     client_cpu_us_per_conn: float = 0.0
     keepalive: bool = False
+    rate: float = 0.0  # open loop: connections per second asked for (0: a closed loop)
     # Per connection slot (procs * concurrency of them; with keepalive one connection each,
     # reopened only when the server ends it): how many answers each got within the duration
     # (a starved connection is often served once the others have closed theirs).
@@ -107,19 +117,26 @@ class _Conn:
     __slots__ = ("expect_echo", "inbuf", "outbuf", "sent_all", "slot", "slow", "sock", "start")
 
     def __init__(
-        self, sock: socket.socket, slot: int, payload: bytes, echo: bool, slow: bool
+        self,
+        sock: socket.socket,
+        slot: int,
+        payload: bytes,
+        echo: bool,
+        slow: bool,
+        due: float = 0.0,
     ) -> None:
         self.sock = sock
         self.slot = slot
         self.inbuf = bytearray()
         self.expect_echo = payload if echo else b""
         self.slow = slow
-        self.next_request(payload)
+        self.next_request(payload, due)
 
-    def next_request(self, payload: bytes) -> None:
+    def next_request(self, payload: bytes, due: float = 0.0) -> None:
+        """`due`: when an open loop scheduled it (its latency runs from then); else now."""
         self.outbuf = memoryview(payload)
         self.inbuf.clear()
-        self.start = time.monotonic()
+        self.start = due or time.monotonic()
         self.sent_all = False
 
 
@@ -182,8 +199,14 @@ def _run_proc(
     max_requests: int,
     timeout: float,
     keepalive: bool,
+    pace: tuple[float, float],
     out: Any,
 ) -> None:
+    """One process's share of the load. `pace`, in an open loop: seconds between its new
+    connections, and when the first is due after start_at (the processes' schedules
+    interleave, so the whole load is evenly spaced); (0, 0): a closed loop, a new
+    connection whenever a slot is free."""
+    interval, phase = pace
     ep = select.epoll()
     lat = array("d")
     slow_flags = array("b")
@@ -201,6 +224,7 @@ def _run_proc(
     while time.monotonic() < start_at:
         time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
     deadline = start_at + duration
+    next_due = start_at + phase  # open loop: when the next connection is due
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 
     def payload() -> tuple[bytes, bool]:
@@ -250,11 +274,11 @@ def _run_proc(
                 conn.sock.shutdown(socket.SHUT_WR)
             ep.modify(fd, select.EPOLLIN)
 
-    def launch() -> None:
+    def launch(due: float = 0.0) -> None:
         slot = free_slots.pop()
         data, slow = payload()
         s = socket.socket(socket.AF_INET, sock_type)
-        conn = _Conn(s, slot, data, echo, slow)
+        conn = _Conn(s, slot, data, echo, slow, due)
         if mode == "proxy":  # the header goes first; the echo answers the rest
             conn.outbuf = memoryview(PROXY_V2 + data)
         err = s.connect_ex(addr)
@@ -313,19 +337,28 @@ def _run_proc(
     last_sweep = time.monotonic()
     while True:
         now = time.monotonic()
-        issuing = now < deadline and seq < max_requests
-        while issuing and free_slots:
-            launch()
-            issuing = seq < max_requests
-        if not inflight:
-            if not issuing:
-                break
-            continue
+        # An open loop sends every connection due within the run, however late: stopping at
+        # the deadline would spare a server that fell behind the very ones it kept waiting.
+        issuing = seq < max_requests and (next_due if interval else now) < deadline
+        if interval:  # each one due by now, as slots free up: a late one's wait counts
+            while issuing and free_slots and next_due <= now:
+                launch(next_due)
+                next_due += interval
+                issuing = seq < max_requests and next_due < deadline
+        else:
+            while issuing and free_slots:
+                launch()
+                issuing = seq < max_requests
+        if not inflight and not issuing:
+            break
         if now > deadline + timeout + 1:
             for fd, conn in list(inflight.items()):
                 finish(fd, conn, "timeout")
             break
-        for fd, _events in ep.poll(0.05):
+        wait = 0.05
+        if interval and issuing and free_slots:
+            wait = min(wait, max(0.0, next_due - time.monotonic()))
+        for fd, _events in ep.poll(wait):
             on_event(fd)
         if now - last_sweep > 0.1:
             last_sweep = now
@@ -358,12 +391,16 @@ def run(
     max_requests: int = 1_000_000,
     timeout: float = 5.0,
     keepalive: bool = False,
+    rate: float = 0.0,
 ) -> Result:
-    """Run the load and return the aggregated result (blocks for about `duration`)."""
+    """Run the load and return the aggregated result (blocks for about `duration`).
+    `rate`: an open loop of that many new connections per second (see the module's doc)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
     if keepalive and mode != "http":
         raise ValueError("keepalive needs mode http")
+    if rate < 0 or (rate and keepalive):
+        raise ValueError("rate must be positive, and without keepalive")
     duration = min(max(duration, 0.1), MAX_DURATION)
     max_requests = min(max_requests, MAX_REQUESTS)
     ctx = mp.get_context("fork")
@@ -375,7 +412,11 @@ def run(
         r, w = ctx.Pipe(duplex=False)
         p = ctx.Process(
             target=_run_proc,
-            args=(i, port, mode, concurrency, start_at, duration, per_proc, timeout, keepalive, w),
+            args=(
+                *(i, port, mode, concurrency, start_at, duration, per_proc, timeout, keepalive),
+                (procs / rate, i / rate) if rate else (0.0, 0.0),
+                w,
+            ),
             daemon=True,
         )
         p.start()
@@ -413,7 +454,12 @@ def run(
             p.kill()
             p.join()
     res = Result(
-        mode=mode, procs=procs, concurrency=concurrency, duration=duration, keepalive=keepalive
+        mode=mode,
+        procs=procs,
+        concurrency=concurrency,
+        duration=duration,
+        keepalive=keepalive,
+        rate=rate,
     )
     res.ok = len(lat)
     res.ok_in_window = ok_in_window
@@ -723,9 +769,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--keepalive", action="store_true", help="http: keep each connection for every request"
     )
+    ap.add_argument(
+        "--rate", type=float, default=0.0, help="open loop: new connections per second in all"
+    )
     args = ap.parse_args(argv)
     if args.keepalive and args.mode != "http":
         ap.error("--keepalive needs --mode http")
+    if args.rate < 0 or (args.rate and args.keepalive):
+        ap.error("--rate must be positive, and without --keepalive")
     res = run(
         args.port,
         args.mode,
@@ -735,6 +786,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_requests,
         args.timeout,
         args.keepalive,
+        args.rate,
     )
     json.dump(asdict(res), sys.stdout, indent=2)
     sys.stdout.write("\n")

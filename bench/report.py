@@ -29,6 +29,8 @@ TITLES = {
     "mixed": "Mixed load: one request in ten takes 50 ms (bench.loadgen, echo)",
     "mixed-cpu": "Mixed load, async workers: one request in ten burns 5 ms of CPU "
     "(bench.loadgen, echo)",
+    "mixed-cpu-paced": "The same mixed load below saturation: 800 new connections a second, "
+    "on a schedule (bench.loadgen --rate; latency from when each was due)",
     "coldstart": "Cold start: first connect on an idle activated socket to its answer",
     "memory": "Memory (PSS) of the whole pool at rest",
     "idle-keepalive": "Idle keep-alive connections, then new HTTP clients (2 sync workers)",
@@ -203,7 +205,7 @@ def load_table(rows: dict[str, list[Row]], scenario: str) -> list[str]:
     return table(headers, lines)
 
 
-MIXED = ("mixed", "mixed-cpu")
+MIXED = ("mixed", "mixed-cpu", "mixed-cpu-paced")
 # Every table of load_table's kind, in the order RESULTS.md shows them.
 LOAD_SCENARIOS = (
     "newconn-echo",
@@ -452,6 +454,7 @@ SCENARIOS = {
     "churn-cpu": "new conn/request, 0.5 ms CPU + echo, 2 workers",
     "ceiling": "workers that answer at once",
     "mixed-cpu": "mixed load, 5 ms of CPU in 1 of 10 (async)",
+    "mixed-cpu-paced": "the same, 800 conns/s (open loop)",
     "newconn-http": "new conn/request, HTTP",
     "newconn-http-wrk": "new conn/request, HTTP (wrk client)",
     "mixed": "mixed load",
@@ -585,6 +588,7 @@ ISSUE14_TARGETS = (
     Target("mixed", "fast_p99_ms", "≤", 1, "prefork"),
     Target("mixed", "fast_p99_ms", "≤", 1, "prefork-async", server="sockpool-async"),
     Target("mixed-cpu", "fast_p99_ms", "≤", 0.7, "prefork-async", server="sockpool-async"),
+    Target("mixed-cpu-paced", "fast_p99_ms", "", 1, "prefork-async", server="sockpool-async"),
     # Past one core: the measured ceiling (the projection is its own table) and two
     # dispatchers beside one.
     Target("ceiling", "ceiling_conns_per_s", ""),
@@ -602,7 +606,7 @@ ISSUE14_TARGETS = (
 )
 # A run with any of these has an issue 14 section (the rest of its figures come from the
 # older scenarios).
-ISSUE14_SCENARIOS = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu")
+ISSUE14_SCENARIOS = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu", "mixed-cpu-paced")
 ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "keepalive-64", "keepalive-few")
 ISSUE12 += ("parked-memory", "park-after")
 BEFORE = RESULTS / "before-issue12.json"  # sockpool at fe504ec, before issue 12

@@ -17,16 +17,19 @@ connections against the default pool of a 2-core machine, under 5 minutes togeth
 pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
 the same code measures sockpool before and after it; park-after needs --park-after.
 
-Issue 14's scenarios (newconn-echo-2w, churn-cpu, ceiling, mixed-cpu) measure sockpool's
-handoff against the shared-accept pool and the plain loop with the same handler and workers:
+Issue 14's scenarios (newconn-echo-2w, churn-cpu, ceiling, mixed-cpu, mixed-cpu-paced)
+measure sockpool's handoff against the shared-accept pool and the plain loop with the same
+handler and workers:
 echo churn at 2 workers (newconn-echo gives 4), churn with 0.5 ms of CPU per connection, the
 dispatcher's CPU with workers that answer at once (its ceiling, 1e6 / µs per connection),
-and async workers where one request in ten burns 5 ms of CPU. newconn-http and
+and async workers where one request in ten burns 5 ms of CPU, flat out and (mixed-cpu-paced)
+at PACED_RATE connections a second on a schedule. newconn-http and
 newconn-http-wrk run the plain loop too, and newconn-echo runs `--dispatchers 2` beside the
 default where sockpool has the flag. Every load run records the CPU per connection of the
 main process and of the processes below it (the workers), from /proc.
 
-    python -m bench.run --scenarios newconn-echo-2w,churn-cpu,ceiling,mixed-cpu --out /tmp/x
+    python -m bench.run --scenarios newconn-echo-2w,churn-cpu,ceiling,mixed-cpu,mixed-cpu-paced \
+        --out /tmp/x
 
 The issue 13 scenarios (flask-newconn, flask-keepalive, starlette) serve the same Flask and
 Starlette "hello" apps (bench/apps/) under sockpool --wsgi/--asgi, gunicorn (sync and
@@ -277,7 +280,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
         ]
         if sockpool_has(FLAG_QUEUE_AHEAD):  # where a queued connection could wait out a slow one
             specs.insert(1, queue_ahead_spec(specs[0]))
-    elif scenario == "mixed-cpu":
+    elif scenario in ("mixed-cpu", "mixed-cpu-paced"):
         specs = [
             Spec(
                 "sockpool-async",
@@ -317,7 +320,13 @@ ISSUE12 = (
 # echo churn at 2 workers, churn with 0.5 ms of CPU per connection (2 workers), the one
 # dispatcher's ceiling (workers that answer at once), mixed load with a CPU-bound slow
 # request in async workers.
-ISSUE14 = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu")
+ISSUE14 = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu", "mixed-cpu-paced")
+# mixed-cpu below saturation: an open loop (bench.loadgen's rate) of this many connections a
+# second, about 40% of what either server answers flat out on the 2-core machine the figures
+# come from. A closed loop runs every server flat out, where a fast request waits for a core
+# wherever it goes; the LIFO pile-up least-busy dispatch is meant to beat needs idle workers.
+PACED_RATE = 800.0
+PACED_IN_FLIGHT = 32  # per load process: room for a backlog, without a cap on the schedule
 W14 = 2  # issue 14's "2 workers" figures
 FLAG_CONFIG = "--config"
 FLAG_QUEUE_AHEAD = "--queue-ahead"
@@ -344,6 +353,7 @@ SCENARIOS = (
     "keepalive",
     "mixed",
     "mixed-cpu",
+    "mixed-cpu-paced",
     "coldstart",
     "memory",
     *ISSUE12,
@@ -357,6 +367,7 @@ MODE = {
     "churn-cpu": "echo",
     "ceiling": "echo",
     "mixed-cpu": "mixed",
+    "mixed-cpu-paced": "mixed",
     "newconn-http": "http",
     "newconn-http-wrk": "http",
     "mixed": "mixed",
@@ -568,6 +579,11 @@ def run_load(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any
         before = cpu_mark(srv.pid)
         if scenario in WRK:
             rec.update(run_wrk(port, cfg, cfg.duration, close))
+        elif scenario == "mixed-cpu-paced":
+            res = loadgen.run(
+                port, mode, cfg.procs, PACED_IN_FLIGHT, cfg.duration, timeout=5, rate=PACED_RATE
+            )
+            rec.update(load_record(res))
         else:
             res = loadgen.run(port, mode, cfg.procs, cfg.concurrency, cfg.duration, timeout=5)
             rec.update(load_record(res))

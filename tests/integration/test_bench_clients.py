@@ -8,9 +8,11 @@ never asserted here.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,3 +92,48 @@ def test_crowd_sees_when_the_server_closes_slow_clients() -> None:
     assert state.closed == 5, state
     assert len(final.closed_after_s) == 5
     assert min(final.closed_after_s) >= interval
+
+
+def test_an_open_loop_charges_a_slow_server_for_the_connections_it_kept_waiting() -> None:
+    """--rate: connections are due on a schedule, and each latency runs from when it was
+    due. A server that takes DELAY per connection, one at a time, falls behind 20 a second;
+    the last of the ten waits for the nine before it, which a closed loop would not count."""
+    delay, rate, due = 0.1, 20.0, 10
+    with serial_echo(delay) as port:
+        res = loadgen.run(port, "echo", procs=1, concurrency=1, duration=due / rate, rate=rate)
+    assert res.failures == 0, res.failure_kinds
+    assert res.ok == due  # every one due within the run was sent, the late ones too
+    # The k-th (from 0) is answered no sooner than (k + 1) * delay after the start, and was
+    # due at k / rate: the last waited at least this long.
+    assert res.max_ms >= 1e3 * (due * delay - (due - 1) / rate)
+
+
+@contextlib.contextmanager
+def serial_echo(delay: float) -> Iterator[int]:
+    """A server that answers one connection at a time, each `delay` seconds after it
+    accepted it: the echo of what the client sent before it shut down its side."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                time.sleep(delay)
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+                conn.sendall(data)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench import report
-from bench.run import sockpool_has
+from bench.run import PACED_RATE, sockpool_has
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,6 +27,7 @@ SERVERS = {
     "ceiling": {"sockpool", "plainloop"},
     "newconn-http": {"sockpool", "prefork", "plainloop"},
     "mixed-cpu": {"sockpool-async", "prefork-async"},
+    "mixed-cpu-paced": {"sockpool-async", "prefork-async"},
 }
 DISPATCHERS = {"sockpool", "plainloop", "sockpool-async"}
 
@@ -62,8 +63,10 @@ def test_issue14_scenarios(tmp_path: Path) -> None:
             assert rec["ceiling_conns_per_s"] > 0, where
         if rec["scenario"] in ("newconn-echo-2w", "churn-cpu"):
             assert rec["workers"] == 2, where
-        if rec["scenario"] == "mixed-cpu":  # both kinds of request were answered
+        if rec["scenario"].startswith("mixed-cpu"):  # both kinds of request were answered
             assert 0 < rec["fast_p99_ms"] <= rec["max_ms"], where
+        if rec["scenario"] == "mixed-cpu-paced":  # an open loop, at the rate it asked for
+            assert rec["rate"] == PACED_RATE, where
     text = (tmp_path / "RESULTS.md").read_text()
     assert "## Issue 14 targets" in text
     assert "0.5 ms of CPU then echo, 2 workers" in text
