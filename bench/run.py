@@ -63,6 +63,7 @@ from bench import acceptyes, loadgen, procfs
 from tests.harness import Service, connect, read_to_eof, request
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICE = REPO / "service"  # the package's directory (pyproject's package-dir)
 BENCH = REPO / "bench"
 # The interpreter running the harness (the project's venv under make) runs the Python
 # servers too; sockpool and gunicorn are its console scripts.
@@ -420,7 +421,9 @@ def launch(spec: Spec, port: int, log: Path) -> Service:
         log,
         fdnames=["bench"],
         env={
-            "PYTHONPATH": ":".join(p for p in (spec.pythonpath, str(REPO)) if p),
+            # This checkout's sockpool, before whatever the venv installed (an editable
+            # install may point at another checkout: a worktree's bench would measure it).
+            "PYTHONPATH": ":".join(p for p in (spec.pythonpath, str(SERVICE), str(REPO)) if p),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         },
         start_timeout=START_TIMEOUT,
