@@ -23,12 +23,14 @@ class ConnectionInfo:
     carried: bytes = b""  # what was read of the next request before the connection parked
     # Mutable, sockpool's own: when the request in progress began (time.monotonic_ns(); 0
     # for none), whether this connection may be parked, whether it was, whether this worker
-    # has read anything from it yet (it takes its turn before it yields it), and when.
+    # has read anything from it yet (it takes its turn before it yields it), and when; whether
+    # receive() has looked for a next request on it yet (it reads first only the first time).
     request_started: int = 0
     may_park: bool = False
     parked: bool = False
     has_read: bool = False
     turn_began: int = 0
+    kept_alive: bool = False
     # Behind a load balancer speaking the PROXY protocol v2: the TLVs it sent, if any.
     proxy_unique_id: bytes | None = None  # PP2_TYPE_UNIQUE_ID (HAProxy's unique-id)
     proxy_authority: str | None = None  # PP2_TYPE_AUTHORITY: the host name asked for (SNI)

@@ -137,10 +137,18 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
     if info is None or not info.may_park or info.parked or _send is None:
         return conn.recv(size)
     fd = conn.fileno()
-    if not carry and info.has_read:  # between requests: the next is rarely here yet, so wait
-        turn_over = _others_waiting() and not stopping() and _turn_over(info)
-        if turn_over or not _poller(fd).poll(_park_after * 1000):
-            return _park_or_recv(conn, info, b"", size)  # its turn is over, or it is idle
+    wait_first = False
+    if not carry and info.has_read:  # between requests
+        if _others_waiting() and not stopping() and _turn_over(info):
+            return _park_or_recv(conn, info, b"", size)  # its turn is over
+        # The first time, read first (below): a client that sends one request and ends it
+        # (echo; a request with its FIN) has often sent the end along, and one read then
+        # does what a poll and a read would. A client that asked again is kept alive, and
+        # sends its next request only once it has the answer: that one is rarely here yet.
+        wait_first, info.kept_alive = info.kept_alive, True
+    if wait_first:  # kept alive: wait up to park_after, then read
+        if not _poller(fd).poll(_park_after * 1000):
+            return _park_or_recv(conn, info, b"", size)  # it is idle
         data = os.read(fd, size)  # readable: this does not wait
     else:
         try:

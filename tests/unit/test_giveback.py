@@ -129,12 +129,30 @@ def test_receive_between_requests_parks_when_nothing_comes(make_worker, has_read
 
 
 @pytest.mark.skipif(platform.machine() not in _POLL_SYSCALLS, reason="syscall numbers unknown")
-def test_receive_between_requests_waits_park_after_for_the_peer(make_worker) -> None:
+@pytest.mark.parametrize("kept_alive", [False, True])
+def test_receive_between_requests_waits_park_after_for_the_peer(
+    make_worker, kept_alive: bool
+) -> None:
     """A busy keep-alive connection whose next request comes within park_after is not
-    bounced through the dispatcher: the bytes are sent only once receive() waits."""
+    bounced through the dispatcher: the bytes are sent only once receive() waits. The
+    first time it reads before it waits; once kept alive, it waits first."""
     w = make_worker(park_after=NOTHING_WAITS)
     info = w.info()
+    info.has_read, info.kept_alive = True, kept_alive
     assert received_once_waiting(w, info, b"came while waiting") == b"came while waiting"
+    assert not info.parked and w.nothing_parked()
+
+
+def test_receive_between_requests_takes_what_came_with_the_request(make_worker) -> None:
+    """A client that sent its next request, or its end, along with the first: both are
+    there the moment the handler asks, without waiting, and nothing parks."""
+    w = make_worker(park_after=NOTHING_WAITS)
+    info = w.info()
+    info.has_read = True
+    w.client.sendall(b"pipelined")
+    w.client.shutdown(socket.SHUT_WR)
+    assert serving(info, giveback.receive, w.conn) == b"pipelined"
+    assert serving(info, giveback.receive, w.conn) == b""  # its end: as recv()
     assert not info.parked and w.nothing_parked()
 
 
