@@ -13,7 +13,7 @@ import shutil
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,32 +63,19 @@ def test_crowd_sees_when_the_server_closes_slow_clients() -> None:
     """A listener that reads two bytes from each connection and closes it: every slow client
     is closed, after its second byte (sent `interval` after the first)."""
     interval = 0.3
-    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
-        port = listener.getsockname()[1]
-        stop = threading.Event()
 
-        def closer() -> None:
-            listener.settimeout(0.2)
-            while not stop.is_set():
-                try:
-                    conn, _ = listener.accept()
-                except TimeoutError:
-                    continue
-                with conn:
-                    conn.settimeout(10)
-                    got = b""
-                    while len(got) < 2 and (data := conn.recv(2 - len(got))):
-                        got += data
+    def close_after_two_bytes(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        got = b""
+        while len(got) < 2 and (data := conn.recv(2 - len(got))):
+            got += data
 
-        thread = threading.Thread(target=closer, daemon=True)
-        thread.start()
-        try:
-            with loadgen.Crowd(port, 5, "trickle", interval) as crowd:
-                state = crowd.wait(lambda s: s.closed >= s.conns, cap=30)
-                final = crowd.stop()
-        finally:
-            stop.set()
-            thread.join(5)
+    with (
+        serial_server(close_after_two_bytes) as port,
+        loadgen.Crowd(port, 5, "trickle", interval) as crowd,
+    ):
+        state = crowd.wait(lambda s: s.closed >= s.conns, cap=30)
+        final = crowd.stop()
     assert state.closed == 5, state
     assert len(final.closed_after_s) == 5
     assert min(final.closed_after_s) >= interval
@@ -108,32 +95,41 @@ def test_an_open_loop_charges_a_slow_server_for_the_connections_it_kept_waiting(
     assert res.max_ms >= 1e3 * (due * delay - (due - 1) / rate)
 
 
-@contextlib.contextmanager
-def serial_echo(delay: float) -> Iterator[int]:
+def serial_echo(delay: float) -> contextlib.AbstractContextManager[int]:
     """A server that answers one connection at a time, each `delay` seconds after it
     accepted it: the echo of what the client sent before it shut down its side."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    stop = threading.Event()
 
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with conn:
-                time.sleep(delay)
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                conn.sendall(data)
+    def echo_late(conn: socket.socket) -> None:
+        time.sleep(delay)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.sendall(data)
 
-    thread = threading.Thread(target=serve)
-    thread.start()
-    try:
-        yield listener.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join()
-        listener.close()
+    return serial_server(echo_late)
+
+
+@contextlib.contextmanager
+def serial_server(handle: Callable[[socket.socket], None]) -> Iterator[int]:
+    """A listener on 127.0.0.1 whose thread takes one connection at a time, hands it to
+    `handle` and closes it, until the test is done; yields its port."""
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        listener.settimeout(0.2)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn:
+                    handle(conn)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield listener.getsockname()[1]
+        finally:
+            stop.set()
+            thread.join(5)
