@@ -53,6 +53,9 @@ _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # request, or in a loop that a handler blocks. rebalance() reads it back for another worker.
 # Far longer than a fast connection takes, so churn moves nothing.
 STEAL_AFTER = 0.002
+# Sooner while a sync worker is idle: a connection queued behind a long request need not wait
+# out STEAL_AFTER when a worker could start it now (mixed load: the fast requests' tail).
+IDLE_STEAL_AFTER = 0.0005
 # A worker found with handoffs unread gets nothing new until it is heard from, or this long:
 # an async worker serving only long-lived connections may have nothing to report for hours,
 # so after a loop blocked for a moment it must not be passed over for good.
@@ -378,8 +381,9 @@ class HotPath:
         return queued
 
     def rebalance(self, now: float) -> None:
-        """Handoffs that a worker not heard from for STEAL_AFTER left unread go back to the
-        front of the queue, and that worker gets nothing new until it is heard from again:
+        """Handoffs that a worker not heard from for STEAL_AFTER (IDLE_STEAL_AFTER while a
+        sync worker is idle) left unread go back to the front of the queue, and a worker that
+        left one unread for STEAL_AFTER gets nothing new until it is heard from again:
         a sync worker behind a long request (queue_ahead), or an async worker whose loop a
         handler blocks. Without this, a fast request could wait out a slow one that happened
         to be ahead of it while other workers serve newer ones. SOCK_SEQPACKET gives a
@@ -388,7 +392,13 @@ class HotPath:
         if not self.may_queue or not self.may_park:
             return  # (near the descriptor limit workers keep what they hold: see accept())
         moved: list[Pending] = []
-        for p in self.routable():
+        routes = self.routable()
+        after = STEAL_AFTER
+        for p in routes:
+            if p.solo and not p.w.handed:  # a sync worker could start one now
+                after = IDLE_STEAL_AFTER
+                break
+        for p in routes:
             since, heard = p.unheard_since, p.w.last_heard
             if heard < p.stalled_at:  # stalled: until heard from, or STALL_FOR
                 if now < p.stalled_at + STALL_FOR:
@@ -397,8 +407,8 @@ class HotPath:
                 p.stalled_at = 0.0  # it may take work again: a handoff tells how it does
             if not since or since < heard:
                 continue  # nothing sent, or heard from since: it reads its channel
-            if since + STEAL_AFTER > now:  # the same sum as the loop's wake-up: no drift
-                due = min(due, since + STEAL_AFTER)
+            if since + after > now:  # the same sum as the loop's wake-up: no drift
+                due = min(due, since + after)
                 continue
             if p.solo and since + FROZEN_AFTER > now and p.took_none():
                 # It has not yet taken the one it is to serve: reading that back would race
@@ -489,10 +499,15 @@ class HotPath:
             return None
         pids: set[int] = set()
         release = self.admission.release if self.admission.sources else None
+        idle = False
         for pid, conn_id in wire.decode_done(data):
             p = self.workers.get(pid)
-            if p is not None and self._served(p, conn_id, now, pids) and release:
-                release(conn_id)
+            if p is not None and self._served(p, conn_id, now, pids):
+                idle = idle or (p.solo and not p.w.handed)
+                if release:
+                    release(conn_id)
+        if idle and self.next_steal < _NEVER:  # a handoff unread elsewhere may go to it now
+            self.next_steal = now
         return pids
 
     def _served(

@@ -1,7 +1,7 @@
 """Handoffs left unread: a sync worker with queue_ahead holds one connection queued behind the
 one it serves, and an async worker's loop can be blocked by a handler. A worker not heard
-from for STEAL_AFTER after a handoff gives back what it has not read, and gets nothing new
-until it is heard from again.
+from for STEAL_AFTER after a handoff (IDLE_STEAL_AFTER while a sync worker is idle) gives
+back what it has not read, and gets nothing new until it is heard from again.
 
 Real channels (SOCK_SEQPACKET socketpairs) and real descriptors; no processes: the "worker"
 is the far end of its channel, read (or not) by the test.
@@ -18,7 +18,7 @@ import pytest
 from sockpool import channel, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
-from sockpool.hotpath import _NEVER, FROZEN_AFTER, STEAL_AFTER, HotPath
+from sockpool.hotpath import _NEVER, FROZEN_AFTER, IDLE_STEAL_AFTER, STEAL_AFTER, HotPath
 from sockpool.process import WorkerProcess
 from sockpool.states import Worker, WorkerState
 
@@ -112,23 +112,33 @@ def test_the_second_connection_is_queued_and_counted_as_waiting(pool: Pool) -> N
     assert pool.hot.waiting[0] == 1
 
 
-def test_a_connection_left_unread_behind_a_long_request_goes_to_an_idle_worker(
+def test_a_connection_left_unread_behind_a_long_request_goes_to_a_worker_gone_idle(
     pool: Pool,
 ) -> None:
     pool.three()
     assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
     assert pool.take(1) == [1]  # worker 1 starts a long request; 3 waits in its channel
     assert pool.take(2) == [2]
-    pool.finish(2, 2, T0 + 0.001)  # a fast one: worker 2 is idle
     pool.hot.rebalance(T0 + 0.001)
-    assert pool.handed(1) == [1, 3]  # not yet: worker 1 may be about to take it
+    assert pool.handed(1) == [1, 3]  # both busy: 3 waits STEAL_AFTER, as it may be taken
     assert pool.hot.next_steal == LATER
-    pool.hot.rebalance(LATER)
-    pool.hot.dispatch(LATER)  # the loop's turn: what came back goes out first
+    pool.finish(2, 2, T0 + 0.001)  # a fast one: worker 2 is idle, and the loop looks now
+    assert pool.hot.next_steal == T0 + 0.001
+    pool.hot.rebalance(T0 + 0.001)
+    pool.hot.dispatch(T0 + 0.001)  # the loop's turn: what came back goes out first
     assert pool.handed(1) == [1] and pool.handed(2) == [3]
     assert pool.take(2) == [3]  # the idle worker got it...
     with pytest.raises(BlockingIOError):
         pool.take(1)  # ...and the busy one no longer has it
+
+
+def test_a_connection_queued_a_moment_ago_stays_though_a_worker_is_idle(pool: Pool) -> None:
+    pool.three()
+    assert pool.take(1) == [1] and pool.take(2) == [2]
+    pool.finish(2, 2, T0 + IDLE_STEAL_AFTER / 2)
+    pool.hot.rebalance(T0 + IDLE_STEAL_AFTER / 2)
+    assert pool.handed(1) == [1, 3]  # worker 1 may be about to take it: look again soon
+    assert pool.hot.next_steal == T0 + IDLE_STEAL_AFTER
 
 
 def test_it_goes_first_and_the_worker_behind_gets_nothing_until_heard_from(pool: Pool) -> None:
