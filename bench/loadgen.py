@@ -224,7 +224,12 @@ def _run_proc(
     while time.monotonic() < start_at:
         time.sleep(min(0.01, max(0.0, start_at - time.monotonic())))
     deadline = start_at + duration
-    next_due = start_at + phase  # open loop: when the next connection is due
+    sent_due = 0  # open loop: connections sent so far; the next is due at due(sent_due)
+
+    def due(n: int) -> float:
+        """When the n-th (from 0) is due: from a count, so no error piles up over a run."""
+        return start_at + phase + n * interval
+
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 
     def payload() -> tuple[bytes, bool]:
@@ -339,12 +344,12 @@ def _run_proc(
         now = time.monotonic()
         # An open loop sends every connection due within the run, however late: stopping at
         # the deadline would spare a server that fell behind the very ones it kept waiting.
-        issuing = seq < max_requests and (next_due if interval else now) < deadline
+        issuing = seq < max_requests and (due(sent_due) if interval else now) < deadline
         if interval:  # each one due by now, as slots free up: a late one's wait counts
-            while issuing and free_slots and next_due <= now:
-                launch(next_due)
-                next_due += interval
-                issuing = seq < max_requests and next_due < deadline
+            while issuing and free_slots and due(sent_due) <= now:
+                launch(due(sent_due))
+                sent_due += 1
+                issuing = seq < max_requests and due(sent_due) < deadline
         else:
             while issuing and free_slots:
                 launch()
@@ -354,10 +359,18 @@ def _run_proc(
         if now > deadline + timeout + 1:
             for fd, conn in list(inflight.items()):
                 finish(fd, conn, "timeout")
+            while interval and seq < max_requests and due(sent_due) < deadline:
+                fails["unsent"] += 1  # due, and the server never made room for it
+                sent_due, seq = sent_due + 1, seq + 1
             break
         wait = 0.05
         if interval and issuing and free_slots:
-            wait = min(wait, max(0.0, next_due - time.monotonic()))
+            wait = min(wait, max(0.0, due(sent_due) - time.monotonic()))
+            # epoll's timeout is in whole milliseconds, rounded up: a connection would start
+            # up to a millisecond late, and that would count as the server's. select() on
+            # the epoll descriptor waits to the microsecond; it is readable once an event is.
+            select.select([ep], [], [], wait)
+            wait = 0.0
         for fd, _events in ep.poll(wait):
             on_event(fd)
         if now - last_sweep > 0.1:
@@ -399,8 +412,10 @@ def run(
         raise ValueError(f"mode must be one of {MODES}")
     if keepalive and mode != "http":
         raise ValueError("keepalive needs mode http")
-    if rate < 0 or (rate and keepalive):
-        raise ValueError("rate must be positive, and without keepalive")
+    if not 0 <= rate < math.inf or (rate and keepalive):
+        raise ValueError(
+            "rate must be finite and not negative (0: a closed loop), without keepalive"
+        )
     duration = min(max(duration, 0.1), MAX_DURATION)
     max_requests = min(max_requests, MAX_REQUESTS)
     ctx = mp.get_context("fork")
@@ -775,8 +790,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.keepalive and args.mode != "http":
         ap.error("--keepalive needs --mode http")
-    if args.rate < 0 or (args.rate and args.keepalive):
-        ap.error("--rate must be positive, and without --keepalive")
+    if not 0 <= args.rate < math.inf or (args.rate and args.keepalive):
+        ap.error("--rate must be finite and not negative (0: a closed loop), without --keepalive")
     res = run(
         args.port,
         args.mode,

@@ -148,10 +148,21 @@ def sockpool_has(flag: str) -> bool:
     its new settings only where they exist, so they also measure the code before it."""
     if not _flags:
         out = subprocess.run(
-            [str(BIN / "sockpool"), "--help"], capture_output=True, text=True, timeout=30
+            [str(BIN / "sockpool"), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=os.environ | {"PYTHONPATH": pythonpath()},
         ).stdout
         _flags.update(re.findall(r"--[a-z][a-z-]+", out))
     return flag in _flags
+
+
+def pythonpath(first: str = "") -> str:
+    """The servers' PYTHONPATH: `first` (another sockpool's tree), then this checkout's
+    sockpool, before whatever the venv installed (its editable install may point at another
+    checkout, and a worktree's bench would measure that), then the repository (bench.*)."""
+    return ":".join(p for p in (first, str(SERVICE), str(REPO)) if p)
 
 
 def py_peer(module: str, *args: str) -> list[str]:
@@ -421,9 +432,7 @@ def launch(spec: Spec, port: int, log: Path) -> Service:
         log,
         fdnames=["bench"],
         env={
-            # This checkout's sockpool, before whatever the venv installed (an editable
-            # install may point at another checkout: a worktree's bench would measure it).
-            "PYTHONPATH": ":".join(p for p in (spec.pythonpath, str(SERVICE), str(REPO)) if p),
+            "PYTHONPATH": pythonpath(spec.pythonpath),
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         },
         start_timeout=START_TIMEOUT,

@@ -86,13 +86,38 @@ def test_an_open_loop_charges_a_slow_server_for_the_connections_it_kept_waiting(
     due. A server that takes DELAY per connection, one at a time, falls behind 20 a second;
     the last of the ten waits for the nine before it, which a closed loop would not count."""
     delay, rate, due = 0.1, 20.0, 10
-    with serial_echo(delay) as port:
-        res = loadgen.run(port, "echo", procs=1, concurrency=1, duration=due / rate, rate=rate)
+    with serial_echo(delay) as port:  # the run ends halfway between the 10th and an 11th
+        res = loadgen.run(
+            port, "echo", procs=1, concurrency=1, duration=(due - 0.5) / rate, rate=rate
+        )
     assert res.failures == 0, res.failure_kinds
     assert res.ok == due  # every one due within the run was sent, the late ones too
     # The k-th (from 0) is answered no sooner than (k + 1) * delay after the start, and was
     # due at k / rate: the last waited at least this long.
     assert res.max_ms >= 1e3 * (due * delay - (due - 1) / rate)
+
+
+def test_an_open_loop_counts_what_it_could_never_send() -> None:
+    """A server that never answers: each connection due within the run fails once, as a
+    timeout if it was sent, as unsent if no slot came free for it before the run ended (a
+    slot frees at most once per sweep, 0.1 s, and the run ends 1 s after the timeout)."""
+    rate, due = 100.0, 50
+    release = threading.Event()
+    with serial_server(lambda conn: release.wait(30)) as port:
+        try:
+            res = loadgen.run(
+                *(port, "echo"),
+                procs=1,
+                concurrency=1,
+                duration=(due - 0.5) / rate,
+                timeout=0.3,
+                rate=rate,
+            )
+        finally:
+            release.set()
+    assert res.ok == 0
+    assert res.failures == due, res.failure_kinds
+    assert res.failure_kinds.get("unsent", 0) > 0
 
 
 def serial_echo(delay: float) -> contextlib.AbstractContextManager[int]:

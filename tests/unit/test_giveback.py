@@ -134,12 +134,42 @@ def test_receive_between_requests_waits_park_after_for_the_peer(
     make_worker, kept_alive: bool
 ) -> None:
     """A busy keep-alive connection whose next request comes within park_after is not
-    bounced through the dispatcher: the bytes are sent only once receive() waits. The
-    first time it reads before it waits; once kept alive, it waits first."""
+    bounced through the dispatcher: the bytes are sent only once receive() waits, the
+    first time between requests as on a connection kept alive."""
     w = make_worker(park_after=NOTHING_WAITS)
     info = w.info()
     info.has_read, info.kept_alive = True, kept_alive
     assert received_once_waiting(w, info, b"came while waiting") == b"came while waiting"
+    assert not info.parked and w.nothing_parked()
+
+
+def test_receive_reads_before_it_waits_only_the_first_time(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between requests, the first time, what is there already (a one-shot client's end,
+    or a pipelined request) costs one read and no poll; a client kept alive sends its next
+    request only once answered, so from then on receive() polls before it reads."""
+    polls: list[float] = []
+    poller = giveback._poller
+
+    class Counted:
+        def __init__(self, fd: int) -> None:
+            self.poller = poller(fd)
+
+        def poll(self, ms: float) -> list[tuple[int, int]]:
+            polls.append(ms)
+            return self.poller.poll(ms)
+
+    monkeypatch.setattr(giveback, "_poller", Counted)
+    w = make_worker(park_after=NOTHING_WAITS)
+    info = w.info()
+    info.has_read = True
+    w.client.sendall(b"first")
+    assert serving(info, giveback.receive, w.conn) == b"first"
+    assert polls == []
+    w.client.sendall(b"second")
+    assert serving(info, giveback.receive, w.conn) == b"second"
+    assert polls == [NOTHING_WAITS * 1000]
     assert not info.parked and w.nothing_parked()
 
 
