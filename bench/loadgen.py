@@ -230,6 +230,10 @@ def _run_proc(
         """When the n-th (from 0) is due: from a count, so no error piles up over a run."""
         return start_at + phase + n * interval
 
+    def more_due() -> bool:
+        """The open loop's next connection is due within the run (and max_requests allows)."""
+        return seq < max_requests and due(sent_due) < deadline
+
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
 
     def payload() -> tuple[bytes, bool]:
@@ -344,12 +348,12 @@ def _run_proc(
         now = time.monotonic()
         # An open loop sends every connection due within the run, however late: stopping at
         # the deadline would spare a server that fell behind the very ones it kept waiting.
-        issuing = seq < max_requests and (due(sent_due) if interval else now) < deadline
+        issuing = more_due() if interval else seq < max_requests and now < deadline
         if interval:  # each one due by now, as slots free up: a late one's wait counts
             while issuing and free_slots and due(sent_due) <= now:
                 launch(due(sent_due))
                 sent_due += 1
-                issuing = seq < max_requests and due(sent_due) < deadline
+                issuing = more_due()
         else:
             while issuing and free_slots:
                 launch()
@@ -359,7 +363,7 @@ def _run_proc(
         if now > deadline + timeout + 1:
             for fd, conn in list(inflight.items()):
                 finish(fd, conn, "timeout")
-            while interval and seq < max_requests and due(sent_due) < deadline:
+            while interval and more_due():
                 fails["unsent"] += 1  # due, and the server never made room for it
                 sent_due, seq = sent_due + 1, seq + 1
             break
@@ -395,6 +399,15 @@ def _run_proc(
     out.close()
 
 
+def options_problem(mode: str, keepalive: bool, rate: float) -> str | None:
+    """What is wrong with these options together (run() and the command line), or None."""
+    if keepalive and mode != "http":
+        return "--keepalive needs --mode http"
+    if not 0 <= rate < math.inf or (rate and keepalive):
+        return "--rate must be finite and not negative (0: a closed loop), without --keepalive"
+    return None
+
+
 def run(
     port: int,
     mode: str = "echo",
@@ -410,12 +423,8 @@ def run(
     `rate`: an open loop of that many new connections per second (see the module's doc)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    if keepalive and mode != "http":
-        raise ValueError("keepalive needs mode http")
-    if not 0 <= rate < math.inf or (rate and keepalive):
-        raise ValueError(
-            "rate must be finite and not negative (0: a closed loop), without keepalive"
-        )
+    if problem := options_problem(mode, keepalive, rate):
+        raise ValueError(problem)
     duration = min(max(duration, 0.1), MAX_DURATION)
     max_requests = min(max_requests, MAX_REQUESTS)
     ctx = mp.get_context("fork")
@@ -788,10 +797,8 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=float, default=0.0, help="open loop: new connections per second in all"
     )
     args = ap.parse_args(argv)
-    if args.keepalive and args.mode != "http":
-        ap.error("--keepalive needs --mode http")
-    if not 0 <= args.rate < math.inf or (args.rate and args.keepalive):
-        ap.error("--rate must be finite and not negative (0: a closed loop), without --keepalive")
+    if problem := options_problem(args.mode, args.keepalive, args.rate):
+        ap.error(problem)
     res = run(
         args.port,
         args.mode,
