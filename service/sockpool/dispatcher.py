@@ -86,9 +86,10 @@ class Dispatcher:
             self.do(self.policy.start(monotonic()))
             while not self.policy.finished:
                 now = monotonic()
+                hot.watch_done()
                 loop.poll(0.0 if hot.has_work(now) else self._idle(now))
                 now = monotonic()
-                if hot.done:
+                if hot.done or not hot.done_watched:  # (unwatched: whatever woke us, read)
                     self._on_done(now)
                 if now >= hot.next_steal:
                     hot.rebalance(now)
@@ -129,6 +130,8 @@ class Dispatcher:
         self.loop.watch(listener.sock, lambda: self._on_agent(listener))
 
     def _on_agent(self, listener: Listener) -> None:
+        if not self.hot.done_watched:  # the pipe's unread completions count in the answer
+            self._on_done(time.monotonic())
         if not agent.answer(listener.sock, self._agent_reply):  # out of descriptors: pause
             self.loop.unwatch(listener.sock)
             self.loop.call_at(time.monotonic() + ACCEPT_PAUSE, lambda: self._watch_agent(listener))

@@ -55,11 +55,11 @@ class Loop:
         self.callbacks[fd] = callback
         self.events[fd] = events
 
-    def mute(self, source: socket.socket, muted: bool) -> None:
+    def mute(self, source: socket.socket | int, muted: bool) -> None:
         """Stop (or resume) calling back for a watched `source`, which stays registered.
         Resuming reports it at once if it is readable by then. One no longer watched stays
         so."""
-        fd = source.fileno()
+        fd = source if isinstance(source, int) else source.fileno()
         if fd in self.events:
             self.epoll.modify(fd, 0 if muted else self.events[fd])
 

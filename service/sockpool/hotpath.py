@@ -16,6 +16,7 @@ the FIONREAD that tells is then the worker's system call, not the dispatcher's.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
 import resource
@@ -74,8 +75,8 @@ T = TypeVar("T")
 Proxied = tuple[str, "proxyproto.Trusted", Callable[[object], str]]
 
 
-def _unmutable(sock: socket.socket, muted: bool) -> None:
-    """HotPath.mute without a loop (the unit tests): new connections are not watched."""
+def _unmutable(source: socket.socket | int, muted: bool) -> None:
+    """HotPath.mute without a loop (the unit tests): nothing is watched."""
 
 
 def serving_capacity(p: WorkerProcess) -> int:
@@ -157,10 +158,11 @@ class HotPath:
         self.on_broken = on_broken  # a channel that failed: its worker is dying
         self.pending: deque[Pending] = deque()
         self.backlogged: set[Listener] = set(listeners)  # connections may already be queued
-        # Backlogged listeners whose new connections wake nobody (accept()): the dispatcher
-        # sets mute to its loop's Loop.mute.
+        # Backlogged listeners whose new connections wake nobody (accept()), and the done
+        # pipe while completions need wake nobody (watch_done()): the dispatcher sets mute to
+        # its loop's Loop.mute.
         self.muted: set[Listener] = set()
-        self.mute: Callable[[socket.socket, bool], None] = _unmutable
+        self.mute: Callable[[socket.socket | int, bool], None] = _unmutable
         self.accepting = True
         self.next_id = 0
         self.served = 0
@@ -171,6 +173,7 @@ class HotPath:
         self.next_refused_log = 0.0
         # Every worker writes its finished connections to this one pipe (wire.DONE).
         self.done = False  # the done pipe is readable (done_readable())
+        self.done_watched = True  # its completions wake the loop (watch_done())
         self.next_steal = _NEVER  # when rebalance() may next find an unread handoff
         self.may_queue = True  # a worker may leave handoffs unread (routes_changed())
         self.last_routes: list[WorkerProcess] = []
@@ -178,6 +181,12 @@ class HotPath:
         self.stuck = False  # a backlog has had no accept for STUCK_AFTER (accept())
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.done_r, False)
+        # Unread completions wait in the pipe while nothing needs them (watch_done()); a
+        # worker writing to a full pipe would block. So past half the records it holds (64
+        # KiB usually, one page for a user over fs.pipe-user-pages-soft) in workers' hands,
+        # completions wake the loop again: each unread one is a connection still in hand.
+        records = fcntl.fcntl(self.done_r, fcntl.F_GETPIPE_SZ) // wire.DONE.size
+        self.unwatched_max = max(1, records // 2)
 
     def configure(self, config: Config) -> None:
         self.timeouts = (config.first_byte_timeout, config.idle_timeout, config.request_timeout)
@@ -484,6 +493,26 @@ class HotPath:
         p.unheard_since = now
         if self.next_steal == _NEVER:
             self.next_steal = now + STEAL_AFTER
+
+    def wants_completions(self) -> bool:
+        """Whether a worker's completion should wake the loop: only when it could let
+        something waiting go ahead (a connection pending here, in a backlog, or queued
+        behind a sync worker's current one: rebalance()), while a stop drains, or when the
+        done pipe could fill before a turn reads it. Otherwise the next turn, whatever wakes
+        it, reads completions first: below saturation a connection then costs one wake-up
+        (its accept), not two, as the plain accept-and-send loop's does."""
+        if self.pending or self.backlogged or self.stopping or self.queued():
+            return True
+        return self.busy() >= self.unwatched_max
+
+    def watch_done(self) -> None:
+        """Before the loop waits: watch the done pipe or not, as wants_completions() says.
+        Watched again, a pipe that has data wakes the loop at once (level-triggered), so no
+        completion is missed."""
+        wanted = self.wants_completions()
+        if wanted != self.done_watched:
+            self.done_watched = wanted
+            self.mute(self.done_r, not wanted)
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: the dispatcher reads it after the poll."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -26,16 +26,17 @@ PID = 1
 
 
 class Service:
-    """A dispatcher's loop and hot path over one listener and one worker of capacity 1."""
+    """A dispatcher's loop and hot path over one listener and one worker of capacity 1 (or
+    more: an async worker's)."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
         sock = socket.create_server(("127.0.0.1", 0))
         self.address = sock.getsockname()
         self.listener = Listener("main", sock, "127.0.0.1")
         self.loop = Loop()
         ours, self.worker_end = channel.pair()
         ours.setblocking(False)
-        w = Worker(PID, 1, WorkerState.READY, 1)
+        w = Worker(PID, 1, WorkerState.READY, capacity)
         self.proc = WorkerProcess(PID, ours, self.worker_end, os.memfd_create("stacks"), w)
         routes = [self.proc]
         self.hot = HotPath(
@@ -45,6 +46,7 @@ class Service:
         self.hot.mute = self.loop.mute  # as the dispatcher wires it
         sock.setblocking(False)
         self.loop.watch(sock, self._readable, edge=True)
+        self.loop.watch(self.hot.done_r, self.hot.done_readable)
         self.wakes = 0
         self.clients: list[socket.socket] = []
 
@@ -63,6 +65,12 @@ class Service:
         self.loop.poll(0)
         return self.wakes > wakes
 
+    def woken_by_completions(self) -> bool:
+        """Whether the loop is woken now for the done pipe (poll without waiting)."""
+        self.hot.done = False
+        self.loop.poll(0)
+        return self.hot.done
+
     def hold_one_back(self) -> None:
         """A first client fills the worker; a second waits in the backlog, and its coming
         wakes nobody."""
@@ -74,13 +82,16 @@ class Service:
         assert not self.woken()
 
     def turn(self, now: float = 1.0) -> None:
-        """One loop turn's work, as Dispatcher.run does it after the poll."""
-        if self.hot.done:
+        """One loop turn's work, as Dispatcher.run does it after the poll; and then, before
+        the next poll, whether completions are to wake it."""
+        self.loop.poll(0)
+        if self.hot.done or not self.hot.done_watched:
             self.hot.completed(now)
         if self.hot.backlogged:
             self.hot.accept(now)
         if self.hot.pending:
             self.hot.dispatch(now)
+        self.hot.watch_done()
 
     def serve_one(self) -> None:
         """The worker takes its connection and finishes it."""
@@ -90,7 +101,6 @@ class Service:
         channel.close_all(fds)
         [handoff] = wire.decode_to_worker(data, len(fds))  # type: ignore[misc]
         os.write(self.hot.done_w, b"".join(wire.encode_done(PID, [handoff.conn_id])))
-        self.hot.done = True
 
     def close(self) -> None:
         for c in self.clients:
@@ -104,13 +114,25 @@ class Service:
 
 
 @pytest.fixture
-def service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
+def make_service(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], Service]]:
+    """Services of a worker of a given capacity, closed after the test."""
     # The words a HotPath shares with its workers (giveback.share_waiting) are this
     # process's: a fresh pair, so a stop here does not tell later tests' workers to stop.
     monkeypatch.setattr(giveback, "_waiting", None)
-    made = Service()
-    yield made
-    made.close()
+    made: list[Service] = []
+
+    def make(capacity: int) -> Service:
+        made.append(Service(capacity))
+        return made[-1]
+
+    yield make
+    for service in made:
+        service.close()
+
+
+@pytest.fixture
+def service(make_service: Callable[[int], Service]) -> Service:
+    return make_service(1)
 
 
 def test_a_connection_that_no_worker_has_room_for_wakes_nobody(service: Service) -> None:
@@ -143,3 +165,61 @@ def test_a_stop_leaves_a_muted_listener_alone(service: Service) -> None:
     service.serve_one()
     service.turn()  # nothing more is accepted; the second client stays in the backlog
     assert not service.proc.w.handed
+
+
+def test_a_completion_while_a_connection_waits_wakes_the_loop(service: Service) -> None:
+    service.hold_one_back()  # the second waits in the backlog
+    service.serve_one()
+    assert service.woken_by_completions()
+    service.turn()
+    assert list(service.proc.w.handed) == [2]
+
+
+def test_a_completion_with_nothing_waiting_wakes_nobody_and_the_next_turn_counts_it(
+    make_service: Callable[[int], Service],
+) -> None:
+    """Below saturation, a connection costs the dispatcher one wake-up (its accept), not a
+    second for its completion: the next turn, whatever wakes it, reads completions first."""
+    service = make_service(2)
+    service.connect()
+    assert service.woken()
+    service.turn()  # accepts it, and finds the backlog empty: nothing waits
+    assert list(service.proc.w.handed) == [1] and not service.hot.backlogged
+    service.serve_one()
+    assert not service.woken_by_completions()
+    assert list(service.proc.w.handed) == [1]  # not heard of yet
+    service.connect()  # the next connection wakes the loop
+    assert service.woken()
+    service.turn()
+    assert list(service.proc.w.handed) == [2] and service.hot.served == 1
+
+
+def test_at_a_stop_completions_wake_the_loop(make_service: Callable[[int], Service]) -> None:
+    """A stop waits for the workers' connections to finish: it hears of each at once."""
+    service = make_service(2)
+    service.connect()
+    assert service.woken()
+    service.turn()
+    assert not service.hot.done_watched
+    service.loop.unwatch(service.listener.sock)  # as the executor does at a stop
+    service.hot.stop_accepting()
+    service.turn()
+    service.serve_one()
+    assert service.woken_by_completions()
+    service.turn()
+    assert not service.proc.w.handed
+
+
+def test_completions_wake_the_loop_while_the_pipe_could_fill(
+    make_service: Callable[[int], Service],
+) -> None:
+    """Unread completions wait in the pipe only while they cannot fill it: a worker writing
+    to a full pipe would block."""
+    service = make_service(2)
+    service.hot.unwatched_max = 1  # as if the pipe held two records
+    service.connect()
+    assert service.woken()
+    service.turn()  # the one connection in hand reaches the (lowered) limit
+    assert service.hot.done_watched
+    service.serve_one()
+    assert service.woken_by_completions()
