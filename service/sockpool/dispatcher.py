@@ -130,8 +130,7 @@ class Dispatcher:
         self.loop.watch(listener.sock, lambda: self._on_agent(listener))
 
     def _on_agent(self, listener: Listener) -> None:
-        if not self.hot.done_watched:  # the pipe's unread completions count in the answer
-            self._on_done(time.monotonic())
+        self._catch_up()  # the answer counts what is in hand
         if not agent.answer(listener.sock, self._agent_reply):  # out of descriptors: pause
             self.loop.unwatch(listener.sock)
             self.loop.call_at(time.monotonic() + ACCEPT_PAUSE, lambda: self._watch_agent(listener))
@@ -157,6 +156,7 @@ class Dispatcher:
         self.do(self.policy.handle(event))
 
     def _on_signal(self, signum: int) -> None:
+        self._catch_up()  # a stop counts what is in hand (StopRequested)
         if signum == signal.SIGCHLD:
             self._reap()
         elif signum == signal.SIGHUP and not self.policy.stopping:
@@ -200,6 +200,12 @@ class Dispatcher:
         if due:  # workers that reached max_requests: the policy recycles them
             self._feed(ev.Completions(frozenset(due), now))
         return due is not None
+
+    def _catch_up(self) -> None:
+        """In a callback run before the turn reads the done pipe: read it now, if no
+        completion woke the loop (hot.watch_done) and some may be waiting there unread."""
+        if not self.hot.done_watched:
+            self._on_done(time.monotonic())
 
     def _reap(self) -> None:
         while self._on_done(time.monotonic()):  # what the dead reported before dying counts

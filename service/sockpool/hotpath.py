@@ -501,6 +501,7 @@ class HotPath:
         done pipe could fill before a turn reads it. Otherwise the next turn, whatever wakes
         it, reads completions first: below saturation a connection then costs one wake-up
         (its accept), not two, as the plain accept-and-send loop's does."""
+        self.routable()  # first: a change of routes may read handoffs back into pending
         if self.pending or self.backlogged or self.stopping or self.queued():
             return True
         return self.busy() >= self.unwatched_max
