@@ -89,7 +89,7 @@ class Dispatcher:
                 hot.watch_done()
                 loop.poll(0.0 if hot.has_work(now) else self._idle(now))
                 now = monotonic()
-                if hot.done or not hot.done_watched:  # (unwatched: whatever woke us, read)
+                if hot.unread():  # (unwatched: whatever woke us, read)
                     self._on_done(now)
                 if now >= hot.next_steal:
                     hot.rebalance(now)
@@ -202,9 +202,9 @@ class Dispatcher:
         return due is not None
 
     def _catch_up(self) -> None:
-        """In a callback run before the turn reads the done pipe: read it now, if no
-        completion woke the loop (hot.watch_done) and some may be waiting there unread."""
-        if not self.hot.done_watched:
+        """In a callback run before the turn reads the done pipe: read it now, if
+        completions may wait there unread (hot.unread)."""
+        if self.hot.unread():
             self._on_done(time.monotonic())
 
     def _reap(self) -> None:

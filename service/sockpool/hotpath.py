@@ -515,6 +515,11 @@ class HotPath:
             self.done_watched = wanted
             self.mute(self.done_r, not wanted)
 
+    def unread(self) -> bool:
+        """Completions may wait in the done pipe: it woke the loop, or it is not watched
+        (watch_done()) and so wakes nobody. The one rule for every reader of the pipe."""
+        return self.done or not self.done_watched
+
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: the dispatcher reads it after the poll."""
         self.done = True

@@ -85,7 +85,7 @@ class Service:
         """One loop turn's work, as Dispatcher.run does it after the poll; and then, before
         the next poll, whether completions are to wake it."""
         self.loop.poll(0)
-        if self.hot.done or not self.hot.done_watched:
+        if self.hot.unread():
             self.hot.completed(now)
         if self.hot.backlogged:
             self.hot.accept(now)
