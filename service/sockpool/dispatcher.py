@@ -55,6 +55,7 @@ class Dispatcher:
         )
         self.loop.others = self.hot.parking.seen  # held connections that spoke
         self.hot.mute = self.loop.mute  # a backlogged listener's new connections
+        self.hot.recycle = self._recycle
         self.hot.configure(config)
         self.do = Executor(
             self.policy, self.loop, self.hot, notifier, self._feed, self.status,
@@ -80,7 +81,6 @@ class Dispatcher:
         if log.journal:  # records that wait for journald go out when its socket has room
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
         self._periodic()
-        deadlines, parked_events = hot.parking.deadlines, hot.parking.events
         loop, timers, monotonic = self.loop, self.loop.timers, time.monotonic
         try:
             self.do(self.policy.start(monotonic()))
@@ -89,18 +89,7 @@ class Dispatcher:
                 hot.watch_done()
                 loop.poll(0.0 if hot.has_work(now) else self._idle(now))
                 now = monotonic()
-                if hot.unread():  # (unwatched: whatever woke us, read)
-                    self._on_done(now)
-                if now >= hot.next_steal:
-                    hot.rebalance(now)
-                if parked_events:
-                    hot.unpark()
-                if hot.backlogged:
-                    hot.accept(now)
-                if hot.pending:
-                    hot.dispatch(now)
-                if deadlines and deadlines[0][0] <= now:
-                    hot.parking.expire(now)
+                hot.turn(now)
                 if timers and timers[0][0] <= now:
                     loop.run_timers(now)
         finally:
@@ -130,7 +119,7 @@ class Dispatcher:
         self.loop.watch(listener.sock, lambda: self._on_agent(listener))
 
     def _on_agent(self, listener: Listener) -> None:
-        self._catch_up()  # the answer counts what is in hand
+        self.hot.catch_up(time.monotonic())  # the answer counts what is in hand
         if not agent.answer(listener.sock, self._agent_reply):  # out of descriptors: pause
             self.loop.unwatch(listener.sock)
             self.loop.call_at(time.monotonic() + ACCEPT_PAUSE, lambda: self._watch_agent(listener))
@@ -156,7 +145,7 @@ class Dispatcher:
         self.do(self.policy.handle(event))
 
     def _on_signal(self, signum: int) -> None:
-        self._catch_up()  # a stop counts what is in hand (StopRequested)
+        self.hot.catch_up(time.monotonic())  # a stop counts what is in hand (StopRequested)
         if signum == signal.SIGCHLD:
             self._reap()
         elif signum == signal.SIGHUP and not self.policy.stopping:
@@ -187,7 +176,7 @@ class Dispatcher:
         if isinstance(event, GivenBack):
             due = self.hot.park(p, event.message, event.fd, now)
             if due:
-                self._feed(ev.Completions(frozenset(due), now))
+                self._recycle(due, now)
             return True
         if isinstance(event, ev.ChannelClosed):  # it is exiting; SIGCHLD will say how
             self.loop.unwatch(p.chan)
@@ -195,20 +184,12 @@ class Dispatcher:
             self._feed(event)
         return event is not None and not isinstance(event, ev.ChannelClosed)
 
-    def _on_done(self, now: float) -> bool:
-        due = self.hot.completed(now)
-        if due:  # workers that reached max_requests: the policy recycles them
-            self._feed(ev.Completions(frozenset(due), now))
-        return due is not None
-
-    def _catch_up(self) -> None:
-        """In a callback run before the turn reads the done pipe: read it now, if
-        completions may wait there unread (hot.unread)."""
-        if self.hot.unread():
-            self._on_done(time.monotonic())
+    def _recycle(self, due: set[int], now: float) -> None:
+        """Workers that reached max_requests: the policy recycles them."""
+        self._feed(ev.Completions(frozenset(due), now))
 
     def _reap(self) -> None:
-        while self._on_done(time.monotonic()):  # what the dead reported before dying counts
+        while self.hot.read_done(time.monotonic()):  # what the dead reported before dying counts
             pass
         for pid, status in reaped():
             if p := self.hot.workers.pop(pid, None):

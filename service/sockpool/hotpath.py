@@ -79,6 +79,10 @@ def _unmutable(source: socket.socket | int, muted: bool) -> None:
     """HotPath.mute without a loop (the unit tests): nothing is watched."""
 
 
+def _no_policy(due: set[int], now: float) -> None:
+    """HotPath.recycle without a dispatcher (the unit tests): nobody recycles workers."""
+
+
 def serving_capacity(p: WorkerProcess) -> int:
     """Connections a worker serves at once: a sync worker's second place is a queue."""
     return 1 if p.solo else p.w.capacity
@@ -156,6 +160,9 @@ class HotPath:
         self.workers = workers  # every worker process, by pid (the dispatcher's table)
         self.routable = routable  # the workers that take work now (cached by the caller)
         self.on_broken = on_broken  # a channel that failed: its worker is dying
+        # Workers that have served max_requests, as completions tell: the dispatcher's
+        # policy recycles them (the dispatcher sets it).
+        self.recycle: Callable[[set[int], float], None] = _no_policy
         self.pending: deque[Pending] = deque()
         self.backlogged: set[Listener] = set(listeners)  # connections may already be queued
         # Backlogged listeners whose new connections wake nobody (accept()), and the done
@@ -515,10 +522,42 @@ class HotPath:
             self.done_watched = wanted
             self.mute(self.done_r, not wanted)
 
+    def turn(self, now: float) -> None:
+        """The loop's work after each wait, in this order: completions first (they make
+        room, and may recycle a worker before it is sent more), handoffs left unread, held
+        connections that spoke, the backlogs, then sending; held connections' deadlines
+        last, so one that spoke in time is not closed for the wait."""
+        self.catch_up(now)
+        if now >= self.next_steal:
+            self.rebalance(now)
+        parking = self.parking
+        if parking.events:
+            self.unpark()
+        if self.backlogged:
+            self.accept(now)
+        if self.pending:
+            self.dispatch(now)
+        if parking.deadlines and parking.deadlines[0][0] <= now:
+            parking.expire(now)
+
     def unread(self) -> bool:
         """Completions may wait in the done pipe: it woke the loop, or it is not watched
         (watch_done()) and so wakes nobody. The one rule for every reader of the pipe."""
         return self.done or not self.done_watched
+
+    def catch_up(self, now: float) -> None:
+        """Read the done pipe if completions may wait there: each turn, and before a signal
+        or an agent-check is answered (they count what is in hand)."""
+        if self.unread():
+            self.read_done(now)
+
+    def read_done(self, now: float) -> bool:
+        """completed(), and the workers it finds due go to `recycle`. False when there was
+        nothing to read."""
+        due = self.completed(now)
+        if due:
+            self.recycle(due, now)
+        return due is not None
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: the dispatcher reads it after the poll."""

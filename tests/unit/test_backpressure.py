@@ -82,15 +82,10 @@ class Service:
         assert not self.woken()
 
     def turn(self, now: float = 1.0) -> None:
-        """One loop turn's work, as Dispatcher.run does it after the poll; and then, before
-        the next poll, whether completions are to wake it."""
+        """One turn of Dispatcher.run's loop without its wait: what woke it, the turn's
+        work, and before the next wait, whether completions are to wake it."""
         self.loop.poll(0)
-        if self.hot.unread():
-            self.hot.completed(now)
-        if self.hot.backlogged:
-            self.hot.accept(now)
-        if self.hot.pending:
-            self.hot.dispatch(now)
+        self.hot.turn(now)
         self.hot.watch_done()
 
     def serve_one(self) -> None:
@@ -221,5 +216,52 @@ def test_completions_wake_the_loop_while_the_pipe_could_fill(
     assert service.woken()
     service.turn()  # the one connection in hand reaches the (lowered) limit
     assert service.hot.done_watched
+    service.serve_one()
+    assert service.woken_by_completions()
+
+
+def one_in_hand(service: Service) -> None:
+    """A client's connection goes to the worker, and the backlog is left empty."""
+    service.connect()
+    assert service.woken()
+    service.turn()
+    assert list(service.proc.w.handed) == [1] and not service.hot.backlogged
+
+
+def came_back(service: Service, conn_id: int) -> None:
+    """A held connection spoke: it joins the queue for a worker, as unpark() queues it."""
+    ours, theirs = socket.socketpair()
+    service.clients.append(theirs)
+    service.hot.pending.append((conn_id, ours.detach(), "main", "peer", b"", 0))
+
+
+def test_a_completion_while_a_connection_waits_here_for_room_wakes_the_loop(
+    make_service: Callable[[int], Service],
+) -> None:
+    """A connection the dispatcher holds for a worker goes out on the turn that a
+    completion makes room for it."""
+    service = make_service(2)
+    one_in_hand(service)
+    came_back(service, 8)
+    came_back(service, 9)
+    service.turn()  # room for one: 9 waits
+    assert list(service.proc.w.handed) == [1, 8] and [i[0] for i in service.hot.pending] == [9]
+    service.serve_one()
+    assert service.woken_by_completions()
+    service.turn()
+    assert list(service.proc.w.handed) == [8, 9] and not service.hot.pending
+
+
+def test_a_completion_while_a_connection_is_queued_behind_another_wakes_the_loop(
+    make_service: Callable[[int], Service],
+) -> None:
+    """A sync worker with queue_ahead holds one connection behind the one it serves: a
+    completion anywhere may free a worker that could start it now (rebalance)."""
+    service = make_service(2)
+    service.proc.solo = True  # as a sync worker's READY says
+    one_in_hand(service)
+    came_back(service, 9)
+    service.turn()
+    assert list(service.proc.w.handed) == [1, 9] and not service.hot.pending
     service.serve_one()
     assert service.woken_by_completions()

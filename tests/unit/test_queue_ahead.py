@@ -124,8 +124,7 @@ def test_a_connection_left_unread_behind_a_long_request_goes_to_a_worker_gone_id
     assert pool.hot.next_steal == LATER
     pool.finish(2, 2, T0 + 0.001)  # a fast one: worker 2 is idle, and the loop looks now
     assert pool.hot.next_steal == T0 + 0.001
-    pool.hot.rebalance(T0 + 0.001)
-    pool.hot.dispatch(T0 + 0.001)  # the loop's turn: what came back goes out first
+    pool.hot.turn(T0 + 0.001)  # the loop's turn: what came back goes out first
     assert pool.handed(1) == [1] and pool.handed(2) == [3]
     assert pool.take(2) == [3]  # the idle worker got it...
     with pytest.raises(BlockingIOError):
@@ -148,8 +147,7 @@ def test_it_goes_first_and_the_worker_behind_gets_nothing_until_heard_from(pool:
     pool.accept(4, T0 + 0.001)  # worker 2 is idle: it gets this one
     assert pool.handed(2) == [4] and pool.take(2) == [4]
     pool.hot.pending.append((5, os.open("/dev/null", os.O_RDONLY), "main", "peer", b"", 0))
-    pool.hot.rebalance(LATER)
-    pool.hot.dispatch(LATER)
+    pool.hot.turn(LATER)
     # 3 came back and went before 5, into worker 2's queue: 4 began only a moment ago.
     assert pool.handed(2) == [4, 3] and pool.handed(1) == [1]
     # Worker 1 has room now, but it is still behind its long request: 5 waits here.
@@ -186,8 +184,7 @@ def test_nothing_moves_without_room_elsewhere(pool: Pool) -> None:
     for conn_id in (1, 2, 3, 4):
         pool.accept(conn_id)
     assert pool.take(1) == [1] and pool.take(2) == [2]
-    pool.hot.rebalance(LATER)
-    pool.hot.dispatch(LATER)
+    pool.hot.turn(LATER)
     # Both workers are behind long requests: 3 and 4 wait in the dispatcher, for whichever
     # finishes first, as they would without queue_ahead.
     assert pool.handed(1) == [1] and pool.handed(2) == [2]
@@ -236,13 +233,11 @@ def test_an_async_worker_whose_loop_is_blocked_loses_what_it_left_unread() -> No
         # Worker 1 has not been heard from since it was sent 1, at T0: it is looked at
         # then, but 4 is only a moment old there, and may be about to be read.
         assert pool.hot.next_steal == LATER
-        pool.hot.rebalance(LATER)
-        pool.hot.dispatch(LATER)
+        pool.hot.turn(LATER)
         assert pool.handed(2) == [4] and pool.take(2) == [4]  # moved, but...
         pool.accept(5, LATER)
         assert pool.handed(1) == [1, 5]  # ...worker 1 is not passed over for that
-        pool.hot.rebalance(LATER + STEAL_AFTER)  # 5 was left unread for STEAL_AFTER: it is
-        pool.hot.dispatch(LATER + STEAL_AFTER)
+        pool.hot.turn(LATER + STEAL_AFTER)  # 5 was left unread for STEAL_AFTER: it is
         assert pool.handed(1) == [1] and pool.handed(2) == [4, 5]
         pool.accept(6, T0 + 0.005)  # worker 1 has more room, but is still blocked
         assert pool.handed(2) == [4, 5, 6]
@@ -264,8 +259,7 @@ def test_the_loop_looks_even_if_nothing_completes(pool: Pool) -> None:
     assert pool.handed(1) == [1, 2] and pool.hot.next_steal == LATER
     assert pool.take(1) == [1]  # worker 1 serves the first; the second waits in its channel
     pool.procs[2].w.capacity = starting
-    pool.hot.rebalance(LATER)
-    pool.hot.dispatch(LATER)
+    pool.hot.turn(LATER)
     assert pool.handed(1) == [1] and pool.handed(2) == [2]
     assert pool.hot.next_steal == LATER + STEAL_AFTER  # for worker 2's, just sent
 
@@ -300,13 +294,11 @@ def test_a_worker_slow_to_start_serves_its_first_connection_first(pool: Pool) ->
     # later would be served first. Both stay until it takes the first.
     pool.three()
     assert pool.take(2) == [2]
-    pool.hot.rebalance(LATER)
-    pool.hot.dispatch(LATER)
+    pool.hot.turn(LATER)
     assert pool.handed(1) == [1, 3] and pool.handed(2) == [2]
     assert pool.hot.next_steal == LATER + STEAL_AFTER  # it looks again
     assert pool.take(1) == [1]  # it wakes up: the first comes first
-    pool.hot.rebalance(LATER + STEAL_AFTER)  # and only the one queued behind moves
-    pool.hot.dispatch(LATER + STEAL_AFTER)
+    pool.hot.turn(LATER + STEAL_AFTER)  # and only the one queued behind moves
     assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
     assert pool.take(2) == [3]
 
@@ -320,8 +312,7 @@ def test_a_frozen_worker_keeps_its_first_and_gets_nothing_new(pool: Pool) -> Non
     frozen = T0 + FROZEN_AFTER
     pool.hot.rebalance(frozen - STEAL_AFTER)
     assert pool.hot.next_steal == frozen
-    pool.hot.rebalance(frozen)
-    pool.hot.dispatch(frozen)
+    pool.hot.turn(frozen)
     assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
     assert pool.take(2) == [3]
     pool.accept(4, frozen + 0.1)  # not to worker 1, which is stalled: it waits here
@@ -363,6 +354,5 @@ def test_near_the_descriptor_limit_nothing_is_read_back(pool: Pool) -> None:
     assert pool.handed(1) == [1, 3] and not pool.hot.pending
     pool.hot._parking_allowed(True, LATER + 1)  # room again: look at once
     assert pool.hot.next_steal == LATER + 1
-    pool.hot.rebalance(LATER + 1)
-    pool.hot.dispatch(LATER + 1)
+    pool.hot.turn(LATER + 1)
     assert pool.handed(1) == [1] and pool.handed(2) == [2, 3]
