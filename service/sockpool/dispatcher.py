@@ -174,9 +174,7 @@ class Dispatcher:
             log.log.error("bad message from worker %d: %s", p.pid, exc)
             return True
         if isinstance(event, GivenBack):
-            due = self.hot.park(p, event.message, event.fd, now)
-            if due:
-                self._recycle(due, now)
+            self.hot.park(p, event.message, event.fd, now)
             return True
         if isinstance(event, ev.ChannelClosed):  # it is exiting; SIGCHLD will say how
             self.loop.unwatch(p.chan)

@@ -160,8 +160,8 @@ class HotPath:
         self.workers = workers  # every worker process, by pid (the dispatcher's table)
         self.routable = routable  # the workers that take work now (cached by the caller)
         self.on_broken = on_broken  # a channel that failed: its worker is dying
-        # Workers that have served max_requests, as completions tell: the dispatcher's
-        # policy recycles them (the dispatcher sets it).
+        # Workers that have served max_requests, as completions and parks tell: the
+        # dispatcher's policy recycles them (the dispatcher sets it).
         self.recycle: Callable[[set[int], float], None] = _no_policy
         self.pending: deque[Pending] = deque()
         self.backlogged: set[Listener] = set(listeners)  # connections may already be queued
@@ -560,7 +560,7 @@ class HotPath:
         return due is not None
 
     def done_readable(self) -> None:
-        """The loop's callback for the done pipe: the dispatcher reads it after the poll."""
+        """The loop's callback for the done pipe: turn() reads it after the poll."""
         self.done = True
 
     def completed(self, now: float) -> set[int] | None:
@@ -601,16 +601,16 @@ class HotPath:
                 due.add(p.pid)
         return handed
 
-    def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float) -> set[int]:
+    def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float) -> None:
         """A worker gave a connection back: hold it until it speaks again, or close it when
         it is over max_carry or the service is stopping with no request of it in flight.
-        Returns the pids due for recycling, as completed() does."""
+        A worker it finds due for recycling goes to `recycle`, as read_done() sends it."""
         due: set[int] = set()
         handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
         if handed is None:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
             channel.close_all([fd])
-            return due
+            return
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
         if msg.ready:  # bytes nobody has looked at: work for a worker now
             self.pending.append(item)
@@ -628,7 +628,8 @@ class HotPath:
         else:  # a request begun, or (stopping) one that arrived already: in flight
             kind = REQUEST if msg.carry or self.stopping else IDLE
             self.parking.hold(item, kind, deadline_for(kind, now, msg.started, self.timeouts))
-        return due
+        if due:
+            self.recycle(due, now)
 
     def _proxy_header(
         self,

@@ -80,7 +80,6 @@ class Parking:
             return
         if deadline < _NEVER:
             if len(self.deadlines) > 2 * len(self.held) + 1024:  # mostly stale: rebuild
-                # in place: the dispatcher's loop holds this very list
                 held = self.held.items()
                 self.deadlines[:] = [(d, i[0], f) for f, (i, _, d) in held if d < _NEVER]
                 heapq.heapify(self.deadlines)
@@ -95,8 +94,7 @@ class Parking:
     def ready(self) -> list[Pending]:
         """The held connections that became readable, in the order they spoke. Those whose
         peer closed without sending anything are closed here."""
-        events = self.events[:]
-        self.events.clear()  # in place: the dispatcher's loop watches this very list
+        events, self.events = self.events, []
         if self.own:
             events += self.epoll.poll(0, 1024)
         out = []

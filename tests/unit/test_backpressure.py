@@ -255,8 +255,9 @@ def test_a_completion_while_a_connection_waits_here_for_room_wakes_the_loop(
 def test_a_completion_while_a_connection_is_queued_behind_another_wakes_the_loop(
     make_service: Callable[[int], Service],
 ) -> None:
-    """A sync worker with queue_ahead holds one connection behind the one it serves: a
-    completion anywhere may free a worker that could start it now (rebalance)."""
+    """A sync worker with queue_ahead holds one connection behind the one it serves: the
+    loop hears of each completion at once, so that a worker gone idle can take the queued
+    one (rebalance(): test_queue_ahead.py)."""
     service = make_service(2)
     service.proc.solo = True  # as a sync worker's READY says
     one_in_hand(service)
@@ -265,3 +266,34 @@ def test_a_completion_while_a_connection_is_queued_behind_another_wakes_the_loop
     assert list(service.proc.w.handed) == [1, 9] and not service.hot.pending
     service.serve_one()
     assert service.woken_by_completions()
+
+
+def test_a_worker_that_served_max_requests_is_recycled(service: Service) -> None:
+    """The turn that reads its last completion tells the policy, which replaces it."""
+    due: list[set[int]] = []
+    service.hot.recycle = lambda pids, now: due.append(pids)
+    service.proc.w.max_served = 2
+    for _ in range(2):
+        assert due == []
+        service.connect()
+        assert service.woken()
+        service.turn()
+        service.serve_one()
+        service.turn()  # reads the completion
+    assert due == [{PID}]
+
+
+def test_a_worker_whose_last_request_ends_in_a_park_is_recycled(service: Service) -> None:
+    """A keep-alive connection given back between requests counts as served, as a closed
+    one does: the worker that reaches max_requests so is replaced too."""
+    due: list[set[int]] = []
+    service.hot.recycle = lambda pids, now: due.append(pids)
+    service.proc.w.max_served = 1
+    service.connect()
+    assert service.woken()
+    service.turn()
+    ours, theirs = socket.socketpair()  # the worker's copy of the connection it parks
+    service.clients.append(theirs)
+    service.hot.park(service.proc, wire.Park(1, 0, b""), ours.detach(), 1.0)
+    assert due == [{PID}] and len(service.hot.parking) == 1
+    service.hot.parking.close_all("test")

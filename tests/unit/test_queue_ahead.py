@@ -43,7 +43,6 @@ class Pool:
         routes = list(self.procs.values())
         self.hot = HotPath([], Admission(Config()), self.procs, lambda: routes, self.broken)
         self.hot.routes_changed(routes)  # as the dispatcher does when it rebuilds the routes
-        self.hot.rebalance(T0)  # and the loop's turn just after: nothing sent yet
         self.broken_ones: list[int] = []
 
     def broken(self, p: WorkerProcess) -> None:
@@ -73,7 +72,7 @@ class Pool:
 
     def finish(self, pid: int, conn_id: int, now: float) -> None:
         os.write(self.hot.done_w, b"".join(wire.encode_done(pid, [conn_id])))
-        self.hot.completed(now)
+        self.hot.read_done(now)
 
     def handed(self, pid: int) -> list[int]:
         return list(self.procs[pid].w.handed)
