@@ -540,49 +540,40 @@ class HotPath:
         if parking.deadlines and parking.deadlines[0][0] <= now:
             parking.expire(now)
 
-    def unread(self) -> bool:
-        """Completions may wait in the done pipe: it woke the loop, or it is not watched
-        (watch_done()) and so wakes nobody. The one rule for every reader of the pipe."""
-        return self.done or not self.done_watched
-
     def catch_up(self, now: float) -> None:
-        """Read the done pipe if completions may wait there: each turn, and before a signal
-        or an agent-check is answered (they count what is in hand)."""
-        if self.unread():
+        """Read the done pipe if completions may wait there: it woke the loop, or it is not
+        watched (watch_done()) and so wakes nobody. Each turn, and before a signal or an
+        agent-check is answered (they count what is in hand)."""
+        if self.done or not self.done_watched:
             self.read_done(now)
-
-    def read_done(self, now: float) -> bool:
-        """completed(), and the workers it finds due go to `recycle`. False when there was
-        nothing to read."""
-        due = self.completed(now)
-        if due:
-            self.recycle(due, now)
-        return due is not None
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: turn() reads it after the poll."""
         self.done = True
 
-    def completed(self, now: float) -> set[int] | None:
-        """Read finished connections of any number of workers: the pids of those that have
-        now served their max_requests (usually none), None when there was nothing to read."""
+    def read_done(self, now: float) -> bool:
+        """Read finished connections of any number of workers; those that have now served
+        their max_requests (usually none) go to `recycle`. False when there was nothing to
+        read."""
         self.done = False
         try:
             data = os.read(self.done_r, wire.DONE_READ_SIZE)
         except BlockingIOError:
-            return None
-        pids: set[int] = set()
+            return False
+        due: set[int] = set()
         release = self.admission.release if self.admission.sources else None
         idle = False
         for pid, conn_id in wire.decode_done(data):
             p = self.workers.get(pid)
-            if p is not None and self._served(p, conn_id, now, pids):
+            if p is not None and self._served(p, conn_id, now, due):
                 idle = idle or (p.solo and not p.w.handed)
                 if release:
                     release(conn_id)
         if idle and self.next_steal < _NEVER:  # a handoff unread elsewhere may go to it now
             self.next_steal = now
-        return pids
+        if due:
+            self.recycle(due, now)
+        return True
 
     def _served(
         self, p: WorkerProcess, conn_id: int, now: float, due: set[int], served: int = 1
@@ -604,7 +595,7 @@ class HotPath:
     def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float) -> None:
         """A worker gave a connection back: hold it until it speaks again, or close it when
         it is over max_carry or the service is stopping with no request of it in flight.
-        A worker it finds due for recycling goes to `recycle`, as read_done() sends it."""
+        A worker it finds due for recycling goes to `recycle`, as read_done() sends one."""
         due: set[int] = set()
         handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
         if handed is None:

@@ -228,11 +228,17 @@ def one_in_hand(service: Service) -> None:
     assert list(service.proc.w.handed) == [1] and not service.hot.backlogged
 
 
-def came_back(service: Service, conn_id: int) -> None:
-    """A held connection spoke: it joins the queue for a worker, as unpark() queues it."""
+def connection_fd(service: Service) -> int:
+    """The descriptor of a connection that did not come through the listener (one held,
+    or a worker's copy); its peer is closed with the service's clients."""
     ours, theirs = socket.socketpair()
     service.clients.append(theirs)
-    service.hot.pending.append((conn_id, ours.detach(), "main", "peer", b"", 0))
+    return ours.detach()
+
+
+def came_back(service: Service, conn_id: int) -> None:
+    """A held connection spoke: it joins the queue for a worker, as unpark() queues it."""
+    service.hot.pending.append((conn_id, connection_fd(service), "main", "peer", b"", 0))
 
 
 def test_a_completion_while_a_connection_waits_here_for_room_wakes_the_loop(
@@ -292,8 +298,6 @@ def test_a_worker_whose_last_request_ends_in_a_park_is_recycled(service: Service
     service.connect()
     assert service.woken()
     service.turn()
-    ours, theirs = socket.socketpair()  # the worker's copy of the connection it parks
-    service.clients.append(theirs)
-    service.hot.park(service.proc, wire.Park(1, 0, b""), ours.detach(), 1.0)
+    service.hot.park(service.proc, wire.Park(1, 0, b""), connection_fd(service), 1.0)
     assert due == [{PID}] and len(service.hot.parking) == 1
     service.hot.parking.close_all("test")
