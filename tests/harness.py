@@ -76,6 +76,24 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
+def sched_slice_ns(sched: str) -> int | None:
+    """A task's scheduler slice in ns, from the text of its /proc/PID/sched (None: the
+    kernel shows none)."""
+    for line in sched.splitlines():
+        if line.startswith("se.slice"):
+            return int(line.split(":")[1])
+    return None
+
+
+def custom_slices() -> bool:
+    """Linux 6.12 and later: a normal task may ask for its own slice (sched_setattr's
+    sched_runtime), and /proc/PID/sched shows it."""
+    major, minor = os.uname().release.split(".")[:2]
+    return (int(major), int(minor)) >= (6, 12) and sched_slice_ns(
+        Path("/proc/self/sched").read_text()
+    ) is not None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import agent, channel, giveback, health, log, wire
+from . import agent, channel, cpuslice, giveback, health, log, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -84,6 +84,8 @@ class Dispatcher:
         loop, timers, monotonic = self.loop, self.loop.timers, time.monotonic
         try:
             self.do(self.policy.start(monotonic()))
+            if (why := cpuslice.shorten()) is not None:  # after that fork: see cpuslice.py
+                log.log.debug("the dispatcher keeps the kernel's CPU slice: %s", why)
             while not self.policy.finished:
                 now = monotonic()
                 hot.watch_done()

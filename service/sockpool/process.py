@@ -15,7 +15,7 @@ import socket
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
-from . import channel, health, log, wire
+from . import channel, cpuslice, health, log, wire
 from . import lifecycle as ev
 from . import worker as worker_mod
 from .spec import WorkerSpec
@@ -82,6 +82,7 @@ def fork_worker(
         raise
     if pid == 0:
         try:
+            cpuslice.reset_in_child()
             ours.close()
             close_in_child()
             worker_mod.run(theirs, spec, stacks, done)

@@ -8,7 +8,18 @@ import select
 import signal
 from pathlib import Path
 
-from harness import Load, connect, free_port, request, wait_until
+import pytest
+
+from harness import (
+    Load,
+    connect,
+    custom_slices,
+    free_port,
+    request,
+    sched_slice_ns,
+    wait_until,
+)
+from sockpool import cpuslice
 
 ECHO = "sockpool.handlers:echo"
 
@@ -287,3 +298,25 @@ def test_workers_hold_no_listening_socket(serve) -> None:
     for worker in service.workers():
         held = {os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")}
         assert listener not in held, f"worker {worker} holds the listening socket"
+
+
+def slice_ns(pid: int) -> int | None:
+    return sched_slice_ns(Path(f"/proc/{pid}/sched").read_text())
+
+
+@pytest.mark.skipif(not custom_slices(), reason="no custom CPU slices before Linux 6.12")
+def test_dispatcher_asks_for_the_shortest_cpu_slice_and_workers_keep_the_default(serve) -> None:
+    """So a connection that arrives while CPU-bound workers fill every core waits for no
+    worker's slice to end (cpuslice.py). A worker forked after that, like the replacement
+    for a killed one, gets the kernel's default again."""
+    default = slice_ns(os.getpid())
+    service = serve(["--workers=2", ECHO], listen=[tcp()])
+    assert request(service.address, b"x\n") == b"x\n"
+    assert slice_ns(service.pid) == cpuslice.SHORTEST_NS != default
+    victim = service.workers()[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_until(
+        lambda: victim not in service.workers() and len(service.workers()) == 2,
+        "a replacement worker",
+    )
+    assert [slice_ns(w) for w in service.workers()] == [default, default]

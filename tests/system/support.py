@@ -85,6 +85,10 @@ class Unit:
             pids = self.children(pids)
         return pids
 
+    def slice_ns(self, pid: int) -> int | None:
+        """A process's CPU slice (see harness.sched_slice_ns)."""
+        return harness.sched_slice_ns(self.machine.run("cat", f"/proc/{pid}/sched").stdout)
+
     def children(self, pids: set[int]) -> set[int]:
         paths = " ".join(f"/proc/{pid}/task/*/children" for pid in pids)
         children = self.machine.run("sh", "-c", f"cat {paths}", check=False)

@@ -7,6 +7,8 @@ import re
 import pytest
 
 from conftest import ECHO_PORT, MakeInstance
+from harness import custom_slices
+from sockpool import cpuslice
 from support import Unit, request, wait_until
 
 pytestmark = pytest.mark.system
@@ -58,3 +60,22 @@ def test_status_shows_live_status_and_workers(echo: Unit) -> None:
     cgroup = out[out.index("CGroup:") :]
     for pid in (main_pid, *workers):
         assert re.search(rf"[├└]─{pid} ", cgroup), f"process {pid} not in\n{cgroup}"
+
+
+@pytest.mark.skipif(not custom_slices(), reason="no custom CPU slices before Linux 6.12")
+def test_the_sandboxed_dispatcher_gets_its_short_cpu_slice(echo: Unit) -> None:
+    """The shipped unit's SystemCallFilter= lets sched_setattr through (cpuslice.py); a
+    worker forked after it, the replacement of a killed one, has the default slice."""
+    echo.start_socket()
+    assert request(ECHO, b"slice\n") == b"slice\n"
+    main_pid = echo.wait_running()
+    assert echo.slice_ns(main_pid) == cpuslice.SHORTEST_NS
+    workers = echo.workers()
+    victim = min(workers)
+    echo.machine.run("kill", "-KILL", str(victim))
+    wait_until(
+        lambda: victim not in echo.workers() and len(echo.workers()) == len(workers),
+        "a replacement worker",
+    )
+    default = echo.slice_ns(1)  # the machine's systemd: a task that asked for nothing
+    assert {echo.slice_ns(w) for w in echo.workers()} == {default} != {cpuslice.SHORTEST_NS}
