@@ -89,9 +89,12 @@ def custom_slices() -> bool:
     """Linux 6.12 and later: a normal task may ask for its own slice (sched_setattr's
     sched_runtime), and /proc/PID/sched shows it."""
     major, minor = os.uname().release.split(".")[:2]
-    return (int(major), int(minor)) >= (6, 12) and sched_slice_ns(
-        Path("/proc/self/sched").read_text()
-    ) is not None
+    sched = Path("/proc/self/sched")  # a kernel without CONFIG_SCHED_DEBUG has none
+    return (
+        (int(major), int(minor)) >= (6, 12)
+        and sched.exists()
+        and sched_slice_ns(sched.read_text()) is not None
+    )
 
 
 def free_port() -> int:

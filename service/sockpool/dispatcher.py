@@ -84,7 +84,9 @@ class Dispatcher:
         loop, timers, monotonic = self.loop, self.loop.timers, time.monotonic
         try:
             self.do(self.policy.start(monotonic()))
-            if (why := cpuslice.shorten()) is not None:  # after that fork: see cpuslice.py
+            # After the first workers' fork, so they start with the default slice as they
+            # are; a worker forked later resets its own (cpuslice.py).
+            if (why := cpuslice.shorten()) is not None:
                 log.log.debug("the dispatcher keeps the kernel's CPU slice: %s", why)
             while not self.policy.finished:
                 now = monotonic()
