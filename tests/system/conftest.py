@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from nspawn import Container, ContainerError, unavailable_reason
-from support import REPO, Unit
+from support import REPO, Unit, listen_on
 
 HERE = Path(__file__).parent
 ECHO_PORT = 7107  # the shipped 7007 may be in use by `make run` on the shared network
@@ -80,9 +80,7 @@ def machine(_session_machine: Container | ContainerError) -> Container:
 def echo(machine: Container) -> Iterator[Unit]:
     """The shipped echo units, moved to ECHO_PORT the way an admin would (a drop-in)."""
     unit = Unit(machine, "sockpool-echo")
-    machine.drop_in(
-        unit.socket, "port", f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{ECHO_PORT}\n"
-    )
+    machine.drop_in(unit.socket, "port", listen_on(("127.0.0.1", ECHO_PORT)))
     unit.stop()
     yield unit
     unit.stop()

@@ -53,6 +53,12 @@ def journal(machine: Container, *matches: str) -> list[dict[str, str]]:
 # -- units -----------------------------------------------------------------------------------
 
 
+def listen_on(address: tuple[str, int]) -> str:
+    """A .socket drop-in that moves its unit to `address` (the shipped port may be taken:
+    the machines share the host's network)."""
+    return f"[Socket]\nListenStream=\nListenStream={address[0]}:{address[1]}\n"
+
+
 @dataclass
 class Unit:
     """A socket-activated sockpool service (NAME.socket + NAME.service) in the machine."""

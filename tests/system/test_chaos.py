@@ -16,7 +16,7 @@ import pytest
 from conftest import MakeInstance
 from harness import Load
 from sockpool.events import Event
-from support import CLIENT_TIMEOUT, Unit, request, wait_until
+from support import CLIENT_TIMEOUT, Unit, listen_on, request, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -29,7 +29,7 @@ workers = 3
 timeout = 2            # a worker holding a connection this long is hung
 graceful_timeout = 10
 """
-SOCKET = f"[Socket]\nListenStream=\nListenStream={ADDRESS[0]}:{ADDRESS[1]}\n"
+SOCKET = listen_on(ADDRESS)
 
 
 def _proc(unit: Unit, what: str) -> str:

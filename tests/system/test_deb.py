@@ -22,7 +22,7 @@ import pytest
 
 from nspawn import Container, unavailable_reason
 from sockpool.events import Event
-from support import REPO, Unit, request, steady_load, wait_until
+from support import REPO, Unit, listen_on, request, steady_load, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -70,7 +70,7 @@ def machine(deb: Path) -> Iterator[Container]:
         # The host's tree is a Docker image's: its policy-rc.d (exit 101) forbids maintainer
         # scripts to start anything. A booted machine has none; this one must not either.
         container.remove(POLICY_RC_D)
-        container.put_files({DROP_IN: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{PORT}\n"})
+        container.put_files({DROP_IN: listen_on(("127.0.0.1", PORT))})
         yield container
 
 
@@ -215,13 +215,9 @@ def test_the_flask_example_serves_through_sockpool_web(machine: Container, insta
     )
     for drop_in in ("sockpool@web.socket.d", "sockpool@web.service.d"):
         machine.put_tree(FLASK_EXAMPLE / drop_in, f"/etc/systemd/system/{drop_in}")
-    host, port = FLASK_ADDRESS  # not the example's 8080: the machines share the host's network
+    # Not the example's 8080: the machines share the host's network.
     machine.put_files(
-        {
-            "/etc/systemd/system/sockpool@web.socket.d/zz-test.conf": (
-                f"[Socket]\nListenStream=\nListenStream={host}:{port}\n"
-            )
-        }
+        {"/etc/systemd/system/sockpool@web.socket.d/zz-test.conf": listen_on(FLASK_ADDRESS)}
     )
     machine.run("python3", "-m", "venv", "--system-site-packages", f"{app_dir}/venv")
     purelib = machine.run(

@@ -9,7 +9,7 @@ import pytest
 from conftest import ECHO_PORT, MakeInstance
 from harness import custom_slices
 from sockpool import cpuslice
-from support import Unit, request, wait_until
+from support import Unit, listen_on, request, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -94,7 +94,7 @@ def test_a_unit_that_kills_on_sched_setattr_still_serves(instance: MakeInstance)
     unit = instance(
         "kills",
         'handler = "sockpool.handlers:echo"\nworkers = 1\n',
-        socket=f"[Socket]\nListenStream=\nListenStream={KILLS[0]}:{KILLS[1]}\n",
+        socket=listen_on(KILLS),
         service="[Service]\nSystemCallFilter=~sched_setattr\nSystemCallErrorNumber=kill\n",
     )
     unit.start_socket()

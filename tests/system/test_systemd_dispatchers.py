@@ -7,13 +7,13 @@ import pytest
 
 from conftest import MakeInstance
 from sockpool.events import Event
-from support import request, wait_until
+from support import listen_on, request, wait_until
 
 pytestmark = pytest.mark.system
 
 ADDRESS = ("127.0.0.1", 7121)
 CONFIG = 'handler = "sockpool.handlers:echo"\nworkers = 3\ndispatchers = 2\n'
-SOCKET = f"[Socket]\nListenStream=\nListenStream={ADDRESS[0]}:{ADDRESS[1]}\n"
+SOCKET = listen_on(ADDRESS)
 
 
 def test_status_reload_and_records_of_two_dispatchers(instance: MakeInstance) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import MakeInstance
 from sockpool.events import Event
-from support import connect, journal, request, steady_load, wait_until
+from support import connect, journal, listen_on, request, steady_load, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -94,7 +94,7 @@ def test_a_stalled_journald_neither_stops_accepting_nor_starves_the_watchdog(
     unit = instance(
         "stall",
         'handler = "sockpool.handlers:echo"\nworkers = 2\n',
-        socket=f"[Socket]\nListenStream=\nListenStream={STALL[0]}:{STALL[1]}\n",
+        socket=listen_on(STALL),
         service="[Service]\nWatchdogSec=3s\n",
     )
     machine = unit.machine

@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ECHO_PORT, MakeInstance
 from sockpool.events import Event
-from support import Held, Unit, journal, request, steady_load, wait_until
+from support import Held, Unit, journal, listen_on, request, steady_load, wait_until
 
 pytestmark = pytest.mark.system
 
@@ -111,7 +111,7 @@ def test_stop_waits_for_the_request_in_flight(instance: MakeInstance) -> None:
     unit = instance(
         "inflight",
         'handler = "sockpool.handlers:http_hello"\nworkers = 1\n',
-        socket=f"[Socket]\nListenStream=\nListenStream={IN_FLIGHT[0]}:{IN_FLIGHT[1]}\n",
+        socket=listen_on(IN_FLIGHT),
     )
     unit.start_socket()
     idle, half = Held(IN_FLIGHT), Held(IN_FLIGHT)
@@ -133,7 +133,7 @@ def test_watchdog_restarts_a_frozen_dispatcher(instance: MakeInstance) -> None:
     unit = instance(
         "wd",
         'handler = "sockpool.handlers:echo"\nworkers = 1\n',
-        socket=f"[Socket]\nListenStream=\nListenStream={WATCHDOG[0]}:{WATCHDOG[1]}\n",
+        socket=listen_on(WATCHDOG),
         # Short, for a fast test: a missed ping after 3 s, SIGKILL 2 s after the SIGABRT.
         service="[Service]\nWatchdogSec=3s\nTimeoutAbortSec=2s\n",
     )
