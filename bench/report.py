@@ -475,6 +475,7 @@ SERVERS = {
     "sockpool-async": "sockpool (async)",
     "sockpool-d2": "sockpool with dispatchers = 2",
     "sockpool-qa0": "sockpool with queue_ahead = 0",
+    "sockpool-pull": "sockpool (async) with pull = true",
     "sockpool-proxy": "sockpool behind PROXY protocol v2",
     "prefork": "shared-accept pool",
     "prefork-async": "shared-accept pool (async)",
@@ -589,6 +590,10 @@ ISSUE14_TARGETS = (
     Target("mixed", "fast_p99_ms", "≤", 1, "prefork-async", server="sockpool-async"),
     Target("mixed-cpu", "fast_p99_ms", "≤", 0.7, "prefork-async", server="sockpool-async"),
     Target("mixed-cpu-paced", "fast_p99_ms", "", 1, "prefork-async", server="sockpool-async"),
+    # The same with `pull = true`, the setting for handlers that burn CPU (pull.py).
+    Target("mixed-cpu", "fast_p99_ms", "≤", 0.7, "prefork-async", server="sockpool-pull"),
+    Target("mixed-cpu", "rps", "", 1, "prefork-async", server="sockpool-pull"),
+    Target("mixed-cpu-paced", "fast_p99_ms", "", 1, "prefork-async", server="sockpool-pull"),
     # Past one core: the measured ceiling (the projection is its own table) and two
     # dispatchers beside one.
     Target("ceiling", "ceiling_conns_per_s", ""),

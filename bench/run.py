@@ -306,6 +306,9 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
                 py_peer("prefork", "--workers", w, MIXED_CPU_ASYNC),
             ),
         ]
+        if sockpool_has(FLAG_PULL):  # the setting for handlers that burn CPU (pull.py)
+            argv = sockpool_argv(cfg, MIXED_CPU_ASYNC, flags=(FLAG_PULL,))
+            specs.insert(1, Spec("sockpool-pull", "sockpool (async), pull", argv, dispatcher=True))
     elif scenario in ISSUE12:
         specs = issue12_servers(scenario, cfg)
     elif scenario in WEB:
@@ -342,6 +345,7 @@ PACED_IN_FLIGHT = 32  # per load process: room for a backlog, without a cap on t
 W14 = 2  # issue 14's "2 workers" figures
 FLAG_CONFIG = "--config"
 FLAG_QUEUE_AHEAD = "--queue-ahead"
+FLAG_PULL = "--pull"
 
 
 def queue_ahead_spec(sockpool: Spec) -> Spec:

@@ -125,6 +125,13 @@ def parser() -> argparse.ArgumentParser:
         const=True,
         help="web apps: one journal record per request (METHOD, PATH, STATUS, ...)",
     )
+    p.add_argument(
+        "--pull",
+        action="store_const",
+        const=True,
+        help="async workers take a new connection only while their loop waits for I/O, "
+        "one per wait; the rest wait in the dispatcher (for handlers that burn CPU)",
+    )
     p.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags")
     p.add_argument("--workers", metavar="N", help="worker processes (default: CPUs available)")
     p.add_argument(

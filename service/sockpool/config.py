@@ -96,6 +96,7 @@ class Config:
     request_timeout: float = 30.0  # a request not read whole this long after it began
     park_after: float = 0.002  # a worker waits this long for the next request, then parks
     queue_ahead: int = 1  # connections a sync worker holds queued behind the one it serves
+    pull: bool = False  # async workers take a connection only while their loop waits (pull.py)
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     # Web applications (http11.py, wsgi.py, asgi.py).
     wsgi: str | None = None  # module:app, served on sync workers
@@ -338,6 +339,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "request_timeout": (float, _non_negative_number),
     "park_after": (float, _non_negative_number),
     "queue_ahead": (int, _zero_or_one),
+    "pull": (bool, _flag),
     "max_carry": (int, _carry),
     "wsgi": (str, _handler),
     "asgi": (str, _handler),

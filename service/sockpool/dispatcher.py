@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import agent, channel, cpuslice, giveback, health, log, wire
+from . import agent, channel, cpuslice, giveback, health, log, pull, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -103,6 +103,8 @@ class Dispatcher:
     def _idle(self, now: float) -> float:
         hot = self.hot
         due = min(self.loop.next_timer(), hot.parking.next_deadline(), hot.next_steal)
+        if hot.pull and hot.pending:  # should a loop's wake-up be missed (pull.py)
+            due = min(due, now + pull.RECHECK)
         if hot.backlogged:  # connections left in a backlog
             due = min(due, hot.stuck_due(now))  # when they count as waiting
             if hot.paused_until > now:

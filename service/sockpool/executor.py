@@ -54,12 +54,14 @@ class Executor:
     def spawn(self, a: ev.Spawn) -> None:
         gen = a.generation
         try:
-            pid, chan, inbox, stacks = fork_worker(self._spec(gen), self.hot.done_w, self.in_child)
+            forked = fork_worker(self._spec(gen), self.hot.done_w, self.in_child)
         except OSError as exc:
             self.feed(ev.SpawnFailed(gen.number, _fork_error(exc), time.monotonic()))
             return
+        pid, chan, inbox, stacks, word = forked
         actions = self.policy.handle(ev.Spawned(pid, gen.number, time.monotonic()))
-        p = self.procs[pid] = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid])
+        p = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid], word)
+        self.procs[pid] = p
         self.loop.watch(chan, lambda: self.on_messages(p))
         self(actions)
 

@@ -58,7 +58,7 @@ def share_waiting() -> memoryview:
     return _waiting
 
 
-def _others_waiting() -> bool:
+def others_waiting() -> bool:
     return _waiting is not None and _waiting[WAITING] > 0
 
 
@@ -139,7 +139,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
     fd = conn.fileno()
     wait_first = False
     if not carry and info.has_read:  # between requests
-        if _others_waiting() and not stopping() and _turn_over(info):
+        if others_waiting() and not stopping() and _turn_over(info):
             return _park_or_recv(conn, info, b"", size)  # its turn is over
         # The first time, read first (below): a client that sends one request and ends it
         # (echo; a request with its FIN) has often sent the end along, and one read then
@@ -252,7 +252,7 @@ async def read(
         return await reader.read(CHUNK)
     assert info is not None
     others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
-    others = others and _others_waiting() and not stopping() and _turn_over(info)  # as receive()
+    others = others and others_waiting() and not stopping() and _turn_over(info)  # as receive()
     if others and await _park_async(reader, writer, carry):
         raise Parked
     try:

@@ -34,6 +34,7 @@ from .events import Event
 from .listeners import Listener
 from .parking import FIRST_BYTE, IDLE, PROXY, REQUEST, Parking, deadline_for, waiting_bytes
 from .process import Pending, WorkerProcess
+from .pull import LoopWord
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
@@ -81,6 +82,10 @@ def _unmutable(source: socket.socket | int, muted: bool) -> None:
 
 def _no_policy(due: set[int], now: float) -> None:
     """HotPath.recycle without a dispatcher (the unit tests): nobody recycles workers."""
+
+
+def _busy(taker: tuple[int, int, LoopWord, WorkerProcess]) -> int:
+    return taker[0]
 
 
 def serving_capacity(p: WorkerProcess) -> int:
@@ -171,7 +176,7 @@ class HotPath:
         self.muted: set[Listener] = set()
         self.mute: Callable[[socket.socket | int, bool], None] = _unmutable
         self.accepting = True
-        self.next_id = 0
+        self.next_id = 0  # the last connection's id: they start at 1 (0 is pull.WAKE)
         self.served = 0
         self.paused_until = 0.0
         self.accept_errors = 0
@@ -183,6 +188,7 @@ class HotPath:
         self.done_watched = True  # its completions wake the loop (watch_done())
         self.next_steal = _NEVER  # when rebalance() may next find an unread handoff
         self.may_queue = True  # a worker may leave handoffs unread (routes_changed())
+        self.pull = False  # the workers that take work pull them (routes_changed(), pull.py)
         self.last_routes: list[WorkerProcess] = []
         self.accepted_at = 0.0  # the last turn that accepted a connection
         self.stuck = False  # a backlog has had no accept for STUCK_AFTER (accept())
@@ -212,8 +218,14 @@ class HotPath:
 
     def free_capacity(self) -> int:
         """Free places in the workers that take work. (Loops, not sum() over a generator:
-        this runs on every loop turn, and a generator costs more than the sum.)"""
+        this runs on every loop turn, and a generator costs more than the sum.) With `pull`,
+        one per worker that has room: a connection waits here only to be the next a loop
+        takes, the rest in the backlog, where another dispatcher may take them."""
         free = 0
+        if self.pull:
+            for p in self.routable():
+                free += len(p.w.handed) < p.w.capacity
+            return free
         for p in self.routable():
             w = p.w
             if w.last_heard >= p.stalled_at:  # not one that left handoffs unread
@@ -322,6 +334,9 @@ class HotPath:
 
     def dispatch(self, now: float) -> None:
         pending = self.pending
+        if self.pull:
+            self._pull(now)
+            return
         if len(pending) == 1:  # the usual turn: one connection, to the least busy
             # Of two as busy, the one heard from since its last handoff: the other's loop
             # may be blocked, with its handoff unread.
@@ -347,6 +362,31 @@ class HotPath:
                 for batch in batches(items):
                     self._send(target, batch, now)
         self.publish_waiting()
+
+    def _pull(self, now: float) -> None:
+        """`pull` (pull.py): each worker whose loop waits for work gets one connection, the
+        least busy first; the rest wait here. Then WAITING goes out and the words are read
+        again, in that order: a loop that began to wait meanwhile either saw WAITING, and
+        wakes us, or is seen now."""
+        self._feed_loops(now)
+        self.publish_waiting()
+        if self.pending:
+            self._feed_loops(now)
+            self.publish_waiting()
+
+    def _feed_loops(self, now: float) -> None:
+        takers = []
+        for p in self.routable():
+            w, word = p.w, p.word
+            if word is not None and (wait := word.takes()) and len(w.handed) < w.capacity:
+                takers.append((len(w.handed), wait, word, p))
+        takers.sort(key=_busy)
+        pending = self.pending
+        for _, wait, word, p in takers:
+            if not pending:
+                return
+            word.fed = wait
+            self._send_one(p, pending.popleft(), now)
 
     def publish_waiting(self) -> None:
         """Tell the workers how many connections wait for one (giveback.receive ends a
@@ -376,6 +416,7 @@ class HotPath:
                     self._take_back(p, p.read_back(live=True))
         self.last_routes = list(routes)
         self.may_queue = any(p.w.capacity > 1 for p in routes)
+        self.pull = bool(routes) and all(p.pulls for p in routes)
 
     def _take_back(self, p: WorkerProcess, items: list[Pending]) -> None:
         """Handoffs read back from `p` (retired, or dead: recover()) are no longer its,

@@ -18,6 +18,7 @@ from typing import NamedTuple
 from . import channel, cpuslice, health, log, wire
 from . import lifecycle as ev
 from . import worker as worker_mod
+from .pull import LoopWord
 from .spec import WorkerSpec
 from .states import ExitReason, Worker
 
@@ -61,17 +62,22 @@ def describe_status(code: int) -> str:
 
 def fork_worker(
     spec: WorkerSpec, done: int, close_in_child: Callable[[], None]
-) -> tuple[int, socket.socket, socket.socket, int]:
-    """Fork a worker: (pid, our channel end, its end, its stack file). Raises OSError when
-    it cannot (out of processes or descriptors), having closed what it made.
+) -> tuple[int, socket.socket, socket.socket, int, LoopWord | None]:
+    """Fork a worker: (pid, our channel end, its end, its stack file, the word its loop
+    says it waits in with `pull`). Raises OSError when it cannot (out of processes or
+    descriptors), having closed what it made.
 
     `close_in_child` drops everything of the dispatcher's in the child: a worker holds no
     listener, no other worker's channel, no connection not handed to it."""
     ours, theirs = channel.pair()
-    made: list[socket.socket | int] = [ours, theirs]
+    made: list[socket.socket | int | LoopWord] = [ours, theirs]
+    word = None
     try:
         stacks = health.new_stack_file(spec.generation)
         made.append(stacks)
+        if spec.pull:
+            word = LoopWord()
+            made.append(word)
         pid = os.fork()
     except OSError:
         for thing in made:
@@ -85,27 +91,35 @@ def fork_worker(
             cpuslice.reset_in_child()
             ours.close()
             close_in_child()
-            worker_mod.run(theirs, spec, stacks, done)
+            worker_mod.run(theirs, spec, stacks, done, word)
         finally:
             os._exit(1)
     # We keep `theirs` open (never reading it while the worker lives): when the worker dies,
     # the handoffs it had not yet read stay queued there instead of being thrown away with
     # their descriptors, and we hand them to another worker.
     ours.setblocking(False)
-    return pid, ours, theirs, stacks
+    return pid, ours, theirs, stacks, word
 
 
 class WorkerProcess:
     def __init__(
-        self, pid: int, chan: socket.socket, inbox: socket.socket, stacks: int, w: Worker
+        self,
+        pid: int,
+        chan: socket.socket,
+        inbox: socket.socket,
+        stacks: int,
+        w: Worker,
+        word: LoopWord | None = None,
     ) -> None:
         self.pid = pid
         self.chan = chan  # our end of the channel
         self.inbox = inbox  # a copy of the worker's end: what it never read can be read back
         self.stacks = stacks  # memfd its faulthandler writes to
         self.w = w
+        self.word = word  # `pull`: its loop says here when it waits for work (pull.py)
         self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
         self.solo = False  # from READY: a sync worker (more than 1 in hand are queued)
+        self.pulls = False  # from READY: an async worker with a word (pull.py)
         # Handoffs it may not have read (hotpath.rebalance): the first sent since it was
         # last heard from (0: none), and when some were found unread: it gets no more
         # until it is heard from again.
@@ -135,6 +149,7 @@ class WorkerProcess:
         if isinstance(message, wire.Ready):
             self.speaks_first = message.speaks_first
             self.solo = message.solo
+            self.pulls = self.word is not None and not message.solo
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)
@@ -216,3 +231,5 @@ class WorkerProcess:
         for sock in (self.chan, self.inbox):
             sock.close()
         os.close(self.stacks)
+        if self.word is not None:
+            self.word.close()

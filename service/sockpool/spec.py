@@ -29,6 +29,7 @@ class WorkerSpec:
     # waits out a long request. Never with several dispatchers: a busy one would accept into
     # its queue a connection another one's idle worker could serve.
     queue_ahead: int = 0
+    pull: bool = False  # an async worker's loop says when it waits for work (pull.py)
     # listener -> its sockets' (family, type, proto): a worker builds each connection's
     # socket object from these instead of asking the kernel (two of the three system calls
     # each: CPython still checks every descriptor with getsockname).
@@ -59,5 +60,6 @@ class WorkerSpec:
             ),
             handoff={name: config.handoff_for(name) for name in listeners},
             queue_ahead=config.queue_ahead if config.dispatchers in (1, AUTO) else 0,
+            pull=config.pull,
             sockets=sockets or {},
         )  # fmt: skip

@@ -20,7 +20,9 @@ Worker -> dispatcher
                                          looked at yet, so hand it on at once; flag SILENT:
                                          a new connection that has sent nothing yet
 Workers -> dispatcher, on one pipe all workers share
-    DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again
+    DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again;
+                                         conn_id 0 (pull.WAKE) names none: with `pull`,
+                                         the worker's loop waits for work
 
 A HANDOFF's flag MAY_PARK says the worker may give these connections back (PARK); the
 dispatcher clears it near its descriptor limit. `carry` is what a worker read of the next

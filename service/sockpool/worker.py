@@ -24,6 +24,7 @@ from .connection import ConnectionInfo, describe, set_current
 from .errors import cut
 from .events import Event
 from .importing import HandlerError, is_async
+from .pull import LoopWord, WaitingSelector
 from .spec import WorkerSpec
 from .targets import Served
 
@@ -39,7 +40,9 @@ class _Stop(Exception):
     """Raised out of a blocking receive when SIGTERM arrives while idle."""
 
 
-def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoReturn:
+def run(
+    chan: socket.socket, spec: WorkerSpec, stacks: int, done: int, word: LoopWord | None = None
+) -> NoReturn:
     """The forked child's whole life; never returns into the dispatcher's stack."""
     code = 0
     try:
@@ -60,6 +63,7 @@ def run(chan: socket.socket, spec: WorkerSpec, stacks: int, done: int) -> NoRetu
             worker_type = AsyncWorker if any(map(is_async, handlers.values())) else SyncWorker
             worker = worker_type(chan, handlers, spec, done)
             worker.lifespans = served.lifespans
+            worker.word = word
             worker.run()
         except HandlerError as exc:  # could not import, or an app's startup failed
             _only_the_forked_one(forked)
@@ -92,6 +96,7 @@ class _Base:
         self.spec = spec
         self.stopping = False
         self.lifespans: list[Any] = []  # ASGI apps' (asgi.Lifespan): startup before READY
+        self.word: LoopWord | None = None  # `pull`: an async loop's waits (pull.py)
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
 
@@ -336,7 +341,12 @@ class AsyncWorker(_Base):
         import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
-        asyncio.run(self._main())
+        if self.word is None:
+            asyncio.run(self._main())
+            return
+        selector = WaitingSelector(self.word, self.done_pipe, self.pid)
+        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+            runner.run(self._main())
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()

@@ -185,6 +185,18 @@ async def async_gate_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     await writer.drain()
 
 
+async def async_gate_pid(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers its worker's pid, then: 'gate PATH' blocks the loop as async_gate_echo's gate
+    does; 'hold' waits for another line, without blocking it; anything else is done."""
+    line = await reader.readline()
+    writer.write(b"%d\n" % os.getpid())
+    await writer.drain()
+    if line.startswith(b"gate "):
+        _wait_for_gate(line)
+    elif line.startswith(b"hold"):
+        await reader.readline()
+
+
 def _wait_for_gate(line: bytes) -> None:
     with open(line[5:].strip(), "rb") as gate:  # a FIFO: blocks until a writer opens it
         gate.read()  # and until it closes it

@@ -26,10 +26,10 @@ SERVERS = {
     "churn-cpu": {"sockpool", "prefork", "plainloop"},
     "ceiling": {"sockpool", "plainloop"},
     "newconn-http": {"sockpool", "prefork", "plainloop"},
-    "mixed-cpu": {"sockpool-async", "prefork-async"},
-    "mixed-cpu-paced": {"sockpool-async", "prefork-async"},
+    "mixed-cpu": {"sockpool-async", "sockpool-pull", "prefork-async"},
+    "mixed-cpu-paced": {"sockpool-async", "sockpool-pull", "prefork-async"},
 }
-DISPATCHERS = {"sockpool", "plainloop", "sockpool-async"}
+DISPATCHERS = {"sockpool", "plainloop", "sockpool-async", "sockpool-pull"}
 
 
 def bench(tmp_path: Path, *args: str, module: str = "bench.run") -> None:

@@ -631,3 +631,49 @@ def test_a_worker_held_up_by_one_request_keeps_no_other_client_waiting(
         pass
     assert held.recv(7) == b"opened\n"
     held.close()
+
+
+def loop_waits(pid: int) -> bool:
+    """The process is asleep in epoll_wait(): its asyncio loop waits for I/O."""
+    return Path(f"/proc/{pid}/wchan").read_text() == "do_epoll_wait"
+
+
+def test_with_pull_a_request_goes_to_a_loop_that_waits_not_behind_a_blocked_one(
+    serve, tmp_path: Path
+) -> None:
+    # Two requests reach the dispatcher in one turn (it is stopped while they connect): the
+    # first blocks its worker's loop, the second asks only for its worker's pid. Worker A
+    # has the most room, B holds two idle clients. By room alone both go to A in one
+    # handoff, A's loop reads both, and the second waits behind the first (read, so nothing
+    # can take it back). With pull, each loop that waits takes one: the second goes to B.
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    service = launch(serve, ["--workers=2", "--pull", "apps:async_gate_pid"])
+    holds: dict[int, list[socket.socket]] = {}
+    while len(holds) < 2 or min(map(len, holds.values())) < 2:
+        client = connect(service.address)
+        client.sendall(b"hold\n")
+        holds.setdefault(int(client.recv(20)), []).append(client)
+        assert sum(map(len, holds.values())) <= 8, holds  # least busy first: they alternate
+    a, b = sorted(holds)
+    for client in holds.pop(a):  # A's clients leave: it has the most room
+        client.sendall(b"bye\n")
+        assert read_to_eof(client) == b""
+        client.close()
+    # Its loop has reported them and waits, as B's does (a loop still at work takes nothing).
+    wait_until(lambda: all(map(loop_waits, (a, b))), "both workers' loops waiting")
+    os.kill(service.pid, signal.SIGSTOP)
+    try:
+        blocker, asker = connect(service.address), connect(service.address)
+        blocker.sendall(f"gate {gate}\n".encode())
+        asker.sendall(b"pid\n")
+    finally:
+        os.kill(service.pid, signal.SIGCONT)
+    try:
+        blocked_in = int(blocker.recv(20))
+        assert int(asker.recv(20)) == b != blocked_in == a  # answered while A's loop is blocked
+    finally:
+        with open(gate, "wb"):
+            pass
+        for client in [blocker, asker, *holds[b]]:
+            client.close()

@@ -8,6 +8,7 @@ import pytest
 
 from sockpool import config, wire
 from sockpool.errors import ConfigError, ExitCode
+from sockpool.spec import WorkerSpec
 
 
 def test_flags_win_over_the_file(tmp_path: Path) -> None:
@@ -291,3 +292,14 @@ def test_proxy_protocol_keys_per_listener() -> None:
 )
 def test_bad_proxy_protocol_values(values: dict, message: str) -> None:
     assert_one_line_config_error(values, message)
+
+
+def test_pull_is_off_unless_set_and_reaches_the_workers_spec(tmp_path: Path) -> None:
+    assert not config.load(None, {}).pull
+    path = tmp_path / "c.toml"
+    path.write_text("pull = true\n")
+    assert WorkerSpec.of(1, config.load(str(path), {}), ["main"]).pull
+    assert config.load(None, {"pull": True}).pull  # --pull
+    path.write_text("pull = 1\n")
+    with pytest.raises(ConfigError, match=r"pull: expected true or false, got 1$"):
+        config.load(str(path), {})
