@@ -31,6 +31,9 @@ WAKE = 0  # a DONE record's conn_id that names no connection (ids start at 1): a
 RECHECK = 0.005  # seconds: while connections wait here, look at the words at least this often
 
 
+_NEVER_WAITS = memoryview(bytearray(8)).cast("q")
+
+
 class LoopWord:
     """One worker's word, made before the fork: the worker writes it, the dispatcher reads it."""
 
@@ -46,8 +49,11 @@ class LoopWord:
         return wait if wait & 1 and wait != self.fed else 0
 
     def close(self) -> None:
+        """Unmapped; a look at it after this finds a loop that never waits, not an error in
+        the dispatcher's loop (its worker is gone, or going)."""
         self.word.release()
         self._map.close()
+        self.word = _NEVER_WAITS
 
 
 class WaitingSelector(selectors.EpollSelector):

@@ -67,6 +67,7 @@ def test_a_word_takes_while_its_loop_waits_and_once_per_wait() -> None:
         assert word.takes() == 3  # a new wait
     finally:
         word.close()
+    assert word.takes() == 0  # its worker is gone: it takes nothing, and raises nothing
 
 
 def test_while_no_loop_waits_connections_wait_here_and_are_counted(pool: Pool) -> None:
