@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import operator
 import os
 import resource
 import select
@@ -34,7 +35,6 @@ from .events import Event
 from .listeners import Listener
 from .parking import FIRST_BYTE, IDLE, PROXY, REQUEST, Parking, deadline_for, waiting_bytes
 from .process import Pending, WorkerProcess
-from .pull import LoopWord
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
@@ -45,6 +45,7 @@ _LOGGED_CLOSES = {
 }  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
+_BUSY = operator.itemgetter(0)  # (connections in hand, wait, word, worker): _feed_loops()
 _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
@@ -82,10 +83,6 @@ def _unmutable(source: socket.socket | int, muted: bool) -> None:
 
 def _no_policy(due: set[int], now: float) -> None:
     """HotPath.recycle without a dispatcher (the unit tests): nobody recycles workers."""
-
-
-def _busy(taker: tuple[int, int, LoopWord, WorkerProcess]) -> int:
-    return taker[0]
 
 
 def serving_capacity(p: WorkerProcess) -> int:
@@ -380,13 +377,15 @@ class HotPath:
             w, word = p.w, p.word
             if word is not None and (wait := word.takes()) and len(w.handed) < w.capacity:
                 takers.append((len(w.handed), wait, word, p))
-        takers.sort(key=_busy)
+        takers.sort(key=_BUSY)
         pending = self.pending
         for _, wait, word, p in takers:
             if not pending:
                 return
-            word.fed = wait
-            self._send_one(p, pending.popleft(), now)
+            item = pending.popleft()
+            self._send_one(p, item, now)
+            if item[0] in p.w.handed:  # sent (a failed send leaves the wait unfed)
+                word.fed = wait
 
     def publish_waiting(self) -> None:
         """Tell the workers how many connections wait for one (giveback.receive ends a

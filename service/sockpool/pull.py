@@ -23,6 +23,7 @@ from __future__ import annotations
 import mmap
 import os
 import selectors
+from collections.abc import Callable
 from typing import Any
 
 from . import giveback, wire
@@ -51,6 +52,8 @@ class LoopWord:
     def close(self) -> None:
         """Unmapped; a look at it after this finds a loop that never waits, not an error in
         the dispatcher's loop (its worker is gone, or going)."""
+        if self.word is _NEVER_WAITS:
+            return
         self.word.release()
         self._map.close()
         self.word = _NEVER_WAITS
@@ -61,16 +64,21 @@ class WaitingSelector(selectors.EpollSelector):
     wakes the dispatcher when connections wait for a loop. A select() with a zero timeout
     is not a wait: the loop has callbacks ready to run. Nor is one that would return at
     once: the request of the connection just taken is usually there already, and a loop
-    about to run it (for 5 ms of CPU, say) is no place for the next connection."""
+    about to run it (for 5 ms of CPU, say) is no place for the next connection. Nor one
+    while the worker could not start another (may_take): full, stopping, or waiting on a
+    sync handler in its executor's one thread."""
 
-    def __init__(self, word: LoopWord, done_pipe: int, pid: int) -> None:
+    def __init__(
+        self, word: LoopWord, done_pipe: int, pid: int, may_take: Callable[[], bool]
+    ) -> None:
         super().__init__()
         self._word = word.word
         self._wake = wire.DONE.pack(pid, WAKE)
         self._done = done_pipe
+        self._may_take = may_take  # the worker's: not full, stopping or computing
 
     def select(self, timeout: float | None = None) -> list[tuple[Any, int]]:
-        if timeout is not None and timeout <= 0:
+        if (timeout is not None and timeout <= 0) or not self._may_take():
             return super().select(timeout)
         ready = super().select(0)
         if ready:

@@ -341,12 +341,26 @@ class AsyncWorker(_Base):
         import asyncio
         from concurrent.futures import ThreadPoolExecutor
 
+        self.capacity = 0  # until READY: it takes nothing (pull: may_take())
+        self.sync_running = 0  # sync handlers in the executor's thread
         if self.word is None:
             asyncio.run(self._main())
             return
-        selector = WaitingSelector(self.word, self.done_pipe, self.pid)
-        with asyncio.Runner(loop_factory=lambda: asyncio.SelectorEventLoop(selector)) as runner:
+        with asyncio.Runner(loop_factory=self._waiting_loop) as runner:
             runner.run(self._main())
+
+    def _waiting_loop(self) -> asyncio.AbstractEventLoop:
+        """`pull`: a loop whose waits say so (pull.py); the current one, as asyncio.run's."""
+        loop = asyncio.SelectorEventLoop(
+            WaitingSelector(self.word, self.done_pipe, self.pid, self.may_take)
+        )
+        asyncio.set_event_loop(loop)
+        return loop
+
+    def may_take(self) -> bool:
+        """`pull`: whether a connection sent now could start: not while full, stopping,
+        or computing a sync handler in the executor's one thread (the loop waits on it)."""
+        return len(self.tasks) < self.capacity and not self.stopping and not self.sync_running
 
     async def _main(self) -> None:
         loop = asyncio.get_running_loop()
@@ -358,7 +372,8 @@ class AsyncWorker(_Base):
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         await self._startup()
         loop.add_reader(self.chan, self._on_channel)
-        self.ready(_capacity(self.spec.capacity))
+        self.capacity = _capacity(self.spec.capacity)
+        self.ready(self.capacity)
         if self.spec.timeout:
             self._beat(min(1.0, self.spec.timeout / 4))
         await self.stopped
@@ -423,7 +438,11 @@ class AsyncWorker(_Base):
                 await self._serve_async(handler, sock, info)
             else:
                 loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self.executor, self.serve_sync, handler, sock, info)
+                self.sync_running += 1
+                try:
+                    await loop.run_in_executor(self.executor, self.serve_sync, handler, sock, info)
+                finally:
+                    self.sync_running -= 1
         finally:
             if not info.parked:  # a parked one was reported by its PARK
                 self.done.append(handoff.conn_id)

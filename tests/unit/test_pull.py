@@ -134,11 +134,21 @@ def test_a_loop_that_begins_to_wait_while_waiting_goes_out_is_seen(pool: Pool) -
     assert pool.hot.waiting[giveback.WAITING] == 0
 
 
-def test_accepting_stops_at_one_waiting_connection_per_worker_with_room(pool: Pool) -> None:
-    # The rest stay in the kernel's backlog, where another dispatcher may take them.
+def test_free_capacity_is_one_place_per_worker_with_room(pool: Pool) -> None:
+    # accept() takes that many, less those waiting here: the rest stay in the kernel's
+    # backlog, where another dispatcher may take them.
     assert pool.hot.free_capacity() == 2
     pool.procs[1].w.handed.update({n: (T0, "main", "") for n in range(10)})  # full
     assert pool.hot.free_capacity() == 1
+
+
+def test_a_failed_send_leaves_the_wait_unfed(pool: Pool) -> None:
+    pool.ends[1].close()  # its worker is gone: the send fails
+    queue(pool, 1)
+    wait(pool, 1)
+    pool.hot.dispatch(T0)
+    assert set(pool.broken_ones) == {1} and [item[0] for item in pool.hot.pending] == [1]
+    assert pool.procs[1].word.takes() != 0  # type: ignore[union-attr]
 
 
 def test_a_wake_record_names_no_connection(pool: Pool) -> None:
@@ -170,7 +180,8 @@ class Loop:
         self.io_r, self.io_w = os.pipe()
         self.done_r, self.done_w = os.pipe()
         os.set_blocking(self.done_r, False)
-        self.selector = WaitingSelector(self.word, self.done_w, 4242)
+        self.free = True  # the worker could start another connection (may_take)
+        self.selector = WaitingSelector(self.word, self.done_w, 4242, lambda: self.free)
         self.selector.register(self.io_r, 1)  # EVENT_READ
 
     def wakes(self) -> list[tuple[int, int]]:
@@ -208,12 +219,12 @@ def test_a_wait_is_marked_in_the_word_and_wakes_the_dispatcher_only_while_connec
     waiting[giveback.WAITING] = connections_waiting
     waiter = wait_in_thread(loop)
     try:
-        marked, wakes = loop.word.word[0], loop.wakes()
+        marked = loop.word.word[0]
     finally:
         os.write(loop.io_w, b"x")
         waiter.join()
     assert marked == 1
-    assert wakes == ([(4242, WAKE)] if connections_waiting else [])
+    assert loop.wakes() == ([(4242, WAKE)] if connections_waiting else [])
     assert loop.word.word[0] == 2 and loop.word.takes() == 0  # running again
 
 
@@ -225,3 +236,15 @@ def test_a_select_that_returns_at_once_is_no_wait(loop: Loop, waiting: memoryvie
     os.write(loop.io_w, b"x")
     assert len(loop.selector.select(10.0)) == 1
     assert loop.word.word[0] == 0 and loop.wakes() == []
+
+
+@pytest.mark.parametrize("free", [True, False])
+def test_a_worker_that_could_not_start_another_neither_marks_its_waits_nor_wakes_anyone(
+    loop: Loop, waiting: memoryview, free: bool
+) -> None:
+    # Full, stopping, or its loop waiting on a sync handler in the executor's thread.
+    waiting[giveback.WAITING] = 1
+    loop.free = free
+    assert loop.selector.select(0.01) == []  # a real wait, nothing came
+    assert loop.word.word[0] == (2 if free else 0)
+    assert loop.wakes() == ([(4242, WAKE)] if free else [])
