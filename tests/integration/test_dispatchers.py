@@ -11,9 +11,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from harness import SOCKPOOL, Load, connect, free_port, read_to_eof, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
+ECHO_ASYNC = "sockpool.handlers:echo_async"
 
 
 def tcp() -> str:
@@ -119,8 +122,10 @@ def test_a_busy_dispatcher_leaves_new_connections_to_an_idle_one(serve) -> None:
         wait_until(lambda: "busy 0," in service.statuses()[-1], "both workers free")
 
 
-def test_reload_under_load_loses_nothing(serve) -> None:
-    service, dispatchers = two_dispatchers(serve, ECHO)
+# `pull`: each dispatcher feeds only its own workers' waiting loops (pull.py).
+@pytest.mark.parametrize("args", [[ECHO], ["--pull", ECHO_ASYNC]], ids=["sync", "async-pull"])
+def test_reload_under_load_loses_nothing(serve, args: list[str]) -> None:
+    service, dispatchers = two_dispatchers(serve, *args)
     first = {w for d in dispatchers for w in children(d)}
     with Load(service.address, clients=6) as load:
         load.progress(100)

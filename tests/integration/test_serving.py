@@ -200,8 +200,10 @@ def test_connection_handed_to_a_worker_that_dies_before_taking_it_is_served(serv
     assert other in service.workers()
 
 
-def test_sigterm_drains_connections_in_flight(serve) -> None:
-    service = serve(["--workers=2", "--capacity=50", "apps:async_slow_echo"], listen=[tcp()])
+@pytest.mark.parametrize("pull", [[], ["--pull"]], ids=["default", "pull"])
+def test_sigterm_drains_connections_in_flight(serve, pull: list[str]) -> None:
+    args = ["--workers=2", "--capacity=50", *pull, "apps:async_slow_echo"]
+    service = serve(args, listen=[tcp()])
     clients = [connect(service.address) for _ in range(40)]
     assert [c.recv(1) for c in clients] == [b"+"] * 40  # all in workers' hands
     for i, c in enumerate(clients):
@@ -217,8 +219,11 @@ def test_sigterm_drains_connections_in_flight(serve) -> None:
     assert "STOPPING=1" in service.notifications
 
 
-def test_sighup_swaps_generations_under_load(serve) -> None:
-    service = serve(["--workers=2", ECHO], listen=[tcp()])
+@pytest.mark.parametrize(
+    "args", [[ECHO], ["--pull", "sockpool.handlers:echo_async"]], ids=["sync", "async-pull"]
+)
+def test_sighup_swaps_generations_under_load(serve, args: list[str]) -> None:
+    service = serve(["--workers=2", *args], listen=[tcp()])
     first = set(service.workers())
     with Load(service.address, clients=6) as load:
         load.progress(100)

@@ -14,6 +14,7 @@ from fakepool import T0, Pool
 
 from harness import wait_until
 from sockpool import giveback, wire
+from sockpool.hotpath import STEAL_AFTER
 from sockpool.pull import WAKE, LoopWord, WaitingSelector
 
 pytestmark = pytest.mark.usefixtures("no_descriptor_leaks")
@@ -149,6 +150,21 @@ def test_a_failed_send_leaves_the_wait_unfed(pool: Pool) -> None:
     pool.hot.dispatch(T0)
     assert set(pool.broken_ones) == {1} and [item[0] for item in pool.hot.pending] == [1]
     assert pool.procs[1].word.takes() != 0  # type: ignore[union-attr]
+
+
+def test_a_handoff_read_back_unread_leaves_the_loop_free_to_take_it_again(pool: Pool) -> None:
+    # Not scheduled for STEAL_AFTER, the worker has its handoff read back (rebalance()).
+    # Its loop may still be in the wait it was fed in: epoll woke it, found nothing, and
+    # sleeps on. That wait must count as unfed, or it never takes anything again.
+    pool.procs[1].w.handed[7] = (T0, "main", "")  # one it took before
+    queue(pool, 1)
+    wait(pool, 1)
+    pool.hot.dispatch(T0)
+    assert pool.handed(1) == [7, 1]
+    pool.hot.rebalance(T0 + STEAL_AFTER)
+    assert pool.handed(1) == [7] and [item[0] for item in pool.hot.pending] == [1]
+    pool.hot.dispatch(T0 + STEAL_AFTER)
+    assert pool.handed(1) == [7, 1] and pool.take(1) == [1]
 
 
 def test_a_wake_record_names_no_connection(pool: Pool) -> None:
