@@ -476,8 +476,6 @@ class HotPath:
             items = p.read_back(live=True)
             if not items:
                 continue
-            if p.word is not None:  # pull: the wait it was fed in took nothing after all. The
-                p.word.fed = -1  # loop may still be in it: epoll found nothing, and sleeps on
             handed = p.w.handed
             sent = [handed.pop(item[0], None) for item in items]
             # Only a handoff left unread for STEAL_AFTER says the worker does not read its

@@ -119,7 +119,6 @@ class WorkerProcess:
         self.word = word  # `pull`: its loop says here when it waits for work (pull.py)
         self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
         self.solo = False  # from READY: a sync worker (more than 1 in hand are queued)
-        self.pulls = False  # from READY: an async worker with a word (pull.py)
         # Handoffs it may not have read (hotpath.rebalance): the first sent since it was
         # last heard from (0: none), and when some were found unread: it gets no more
         # until it is heard from again.
@@ -149,11 +148,15 @@ class WorkerProcess:
         if isinstance(message, wire.Ready):
             self.speaks_first = message.speaks_first
             self.solo = message.solo
-            self.pulls = self.word is not None and not message.solo
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)
         return ev.Beat(self.pid, now)
+
+    @property
+    def pulls(self) -> bool:
+        """An async worker with a word (pull.py): `solo` from its READY says which it is."""
+        return self.word is not None and not self.solo
 
     def stop(self) -> None:
         try:
@@ -212,6 +215,8 @@ class WorkerProcess:
                 continue
             for h, fd in zip(decoded, fds, strict=True):
                 recovered.append((h.conn_id, fd, h.listener, h.peer, h.carry, h.started))
+            if self.word is not None:  # pull: the wait it was fed in took nothing after all.
+                self.word.fed = -1  # Its loop may still be in it (epoll found nothing, slept on)
 
     def ended(self, status: int, oom_before: int | None) -> tuple[str, ExitReason, str, int | None]:
         """How it ended: in words, as a reason by the status alone, its stacks if it crashed,

@@ -30,7 +30,6 @@ class Pool:
             word = LoopWord() if pull else None
             self.procs[pid] = WorkerProcess(pid, ours, theirs, os.memfd_create("stacks"), w, word)
             self.procs[pid].solo = solo  # as its READY says
-            self.procs[pid].pulls = pull and not solo
             self.ends[pid] = theirs
         routes = list(self.procs.values())
         self.hot = HotPath([], Admission(Config()), self.procs, lambda: routes, self.broken)

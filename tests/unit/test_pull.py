@@ -49,7 +49,7 @@ def queue(pool: Pool, *ids: int) -> None:
 
 def test_the_pool_pulls_once_every_worker_that_takes_work_does(pool: Pool) -> None:
     assert pool.hot.pull
-    pool.procs[2].pulls = False  # a sync worker (its READY says solo): no word to read
+    pool.procs[2].solo = True  # a sync worker, as its READY says: it never marks a wait
     pool.hot.routes_changed(list(pool.procs.values()))
     assert not pool.hot.pull
 
