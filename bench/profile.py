@@ -14,7 +14,11 @@ in phases of --duration seconds, one tool at a time:
 - ``dump`` (sockpool only): a few ``py-spy dump --native`` snapshots under load;
 - ``perf-stat``: ``perf stat --per-thread`` (task-clock, context switches, syscalls) of
   the dispatcher and every worker;
-- ``perf-trace``: ``perf trace -s``, every syscall by name, per process.
+- ``perf-trace``: ``perf trace -s``, every syscall by name, per process;
+- ``perf-record`` and ``perf-record-workers``: ``perf record -e cpu-clock -g`` of the
+  dispatcher, then of the workers: user space against kernel, and the hottest C symbols
+  (SERVER-dispatcher-perf-top.txt, SERVER-workers-perf-top.txt). A handoff costs both
+  ends: the workers' half is as large as the dispatcher's.
 
 Each tool's counts are divided by the connections answered during its phase; summary.md
 puts them side by side. The tools slow what they watch (py-spy stops the dispatcher for
@@ -236,11 +240,11 @@ def perf_trace(path: Path, who: dict[int, str]) -> dict[str, Counter[str]]:
     return out
 
 
-def perf_top(data: Path, dest: Path) -> list[str]:
-    """perf report of the dispatcher's on-CPU samples: the share of user space and kernel,
-    then of each symbol (C functions: Python 3.11 has no perf trampoline, so the Python
-    view is py-spy's)."""
-    out = ["# perf record -e cpu-clock -F 999 -g of the dispatcher: on-CPU samples only", ""]
+def perf_top(data: Path, dest: Path, whose: str = "the dispatcher") -> list[str]:
+    """perf report of on-CPU samples: the share of user space and kernel, then of each
+    symbol (C functions: Python 3.11 has no perf trampoline, so the Python view is
+    py-spy's)."""
+    out = [f"# perf record -e cpu-clock -F 999 -g of {whose}: on-CPU samples only", ""]
     for sort in ("dso", "dso,sym"):
         argv = ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none"]
         argv += ["--sort", sort, "--percent-limit", "0.5"]
@@ -295,13 +299,21 @@ def profile(
             argv = ["perf", "trace", "-s", "-o", str(trace), "-p", pids]
             phases["perf-trace"] = phase("perf-trace", srv.pid, port, cfg, log, argv)
             found["trace"] = perf_trace(trace, who) if trace.exists() else {}
-            data = out / f"{name}-dispatcher.perf.data"
-            argv = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data)]
-            argv += ["-p", str(srv.pid)]
-            phases["perf-record"] = phase("perf-record", srv.pid, port, cfg, log, argv)
-            if data.exists():
-                found["perf-top"] = perf_top(data, out / f"{name}-dispatcher-perf-top.txt")
-                data.unlink()
+            # The dispatcher's samples, then the workers': a handoff costs both sides.
+            workers = ",".join(str(p) for p in procfs.descendants(srv.pid)[1:])
+            for role, whose, ids in (
+                ("dispatcher", "the dispatcher", str(srv.pid)),
+                ("workers", "the workers", workers),
+            ):
+                data = out / f"{name}-{role}.perf.data"
+                argv = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data)]
+                argv += ["-p", ids]
+                key = "perf-record" if role == "dispatcher" else "perf-record-workers"
+                phases[key] = phase(key, srv.pid, port, cfg, log, argv)
+                if data.exists():
+                    top = perf_top(data, out / f"{name}-{role}-perf-top.txt", whose)
+                    found["perf-top" if role == "dispatcher" else "perf-top-workers"] = top
+                    data.unlink()
     return found
 
 
@@ -334,7 +346,10 @@ def summary(found: dict[str, dict[str, Any]], cfg: run.Config, meta: dict[str, A
     ]
     if not shutil.which("perf"):
         md[-2:-2] = ["No `perf` here (Debian: linux-perf): no perf figures.", ""]
-    phase_names = ["baseline", "flame", "top", "dump", "perf-stat", "perf-trace", "perf-record"]
+    phase_names = [
+        "baseline", "flame", "top", "dump", "perf-stat", "perf-trace", "perf-record",
+        "perf-record-workers",
+    ]  # fmt: skip
     rows = []
     for ph in phase_names:
         cells = [ph]
@@ -391,9 +406,10 @@ def summary(found: dict[str, dict[str, Any]], cfg: run.Config, meta: dict[str, A
             rows.append(cells)
     md += table(["process", "syscall", *labels], rows)
     for n in names:
-        if "perf-top" in found[n]:
-            md += ["", f"## {found[n]['label']}: where the dispatcher's CPU goes (perf)", ""]
-            md += ["```", *found[n]["perf-top"][: TOP_LINES + 8], "```"]
+        for key, whose in (("perf-top", "the dispatcher's"), ("perf-top-workers", "the workers'")):
+            if key in found[n]:
+                md += ["", f"## {found[n]['label']}: where {whose} CPU goes (perf)", ""]
+                md += ["```", *found[n][key][: TOP_LINES + 8], "```"]
         if "top" in found[n]:
             md += ["", f"## {found[n]['label']}: hottest functions (py-spy)", "", "```"]
             md += [*found[n]["top"][: TOP_LINES + 3], "```"]

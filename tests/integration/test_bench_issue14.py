@@ -130,8 +130,10 @@ def test_profile(tmp_path: Path) -> None:
     for server in ("sockpool", "plainloop"):
         top = (tmp_path / f"{server}-dispatcher-top.txt").read_text()
         assert "samples of the dispatcher at work" in top
-        assert "[kernel.kallsyms]" in (tmp_path / f"{server}-dispatcher-perf-top.txt").read_text()
+        for role in ("dispatcher", "workers"):
+            assert "[kernel.kallsyms]" in (tmp_path / f"{server}-{role}-perf-top.txt").read_text()
     summary = (tmp_path / "summary.md").read_text()
+    assert "## plain loop (accept/send_fds/close): where the workers' CPU goes (perf)" in summary
     # The plain loop's dispatcher accepts and passes on every connection itself.
     rows = [line.split(" | ") for line in summary.splitlines() if line.startswith("| dispatcher")]
     calls = {row[1] for row in rows if row[3].strip()}  # a count in the plain loop's column
