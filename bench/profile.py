@@ -301,18 +301,18 @@ def profile(
             found["trace"] = perf_trace(trace, who) if trace.exists() else {}
             # The dispatcher's samples, then the workers': a handoff costs both sides.
             workers = ",".join(str(p) for p in procfs.descendants(srv.pid)[1:])
-            for role, whose, ids in (
-                ("dispatcher", "the dispatcher", str(srv.pid)),
-                ("workers", "the workers", workers),
+            for role, whose, ids, suffix in (
+                ("dispatcher", "the dispatcher", str(srv.pid), ""),
+                ("workers", "the workers", workers, "-workers"),
             ):
                 data = out / f"{name}-{role}.perf.data"
                 argv = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(data)]
                 argv += ["-p", ids]
-                key = "perf-record" if role == "dispatcher" else "perf-record-workers"
+                key = "perf-record" + suffix
                 phases[key] = phase(key, srv.pid, port, cfg, log, argv)
                 if data.exists():
                     top = perf_top(data, out / f"{name}-{role}-perf-top.txt", whose)
-                    found["perf-top" if role == "dispatcher" else "perf-top-workers"] = top
+                    found["perf-top" + suffix] = top
                     data.unlink()
     return found
 

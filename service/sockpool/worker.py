@@ -343,10 +343,9 @@ class AsyncWorker(_Base):
 
         self.capacity = 0  # until READY: it takes nothing (pull: may_take())
         self.sync_running = 0  # sync handlers in the executor's thread
-        if self.word is None:
-            asyncio.run(self._main())
-            return
-        with asyncio.Runner(loop_factory=self._waiting_loop) as runner:
+        # asyncio.run()'s own Runner; with `pull`, on a loop whose waits say so.
+        factory = self._waiting_loop if self.word is not None else None
+        with asyncio.Runner(loop_factory=factory) as runner:
             runner.run(self._main())
 
     def _waiting_loop(self) -> asyncio.AbstractEventLoop:
