@@ -475,6 +475,7 @@ SERVERS = {
     "sockpool-async": "sockpool (async)",
     "sockpool-d2": "sockpool with dispatchers = 2",
     "sockpool-qa0": "sockpool with queue_ahead = 0",
+    "sockpool-qa3": "sockpool with queue_ahead = 3",
     "sockpool-pull": "sockpool (async) with pull = true",
     "sockpool-proxy": "sockpool behind PROXY protocol v2",
     "prefork": "shared-accept pool",
@@ -599,11 +600,18 @@ ISSUE14_TARGETS = (
     Target("ceiling", "ceiling_conns_per_s", ""),
     Target("ceiling", "ceiling_conns_per_s", "", server="plainloop"),
     Target("newconn-echo", "rps", "", 1, "sockpool", server="sockpool-d2"),
-    # queue_ahead = 0 (1 is the default): the same churn without it.
-    Target("newconn-echo", "main_cpu_us_per_conn", "", 1, "plainloop", server="sockpool-qa0"),
-    Target("newconn-echo", "rps", "", 1, "plainloop", server="sockpool-qa0"),
-    Target("newconn-echo-2w", "main_cpu_us_per_conn", "", 1, "plainloop", server="sockpool-qa0"),
-    Target("newconn-echo-2w", "rps", "", 1, "plainloop", server="sockpool-qa0"),
+    # queue_ahead = 0 and 3 (1 is the default): the same churn with none queued, and with
+    # three queued and completions reported a few at a time (completions.py).
+    *(
+        Target(scenario, metric, "", 1, peer, server=f"sockpool-qa{depth}")
+        for depth in (0, 3)
+        for scenario, peer in (
+            ("newconn-echo", "plainloop"),
+            ("newconn-echo-2w", "plainloop"),
+            ("churn-cpu", "prefork"),
+        )
+        for metric in ("main_cpu_us_per_conn", "rps")
+    ),
     # Other figures.
     Target("keepalive-few", "req_per_s", "≥", 0.9, "prefork"),
     Target("coldstart", "cold_ms", "≤", 120),

@@ -239,7 +239,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             argv = sockpool_argv(cfg, ECHO, flags=(FLAG_DISPATCHERS, "2"))
             specs.insert(1, Spec("sockpool-d2", "sockpool, dispatchers = 2", argv))
         if scenario == "newconn-echo" and sockpool_has(FLAG_QUEUE_AHEAD):
-            specs.insert(1, queue_ahead_spec(specs[0]))
+            specs[1:1] = queue_ahead_specs(specs[0])
         if scenario == "newconn-echo" and sockpool_has(FLAG_CONFIG):
             # PROXY protocol v2 on the same listener (issue 15): its cost beside none.
             argv = sockpool_argv(cfg, ECHO, flags=(FLAG_CONFIG, str(BENCH / "proxy.toml")))
@@ -254,8 +254,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
     elif scenario in ("newconn-echo-2w", "churn-cpu"):
         handler, what = (ECHO, "echo") if scenario == "newconn-echo-2w" else (CPU_ECHO, "cpu_echo")
         specs = handoff_trio(cfg, handler, what, W14)
-        if scenario == "newconn-echo-2w" and sockpool_has(FLAG_QUEUE_AHEAD):
-            specs.insert(1, queue_ahead_spec(specs[0]))
+        if sockpool_has(FLAG_QUEUE_AHEAD):
+            specs[1:1] = queue_ahead_specs(specs[0])
     elif scenario == "ceiling":
         specs = [s for s in handoff_trio(cfg, ANSWER_ONCE, "answer_once") if s.dispatcher]
     elif scenario in ("newconn-http", "newconn-http-wrk"):
@@ -291,7 +291,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             Spec("node", "Node.js cluster", node_argv(cfg, "mixed")),
         ]
         if sockpool_has(FLAG_QUEUE_AHEAD):  # where a queued connection could wait out a slow one
-            specs.insert(1, queue_ahead_spec(specs[0]))
+            specs[1:1] = queue_ahead_specs(specs[0])
     elif scenario in ("mixed-cpu", "mixed-cpu-paced"):
         specs = [
             Spec(
@@ -348,13 +348,19 @@ FLAG_QUEUE_AHEAD = "--queue-ahead"
 FLAG_PULL = "--pull"
 
 
-def queue_ahead_spec(sockpool: Spec) -> Spec:
-    """The same sockpool with `queue_ahead = 0` (1 is the default): no connection queued in
-    a sync worker, so each one sleeps until the dispatcher sends the next."""
-    argv = [*sockpool.argv[:-1], FLAG_QUEUE_AHEAD, "0", sockpool.argv[-1]]
-    return dataclasses.replace(
-        sockpool, server="sockpool-qa0", label=sockpool.label + ", queue_ahead = 0", argv=argv
-    )
+def queue_ahead_specs(sockpool: Spec) -> list[Spec]:
+    """The same sockpool with `queue_ahead = 0` and 3 (1 is the default): with 0, no
+    connection queued in a sync worker, so each one sleeps until the dispatcher sends the
+    next; with 3, three queued and completions reported a few at a time (completions.py)."""
+    return [
+        dataclasses.replace(
+            sockpool,
+            server=f"sockpool-qa{depth}",
+            label=sockpool.label + f", queue_ahead = {depth}",
+            argv=[*sockpool.argv[:-1], FLAG_QUEUE_AHEAD, str(depth), sockpool.argv[-1]],
+        )
+        for depth in (0, 3)
+    ]
 
 
 FLAG_DISPATCHERS = "--dispatchers"

@@ -61,9 +61,10 @@ _LIMITS = [
     (
         "queue_ahead",
         "N",
-        "1: a sync worker holds one more connection queued behind the one it serves, so it "
-        "starts the next without waiting for the dispatcher; one left waiting behind a long "
-        "request goes to another worker (default); 0: none",
+        "connections a sync worker holds queued behind the one it serves, 0 to 8 (default 1): "
+        "it starts the next without waiting for the dispatcher, and from 2 on reports what it "
+        "finished a few at a time; one left waiting behind a long request goes to another "
+        "worker",
     ),
     (
         "max_carry",

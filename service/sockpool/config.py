@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from .completions import MAX_QUEUE_AHEAD
 from .errors import QUOTE_LIMIT, ConfigError, cut, quote
 from .listeners import MAX_LISTEN_FDS, parse_address
 from .proxyproto import DEFAULT_ALLOW, VERSIONS, parse_network
@@ -159,9 +160,9 @@ def _dispatchers(value: Any) -> int | str:
     return value
 
 
-def _zero_or_one(value: Any) -> int:
-    if isinstance(value, bool) or value not in (0, 1):
-        raise ValueError(f"expected 0 or 1, got {quote(value)}")
+def _queue_ahead(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUEUE_AHEAD:
+        raise ValueError(f"expected an integer from 0 to {MAX_QUEUE_AHEAD}, got {quote(value)}")
     return value
 
 
@@ -338,7 +339,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "first_byte_timeout": (float, _non_negative_number),
     "request_timeout": (float, _non_negative_number),
     "park_after": (float, _non_negative_number),
-    "queue_ahead": (int, _zero_or_one),
+    "queue_ahead": (int, _queue_ahead),
     "pull": (bool, _flag),
     "max_carry": (int, _carry),
     "wsgi": (str, _handler),

@@ -58,9 +58,9 @@ class Executor:
         except OSError as exc:
             self.feed(ev.SpawnFailed(gen.number, _fork_error(exc), time.monotonic()))
             return
-        pid, chan, inbox, stacks, word = forked
+        pid, chan, inbox, stacks, word, ledger = forked
         actions = self.policy.handle(ev.Spawned(pid, gen.number, time.monotonic()))
-        p = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid], word)
+        p = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid], word, ledger)
         self.procs[pid] = p
         self.loop.watch(chan, lambda: self.on_messages(p))
         self(actions)

@@ -30,6 +30,7 @@ from typing import TypeVar
 
 from . import channel, giveback, log, proxyproto, wire
 from .admission import Admission
+from .completions import SENT
 from .config import Config
 from .events import Event
 from .listeners import Listener
@@ -50,7 +51,7 @@ _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 # A sync worker (`p.solo`, from its READY) serves one connection at a time and, with
-# `queue_ahead` (spec.py), queues one more: each connection goes to it alone, so a queued one
+# `queue_ahead` (spec.py), queues more: each connection goes to it alone, so a queued one
 # can be read back. An async worker reads its channel whenever its loop turns.
 # A worker not heard from this long after a handoff may have left it unread: behind a long
 # request, or in a loop that a handler blocks. rebalance() reads it back for another worker.
@@ -86,7 +87,7 @@ def _no_policy(due: set[int], now: float) -> None:
 
 
 def serving_capacity(p: WorkerProcess) -> int:
-    """Connections a worker serves at once: a sync worker's second place is a queue."""
+    """Connections a worker serves at once: a sync worker's other places are a queue."""
     return 1 if p.solo else p.w.capacity
 
 
@@ -456,6 +457,10 @@ class HotPath:
                 break
         for p in routes:
             since, heard = p.unheard_since, p.w.last_heard
+            ledger = p.ledger
+            if ledger is not None and since > heard and ledger.total != p.total_seen:
+                p.total_seen = ledger.total  # it finished one since: at work, not stuck;
+                p.unheard_since = since = now  # what it holds unread waits from now on
             if heard < p.stalled_at:  # stalled: until heard from, or STALL_FOR
                 if now < p.stalled_at + STALL_FOR:
                     due = min(due, p.stalled_at + STALL_FOR)
@@ -510,6 +515,8 @@ class HotPath:
         handed = w.handed
         for cid, _, name, peer, _, _ in items:
             handed[cid] = (now, name, peer)
+        if target.ledger is not None:
+            target.ledger.words[SENT] += len(items)
         if self.may_queue and w.last_heard >= target.unheard_since:
             self._unheard(target, now)
 
@@ -531,6 +538,8 @@ class HotPath:
             pass
         w = target.w
         w.handed[conn_id] = (now, name, peer)
+        if target.ledger is not None:  # what the worker has queued: completions.py
+            target.ledger.words[SENT] += 1
         if self.may_queue and w.last_heard >= target.unheard_since:
             self._unheard(target, now)
 
@@ -743,6 +752,10 @@ class HotPath:
         """A worker died: take back the handoffs it never read (they go first to the next
         worker) and let go of the connections it held. Returns how many it held."""
         self._take_back(p, p.read_back())
+        if p.ledger is not None:  # finished and never reported: served, not cut
+            for conn_id in p.ledger.pending():
+                if self._served(p, conn_id, time.monotonic(), set()):
+                    self.admission.release(conn_id)
         for conn_id in p.w.handed:  # still listed: they were in its hands and are gone
             self.admission.release(conn_id)
         lost = len(p.w.handed)

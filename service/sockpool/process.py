@@ -18,6 +18,7 @@ from typing import NamedTuple
 from . import channel, cpuslice, health, log, wire
 from . import lifecycle as ev
 from . import worker as worker_mod
+from .completions import SENT, Ledger
 from .pull import LoopWord
 from .spec import WorkerSpec
 from .states import ExitReason, Worker
@@ -62,22 +63,26 @@ def describe_status(code: int) -> str:
 
 def fork_worker(
     spec: WorkerSpec, done: int, close_in_child: Callable[[], None]
-) -> tuple[int, socket.socket, socket.socket, int, LoopWord | None]:
+) -> tuple[int, socket.socket, socket.socket, int, LoopWord | None, Ledger | None]:
     """Fork a worker: (pid, our channel end, its end, its stack file, the word its loop
-    says it waits in with `pull`). Raises OSError when it cannot (out of processes or
+    says it waits in with `pull`, the ledger of its unreported completions with a
+    `queue_ahead` of 2 or more). Raises OSError when it cannot (out of processes or
     descriptors), having closed what it made.
 
     `close_in_child` drops everything of the dispatcher's in the child: a worker holds no
     listener, no other worker's channel, no connection not handed to it."""
     ours, theirs = channel.pair()
-    made: list[socket.socket | int | LoopWord] = [ours, theirs]
-    word = None
+    made: list[socket.socket | int | LoopWord | Ledger] = [ours, theirs]
+    word = ledger = None
     try:
         stacks = health.new_stack_file(spec.generation)
         made.append(stacks)
         if spec.pull:
             word = LoopWord()
             made.append(word)
+        if spec.queue_ahead > 1:
+            ledger = Ledger()
+            made.append(ledger)
         pid = os.fork()
     except OSError:
         for thing in made:
@@ -91,14 +96,14 @@ def fork_worker(
             cpuslice.reset_in_child()
             ours.close()
             close_in_child()
-            worker_mod.run(theirs, spec, stacks, done, word)
+            worker_mod.run(theirs, spec, stacks, done, word, ledger)
         finally:
             os._exit(1)
     # We keep `theirs` open (never reading it while the worker lives): when the worker dies,
     # the handoffs it had not yet read stay queued there instead of being thrown away with
     # their descriptors, and we hand them to another worker.
     ours.setblocking(False)
-    return pid, ours, theirs, stacks, word
+    return pid, ours, theirs, stacks, word, ledger
 
 
 class WorkerProcess:
@@ -110,6 +115,7 @@ class WorkerProcess:
         stacks: int,
         w: Worker,
         word: LoopWord | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.pid = pid
         self.chan = chan  # our end of the channel
@@ -117,6 +123,10 @@ class WorkerProcess:
         self.stacks = stacks  # memfd its faulthandler writes to
         self.w = w
         self.word = word  # `pull`: its loop says here when it waits for work (pull.py)
+        # Its completions not yet reported (completions.py), and their running total as
+        # rebalance() last saw it: a total that moved since says it is at work.
+        self.ledger = ledger
+        self.total_seen = 0
         self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
         self.solo = False  # from READY: a sync worker (more than 1 in hand are queued)
         # Handoffs it may not have read (hotpath.rebalance): the first sent since it was
@@ -215,6 +225,8 @@ class WorkerProcess:
                 continue
             for h, fd in zip(decoded, fds, strict=True):
                 recovered.append((h.conn_id, fd, h.listener, h.peer, h.carry, h.started))
+            if self.ledger is not None:  # no longer queued for it: completions.py
+                self.ledger.words[SENT] -= len(fds)
             if self.word is not None:  # pull: the wait it was fed in took nothing after all.
                 self.word.fed = -1  # Its loop may still be in it (epoll found nothing, slept on)
 
@@ -238,3 +250,5 @@ class WorkerProcess:
         os.close(self.stacks)
         if self.word is not None:
             self.word.close()
+        if self.ledger is not None:
+            self.ledger.close()

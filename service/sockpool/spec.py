@@ -22,9 +22,10 @@ class WorkerSpec:
     access_log: bool = False  # web apps: a journal record per request
     http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
-    # `queue_ahead = 1`: a sync worker takes one connection queued behind the one it serves,
-    # and starts it the moment it is done, without waiting for the dispatcher to hear of it.
-    # The queued one stays in the channel, where the dispatcher reads it back for another
+    # `queue_ahead`: a sync worker takes connections queued behind the one it serves, and
+    # starts the next the moment it is done, without waiting for the dispatcher to hear of
+    # it; from 2 on, it reports what it finished a few at a time (completions.py).
+    # A queued one stays in the channel, where the dispatcher reads it back for another
     # worker when this one is not heard from for a while (hotpath.rebalance): so it never
     # waits out a long request. Never with several dispatchers: a busy one would accept into
     # its queue a connection another one's idle worker could serve.

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import channel, giveback, health, log, notify, wire
+from .completions import Ledger, report_now
 from .connection import ConnectionInfo, describe, set_current
 from .errors import cut
 from .events import Event
@@ -41,7 +42,12 @@ class _Stop(Exception):
 
 
 def run(
-    chan: socket.socket, spec: WorkerSpec, stacks: int, done: int, word: LoopWord | None = None
+    chan: socket.socket,
+    spec: WorkerSpec,
+    stacks: int,
+    done: int,
+    word: LoopWord | None = None,
+    ledger: Ledger | None = None,
 ) -> NoReturn:
     """The forked child's whole life; never returns into the dispatcher's stack."""
     code = 0
@@ -64,6 +70,8 @@ def run(
             worker = worker_type(chan, handlers, spec, done)
             worker.lifespans = served.lifespans
             worker.word = word
+            if worker_type is SyncWorker:
+                worker.ledger = ledger
             worker.run()
         except HandlerError as exc:  # could not import, or an app's startup failed
             _only_the_forked_one(forked)
@@ -97,6 +105,8 @@ class _Base:
         self.stopping = False
         self.lifespans: list[Any] = []  # ASGI apps' (asgi.Lifespan): startup before READY
         self.word: LoopWord | None = None  # `pull`: an async loop's waits (pull.py)
+        self.ledger: Ledger | None = None  # a sync worker's unreported completions
+        self.taken = 0  # handoffs taken: against the ledger's count of those sent
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
 
@@ -246,25 +256,65 @@ class SyncWorker(_Base):
 
         signal.signal(signal.SIGTERM, on_term)
         self.ready(1 + self.spec.queue_ahead, solo=True)
-        while not self.stopping:
+        completed = self.report_one if self.ledger is None else self._completed
+        try:
+            while not self.stopping:
+                try:
+                    batch = self._next()
+                except _Stop:
+                    return
+                if batch is None:
+                    return
+                idle = False
+                self.taken += len(batch)
+                self._serve(batch, completed)
+                idle = True
+        finally:
+            if self.ledger is not None and self.ledger.waiting():
+                self._report()
+
+    def _serve(
+        self, batch: list[tuple[wire.Handoff, socket.socket]], completed: Callable[[int], None]
+    ) -> None:
+        for handoff, sock in batch:
+            if self.may_be_silent(handoff) and not _readable(sock, self.spec.park_after):
+                if not giveback.stopping():
+                    self.return_silent(handoff, sock)
+                    continue
+                if not _readable(sock, giveback.STOP_FIRST_BYTE):
+                    self.end_silent(handoff, sock)
+                    continue
+            info = self.describe(sock, handoff)
+            self.serve_sync(self.handler_for(handoff.listener), sock, info, completed)
+
+    def _next(self) -> list[tuple[wire.Handoff, socket.socket]] | None:
+        """The next handoff. With completions not yet reported, one already queued is taken
+        without a word; an empty channel means this worker is about to be idle, so first
+        they go out (completions.py), and then it waits."""
+        ledger = self.ledger
+        if ledger is not None and ledger.waiting():
             try:
-                batch = self.receive()
-            except _Stop:
-                return
-            if batch is None:
-                return
-            idle = False
-            for handoff, sock in batch:
-                if self.may_be_silent(handoff) and not _readable(sock, self.spec.park_after):
-                    if not giveback.stopping():
-                        self.return_silent(handoff, sock)
-                        continue
-                    if not _readable(sock, giveback.STOP_FIRST_BYTE):
-                        self.end_silent(handoff, sock)
-                        continue
-                info = self.describe(sock, handoff)
-                self.serve_sync(self.handler_for(handoff.listener), sock, info, self.report_one)
-            idle = True
+                return self.receive(channel.DONTWAIT)
+            except BlockingIOError:
+                self._report()
+        return self.receive()
+
+    def _completed(self, conn_id: int) -> None:
+        """serve_sync()'s `done` with a ledger: noted, and reported with the others when it
+        is time (completions.report_now)."""
+        ledger = self.ledger
+        assert ledger is not None
+        queued = ledger.queued(self.taken)
+        if not (queued or ledger.waiting()):
+            self.report_one(conn_id)  # below saturation, the usual: as without a ledger
+        elif report_now(ledger.add(conn_id), self.spec.queue_ahead, queued):
+            self._report()
+
+    def _report(self) -> None:
+        ledger = self.ledger
+        assert ledger is not None
+        self.report_done(ledger.pending())
+        ledger.clear()
 
 
 _ASK = (-1, -1, -1)  # socket.socket()'s defaults: ask the kernel what the descriptor is

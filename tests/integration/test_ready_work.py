@@ -609,17 +609,23 @@ def test_lines_a_worker_carried_back_are_answered(serve, half_close: bool) -> No
 # -- 5. a worker held up -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("handler", ["apps:gate_echo", "apps:async_gate_echo"])
+@pytest.mark.parametrize(
+    ("handler", "queue_ahead"),
+    [("apps:gate_echo", 1), ("apps:gate_echo", 3), ("apps:async_gate_echo", 1)],
+)
 def test_a_worker_held_up_by_one_request_keeps_no_other_client_waiting(
-    serve, tmp_path: Path, handler: str
+    serve, tmp_path: Path, handler: str, queue_ahead: int
 ) -> None:
     # One request holds its worker (sync), or blocks its worker's whole loop (async), as a
     # long computation would. Connections sent to that worker meanwhile (a sync worker's
-    # queued one, queue_ahead; an async worker's second place) are read back and served by
-    # the other: every client is answered while the first is still held.
+    # queued ones, queue_ahead; an async worker's second place) are read back and served by
+    # the other: every client is answered while the first is still held. With 3 queued,
+    # the other reports its completions a few at a time (completions.py), and still no
+    # connection stays behind the held one.
     gate = tmp_path / "gate"
     os.mkfifo(gate)
-    service = launch(serve, ["--workers=2", "--capacity=2", handler])
+    flags = ["--workers=2", "--capacity=2", f"--queue-ahead={queue_ahead}", handler]
+    service = launch(serve, flags)
     held = connect(service.address)
     held.sendall(f"gate {gate}\n".encode())
     assert held.recv(6) == b"gated\n"  # its worker is held from now on

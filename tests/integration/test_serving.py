@@ -69,6 +69,22 @@ def test_unix_peer_credentials_reach_the_journal_fields(serve, tmp_path: Path) -
     assert f"PEER_PID={os.getpid()} PEER_UID={os.getuid()}" in line
 
 
+@pytest.mark.parametrize("clients", [1, 6])
+def test_workers_that_report_completions_a_few_at_a_time_answer_every_client(
+    serve, clients: int
+) -> None:
+    # queue_ahead = 3: a worker reports its completions once it has finished three, or once
+    # it runs out of work (completions.py). One client's connections one after another
+    # leave it idle after each; six clients keep both workers full. Once they are all
+    # answered, none is still counted in a worker's hands: `systemctl status` says so.
+    service = serve(["--workers=2", "--queue-ahead=3", ECHO], listen=[tcp()])
+    with Load(service.address, clients=clients, limit=60) as load:
+        load.join()
+    assert load.ok == 60 * clients, load.summary()
+    idle = f"STATUS=workers 2/2, busy 0, parked 0, served {load.ok}, refused 0"
+    wait_until(lambda: idle in service.statuses(), idle)
+
+
 def test_sync_handler_runs_one_connection_per_worker(serve) -> None:
     service = serve(["--workers=2", "apps:slow_echo"], listen=[tcp()])
     clients = [connect(service.address) for _ in range(3)]

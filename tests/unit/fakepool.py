@@ -6,8 +6,9 @@ from __future__ import annotations
 import os
 import socket
 
-from sockpool import channel, wire
+from sockpool import channel, giveback, wire
 from sockpool.admission import Admission
+from sockpool.completions import Ledger
 from sockpool.config import Config
 from sockpool.hotpath import HotPath
 from sockpool.process import WorkerProcess
@@ -20,7 +21,9 @@ T0 = 100.0  # the monotonic clock, some time after start-up
 class Pool:
     """HotPath over fake workers: each a real channel whose far end the test reads."""
 
-    def __init__(self, capacities: list[int], solo: bool = True, pull: bool = False) -> None:
+    def __init__(
+        self, capacities: list[int], solo: bool = True, pull: bool = False, ledger: bool = False
+    ) -> None:
         self.procs: dict[int, WorkerProcess] = {}
         self.ends: dict[int, socket.socket] = {}
         for pid, capacity in enumerate(capacities, start=1):
@@ -28,7 +31,10 @@ class Pool:
             ours.setblocking(False)
             w = Worker(pid, 1, WorkerState.READY, capacity)
             word = LoopWord() if pull else None
-            self.procs[pid] = WorkerProcess(pid, ours, theirs, os.memfd_create("stacks"), w, word)
+            book = Ledger() if ledger else None  # queue_ahead >= 2: completions.py
+            self.procs[pid] = WorkerProcess(
+                pid, ours, theirs, os.memfd_create("stacks"), w, word, book
+            )
             self.procs[pid].solo = solo  # as its READY says
             self.ends[pid] = theirs
         routes = list(self.procs.values())
@@ -75,3 +81,6 @@ class Pool:
             end.close()
         channel.close_all([self.hot.done_r, self.hot.done_w, *self.hot.held_fds()])
         self.hot.parking.close()
+        # The word is this process's (giveback.share_waiting), as in a dispatcher: what was
+        # queued here must not have the next test's receive() park for others.
+        self.hot.waiting[giveback.WAITING] = 0
