@@ -605,12 +605,14 @@ ISSUE14_TARGETS = (
     *(
         Target(scenario, metric, "", 1, peer, server=f"sockpool-qa{depth}")
         for depth in (0, 3)
-        for scenario, peer in (
-            ("newconn-echo", "plainloop"),
-            ("newconn-echo-2w", "plainloop"),
-            ("churn-cpu", "prefork"),
+        for scenario, metric, peer in (
+            ("newconn-echo", "main_cpu_us_per_conn", "plainloop"),
+            ("newconn-echo", "rps", "plainloop"),
+            ("newconn-echo-2w", "main_cpu_us_per_conn", "plainloop"),
+            ("newconn-echo-2w", "rps", "plainloop"),
+            ("churn-cpu", "main_cpu_us_per_conn", "plainloop"),
+            ("churn-cpu", "rps", "prefork"),
         )
-        for metric in ("main_cpu_us_per_conn", "rps")
     ),
     # Other figures.
     Target("keepalive-few", "req_per_s", "≥", 0.9, "prefork"),
