@@ -25,7 +25,7 @@ import select
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from . import channel, giveback, log, proxyproto, wire
@@ -188,6 +188,7 @@ class HotPath:
         self.may_queue = True  # a worker may leave handoffs unread (routes_changed())
         self.pull = False  # the workers that take work pull them (routes_changed(), pull.py)
         self.last_routes: list[WorkerProcess] = []
+        self.ledgered: list[WorkerProcess] = []  # routes that note completions (routes_changed)
         self.accepted_at = 0.0  # the last turn that accepted a connection
         self.stuck = False  # a backlog has had no accept for STUCK_AFTER (accept())
         self.done_r, self.done_w = os.pipe2(os.O_CLOEXEC)
@@ -415,6 +416,7 @@ class HotPath:
                 if p not in routes and p.w.capacity > 1 and p.pid in self.workers:
                     self._take_back(p, p.read_back(live=True))
         self.last_routes = list(routes)
+        self.ledgered = [p for p in routes if p.ledger is not None]  # completions.py
         self.may_queue = any(p.w.capacity > 1 for p in routes)
         self.pull = bool(routes) and all(p.pulls for p in routes)
 
@@ -457,10 +459,6 @@ class HotPath:
                 break
         for p in routes:
             since, heard = p.unheard_since, p.w.last_heard
-            ledger = p.ledger
-            if ledger is not None and since > heard and ledger.total != p.total_seen:
-                p.total_seen = ledger.total  # it finished one since: at work, not stuck;
-                p.unheard_since = since = now  # what it holds unread waits from now on
             if heard < p.stalled_at:  # stalled: until heard from, or STALL_FOR
                 if now < p.stalled_at + STALL_FOR:
                     due = min(due, p.stalled_at + STALL_FOR)
@@ -595,6 +593,8 @@ class HotPath:
         agent-check is answered (they count what is in hand)."""
         if self.done or not self.done_watched:
             self.read_done(now)
+        if self.ledgered:
+            self.read_ledgers(now)
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: turn() reads it after the poll."""
@@ -609,10 +609,27 @@ class HotPath:
             data = os.read(self.done_r, wire.DONE_READ_SIZE)
         except BlockingIOError:
             return False
+        self._finished(wire.decode_done(data), now)
+        return True
+
+    def read_ledgers(self, now: float) -> None:
+        """The completions that sync workers noted and have not yet reported (completions.py):
+        finished all the same, so their room, the limits and the hang clock count them now.
+        Each turn, without a system call. Any id read there is a finished connection's, even
+        one read half-written or stale, and the record that reports it later is ignored."""
+        for p in self.ledgered:
+            ledger = p.ledger
+            if ledger is not None and ledger.waiting():
+                self._finished([(p.pid, conn_id) for conn_id in ledger.pending()], now)
+
+    def _finished(self, done: Iterable[tuple[int, int]], now: float) -> None:
+        """(pid, conn_id) of finished connections: their room is free, their admission
+        released; workers that have now served max_requests (usually none) go to
+        `recycle`."""
         due: set[int] = set()
         release = self.admission.release if self.admission.sources else None
         idle = False
-        for pid, conn_id in wire.decode_done(data):
+        for pid, conn_id in done:
             p = self.workers.get(pid)
             if p is not None and self._served(p, conn_id, now, due):
                 idle = idle or (p.solo and not p.w.handed)
@@ -622,7 +639,6 @@ class HotPath:
             self.next_steal = now
         if due:
             self.recycle(due, now)
-        return True
 
     def _served(
         self, p: WorkerProcess, conn_id: int, now: float, due: set[int], served: int = 1

@@ -123,10 +123,7 @@ class WorkerProcess:
         self.stacks = stacks  # memfd its faulthandler writes to
         self.w = w
         self.word = word  # `pull`: its loop says here when it waits for work (pull.py)
-        # Its completions not yet reported (completions.py), and their running total as
-        # rebalance() last saw it: a total that moved since says it is at work.
-        self.ledger = ledger
-        self.total_seen = 0
+        self.ledger = ledger  # its completions not yet reported (completions.py)
         self.speaks_first: frozenset[str] = frozenset()  # from READY: listeners to defer
         self.solo = False  # from READY: a sync worker (more than 1 in hand are queued)
         # Handoffs it may not have read (hotpath.rebalance): the first sent since it was

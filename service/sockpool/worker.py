@@ -289,8 +289,9 @@ class SyncWorker(_Base):
 
     def _next(self) -> list[tuple[wire.Handoff, socket.socket]] | None:
         """The next handoff. With completions not yet reported, one already queued is taken
-        without a word; an empty channel means this worker is about to be idle, so first
-        they go out (completions.py), and then it waits."""
+        without a word (completions.py: _completed() reported before the last one); an
+        empty channel means this worker is about to be idle, so first they go out, and
+        then it waits."""
         ledger = self.ledger
         if ledger is not None and ledger.waiting():
             try:
@@ -301,11 +302,11 @@ class SyncWorker(_Base):
 
     def _completed(self, conn_id: int) -> None:
         """serve_sync()'s `done` with a ledger: noted, and reported with the others when it
-        is time (completions.report_now)."""
+        is time (completions.report_now). Before the close, as report_one()."""
         ledger = self.ledger
         assert ledger is not None
         queued = ledger.queued(self.taken)
-        if not (queued or ledger.waiting()):
+        if queued <= 0 and not ledger.waiting():
             self.report_one(conn_id)  # below saturation, the usual: as without a ledger
         elif report_now(ledger.add(conn_id), self.spec.queue_ahead, queued):
             self._report()

@@ -1,34 +1,124 @@
-"""Completions reported a few at a time (completions.py): the rule, the ledger a worker
-shares with the dispatcher, and what the hot path makes of it: a worker at work is not
-taken for a stuck one, and one killed with completions unreported did not cut them.
+"""Completions reported a few at a time (completions.py): the rule, the worker that follows
+it, the page it shares with the dispatcher, and what the hot path makes of that page: a
+connection finished and unreported frees its room at the dispatcher's next turn, and one
+finished by a worker killed before reporting it was not cut.
 
-Real channels and a real forked writer for the shared page; no worker processes."""
+Real channels, pipes and a real forked writer for the shared page; no worker processes."""
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import pytest
 from fakepool import T0, Pool
 
-from sockpool.completions import Ledger, report_now
+from sockpool import channel, giveback, handlers, wire, worker
+from sockpool.completions import SENT, Ledger, report_now
 from sockpool.hotpath import STEAL_AFTER
+from sockpool.spec import WorkerSpec
 
 QUEUE_AHEAD = 3
 CAPACITY = 1 + QUEUE_AHEAD
 
 
-@pytest.mark.parametrize(("waiting", "expected"), [(1, False), (2, False), (3, True), (4, True)])
-def test_a_worker_with_work_queued_reports_once_it_has_finished_as_many_as_it_queues(
-    waiting: int, expected: bool
-) -> None:
-    assert report_now(waiting, QUEUE_AHEAD, queued=True) is expected
+@pytest.mark.parametrize(
+    ("waiting", "queued", "expected"),
+    [
+        (1, 3, False),  # kept full: two more to go before its last
+        (2, 2, False),
+        (3, 3, True),  # as many as it queues
+        (2, 1, True),  # the next is the last one it was sent
+        (1, 0, True),  # nothing behind it: it would be idle until the dispatcher heard
+    ],
+)
+def test_when_a_worker_reports(waiting: int, queued: int, expected: bool) -> None:
+    assert report_now(waiting, QUEUE_AHEAD, queued) is expected
 
 
-@pytest.mark.parametrize("waiting", [1, 2])
-def test_a_worker_with_nothing_queued_reports_at_once(waiting: int) -> None:
-    assert report_now(waiting, QUEUE_AHEAD, queued=False)
+# -- the worker's side ---------------------------------------------------------------------
+
+
+class Worker:
+    """A SyncWorker with a ledger over a real channel and done pipe, in this process."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(giveback, "_send", None)  # _Base sets them for its process
+        monkeypatch.setattr(giveback, "_park_after", 0.0)
+        self.dispatcher_end, self.end = channel.pair()
+        self.done_r, done_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        spec = WorkerSpec(1, {}, None, 1, queue_ahead=QUEUE_AHEAD)
+        self.w = worker.SyncWorker(self.end, {None: handlers.echo}, spec, done_w)
+        self.w.ledger = self.ledger = Ledger()
+
+    def sent(self, n: int) -> None:
+        """The dispatcher's count of handoffs sent to it."""
+        self.ledger.words[SENT] = n
+
+    def reported(self) -> list[int]:
+        try:
+            data = os.read(self.done_r, 4096)
+        except BlockingIOError:
+            return []
+        return [conn_id for _, conn_id in wire.decode_done(data)]
+
+    def close(self) -> None:
+        channel.close_all([self.done_r, self.w.done_pipe])
+        self.dispatcher_end.close()
+        self.end.close()
+        self.ledger.close()
+
+
+@pytest.fixture
+def w(monkeypatch: pytest.MonkeyPatch) -> Iterator[Worker]:
+    made = Worker(monkeypatch)
+    yield made
+    made.close()
+
+
+def test_a_worker_kept_full_reports_as_it_starts_its_last_connection(w: Worker) -> None:
+    w.sent(4)  # one served, three queued
+    for conn_id in (1, 2):
+        w.w.taken = conn_id
+        w.w._completed(conn_id)
+        assert w.reported() == []  # more queued behind it: no wake-up for the dispatcher
+    assert w.ledger.pending() == [1, 2]
+    w.w.taken = 3
+    w.w._completed(3)  # the next is the last one it was sent
+    assert w.reported() == [1, 2, 3] and w.ledger.pending() == []
+
+
+def test_a_worker_with_nothing_queued_reports_at_once(w: Worker) -> None:
+    w.sent(1)
+    w.w.taken = 1
+    w.w._completed(7)
+    assert w.reported() == [7] and w.ledger.pending() == []
+
+
+def test_a_worker_about_to_wait_reports_first(w: Worker) -> None:
+    w.sent(5)  # the count says more are queued, but the dispatcher read them back
+    w.w.taken = 2
+    w.w._completed(1)
+    assert w.reported() == []
+    threading.Timer(0.1, channel.send, [w.dispatcher_end, wire.encode_stop()]).start()
+    assert w.w._next() is None  # it waited for the STOP...
+    assert w.reported() == [1]  # ...with its completion reported before it did
+
+
+def test_a_worker_told_to_stop_reports_what_it_noted(w: Worker) -> None:
+    w.ledger.add(9)
+    channel.send(w.dispatcher_end, wire.encode_stop())
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        w.w.run()
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert w.reported() == [9]
+
+
+# -- the page, shared ----------------------------------------------------------------------
 
 
 def test_what_a_worker_notes_is_read_by_the_dispatcher_once_it_has_exited() -> None:
@@ -43,9 +133,12 @@ def test_what_a_worker_notes_is_read_by_the_dispatcher_once_it_has_exited() -> N
             os._exit(0)
         os.waitpid(pid, 0)
         assert ledger.pending() == [12] and ledger.waiting() == 1
-        assert ledger.total == 3  # all it finished, reported or not
     finally:
         ledger.close()
+    assert ledger.waiting() == 0  # closed: nothing noted, not an error
+
+
+# -- the dispatcher's side -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -67,7 +160,7 @@ def test_a_worker_killed_with_completions_unreported_cut_only_what_it_was_servin
     assert pool.handed(1) == [] and pool.hot.served == 1
 
 
-def test_a_worker_that_finishes_connections_is_not_read_back_until_it_stops(
+def test_a_completion_noted_and_not_reported_frees_its_room_at_the_next_turn(
     pool: Pool,
 ) -> None:
     for conn_id in range(1, 6):
@@ -77,11 +170,11 @@ def test_a_worker_that_finishes_connections_is_not_read_back_until_it_stops(
     pool.procs[1].ledger.add(1)  # finished 1 and took 3, reporting neither yet
     assert pool.take(1) == [3]
     later = T0 + STEAL_AFTER
-    pool.hot.rebalance(later)
-    assert pool.handed(1) == [1, 3, 5]  # at work: 5 may wait for it
-    assert pool.hot.next_steal == later + STEAL_AFTER
-    pool.hot.rebalance(later + STEAL_AFTER)  # nothing finished since: 3 holds it up
-    assert pool.handed(1) == [1, 3] and [item[0] for item in pool.hot.pending] == [5]
+    pool.hot.turn(later)  # whatever woke the dispatcher
+    assert pool.handed(1) == [3, 5] and pool.hot.served == 1
+    assert pool.procs[1].w.last_heard == later  # heard from: at work, not stuck
+    pool.finish(1, 1, later)  # the record that reports it comes later: ignored
+    assert pool.hot.served == 1
 
 
 def test_a_worker_knows_what_is_queued_behind_it_from_the_dispatchers_count(
@@ -91,7 +184,7 @@ def test_a_worker_knows_what_is_queued_behind_it_from_the_dispatchers_count(
         pool.accept(conn_id)  # 1 and 3 to worker 1
     ledger = pool.procs[1].ledger
     assert pool.take(1) == [1]
-    assert ledger.queued(taken=1)  # 3 waits behind 1: report 1 later, with others
+    assert ledger.queued(taken=1) == 1  # 3 waits behind 1
     pool.hot.rebalance(T0 + STEAL_AFTER)  # unheard: 3 is read back, and no longer queued
     assert [item[0] for item in pool.hot.pending] == [3]
-    assert not ledger.queued(taken=1)  # so it reports 1 at once, as it finishes
+    assert ledger.queued(taken=1) == 0
