@@ -769,8 +769,9 @@ class HotPath:
         worker) and let go of the connections it held. Returns how many it held."""
         self._take_back(p, p.read_back())
         if p.ledger is not None:  # finished and never reported: served, not cut
+            now = time.monotonic()
             for conn_id in p.ledger.pending():
-                if self._served(p, conn_id, time.monotonic(), set()):
+                if self._served(p, conn_id, now, set()):
                     self.admission.release(conn_id)
         for conn_id in p.w.handed:  # still listed: they were in its hands and are gone
             self.admission.release(conn_id)

@@ -155,6 +155,9 @@ class WorkerProcess:
         if isinstance(message, wire.Ready):
             self.speaks_first = message.speaks_first
             self.solo = message.solo
+            if self.ledger is not None and not message.solo:  # only a sync worker notes
+                self.ledger.close()  # completions: nothing for the hot path to count or read
+                self.ledger = None
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)

@@ -188,3 +188,17 @@ def test_a_worker_knows_what_is_queued_behind_it_from_the_dispatchers_count(
     pool.hot.rebalance(T0 + STEAL_AFTER)  # unheard: 3 is read back, and no longer queued
     assert [item[0] for item in pool.hot.pending] == [3]
     assert ledger.queued(taken=1) == 0
+
+
+@pytest.mark.parametrize(("solo", "keeps"), [(True, True), (False, False)])
+def test_only_a_sync_worker_keeps_its_ledger_once_ready(solo: bool, keeps: bool) -> None:
+    # queue_ahead is the generation's, sync or async: the READY says which the worker is,
+    # and an async one's page would only cost the hot path a count on every handoff.
+    pool = Pool([CAPACITY], ledger=True)
+    try:
+        p = pool.procs[1]
+        channel.send(pool.ends[1], wire.encode_ready(CAPACITY, set(), solo))
+        p.next_event(T0)
+        assert (p.ledger is not None) is keeps
+    finally:
+        pool.close()
