@@ -497,6 +497,8 @@ class HotPath:
             self.pending.extendleft(reversed(moved))
 
     def _send(self, target: WorkerProcess, items: list[Pending], now: float) -> None:
+        """Several connections in one message: only to an async worker (dispatch() sends a
+        sync one each alone), which keeps no ledger (completions.py; dropped at its READY)."""
         entries = [(cid, name, peer, carry, t) for cid, _, name, peer, carry, t in items]
         data = wire.encode_handoff(entries, self.may_park)
         fds = [item[1] for item in items]
@@ -513,8 +515,6 @@ class HotPath:
         handed = w.handed
         for cid, _, name, peer, _, _ in items:
             handed[cid] = (now, name, peer)
-        if target.ledger is not None:
-            target.ledger.words[SENT] += len(items)
         if self.may_queue and w.last_heard >= target.unheard_since:
             self._unheard(target, now)
 
