@@ -5,6 +5,7 @@ python -m bench.report [bench/results/results.json] [--readme README-SECTION.md]
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -1092,19 +1093,28 @@ def readme_section(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m bench.report [RESULTS_JSON] [--readme PATH]"""
-    args = sys.argv[1:] if argv is None else list(argv)
-    readme = None
-    if "--readme" in args:
-        i = args.index("--readme")
-        readme = Path(args[i + 1])
-        del args[i : i + 2]
-    src = Path(args[0]) if args else RESULTS / "results.json"
-    result = json.loads(src.read_text())
-    write(result, src.parent)
-    if readme:
-        readme.write_text(readme_section(result))
-        print(f"wrote {readme}")
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="RESULTS.md and bench.png beside a `make bench` results.json, without "
+        "measuring again",
+    )
+    ap.add_argument(
+        "results",
+        nargs="?",
+        type=Path,
+        default=RESULTS / "results.json",
+        help="a `make bench` results.json (default: bench/results/results.json)",
+    )
+    ap.add_argument("--readme", type=Path, help="also write README's Benchmarks section here")
+    args = ap.parse_args(argv)
+    try:
+        result = json.loads(args.results.read_text())
+    except (OSError, ValueError) as exc:
+        ap.exit(2, f"bench.report: cannot read {args.results}: {exc}\n")
+    write(result, args.results.parent)
+    if args.readme:
+        args.readme.write_text(readme_section(result))
+        print(f"wrote {args.readme}")
     return 0
 
 
