@@ -120,6 +120,29 @@ def test_an_open_loop_counts_what_it_could_never_send() -> None:
     assert res.failure_kinds.get("unsent", 0) > 0
 
 
+def test_new_connections_come_from_several_loopback_addresses() -> None:
+    """From 127.0.0.1 alone, churn would stall on the client's own TIME_WAIT ports
+    (loadgen.SOURCES): a run's connections come from the loopback addresses in turn, and
+    each is answered as from one."""
+    peers: list[str] = []
+
+    def echo_noting_peer(conn: socket.socket) -> None:
+        peers.append(conn.getpeername()[0])
+        conn.settimeout(10)
+        data = b""
+        while chunk := conn.recv(65536):
+            data += chunk
+        conn.sendall(data)
+
+    count = 2 * len(loadgen.SOURCES)
+    with serial_server(echo_noting_peer) as port:
+        res = loadgen.run(port, "echo", procs=1, concurrency=1, duration=30, max_requests=count)
+    assert res.failures == 0, res.failure_kinds
+    assert res.ok == count
+    assert sorted(set(peers)) == sorted(loadgen.SOURCES)
+    assert all(peer.startswith("127.") for peer in peers)
+
+
 def serial_echo(delay: float) -> contextlib.AbstractContextManager[int]:
     """A server that answers one connection at a time, each `delay` seconds after it
     accepted it: the echo of what the client sent before it shut down its side."""
