@@ -31,8 +31,8 @@ time, what decides a tail latency is where each connection goes, not the CPU lef
 
 Reports connections per second, latency percentiles (p50, p99, p99.9) and failures by
 kind. Bounded by --duration, --max-requests and a per-request --timeout. A verified
-connection is closed with SO_LINGER 0, so an HTTP client keeps no TIME_WAIT port; an echo
-client, which shuts down its side first, keeps one all the same (see SOURCES).
+connection is closed with SO_LINGER 0, so an HTTP client keeps no TIME_WAIT port; an echo,
+mixed or proxy client, which shuts down its side first, keeps one all the same (SOURCES).
 
     python -m bench.loadgen --port 7101 --mode echo --procs 2 --concurrency 4 --duration 5
     python -m bench.loadgen --port 7101 --mode http --keepalive --concurrency 32
@@ -62,14 +62,15 @@ from typing import Any
 
 HOST = "127.0.0.1"
 # New connections come from these loopback addresses in turn (all of 127.0.0.0/8 is loopback),
-# not all from 127.0.0.1. A client that half-closes first (echo) leaves each connection in
-# TIME_WAIT on its side, and Linux gives such a port to a new connection towards the same
-# server only about a second later (net.ipv4.tcp_tw_reuse = 2). From a single address, echo
-# churn then stopped at about 14,300 connections a second, with a p99 near 10 ms, for every
-# server alike, until earlier runs had filled the system's TIME_WAIT table
-# (net.ipv4.tcp_max_tw_buckets); from then on it ran free. A run measured the leftovers of
-# the runs before it. From 16 addresses the shared-accept pool ran free from the first round
-# (2 workers, 39f3712: 26,642 connections a second against 14,363 from one).
+# not all from 127.0.0.1. A client that shuts down its side first (echo, mixed, proxy) leaves
+# each connection in TIME_WAIT on its side. Linux gives such a port to a new connection
+# towards the same server only a second later (net.ipv4.tcp_tw_reuse = 2,
+# tcp_tw_reuse_delay), and connect() tries the even ports of the range first: 14,116 here.
+# From a single address, echo churn then stopped at about 14,300 connections a second, with
+# a p99 near 10 ms, for any server that could go faster, until earlier runs had filled the
+# system's TIME_WAIT table (net.ipv4.tcp_max_tw_buckets); from then on it ran free. A run
+# measured the leftovers of the runs before it. From 16 addresses the shared-accept pool ran
+# free from the first round (2 workers: 26,642 connections a second against 14,363 from one).
 SOURCES = tuple(f"127.0.1.{n}" for n in range(1, 17))
 # The port is chosen at connect(), by the whole address pair, not at bind() (Linux 4.2).
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -274,8 +275,8 @@ def _run_proc(
                 send(fd, conn)
                 return
             # Complete and verified: abort. An HTTP client, whose server closed first, then
-            # keeps no TIME_WAIT; an echo client, which closed its side first, is in it
-            # already (SOURCES).
+            # keeps no TIME_WAIT; one that shut down its side first (echo) is in it already
+            # (SOURCES).
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER0)
         else:
             fails[failure] += 1
