@@ -180,20 +180,20 @@ def held_in(name: str) -> Held:
 
 def in_flight(name: str) -> int:
     """Connections instance `name` holds (accepted, not yet closed by it): the established
-    ones on its port, less those still in the listening socket's queue, which outlive the
-    instance. Exact only while the instance is frozen."""
+    ones on its port that a process of it has a descriptor for. One still in the listening
+    socket's queue, which outlives the instance, has none yet (inode 0). (Not the queue's
+    length subtracted: it also counts a connection reset while queued, such as a health
+    check that gave up on the frozen instance, which is in no state listed here.) Exact
+    only while the instance is frozen."""
     port = f"{INSTANCES[name][0]:04X}"
-    held = queued = 0
+    held = 0
     with open("/proc/net/tcp") as table:  # the machine shares this host's network
         for line in list(table)[1:]:
             fields = line.split()
-            if fields[1] != f"0100007F:{port}":
-                continue
-            if fields[3] == "0A":  # LISTEN: rx_queue is the accept queue's length
-                queued += int(fields[4].split(":")[1], 16)
-            elif fields[3] in ("01", "08"):  # ESTABLISHED, CLOSE_WAIT (the client sent all)
-                held += 1
-    return held - queued
+            # ESTABLISHED, CLOSE_WAIT (the client sent all); fields[9]: the socket's inode
+            if fields[1] == f"0100007F:{port}" and fields[3] in ("01", "08"):
+                held += fields[9] != "0"
+    return held
 
 
 # -- the test ------------------------------------------------------------------------------
