@@ -140,7 +140,6 @@ def test_new_connections_come_from_several_loopback_addresses() -> None:
     assert res.failures == 0, res.failure_kinds
     assert res.ok == count
     assert sorted(set(peers)) == sorted(loadgen.SOURCES)
-    assert all(peer.startswith("127.") for peer in peers)
 
 
 def serial_echo(delay: float) -> contextlib.AbstractContextManager[int]:

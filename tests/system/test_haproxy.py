@@ -185,13 +185,13 @@ def in_flight(name: str) -> int:
     length subtracted: it also counts a connection reset while queued, such as a health
     check that gave up on the frozen instance, which is in no state listed here.) Exact
     only while the instance is frozen."""
-    port = f"{INSTANCES[name][0]:04X}"
+    local = f"0100007F:{INSTANCES[name][0]:04X}"
     held = 0
     with open("/proc/net/tcp") as table:  # the machine shares this host's network
         for line in list(table)[1:]:
             fields = line.split()
             # ESTABLISHED, CLOSE_WAIT (the client sent all); fields[9]: the socket's inode
-            if fields[1] == f"0100007F:{port}" and fields[3] in ("01", "08"):
+            if fields[1] == local and fields[3] in ("01", "08"):
                 held += fields[9] != "0"
     return held
 
