@@ -129,10 +129,7 @@ def test_new_connections_come_from_several_loopback_addresses() -> None:
     def echo_noting_peer(conn: socket.socket) -> None:
         peers.append(conn.getpeername()[0])
         conn.settimeout(10)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-        conn.sendall(data)
+        echo_all(conn)
 
     count = 2 * len(loadgen.SOURCES)
     with serial_server(echo_noting_peer) as port:
@@ -148,12 +145,17 @@ def serial_echo(delay: float) -> contextlib.AbstractContextManager[int]:
 
     def echo_late(conn: socket.socket) -> None:
         time.sleep(delay)
-        data = b""
-        while chunk := conn.recv(65536):
-            data += chunk
-        conn.sendall(data)
+        echo_all(conn)
 
     return serial_server(echo_late)
+
+
+def echo_all(conn: socket.socket) -> None:
+    """Echo: everything the client sent before it shut down its side, sent back."""
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.sendall(data)
 
 
 @contextlib.contextmanager
