@@ -31,8 +31,8 @@ def whoami() -> object:
 
 @app.post("/echo")
 def echo() -> tuple[bytes, int, dict[str, str]]:
-    # The body is read in full before the view runs: sockpool refuses one above its body
-    # limit with 413 without calling the application.
+    # sockpool refuses a body above its limit (max_body) with 413 without calling the
+    # application: by its Content-Length at once, a chunked one once read whole.
     body = request.get_data()
     log.info("echoing %d bytes", len(body))
     return body, 200, {"Content-Type": request.content_type or "application/octet-stream"}

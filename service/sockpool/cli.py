@@ -19,8 +19,9 @@ from .listeners import Listener, bind, check_fdnames, from_activation, parse_add
 _journal_logging = False
 
 
-# Resilience flags, each the TOML key of the same name; 0 turns a limit off
-# (start_timeout excepted: a start that cannot time out is what it prevents).
+# Resilience flags, each the TOML key of the same name. What 0 means is each key's own
+# (config.py's checks; README's table): off for most, refused for start_timeout, whose
+# start that cannot time out is what it prevents, and for the HTTP head limits.
 _LIMITS = [
     (
         "start_timeout",
