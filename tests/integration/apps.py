@@ -58,6 +58,18 @@ async def async_slow_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     await writer.drain()
 
 
+async def async_stubborn(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Swallows the cancellation at its time limit and answers a second later: its loop
+    turns all along, so only the worker's heartbeats tell that it is not hung."""
+    await reader.readline()
+    try:
+        await asyncio.sleep(DELAY)
+    except asyncio.CancelledError:
+        await asyncio.sleep(DELAY)
+    writer.write(b"late\n")
+    await writer.drain()
+
+
 async def async_whoami(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     await reader.readline()
     info = sockpool.current_connection()

@@ -9,11 +9,12 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from harness import SOCKPOOL, Load, connect, free_port, read_to_eof, request, wait_until
+from harness import SOCKPOOL, Load, connect, free_port, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
 ECHO_ASYNC = "sockpool.handlers:echo_async"
@@ -71,38 +72,37 @@ def test_serves_with_two_dispatchers_and_sums_their_status(serve) -> None:
     assert service.read_notifications().count("READY=1") == 1
 
 
+@dataclass
+class ByDispatcher(Load):
+    """Load's clients of apps:whoami, whose answer names the worker that served it: counted
+    by that worker's dispatcher. An answer that names one stands for the echo Load checks."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.served: Counter[int] = Counter()
+        self._count = threading.Lock()
+
+    def _exchange(self, payload: bytes) -> bytes:
+        answer = request(self.address, payload, self.timeout)
+        words = answer.split()
+        if len(words) < 3 or not words[2].isdigit():
+            return answer
+        dispatcher = parent(int(words[2]))
+        with self._count:
+            self.served[dispatcher] += 1
+        return payload
+
+
 def test_both_dispatchers_accept_under_load(serve) -> None:
     """Connections from 8 concurrent clients, each answered by a worker that names itself:
     the workers of both dispatchers answer (EPOLLEXCLUSIVE wakes one dispatcher a
     connection, not always the same one)."""
     service, dispatchers = two_dispatchers(serve, "apps:whoami")
-    served: Counter[int] = Counter()
-    failures: list[str] = []
-    lock = threading.Lock()
-
-    def client() -> None:
-        for _ in range(150):
-            try:
-                with connect(service.address) as sock:
-                    sock.sendall(b"who\n")
-                    words = read_to_eof(sock).split()
-                dispatcher = parent(int(words[2]))
-            except (OSError, IndexError, ValueError) as exc:
-                with lock:
-                    failures.append(repr(exc))
-                continue
-            with lock:
-                served[dispatcher] += 1
-
-    threads = [threading.Thread(target=client) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    print(f"\nconnections per dispatcher: {dict(served)}")
-    assert not failures, failures[:5]
-    assert sum(served.values()) == 1200
-    assert set(served) == set(dispatchers), served
+    with ByDispatcher(service.address, clients=8, limit=150) as load:
+        load.join()
+    print(f"\nconnections per dispatcher: {dict(load.served)}")
+    assert load.ok == 1200, load.summary()
+    assert set(load.served) == set(dispatchers), load.served
 
 
 def test_a_busy_dispatcher_leaves_new_connections_to_an_idle_one(serve) -> None:

@@ -8,6 +8,7 @@ Real channels, pipes and a real forked writer for the shared page; no worker pro
 from __future__ import annotations
 
 import os
+import select
 import signal
 import threading
 from collections.abc import Iterator
@@ -102,9 +103,16 @@ def test_a_worker_about_to_wait_reports_first(w: Worker) -> None:
     w.w.taken = 2
     w.w._completed(1)
     assert w.reported() == []
-    threading.Timer(0.1, channel.send, [w.dispatcher_end, wire.encode_stop()]).start()
+    seen_while_waiting: list[int] = []
+
+    def dispatcher() -> None:  # what the worker reported before it needed the STOP, if any
+        select.select([w.done_r], [], [], 5)
+        seen_while_waiting.extend(w.reported())
+        channel.send(w.dispatcher_end, wire.encode_stop())
+
+    threading.Thread(target=dispatcher).start()
     assert w.w._next() is None  # it waited for the STOP...
-    assert w.reported() == [1]  # ...with its completion reported before it did
+    assert seen_while_waiting == [1]  # ...with its completion reported before it did
 
 
 def test_a_worker_told_to_stop_reports_what_it_noted(w: Worker) -> None:

@@ -65,12 +65,15 @@ def waiting_in_a_named_function() -> None:
 
 def test_stacks_of_a_busy_process_on_request() -> None:
     stacks = health.new_stack_file(0)
+    registered_r, registered_w = os.pipe()
     pid = os.fork()
     if pid == 0:
         faulthandler.register(health.DUMP_SIGNAL, file=stacks, all_threads=True)
+        os.write(registered_w, b".")  # before this, the signal would kill it
         waiting_in_a_named_function()
     try:
-        time.sleep(0.2)
+        os.close(registered_w)
+        assert os.read(registered_r, 1) == b"."
         health.clear_stacks(stacks)
         os.kill(pid, health.DUMP_SIGNAL)
         deadline = time.monotonic() + 5
@@ -81,3 +84,4 @@ def test_stacks_of_a_busy_process_on_request() -> None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
         os.close(stacks)
+        os.close(registered_r)

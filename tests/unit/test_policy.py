@@ -312,8 +312,8 @@ def test_retired_workers_past_graceful_timeout_are_killed_as_overdue() -> None:
     assert {(k.pid, k.reason) for k in only(actions, ev.Kill)} == {
         (p, ExitReason.OVERDUE) for p in old
     }
-    assert all(
-        "did not finish within graceful_timeout" in r.message for r in only(actions, ev.Record)
+    assert sorted(r.message for r in only(actions, ev.Record)) == sorted(
+        f"worker {p} did not finish within graceful_timeout: killing it" for p in old
     )
     assert records(sim.exit(old[0]), Event.WORKER_EXITED)[0].fields["EXIT_REASON"] == "overdue"
 
