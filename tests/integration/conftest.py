@@ -16,6 +16,17 @@ _soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(_soft, 8192), _hard), _hard))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every test's temporary directories (services' logs and notify sockets, the web
+    tests' files) under this run's pytest directory: pytest keeps the last three runs', for
+    a failure's logs, and removes older ones, where /tmp would gather them run after run.
+    Short still, for AF_UNIX's 107 bytes (/tmp/pytest-of-USER/pytest-N/t/sockpool-X/notify)."""
+    before, tempfile.tempdir = tempfile.tempdir, str(tmp_path_factory.mktemp("t", False))
+    yield
+    tempfile.tempdir = before
+
+
 def _serving() -> Iterator[Callable[..., Service]]:
     """serve(args, listen=[...], ...) -> a started sockpool; stopped after the test (or
     module, for serve_module).

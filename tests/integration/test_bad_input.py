@@ -444,7 +444,8 @@ def test_listen_fdnames_systemd_would_not_pass(serve, names: str, line: str) -> 
 def test_a_peer_path_cannot_forge_a_log_line(serve) -> None:
     """A UNIX client bound to a path with a newline in it used to write a record of its
     choosing into the stderr log; now the newline shows escaped in the PEER field."""
-    directory = Path(tempfile.mkdtemp(prefix="sockpool-"))
+    # In /tmp itself: the client's path, a whole log line long, must fit AF_UNIX's 107 bytes.
+    directory = Path(tempfile.mkdtemp(prefix="sockpool-", dir="/tmp"))
     listen = str(directory / "s.sock")
     forged = "2026-01-01 00:00:00,000 sockpool[1] ERROR: FORGED"
     service = serve(["--workers=1", "apps:boom"], listen=[listen], fdnames=["local"])
