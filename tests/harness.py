@@ -48,6 +48,12 @@ def wait_until(
     return value
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time the process has used, user and system: for the claims that it does not spin."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def readme_block(name: str) -> str:
     """The fenced block after `<!-- readme-block: NAME -->` in README.md: configuration the
     README shows, which tests then run as it is written."""

@@ -150,7 +150,8 @@ class HotPath:
         self.max_carry = 0
         # Listeners whose connections start with a PROXY header: (version, who may send it).
         self.proxied: dict[Listener, Proxied] = {}
-        self.headers: dict[int, tuple[str, str, float]] = {}  # conn_id -> (version, kind, due)
+        # conn_id -> (version, kind, due, the header's bytes so far): _proxy_header()
+        self.headers: dict[int, tuple[str, str, float, bytes]] = {}
         self.deferred_before: dict[Listener, int] = {}  # TCP_DEFER_ACCEPT as systemd set it
         self.proxy_timeout = 3.0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
@@ -694,6 +695,7 @@ class HotPath:
         addr: object,
         check: bool,
         now: float,
+        got: bytes = b"",
     ) -> bool:
         """A new connection on a PROXY protocol listener: from a trusted balancer, its
         header read (or waited for, up to proxy_timeout), and then it is its client's: that
@@ -705,15 +707,15 @@ class HotPath:
             self.parking.drop(item, "proxy-untrusted")
             return False
         try:
-            header = proxyproto.take(item[1], version)
+            header = proxyproto.take(item[1], version, got)
         except proxyproto.ProxyError as exc:
             log.log.debug("connection %d: bad PROXY header: %s", item[0], exc)
             self.parking.drop(item, "proxy-invalid")
             return False
-        if header is None:  # not all there yet: hold it until it is, or proxy_timeout
+        if isinstance(header, bytes):  # not all there yet: hold it until it is, or timeout
             item = (item[0], item[1], item[2], item[3] or own_peer(addr), b"", 0)
-            due = self.headers.get(item[0], (version, "", now + self.proxy_timeout))[2]
-            self.headers[item[0]] = (version, FIRST_BYTE if check else "", due)
+            due = self.headers.get(item[0], (version, "", now + self.proxy_timeout, b""))[2]
+            self.headers[item[0]] = (version, FIRST_BYTE if check else "", due, header)
             self.parking.hold(item, PROXY, due)
             return False
         if self.headers:
@@ -747,8 +749,9 @@ class HotPath:
         waiting = self.headers.get(item[0])
         if waiting is None:
             return False
-        version, first, _ = waiting
-        self._proxy_header(item, (version, _ANYONE, str), None, bool(first), time.monotonic())
+        version, first, _, got = waiting
+        now = time.monotonic()
+        self._proxy_header(item, (version, _ANYONE, str), None, bool(first), now, got)
         return True
 
     def forget_headers(self, now: float) -> None:

@@ -322,12 +322,14 @@ def _show(raw: bytes) -> str:
     return quote(raw[:48].decode("ascii", "backslashreplace"))
 
 
-def take(fd: int, version: str) -> Header | None:
+def take(fd: int, version: str, got: bytes = b"") -> Header | bytes:
     """Read the PROXY header off a connection that is readable, leaving what follows it.
 
-    Peeks what is there (bounded), parses it, and when the header is whole consumes exactly
-    its length. None: incomplete, wait for more (and the timeout). ProxyError: invalid, or
-    the peer closed or reset the connection before a whole header came.
+    Peeks what is there (bounded), parses it after `got`, and when the header is whole
+    consumes exactly the rest of its length. Incomplete: the bytes so far, read off the
+    socket, to pass as `got` once it is readable again. (Left queued, they would keep it
+    readable, and the dispatcher would wake for it again and again until proxy_timeout.)
+    ProxyError: invalid, or the peer closed or reset the connection before a whole header.
     """
     first = _FIRST_PEEK.get(version, 0)
     if not first:
@@ -337,25 +339,30 @@ def take(fd: int, version: str) -> Header | None:
     # socket.socket: its Python-level __init__ would double the cost of the wrapping.
     sock = _socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fd)
     try:
-        data = _peek(sock, first)
+        data = got + _peek(sock, (first if len(got) < first else MAX_HEADER) - len(got))
         header = parse(data, version)
         if header is None and len(data) == first and version != "v1":
-            data = _peek(sock, MAX_HEADER)  # a long v2 header; parse bounds it by MAX_HEADER
+            data = got + _peek(sock, MAX_HEADER - len(got))  # a long v2 header; parse bounds it
             header = parse(data, version)
         if header is None:
-            if not data or _peer_closed(fd):
+            if len(data) == len(got) or _peer_closed(fd):
                 raise ProxyError("connection closed before a whole PROXY header")
-            return None
-        got = sock.recv(header.length)
-        if len(got) != header.length:  # cannot happen: the bytes were peeked in the queue
-            raise ProxyError("PROXY header shrank between peek and read")
+            _read(sock, len(data) - len(got))
+            return data
+        _read(sock, header.length - len(got))
         return header
     except BlockingIOError:
-        return None
+        return got
     except OSError as exc:
         raise ProxyError(f"connection failed before a whole PROXY header: {exc.strerror}") from None
     finally:
         sock.detach()
+
+
+def _read(sock: _socket.socket, size: int) -> None:
+    """Consume `size` bytes just peeked."""
+    if len(sock.recv(size)) != size:  # cannot happen: the bytes were peeked in the queue
+        raise ProxyError("PROXY header shrank between peek and read")
 
 
 def defer_accept(sock: socket.socket, seconds: float) -> int | None:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
-from harness import connect, free_port, inet4, read_to_eof, tlv, v2, wait_until
+from harness import connect, cpu_seconds, free_port, inet4, read_to_eof, tlv, v2, wait_until
 from test_ready_work import assert_closed_by_server, closed, settle
 
 CLIENT = inet4("203.0.113.7", "198.51.100.1", 40000, 443)  # a client on the far side
@@ -74,6 +75,11 @@ def test_a_header_split_across_segments_is_waited_for(serve, tmp_path) -> None:
     with connect(service.address) as sock:
         sock.sendall(header[:7])  # inside the signature
         wait_until(lambda: "parked 1" in service.statuses()[-1], "the connection held")
+        # Held, the dispatcher waits for more: it used to wake for the same 7 bytes again
+        # and again, a busy loop until proxy_timeout.
+        cpu = cpu_seconds(service.pid)
+        time.sleep(2)
+        assert cpu_seconds(service.pid) - cpu < 0.5, "the dispatcher spins on a partial header"
         sock.sendall(header[7:] + b"hi\n")
         assert ask(sock, b"") == "proxied 203.0.113.7:40000 None None None\n"
 

@@ -13,18 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import Load, connect, free_port, request, wait_until
+from harness import Load, connect, cpu_seconds, free_port, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
 
 
 def tcp() -> str:
     return f"127.0.0.1:{free_port()}"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def activated_and_settled(service) -> None:

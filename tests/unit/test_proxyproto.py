@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import struct
 from collections.abc import Iterator
@@ -247,12 +248,32 @@ def test_take_consumes_exactly_the_header_and_leaves_the_payload(pair, header: b
 def test_take_waits_for_a_header_split_across_sends(pair) -> None:
     client, server = pair
     client.sendall(TCP4[:7])  # inside the signature
-    assert take(server.fileno(), "v2") is None
+    got = take(server.fileno(), "v2")
+    assert got == TCP4[:7]
     client.sendall(TCP4[7:20])
-    assert take(server.fileno(), "v2") is None
+    got = take(server.fileno(), "v2", got)
+    assert got == TCP4[:20]
     client.sendall(TCP4[20:] + PAYLOAD)
-    assert take(server.fileno(), "v2") == VALID[TCP4][1]
+    assert take(server.fileno(), "v2", got) == VALID[TCP4][1]
     assert server.recv(4096) == PAYLOAD
+
+
+@pytest.mark.parametrize("version", ["v1", "v2", "any"])
+def test_a_partial_header_leaves_the_connection_unreadable_until_more_comes(
+    pair, version: str
+) -> None:
+    # Left queued, it kept the connection readable: the dispatcher's epoll woke at once
+    # for it, again and again, until proxy_timeout (a busy loop for as long).
+    client, server = pair
+    header = V1_TCP4 if version == "v1" else TCP4
+    client.sendall(header[:9])
+    got = take(server.fileno(), version)
+    assert got == header[:9]
+    assert select.select([server], [], [], 0)[0] == []
+    assert take(server.fileno(), version, got) == got  # a wake-up for nothing changes nothing
+    client.sendall(header[9:])
+    assert select.select([server], [], [], 5)[0] == [server]
+    assert take(server.fileno(), version, got) == VALID[header][1]
 
 
 def test_take_reads_a_header_longer_than_its_first_peek(pair) -> None:
@@ -266,7 +287,7 @@ def test_take_reads_a_header_longer_than_its_first_peek(pair) -> None:
 def test_take_with_nothing_sent_yet_returns_none_even_on_a_blocking_socket(pair) -> None:
     _, server = pair
     server.setblocking(True)
-    assert take(server.fileno(), "v1") is None
+    assert take(server.fileno(), "v1") == b""
 
 
 @pytest.mark.parametrize("sent", [b"", TCP4[:5], TCP4[:20], V1_TCP4[:-1]])
