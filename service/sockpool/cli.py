@@ -184,10 +184,35 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _pid(text: str) -> int:
-    # 0, -1 and 1 would signal a process group, every process, or init.
-    if not text.isdigit() or int(text) < 2:
+    # 0, -1 and 1 would signal a process group, every process, or init; Linux's pids end at
+    # 2**22 (pid_max's limit).
+    if not (text.isascii() and text.isdigit()) or not 2 <= int(text) <= 1 << 22:
         raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
     return int(text)
+
+
+def _runs_sockpool(pid: int | str) -> bool:
+    """Whether the process runs sockpool: the console script, or `python -m sockpool`."""
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        args = f.read().split(b"\0")[:3]
+    return any(os.path.basename(a) == b"sockpool" for a in args[:2]) or args[1:3] == [
+        b"-m",
+        b"sockpool",
+    ]
+
+
+def _not_sockpools_main(pid: int) -> bool:
+    """True when /proc shows that `pid` is no sockpool's main process: it runs something
+    else, or its parent runs sockpool too (a dispatcher or a worker, which a SIGHUP would not
+    reload, or would kill). False where /proc cannot tell (hidepid=): then trust the caller."""
+    try:
+        if not _runs_sockpool(pid):
+            return True
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            parent = f.read().rsplit(b")", 1)[1].split()[1].decode()
+        return parent != "0" and _runs_sockpool(parent)
+    except (OSError, IndexError):
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,6 +320,10 @@ def _check_and_signal(cfg: config.Config, pid: int) -> int:
     """ExecReload= in one command: a broken configuration fails the reload (78) and the
     running pool never hears of it; only a good one reaches it as SIGHUP."""
     _check(cfg)
+    if _not_sockpools_main(pid):
+        raise Fatal(
+            ExitCode.NO_PROCESS, f"--reload: process {pid} is not a sockpool's main process"
+        )
     try:
         os.kill(pid, signal.SIGHUP)
     except ProcessLookupError:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -24,6 +25,9 @@ MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
 # No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
 MAX_LISTENER_TABLES = MAX_LISTEN_FDS
 MAX_START_TIMEOUT = 86400.0
+# Any other duration: a century, where socket timeouts (a time_t) end near 292 years and
+# infinity would pass a check but break every connection; 0 already means never.
+MAX_SECONDS = 100 * 365 * 86400.0
 HANDOFFS = ("ready", "immediate")
 MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
 
@@ -167,8 +171,14 @@ def _queue_ahead(value: Any) -> int:
 
 
 def _non_negative_number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise ValueError(f"expected a number of seconds >= 0, got {quote(value)}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_SECONDS
+    ):
+        raise ValueError(
+            f"expected a number of seconds >= 0, at most {MAX_SECONDS:g}, got {quote(value)}"
+        )
     return float(value)
 
 
@@ -213,6 +223,10 @@ def _networks(value: Any) -> tuple[str, ...]:
 def _reply(value: Any) -> str:
     if not isinstance(value, str) or "\n" in value.rstrip("\n") or len(value) > 1024:
         raise ValueError("expected one line of at most 1024 characters")
+    try:
+        value.encode()  # as admission.py sends it
+    except UnicodeEncodeError:
+        raise ValueError(f"expected UTF-8 text, got {quote(value)}") from None
     return value
 
 
@@ -365,7 +379,11 @@ def _where(path: str | None) -> str:
 def read_file(path: str) -> dict[str, Any]:
     """The file's TOML table; any way the file is unfit is a ConfigError, never a traceback."""
     try:
-        with open(path, "rb") as f:
+        # Not blocking: a FIFO in its place would hang --check, or a reload's dispatcher.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                raise ConfigError(f"{_where(path)}: a pipe, not a file")
             data = f.read(MAX_FILE_SIZE + 1)  # bounded: the path may name /dev/zero
     except OSError as exc:
         raise ConfigError(f"{_where(path)}: cannot read: {exc.strerror}") from None

@@ -215,7 +215,7 @@ def from_activation(env: MutableMapping[str, str]) -> list[Listener] | None:
 
 def _check_environment(env: MutableMapping[str, str]) -> int:
     pid, fds = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
-    if not pid.isdigit():
+    if not (pid.isascii() and pid.isdigit()):
         raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={quote(pid)} is not a process id")
     if int(pid) != os.getpid():
         raise Fatal(
@@ -223,7 +223,7 @@ def _check_environment(env: MutableMapping[str, str]) -> int:
             f"LISTEN_PID={pid} is another process (this is {os.getpid()}): "
             "the sockets were passed to someone else; start sockpool directly from systemd",
         )
-    if not fds.isdigit() or not 1 <= int(fds) <= MAX_LISTEN_FDS:
+    if not (fds.isascii() and fds.isdigit()) or not 1 <= int(fds) <= MAX_LISTEN_FDS:
         raise Fatal(
             ExitCode.ACTIVATION,
             f"LISTEN_FDS={quote(fds)} is not a count from 1 to {MAX_LISTEN_FDS}",

@@ -57,10 +57,11 @@ def test_listen_fds_naming_a_descriptor_that_is_not_a_socket(serve) -> None:
     assert line == "sockpool: descriptor 4 from LISTEN_FDS is not a socket"
 
 
-def test_listen_fds_garbage(serve) -> None:
-    code, line = activated_error(serve, ["env", "LISTEN_FDS=three"])
+@pytest.mark.parametrize("fds", ["three", "\u00b9", "\uff11"])  # digits, but not ASCII ones
+def test_listen_fds_garbage(serve, fds: str) -> None:
+    code, line = activated_error(serve, ["env", f"LISTEN_FDS={fds}"])
     assert code == 65
-    assert "LISTEN_FDS='three' is not a count" in line
+    assert f"LISTEN_FDS={fds!r} is not a count" in line
 
 
 def test_listen_fdnames_that_do_not_match(serve) -> None:

@@ -1,7 +1,7 @@
 """`sockpool --reload=PID`, the units' ExecReload=: check first, then SIGHUP, without kill(1).
 
-The target is a stand-in process that counts the SIGHUPs it gets; what a real dispatcher
-does with one is tested in tests/system (systemctl reload).
+The target is a stand-in process that counts the SIGHUPs it gets, run as a script named
+sockpool; what a real dispatcher does with one is tested in tests/system (systemctl reload).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,10 +31,17 @@ while True:
 """
 
 
-@pytest.fixture
-def target() -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([sys.executable, "-c", TARGET], stdout=subprocess.PIPE, text=True)
+def stand_in(directory: Path, name: str = "sockpool") -> subprocess.Popen[str]:
+    script = directory / name
+    script.write_text(TARGET)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+    return proc
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    proc = stand_in(tmp_path)
     yield proc
     proc.kill()
     proc.wait()
@@ -75,7 +83,21 @@ def test_no_such_process() -> None:
     assert one_line(result) == f"sockpool: --reload: no process {gone.pid}"
 
 
-@pytest.mark.parametrize("pid", ["", "0", "1", "-1", "12x", " 42"])
+def test_a_process_that_is_not_sockpool_gets_no_signal(tmp_path: Path) -> None:
+    other = stand_in(tmp_path, "something-else")
+    try:
+        result = sockpool(f"--reload={other.pid}", ECHO)
+        assert result.returncode == 67
+        assert one_line(result) == (
+            f"sockpool: --reload: process {other.pid} is not a sockpool's main process"
+        )
+        assert hups(other) == "hups=0"
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.parametrize("pid", ["", "0", "1", "-1", "12x", " 42", "\u00b9", str(1 << 64)])
 def test_not_a_process_id(pid: str) -> None:
     result = sockpool(f"--reload={pid}", ECHO)
     assert result.returncode == 64

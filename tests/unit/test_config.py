@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -99,6 +100,20 @@ def test_the_file_is_read_bounded() -> None:
         config.read_file("/dev/zero")
 
 
+def test_a_pipe_in_place_of_the_file_is_refused_not_waited_on(tmp_path: Path) -> None:
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo)  # with no writer, opening it to read used to wait for ever
+    with pytest.raises(ConfigError) as err:
+        config.read_file(str(fifo))
+    assert err.value.message == f"config {fifo}: a pipe, not a file"
+
+
+def test_a_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        config.read_file(str(tmp_path))
+    assert err.value.message == f"config {tmp_path}: cannot read: Is a directory"
+
+
 def test_listener_tables_are_bounded() -> None:
     tables = {f"l{i}": {} for i in range(config.MAX_LISTENER_TABLES)}
     assert len(config.build({"listeners": tables}, {}, "f.toml").listeners) == 1024
@@ -162,6 +177,10 @@ def test_max_carry_is_what_one_park_message_can_hold() -> None:
         ({"first_byte_timeout": -1}, "first_byte_timeout: expected a number of seconds >= 0"),
         ({"first_byte_timeout": "10"}, "first_byte_timeout: expected a number of seconds"),
         ({"request_timeout": float("nan")}, "request_timeout: expected a number of seconds"),
+        # time_t ends below: inf passed, and then every sync handler's settimeout() failed
+        ({"idle_timeout": float("inf")}, "idle_timeout: expected a number of seconds >= 0, at"),
+        ({"idle_timeout": 1e10}, "idle_timeout: expected a number of seconds >= 0, at most"),
+        ({"overload_reply": "busy\udcff"}, "overload_reply: expected UTF-8 text"),
         ({"request_timeout": False}, "request_timeout: expected a number of seconds"),
         ({"park_after": -0.001}, "park_after: expected a number of seconds >= 0"),
         ({"max_carry": -1}, "max_carry: expected bytes from 0 to 65536, got -1"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sockpool.notify import Notifier, forget_environment
+from sockpool.notify import MIN_WATCHDOG_INTERVAL, Notifier, forget_environment
 
 
 @pytest.fixture
@@ -73,6 +73,11 @@ def test_watchdog_at_half_the_interval(systemd, monkeypatch) -> None:
 def test_watchdog_meant_for_another_process_is_ignored() -> None:
     assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval == 0
     assert Notifier({"WATCHDOG_USEC": "junk"}).watchdog_interval == 0
+    assert Notifier({"WATCHDOG_USEC": "\u00b9"}).watchdog_interval == 0  # a digit, not ASCII
+
+
+def test_a_tiny_watchdog_does_not_become_a_busy_loop() -> None:
+    assert Notifier({"WATCHDOG_USEC": "1"}).watchdog_interval == MIN_WATCHDOG_INTERVAL
 
 
 def test_without_systemd_nothing_is_sent() -> None:
