@@ -66,20 +66,33 @@ def _import(spec: str, name: str) -> Any:
     module_name, _, attr_path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
-    except Exception as exc:  # any import-time failure of user code is the user's to fix
+    # Any import-time failure of user code is the user's to fix, sys.exit("...") included:
+    # its message is the one line worth showing.
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         raise HandlerError(
             f"{name}: cannot import {quote(module_name)}: "
-            f"{type(exc).__name__}: {cut(str(exc))} ({cut(where.filename)}:{where.lineno})"
+            f"{_text(exc)} ({cut(where.filename)}:{where.lineno})"
         ) from None
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
         except AttributeError:
             raise HandlerError(f"{name}: {quote(module_name)} has no {quote(attr_path)}") from None
+        except Exception as exc:  # a module __getattr__ or a property of the user's
+            raise HandlerError(f"{name}: looking up {quote(attr)}: {_text(exc)}") from None
     if not callable(target):
         raise HandlerError(f"{name}: {type(target).__name__} is not callable")
     return target
+
+
+def _text(exc: BaseException) -> str:
+    """`Type: message`, cut to one line's worth; an exception whose str() fails is named."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = "(its message cannot be shown)"
+    return f"{type(exc).__name__}: {cut(message)}" if message else type(exc).__name__
 
 
 def check_callable(spec: str, handler: Callable[..., Any]) -> None:

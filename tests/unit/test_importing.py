@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from sockpool import handlers
-from sockpool.importing import HandlerError, check_callable
+from sockpool.importing import HandlerError, check_callable, load_handler
 
 
 def two(sock: Any, info: Any) -> None: ...
@@ -71,3 +71,35 @@ def test_callable_the_way_sockpool_calls(handler: Any) -> None:
 def test_refused(handler: Any, message: str) -> None:
     with pytest.raises(HandlerError, match="^" + re.escape(message)):
         check_callable("m:h", handler)
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (
+            'import sys\nsys.exit("DATABASE_URL is not set")\n',
+            "cannot import 'needsenv_{n}': SystemExit: DATABASE_URL is not set (",
+        ),
+        ("raise KeyboardInterrupt\n", "cannot import 'needsenv_{n}': KeyboardInterrupt ("),
+        (
+            "class Odd(Exception):\n    def __str__(self):\n        raise ValueError\nraise Odd\n",
+            "cannot import 'needsenv_{n}': Odd: (its message cannot be shown) (",
+        ),
+        (
+            "def __getattr__(name):\n    raise RuntimeError('no app without a database')\n",
+            "looking up 'handle': RuntimeError: no app without a database",
+        ),
+    ],
+    ids=["sys-exit", "keyboard-interrupt", "unprintable", "module-getattr"],
+)
+def test_a_module_that_fails_any_way_is_one_line_with_its_reason(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, source: str, message: str, request
+) -> None:
+    # Such failures escaped the `except Exception`: each worker start logged a traceback,
+    # and --check said only that the import ended the process, with the wrong status.
+    n = request.node.callspec.id.replace("-", "_")
+    (tmp_path / f"needsenv_{n}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerError) as err:
+        load_handler(f"needsenv_{n}:handle")
+    assert message.format(n=n) in str(err.value) and "\n" not in str(err.value)
