@@ -18,11 +18,13 @@ if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker neve
 
 CHUNK = 65536
 MAX_HEAD = 16384
+MAX_BODY = 1 << 20  # http_hello skips a request's body, but only after reading it whole
 _BODY = b"hello\n"
 _OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 6\r\n"
 _KEEP = _OK + b"\r\n" + _BODY
 _CLOSE = _OK + b"Connection: close\r\n\r\n" + _BODY
 BAD_REQUEST = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+TOO_LARGE = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 
 
 @client_speaks_first
@@ -67,7 +69,11 @@ async def echo_async(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 
 class BadRequest(ValueError):
-    pass
+    response = BAD_REQUEST  # what the client gets, before the connection closes
+
+
+class TooLarge(BadRequest):
+    response = TOO_LARGE
 
 
 def http_response(head: bytes) -> tuple[bytes, bool, int]:
@@ -77,7 +83,7 @@ def http_response(head: bytes) -> tuple[bytes, bool, int]:
     if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
         raise BadRequest(lines[0][:80])
     keep = parts[2] == b"HTTP/1.1"
-    length = 0
+    length = None
     for line in lines[1:]:
         name, sep, value = line.partition(b":")
         if not sep:
@@ -86,12 +92,14 @@ def http_response(head: bytes) -> tuple[bytes, bool, int]:
         if name == b"connection":
             keep = value == b"keep-alive" or (keep and value != b"close")
         elif name == b"content-length":
-            if not value.isdigit():
-                raise BadRequest(line[:80])
+            if not (value.isascii() and value.isdigit()) or length not in (None, int(value)):
+                raise BadRequest(line[:80])  # (two different lengths: which is the body's?)
             length = int(value)
+            if length > MAX_BODY:
+                raise TooLarge(line[:80])
         elif name == b"transfer-encoding":
             raise BadRequest(b"chunked request bodies are not supported")
-    return (_KEEP if keep else _CLOSE), keep, length
+    return (_KEEP if keep else _CLOSE), keep, length or 0
 
 
 def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
@@ -101,6 +109,8 @@ def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
     if end < 0:
         if len(buf) > MAX_HEAD:
             raise BadRequest(b"request head too long")
+        if b"\n\n" in buf:  # its lines end in a bare LF: no CRLF CRLF will ever come
+            raise BadRequest(b"request lines must end in CRLF")
         return None
     response, keep, length = http_response(buf[:end])
     used = end + 4 + length
@@ -116,8 +126,8 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
     while True:
         try:
             request = next_request(buf)
-        except BadRequest:
-            send_all(conn, BAD_REQUEST)
+        except BadRequest as exc:
+            send_all(conn, exc.response)
             return
         if request is None:
             if not (data := receive(conn, buf)):
@@ -142,8 +152,8 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
     while True:
         try:
             request = next_request(buf)
-        except BadRequest:
-            writer.write(BAD_REQUEST)
+        except BadRequest as exc:
+            writer.write(exc.response)
             await writer.drain()
             return
         if request is None:

@@ -455,11 +455,28 @@ def test_an_incomplete_request(buf: bytes) -> None:
         b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
         b"x" * (handlers.MAX_HEAD + 1),  # no end of head in sight
         b"GET / HTTP/1.1\r\nX: " + b"y" * handlers.MAX_HEAD,
+        b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST / HTTP/1.1\r\nContent-Length: \xef\xbc\x95\r\n\r\n",  # a fullwidth 5
+        b"GET / HTTP/1.1\nHost: x\n\n",  # bare LFs: was never answered, until its timeout
     ],
 )
 def test_a_bad_request(buf: bytes) -> None:
-    with pytest.raises(handlers.BadRequest):
+    with pytest.raises(handlers.BadRequest) as err:
         handlers.next_request(buf)
+    assert err.value.response.startswith(b"HTTP/1.1 400 ")
+
+
+def test_a_body_the_hello_handler_would_buffer_past_its_limit_is_refused_at_once() -> None:
+    head = b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n"
+    assert handlers.next_request(head % handlers.MAX_BODY) is None  # read, then skipped
+    with pytest.raises(handlers.TooLarge) as err:
+        handlers.next_request(head % (handlers.MAX_BODY + 1))
+    assert err.value.response.startswith(b"HTTP/1.1 413 ")
+
+
+def test_the_same_length_twice_is_one_length() -> None:
+    buf = b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello"
+    assert handlers.next_request(buf)[2] == len(buf)
 
 
 # -- a request's clock survives being handed over ---------------------------------------------
