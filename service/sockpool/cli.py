@@ -312,7 +312,7 @@ def _check(cfg: config.Config) -> int:
         check_in_child(targets, cfg.start_timeout)
     except HandlerError as exc:
         raise Fatal(ExitCode.CONFIG, str(exc)) from None
-    print(f"sockpool: configuration OK ({cfg.path or 'command line'})")
+    print(f"sockpool: configuration OK ({cut(cfg.path) if cfg.path else 'command line'})")
     return 0
 
 

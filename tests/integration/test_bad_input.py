@@ -127,6 +127,21 @@ def test_listen_address_in_use() -> None:
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in error_line(result.stderr)
 
 
+def test_check_names_a_config_path_that_is_not_utf8(tmp_path: Path) -> None:
+    """Printed as it was, the path's undecodable byte was a UnicodeEncodeError under a
+    UTF-8 stdout, after the check itself had passed."""
+    path = bytes(tmp_path) + b"/c\xff.toml"
+    Path(os.fsdecode(path)).write_text("workers = 1\n")
+    ok = subprocess.run(
+        [SOCKPOOL, f"--config={os.fsdecode(path)}", "--check", ECHO],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == f"sockpool: configuration OK ({tmp_path}/c\\udcff.toml)\n"
+
+
 def test_check_imports_the_handlers(tmp_path: Path) -> None:
     env_path = str(Path(__file__).parent)
     ok = subprocess.run(
