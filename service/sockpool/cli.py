@@ -134,7 +134,12 @@ def parser() -> argparse.ArgumentParser:
         help="async workers take a new connection only while their loop waits for I/O, "
         "one per wait; the rest wait in the dispatcher (for handlers that burn CPU)",
     )
-    p.add_argument("--config", metavar="FILE", help="TOML file with the same keys as the flags")
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        type=_file,
+        help="TOML file with the same keys as the flags",
+    )
     p.add_argument("--workers", metavar="N", help="worker processes (default: CPUs available)")
     p.add_argument(
         "--dispatchers",
@@ -181,6 +186,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"sockpool {__version__}")
     p.building = False
     return p
+
+
+def _file(text: str) -> str:
+    # Empty, as `--config=$CONFIG` with the variable unset: not "no file" without a word.
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
+    return text
 
 
 def _pid(text: str) -> int:

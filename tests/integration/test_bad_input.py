@@ -109,6 +109,13 @@ def test_unknown_flag_is_a_usage_error() -> None:
     assert "unrecognized arguments: --wrokers=2" in error_line(result.stderr)
 
 
+def test_an_empty_config_path_is_a_usage_error() -> None:
+    # As `--config=$CONFIG` with the variable unset: it used to mean "no file" silently.
+    result = run("--config=", "--check", ECHO)
+    assert result.returncode == 64
+    assert "argument --config: an empty path" in error_line(result.stderr)
+
+
 def test_no_sockets_at_all() -> None:
     result = run(ECHO)
     assert result.returncode == 66
