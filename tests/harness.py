@@ -563,6 +563,17 @@ class Service:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def settled_fds(self) -> int:
+        """fd_count() without the passing ones, for a baseline: the least of reads over 0.1 s.
+        The dispatcher closes its copy of a connection just after the handoff, and a worker
+        woken by it may have answered the client before that (under load, for milliseconds);
+        each sd_notify() also opens a socket for the moment of the call."""
+        counts = []
+        for _ in range(10):
+            counts.append(self.fd_count())
+            time.sleep(0.01)
+        return min(counts)
+
     def wait_idle(self) -> None:
         """Until the dispatcher holds no connection: e.g. the one that activated it, which
         sends nothing and is held until its client's close is seen."""

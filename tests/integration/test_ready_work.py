@@ -580,7 +580,7 @@ def test_at_the_descriptor_limit_it_stops_parking_and_keeps_serving(serve) -> No
         wrapper=["prlimit", "--nofile=256:256", "--"],
     )
     assert request(service.address, b"settle") == b"settle"
-    baseline = service.fd_count()
+    baseline = service.settled_fds()
     silent = [connect(service.address) for _ in range(200)]
     wait_until(lambda: "near the descriptor limit" in service.output(), "the warning")
     assert request(service.address, b"still served", timeout=5) == b"still served"

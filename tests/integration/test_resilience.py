@@ -226,7 +226,7 @@ def test_peers_that_connect_and_reset_at_once(serve) -> None:
     service = serve(["--workers=2", ECHO], listen=[tcp()])
     service.wait_idle()  # the trigger connection sent nothing: the dispatcher closes it
     workers = service.workers()
-    fds = service.fd_count()
+    fds = service.settled_fds()
     linger = struct.pack("ii", 1, 0)  # close() sends RST
     with Load(service.address, clients=2, seconds=30, limit=200) as load:
         for _ in range(3000):
