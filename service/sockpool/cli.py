@@ -12,7 +12,7 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, config, log
-from .errors import ExitCode, Fatal, cut, quote
+from .errors import ExitCode, Fatal, cut, digits, quote
 from .importing import HandlerError, check_in_child
 from .listeners import Listener, bind, check_fdnames, from_activation, parse_address
 
@@ -198,7 +198,7 @@ def _file(text: str) -> str:
 def _pid(text: str) -> int:
     # 0, -1 and 1 would signal a process group, every process, or init; Linux's pids end at
     # 2**22 (pid_max's limit).
-    if not (text.isascii() and text.isdigit()) or not 2 <= int(text) <= 1 << 22:
+    if not digits(text) or not 2 <= int(text) <= 1 << 22:
         raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
     return int(text)
 

@@ -43,6 +43,12 @@ class ConfigError(Fatal):
 QUOTE_LIMIT = 60  # characters of a bad value an error line quotes before cutting it
 
 
+def digits(text: str) -> bool:
+    """Whether `text` is a whole number in 0-9 only. str.isdigit() alone is true for '¹' and
+    for fullwidth digits too, which int() then refuses or turns into a number nobody wrote."""
+    return text.isascii() and text.isdigit()
+
+
 def printable(text: str) -> str:
     """`text` with every character that could break or forge a line escaped as in repr():
     control characters (newline, CR, ESC...), lone surrogates (undecodable bytes), and the

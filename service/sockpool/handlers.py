@@ -92,7 +92,7 @@ def http_response(head: bytes) -> tuple[bytes, bool, int]:
         if name == b"connection":
             keep = value == b"keep-alive" or (keep and value != b"close")
         elif name == b"content-length":
-            if not (value.isascii() and value.isdigit()) or length not in (None, int(value)):
+            if not value.isdigit() or length not in (None, int(value)):  # (bytes: 0-9 only)
                 raise BadRequest(line[:80])  # (two different lengths: which is the body's?)
             length = int(value)
             if length > MAX_BODY:

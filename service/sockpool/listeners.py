@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ExitCode, Fatal, quote, utf8_text
+from .errors import ExitCode, Fatal, digits, quote, utf8_text
 
 LISTEN_FDS_START = 3
 MAX_LISTEN_FDS = 1024
@@ -126,7 +126,7 @@ def _parse(name: str | None, text: str) -> Address:
 
 
 def _port(text: str, port: str) -> int:
-    if not port.isdigit() or int(port) > 65535:
+    if not digits(port) or int(port) > 65535:
         raise ValueError(f"{quote(text)}: port must be a number from 0 to 65535")
     return int(port)
 
@@ -215,7 +215,7 @@ def from_activation(env: MutableMapping[str, str]) -> list[Listener] | None:
 
 def _check_environment(env: MutableMapping[str, str]) -> int:
     pid, fds = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
-    if not (pid.isascii() and pid.isdigit()):
+    if not digits(pid):
         raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={quote(pid)} is not a process id")
     if int(pid) != os.getpid():
         raise Fatal(
@@ -223,7 +223,7 @@ def _check_environment(env: MutableMapping[str, str]) -> int:
             f"LISTEN_PID={pid} is another process (this is {os.getpid()}): "
             "the sockets were passed to someone else; start sockpool directly from systemd",
         )
-    if not (fds.isascii() and fds.isdigit()) or not 1 <= int(fds) <= MAX_LISTEN_FDS:
+    if not digits(fds) or not 1 <= int(fds) <= MAX_LISTEN_FDS:
         raise Fatal(
             ExitCode.ACTIVATION,
             f"LISTEN_FDS={quote(fds)} is not a count from 1 to {MAX_LISTEN_FDS}",

@@ -10,6 +10,8 @@ import os
 import socket
 from collections.abc import Callable, Mapping
 
+from .errors import digits
+
 STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
 MIN_WATCHDOG_INTERVAL = 0.01  # seconds: a watchdog far below it cannot be fed by anyone
 
@@ -79,7 +81,7 @@ def _watchdog_interval(env: Mapping[str, str]) -> float:
     """Half of WATCHDOG_USEC, when the watchdog is meant for this process; no less than
     MIN_WATCHDOG_INTERVAL, or a tiny value would have the loop do nothing else."""
     usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-    if not (usec.isascii() and usec.isdigit()) or int(usec) == 0:
+    if not digits(usec) or int(usec) == 0:
         return 0.0
     if pid and pid != str(os.getpid()):
         return 0.0

@@ -87,6 +87,7 @@ def test_bad_config_value_names_the_key(serve, tmp_path: Path) -> None:
         ("[listeners.admin]\nhandlr = 'a:b'\n", "listeners: admin.handlr: unknown key"),
         ("workers = [\n", "not valid TOML"),
         ("listen = ['127.0.0.1:99999']\n", "port must be a number from 0 to 65535"),
+        ("listen = ['127.0.0.1:\u00b9']\n", "port must be a number from 0 to 65535"),
     ],
 )
 def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
