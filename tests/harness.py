@@ -48,9 +48,16 @@ def wait_until(
     return value
 
 
+def proc_stat(pid: int | str) -> list[str]:
+    """/proc/PID/stat's fields after the command's name (which may hold spaces and
+    parentheses): [0] the state ("Z" a zombie), [1] the parent, [3] the session, [11] and
+    [12] user and system ticks. OSError once the process is gone."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time the process has used, user and system: for the claims that it does not spin."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = proc_stat(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 

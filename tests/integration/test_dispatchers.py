@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import SOCKPOOL, Load, connect, free_port, request, wait_until
+from harness import SOCKPOOL, Load, connect, free_port, proc_stat, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
 ECHO_ASYNC = "sockpool.handlers:echo_async"
@@ -29,12 +29,12 @@ def children(pid: int) -> list[int]:
 
 
 def parent(pid: int) -> int:
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return int(proc_stat(pid)[1])
 
 
 def alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return proc_stat(pid)[0] != "Z"
     except FileNotFoundError:
         return False
 

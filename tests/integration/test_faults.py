@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Load, Service, free_port, request, wait_until
+from harness import Load, Service, free_port, proc_stat, request, wait_until
 
 ECHO = "sockpool.handlers:echo"
 PIDS = Path("/sys/fs/cgroup/pids")
@@ -90,7 +90,7 @@ def live_in_session(sid: int) -> list[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                fields = proc_stat(entry.name)
             except OSError:
                 continue  # gone meanwhile
             if int(fields[3]) == sid and fields[0] != "Z":
@@ -107,7 +107,7 @@ def children(pid: int) -> dict[int, str]:
     found = {}
     for child in pids:
         with contextlib.suppress(OSError):  # gone meanwhile
-            found[int(child)] = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            found[int(child)] = proc_stat(child)[0]
     return found
 
 
