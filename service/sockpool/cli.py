@@ -263,6 +263,8 @@ def _main(argv: list[str] | None) -> int:
         new = load()
         config.check_handlers(new, names)
         config.check_kinds(cfg, new, names)
+        # Each process that reloads sets its own; the new generation's workers inherit it.
+        logging.getLogger().setLevel(new.log_level.upper())
         return new
 
     from .dispatcher import Dispatcher
@@ -270,11 +272,10 @@ def _main(argv: list[str] | None) -> int:
 
     _raise_descriptor_limit()
 
-    if cfg.dispatchers != 1:  # the supervisor's module only when there may be several
-        from .supervisor import Supervisor, count
+    if (dispatchers := config.dispatcher_count(cfg)) > 1:
+        from .supervisor import Supervisor  # its module only when there are several
 
-        if (dispatchers := count(cfg)) > 1:
-            return Supervisor(listeners, cfg, reload, dispatchers, _report).run()
+        return Supervisor(listeners, cfg, reload, dispatchers, _report).run()
     return Dispatcher(listeners, cfg, reload, Notifier()).run()
 
 
@@ -289,9 +290,16 @@ def _raise_descriptor_limit() -> None:
 
 def _listeners(cfg: config.Config) -> list[Listener]:
     listeners = from_activation(os.environ) or []
-    for text in cfg.listen:
-        address = parse_address(text)  # validated with the config already
-        listeners.append(bind(address, default_name=address.text))
+    try:
+        for text in cfg.listen:
+            address = parse_address(text)  # validated with the config already
+            listeners.append(bind(address, default_name=address.text))
+    except Fatal:
+        # One address failed: the UNIX socket files bound before it must not outlive us.
+        for listener in listeners:
+            if listener.owned:
+                listener.close()
+        raise
     if not listeners:
         raise Fatal(
             ExitCode.NO_LISTENERS,
@@ -347,12 +355,15 @@ def _check_and_signal(cfg: config.Config, pid: int) -> int:
 
 
 def _report(exc: Fatal) -> None:
-    """One line: in the journal (with its MESSAGE_ID) when that is where we log, else stderr."""
+    """One line: in the journal (with its MESSAGE_ID) when that is where we log, else, or
+    when journald did not take it (--log-target=journal with no journald), stderr."""
     if _journal_logging:
         extra: dict[str, Any] = {"EXIT_CODE": int(exc.code)}
         if exc.event:
             extra["MESSAGE_ID"] = exc.event.value
         log.log.critical("%s", exc.message, extra=extra)
-    else:
-        print(f"sockpool: {exc.message}", file=sys.stderr)
+        if log.journal is None or log.journal.drain(log.EXIT_DRAIN):
+            logging.shutdown()
+            return
+    print(f"sockpool: {exc.message}", file=sys.stderr)
     logging.shutdown()

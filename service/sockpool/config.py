@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -37,7 +38,15 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) or 1
 
 
-AUTO = "auto"  # dispatchers = "auto": as many as the cores call for (supervisor.py)
+AUTO = "auto"  # dispatchers = "auto": as many as the cores call for (dispatcher_count)
+# One dispatcher keeps about this many cores of workers busy before it becomes the limit:
+# with workers that answer at once it spends some 45 us of CPU per connection (issue 14's
+# profile) against roughly 100-150 us for the worker and the client, so about 3-4 cores.
+# `auto` starts one dispatcher per this many cores. bench/ measures the one-dispatcher
+# ceiling; change the figure here when it says otherwise.
+CORES_PER_DISPATCHER = 4
+# What a reload cannot change: the sockets --listen bound, the journal's SYSLOG_IDENTIFIER.
+RESTART_ONLY = ("listen", "name")
 
 
 KINDS = ("handler", "wsgi", "asgi")  # what serves a listener; one per scope
@@ -115,6 +124,12 @@ class Config:
     proxy_allow: tuple[str, ...] = DEFAULT_ALLOW  # peers that may send a PROXY header
     proxy_timeout: float = 3.0  # the header must be whole this long after the accept
     path: str | None = None
+
+    @property
+    def shares_sockets(self) -> bool:
+        """This dispatcher is one of several accepting from the same sockets (supervisor.py
+        gives each its share with `dispatchers` set to their count)."""
+        return self.dispatchers not in (1, AUTO)
 
     def target_for(self, listener: str) -> Target | None:
         """What serves `listener`: its own table's handler, wsgi or asgi, else the top
@@ -283,8 +298,15 @@ def _addresses(value: Any) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"expected a list of addresses, got {quote(value)}")
+    seen: dict[tuple[int, object], str] = {}
     for text in value:
-        parse_address(text)  # raises ValueError naming the bad one
+        address = parse_address(text)  # raises ValueError naming the bad one
+        key = (address.family, address.sockaddr)
+        if address.family != socket.AF_UNIX and address.sockaddr[1] == 0:
+            continue  # port 0: each gets a port of its own
+        if key in seen:  # the second bind would fail: say why before any socket exists
+            raise ValueError(f"{quote(text)}: the same address as {quote(seen[key])}")
+        seen[key] = text
     return tuple(value)
 
 
@@ -465,6 +487,26 @@ def check_handlers(config: Config, names: list[str]) -> None:
                 f"{where}: no handler for listener {quote(name)}: give HANDLER, --wsgi, "
                 f"--asgi, 'handler = ...' or [listeners.{cut(name, QUOTE_LIMIT)}]"
             )
+
+
+def dispatcher_count(config: Config, cores: int | None = None) -> int:
+    """How many dispatchers: as configured, or for `auto` one per CORES_PER_DISPATCHER cores
+    this process may run on (CPUAffinity=, cpusets), at least one, at most one per worker."""
+    if config.dispatchers != AUTO:
+        return int(config.dispatchers)
+    cores = cores or len(os.sched_getaffinity(0)) or 1
+    return max(1, min(config.workers, cores // CORES_PER_DISPATCHER))
+
+
+def reload_keeps(running: Config, new: Config, parts: int) -> str | None:
+    """One line naming what `new` changes that only a restart applies, None if nothing: a
+    reload keeps serving what runs rather than fail over settings it cannot apply."""
+    changed = [key for key in RESTART_ONLY if getattr(running, key) != getattr(new, key)]
+    if (wanted := dispatcher_count(new)) != parts:
+        changed.append(f"dispatchers ({wanted} asked, {parts} serving)")
+    if not changed:
+        return None
+    return f"{', '.join(changed)}: a reload keeps what runs; a restart applies the change"
 
 
 def check_kinds(old: Config, new: Config, names: list[str]) -> None:

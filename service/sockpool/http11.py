@@ -39,6 +39,7 @@ import h11
 from h11._readers import ChunkedReader
 
 from . import log
+from .errors import digits
 from .events import Event
 
 SERVER = b"sockpool"
@@ -534,9 +535,9 @@ def parse_peer(peer: str) -> tuple[str, int | None]:
     """(host, port) of sockpool's peer text: "host:port", "[v6]:port", or a unix path."""
     if peer.startswith("["):
         host, _, port = peer[1:].rpartition("]:")
-        if port.isdigit():
+        if digits(port):
             return host, int(port)
     host, sep, port = peer.rpartition(":")
-    if sep and port.isdigit() and "/" not in peer:
+    if sep and digits(port) and "/" not in peer:
         return host, int(port)
     return peer, None

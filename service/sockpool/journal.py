@@ -71,16 +71,23 @@ class Journal:
         self.dropped = 0
         self.watch, self.watched = None, -1
 
-    def drain(self, timeout: float) -> None:
+    def drain(self, timeout: float) -> bool:
         """At exit: wait up to `timeout` for journald to take what is queued (the last
-        records, such as why the dispatcher exits, are the ones an admin looks for)."""
+        records, such as why the dispatcher exits, are the ones an admin looks for).
+        True once it has all; False at once when there is no journald to wait for."""
         deadline = time.monotonic() + timeout
-        while (self.queue or self.dropped) and (left := deadline - time.monotonic()) > 0:
-            with contextlib.suppress(OSError):
-                poller = select.poll()
-                poller.register(self.fileno(), select.POLLOUT)
-                poller.poll(left * 1000)
+        while self.queue or self.dropped:
+            if (left := deadline - time.monotonic()) <= 0:
+                return False
+            try:
+                fd = self.fileno()
+            except OSError:  # no socket to connect to: it would never take them
+                return False
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT)
+            poller.poll(left * 1000)
             self.flush()
+        return True
 
     def attach(
         self, watch: Callable[[int, Callable[[], None]], None], unwatch: Callable[[int], None]

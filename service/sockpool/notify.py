@@ -1,6 +1,12 @@
 """sd_notify: readiness, reload and stop states, live STATUS=, and the watchdog.
 
 A no-op outside systemd (no NOTIFY_SOCKET), so the same code runs under a terminal.
+
+Sent by us, not by python-systemd's notify(): libsystemd's sd_notify() blocks while the
+socket's queue is full (net.unix.max_dgram_qlen, 10 datagrams), and a PID 1 busy with a long
+daemon-reload would then stall the dispatcher's loop, accepts and all. Here a periodic
+STATUS= or WATCHDOG=1 that finds the queue full is skipped (the next one supersedes it), and
+a state change waits for room a bounded time.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ from .errors import digits
 
 STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
 MIN_WATCHDOG_INTERVAL = 0.01  # seconds: a watchdog far below it cannot be fed by anyone
+STATE_WAIT = 2.0  # seconds READY=1, RELOADING=1 or STOPPING=1 may wait for room in the queue
+PERIODIC = ("STATUS=", "WATCHDOG=")  # superseded by the next: never worth a wait
 
 
 class Notifier:
@@ -28,23 +36,31 @@ class Notifier:
         watchdog_interval: float = 0.0,
     ) -> None:
         self.target = target
-        self.enabled = target is not None or bool(env.get("NOTIFY_SOCKET"))
+        self.address = None if target else notify_address(env.get("NOTIFY_SOCKET", ""))
+        self.enabled = target is not None or self.address is not None
         self.watchdog_interval = watchdog_interval if target else _watchdog_interval(env)
         self._last_status = ""
         self._next_status = 0.0
         self._next_watchdog = 0.0
 
     def send(self, *assignments: str) -> None:
+        """One datagram. Any failure (a full queue, out of descriptors, systemd gone) skips
+        it, never a crash: a missed WATCHDOG=1 is what the watchdog is for."""
+        data = "\n".join(assignments).encode(errors="replace")
         if self.target is not None:
             with contextlib.suppress(OSError):  # the main process reads it; it never blocks us
-                self.target.send("\n".join(assignments).encode(errors="replace"))
-        elif self.enabled:
-            from systemd import daemon
-
-            # sd_notify opens a socket each time: out of descriptors, a STATUS= is skipped
-            # (and a missed WATCHDOG=1 is what the watchdog is for), never a crash.
-            with contextlib.suppress(OSError):
-                daemon.notify("\n".join(assignments))
+                self.target.send(data)
+        elif self.address is not None:
+            # A socket each time, as sd_notify: systemd re-creates its socket on re-exec.
+            # Connected, so that a wait polls the receiver's queue, not our own buffer.
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
+            ):
+                sock.connect(self.address)
+                periodic = all(a.startswith(PERIODIC) for a in assignments)
+                sock.settimeout(0.0 if periodic else STATE_WAIT)  # 0.0: non-blocking
+                sock.send(data)
 
     def ready(self, status: str) -> None:
         self._last_status = status
@@ -75,6 +91,16 @@ class Notifier:
         if self.watchdog_interval:
             due = min(due, self._next_watchdog - now)
         return max(0.0, due)
+
+
+def notify_address(value: str) -> str | None:
+    """NOTIFY_SOCKET as an AF_UNIX address: a path, or `@name` for an abstract socket; None
+    for anything else, which sd_notify refuses too (EINVAL)."""
+    if value.startswith("/"):
+        return value
+    if value.startswith("@") and len(value) > 1:
+        return "\0" + value[1:]
+    return None
 
 
 def _watchdog_interval(env: Mapping[str, str]) -> float:

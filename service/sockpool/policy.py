@@ -13,7 +13,7 @@ import random
 
 from . import deadlines, records
 from . import lifecycle as ev
-from .config import Config
+from .config import Config, reload_keeps
 from .errors import ExitCode
 from .events import Event
 from .lifecycle import Action
@@ -32,6 +32,7 @@ class Lifecycle:
         self.workers = self.pool.workers
         self.numbers = 1
         self.active = Generation(1, config)
+        self.started = config  # what the sockets and the journal's name came from
         self.incoming: Generation | None = None  # a reload's generation, until it is ready
         self.respawns: list[tuple[float, Generation]] = []
         self.stopping = False
@@ -232,6 +233,9 @@ class Lifecycle:
         ]
         if e.config is None:
             return actions + self._abort_reload(e.error)
+        # With several dispatchers the main process says it, once for all (supervisor.py).
+        if not self.started.shares_sockets and (kept := reload_keeps(self.started, e.config, 1)):
+            actions.append(records.problem(kept))
         self.numbers += 1
         self.incoming = Generation(self.numbers, e.config)
         return actions + [ev.Spawn(self.incoming)] * e.config.workers

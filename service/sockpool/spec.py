@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .config import AUTO, Config, Target
+from .config import Config, Target
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class WorkerSpec:
                 config.max_body,
             ),
             handoff={name: config.handoff_for(name) for name in listeners},
-            queue_ahead=config.queue_ahead if config.dispatchers in (1, AUTO) else 0,
+            queue_ahead=0 if config.shares_sockets else config.queue_ahead,
             pull=config.pull,
             sockets=sockets or {},
         )  # fmt: skip

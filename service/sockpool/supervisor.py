@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from . import lifecycle as ev
 from . import log, notify, records
-from .config import AUTO, Config
+from .config import Config, reload_keeps
 from .errors import ExitCode, Fatal
 from .eventloop import Loop
 from .events import Event
@@ -44,12 +44,6 @@ from .lifecycle import Record
 from .listeners import Listener
 from .process import describe_status, reaped
 
-# One dispatcher keeps about this many cores of workers busy before it becomes the limit:
-# with workers that answer at once it spends some 45 us of CPU per connection (issue 14's
-# profile) against roughly 100-150 us for the worker and the client, so about 3-4 cores.
-# `auto` starts one dispatcher per this many cores. bench/ measures the one-dispatcher
-# ceiling; change the figure here when it says otherwise.
-CORES_PER_DISPATCHER = 4
 MAX_BACKOFF = 10.0  # seconds between restarts of a dispatcher that keeps dying, at most
 MAX_FAILURES = 5  # deaths in a row before it ever got ready: the main process gives up
 _SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
@@ -62,15 +56,6 @@ RECORD = "X_SOCKPOOL_RECORD"  # a dispatcher's failed reload, for the main proce
 
 
 # -- pure parts ------------------------------------------------------------------------------
-
-
-def count(config: Config, cores: int | None = None) -> int:
-    """How many dispatchers: as configured, or for `auto` one per CORES_PER_DISPATCHER cores
-    this process may run on (CPUAffinity=, cpusets), at least one, at most one per worker."""
-    if config.dispatchers != AUTO:
-        return int(config.dispatchers)
-    cores = cores or len(os.sched_getaffinity(0)) or 1
-    return max(1, min(config.workers, cores // CORES_PER_DISPATCHER))
 
 
 def split(total: int, parts: int) -> list[int]:
@@ -211,6 +196,7 @@ class Plan:
 
     def __init__(self, config: Config, parts: int, watchdog: float = 0.0) -> None:
         self.config = config
+        self.started = config  # what the sockets, the journal's name and the count came from
         self.parts = parts
         self.watchdog = watchdog  # seconds between WATCHDOG=1; 0: systemd asked for none
         self.children = [ChildState() for _ in range(parts)]
@@ -341,10 +327,8 @@ class Plan:
             if not self.reloading:  # as one dispatcher says it: reloading, then ready
                 actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
             return actions
-        if (wanted := count(e.config)) != self.parts:
-            message = f"dispatchers: the configuration asks for {wanted}, {self.parts} keep "
-            message += "serving (the count changes on restart, not on reload)"
-            actions.append(records.problem(message))
+        if kept := reload_keeps(self.started, e.config, self.parts):
+            actions.append(records.problem(kept))
         self.config = e.config
         for i, c in enumerate(self.children):
             if c.pid:

@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__, log
 from .connection import ConnectionInfo
+from .errors import digits
 from .giveback import client_speaks_first, receive
 from .http11 import (
     ClientDisconnected,
@@ -158,7 +159,7 @@ class _Response:
         elif self.status:
             raise AssertionError("start_response() called again without exc_info")
         code, _, reason = status.partition(" ")
-        if len(code) != 3 or not code.isdigit():
+        if len(code) != 3 or not digits(code):
             raise ValueError(f"bad status {status!r}")
         self.status, self.reason = int(code), reason.encode("latin-1")
         self.headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]

@@ -123,6 +123,19 @@ def test_no_sockets_at_all() -> None:
     assert "no sockets" in error_line(result.stderr)
 
 
+@pytest.mark.skipif(
+    Path("/run/systemd/journal/socket").exists(), reason="needs a machine without journald"
+)
+def test_with_the_journal_asked_for_and_no_journald_the_error_line_goes_to_stderr() -> None:
+    """It was logged to a journal that is not there, and the admin saw nothing."""
+    result = run("--log-target=journal", ECHO)
+    assert result.returncode == 66
+    assert error_line(result.stderr) == (
+        "sockpool: no sockets: start sockpool from a systemd .socket unit (socket "
+        "activation) or give --listen ADDRESS"
+    )
+
+
 def test_listen_address_in_use() -> None:
     import socket
 
@@ -133,6 +146,28 @@ def test_listen_address_in_use() -> None:
         result = run(f"--listen=127.0.0.1:{port}", ECHO)
     assert result.returncode == 71
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in error_line(result.stderr)
+
+
+def test_a_failed_listen_leaves_no_socket_file_behind(tmp_path: Path) -> None:
+    """The UNIX socket bound before the address that failed is closed and unlinked."""
+    path = tmp_path / "first.sock"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run(f"--listen={path}", f"--listen=127.0.0.1:{port}", ECHO)
+    assert result.returncode == 71
+    assert "Address already in use" in error_line(result.stderr)
+    assert not path.exists()
+
+
+def test_the_same_listen_address_twice_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "twice.sock"
+    result = run(f"--listen={path}", f"--listen=b={path}", ECHO)
+    assert result.returncode == 78
+    line = error_line(result.stderr)  # the paths quoted, long ones cut in the middle
+    assert line.startswith("sockpool: --listen: 'b=/") and "): the same address as '/" in line
+    assert not path.exists()
 
 
 def test_check_names_a_config_path_that_is_not_utf8(tmp_path: Path) -> None:

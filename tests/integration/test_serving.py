@@ -280,6 +280,32 @@ def test_reload_with_a_handler_that_cannot_import_keeps_serving(serve, tmp_path:
     assert request(service.address, b"old code") == b"old code"
 
 
+@pytest.mark.parametrize("dispatchers", [1, 2])
+def test_a_reload_applies_log_level_and_says_once_what_needs_a_restart(
+    serve, tmp_path: Path, dispatchers: int
+) -> None:
+    """listen and name stay as they run, with one warning (not one per dispatcher);
+    log_level = "warning" silences the reload's own info records."""
+    config = tmp_path / "c.toml"
+    first = f'handler = "{ECHO}"\nworkers = 2\ndispatchers = {dispatchers}\nname = "before"\n'
+    config.write_text(first)
+    service = serve([f"--config={config}"], listen=[tcp()])
+    moved = ("127.0.0.1", free_port())
+    config.write_text(
+        first.replace('"before"', '"after"')
+        + f'log_level = "warning"\nlisten = ["{moved[0]}:{moved[1]}"]\n'
+    )
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: service.read_notifications().count("READY=1") == 2, "the reload")
+    [said] = [line for line in service.output().splitlines() if "a reload keeps" in line]
+    assert said.endswith("listen, name: a reload keeps what runs; a restart applies the change")
+    assert " before[" in said and " after[" not in service.output()
+    assert "reloaded: " not in service.output()
+    assert request(service.address, b"same socket") == b"same socket"
+    with pytest.raises(ConnectionRefusedError):
+        connect(moved)
+
+
 def test_status_reports_live_figures(serve) -> None:
     service = serve(["--workers=2", ECHO], listen=[tcp()])
     for _ in range(5):

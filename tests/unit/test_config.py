@@ -38,6 +38,8 @@ def test_defaults() -> None:
         ({"name": "has space"}, "name: expected a name"),
         ({"log_level": "loud"}, "log_level: expected one of debug"),
         ({"listen": ["nonsense:port"]}, "port must be a number"),
+        ({"listen": ["/run/a.sock", "x=/run/a.sock"]}, "'x=/run/a.sock': the same address as"),
+        ({"listen": ["127.0.0.1:80", "127.0.0.1:80"]}, "the same address as '127.0.0.1:80'"),
         ({"listeners": {"a": "x"}}, "listeners: a: expected a table"),
         ({"listeners": {"a": {"handler": 3}}}, "listeners: a.handler: expected 'module:callable'"),
         ({"unknown": 1}, "unknown: unknown key"),
@@ -322,3 +324,19 @@ def test_pull_is_off_unless_set_and_reaches_the_workers_spec(tmp_path: Path) -> 
     path.write_text("pull = 1\n")
     with pytest.raises(ConfigError, match=r"pull: expected true or false, got 1$"):
         config.load(str(path), {})
+
+
+def test_dispatcher_count() -> None:
+    assert config.dispatcher_count(config.build({"workers": 8, "dispatchers": 3}, {}, None)) == 3
+    auto = config.build({"workers": 8, "dispatchers": "auto"}, {}, None)
+    counts = [config.dispatcher_count(auto, cores) for cores in (1, 2, 4, 7, 8, 16, 64)]
+    assert counts == [1, 1, 1, 1, 2, 4, 8]
+    few = config.build({"workers": 2, "dispatchers": "auto"}, {}, None)
+    assert config.dispatcher_count(few, 64) == 2  # at most one per worker
+
+
+def test_port_zero_twice_is_two_sockets_not_the_same_address() -> None:
+    assert config.build({"listen": ["127.0.0.1:0", "127.0.0.1:0"]}, {}, None).listen == (
+        "127.0.0.1:0",
+        "127.0.0.1:0",
+    )

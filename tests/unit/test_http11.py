@@ -373,6 +373,7 @@ def test_targets_and_peers() -> None:
     assert parse_peer("[::1]:5000") == ("::1", 5000)
     assert parse_peer("/run/x.sock") == ("/run/x.sock", None)
     assert parse_peer("unix") == ("unix", None)
+    assert parse_peer("h:\u00b9") == ("h:\u00b9", None)  # a digit, not a port
 
 
 # -- driving the handlers over socketpairs -------------------------------------------------
@@ -622,6 +623,23 @@ def test_wsgi_application_error_is_a_500_and_a_journal_record(
     (record,) = [r for r in caplog.records if r.name == "sockpool"]
     assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
     assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+
+
+@pytest.mark.parametrize("status", ["2000 OK", "OK", "\u00b200 Superscript"])
+def test_wsgi_status_that_is_not_three_ascii_digits_is_a_500_naming_it(
+    status: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response(status, [("Content-Type", "text/plain")])
+        return [b"never"]
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    with caplog.at_level(logging.ERROR):
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert Client(client).response()[0] == 500
+        thread.join(10)
+    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    assert record.exc_info is not None and str(record.exc_info[1]) == f"bad status {status!r}"
 
 
 def test_wsgi_header_that_would_split_the_response_is_a_500() -> None:

@@ -95,3 +95,19 @@ def test_no_journald_at_all_loses_records_without_raising(tmp_path) -> None:
     for n in range(5):
         journal.send(f"r{n}", LOGGER="sockpool")
     assert len(journal.queue) == 2 and journal.dropped == 3
+
+
+def test_drain_says_whether_journald_took_everything(tmp_path) -> None:
+    nobody = Journal(str(tmp_path / "nothing-here"))
+    nobody.send("the reason we exit", LOGGER="sockpool")
+    got: list[bool] = []
+    thread = threading.Thread(target=lambda: got.append(nobody.drain(60.0)))
+    thread.start()
+    thread.join(10)
+    assert got == [False], "it waited out its timeout for a journald that is not there"
+    server, path = journald(tmp_path)
+    journal = Journal(path)
+    fill(journal)
+    assert journal.drain(0.05) is False  # stalled: nobody reads
+    drain(server)
+    assert journal.drain(10.0) is True and not journal.queue

@@ -1,14 +1,16 @@
-"""sd_notify through a fake NOTIFY_SOCKET, the way python-systemd tests itself."""
+"""sd_notify through a fake NOTIFY_SOCKET: a datagram socket that we read, or do not."""
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from sockpool import notify
 from sockpool.notify import MIN_WATCHDOG_INTERVAL, Notifier, forget_environment
 
 
@@ -30,9 +32,8 @@ def received(sock: socket.socket) -> list[str]:
         return lines
 
 
-def test_ready_reload_stop(systemd, monkeypatch) -> None:
+def test_ready_reload_stop(systemd) -> None:
     sock, env = systemd
-    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
     n = Notifier(env)
     n.ready("workers 2/2")
     n.reloading()
@@ -47,9 +48,8 @@ def test_ready_reload_stop(systemd, monkeypatch) -> None:
     ]
 
 
-def test_status_only_when_changed_and_at_most_once_a_second(systemd, monkeypatch) -> None:
+def test_status_only_when_changed_and_at_most_once_a_second(systemd) -> None:
     sock, env = systemd
-    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
     n = Notifier(env)
     n.tick(100.0, lambda: "a")
     n.tick(100.1, lambda: "b")  # too soon
@@ -58,9 +58,8 @@ def test_status_only_when_changed_and_at_most_once_a_second(systemd, monkeypatch
     assert received(sock) == ["STATUS=a", "STATUS=b"]
 
 
-def test_watchdog_at_half_the_interval(systemd, monkeypatch) -> None:
+def test_watchdog_at_half_the_interval(systemd) -> None:
     sock, env = systemd
-    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
     n = Notifier({**env, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())})
     assert n.watchdog_interval == 1.0
     n._last_status = "s"
@@ -92,11 +91,10 @@ def test_workers_forget_the_notify_socket() -> None:
     assert env == {"HOME": "/root"}
 
 
-def test_a_notifier_with_a_target_tells_it_not_systemd(systemd, monkeypatch) -> None:
+def test_a_notifier_with_a_target_tells_it_not_systemd(systemd) -> None:
     """A dispatcher under the supervisor: the same assignments, to the main process, and
     its watchdog fed at the interval it was given; systemd hears nothing from it."""
     sock, env = systemd
-    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     ours.settimeout(0.1)
     with ours, theirs:
@@ -111,11 +109,66 @@ def test_a_notifier_with_a_target_tells_it_not_systemd(systemd, monkeypatch) -> 
         assert received(sock) == []
 
 
-def test_an_unhealthy_tick_does_not_feed_the_watchdog(systemd, monkeypatch) -> None:
+def test_an_unhealthy_tick_does_not_feed_the_watchdog(systemd) -> None:
     sock, env = systemd
-    monkeypatch.setenv("NOTIFY_SOCKET", env["NOTIFY_SOCKET"])
     n = Notifier({**env, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())})
     n.tick(1.0, lambda: "", healthy=False)
     assert received(sock) == []
     n.tick(1.1, lambda: "", healthy=True)
     assert received(sock) == ["WATCHDOG=1"]
+
+
+def test_an_abstract_notify_socket() -> None:
+    name = f"sockpool-test-notify-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0" + name)
+        sock.settimeout(0.1)
+        Notifier({"NOTIFY_SOCKET": "@" + name}).ready("x")
+        assert received(sock) == ["READY=1", "STATUS=x"]
+
+
+def test_a_notify_socket_that_is_no_unix_address_is_ignored_as_sd_notify_does() -> None:
+    for value in ("relative/notify", "@", "vsock:2:1234"):
+        n = Notifier({"NOTIFY_SOCKET": value})
+        assert not n.enabled
+        n.ready("x")  # no error
+
+
+def fill_then_ready(n: Notifier) -> tuple[threading.Thread, threading.Event]:
+    """100 STATUS= to a systemd not reading yet (its queue holds about 10), then READY=1."""
+    statuses_sent = threading.Event()
+
+    def run() -> None:
+        for i in range(100):
+            n.send(f"STATUS={i}")
+        statuses_sent.set()
+        n.ready("r")
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, statuses_sent
+
+
+def test_a_busy_systemd_never_stalls_a_status_and_a_state_change_waits_for_room(
+    systemd,
+) -> None:
+    """libsystemd's sd_notify blocked the dispatcher's loop for good once the queue was full."""
+    sock, env = systemd
+    thread, statuses_sent = fill_then_ready(Notifier(env))
+    assert statuses_sent.wait(10), "a STATUS= waited for room"
+    got = received(sock)  # reading makes room: READY=1 goes through
+    thread.join(10)
+    assert not thread.is_alive()
+    got += received(sock)
+    statuses, state = got[:-2], got[-2:]
+    assert statuses == [f"STATUS={i}" for i in range(len(statuses))] and statuses
+    assert state == ["READY=1", "STATUS=r"]
+
+
+def test_a_state_change_gives_up_on_a_systemd_that_never_reads(systemd, monkeypatch) -> None:
+    monkeypatch.setattr(notify, "STATE_WAIT", 0.2)
+    _, env = systemd
+    thread, statuses_sent = fill_then_ready(Notifier(env))
+    assert statuses_sent.wait(10), "a STATUS= waited for room"
+    thread.join(10)
+    assert not thread.is_alive(), "READY=1 waited for good"

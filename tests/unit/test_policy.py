@@ -258,6 +258,29 @@ def test_reload_swaps_generations_once_the_new_one_is_ready() -> None:
     assert not only(actions, ev.Spawn)  # a retired worker is not replaced
 
 
+def test_a_reload_says_in_one_line_what_only_a_restart_changes_and_goes_on() -> None:
+    sim = Sim(listen=("127.0.0.1:7007",))
+    sim.start()
+    changed = {"listen": ("127.0.0.1:8008",), "name": "renamed", "dispatchers": "auto"}
+    actions = reload(sim, workers=1, **changed)
+    assert [r.message for r in only(actions, ev.Record) if r.event is None] == [
+        "listen, name: a reload keeps what runs; a restart applies the change"
+    ]  # auto is one dispatcher for one worker: nothing to say about the count
+    assert len(only(actions, ev.Spawn)) == 1
+    actions = reload(sim, listen=("127.0.0.1:7007",), dispatchers=2)
+    assert [r.message for r in only(actions, ev.Record) if r.event is None] == [
+        "dispatchers (2 asked, 1 serving): a reload keeps what runs; a restart applies the change"
+    ]
+
+
+def test_one_of_several_dispatchers_leaves_what_a_reload_keeps_to_the_main_process() -> None:
+    sim = Sim(dispatchers=2)
+    sim.start()
+    actions = reload(sim, dispatchers=2, listen=("127.0.0.1:8008",))
+    assert not [r for r in only(actions, ev.Record) if r.event is None]
+    assert len(only(actions, ev.Spawn)) == 2
+
+
 def test_a_reload_whose_config_fails_to_load_keeps_the_old_generation() -> None:
     sim = Sim()
     old = sim.start()

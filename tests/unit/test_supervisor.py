@@ -23,7 +23,6 @@ from sockpool.supervisor import (
     Signal,
     Started,
     Wake,
-    count,
     parse_message,
     parse_status,
     share,
@@ -58,14 +57,6 @@ def test_share_keeps_the_totals() -> None:
     assert share(off, 1, 2).max_connections == 0  # off stays off
     tiny = config.build({"workers": 3, "max_connections": 2}, {}, None)
     assert [share(tiny, i, 3).max_connections for i in range(3)] == [1, 1, 1]  # never 0: off
-
-
-def test_count() -> None:
-    assert count(config.build({"workers": 8, "dispatchers": 3}, {}, None)) == 3
-    auto = config.build({"workers": 8, "dispatchers": "auto"}, {}, None)
-    assert [count(auto, cores) for cores in (1, 2, 4, 7, 8, 16, 64)] == [1, 1, 1, 1, 2, 4, 8]
-    few = config.build({"workers": 2, "dispatchers": "auto"}, {}, None)
-    assert count(few, 64) == 2  # at most one per worker
 
 
 @pytest.mark.parametrize(
@@ -203,14 +194,17 @@ def test_a_bad_configuration_never_reaches_the_dispatchers() -> None:
 
 def test_a_reload_asking_for_another_count_says_so_and_keeps_it() -> None:
     p = ready()
-    new = config.build({"workers": 4, "dispatchers": 4}, {}, None)
+    new = config.build({"workers": 4, "dispatchers": 4, "listen": ["127.0.0.1:1"]}, {}, None)
     actions = p.handle(ev.ReloadRequested(new, "", 2.0))
     said = [a.message for a in actions if isinstance(a, Record) and a.event is None]
     assert said == [
-        "dispatchers: the configuration asks for 4, 2 keep serving "
-        "(the count changes on restart, not on reload)"
+        "listen, dispatchers (4 asked, 2 serving): a reload keeps what runs; "
+        "a restart applies the change"
     ]
     assert p.parts == 2 and len([a for a in actions if isinstance(a, Signal)]) == 2
+    # Measured against what started, not the last reload: the second one says it again.
+    actions = p.handle(ev.ReloadRequested(new, "", 3.0))
+    assert [a for a in actions if isinstance(a, Record) and a.event is None]
 
 
 def test_stop_is_forwarded_and_the_worst_exit_code_wins() -> None:
