@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,6 +190,8 @@ class Load:
     mismatched: int = 0
     other: int = 0
     errors: list[str] = field(default_factory=list)  # the first SAMPLES failures
+    # Answers by who served them, for clients whose answer names it (_served_by()).
+    served: Counter[object] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -237,6 +240,11 @@ class Load:
     def _exchange(self, payload: bytes) -> bytes:
         """One exchange: the answer to compare with the payload."""
         return request(self.address, payload, self.timeout)
+
+    def _served_by(self, who: object) -> None:
+        """Count an answer for `who` (a client thread's call, hence the lock)."""
+        with self._lock:
+            self.served[who] += 1
 
     def _one(self, payload: bytes) -> tuple[str, str]:
         try:

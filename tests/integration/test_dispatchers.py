@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,19 +75,12 @@ class ByDispatcher(Load):
     """Load's clients of apps:whoami, whose answer names the worker that served it: counted
     by that worker's dispatcher. An answer that names one stands for the echo Load checks."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.served: Counter[int] = Counter()
-        self._count = threading.Lock()
-
     def _exchange(self, payload: bytes) -> bytes:
         answer = request(self.address, payload, self.timeout)
         words = answer.split()
         if len(words) < 3 or not words[2].isdigit():
             return answer
-        dispatcher = parent(int(words[2]))
-        with self._count:
-            self.served[dispatcher] += 1
+        self._served_by(parent(int(words[2])))
         return payload
 
 

@@ -18,8 +18,6 @@ PROXY: with PROXY True, HAProxy sends `send-proxy-v2`, the instances read it
 from __future__ import annotations
 
 import socket
-import threading
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -143,11 +141,6 @@ class Whoami(Load):
     """Load's clients through HAProxy: each answer names the unit that served it and the
     address it saw, then echoes the line. With PROXY, that address must be the client's own."""
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.served: Counter[str] = Counter()
-        self._count = threading.Lock()
-
     def _exchange(self, payload: bytes) -> bytes:
         with harness.connect(self.address, self.timeout) as sock:
             own = f"{HOST}:{sock.getsockname()[1]}".encode()
@@ -157,8 +150,7 @@ class Whoami(Load):
         unit, peer, echoed = [*answer.split(b" ", 2), b"", b""][:3]
         if PROXY and answer and peer != own:  # (no answer: a failure of its own kind)
             return b"peer " + peer + b" is not " + own
-        with self._count:
-            self.served[unit.decode(errors="replace")] += 1
+        self._served_by(unit.decode(errors="replace"))
         return echoed
 
     @property
