@@ -256,15 +256,12 @@ def _main(argv: list[str] | None) -> int:
 
     listeners = _listeners(cfg)
     names = [lst.name for lst in listeners]
-    config.check_handlers(cfg, names)
     _warn_unmatched(cfg, names)
 
     def reload() -> config.Config:
         new = load()
         config.check_handlers(new, names)
         config.check_kinds(cfg, new, names)
-        # Each process that reloads sets its own; the new generation's workers inherit it.
-        logging.getLogger().setLevel(new.log_level.upper())
         return new
 
     from .dispatcher import Dispatcher
@@ -289,23 +286,26 @@ def _raise_descriptor_limit() -> None:
 
 
 def _listeners(cfg: config.Config) -> list[Listener]:
+    """systemd's sockets and --listen's, each with a handler to serve it: checked before
+    anything is bound, as a UNIX socket file bound for nothing would outlive the error."""
     listeners = from_activation(os.environ) or []
-    try:
-        for text in cfg.listen:
-            address = parse_address(text)  # validated with the config already
-            listeners.append(bind(address, default_name=address.text))
-    except Fatal:
-        # One address failed: the UNIX socket files bound before it must not outlive us.
-        for listener in listeners:
-            if listener.owned:
-                listener.close()
-        raise
-    if not listeners:
+    addresses = [parse_address(text) for text in cfg.listen]  # validated with the config
+    if not listeners and not addresses:
         raise Fatal(
             ExitCode.NO_LISTENERS,
             "no sockets: start sockpool from a systemd .socket unit (socket activation) "
             "or give --listen ADDRESS",
         )
+    names = [lst.name for lst in listeners] + [a.name or a.text for a in addresses]
+    config.check_handlers(cfg, names)
+    try:
+        for address in addresses:
+            listeners.append(bind(address, default_name=address.text))
+    except Fatal:  # one failed: the socket files bound before it go too
+        for listener in listeners:
+            if listener.owned:
+                listener.close()
+        raise
     return listeners
 
 

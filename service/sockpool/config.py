@@ -11,7 +11,7 @@ import re
 import socket
 import stat
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from .completions import MAX_QUEUE_AHEAD
@@ -498,15 +498,17 @@ def dispatcher_count(config: Config, cores: int | None = None) -> int:
     return max(1, min(config.workers, cores // CORES_PER_DISPATCHER))
 
 
-def reload_keeps(running: Config, new: Config, parts: int) -> str | None:
-    """One line naming what `new` changes that only a restart applies, None if nothing: a
-    reload keeps serving what runs rather than fail over settings it cannot apply."""
+def as_reloaded(running: Config, new: Config, parts: int) -> tuple[Config, str | None]:
+    """`new` as a reload applies it, with what only a restart changes kept as it runs
+    (listen, name, dispatchers: with one dispatcher, `dispatchers = 2` would otherwise
+    turn off its workers' queue_ahead, spec.py), and one line naming what was kept, None
+    if nothing: a reload serves on rather than fail over what it cannot apply."""
     changed = [key for key in RESTART_ONLY if getattr(running, key) != getattr(new, key)]
     if (wanted := dispatcher_count(new)) != parts:
         changed.append(f"dispatchers ({wanted} asked, {parts} serving)")
-    if not changed:
-        return None
-    return f"{', '.join(changed)}: a reload keeps what runs; a restart applies the change"
+    kept = {key: getattr(running, key) for key in (*RESTART_ONLY, "dispatchers")}
+    said = f"{', '.join(changed)}: a reload keeps what runs; a restart applies the change"
+    return replace(new, **kept), said if changed else None
 
 
 def check_kinds(old: Config, new: Config, names: list[str]) -> None:

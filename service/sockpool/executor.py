@@ -11,7 +11,7 @@ import errno
 import time
 from collections.abc import Callable
 
-from . import health, records
+from . import health, log, records
 from . import lifecycle as ev
 from .errors import Fatal
 from .eventloop import Loop, Timer
@@ -94,6 +94,7 @@ class Executor:
     def swap(self, a: ev.Swap) -> None:
         self.hot.admission.update(a.generation.config)
         self.hot.configure(a.generation.config)
+        log.set_level(a.generation.config.log_level)
 
     def notify(self, a: ev.Notify) -> None:
         if a.state == "reloading":

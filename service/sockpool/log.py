@@ -126,7 +126,13 @@ def setup(name: str, level: str, target: str) -> None:
         )
     handler.addFilter(_AddFields())
     root.addHandler(handler)
-    root.setLevel(level.upper())
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """This process's level (a config log_level); a reload's is set as its generation
+    takes over, so a reload that fails changes nothing."""
+    logging.getLogger().setLevel(level.upper())
 
 
 def set_process_fields(**fields: Any) -> None:

@@ -3,25 +3,31 @@
 A no-op outside systemd (no NOTIFY_SOCKET), so the same code runs under a terminal.
 
 Sent by us, not by python-systemd's notify(): libsystemd's sd_notify() blocks while the
-socket's queue is full (net.unix.max_dgram_qlen, 10 datagrams), and a PID 1 busy with a long
-daemon-reload would then stall the dispatcher's loop, accepts and all. Here a periodic
-STATUS= or WATCHDOG=1 that finds the queue full is skipped (the next one supersedes it), and
-a state change waits for room a bounded time.
+socket's queue is full (net.unix.max_dgram_qlen datagrams, which PID 1 raises to 512 on its
+own socket), and a PID 1 stuck in a long daemon-reload would then stall the dispatcher's
+loop, accepts and all. Here nothing waits: a state change (READY=1, RELOADING=1,
+STOPPING=1, or anything but STATUS= and WATCHDOG=1) that finds the queue full is kept and
+sent again, in order, from tick(); a STATUS= or WATCHDOG=1 is tried again RETRY later.
 """
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Mapping
 
 from .errors import digits
 
 STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
 MIN_WATCHDOG_INTERVAL = 0.01  # seconds: a watchdog far below it cannot be fed by anyone
-STATE_WAIT = 2.0  # seconds READY=1, RELOADING=1 or STOPPING=1 may wait for room in the queue
-PERIODIC = ("STATUS=", "WATCHDOG=")  # superseded by the next: never worth a wait
+RETRY = 0.1  # seconds before a message the queue had no room for is tried again
+PERIODIC = ("STATUS=", "WATCHDOG=")  # tried again with the figures of the moment, not kept
+MAX_PENDING = 64  # state changes kept for a PID 1 that does not read: the oldest go first
+# Failures that pass: the next try may go through. Any other (systemd gone, a message too
+# big) never will, and the message is dropped.
+_TRY_AGAIN = {errno.EAGAIN, errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 class Notifier:
@@ -35,32 +41,52 @@ class Notifier:
         target: socket.socket | None = None,
         watchdog_interval: float = 0.0,
     ) -> None:
-        self.target = target
+        self.target = target  # non-blocking (supervisor.py)
         self.address = None if target else notify_address(env.get("NOTIFY_SOCKET", ""))
         self.enabled = target is not None or self.address is not None
         self.watchdog_interval = watchdog_interval if target else _watchdog_interval(env)
+        self.pending: deque[bytes] = deque(maxlen=MAX_PENDING)  # state changes, in order
         self._last_status = ""
         self._next_status = 0.0
         self._next_watchdog = 0.0
 
-    def send(self, *assignments: str) -> None:
-        """One datagram. Any failure (a full queue, out of descriptors, systemd gone) skips
-        it, never a crash: a missed WATCHDOG=1 is what the watchdog is for."""
+    def send(self, *assignments: str) -> bool:
+        """One datagram, never waiting. A state change is kept until it goes (True); a
+        STATUS= or WATCHDOG=1 goes now, after the state changes still kept, or not at all
+        (False: the caller tries again)."""
+        if not self.enabled:
+            return True
         data = "\n".join(assignments).encode(errors="replace")
-        if self.target is not None:
-            with contextlib.suppress(OSError):  # the main process reads it; it never blocks us
+        if all(a.startswith(PERIODIC) for a in assignments):
+            return self.flush() and self._deliver(data)
+        self.pending.append(data)
+        self.flush()
+        return True
+
+    def flush(self) -> bool:
+        """Send the state changes kept, in order, as far as there is room: True once none
+        is left."""
+        while self.pending:
+            if not self._deliver(self.pending[0]):
+                return False
+            self.pending.popleft()
+        return True
+
+    def _deliver(self, data: bytes) -> bool:
+        """True once it went, or never will; False: no room now."""
+        try:
+            if self.target is not None:
                 self.target.send(data)
-        elif self.address is not None:
-            # A socket each time, as sd_notify: systemd re-creates its socket on re-exec.
-            # Connected, so that a wait polls the receiver's queue, not our own buffer.
-            with (
-                contextlib.suppress(OSError),
-                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock,
-            ):
-                sock.connect(self.address)
-                periodic = all(a.startswith(PERIODIC) for a in assignments)
-                sock.settimeout(0.0 if periodic else STATE_WAIT)  # 0.0: non-blocking
-                sock.send(data)
+            else:
+                # A socket each time, as sd_notify: systemd re-creates its socket on
+                # re-exec; and each has its own send buffer, so only PID 1's queue limits.
+                with socket.socket(
+                    socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK
+                ) as sock:
+                    sock.sendto(data, self.address)
+        except OSError as exc:
+            return exc.errno not in _TRY_AGAIN
+        return True
 
     def ready(self, status: str) -> None:
         self._last_status = status
@@ -74,19 +100,26 @@ class Notifier:
         self.send("STOPPING=1", f"STATUS={status}")
 
     def tick(self, now: float, status: Callable[[], str], healthy: bool = True) -> None:
-        """STATUS= when it changed, at most once a second (the text is built only then),
-        and WATCHDOG=1 at half the interval systemd asked for, while `healthy`. Called from
-        the main loop on purpose: a loop that hangs stops feeding the watchdog."""
-        if self.watchdog_interval and healthy and now >= self._next_watchdog:
-            self._next_watchdog = now + self.watchdog_interval
-            self.send("WATCHDOG=1")
+        """State changes kept, then STATUS= when it changed, at most once a second (the
+        text is built only then), and WATCHDOG=1 at half the interval systemd asked for,
+        while `healthy`. Called from the main loop on purpose: a loop that hangs stops
+        feeding the watchdog."""
+        if not self.flush():
+            return  # no room: the rest would only be skipped, and out of order
+        if self.watchdog_interval and now >= self._next_watchdog:
+            # Unhealthy or no room: look again soon, not at once (the loop would spin).
+            sent = healthy and self.send("WATCHDOG=1")
+            self._next_watchdog = now + (self.watchdog_interval if sent else RETRY)
         if now >= self._next_status and (text := status()) != self._last_status:
-            self._next_status = now + STATUS_INTERVAL
-            self._last_status = text
-            self.send(f"STATUS={text}")
+            if self.send(f"STATUS={text}"):
+                self._next_status, self._last_status = now + STATUS_INTERVAL, text
+            else:
+                self._next_status = now + RETRY
 
     def next_due(self, now: float) -> float:
         """Seconds the loop may sleep before tick() is due again."""
+        if self.pending:
+            return RETRY  # nothing else goes before them
         due = STATUS_INTERVAL
         if self.watchdog_interval:
             due = min(due, self._next_watchdog - now)

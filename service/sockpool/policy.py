@@ -13,7 +13,7 @@ import random
 
 from . import deadlines, records
 from . import lifecycle as ev
-from .config import Config, reload_keeps
+from .config import Config, as_reloaded
 from .errors import ExitCode
 from .events import Event
 from .lifecycle import Action
@@ -233,12 +233,13 @@ class Lifecycle:
         ]
         if e.config is None:
             return actions + self._abort_reload(e.error)
-        # With several dispatchers the main process says it, once for all (supervisor.py).
-        if not self.started.shares_sockets and (kept := reload_keeps(self.started, e.config, 1)):
+        config, kept = as_reloaded(self.started, e.config, 1)
+        # One of several dispatchers leaves it to the main process, once for all.
+        if kept and not self.started.shares_sockets:
             actions.append(records.problem(kept))
         self.numbers += 1
-        self.incoming = Generation(self.numbers, e.config)
-        return actions + [ev.Spawn(self.incoming)] * e.config.workers
+        self.incoming = Generation(self.numbers, config)
+        return actions + [ev.Spawn(self.incoming)] * config.workers
 
     def _abort_reload(self, reason: str) -> list[Action]:
         return [*self._drop_incoming(), records.reload_failed(reason), ev.Notify("ready")]

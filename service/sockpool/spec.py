@@ -35,6 +35,7 @@ class WorkerSpec:
     # socket object from these instead of asking the kernel (two of the three system calls
     # each: CPython still checks every descriptor with getsockname).
     sockets: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
+    log_level: str = "info"  # its generation's: a reload's workers log at the new one
 
     @classmethod
     def of(
@@ -63,4 +64,5 @@ class WorkerSpec:
             queue_ahead=0 if config.shares_sockets else config.queue_ahead,
             pull=config.pull,
             sockets=sockets or {},
+            log_level=config.log_level,
         )  # fmt: skip

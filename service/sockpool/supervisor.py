@@ -36,7 +36,7 @@ from typing import NamedTuple
 
 from . import lifecycle as ev
 from . import log, notify, records
-from .config import Config, reload_keeps
+from .config import Config, as_reloaded
 from .errors import ExitCode, Fatal
 from .eventloop import Loop
 from .events import Event
@@ -173,7 +173,13 @@ class Exit(NamedTuple):
     code: int
 
 
-Action = Fork | Signal | Notify | Record | Wake | Exit
+class LogLevel(NamedTuple):
+    """The main process's own, once every dispatcher has reloaded (theirs: policy.py)."""
+
+    level: str
+
+
+Action = Fork | Signal | Notify | Record | Wake | Exit | LogLevel
 
 
 @dataclasses.dataclass
@@ -262,10 +268,11 @@ class Plan:
             c.reload_error = ""
         if failed:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
-            record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
+            said = [Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)]
         else:
-            record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
-        return [record, self._notify("READY=1")]
+            reloaded = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
+            said = [LogLevel(self.config.log_level), reloaded]
+        return [*said, self._notify("READY=1")]
 
     def _notify(self, state: str) -> Notify:
         return Notify((state, f"STATUS={self.status()}"))
@@ -327,9 +334,9 @@ class Plan:
             if not self.reloading:  # as one dispatcher says it: reloading, then ready
                 actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
             return actions
-        if kept := reload_keeps(self.started, e.config, self.parts):
+        self.config, kept = as_reloaded(self.started, e.config, self.parts)
+        if kept:
             actions.append(records.problem(kept))
-        self.config = e.config
         for i, c in enumerate(self.children):
             if c.pid:
                 c.reload = "asked"
@@ -465,6 +472,8 @@ class Supervisor:
                 records.write(action)
             elif isinstance(action, Wake):
                 self.loop.call_at(action.at, self._tick)
+            elif isinstance(action, LogLevel):
+                log.set_level(action.level)
             else:
                 self.code = action.code
 

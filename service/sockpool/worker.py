@@ -58,6 +58,7 @@ def run(
         faulthandler.register(health.DUMP_SIGNAL, file=stacks, all_threads=True)
         notify.forget_environment()
         log.set_process_fields(WORKER_PID=os.getpid(), GENERATION=spec.generation)
+        log.set_level(spec.log_level)  # forked at the dispatcher's, maybe the last generation's
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -161,6 +161,16 @@ def test_a_failed_listen_leaves_no_socket_file_behind(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+def test_a_listener_with_no_handler_is_refused_before_its_socket_file_exists(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "unserved.sock"
+    result = run(f"--listen=web={path}")
+    assert result.returncode == 78
+    assert "no handler for listener 'web'" in error_line(result.stderr)
+    assert not path.exists()
+
+
 def test_the_same_listen_address_twice_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "twice.sock"
     result = run(f"--listen={path}", f"--listen=b={path}", ECHO)

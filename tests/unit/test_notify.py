@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from sockpool import notify
 from sockpool.notify import MIN_WATCHDOG_INTERVAL, Notifier, forget_environment
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -114,6 +117,7 @@ def test_an_unhealthy_tick_does_not_feed_the_watchdog(systemd) -> None:
     n = Notifier({**env, "WATCHDOG_USEC": "1000000", "WATCHDOG_PID": str(os.getpid())})
     n.tick(1.0, lambda: "", healthy=False)
     assert received(sock) == []
+    assert n.next_due(1.0) == pytest.approx(notify.RETRY)  # soon: 0 made the loop spin
     n.tick(1.1, lambda: "", healthy=True)
     assert received(sock) == ["WATCHDOG=1"]
 
@@ -134,41 +138,61 @@ def test_a_notify_socket_that_is_no_unix_address_is_ignored_as_sd_notify_does() 
         n.ready("x")  # no error
 
 
-def fill_then_ready(n: Notifier) -> tuple[threading.Thread, threading.Event]:
-    """100 STATUS= to a systemd not reading yet (its queue holds about 10), then READY=1."""
-    statuses_sent = threading.Event()
-
-    def run() -> None:
-        for i in range(100):
-            n.send(f"STATUS={i}")
-        statuses_sent.set()
-        n.ready("r")
-
-    thread = threading.Thread(target=run, daemon=True)
+def returning(call: Callable[[], T]) -> T:
+    """call() in a thread, which must return: libsystemd's sd_notify waited for room."""
+    result: list[T] = []
+    thread = threading.Thread(target=lambda: result.append(call()), daemon=True)
     thread.start()
-    return thread, statuses_sent
+    thread.join(10)
+    assert result, "it waited for room in systemd's queue"
+    return result[0]
 
 
-def test_a_busy_systemd_never_stalls_a_status_and_a_state_change_waits_for_room(
+def fill(n: Notifier) -> int:
+    """STATUS= until one finds no room: how many went (net.unix.max_dgram_qlen, 10 or 512)."""
+
+    def until_full() -> int:
+        for i in range(100_000):
+            if not n.send(f"STATUS={i}"):
+                return i
+        raise AssertionError("the queue never filled")
+
+    return returning(until_full)
+
+
+def test_a_full_queue_keeps_a_state_change_and_sends_it_in_order_once_there_is_room(
     systemd,
 ) -> None:
-    """libsystemd's sd_notify blocked the dispatcher's loop for good once the queue was full."""
     sock, env = systemd
-    thread, statuses_sent = fill_then_ready(Notifier(env))
-    assert statuses_sent.wait(10), "a STATUS= waited for room"
-    got = received(sock)  # reading makes room: READY=1 goes through
-    thread.join(10)
-    assert not thread.is_alive()
-    got += received(sock)
-    statuses, state = got[:-2], got[-2:]
-    assert statuses == [f"STATUS={i}" for i in range(len(statuses))] and statuses
-    assert state == ["READY=1", "STATUS=r"]
+    n = Notifier(env)
+    went = fill(n)
+    returning(lambda: n.ready("r"))
+    returning(lambda: n.tick(5.0, lambda: "s"))  # not before READY=1: it waits its turn
+    assert received(sock) == [f"STATUS={i}" for i in range(went)]  # systemd reads
+    assert n.next_due(5.0) == notify.RETRY
+    n.tick(5.1, lambda: "after")
+    assert received(sock) == ["READY=1", "STATUS=r", "STATUS=after"]
+    assert not n.pending and n.next_due(5.1) == notify.STATUS_INTERVAL
 
 
-def test_a_state_change_gives_up_on_a_systemd_that_never_reads(systemd, monkeypatch) -> None:
-    monkeypatch.setattr(notify, "STATE_WAIT", 0.2)
+def test_a_skipped_status_and_watchdog_go_at_the_next_try_with_the_figures_of_then(
+    systemd,
+) -> None:
+    sock, env = systemd
+    n = Notifier({**env, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())})
+    fill(n)
+    returning(lambda: n.tick(10.0, lambda: "busy 1"))
+    received(sock)
+    n.tick(10.0 + notify.RETRY, lambda: "busy 2")
+    assert received(sock) == ["WATCHDOG=1", "STATUS=busy 2"]
+
+
+def test_a_systemd_that_never_reads_costs_a_bounded_memory_and_no_busy_loop(systemd) -> None:
     _, env = systemd
-    thread, statuses_sent = fill_then_ready(Notifier(env))
-    assert statuses_sent.wait(10), "a STATUS= waited for room"
-    thread.join(10)
-    assert not thread.is_alive(), "READY=1 waited for good"
+    n = Notifier({**env, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())})
+    fill(n)
+    for _ in range(notify.MAX_PENDING + 10):
+        returning(n.reloading)
+    assert len(n.pending) == notify.MAX_PENDING
+    returning(lambda: n.tick(20.0, lambda: "s"))
+    assert n.next_due(20.0) == notify.RETRY  # not 0, though the watchdog is overdue

@@ -266,11 +266,15 @@ def test_a_reload_says_in_one_line_what_only_a_restart_changes_and_goes_on() -> 
     assert [r.message for r in only(actions, ev.Record) if r.event is None] == [
         "listen, name: a reload keeps what runs; a restart applies the change"
     ]  # auto is one dispatcher for one worker: nothing to say about the count
-    assert len(only(actions, ev.Spawn)) == 1
+    [spawn, *_] = only(actions, ev.Spawn)
+    kept = spawn.generation.config  # the new generation's, with what runs kept
+    assert (kept.listen, kept.name, kept.workers) == (("127.0.0.1:7007",), "sockpool", 1)
     actions = reload(sim, listen=("127.0.0.1:7007",), dispatchers=2)
     assert [r.message for r in only(actions, ev.Record) if r.event is None] == [
         "dispatchers (2 asked, 1 serving): a reload keeps what runs; a restart applies the change"
     ]
+    # Still one alone, whose sync workers keep queue_ahead (none with several, spec.py).
+    assert not only(actions, ev.Spawn)[0].generation.config.shares_sockets
 
 
 def test_one_of_several_dispatchers_leaves_what_a_reload_keeps_to_the_main_process() -> None:
