@@ -44,6 +44,9 @@ class Dispatcher:
         self.listeners = listeners
         self.reload_config = reload_config
         self.notifier = notifier
+        # Its configuration's level: one of N restarted after a reload is forked at the
+        # main process's, which changes only once every dispatcher has reloaded.
+        log.set_level(config.log_level)
         self.policy = Lifecycle(config)
         self.loop = Loop()
         procs: dict[int, WorkerProcess] = {}
@@ -261,6 +264,7 @@ class Dispatcher:
             listener.close()
         self.loop.close()
         channel.close_all([self.hot.done_r, self.hot.done_w])
+        self.notifier.flush()  # one last try for what is kept (a record for the main process)
 
 
 def _waits_for_data(config: Config, listener: str, speaks_first: frozenset[str]) -> bool:

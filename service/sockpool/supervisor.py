@@ -201,7 +201,8 @@ class Plan:
     """What the main process does about each event: the lifecycle of N dispatchers."""
 
     def __init__(self, config: Config, parts: int, watchdog: float = 0.0) -> None:
-        self.config = config
+        self.config = config  # what the dispatchers serve
+        self.asked: Config | None = None  # a reload's, until one dispatcher serves it
         self.started = config  # what the sockets, the journal's name and the count came from
         self.parts = parts
         self.watchdog = watchdog  # seconds between WATCHDOG=1; 0: systemd asked for none
@@ -266,13 +267,22 @@ class Plan:
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
             c.reload_error = ""
+        said: list[Action] = []
+        if self.asked is not None and len(failed) < self.parts:  # some serve it: adopted
+            self.config = self.asked
+            said.append(LogLevel(self.config.log_level))
+        self.asked = None  # failed everywhere: nothing changed
         if failed:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
-            said = [Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)]
+            said.append(Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR))
         else:
-            reloaded = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
-            said = [LogLevel(self.config.log_level), reloaded]
+            said.append(Record(Event.READY, f"reloaded: {self.parts} dispatchers serve"))
         return [*said, self._notify("READY=1")]
+
+    @property
+    def starting(self) -> Config:
+        """What a dispatcher started now gets: a reload's, while it is under way."""
+        return self.asked or self.config
 
     def _notify(self, state: str) -> Notify:
         return Notify((state, f"STATUS={self.status()}"))
@@ -334,13 +344,16 @@ class Plan:
             if not self.reloading:  # as one dispatcher says it: reloading, then ready
                 actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
             return actions
-        self.config, kept = as_reloaded(self.started, e.config, self.parts)
+        self.asked, kept = as_reloaded(self.started, e.config, self.parts)
         if kept:
             actions.append(records.problem(kept))
         for i, c in enumerate(self.children):
             if c.pid:
                 c.reload = "asked"
                 actions.append(Signal(i, signal.SIGHUP))
+        if not any(c.pid for c in self.children):  # none to ask: those started next serve it
+            self.config, self.asked = self.asked, None
+            actions.append(LogLevel(self.config.log_level))
         return actions + self._reload_state()
 
     def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
@@ -583,7 +596,7 @@ class Supervisor:
         try:
             dispatcher = Dispatcher(
                 self.listeners,
-                share(self.plan.config, index, parts),
+                share(self.plan.starting, index, parts),
                 lambda: share(self.reload_config(), index, parts),
                 notifier,
             )

@@ -273,11 +273,15 @@ def test_reload_with_a_handler_that_cannot_import_keeps_serving(serve, tmp_path:
     config = tmp_path / "c.toml"
     config.write_text('handler = "sockpool.handlers:echo"\nworkers = 1\n')
     service = serve([f"--config={config}"], listen=[tcp()])
-    config.write_text('handler = "broken_app:handle"\nworkers = 1\n')
+    config.write_text('handler = "broken_app:handle"\nworkers = 1\nlog_level = "warning"\n')
     service.signal(signal.SIGHUP)
     wait_until(lambda: "reload failed" in service.output(), "the reload to fail", timeout=30)
     assert "this module is broken on purpose" in service.output()
     assert request(service.address, b"old code") == b"old code"
+    # The reload that failed changed nothing, its log_level included: info records still go.
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0
+    assert "stopping on SIGTERM" in service.output()
 
 
 @pytest.mark.parametrize("dispatchers", [1, 2])

@@ -161,7 +161,7 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
         Signal(1, signal.SIGHUP),
         Notify(("RELOADING=1", "STATUS=reloading")),
     ]
-    assert p.config == new  # a dispatcher started from now on gets it
+    assert p.starting == new != p.config  # a dispatcher started from now on gets it
     assert say(p, 0, "READY=1") == []  # from before it had the SIGHUP: not its reload
     assert say(p, 0, "RELOADING=1") == say(p, 0, "READY=1") == []
     assert say(p, 1, "RELOADING=1") == []
@@ -169,11 +169,14 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
     # Its own log level once all have reloaded (a reload that fails changes none).
     assert events(actions)[:2] == [LogLevel("debug"), Event.READY]
     assert "reloaded" in actions[1].message and notified(actions) == ["READY=1"]
+    assert p.config == p.starting == new
 
 
-def test_a_dispatcher_reload_that_failed_is_recorded_once() -> None:
+def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() -> None:
     p = ready()
-    p.handle(ev.ReloadRequested(p.config, "", 2.0))
+    before = p.config
+    broken = config.build({"workers": 4, "dispatchers": 2, "handler": "no:module"}, {}, None)
+    p.handle(ev.ReloadRequested(broken, "", 2.0))
     for i in (0, 1):
         say(p, i, "RELOADING=1")
         say(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
@@ -184,6 +187,8 @@ def test_a_dispatcher_reload_that_failed_is_recorded_once() -> None:
     )
     assert actions[0].message == "reload failed, still serving the old generation: no module"
     assert actions[0].level == logging.ERROR and notified(actions) == ["READY=1"]
+    # A dispatcher restarted now gets what they all serve, not the reload that failed.
+    assert p.config is before and p.starting is before
 
 
 def test_a_bad_configuration_never_reaches_the_dispatchers() -> None:
@@ -281,3 +286,11 @@ def test_watchdog_fed_only_while_every_dispatcher_feeds_its_own() -> None:
     p.handle(Exited(0, "killed by signal SIGKILL", 137, 3.7))
     assert p.healthy(3.8)  # being restarted is not hanging
     assert plan().healthy(1000.0)  # no watchdog asked for
+
+
+def test_a_reload_with_no_dispatcher_running_is_what_the_next_ones_start_with() -> None:
+    p = Plan(config.build({"workers": 4, "dispatchers": 2}, {}, None), 2)  # none started yet
+    new = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
+    actions = p.handle(ev.ReloadRequested(new, "", 1.0))
+    assert LogLevel("warning") in actions and not [a for a in actions if isinstance(a, Signal)]
+    assert p.config == p.starting == new
