@@ -45,7 +45,7 @@ class Dispatcher:
         self.reload_config = reload_config
         self.notifier = notifier
         # Its configuration's level: one of N restarted after a reload is forked at the
-        # main process's, which changes only once every dispatcher has reloaded.
+        # main process's, which changes only once a reload is adopted (supervisor.py).
         log.set_level(config.log_level)
         self.policy = Lifecycle(config)
         self.loop = Loop()

@@ -174,7 +174,7 @@ class Exit(NamedTuple):
 
 
 class LogLevel(NamedTuple):
-    """The main process's own, once every dispatcher has reloaded (theirs: policy.py)."""
+    """The main process's own, as a reload is adopted (a dispatcher's: executor.swap)."""
 
     level: str
 
@@ -190,6 +190,7 @@ class ChildState:
     ready: bool = False  # said READY=1 since it was started
     reload: str = ""  # "asked": sent SIGHUP; "begun": it said RELOADING=1; "": neither
     reload_error: str = ""  # its record of a failed reload
+    reloaded: bool = False  # this reload's generation serves in it: the reload works
     status: str = ""
     fed: float = 0.0  # when it last fed its watchdog (or was started)
     failures: int = 0  # deaths in a row before READY
@@ -201,7 +202,7 @@ class Plan:
     """What the main process does about each event: the lifecycle of N dispatchers."""
 
     def __init__(self, config: Config, parts: int, watchdog: float = 0.0) -> None:
-        self.config = config  # what the dispatchers serve
+        self.config = config  # what the dispatchers serve, and one started now gets
         self.asked: Config | None = None  # a reload's, until one dispatcher serves it
         self.started = config  # what the sockets, the journal's name and the count came from
         self.parts = parts
@@ -223,6 +224,7 @@ class Plan:
     def _on_started(self, e: Started) -> list[Action]:
         c = self.children[e.index]
         c.pid, c.ready, c.reload, c.status, c.fed, c.restart_at = e.pid, False, "", "", e.now, None
+        c.reload_error, c.reloaded = "", False  # a new process: its predecessor's reload is over
         return []
 
     def _on_forkfailed(self, e: ForkFailed) -> list[Action]:
@@ -241,7 +243,7 @@ class Plan:
             actions += self._reload_state()
         if said.get("READY") == "1":
             if c.reload == "begun":  # not one of before the SIGHUP we sent
-                c.reload = ""
+                c.reload, c.reloaded = "", not c.reload_error
             c.ready, c.failures = True, 0
             actions += self._ready()
         return actions
@@ -264,25 +266,34 @@ class Plan:
         self.reloading = busy
         if busy:
             return [Notify(("RELOADING=1", "STATUS=reloading"))]
+        adopted = self._adopt()
+        if self.reloading:  # it asked the dispatchers that missed the reload: wait for them
+            return adopted
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
-            c.reload_error = ""
-        said: list[Action] = []
-        if self.asked is not None and len(failed) < self.parts:  # some serve it: adopted
-            self.config = self.asked
-            said.append(LogLevel(self.config.log_level))
-        self.asked = None  # failed everywhere: nothing changed
+            c.reload_error, c.reloaded = "", False
         if failed:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
-            said.append(Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR))
+            record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         else:
-            said.append(Record(Event.READY, f"reloaded: {self.parts} dispatchers serve"))
-        return [*said, self._notify("READY=1")]
+            record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
+        return [*adopted, record, self._notify("READY=1")]
 
-    @property
-    def starting(self) -> Config:
-        """What a dispatcher started now gets: a reload's, while it is under way."""
-        return self.asked or self.config
+    def _adopt(self) -> list[Action]:
+        """A reload's configuration becomes the service's once a dispatcher serves it:
+        then those started meanwhile (with the old one) are asked to reload too. One that
+        failed everywhere, or whose dispatchers died before saying, changes nothing, and a
+        dispatcher started later gets what the others serve, not a handler that failed."""
+        asked, self.asked = self.asked, None
+        if asked is None or not any(c.reloaded for c in self.children):
+            return []
+        self.config = asked
+        actions: list[Action] = [LogLevel(asked.log_level)]
+        for i, c in enumerate(self.children):
+            if c.pid and not c.reloaded and not c.reload_error:
+                c.reload, self.reloading = "asked", True
+                actions.append(Signal(i, signal.SIGHUP))
+        return actions
 
     def _notify(self, state: str) -> Notify:
         return Notify((state, f"STATUS={self.status()}"))
@@ -348,12 +359,18 @@ class Plan:
         if kept:
             actions.append(records.problem(kept))
         for i, c in enumerate(self.children):
+            c.reload_error, c.reloaded = "", False  # a newer reload: only its outcome counts
             if c.pid:
                 c.reload = "asked"
                 actions.append(Signal(i, signal.SIGHUP))
-        if not any(c.pid for c in self.children):  # none to ask: those started next serve it
+        if not any(c.pid for c in self.children):
+            # None to try it (all waiting to start again): those started next get it, as
+            # the fix for what keeps them dying may be in it.
             self.config, self.asked = self.asked, None
             actions.append(LogLevel(self.config.log_level))
+            if not self.reloading:
+                actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
+            return actions
         return actions + self._reload_state()
 
     def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
@@ -596,7 +613,7 @@ class Supervisor:
         try:
             dispatcher = Dispatcher(
                 self.listeners,
-                share(self.plan.starting, index, parts),
+                share(self.plan.config, index, parts),
                 lambda: share(self.reload_config(), index, parts),
                 notifier,
             )

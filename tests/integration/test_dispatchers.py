@@ -145,6 +145,32 @@ def test_reload_with_a_bad_config_keeps_serving(serve, tmp_path: Path) -> None:
     assert request(service.address, b"still here") == b"still here"
 
 
+def test_a_dispatcher_that_dies_after_a_failed_reload_comes_back_with_what_serves(
+    serve, tmp_path: Path
+) -> None:
+    """Not with the handler that failed: its workers would never start, it would exit 70,
+    and the main process would stop the service."""
+    config = tmp_path / "c.toml"
+    config.write_text('handler = "apps:whoami"\nworkers = 2\ndispatchers = 2\n')
+    service = serve([f"--config={config}"], listen=[tcp()])
+    first = wait_until(lambda: len(service.workers()) == 2 and service.workers(), "two")
+    config.write_text('handler = "broken_app:handle"\nworkers = 2\ndispatchers = 2\n')
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reload failed" in service.output(), "the reload to fail", timeout=30)
+    os.kill(first[0], signal.SIGKILL)
+    [restarted] = wait_until(
+        lambda: len(service.workers()) == 2 and set(service.workers()) - set(first),
+        "the dispatcher's restart",
+    )
+
+    def served_by_the_restarted() -> bool:
+        words = request(service.address, b"who?\n").split()
+        return len(words) > 2 and words[2].isdigit() and parent(int(words[2])) == restarted
+
+    wait_until(served_by_the_restarted, "an answer from the restarted dispatcher's worker")
+    assert service.proc.poll() is None
+
+
 def test_sigterm_drains_in_flight_connections(serve) -> None:
     service, _ = two_dispatchers(serve, "--capacity=50", "apps:async_slow_echo", workers=2)
     clients = [connect(service.address) for _ in range(20)]

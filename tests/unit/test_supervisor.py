@@ -161,7 +161,7 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
         Signal(1, signal.SIGHUP),
         Notify(("RELOADING=1", "STATUS=reloading")),
     ]
-    assert p.starting == new != p.config  # a dispatcher started from now on gets it
+    assert p.asked == new != p.config  # the service's once a dispatcher serves it
     assert say(p, 0, "READY=1") == []  # from before it had the SIGHUP: not its reload
     assert say(p, 0, "RELOADING=1") == say(p, 0, "READY=1") == []
     assert say(p, 1, "RELOADING=1") == []
@@ -169,7 +169,7 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
     # Its own log level once all have reloaded (a reload that fails changes none).
     assert events(actions)[:2] == [LogLevel("debug"), Event.READY]
     assert "reloaded" in actions[1].message and notified(actions) == ["READY=1"]
-    assert p.config == p.starting == new
+    assert p.config == new and p.asked is None  # a dispatcher started now gets it
 
 
 def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() -> None:
@@ -188,7 +188,7 @@ def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() 
     assert actions[0].message == "reload failed, still serving the old generation: no module"
     assert actions[0].level == logging.ERROR and notified(actions) == ["READY=1"]
     # A dispatcher restarted now gets what they all serve, not the reload that failed.
-    assert p.config is before and p.starting is before
+    assert p.config is before and p.asked is None
 
 
 def test_a_bad_configuration_never_reaches_the_dispatchers() -> None:
@@ -293,4 +293,52 @@ def test_a_reload_with_no_dispatcher_running_is_what_the_next_ones_start_with() 
     new = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
     actions = p.handle(ev.ReloadRequested(new, "", 1.0))
     assert LogLevel("warning") in actions and not [a for a in actions if isinstance(a, Signal)]
-    assert p.config == p.starting == new
+    assert notified(actions) == ["RELOADING=1", "READY=1"]  # systemd's reload ends too
+    assert p.config == new
+
+
+BROKEN = {"workers": 4, "dispatchers": 2, "handler": "no:module", "log_level": "warning"}
+
+
+def test_a_reload_whose_other_dispatcher_died_before_saying_is_not_adopted() -> None:
+    """A death is no success: the restart must get what serves, not a handler that failed
+    (its workers would never start, it would exit 70, and the service with it)."""
+    p = ready()
+    before = p.config
+    p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.0))
+    say(p, 0, "RELOADING=1")
+    say(p, 0, f"{RECORD}=reload failed, still serving the old generation: no module")
+    say(p, 0, "READY=1")
+    actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
+    assert Fork(1) in actions and not [a for a in actions if isinstance(a, LogLevel)]
+    assert events(actions)[-2] is Event.RELOAD_FAILED and notified(actions) == ["READY=1"]
+    assert p.config is before
+
+
+def test_a_dispatcher_started_during_a_reload_that_works_is_asked_to_reload_too() -> None:
+    p = ready()
+    new = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
+    p.handle(ev.ReloadRequested(new, "", 2.0))
+    assert p.handle(Exited(1, "killed by signal SIGKILL", 137, 2.5))[-1] == Fork(1)
+    p.handle(Started(1, 201, 2.5))  # started with what served before: not yet proven
+    say(p, 1, "READY=1")
+    say(p, 0, "RELOADING=1")
+    actions = say(p, 0, "READY=1")  # dispatcher 0 serves the reload: adopted
+    assert actions == [LogLevel("warning"), Signal(1, signal.SIGHUP)]  # no READY=1 yet
+    assert p.config == new
+    say(p, 1, "RELOADING=1")
+    actions = say(p, 1, "READY=1")
+    assert events(actions)[0] is Event.READY and notified(actions) == ["READY=1"]
+
+
+def test_a_newer_reload_forgets_the_failure_of_the_one_before() -> None:
+    p = ready()
+    p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.0))
+    say(p, 0, "RELOADING=1", f"{RECORD}=reload failed: no module")
+    good = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
+    p.handle(ev.ReloadRequested(good, "", 3.0))  # before either said READY=1
+    for i in (0, 1):
+        say(p, i, "RELOADING=1")
+    say(p, 0, "READY=1")
+    actions = say(p, 1, "READY=1")
+    assert events(actions)[1] is Event.READY and p.config == good
