@@ -6,6 +6,7 @@ one-line message and exit code 78 (EX_CONFIG) instead of a traceback at 3 a.m.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -124,6 +125,12 @@ class Config:
     proxy_allow: tuple[str, ...] = DEFAULT_ALLOW  # peers that may send a PROXY header
     proxy_timeout: float = 3.0  # the header must be whole this long after the accept
     path: str | None = None
+
+    @property
+    def digest(self) -> str:
+        """Which configuration this is, the same in every process that built it from the
+        same values: the main process of N tells by it what each dispatcher serves."""
+        return hashlib.sha256(repr(self).encode()).hexdigest()[:16]
 
     @property
     def shares_sockets(self) -> bool:

@@ -102,7 +102,7 @@ class Executor:
         elif a.state == "stopping":
             self.notifier.stopping(self.status())
         else:
-            self.notifier.ready(self.status())
+            self.notifier.ready(self.status(), serves=self.policy.active.config.digest)
 
     def stopaccepting(self, a: ev.StopAccepting) -> None:
         for listener in self.hot.listeners:

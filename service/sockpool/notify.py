@@ -24,6 +24,7 @@ STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets
 MIN_WATCHDOG_INTERVAL = 0.01  # seconds: a watchdog far below it cannot be fed by anyone
 RETRY = 0.1  # seconds before a message the queue had no room for is tried again
 PERIODIC = ("STATUS=", "WATCHDOG=")  # tried again with the figures of the moment, not kept
+SERVES = "X_SOCKPOOL_SERVES"  # with a dispatcher's READY=1 to its main process: Config.digest
 MAX_PENDING = 64  # state changes kept for a PID 1 that does not read: the oldest go first
 # Failures that pass: the next try may go through. Any other (systemd gone, a message too
 # big) never will, and the message is dropped.
@@ -88,9 +89,11 @@ class Notifier:
             return exc.errno not in _TRY_AGAIN
         return True
 
-    def ready(self, status: str) -> None:
+    def ready(self, status: str, serves: str = "") -> None:
+        """READY=1; to a main process (`target`), with the digest of what now serves."""
         self._last_status = status
-        self.send("READY=1", f"STATUS={status}")
+        extra = (f"{SERVES}={serves}",) if self.target is not None and serves else ()
+        self.send("READY=1", f"STATUS={status}", *extra)
 
     def reloading(self) -> None:
         self.send("RELOADING=1", "STATUS=reloading")

@@ -190,7 +190,7 @@ class ChildState:
     ready: bool = False  # said READY=1 since it was started
     reload: str = ""  # "asked": sent SIGHUP; "begun": it said RELOADING=1; "": neither
     reload_error: str = ""  # its record of a failed reload
-    reloaded: bool = False  # this reload's generation serves in it: the reload works
+    serves: str = ""  # the digest of the configuration it serves, as its READY=1 said
     status: str = ""
     fed: float = 0.0  # when it last fed its watchdog (or was started)
     failures: int = 0  # deaths in a row before READY
@@ -224,7 +224,7 @@ class Plan:
     def _on_started(self, e: Started) -> list[Action]:
         c = self.children[e.index]
         c.pid, c.ready, c.reload, c.status, c.fed, c.restart_at = e.pid, False, "", "", e.now, None
-        c.reload_error, c.reloaded = "", False  # a new process: its predecessor's reload is over
+        c.reload_error, c.serves = "", ""  # a new process: its predecessor's reload is over
         return []
 
     def _on_forkfailed(self, e: ForkFailed) -> list[Action]:
@@ -235,15 +235,17 @@ class Plan:
         c, actions = self.children[e.index], []
         said = dict(e.assignments)  # the figures first: READY=1 comes with its STATUS=
         c.status = said.get("STATUS", c.status)
-        c.reload_error = said.get(RECORD, c.reload_error)
         if said.get("WATCHDOG") == "1":
             c.fed = e.now
         if said.get("RELOADING") == "1":
-            c.reload = "begun"
+            c.reload, c.reload_error = "begun", ""
             actions += self._reload_state()
+        if RECORD in said and c.reload == "begun":  # before, it was an older reload's
+            c.reload_error = said[RECORD]
         if said.get("READY") == "1":
+            c.serves = said.get(notify.SERVES, c.serves)
             if c.reload == "begun":  # not one of before the SIGHUP we sent
-                c.reload, c.reloaded = "", not c.reload_error
+                c.reload = ""
             c.ready, c.failures = True, 0
             actions += self._ready()
         return actions
@@ -254,7 +256,8 @@ class Plan:
                 return []
             self.announced = True
             message = f"ready: {self.config.workers} workers in {self.parts} dispatchers"
-            return [Record(Event.READY, message), self._notify("READY=1")]
+            # A SIGHUP before this: its reload ends now too (systemd waits for READY=1).
+            return [Record(Event.READY, message), self._notify("READY=1"), *self._reload_state()]
         return self._reload_state()
 
     def _reload_state(self) -> list[Action]:
@@ -266,31 +269,43 @@ class Plan:
         self.reloading = busy
         if busy:
             return [Notify(("RELOADING=1", "STATUS=reloading"))]
+        pending = self.asked is not None
         adopted = self._adopt()
         if self.reloading:  # it asked the dispatchers that missed the reload: wait for them
             return adopted
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
-            c.reload_error, c.reloaded = "", False
-        if failed:
-            note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
+            c.reload_error = ""
+        others = [i for i, c in enumerate(self.children) if not self._serves(i, self.config)]
+        if pending and not adopted:
+            reason = (
+                failed[0] if failed else "reload failed: no dispatcher serves the new configuration"
+            )
+            record = Record(Event.RELOAD_FAILED, reason, logging.ERROR)
+        elif failed:
+            note = f" ({len(others)} of {self.parts} dispatchers)"
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         else:
             record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
         return [*adopted, record, self._notify("READY=1")]
 
+    def _serves(self, index: int, config: Config) -> bool:
+        """Dispatcher `index` said READY=1 serving its share of `config`."""
+        return self.children[index].serves == share(config, index, self.parts).digest
+
     def _adopt(self) -> list[Action]:
-        """A reload's configuration becomes the service's once a dispatcher serves it:
-        then those started meanwhile (with the old one) are asked to reload too. One that
-        failed everywhere, or whose dispatchers died before saying, changes nothing, and a
-        dispatcher started later gets what the others serve, not a handler that failed."""
+        """A reload's configuration becomes the service's once a dispatcher serves it (by
+        its digest: no signal says which reload a message answers). Then those started
+        meanwhile, with the old one, are asked to reload too. One that failed everywhere,
+        or whose dispatchers died before they served it, changes nothing, and a dispatcher
+        started later gets what the others serve, not a handler that failed."""
         asked, self.asked = self.asked, None
-        if asked is None or not any(c.reloaded for c in self.children):
+        if asked is None or not any(self._serves(i, asked) for i in range(self.parts)):
             return []
         self.config = asked
         actions: list[Action] = [LogLevel(asked.log_level)]
         for i, c in enumerate(self.children):
-            if c.pid and not c.reloaded and not c.reload_error:
+            if c.pid and not self._serves(i, asked) and not c.reload_error:
                 c.reload, self.reloading = "asked", True
                 actions.append(Signal(i, signal.SIGHUP))
         return actions
@@ -352,14 +367,12 @@ class Plan:
         actions: list[Action] = [Record(Event.RELOADING, "reloading: re-reading the configuration")]
         if e.config is None:
             actions.append(records.reload_failed(e.error))
-            if not self.reloading:  # as one dispatcher says it: reloading, then ready
-                actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
-            return actions
+            return actions + self._reload_ends_at_once()
         self.asked, kept = as_reloaded(self.started, e.config, self.parts)
         if kept:
             actions.append(records.problem(kept))
         for i, c in enumerate(self.children):
-            c.reload_error, c.reloaded = "", False  # a newer reload: only its outcome counts
+            c.reload_error = ""  # a newer reload: only its outcome counts
             if c.pid:
                 c.reload = "asked"
                 actions.append(Signal(i, signal.SIGHUP))
@@ -368,10 +381,15 @@ class Plan:
             # the fix for what keeps them dying may be in it.
             self.config, self.asked = self.asked, None
             actions.append(LogLevel(self.config.log_level))
-            if not self.reloading:
-                actions += [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
-            return actions
+            return actions + self._reload_ends_at_once()
         return actions + self._reload_state()
+
+    def _reload_ends_at_once(self) -> list[Action]:
+        """RELOADING=1 and READY=1 for a reload with nothing to wait for, as one dispatcher
+        says them; not before the first READY=1 (systemd would take the start as done)."""
+        if self.reloading or not self.announced:
+            return []
+        return [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
 
     def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
         if self.stopping:  # a second Ctrl-C: the dispatchers stop waiting too

@@ -11,6 +11,7 @@ from sockpool import config
 from sockpool import lifecycle as ev
 from sockpool.events import Event
 from sockpool.lifecycle import Record
+from sockpool.notify import SERVES
 from sockpool.spec import WorkerSpec
 from sockpool.supervisor import (
     RECORD,
@@ -143,6 +144,11 @@ def test_ready_once_every_dispatcher_is() -> None:
     assert say(p, 0, "READY=1") == []  # said again: nothing new
 
 
+def serving(cfg: config.Config, index: int, parts: int = 2) -> str:
+    """What a dispatcher's READY=1 says it serves: the digest of its share of `cfg`."""
+    return f"{SERVES}={share(cfg, index, parts).digest}"
+
+
 def ready(parts: int = 2, **values: object) -> Plan:
     p = plan(parts, **values)
     for i in range(parts):
@@ -163,9 +169,9 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
     ]
     assert p.asked == new != p.config  # the service's once a dispatcher serves it
     assert say(p, 0, "READY=1") == []  # from before it had the SIGHUP: not its reload
-    assert say(p, 0, "RELOADING=1") == say(p, 0, "READY=1") == []
+    assert say(p, 0, "RELOADING=1") == say(p, 0, "READY=1", serving(new, 0)) == []
     assert say(p, 1, "RELOADING=1") == []
-    actions = say(p, 1, "READY=1")
+    actions = say(p, 1, "READY=1", serving(new, 1))
     # Its own log level once all have reloaded (a reload that fails changes none).
     assert events(actions)[:2] == [LogLevel("debug"), Event.READY]
     assert "reloaded" in actions[1].message and notified(actions) == ["READY=1"]
@@ -289,7 +295,9 @@ def test_watchdog_fed_only_while_every_dispatcher_feeds_its_own() -> None:
 
 
 def test_a_reload_with_no_dispatcher_running_is_what_the_next_ones_start_with() -> None:
-    p = Plan(config.build({"workers": 4, "dispatchers": 2}, {}, None), 2)  # none started yet
+    p = ready()
+    for i in (0, 1):  # both died: each waits to start again
+        p.handle(Exited(i, "killed by signal SIGKILL", 137, 1.0))
     new = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
     actions = p.handle(ev.ReloadRequested(new, "", 1.0))
     assert LogLevel("warning") in actions and not [a for a in actions if isinstance(a, Signal)]
@@ -321,13 +329,13 @@ def test_a_dispatcher_started_during_a_reload_that_works_is_asked_to_reload_too(
     p.handle(ev.ReloadRequested(new, "", 2.0))
     assert p.handle(Exited(1, "killed by signal SIGKILL", 137, 2.5))[-1] == Fork(1)
     p.handle(Started(1, 201, 2.5))  # started with what served before: not yet proven
-    say(p, 1, "READY=1")
+    say(p, 1, "READY=1", serving(p.config, 1))
     say(p, 0, "RELOADING=1")
-    actions = say(p, 0, "READY=1")  # dispatcher 0 serves the reload: adopted
+    actions = say(p, 0, "READY=1", serving(new, 0))  # it serves the reload: adopted
     assert actions == [LogLevel("warning"), Signal(1, signal.SIGHUP)]  # no READY=1 yet
     assert p.config == new
     say(p, 1, "RELOADING=1")
-    actions = say(p, 1, "READY=1")
+    actions = say(p, 1, "READY=1", serving(new, 1))
     assert events(actions)[0] is Event.READY and notified(actions) == ["READY=1"]
 
 
@@ -339,6 +347,50 @@ def test_a_newer_reload_forgets_the_failure_of_the_one_before() -> None:
     p.handle(ev.ReloadRequested(good, "", 3.0))  # before either said READY=1
     for i in (0, 1):
         say(p, i, "RELOADING=1")
-    say(p, 0, "READY=1")
-    actions = say(p, 1, "READY=1")
+    say(p, 0, "READY=1", serving(good, 0))
+    actions = say(p, 1, "READY=1", serving(good, 1))
     assert events(actions)[1] is Event.READY and p.config == good
+
+
+def test_a_reload_no_dispatcher_lived_to_serve_is_no_success() -> None:
+    p = ready()
+    before = p.config
+    p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.0))
+    p.handle(Exited(0, "killed by signal SIGKILL", 137, 2.5))
+    p.handle(Started(0, 200, 2.5))
+    say(p, 0, "READY=1", serving(before, 0))  # started with what served
+    actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
+    [failed] = [a for a in actions if isinstance(a, Record) and a.event is Event.RELOAD_FAILED]
+    assert failed.message == "reload failed: no dispatcher serves the new configuration"
+    assert p.config is before and notified(actions) == ["READY=1"]
+
+
+def test_what_a_dispatcher_serves_decides_not_which_message_came_when() -> None:
+    """No signal says which reload a message answers: a READY=1 still serving the old
+    configuration, or an older reload's error read after the newer SIGHUP, decides
+    nothing."""
+    p = ready()
+    before = p.config
+    broken = config.build(BROKEN, {}, None)
+    p.handle(ev.ReloadRequested(broken, "", 2.0))
+    say(p, 0, f"{RECORD}=reload failed: from a reload before this one")  # still "asked"
+    for i in (0, 1):
+        say(p, i, "RELOADING=1")
+    say(p, 0, "READY=1", serving(before, 0))  # its reload failed: the old one serves
+    actions = say(p, 1, "READY=1", serving(before, 1))  # no record of its own reached us
+    [failed] = [a for a in actions if isinstance(a, Record) and a.event is Event.RELOAD_FAILED]
+    assert failed.message == "reload failed: no dispatcher serves the new configuration"
+    assert p.config is before
+
+
+def test_a_sighup_before_the_first_ready_ends_with_it() -> None:
+    p = plan()
+    new = config.build({"workers": 4, "dispatchers": 2, "log_level": "debug"}, {}, None)
+    p.handle(ev.ReloadRequested(new, "", 0.5))
+    for i in (0, 1):
+        say(p, i, "RELOADING=1")
+    say(p, 0, "READY=1", serving(new, 0))
+    actions = say(p, 1, "READY=1", serving(new, 1))
+    assert [e for e in events(actions) if isinstance(e, Event)] == [Event.READY, Event.READY]
+    assert notified(actions) == ["READY=1", "READY=1"] and not p.reloading
+    assert p.config == new
