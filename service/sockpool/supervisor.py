@@ -276,22 +276,23 @@ class Plan:
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
             c.reload_error = ""
-        others = [i for i, c in enumerate(self.children) if not self._serves(i, self.config)]
         if pending and not adopted:
             reason = (
                 failed[0] if failed else "reload failed: no dispatcher serves the new configuration"
             )
             record = Record(Event.RELOAD_FAILED, reason, logging.ERROR)
         elif failed:
-            note = f" ({len(others)} of {self.parts} dispatchers)"
+            note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         else:
             record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
         return [*adopted, record, self._notify("READY=1")]
 
     def _serves(self, index: int, config: Config) -> bool:
-        """Dispatcher `index` said READY=1 serving its share of `config`."""
-        return self.children[index].serves == share(config, index, self.parts).digest
+        """Dispatcher `index` said READY=1 serving its share of `config`, and no error: a
+        reload of the same file (new code) that failed leaves the same digest serving."""
+        c = self.children[index]
+        return not c.reload_error and c.serves == share(config, index, self.parts).digest
 
     def _adopt(self) -> list[Action]:
         """A reload's configuration becomes the service's once a dispatcher serves it (by
@@ -305,7 +306,7 @@ class Plan:
         self.config = asked
         actions: list[Action] = [LogLevel(asked.log_level)]
         for i, c in enumerate(self.children):
-            if c.pid and not self._serves(i, asked) and not c.reload_error:
+            if c.pid and not self._serves(i, asked) and not c.reload_error:  # missed it
                 c.reload, self.reloading = "asked", True
                 actions.append(Signal(i, signal.SIGHUP))
         return actions

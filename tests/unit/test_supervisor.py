@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -394,3 +396,31 @@ def test_a_sighup_before_the_first_ready_ends_with_it() -> None:
     assert [e for e in events(actions) if isinstance(e, Event)] == [Event.READY, Event.READY]
     assert notified(actions) == ["READY=1", "READY=1"] and not p.reloading
     assert p.config == new
+
+
+def test_a_reload_of_the_same_file_whose_new_code_fails_everywhere_says_so() -> None:
+    """The usual deploy: the file is the same, the handler's code is new and broken. Each
+    dispatcher keeps serving the same digest, with an error: no success, no '0 of 2'."""
+    p = ready()
+    p.handle(ev.ReloadRequested(p.config, "", 2.0))
+    for i in (0, 1):
+        say(p, i, "RELOADING=1", f"{RECORD}=reload failed, still serving the old generation: x")
+        actions = say(p, i, "READY=1", serving(p.config, i))
+    [failed] = [a for a in actions if isinstance(a, Record) and a.event is Event.RELOAD_FAILED]
+    assert failed.message == "reload failed, still serving the old generation: x"
+    assert not [a for a in actions if isinstance(a, LogLevel)]
+
+
+def test_a_configurations_digest_is_the_same_in_another_process() -> None:
+    """What a dispatcher says it serves must match what the main process computes: a field
+    whose repr held an address would fail every reload of N dispatchers, silently."""
+    values = {"workers": 5, "dispatchers": 2, "max_connections": 7, "listeners": {"a": {}}}
+    values["listeners"] = {"a": {"handler": "m:h", "proxy_protocol": "v2"}}
+    script = (
+        "from sockpool import config, supervisor\n"
+        f"c = config.build({values!r}, {{}}, None)\n"
+        "print(supervisor.share(c, 1, 2).digest)\n"
+    )
+    other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert other.returncode == 0, other.stderr
+    assert other.stdout.strip() == share(config.build(values, {}, None), 1, 2).digest
