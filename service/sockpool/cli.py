@@ -296,11 +296,11 @@ def _listeners(cfg: config.Config) -> list[Listener]:
             "no sockets: start sockpool from a systemd .socket unit (socket activation) "
             "or give --listen ADDRESS",
         )
-    names = [lst.name for lst in listeners] + [a.name or a.text for a in addresses]
+    names = [lst.name for lst in listeners] + [a.listener for a in addresses]
     config.check_handlers(cfg, names)
     try:
         for address in addresses:
-            listeners.append(bind(address, default_name=address.text))
+            listeners.append(bind(address))
     except Fatal:  # one failed: the socket files bound before it go too
         for listener in listeners:
             if listener.owned:

@@ -308,9 +308,9 @@ def _addresses(value: Any) -> tuple[str, ...]:
     seen: dict[tuple[int, object], str] = {}
     for text in value:
         address = parse_address(text)  # raises ValueError naming the bad one
-        key = (address.family, address.sockaddr)
         if address.family != socket.AF_UNIX and address.sockaddr[1] == 0:
             continue  # port 0: each gets a port of its own
+        key = (address.family, address.sockaddr)
         if key in seen:  # the second bind would fail: say why before any socket exists
             raise ValueError(f"{quote(text)}: the same address as {quote(seen[key])}")
         seen[key] = text

@@ -79,6 +79,11 @@ class Address:
     sockaddr: Any
     text: str
 
+    @property
+    def listener(self) -> str:
+        """The name its listener goes by: NAME, else ADDR as given."""
+        return self.name or self.text
+
 
 def parse_address(text: str) -> Address:
     """`[NAME=]ADDR` with ADDR one of HOST:PORT, [V6]:PORT, PORT, /path.sock, @abstract.
@@ -91,7 +96,7 @@ def parse_address(text: str) -> Address:
     if match and not text.startswith(("/", "@", "[")):
         name, text = match.groups()
     address = _parse(name, text)
-    own = address.name or address.text
+    own = address.listener
     if len(own.encode()) > MAX_NAME:
         raise ValueError(
             f"{quote(own)}: a listener name is at most {MAX_NAME} bytes"
@@ -131,7 +136,7 @@ def _port(text: str, port: str) -> int:
     return int(port)
 
 
-def bind(address: Address, default_name: str) -> Listener:
+def bind(address: Address) -> Listener:
     """Bind and listen on an address given with --listen (development, or no systemd)."""
     family, sockaddr = address.family, address.sockaddr
     if family == socket.AF_INET and not _is_ip(sockaddr[0]):
@@ -150,8 +155,7 @@ def bind(address: Address, default_name: str) -> Listener:
         sock.close()
         raise Fatal(ExitCode.BIND, f"cannot listen on {address.text}: {exc.strerror}") from None
     path = sockaddr if family == socket.AF_UNIX and sockaddr[0] != "\0" else None
-    name = address.name or default_name
-    return Listener(name, sock, address.text, owned=True, path=path)
+    return Listener(address.listener, sock, address.text, owned=True, path=path)
 
 
 def _is_ip(host: str) -> bool:
