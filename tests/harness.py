@@ -25,10 +25,13 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self, TypeVar
+
+from sockpool.events import Event
+from sockpool.lifecycle import Record
 
 REPO = Path(__file__).resolve().parent.parent
 SOCKPOOL = str(Path(sys.executable).with_name("sockpool"))
@@ -669,3 +672,16 @@ def v2(command: int = 1, fam: int = 0x11, block: bytes = b"", tlvs: bytes = b"")
 
 def inet4(src: str, dst: str, sport: int, dport: int) -> bytes:
     return socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport)
+
+
+# -- decisions as data (policy.py, supervisor.py) --------------------------------------------
+
+
+def only(actions: Iterable[object], kind: type[T]) -> list[T]:
+    """The actions of one kind, in order."""
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def records(actions: Iterable[object], event: Event | None) -> list[Record]:
+    """The records of one lifecycle event (None: those with none, records.problem's)."""
+    return [r for r in only(actions, Record) if r.event is event]

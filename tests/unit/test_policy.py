@@ -9,10 +9,10 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Iterable
-from typing import TypeVar
 
 import pytest
 
+from harness import only, records
 from sockpool import lifecycle as ev
 from sockpool.config import Config
 from sockpool.deadlines import DUMP_GRACE
@@ -30,7 +30,6 @@ from sockpool.states import (
 )
 
 S = WorkerState
-A = TypeVar("A")
 
 
 class Sim:
@@ -79,14 +78,6 @@ class Sim:
 
     def serving(self) -> set[int]:
         return {w.pid for w in self.policy.pool.serving(self.policy.active)}
-
-
-def only(actions: Iterable[object], kind: type[A]) -> list[A]:
-    return [a for a in actions if isinstance(a, kind)]
-
-
-def records(actions: Iterable[object], event: Event | None) -> list[ev.Record]:
-    return [r for r in only(actions, ev.Record) if r.event is event]
 
 
 # -- starting ----------------------------------------------------------------------------------
@@ -263,14 +254,14 @@ def test_a_reload_says_in_one_line_what_only_a_restart_changes_and_goes_on() -> 
     sim.start()
     changed = {"listen": ("127.0.0.1:8008",), "name": "renamed", "dispatchers": "auto"}
     actions = reload(sim, workers=1, **changed)
-    assert [r.message for r in only(actions, ev.Record) if r.event is None] == [
+    assert [r.message for r in records(actions, None)] == [
         "listen, name: a reload keeps what runs; a restart applies the change"
     ]  # auto is one dispatcher for one worker: nothing to say about the count
     [spawn, *_] = only(actions, ev.Spawn)
     kept = spawn.generation.config  # the new generation's, with what runs kept
     assert (kept.listen, kept.name, kept.workers) == (("127.0.0.1:7007",), "sockpool", 1)
     actions = reload(sim, listen=("127.0.0.1:7007",), dispatchers=2)
-    assert [r.message for r in only(actions, ev.Record) if r.event is None] == [
+    assert [r.message for r in records(actions, None)] == [
         "dispatchers (2 asked, 1 serving): a reload keeps what runs; a restart applies the change"
     ]
     # Still one alone, whose sync workers keep queue_ahead (none with several, spec.py).
@@ -281,7 +272,7 @@ def test_one_of_several_dispatchers_leaves_what_a_reload_keeps_to_the_main_proce
     sim = Sim(dispatchers=2)
     sim.start()
     actions = reload(sim, dispatchers=2, listen=("127.0.0.1:8008",))
-    assert not [r for r in only(actions, ev.Record) if r.event is None]
+    assert not records(actions, None)
     assert len(only(actions, ev.Spawn)) == 2
 
 

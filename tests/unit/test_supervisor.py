@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from harness import only, records
 from sockpool import config
 from sockpool import lifecycle as ev
 from sockpool.events import Event
@@ -190,9 +191,7 @@ def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() 
         say(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
     say(p, 0, "READY=1")
     actions = say(p, 1, "READY=1")
-    assert events(actions)[0] is Event.RELOAD_FAILED and not any(
-        isinstance(a, LogLevel) for a in actions
-    )
+    assert events(actions)[0] is Event.RELOAD_FAILED and not only(actions, LogLevel)
     assert actions[0].message == "reload failed, still serving the old generation: no module"
     assert actions[0].level == logging.ERROR and notified(actions) == ["READY=1"]
     # A dispatcher restarted now gets what they all serve, not the reload that failed.
@@ -214,15 +213,15 @@ def test_a_reload_asking_for_another_count_says_so_and_keeps_it() -> None:
     p = ready()
     new = config.build({"workers": 4, "dispatchers": 4, "listen": ["127.0.0.1:1"]}, {}, None)
     actions = p.handle(ev.ReloadRequested(new, "", 2.0))
-    said = [a.message for a in actions if isinstance(a, Record) and a.event is None]
+    said = [r.message for r in records(actions, None)]
     assert said == [
         "listen, dispatchers (4 asked, 2 serving): a reload keeps what runs; "
         "a restart applies the change"
     ]
-    assert p.parts == 2 and len([a for a in actions if isinstance(a, Signal)]) == 2
+    assert p.parts == 2 and len(only(actions, Signal)) == 2
     # Measured against what started, not the last reload: the second one says it again.
     actions = p.handle(ev.ReloadRequested(new, "", 3.0))
-    assert [a for a in actions if isinstance(a, Record) and a.event is None]
+    assert records(actions, None)
 
 
 def test_stop_is_forwarded_and_the_worst_exit_code_wins() -> None:
@@ -234,7 +233,7 @@ def test_stop_is_forwarded_and_the_worst_exit_code_wins() -> None:
         "stopping on SIGINT: draining 3 connections in 2 dispatchers (up to 30s)"
     )
     assert notified(actions) == ["STOPPING=1"]
-    assert [a for a in actions if isinstance(a, Signal)] == [
+    assert only(actions, Signal) == [
         Signal(0, signal.SIGTERM),  # not SIGINT: a second one cuts the drain short
         Signal(1, signal.SIGTERM),
     ]
@@ -302,7 +301,7 @@ def test_a_reload_with_no_dispatcher_running_is_what_the_next_ones_start_with() 
         p.handle(Exited(i, "killed by signal SIGKILL", 137, 1.0))
     new = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
     actions = p.handle(ev.ReloadRequested(new, "", 1.0))
-    assert LogLevel("warning") in actions and not [a for a in actions if isinstance(a, Signal)]
+    assert LogLevel("warning") in actions and not only(actions, Signal)
     assert notified(actions) == ["RELOADING=1", "READY=1"]  # systemd's reload ends too
     assert p.config == new
 
@@ -320,7 +319,7 @@ def test_a_reload_whose_other_dispatcher_died_before_saying_is_not_adopted() -> 
     say(p, 0, f"{RECORD}=reload failed, still serving the old generation: no module")
     say(p, 0, "READY=1")
     actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
-    assert Fork(1) in actions and not [a for a in actions if isinstance(a, LogLevel)]
+    assert Fork(1) in actions and not only(actions, LogLevel)
     assert events(actions)[-2] is Event.RELOAD_FAILED and notified(actions) == ["READY=1"]
     assert p.config is before
 
@@ -362,7 +361,7 @@ def test_a_reload_no_dispatcher_lived_to_serve_is_no_success() -> None:
     p.handle(Started(0, 200, 2.5))
     say(p, 0, "READY=1", serving(before, 0))  # started with what served
     actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
-    [failed] = [a for a in actions if isinstance(a, Record) and a.event is Event.RELOAD_FAILED]
+    [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed: no dispatcher serves the new configuration"
     assert p.config is before and notified(actions) == ["READY=1"]
 
@@ -380,7 +379,7 @@ def test_what_a_dispatcher_serves_decides_not_which_message_came_when() -> None:
         say(p, i, "RELOADING=1")
     say(p, 0, "READY=1", serving(before, 0))  # its reload failed: the old one serves
     actions = say(p, 1, "READY=1", serving(before, 1))  # no record of its own reached us
-    [failed] = [a for a in actions if isinstance(a, Record) and a.event is Event.RELOAD_FAILED]
+    [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed: no dispatcher serves the new configuration"
     assert p.config is before
 
@@ -406,9 +405,9 @@ def test_a_reload_of_the_same_file_whose_new_code_fails_everywhere_says_so() -> 
     for i in (0, 1):
         say(p, i, "RELOADING=1", f"{RECORD}=reload failed, still serving the old generation: x")
         actions = say(p, i, "READY=1", serving(p.config, i))
-    [failed] = [a for a in actions if isinstance(a, Record) and a.event is Event.RELOAD_FAILED]
+    [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed, still serving the old generation: x"
-    assert not [a for a in actions if isinstance(a, LogLevel)]
+    assert not only(actions, LogLevel)
 
 
 def test_a_configurations_digest_is_the_same_in_another_process() -> None:
