@@ -38,11 +38,11 @@ class Dispatcher:
         self,
         listeners: list[Listener],
         config: Config,
-        reload_config: Callable[[], Config],
+        reload_config: Callable[[], Config] | None,
         notifier: Notifier,
     ) -> None:
         self.listeners = listeners
-        self.reload_config = reload_config
+        self.reload_config = reload_config  # on SIGHUP; None: reloads come by reload()
         self.notifier = notifier
         # Its configuration's level: one of N restarted after a reload is forked at the
         # main process's, which changes only once a reload is adopted (supervisor.py).
@@ -157,15 +157,21 @@ class Dispatcher:
         self.hot.catch_up(time.monotonic())  # a stop counts what is in hand (StopRequested)
         if signum == signal.SIGCHLD:
             self._reap()
-        elif signum == signal.SIGHUP and not self.policy.stopping:
+        elif signum == signal.SIGHUP and self.reload_config is not None:
             try:
                 config, error = self.reload_config(), ""
             except Fatal as exc:
                 config, error = None, exc.message
-            self._feed(ev.ReloadRequested(config, error, time.monotonic()))
+            self.reload(config, error)
         elif signum in (signal.SIGTERM, signal.SIGINT):
             name = signal.Signals(signum).name
             self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
+
+    def reload(self, config: Config | None, error: str = "") -> None:
+        """Serve `config` with a new generation of workers (policy.py); None: the reload
+        failed before it began, with `error`."""
+        if not self.policy.stopping:
+            self._feed(ev.ReloadRequested(config, error, time.monotonic()))
 
     def _on_messages(self, p: WorkerProcess) -> None:
         """What a worker sent, a bounded number per loop turn (the channel is

@@ -25,6 +25,9 @@ MIN_WATCHDOG_INTERVAL = 0.01  # seconds: a watchdog far below it cannot be fed b
 RETRY = 0.1  # seconds before a message the queue had no room for is tried again
 PERIODIC = ("STATUS=", "WATCHDOG=")  # tried again with the figures of the moment, not kept
 SERVES = "X_SOCKPOOL_SERVES"  # with a dispatcher's READY=1 to its main process: Config.digest
+# First on every state change a dispatcher sends its main process: the reload it last took,
+# so that a message is never taken for the answer to a newer reload (supervisor.py).
+ROUND = "X_SOCKPOOL_RELOAD"
 MAX_PENDING = 64  # state changes kept for a PID 1 that does not read: the oldest go first
 # Failures that pass: the next try may go through. Any other (systemd gone, a message too
 # big) never will, and the message is dropped.
@@ -47,6 +50,7 @@ class Notifier:
         self.enabled = target is not None or self.address is not None
         self.watchdog_interval = watchdog_interval if target else _watchdog_interval(env)
         self.pending: deque[bytes] = deque(maxlen=MAX_PENDING)  # state changes, in order
+        self.round = 0  # to a main process: the reload number it last asked for (ROUND)
         self._last_status = ""
         self._next_status = 0.0
         self._next_watchdog = 0.0
@@ -60,6 +64,8 @@ class Notifier:
         data = "\n".join(assignments).encode(errors="replace")
         if all(a.startswith(PERIODIC) for a in assignments):
             return self.flush() and self._deliver(data)
+        if self.target is not None:
+            data = f"{ROUND}={self.round}\n".encode() + data
         self.pending.append(data)
         self.flush()
         return True

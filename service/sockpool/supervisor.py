@@ -1,7 +1,11 @@
 """More than one core: N dispatcher processes under one main process (`dispatchers = N`).
 
-    systemd --signals--> main process (this module) --signals--> N dispatchers (dispatcher.py)
+    systemd --signals--> main process (this module) --signals, reloads--> N dispatchers
     each dispatcher --sd_notify-style lines over a socketpair--> main process --> systemd
+
+A reload goes down the same socketpair (Child.ask): its number, and the configuration the
+main process read. Each dispatcher names that number in what it says next, as no signal
+says which reload a message answers; and none reads the file again, which may have changed.
 
 Each dispatcher runs the ordinary Dispatcher with its share of the workers and of the
 connection limits, and accepts from the same listening sockets. Not with EPOLLEXCLUSIVE:
@@ -25,24 +29,29 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
+import pickle
 import re
 import signal
 import socket
 import time
 from collections.abc import Callable, Iterable
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
+from . import channel, log, notify, records
 from . import lifecycle as ev
-from . import log, notify, records
 from .config import Config, as_reloaded
-from .errors import ExitCode, Fatal
+from .errors import ExitCode, Fatal, digits
 from .eventloop import Loop
 from .events import Event
 from .lifecycle import Record
 from .listeners import Listener
 from .process import describe_status, reaped
+
+if TYPE_CHECKING:
+    from .dispatcher import Dispatcher
 
 MAX_BACKOFF = 10.0  # seconds between restarts of a dispatcher that keeps dying, at most
 MAX_FAILURES = 5  # deaths in a row before it ever got ready: the main process gives up
@@ -108,12 +117,11 @@ def sum_status(texts: Iterable[str]) -> str:
 
 
 def parse_message(data: bytes) -> list[tuple[str, str]]:
-    """One message from a dispatcher: sd_notify's KEY=VALUE lines, or a forwarded record
-    (one assignment whose value may span lines)."""
-    text = data.decode(errors="replace")
-    if text.startswith(RECORD + "="):
-        return [(RECORD, text[len(RECORD) + 1 :])]
-    return [(k, v) for k, sep, v in (ln.partition("=") for ln in text.split("\n")) if sep]
+    """One message from a dispatcher: sd_notify's KEY=VALUE lines, of which a forwarded
+    record is the last (its value runs to the end and may span lines)."""
+    head, record, value = ("\n" + data.decode(errors="replace")).partition(f"\n{RECORD}=")
+    lines = (ln.partition("=") for ln in head.split("\n"))
+    return [(k, v) for k, sep, v in lines if sep] + [(RECORD, value)] * bool(record)
 
 
 def exit_code(status: int) -> int:
@@ -152,8 +160,23 @@ class Exited(NamedTuple):
     now: float
 
 
+class Unreachable(NamedTuple):
+    """A reload could not be sent to dispatcher `index`: it keeps what it serves."""
+
+    index: int
+    reason: str
+
+
 class Fork(NamedTuple):
     index: int
+
+
+class Reload(NamedTuple):
+    """Ask dispatcher `index` to serve `config` (its share), as reload number `round`."""
+
+    index: int
+    round: int
+    config: Config
 
 
 class Signal(NamedTuple):
@@ -179,7 +202,7 @@ class LogLevel(NamedTuple):
     level: str
 
 
-Action = Fork | Signal | Notify | Record | Wake | Exit | LogLevel
+Action = Fork | Reload | Signal | Notify | Record | Wake | Exit | LogLevel
 
 
 @dataclasses.dataclass
@@ -188,8 +211,8 @@ class ChildState:
 
     pid: int = 0  # 0: not running
     ready: bool = False  # said READY=1 since it was started
-    reload: str = ""  # "asked": sent SIGHUP; "begun": it said RELOADING=1; "": neither
-    reload_error: str = ""  # its record of a failed reload
+    owes: int = 0  # the reload it was asked for and has not answered with READY=1; 0: none
+    reload_error: str = ""  # its record of that reload's failure
     serves: str = ""  # the digest of the configuration it serves, as its READY=1 said
     status: str = ""
     fed: float = 0.0  # when it last fed its watchdog (or was started)
@@ -211,6 +234,7 @@ class Plan:
         self.stopping = False
         self.announced = False  # READY=1 sent once every dispatcher was ready
         self.reloading = False  # RELOADING=1 sent, READY=1 not yet
+        self.round = 0  # reloads asked of the dispatchers so far: each message names one
         self.code = 0  # the worst exit code so far
 
     def start(self, now: float) -> list[Action]:
@@ -223,9 +247,14 @@ class Plan:
     # -- dispatchers starting and speaking ---------------------------------------------------
     def _on_started(self, e: Started) -> list[Action]:
         c = self.children[e.index]
-        c.pid, c.ready, c.reload, c.status, c.fed, c.restart_at = e.pid, False, "", "", e.now, None
+        c.pid, c.ready, c.owes, c.status, c.fed, c.restart_at = e.pid, False, 0, "", e.now, None
         c.reload_error, c.serves = "", ""  # a new process: its predecessor's reload is over
         return []
+
+    def _on_unreachable(self, e: Unreachable) -> list[Action]:
+        c = self.children[e.index]
+        c.owes, c.reload_error = 0, e.reason
+        return self._reload_state()
 
     def _on_forkfailed(self, e: ForkFailed) -> list[Action]:
         record = records.problem(f"cannot start dispatcher {e.index}: {e.reason}", logging.ERROR)
@@ -237,15 +266,15 @@ class Plan:
         c.status = said.get("STATUS", c.status)
         if said.get("WATCHDOG") == "1":
             c.fed = e.now
-        if said.get("RELOADING") == "1":
-            c.reload, c.reload_error = "begun", ""
-            actions += self._reload_state()
-        if RECORD in said and c.reload == "begun":  # before, it was an older reload's
+        # Its answer to the reload asked of it, not to an older one (its RELOADING=1 tells
+        # nothing new: the main process said so to systemd as it asked).
+        answers = c.owes and said.get(notify.ROUND) == str(c.owes)
+        if RECORD in said and answers:
             c.reload_error = said[RECORD]
         if said.get("READY") == "1":
             c.serves = said.get(notify.SERVES, c.serves)
-            if c.reload == "begun":  # not one of before the SIGHUP we sent
-                c.reload = ""
+            if answers:
+                c.owes = 0
             c.ready, c.failures = True, 0
             actions += self._ready()
         return actions
@@ -263,7 +292,7 @@ class Plan:
     def _reload_state(self) -> list[Action]:
         """RELOADING=1 when the first dispatcher reloads, READY=1 and the record once none
         does; a reload of one that dies meanwhile ends with its death."""
-        busy = any(c.reload and c.pid for c in self.children)
+        busy = any(c.owes and c.pid for c in self.children)
         if busy == self.reloading or self.stopping:
             return []
         self.reloading = busy
@@ -296,7 +325,7 @@ class Plan:
 
     def _adopt(self) -> list[Action]:
         """A reload's configuration becomes the service's once a dispatcher serves it (by
-        its digest: no signal says which reload a message answers). Then those started
+        its digest: a dispatcher that answered may still serve the old one). Then those started
         meanwhile, with the old one, are asked to reload too. One that failed everywhere,
         or whose dispatchers died before they served it, changes nothing, and a dispatcher
         started later gets what the others serve, not a handler that failed."""
@@ -307,9 +336,15 @@ class Plan:
         actions: list[Action] = [LogLevel(asked.log_level)]
         for i, c in enumerate(self.children):
             if c.pid and not self._serves(i, asked) and not c.reload_error:  # missed it
-                c.reload, self.reloading = "asked", True
-                actions.append(Signal(i, signal.SIGHUP))
+                self.reloading = True
+                actions.append(self._ask(i, asked))
         return actions
+
+    def _ask(self, index: int, config: Config) -> Reload:
+        """Reload number `round` of dispatcher `index`, with its share of `config` as the
+        main process read it: a dispatcher reading the file again might find it changed."""
+        self.children[index].owes = self.round
+        return Reload(index, self.round, share(config, index, self.parts))
 
     def _notify(self, state: str) -> Notify:
         return Notify((state, f"STATUS={self.status()}"))
@@ -318,7 +353,7 @@ class Plan:
     def _on_exited(self, e: Exited) -> list[Action]:
         c = self.children[e.index]
         was_ready = c.ready
-        c.pid, c.ready, c.code = 0, False, e.code
+        c.pid, c.ready, c.code, c.owes = 0, False, e.code, 0
         if self.stopping:
             self.code = max(self.code, e.code)
             return self._finish()
@@ -372,11 +407,11 @@ class Plan:
         self.asked, kept = as_reloaded(self.started, e.config, self.parts)
         if kept:
             actions.append(records.problem(kept))
+        self.round += 1
         for i, c in enumerate(self.children):
             c.reload_error = ""  # a newer reload: only its outcome counts
             if c.pid:
-                c.reload = "asked"
-                actions.append(Signal(i, signal.SIGHUP))
+                actions.append(self._ask(i, self.asked))
         if not any(c.pid for c in self.children):
             # None to try it (all waiting to start again): those started next get it, as
             # the fix for what keeps them dying may be in it.
@@ -457,6 +492,19 @@ class Child:
                 break
         return messages
 
+    def ask(self, order: Reload) -> None:
+        """Send the reload: its number, and the configuration in a memfd passed with it (no
+        size limit, where a message has one), pickled: it goes to our own fork."""
+        fd = os.memfd_create("sockpool-reload", os.MFD_CLOEXEC)
+        try:
+            with open(fd, "wb", closefd=False) as file:
+                pickle.dump(order.config, file)
+            if self.sock is None:
+                raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
+            socket.send_fds(self.sock, [f"{notify.ROUND}={order.round}".encode()], [fd])
+        finally:
+            os.close(fd)
+
     def signal(self, signum: int) -> None:
         if self.pid:
             with contextlib.suppress(ProcessLookupError):
@@ -513,6 +561,8 @@ class Supervisor:
         for action in actions:
             if isinstance(action, Fork):
                 self._fork(action.index)
+            elif isinstance(action, Reload):
+                self._ask(action)
             elif isinstance(action, Signal):
                 self.children[action.index].signal(action.signum)
             elif isinstance(action, Notify):
@@ -528,6 +578,13 @@ class Supervisor:
 
     def _tick(self) -> None:
         self.do(self.plan.handle(ev.Tick(time.monotonic())))
+
+    def _ask(self, order: Reload) -> None:
+        try:
+            self.children[order.index].ask(order)
+        except OSError as exc:  # a dispatcher that took none of many reloads, or exiting
+            why = f"reload failed: cannot reach dispatcher {order.index}: {exc.strerror or exc}"
+            self.do(self.plan.handle(Unreachable(order.index, why)))
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -630,12 +687,11 @@ class Supervisor:
         log.log.addFilter(_LeaveToMain(notifier))
         log.set_process_fields(DISPATCHER=index)
         try:
+            # No reload_config: a SIGHUP is the main process's, which asks over `sock`.
             dispatcher = Dispatcher(
-                self.listeners,
-                share(self.plan.config, index, parts),
-                lambda: share(self.reload_config(), index, parts),
-                notifier,
+                self.listeners, share(self.plan.config, index, parts), None, notifier
             )
+            dispatcher.loop.watch(sock, lambda: _on_reload(sock, dispatcher))
             return dispatcher.run()
         except Fatal as exc:
             self.report(exc)
@@ -647,6 +703,54 @@ class Supervisor:
             if log.journal:
                 log.journal.drain(log.EXIT_DRAIN)
             logging.shutdown()
+
+
+class Taken(NamedTuple):
+    """A reload as a dispatcher received it: `config` None if it could not be read."""
+
+    round: int
+    config: Config | None
+    error: str
+
+
+def take_reload(sock: socket.socket) -> Taken | None:
+    """In a dispatcher: the reload the main process sent (Child.ask); None if there is
+    none to read. EOFError: the main process is gone."""
+    try:
+        data, fds, flags, _ = socket.recv_fds(sock, 64, 1)
+    except BlockingIOError:
+        return None
+    except OSError as exc:
+        raise EOFError from exc
+    if not data:
+        raise EOFError
+    key, _, number = data.decode(errors="replace").partition("=")
+    try:
+        if key != notify.ROUND or not digits(number):
+            return Taken(0, None, f"a bad reload message from the main process: {data[:60]!r}")
+        if len(fds) != 1:
+            why = "descriptors dropped" if flags & socket.MSG_CTRUNC else "no descriptor"
+            return Taken(int(number), None, f"the configuration did not come ({why})")
+        with open(fds[0], "rb", closefd=False) as file:
+            file.seek(0)  # the main process's writing left the shared offset at the end
+            return Taken(int(number), pickle.load(file), "")
+    except Exception as exc:  # unpickling may raise anything; the reload fails, not this
+        return Taken(int(number), None, f"cannot read the configuration: {exc}")
+    finally:
+        channel.close_all(fds)
+
+
+def _on_reload(sock: socket.socket, dispatcher: Dispatcher) -> None:
+    """Whatever the dispatcher says from now on names this reload, so the main process
+    never takes an older answer for it."""
+    try:
+        taken = take_reload(sock)
+    except EOFError:  # PR_SET_PDEATHSIG stops this one
+        dispatcher.loop.unwatch(sock)
+        return
+    if taken is not None:
+        dispatcher.notifier.round = taken.round or dispatcher.notifier.round
+        dispatcher.reload(taken.config, taken.error)
 
 
 class _LeaveToMain(logging.Filter):

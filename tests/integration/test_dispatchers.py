@@ -255,3 +255,18 @@ def test_check_accepts_dispatchers_and_refuses_bad_values(tmp_path: Path) -> Non
     assert result.stderr == (
         "sockpool: --dispatchers: expected a positive integer or 'auto', got 'many'\n"
     )
+
+
+def test_a_sighup_to_every_process_reloads_once(serve) -> None:
+    """`systemctl kill --signal=SIGHUP` signals every process of the unit: the dispatchers
+    leave a SIGHUP to the main process, which asks each of them once."""
+    service, dispatchers = two_dispatchers(serve, ECHO)
+    everyone = [service.pid, *dispatchers, *(w for d in dispatchers for w in children(d))]
+    for pid in everyone:
+        os.kill(pid, signal.SIGHUP)
+    wait_until(lambda: "reloaded: 2 dispatchers serve" in service.output(), "the reload")
+    wait_until(lambda: sum(len(children(d)) for d in dispatchers) == 4, "the old workers to drain")
+    log = service.output()
+    assert log.count("GENERATION=2]") == 4  # its four workers ready, and no other reload
+    assert "GENERATION=3" not in log and log.count("reloaded: ") == 1, log
+    assert service.read_notifications().count("READY=1") == 2

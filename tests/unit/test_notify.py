@@ -104,9 +104,12 @@ def test_a_notifier_with_a_target_tells_it_not_systemd(systemd) -> None:
         n = Notifier(env, target=theirs, watchdog_interval=0.5)
         n.ready("workers 1/1")
         n.tick(1.0, lambda: "workers 1/1")
-        assert [ours.recv(4096) for _ in range(2)] == [
-            b"READY=1\nSTATUS=workers 1/1",
+        n.round = 3  # the main process asked for reload 3: its state changes say so
+        n.reloading()
+        assert [ours.recv(4096) for _ in range(3)] == [
+            f"{notify.ROUND}=0\nREADY=1\nSTATUS=workers 1/1".encode(),
             b"WATCHDOG=1",
+            f"{notify.ROUND}=3\nRELOADING=1\nSTATUS=reloading".encode(),
         ]
         assert n.next_due(1.0) == 0.5
         assert received(sock) == []

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -14,25 +16,30 @@ from sockpool import config
 from sockpool import lifecycle as ev
 from sockpool.events import Event
 from sockpool.lifecycle import Record
-from sockpool.notify import SERVES
+from sockpool.notify import ROUND, SERVES
 from sockpool.spec import WorkerSpec
 from sockpool.supervisor import (
     RECORD,
+    Child,
     Exit,
     Exited,
     Fork,
     LogLevel,
     Notify,
     Plan,
+    Reload,
     Said,
     Signal,
     Started,
+    Taken,
+    Unreachable,
     Wake,
     parse_message,
     parse_status,
     share,
     split,
     sum_status,
+    take_reload,
 )
 
 
@@ -110,6 +117,8 @@ def test_messages_are_parsed() -> None:
     assert parse_message(b"WATCHDOG=1") == [("WATCHDOG", "1")]
     text = f"{RECORD}=reload failed: first line\nsecond=line"
     assert parse_message(text.encode()) == [(RECORD, "reload failed: first line\nsecond=line")]
+    text = f"{ROUND}=3\n{RECORD}=failed: a {RECORD}=b\nc=d"  # a record comes last, whole
+    assert parse_message(text.encode()) == [(ROUND, "3"), (RECORD, f"failed: a {RECORD}=b\nc=d")]
     assert parse_message(b"garbage\n\xff") == []
 
 
@@ -127,6 +136,12 @@ def plan(parts: int = 2, watchdog: float = 0.0, **values: object) -> Plan:
 
 def say(p: Plan, index: int, *lines: str, now: float = 1.0) -> list:
     return p.handle(Said(index, parse_message("\n".join(lines).encode()), now))
+
+
+def answer(p: Plan, index: int, *lines: str, now: float = 1.0) -> list:
+    """What a dispatcher says once it took the reload last asked of it: every state change
+    it sends names that reload (notify.Notifier.round)."""
+    return say(p, index, f"{ROUND}={p.round}", *lines, now=now)
 
 
 def events(actions: list) -> list:
@@ -166,15 +181,15 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
     actions = p.handle(ev.ReloadRequested(new, "", 2.0))
     assert events(actions) == [
         Event.RELOADING,
-        Signal(0, signal.SIGHUP),
-        Signal(1, signal.SIGHUP),
+        Reload(0, 1, share(new, 0, 2)),  # the configuration as the main process read it
+        Reload(1, 1, share(new, 1, 2)),
         Notify(("RELOADING=1", "STATUS=reloading")),
     ]
     assert p.asked == new != p.config  # the service's once a dispatcher serves it
-    assert say(p, 0, "READY=1") == []  # from before it had the SIGHUP: not its reload
-    assert say(p, 0, "RELOADING=1") == say(p, 0, "READY=1", serving(new, 0)) == []
-    assert say(p, 1, "RELOADING=1") == []
-    actions = say(p, 1, "READY=1", serving(new, 1))
+    assert say(p, 0, f"{ROUND}=0", "READY=1") == []  # from before it took the reload
+    assert answer(p, 0, "RELOADING=1") == answer(p, 0, "READY=1", serving(new, 0)) == []
+    assert answer(p, 1, "RELOADING=1") == []
+    actions = answer(p, 1, "READY=1", serving(new, 1))
     # Its own log level once all have reloaded (a reload that fails changes none).
     assert events(actions)[:2] == [LogLevel("debug"), Event.READY]
     assert "reloaded" in actions[1].message and notified(actions) == ["READY=1"]
@@ -187,10 +202,10 @@ def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() 
     broken = config.build({"workers": 4, "dispatchers": 2, "handler": "no:module"}, {}, None)
     p.handle(ev.ReloadRequested(broken, "", 2.0))
     for i in (0, 1):
-        say(p, i, "RELOADING=1")
-        say(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
-    say(p, 0, "READY=1")
-    actions = say(p, 1, "READY=1")
+        answer(p, i, "RELOADING=1")
+        answer(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
+    answer(p, 0, "READY=1")
+    actions = answer(p, 1, "READY=1")
     assert events(actions)[0] is Event.RELOAD_FAILED and not only(actions, LogLevel)
     assert actions[0].message == "reload failed, still serving the old generation: no module"
     assert actions[0].level == logging.ERROR and notified(actions) == ["READY=1"]
@@ -218,7 +233,7 @@ def test_a_reload_asking_for_another_count_says_so_and_keeps_it() -> None:
         "listen, dispatchers (4 asked, 2 serving): a reload keeps what runs; "
         "a restart applies the change"
     ]
-    assert p.parts == 2 and len(only(actions, Signal)) == 2
+    assert p.parts == 2 and len(only(actions, Reload)) == 2
     # Measured against what started, not the last reload: the second one says it again.
     actions = p.handle(ev.ReloadRequested(new, "", 3.0))
     assert records(actions, None)
@@ -301,7 +316,7 @@ def test_a_reload_with_no_dispatcher_running_is_what_the_next_ones_start_with() 
         p.handle(Exited(i, "killed by signal SIGKILL", 137, 1.0))
     new = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
     actions = p.handle(ev.ReloadRequested(new, "", 1.0))
-    assert LogLevel("warning") in actions and not only(actions, Signal)
+    assert LogLevel("warning") in actions and not only(actions, Reload)
     assert notified(actions) == ["RELOADING=1", "READY=1"]  # systemd's reload ends too
     assert p.config == new
 
@@ -315,9 +330,9 @@ def test_a_reload_whose_other_dispatcher_died_before_saying_is_not_adopted() -> 
     p = ready()
     before = p.config
     p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.0))
-    say(p, 0, "RELOADING=1")
-    say(p, 0, f"{RECORD}=reload failed, still serving the old generation: no module")
-    say(p, 0, "READY=1")
+    answer(p, 0, "RELOADING=1")
+    answer(p, 0, f"{RECORD}=reload failed, still serving the old generation: no module")
+    answer(p, 0, "READY=1")
     actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
     assert Fork(1) in actions and not only(actions, LogLevel)
     assert events(actions)[-2] is Event.RELOAD_FAILED and notified(actions) == ["READY=1"]
@@ -330,26 +345,26 @@ def test_a_dispatcher_started_during_a_reload_that_works_is_asked_to_reload_too(
     p.handle(ev.ReloadRequested(new, "", 2.0))
     assert p.handle(Exited(1, "killed by signal SIGKILL", 137, 2.5))[-1] == Fork(1)
     p.handle(Started(1, 201, 2.5))  # started with what served before: not yet proven
-    say(p, 1, "READY=1", serving(p.config, 1))
-    say(p, 0, "RELOADING=1")
-    actions = say(p, 0, "READY=1", serving(new, 0))  # it serves the reload: adopted
-    assert actions == [LogLevel("warning"), Signal(1, signal.SIGHUP)]  # no READY=1 yet
+    say(p, 1, f"{ROUND}=0", "READY=1", serving(p.config, 1))
+    answer(p, 0, "RELOADING=1")
+    actions = answer(p, 0, "READY=1", serving(new, 0))  # it serves the reload: adopted
+    assert actions == [LogLevel("warning"), Reload(1, 1, share(new, 1, 2))]  # no READY=1 yet
     assert p.config == new
-    say(p, 1, "RELOADING=1")
-    actions = say(p, 1, "READY=1", serving(new, 1))
+    answer(p, 1, "RELOADING=1")
+    actions = answer(p, 1, "READY=1", serving(new, 1))
     assert events(actions)[0] is Event.READY and notified(actions) == ["READY=1"]
 
 
 def test_a_newer_reload_forgets_the_failure_of_the_one_before() -> None:
     p = ready()
     p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.0))
-    say(p, 0, "RELOADING=1", f"{RECORD}=reload failed: no module")
+    answer(p, 0, "RELOADING=1", f"{RECORD}=reload failed: no module")
     good = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
     p.handle(ev.ReloadRequested(good, "", 3.0))  # before either said READY=1
     for i in (0, 1):
-        say(p, i, "RELOADING=1")
-    say(p, 0, "READY=1", serving(good, 0))
-    actions = say(p, 1, "READY=1", serving(good, 1))
+        answer(p, i, "RELOADING=1")
+    answer(p, 0, "READY=1", serving(good, 0))
+    actions = answer(p, 1, "READY=1", serving(good, 1))
     assert events(actions)[1] is Event.READY and p.config == good
 
 
@@ -359,26 +374,42 @@ def test_a_reload_no_dispatcher_lived_to_serve_is_no_success() -> None:
     p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.0))
     p.handle(Exited(0, "killed by signal SIGKILL", 137, 2.5))
     p.handle(Started(0, 200, 2.5))
-    say(p, 0, "READY=1", serving(before, 0))  # started with what served
+    say(p, 0, f"{ROUND}=0", "READY=1", serving(before, 0))  # started with what served
     actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
     [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed: no dispatcher serves the new configuration"
     assert p.config is before and notified(actions) == ["READY=1"]
 
 
-def test_what_a_dispatcher_serves_decides_not_which_message_came_when() -> None:
-    """No signal says which reload a message answers: a READY=1 still serving the old
-    configuration, or an older reload's error read after the newer SIGHUP, decides
-    nothing."""
+def test_an_older_reloads_answers_decide_nothing() -> None:
+    """Read after a newer SIGHUP, an older reload's error, RELOADING=1 and READY=1 neither
+    end the newer reload early nor fail it: each names the reload it answers."""
+    p = ready()
+    first = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 7}, {}, None)
+    p.handle(ev.ReloadRequested(first, "", 2.0))
+    second = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 8}, {}, None)
+    p.handle(ev.ReloadRequested(second, "", 2.1))
+    for i in (0, 1):
+        assert say(p, i, f"{ROUND}=1", f"{RECORD}=reload failed: the first one's") == []
+        assert say(p, i, f"{ROUND}=1", "RELOADING=1") == []
+        assert say(p, i, f"{ROUND}=1", "READY=1", serving(first, i)) == []
+    assert p.reloading and p.asked == second
+    answer(p, 0, "RELOADING=1")
+    answer(p, 0, "READY=1", serving(second, 0))
+    actions = answer(p, 1, "READY=1", serving(second, 1))  # its RELOADING=1 lost: no matter
+    assert [r.message for r in records(actions, Event.READY)] == ["reloaded: 2 dispatchers serve"]
+    assert p.config == second and not p.reloading
+
+
+def test_what_a_dispatcher_serves_decides_not_only_that_it_answered() -> None:
+    """An answer that still serves the old configuration is no success, even when no record
+    of the failure reached the main process."""
     p = ready()
     before = p.config
     broken = config.build(BROKEN, {}, None)
     p.handle(ev.ReloadRequested(broken, "", 2.0))
-    say(p, 0, f"{RECORD}=reload failed: from a reload before this one")  # still "asked"
-    for i in (0, 1):
-        say(p, i, "RELOADING=1")
-    say(p, 0, "READY=1", serving(before, 0))  # its reload failed: the old one serves
-    actions = say(p, 1, "READY=1", serving(before, 1))  # no record of its own reached us
+    answer(p, 0, "READY=1", serving(before, 0))  # its reload failed: the old one serves
+    actions = answer(p, 1, "READY=1", serving(before, 1))
     [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed: no dispatcher serves the new configuration"
     assert p.config is before
@@ -389,9 +420,9 @@ def test_a_sighup_before_the_first_ready_ends_with_it() -> None:
     new = config.build({"workers": 4, "dispatchers": 2, "log_level": "debug"}, {}, None)
     p.handle(ev.ReloadRequested(new, "", 0.5))
     for i in (0, 1):
-        say(p, i, "RELOADING=1")
-    say(p, 0, "READY=1", serving(new, 0))
-    actions = say(p, 1, "READY=1", serving(new, 1))
+        answer(p, i, "RELOADING=1")
+    answer(p, 0, "READY=1", serving(new, 0))
+    actions = answer(p, 1, "READY=1", serving(new, 1))
     assert [e for e in events(actions) if isinstance(e, Event)] == [Event.READY, Event.READY]
     assert notified(actions) == ["READY=1", "READY=1"] and not p.reloading
     assert p.config == new
@@ -403,8 +434,9 @@ def test_a_reload_of_the_same_file_whose_new_code_fails_everywhere_says_so() -> 
     p = ready()
     p.handle(ev.ReloadRequested(p.config, "", 2.0))
     for i in (0, 1):
-        say(p, i, "RELOADING=1", f"{RECORD}=reload failed, still serving the old generation: x")
-        actions = say(p, i, "READY=1", serving(p.config, i))
+        answer(p, i, "RELOADING=1")
+        answer(p, i, f"{RECORD}=reload failed, still serving the old generation: x")
+        actions = answer(p, i, "READY=1", serving(p.config, i))
     [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed, still serving the old generation: x"
     assert not only(actions, LogLevel)
@@ -423,3 +455,55 @@ def test_a_configurations_digest_is_the_same_in_another_process() -> None:
     other = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert other.returncode == 0, other.stderr
     assert other.stdout.strip() == share(config.build(values, {}, None), 1, 2).digest
+
+
+def test_a_dispatcher_the_reload_cannot_reach_keeps_what_it_serves() -> None:
+    p = ready()
+    new = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
+    p.handle(ev.ReloadRequested(new, "", 2.0))
+    reason = "reload failed: cannot reach dispatcher 1: Resource temporarily unavailable"
+    assert p.handle(Unreachable(1, reason)) == []  # dispatcher 0 still reloads
+    actions = answer(p, 0, "READY=1", serving(new, 0))
+    [failed] = records(actions, Event.RELOAD_FAILED)
+    assert failed.message == reason + " (1 of 2 dispatchers)"
+    assert p.config == new and not only(actions, Reload)  # not asked again: it would loop
+
+
+def test_a_reload_reaches_the_dispatcher_whole_and_named() -> None:
+    """The configuration the main process read goes with the reload's number, however
+    large (here beyond what one message can carry), and bad messages fail that reload
+    without leaking a descriptor."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    theirs.setblocking(False)
+    child = Child(1)
+    child.sock = ours
+    tables = {f"l{i}": {"handler": f"m{i}{'x' * 250}:h"} for i in range(1024)}
+    big = config.build({"workers": 4, "dispatchers": 2, "listeners": tables}, {}, None)
+    fds = len(os.listdir("/proc/self/fd"))
+    try:
+        assert take_reload(theirs) is None  # nothing sent yet
+        child.ask(Reload(1, 7, big))
+        taken = take_reload(theirs)
+        assert taken == Taken(7, big, "") and taken.config.digest == big.digest
+        ours.send(b"hello")
+        assert take_reload(theirs) == Taken(
+            0, None, "a bad reload message from the main process: b'hello'"
+        )
+        ours.send(f"{ROUND}=8".encode())
+        assert take_reload(theirs) == Taken(
+            8, None, "the configuration did not come (no descriptor)"
+        )
+        junk = os.memfd_create("junk")
+        os.write(junk, b"not a pickle")
+        socket.send_fds(ours, [f"{ROUND}=9".encode()], [junk])
+        os.close(junk)
+        taken = take_reload(theirs)
+        assert taken.round == 9 and taken.config is None
+        assert taken.error.startswith("cannot read the configuration: ")
+        assert len(os.listdir("/proc/self/fd")) == fds
+        ours.close()
+        with pytest.raises(EOFError):  # the main process is gone
+            take_reload(theirs)
+    finally:
+        ours.close()
+        theirs.close()
