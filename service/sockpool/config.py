@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -17,7 +16,7 @@ from typing import Any, NamedTuple
 
 from .completions import MAX_QUEUE_AHEAD
 from .errors import QUOTE_LIMIT, ConfigError, cut, quote
-from .listeners import MAX_LISTEN_FDS, parse_address
+from .listeners import MAX_LISTEN_FDS, clashes, parse_address
 from .proxyproto import DEFAULT_ALLOW, VERSIONS, parse_network
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -305,15 +304,13 @@ def _addresses(value: Any) -> tuple[str, ...]:
         value = [value]
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) and v for v in value):
         raise ValueError(f"expected a list of addresses, got {quote(value)}")
-    seen: dict[tuple[int, object], str] = {}
-    for text in value:
-        address = parse_address(text)  # raises ValueError naming the bad one
-        if address.family != socket.AF_UNIX and address.sockaddr[1] == 0:
-            continue  # port 0: each gets a port of its own
-        key = (address.family, address.sockaddr)
-        if key in seen:  # the second bind would fail: say why before any socket exists
-            raise ValueError(f"{quote(text)}: the same address as {quote(seen[key])}")
-        seen[key] = text
+    addresses = [parse_address(text) for text in value]  # a ValueError names the bad one
+    # The second bind would fail: say why before any socket exists.
+    if clash := clashes(addresses):
+        first, second = (quote(value[i]) for i in clash[:2])
+        if clash[2]:
+            raise ValueError(f"{second}: {first} has that port on every address already")
+        raise ValueError(f"{second}: the same address as {first}")
     return tuple(value)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import os
 import re
 import socket
@@ -103,6 +104,55 @@ def parse_address(text: str) -> Address:
             + ("" if address.name else ": give NAME=ADDR")
         )
     return address
+
+
+_EVERY4 = ipaddress.IPv4Address("0.0.0.0")
+_EVERY = ipaddress.IPv6Address("::")  # bound dual-stack (bind()): every IPv4 address too
+
+
+def clashes(addresses: list[Address]) -> tuple[int, int, bool] | None:
+    """The first two of `addresses` that cannot both be bound, as Linux has it for two
+    listening sockets (EADDRINUSE), as (earlier, later, wildcard); None if there are none.
+    The same path; or the same port with the same IP address, or a wildcard that covers the
+    other (`wildcard` True). An IPv4-mapped IPv6 address counts as its IPv4 one. A host
+    name is compared as written: it is resolved only at bind. Port 0 gets one of its own."""
+    paths: dict[str, int] = {}
+    ports: dict[int, list[tuple[object, int]]] = {}
+    for i, address in enumerate(addresses):
+        if address.family == socket.AF_UNIX:
+            if (j := paths.setdefault(_path(address.sockaddr), i)) != i:
+                return j, i, False
+            continue
+        host, port = _host(address.sockaddr[0]), address.sockaddr[1]
+        if not port:
+            continue
+        for other, j in ports.get(port, []):
+            if other == host:
+                return j, i, False
+            if _EVERY in (host, other) or _covers(other, host) or _covers(host, other):
+                return j, i, True
+        ports.setdefault(port, []).append((host, i))
+    return None
+
+
+def _covers(wide: object, host: object) -> bool:
+    return wide == _EVERY4 and isinstance(host, ipaddress.IPv4Address)
+
+
+def _path(path: str) -> str:
+    """A socket file's path as the kernel finds it (`/a/./b.sock`, `//a/b.sock`: `/a/b.sock`),
+    symbolic links aside; an abstract name as it is."""
+    return path if path.startswith("\0") else "/" + os.path.normpath(path).lstrip("/")
+
+
+def _host(host: str) -> object:
+    """An IP address as the kernel reads it (`127.1` is 127.0.0.1), else the name."""
+    with contextlib.suppress(OSError):
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    with contextlib.suppress(OSError):
+        v6 = ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, host))
+        return v6.ipv4_mapped or v6
+    return host.lower()
 
 
 def _parse(name: str | None, text: str) -> Address:

@@ -40,6 +40,7 @@ def test_defaults() -> None:
         ({"listen": ["nonsense:port"]}, "port must be a number"),
         ({"listen": ["/run/a.sock", "x=/run/a.sock"]}, "'x=/run/a.sock': the same address as"),
         ({"listen": ["127.0.0.1:80", "127.0.0.1:80"]}, "the same address as '127.0.0.1:80'"),
+        ({"listen": ["8123", "127.0.0.1:8123"]}, "'8123' has that port on every address already"),
         ({"listeners": {"a": "x"}}, "listeners: a: expected a table"),
         ({"listeners": {"a": {"handler": 3}}}, "listeners: a.handler: expected 'module:callable'"),
         ({"unknown": 1}, "unknown: unknown key"),

@@ -7,7 +7,14 @@ import socket
 import pytest
 
 from sockpool.errors import ExitCode, Fatal
-from sockpool.listeners import PEER_FORMAT, Address, check_fdnames, parse_address
+from sockpool.listeners import (
+    PEER_FORMAT,
+    Address,
+    bind,
+    check_fdnames,
+    clashes,
+    parse_address,
+)
 
 
 @pytest.mark.parametrize(
@@ -106,3 +113,45 @@ def test_listen_fdnames_systemd_passes() -> None:
     ]
     assert check_fdnames({"LISTEN_FDNAMES": "a::b"}) == ["a", "", "b"]
     assert check_fdnames({}) is None
+
+
+PAIRS = [
+    ("127.0.0.1:{p}", "127.0.0.1:{p}", False),
+    ("127.0.0.1:{p}", "127.1:{p}", False),  # the kernel reads 127.1 as 127.0.0.1
+    ("127.0.0.1:{p}", "127.0.0.2:{p}", None),
+    ("0.0.0.0:{p}", "127.0.0.1:{p}", True),
+    ("127.0.0.1:{p}", "0.0.0.0:{p}", True),
+    ("{p}", "127.0.0.1:{p}", True),  # PORT alone is dual-stack: every address
+    ("[::1]:{p}", "{p}", True),
+    ("[::]:{p}", "0.0.0.0:{p}", True),
+    ("127.0.0.1:{p}", "[::1]:{p}", None),
+    ("127.0.0.1:{p}", "[::ffff:127.0.0.1]:{p}", False),
+    ("0.0.0.0:{p}", "[::1]:{p}", None),
+    ("127.0.0.1:{p}", "127.0.0.1:0", None),
+    ("{d}/a.sock", "{d}/./a.sock", False),
+    ("{d}/a.sock", "/{d}/b/../a.sock", False),
+    ("{d}/a.sock", "{d}/b.sock", None),
+    ("@sockpool-clash-{p}", "@sockpool-clash-{p}", False),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "wildcard"), PAIRS)
+def test_clashes_are_those_the_kernel_refuses(first, second, wildcard, tmp_path) -> None:
+    """What --check says cannot be bound together is what bind() then refuses."""
+    (tmp_path / "b").mkdir()
+    with socket.socket(socket.AF_INET6) as probe:  # a port free on every address
+        probe.bind(("::", 0))
+        port = probe.getsockname()[1]
+    texts = [t.format(p=port, d=tmp_path) for t in (first, second)]
+    addresses = [parse_address(t) for t in texts]
+    assert clashes(addresses) == (None if wildcard is None else (0, 1, wildcard))
+    bound = [bind(addresses[0])]
+    try:
+        if wildcard is None:
+            bound.append(bind(addresses[1]))
+        else:
+            with pytest.raises(Fatal, match="Address already in use"):
+                bound.append(bind(addresses[1]))
+    finally:
+        for listener in bound:
+            listener.close()
