@@ -36,12 +36,24 @@ def test_status_reload_and_records_of_two_dispatchers(instance: MakeInstance) ->
     assert unit.main_pid() == main
     assert request(ADDRESS, b"after\n") == b"after\n"
 
+    # `systemctl kill` signals every process of the unit: still one reload, not one of the
+    # dispatchers' own and then the MainPID's. Its workers are the third generation.
+    def ready() -> list[dict[str, str]]:
+        return unit.journal(f"MESSAGE_ID={Event.READY.value}")
+
+    old = unit.workers()
+    unit.machine.systemctl("kill", "--signal=SIGHUP", unit.service)
+    wait_until(lambda: len(ready()) == 3, "reloaded again")
+    wait_until(lambda: len(unit.workers()) == 3 and unit.workers().isdisjoint(old), "new workers")
+    started = unit.journal(f"MESSAGE_ID={Event.WORKER_STARTED.value}")
+    serving = unit.workers()
+    assert {e["GENERATION"] for e in started if int(e["WORKER_PID"]) in serving} == {"3"}
+
     # The lifecycle records come once, from the MainPID; worker records from the dispatchers.
-    ready = unit.journal(f"MESSAGE_ID={Event.READY.value}")
-    assert [e["MESSAGE"] for e in ready] == [
+    assert [e["MESSAGE"] for e in ready()] == [
         "ready: 3 workers in 2 dispatchers",
         "reloaded: 2 dispatchers serve",
+        "reloaded: 2 dispatchers serve",
     ]
-    assert {e["_PID"] for e in ready} == {str(main)}
-    started = unit.journal(f"MESSAGE_ID={Event.WORKER_STARTED.value}")
+    assert {e["_PID"] for e in ready()} == {str(main)}
     assert {e["_PID"] for e in started} == {str(d) for d in unit.children({main})}

@@ -58,7 +58,10 @@ def test_rss_of_a_live_and_a_missing_process() -> None:
     assert health.rss_mib(2**22 + 12345) is None
 
 
-def waiting_in_a_named_function() -> None:
+def waiting_in_a_named_function(ready: int) -> None:
+    """Says so from inside: signalled between a write before the call and the call, the
+    stacks would show only the caller's line."""
+    os.write(ready, b".")
     while True:
         time.sleep(0.01)
 
@@ -69,8 +72,7 @@ def test_stacks_of_a_busy_process_on_request() -> None:
     pid = os.fork()
     if pid == 0:
         faulthandler.register(health.DUMP_SIGNAL, file=stacks, all_threads=True)
-        os.write(registered_w, b".")  # before this, the signal would kill it
-        waiting_in_a_named_function()
+        waiting_in_a_named_function(registered_w)  # not signalled before: it would be killed
     try:
         os.close(registered_w)
         assert os.read(registered_r, 1) == b"."
