@@ -117,6 +117,7 @@ class Lifecycle:
             return [records.ready(gen, ready), ev.Notify("ready")]
         old = [w for w in self.pool.of(self.active) if w.state is not S.KILLED]
         self.active, self.incoming = gen, None
+        self.announced_ready = True  # a reload asked during the start: this READY=1 ends both
         self.pool.version += 1
         self.respawns = [(at, g) for at, g in self.respawns if g is gen]
         return [
@@ -227,10 +228,9 @@ class Lifecycle:
         if self.stopping:
             return []
         actions = self._drop_incoming()  # a newer reload supersedes one still starting
-        actions += [
-            ev.Notify("reloading"),
-            records.event(Event.RELOADING, "reloading: re-reading the configuration"),
-        ]
+        # Not before the first READY=1: systemd is still waiting for the start.
+        actions += [ev.Notify("reloading")] * self.announced_ready
+        actions.append(records.event(Event.RELOADING, "reloading: re-reading the configuration"))
         if e.config is None:
             return actions + self._abort_reload(e.error)
         config, kept = as_reloaded(self.started, e.config, 1)
@@ -242,7 +242,10 @@ class Lifecycle:
         return actions + [ev.Spawn(self.incoming)] * config.workers
 
     def _abort_reload(self, reason: str) -> list[Action]:
-        return [*self._drop_incoming(), records.reload_failed(reason), ev.Notify("ready")]
+        """The old generation serves on; one still starting says READY=1 once it is ready,
+        not now (systemd would take the start as done, with no worker ready)."""
+        ready = [ev.Notify("ready")] * self.announced_ready
+        return [*self._drop_incoming(), records.reload_failed(reason), *ready]
 
     def _drop_incoming(self) -> list[Action]:
         """Kill a reload's generation that is not serving yet."""

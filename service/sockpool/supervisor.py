@@ -226,7 +226,7 @@ class Plan:
 
     def __init__(self, config: Config, parts: int, watchdog: float = 0.0) -> None:
         self.config = config  # what the dispatchers serve, and one started now gets
-        self.asked: Config | None = None  # a reload's, until one dispatcher serves it
+        self.asked: list[Config] = []  # reloads', oldest first, until one is adopted or fails
         self.started = config  # what the sockets, the journal's name and the count came from
         self.parts = parts
         self.watchdog = watchdog  # seconds between WATCHDOG=1; 0: systemd asked for none
@@ -285,27 +285,28 @@ class Plan:
                 return []
             self.announced = True
             message = f"ready: {self.config.workers} workers in {self.parts} dispatchers"
-            # A SIGHUP before this: its reload ends now too (systemd waits for READY=1).
+            # A reload asked before this that all have answered ends now, with its record.
             return [Record(Event.READY, message), self._notify("READY=1"), *self._reload_state()]
         return self._reload_state()
 
     def _reload_state(self) -> list[Action]:
-        """RELOADING=1 when the first dispatcher reloads, READY=1 and the record once none
-        does; a reload of one that dies meanwhile ends with its death."""
+        """RELOADING=1 as the main process asks the dispatchers to reload; READY=1 and the
+        record once none owes an answer (one that dies meanwhile owes none). Neither goes
+        to systemd before the first READY=1: it would take the start as done."""
         busy = any(c.owes and c.pid for c in self.children)
         if busy == self.reloading or self.stopping:
             return []
-        self.reloading = busy
+        self.reloading, tell = busy, self.announced
         if busy:
-            return [Notify(("RELOADING=1", "STATUS=reloading"))]
-        pending = self.asked is not None
-        adopted = self._adopt()
+            return [Notify(("RELOADING=1", "STATUS=reloading"))] * tell
+        asked, self.asked = self.asked, []
+        adopted, actions = self._adopt(asked)
         if self.reloading:  # it asked the dispatchers that missed the reload: wait for them
-            return adopted
+            return actions
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
             c.reload_error = ""
-        if pending and not adopted:
+        if asked and adopted is not asked[-1]:  # the newest reload serves nowhere
             reason = (
                 failed[0] if failed else "reload failed: no dispatcher serves the new configuration"
             )
@@ -315,30 +316,38 @@ class Plan:
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         else:
             record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
-        return [*adopted, record, self._notify("READY=1")]
+        return [*actions, record] + [self._notify("READY=1")] * tell
 
-    def _serves(self, index: int, config: Config) -> bool:
-        """Dispatcher `index` said READY=1 serving its share of `config`, and no error: a
-        reload of the same file (new code) that failed leaves the same digest serving."""
+    def _serves(self, index: int, config: Config, newest: bool = True) -> bool:
+        """Dispatcher `index` said READY=1 serving its share of `config`; and for the newest
+        reload, without an error: a reload of the same file (new code) that failed leaves
+        the same digest serving. Its error is the newest reload's, not an older one's."""
         c = self.children[index]
-        return not c.reload_error and c.serves == share(config, index, self.parts).digest
+        error = newest and c.reload_error
+        return not error and c.serves == share(config, index, self.parts).digest
 
-    def _adopt(self) -> list[Action]:
-        """A reload's configuration becomes the service's once a dispatcher serves it (by
-        its digest: a dispatcher that answered may still serve the old one). Then those started
-        meanwhile, with the old one, are asked to reload too. One that failed everywhere,
-        or whose dispatchers died before they served it, changes nothing, and a dispatcher
-        started later gets what the others serve, not a handler that failed."""
-        asked, self.asked = self.asked, None
-        if asked is None or not any(self._serves(i, asked) for i in range(self.parts)):
-            return []
-        self.config = asked
-        actions: list[Action] = [LogLevel(asked.log_level)]
+    def _adopt(self, asked: list[Config]) -> tuple[Config | None, list[Action]]:
+        """The newest of the reloads `asked` that a dispatcher serves becomes the service's
+        (by its digest: a dispatcher that answered may still serve the old one); an older
+        one, when a newer SIGHUP came once it had taken effect and the newer one failed.
+        Those started meanwhile, with the old configuration, are then asked to reload too.
+        A reload that failed everywhere, or whose dispatchers died before they served it,
+        changes nothing: a dispatcher started later gets what the others serve, not a
+        handler that failed."""
+        for config in reversed(asked):
+            newest = config is asked[-1]
+            if any(self._serves(i, config, newest) for i in range(self.parts)):
+                break
+        else:
+            return None, []
+        self.config = config
+        actions: list[Action] = [LogLevel(config.log_level)]
         for i, c in enumerate(self.children):
-            if c.pid and not self._serves(i, asked) and not c.reload_error:  # missed it
+            missed = newest and c.pid and not self._serves(i, config) and not c.reload_error
+            if missed:
                 self.reloading = True
-                actions.append(self._ask(i, asked))
-        return actions
+                actions.append(self._ask(i, config))
+        return config, actions
 
     def _ask(self, index: int, config: Config) -> Reload:
         """Reload number `round` of dispatcher `index`, with its share of `config` as the
@@ -404,21 +413,24 @@ class Plan:
         if e.config is None:
             actions.append(records.reload_failed(e.error))
             return actions + self._reload_ends_at_once()
-        self.asked, kept = as_reloaded(self.started, e.config, self.parts)
+        config, kept = as_reloaded(self.started, e.config, self.parts)
         if kept:
             actions.append(records.problem(kept))
-        self.round += 1
-        for i, c in enumerate(self.children):
-            c.reload_error = ""  # a newer reload: only its outcome counts
-            if c.pid:
-                actions.append(self._ask(i, self.asked))
         if not any(c.pid for c in self.children):
             # None to try it (all waiting to start again): those started next get it, as
             # the fix for what keeps them dying may be in it.
-            self.config, self.asked = self.asked, None
-            actions.append(LogLevel(self.config.log_level))
+            self.config, self.asked = config, []
+            actions.append(LogLevel(config.log_level))
             return actions + self._reload_ends_at_once()
-        return actions + self._reload_state()
+        self.asked.append(config)
+        self.round += 1
+        asks = []
+        for i, c in enumerate(self.children):
+            c.reload_error = ""  # a newer reload: only its outcome counts
+            if c.pid:
+                asks.append(self._ask(i, config))
+        # RELOADING=1 before the asks: one that cannot be sent may end the reload at once.
+        return actions + self._reload_state() + asks
 
     def _reload_ends_at_once(self) -> list[Action]:
         """RELOADING=1 and READY=1 for a reload with nothing to wait for, as one dispatcher
@@ -582,9 +594,11 @@ class Supervisor:
     def _ask(self, order: Reload) -> None:
         try:
             self.children[order.index].ask(order)
-        except OSError as exc:  # a dispatcher that took none of many reloads, or exiting
-            why = f"reload failed: cannot reach dispatcher {order.index}: {exc.strerror or exc}"
-            self.do(self.plan.handle(Unreachable(order.index, why)))
+        except (OSError, pickle.PicklingError) as exc:
+            # No memfd to be had, a dispatcher that took none of many reloads, or exiting.
+            why = getattr(exc, "strerror", None) or str(exc)
+            message = f"reload failed: cannot send the reload to dispatcher {order.index}: {why}"
+            self.do(self.plan.handle(Unreachable(order.index, message)))
 
     def _periodic(self) -> None:
         now = time.monotonic()
@@ -718,11 +732,14 @@ def take_reload(sock: socket.socket) -> Taken | None:
     none to read. EOFError: the main process is gone."""
     try:
         data, fds, flags, _ = socket.recv_fds(sock, 64, 1)
-    except BlockingIOError:
+    except (BlockingIOError, InterruptedError):
         return None
     except OSError as exc:
-        raise EOFError from exc
+        if isinstance(exc, ConnectionError) or exc.errno in (errno.ENOTCONN, errno.EBADF):
+            raise EOFError from exc
+        return None  # short of memory for it, say: it is read again on the next turn
     if not data:
+        channel.close_all(fds)
         raise EOFError
     key, _, number = data.decode(errors="replace").partition("=")
     try:

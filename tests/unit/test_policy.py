@@ -301,6 +301,24 @@ def test_a_reload_whose_workers_fail_to_start_aborts_and_the_old_serves_on() -> 
     assert sim.serving() == {old} and sim.policy.active.number == 1
 
 
+def test_a_reload_during_the_start_tells_systemd_ready_only_once_workers_are() -> None:
+    """READY=1 is what ends systemd's start: not while no worker is ready, and once."""
+    sim = Sim()
+    first = sim.spawn(sim.policy.start(sim.now))
+    actions = sim.feed(ev.ReloadRequested(None, "config x.toml: workers: bad", 0.1))
+    assert records(actions, Event.RELOAD_FAILED) and not only(actions, ev.Notify)
+    assert only(sim.ready(*first), ev.Notify) == [ev.Notify("ready")]
+    sim = Sim()
+    first = sim.spawn(sim.policy.start(sim.now))
+    actions = reload(sim)
+    assert not only(actions, ev.Notify)
+    second = sim.spawn(actions)
+    assert not only(sim.ready(*first), ev.Notify)  # the reload's generation is the one
+    assert only(sim.ready(*second), ev.Notify) == [ev.Notify("ready")]
+    assert sim.serving() == set(second)
+    assert only(reload(sim), ev.Notify) == [ev.Notify("reloading")]  # started: as usual
+
+
 def test_a_reload_during_a_reload_supersedes_it() -> None:
     sim = Sim()
     sim.start()

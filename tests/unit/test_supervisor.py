@@ -181,11 +181,11 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
     actions = p.handle(ev.ReloadRequested(new, "", 2.0))
     assert events(actions) == [
         Event.RELOADING,
+        Notify(("RELOADING=1", "STATUS=reloading")),  # first: an ask may fail at once
         Reload(0, 1, share(new, 0, 2)),  # the configuration as the main process read it
         Reload(1, 1, share(new, 1, 2)),
-        Notify(("RELOADING=1", "STATUS=reloading")),
     ]
-    assert p.asked == new != p.config  # the service's once a dispatcher serves it
+    assert p.asked == [new] and new != p.config  # the service's once a dispatcher serves it
     assert say(p, 0, f"{ROUND}=0", "READY=1") == []  # from before it took the reload
     assert answer(p, 0, "RELOADING=1") == answer(p, 0, "READY=1", serving(new, 0)) == []
     assert answer(p, 1, "RELOADING=1") == []
@@ -193,7 +193,7 @@ def test_reload_is_forwarded_and_ready_again_once_all_reloaded() -> None:
     # Its own log level once all have reloaded (a reload that fails changes none).
     assert events(actions)[:2] == [LogLevel("debug"), Event.READY]
     assert "reloaded" in actions[1].message and notified(actions) == ["READY=1"]
-    assert p.config == new and p.asked is None  # a dispatcher started now gets it
+    assert p.config == new and p.asked == []  # a dispatcher started now gets it
 
 
 def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() -> None:
@@ -210,7 +210,7 @@ def test_a_dispatcher_reload_that_failed_is_recorded_once_and_changes_nothing() 
     assert actions[0].message == "reload failed, still serving the old generation: no module"
     assert actions[0].level == logging.ERROR and notified(actions) == ["READY=1"]
     # A dispatcher restarted now gets what they all serve, not the reload that failed.
-    assert p.config is before and p.asked is None
+    assert p.config is before and p.asked == []
 
 
 def test_a_bad_configuration_never_reaches_the_dispatchers() -> None:
@@ -393,7 +393,7 @@ def test_an_older_reloads_answers_decide_nothing() -> None:
         assert say(p, i, f"{ROUND}=1", f"{RECORD}=reload failed: the first one's") == []
         assert say(p, i, f"{ROUND}=1", "RELOADING=1") == []
         assert say(p, i, f"{ROUND}=1", "READY=1", serving(first, i)) == []
-    assert p.reloading and p.asked == second
+    assert p.reloading and p.asked == [first, second]
     answer(p, 0, "RELOADING=1")
     answer(p, 0, "READY=1", serving(second, 0))
     actions = answer(p, 1, "READY=1", serving(second, 1))  # its RELOADING=1 lost: no matter
@@ -507,3 +507,35 @@ def test_a_reload_reaches_the_dispatcher_whole_and_named() -> None:
     finally:
         ours.close()
         theirs.close()
+
+
+def test_a_reload_that_took_effect_before_a_newer_one_failed_is_the_services() -> None:
+    """Two SIGHUPs: the first reload is served everywhere before the second, broken, comes.
+    The dispatchers serve the first: a dispatcher started later gets it, not what served
+    before both."""
+    p = ready()
+    first = config.build({"workers": 4, "dispatchers": 2, "log_level": "warning"}, {}, None)
+    p.handle(ev.ReloadRequested(first, "", 2.0))
+    p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.1))
+    for i in (0, 1):
+        say(p, i, f"{ROUND}=1", "READY=1", serving(first, i))
+        answer(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
+    answer(p, 0, "READY=1", serving(first, 0))
+    actions = answer(p, 1, "READY=1", serving(first, 1))
+    [failed] = records(actions, Event.RELOAD_FAILED)
+    assert failed.message == "reload failed, still serving the old generation: no module"
+    assert LogLevel("warning") in actions and p.config == first and p.asked == []
+
+
+def test_a_reload_asked_before_the_first_ready_tells_systemd_nothing_early() -> None:
+    """READY=1 to systemd while no dispatcher is ready would end the start too soon."""
+    p = plan()
+    new = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
+    actions = p.handle(ev.ReloadRequested(new, "", 0.5))
+    assert not only(actions, Notify) and len(only(actions, Reload)) == 2
+    p.handle(Unreachable(0, "reload failed: cannot send the reload to dispatcher 0: x"))
+    actions = p.handle(Unreachable(1, "reload failed: cannot send the reload to dispatcher 1: x"))
+    assert records(actions, Event.RELOAD_FAILED) and not only(actions, Notify)
+    say(p, 0, "READY=1", serving(p.config, 0))
+    actions = say(p, 1, "READY=1", serving(p.config, 1))
+    assert notified(actions) == ["READY=1"] and p.config != new
