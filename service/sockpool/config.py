@@ -307,10 +307,13 @@ def _addresses(value: Any) -> tuple[str, ...]:
     addresses = [parse_address(text) for text in value]  # a ValueError names the bad one
     # The second bind would fail: say why before any socket exists.
     if clash := clashes(addresses):
-        first, second = (quote(value[i]) for i in clash[:2])
-        if clash[2]:
+        earlier, later, wide = clash
+        first, second = quote(value[earlier]), quote(value[later])
+        if wide is None:
+            raise ValueError(f"{second}: the same address as {first}")
+        if wide == earlier:
             raise ValueError(f"{second}: {first} has that port on every address already")
-        raise ValueError(f"{second}: the same address as {first}")
+        raise ValueError(f"{second}: would take the port of {first} on every address")
     return tuple(value)
 
 

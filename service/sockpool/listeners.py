@@ -110,27 +110,30 @@ _EVERY4 = ipaddress.IPv4Address("0.0.0.0")
 _EVERY = ipaddress.IPv6Address("::")  # bound dual-stack (bind()): every IPv4 address too
 
 
-def clashes(addresses: list[Address]) -> tuple[int, int, bool] | None:
+def clashes(addresses: list[Address]) -> tuple[int, int, int | None] | None:
     """The first two of `addresses` that cannot both be bound, as Linux has it for two
-    listening sockets (EADDRINUSE), as (earlier, later, wildcard); None if there are none.
-    The same path; or the same port with the same IP address, or a wildcard that covers the
-    other (`wildcard` True). An IPv4-mapped IPv6 address counts as its IPv4 one. A host
-    name is compared as written: it is resolved only at bind. Port 0 gets one of its own."""
+    listening sockets (EADDRINUSE), as (earlier, later, the wildcard's index or None); None
+    if there are none. The same path; or the same port with the same IP address, or a
+    wildcard that covers the other. An IPv4-mapped IPv6 address counts as its IPv4 one. A
+    host name is compared as written: it is resolved only at bind. Port 0 gets one of its
+    own."""
     paths: dict[str, int] = {}
     ports: dict[int, list[tuple[object, int]]] = {}
     for i, address in enumerate(addresses):
         if address.family == socket.AF_UNIX:
             if (j := paths.setdefault(_path(address.sockaddr), i)) != i:
-                return j, i, False
+                return j, i, None
             continue
         host, port = _host(address.sockaddr[0]), address.sockaddr[1]
         if not port:
             continue
         for other, j in ports.get(port, []):
             if other == host:
-                return j, i, False
-            if _EVERY in (host, other) or _covers(other, host) or _covers(host, other):
-                return j, i, True
+                return j, i, None
+            if other == _EVERY or _covers(other, host):
+                return j, i, j
+            if host == _EVERY or _covers(host, other):
+                return j, i, i
         ports.setdefault(port, []).append((host, i))
     return None
 
@@ -140,9 +143,11 @@ def _covers(wide: object, host: object) -> bool:
 
 
 def _path(path: str) -> str:
-    """A socket file's path as the kernel finds it (`/a/./b.sock`, `//a/b.sock`: `/a/b.sock`),
-    symbolic links aside; an abstract name as it is."""
-    return path if path.startswith("\0") else "/" + os.path.normpath(path).lstrip("/")
+    """A socket file's path as the kernel finds it (`/a/./b.sock`, `//a/b.sock`: `/a/b.sock`);
+    an abstract name as it is. `..` stays: after a symbolic link it leads elsewhere."""
+    if path.startswith("\0"):
+        return path
+    return "/" + "/".join(part for part in path.split("/") if part not in ("", "."))
 
 
 def _host(host: str) -> object:
@@ -169,7 +174,7 @@ def _parse(name: str | None, text: str) -> Address:
         host, sep, port = text[1:].partition("]:")
         if not sep:
             raise ValueError(f"{quote(shown)}: expected [IPV6]:PORT")
-        return Address(name, socket.AF_INET6, (host, _port(shown, port)), shown)
+        return Address(name, socket.AF_INET6, (_hostname(shown, host), _port(shown, port)), shown)
     host, sep, port = text.rpartition(":")
     if not sep:
         if not socket.has_ipv6:
@@ -177,7 +182,14 @@ def _parse(name: str | None, text: str) -> Address:
         return Address(name, socket.AF_INET6, ("::", _port(shown, text)), shown)
     if not host or ":" in host:
         raise ValueError(f"{quote(shown)}: expected HOST:PORT, [IPV6]:PORT, PORT or /path")
-    return Address(name, socket.AF_INET, (host, _port(shown, port)), shown)
+    return Address(name, socket.AF_INET, (_hostname(shown, host), _port(shown, port)), shown)
+
+
+def _hostname(text: str, host: str) -> str:
+    """What getaddrinfo() can take: no NUL, nothing that is not UTF-8 (it would raise)."""
+    if "\0" in host or host != utf8_text(host):
+        raise ValueError(f"{quote(text)}: not a host name or address")
+    return host
 
 
 def _port(text: str, port: str) -> int:

@@ -147,16 +147,16 @@ class Lifecycle:
         gen.start_failures += 1
         gen.last_failure = why
         if gen.start_failures >= gen.max_start_failures:
-            return self._give_up(gen)
+            return self._give_up(gen, now)
         at = now + min(MAX_BACKOFF, 0.1 * 2 ** (gen.start_failures - 1))
         self.respawns.append((at, gen))
         return [ev.Wake(at)]
 
-    def _give_up(self, gen: Generation) -> list[Action]:
+    def _give_up(self, gen: Generation, now: float) -> list[Action]:
         reason = f"{gen.start_failures} workers in a row failed to start; last: "
         reason += gen.last_failure
         if gen is self.incoming:
-            return self._abort_reload(reason)
+            return self._abort_reload(reason, now)
         self.respawns.clear()
         return [
             *self.pool.kill(list(self.workers.values()), ExitReason.RETIRED),
@@ -232,7 +232,7 @@ class Lifecycle:
         actions += [ev.Notify("reloading")] * self.announced_ready
         actions.append(records.event(Event.RELOADING, "reloading: re-reading the configuration"))
         if e.config is None:
-            return actions + self._abort_reload(e.error)
+            return actions + self._abort_reload(e.error, e.now)
         config, kept = as_reloaded(self.started, e.config, 1)
         # One of several dispatchers leaves it to the main process, once for all.
         if kept and not self.started.shares_sockets:
@@ -241,11 +241,14 @@ class Lifecycle:
         self.incoming = Generation(self.numbers, config)
         return actions + [ev.Spawn(self.incoming)] * config.workers
 
-    def _abort_reload(self, reason: str) -> list[Action]:
-        """The old generation serves on; one still starting says READY=1 once it is ready,
-        not now (systemd would take the start as done, with no worker ready)."""
-        ready = [ev.Notify("ready")] * self.announced_ready
-        return [*self._drop_incoming(), records.reload_failed(reason), *ready]
+    def _abort_reload(self, reason: str, now: float) -> list[Action]:
+        """The old generation serves on. One still starting says READY=1 once it is ready,
+        not before (systemd would take the start as done), and it may be already: while
+        the reload's generation started, only that one was looked at."""
+        actions = [*self._drop_incoming(), records.reload_failed(reason)]
+        if self.announced_ready:
+            return [*actions, ev.Notify("ready")]
+        return actions + self._check_generation_ready(now)
 
     def _drop_incoming(self) -> list[Action]:
         """Kill a reload's generation that is not serving yet."""

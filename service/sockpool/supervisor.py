@@ -285,8 +285,12 @@ class Plan:
                 return []
             self.announced = True
             message = f"ready: {self.config.workers} workers in {self.parts} dispatchers"
-            # A reload asked before this that all have answered ends now, with its record.
-            return [Record(Event.READY, message), self._notify("READY=1"), *self._reload_state()]
+            actions: list[Action] = [Record(Event.READY, message), self._notify("READY=1")]
+            # A reload asked before this: systemd hears of it now, and of its end once
+            # all have answered (at once, if they have).
+            if self.reloading and any(c.owes and c.pid for c in self.children):
+                return [*actions, Notify(("RELOADING=1", "STATUS=reloading"))]
+            return actions + self._reload_state()
         return self._reload_state()
 
     def _reload_state(self) -> list[Action]:

@@ -115,36 +115,41 @@ def test_listen_fdnames_systemd_passes() -> None:
     assert check_fdnames({}) is None
 
 
+# (first, second, what clashes() says: None, or which of the two is the wildcard, or "same"
+# for the same address)
 PAIRS = [
-    ("127.0.0.1:{p}", "127.0.0.1:{p}", False),
-    ("127.0.0.1:{p}", "127.1:{p}", False),  # the kernel reads 127.1 as 127.0.0.1
+    ("127.0.0.1:{p}", "127.0.0.1:{p}", "same"),
+    ("127.0.0.1:{p}", "127.1:{p}", "same"),  # the kernel reads 127.1 as 127.0.0.1
     ("127.0.0.1:{p}", "127.0.0.2:{p}", None),
-    ("0.0.0.0:{p}", "127.0.0.1:{p}", True),
-    ("127.0.0.1:{p}", "0.0.0.0:{p}", True),
-    ("{p}", "127.0.0.1:{p}", True),  # PORT alone is dual-stack: every address
-    ("[::1]:{p}", "{p}", True),
-    ("[::]:{p}", "0.0.0.0:{p}", True),
+    ("0.0.0.0:{p}", "127.0.0.1:{p}", 0),
+    ("127.0.0.1:{p}", "0.0.0.0:{p}", 1),
+    ("{p}", "127.0.0.1:{p}", 0),  # PORT alone is dual-stack: every address
+    ("[::1]:{p}", "{p}", 1),
+    ("[::]:{p}", "0.0.0.0:{p}", 0),
     ("127.0.0.1:{p}", "[::1]:{p}", None),
-    ("127.0.0.1:{p}", "[::ffff:127.0.0.1]:{p}", False),
+    ("127.0.0.1:{p}", "[::ffff:127.0.0.1]:{p}", "same"),
     ("0.0.0.0:{p}", "[::1]:{p}", None),
     ("127.0.0.1:{p}", "127.0.0.1:0", None),
-    ("{d}/a.sock", "{d}/./a.sock", False),
-    ("{d}/a.sock", "/{d}/b/../a.sock", False),
+    ("{d}/a.sock", "{d}/./a.sock", "same"),
+    ("{d}/a.sock", "/{d}//a.sock", "same"),
+    ("{d}/a.sock", "{d}/link/../a.sock", None),  # elsewhere: link leads to b/c
     ("{d}/a.sock", "{d}/b.sock", None),
-    ("@sockpool-clash-{p}", "@sockpool-clash-{p}", False),
+    ("@sockpool-clash-{p}", "@sockpool-clash-{p}", "same"),
 ]
 
 
 @pytest.mark.parametrize(("first", "second", "wildcard"), PAIRS)
 def test_clashes_are_those_the_kernel_refuses(first, second, wildcard, tmp_path) -> None:
     """What --check says cannot be bound together is what bind() then refuses."""
-    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "c").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "b" / "c")
     with socket.socket(socket.AF_INET6) as probe:  # a port free on every address
         probe.bind(("::", 0))
         port = probe.getsockname()[1]
     texts = [t.format(p=port, d=tmp_path) for t in (first, second)]
     addresses = [parse_address(t) for t in texts]
-    assert clashes(addresses) == (None if wildcard is None else (0, 1, wildcard))
+    expected = None if wildcard is None else (0, 1, None if wildcard == "same" else wildcard)
+    assert clashes(addresses) == expected
     bound = [bind(addresses[0])]
     try:
         if wildcard is None:

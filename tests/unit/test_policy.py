@@ -308,6 +308,17 @@ def test_a_reload_during_the_start_tells_systemd_ready_only_once_workers_are() -
     actions = sim.feed(ev.ReloadRequested(None, "config x.toml: workers: bad", 0.1))
     assert records(actions, Event.RELOAD_FAILED) and not only(actions, ev.Notify)
     assert only(sim.ready(*first), ev.Notify) == [ev.Notify("ready")]
+    # Its workers ready while a reload's started, and that reload failed: ready now.
+    sim = Sim(workers=1)
+    [first] = sim.spawn(sim.policy.start(sim.now))
+    [pid] = sim.spawn(reload(sim, workers=1))
+    assert not only(sim.ready(first), ev.Notify)  # the reload's generation is the one
+    for _ in range(5):
+        actions = sim.exit(pid)
+        if records(actions, Event.RELOAD_FAILED):
+            break
+        [pid] = sim.spawn(sim.tick(only(actions, ev.Wake)[0].at))
+    assert only(actions, ev.Notify) == [ev.Notify("ready")] and sim.serving() == {first}
     sim = Sim()
     first = sim.spawn(sim.policy.start(sim.now))
     actions = reload(sim)

@@ -539,3 +539,17 @@ def test_a_reload_asked_before_the_first_ready_tells_systemd_nothing_early() -> 
     say(p, 0, "READY=1", serving(p.config, 0))
     actions = say(p, 1, "READY=1", serving(p.config, 1))
     assert notified(actions) == ["READY=1"] and p.config != new
+
+
+def test_a_reload_still_open_at_the_first_ready_is_told_to_systemd_then() -> None:
+    """One dispatcher was ready (its READY=1 was on its way) before it took the reload:
+    the start ends, and systemd hears RELOADING=1 after it, so the reload is not lost."""
+    p = plan()
+    new = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
+    p.handle(ev.ReloadRequested(new, "", 0.5))
+    answer(p, 0, "READY=1", serving(new, 0))
+    actions = say(p, 1, f"{ROUND}=0", "READY=1", serving(p.config, 1))  # sent before it
+    assert notified(actions) == ["READY=1", "RELOADING=1"] and p.reloading
+    actions = answer(p, 1, "READY=1", serving(new, 1))
+    assert notified(actions) == ["READY=1"] and records(actions, Event.READY)
+    assert p.config == new and not p.reloading
