@@ -151,7 +151,10 @@ def _path(path: str) -> str:
 
 
 def _host(host: str) -> object:
-    """An IP address as the kernel reads it (`127.1` is 127.0.0.1), else the name."""
+    """An IP address as the kernel reads it (`127.1` is 127.0.0.1; `[]`, Python's any
+    address, is `::`), else the name."""
+    if not host:
+        return _EVERY
     with contextlib.suppress(OSError):
         return ipaddress.IPv4Address(socket.inet_aton(host))
     with contextlib.suppress(OSError):
@@ -186,9 +189,14 @@ def _parse(name: str | None, text: str) -> Address:
 
 
 def _hostname(text: str, host: str) -> str:
-    """What getaddrinfo() can take: no NUL, nothing that is not UTF-8 (it would raise)."""
-    if "\0" in host or host != utf8_text(host):
-        raise ValueError(f"{quote(text)}: not a host name or address")
+    """What getaddrinfo() and bind() can take: no NUL, and a name IDNA can encode (Python
+    encodes it so; an empty label, one over 63 bytes, bytes that are not UTF-8 raise)."""
+    try:
+        if "\0" in host:
+            raise UnicodeError
+        host.encode("idna")
+    except UnicodeError:
+        raise ValueError(f"{quote(text)}: not a host name or address") from None
     return host
 
 
@@ -209,7 +217,7 @@ def bind(address: Address) -> Listener:
             _remove_stale_unix_socket(address.sockaddr)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and sockaddr[0] == "::":
+        if family == socket.AF_INET6 and sockaddr[0] in ("::", ""):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as systemd does
         sock.bind(sockaddr)
         sock.listen(socket.SOMAXCONN)

@@ -108,7 +108,7 @@ class Lifecycle:
     def _check_generation_ready(self, now: float) -> list[Action]:
         gen = self.incoming or self.active
         ready = self.pool.ready_count(gen)
-        if ready < gen.config.workers:
+        if ready < gen.config.workers or self.stopping:  # no READY=1 after STOPPING=1
             return []
         if gen is not self.incoming:
             if self.announced_ready:
@@ -117,13 +117,17 @@ class Lifecycle:
             return [records.ready(gen, ready), ev.Notify("ready")]
         old = [w for w in self.pool.of(self.active) if w.state is not S.KILLED]
         self.active, self.incoming = gen, None
-        self.announced_ready = True  # a reload asked during the start: this READY=1 ends both
+        # A reload asked during the start ends it: its generation is what is ready.
+        record = (
+            records.reloaded(gen, len(old)) if self.announced_ready else records.ready(gen, ready)
+        )
+        self.announced_ready = True
         self.pool.version += 1
         self.respawns = [(at, g) for at, g in self.respawns if g is gen]
         return [
             ev.Swap(gen),
             *self.pool.retire(old, now, self._grace()),
-            records.reloaded(gen, len(old)),
+            record,
             ev.Notify("ready"),
         ]
 

@@ -286,11 +286,11 @@ class Plan:
             self.announced = True
             message = f"ready: {self.config.workers} workers in {self.parts} dispatchers"
             actions: list[Action] = [Record(Event.READY, message), self._notify("READY=1")]
-            # A reload asked before this: systemd hears of it now, and of its end once
-            # all have answered (at once, if they have).
-            if self.reloading and any(c.owes and c.pid for c in self.children):
-                return [*actions, Notify(("RELOADING=1", "STATUS=reloading"))]
-            return actions + self._reload_state()
+            # A reload asked before this ends now if all have answered it; else, or if it
+            # asks again those that missed it, systemd hears RELOADING=1 now (before the asks).
+            rest = self._reload_state()
+            told = [Notify(("RELOADING=1", "STATUS=reloading"))] * self.reloading
+            return actions + told + rest
         return self._reload_state()
 
     def _reload_state(self) -> list[Action]:

@@ -50,12 +50,20 @@ def test_undecodable_path_is_bound_as_is_and_named_in_utf8() -> None:
     address.text.encode()  # the name is valid UTF-8: the wire and the journal can carry it
 
 
+@pytest.mark.parametrize("host", ["a..b", "h" * 64, "\u200b", "[a..b]", "h\udcff", "h\0"])
+def test_what_no_host_can_be_is_refused_before_bind(host: str) -> None:
+    """getaddrinfo() and bind() would raise UnicodeError or TypeError for these, not
+    OSError: a traceback at start, after --check passed them."""
+    with pytest.raises(ValueError, match="not a host name or address"):
+        parse_address(f"{host}:80")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
         ("n" * 256 + "=127.0.0.1:80", "a listener name is at most 255 bytes"),
         ("é" * 128 + "=127.0.0.1:80", "a listener name is at most 255 bytes"),
-        ("h" * 300 + ":80", "a listener name is at most 255 bytes: give NAME=ADDR"),
+        ("h." * 150 + "h:80", "a listener name is at most 255 bytes: give NAME=ADDR"),
         ("/" + "p" * 107, "a UNIX socket path is at most 107 bytes, not 108"),
         ("@" + "p" * 108, "a UNIX socket path is at most 107 bytes, not 108"),
         ("/" + "\udcff" * 70, "a listener name is at most 255 bytes: give NAME=ADDR"),
@@ -126,6 +134,7 @@ PAIRS = [
     ("{p}", "127.0.0.1:{p}", 0),  # PORT alone is dual-stack: every address
     ("[::1]:{p}", "{p}", 1),
     ("[::]:{p}", "0.0.0.0:{p}", 0),
+    ("[]:{p}", "127.0.0.1:{p}", 0),  # Python's any address, bound dual-stack as `::` is
     ("127.0.0.1:{p}", "[::1]:{p}", None),
     ("127.0.0.1:{p}", "[::ffff:127.0.0.1]:{p}", "same"),
     ("0.0.0.0:{p}", "[::1]:{p}", None),

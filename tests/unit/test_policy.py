@@ -325,9 +325,19 @@ def test_a_reload_during_the_start_tells_systemd_ready_only_once_workers_are() -
     assert not only(actions, ev.Notify)
     second = sim.spawn(actions)
     assert not only(sim.ready(*first), ev.Notify)  # the reload's generation is the one
-    assert only(sim.ready(*second), ev.Notify) == [ev.Notify("ready")]
+    actions = sim.ready(*second)
+    assert only(actions, ev.Notify) == [ev.Notify("ready")]
+    assert [r.message for r in records(actions, Event.READY)] == ["ready: 2 workers"]
     assert sim.serving() == set(second)
     assert only(reload(sim), ev.Notify) == [ev.Notify("reloading")]  # started: as usual
+
+
+def test_no_ready_after_a_stop_during_the_start() -> None:
+    sim = Sim()
+    first = sim.spawn(sim.policy.start(sim.now))
+    reload(sim)
+    sim.feed(ev.StopRequested("SIGTERM", 0.2))
+    assert not only(sim.ready(*first), ev.Notify)  # systemd heard STOPPING=1 already
 
 
 def test_a_reload_during_a_reload_supersedes_it() -> None:

@@ -553,3 +553,20 @@ def test_a_reload_still_open_at_the_first_ready_is_told_to_systemd_then() -> Non
     actions = answer(p, 1, "READY=1", serving(new, 1))
     assert notified(actions) == ["READY=1"] and records(actions, Event.READY)
     assert p.config == new and not p.reloading
+
+
+def test_a_reload_asked_again_at_the_first_ready_is_told_to_systemd_before_the_ask() -> None:
+    """A dispatcher restarted during the start got what served before: the reload adopted
+    as the start ends asks it again, and systemd hears RELOADING=1 first."""
+    p = plan()
+    new = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
+    p.handle(ev.ReloadRequested(new, "", 0.5))
+    p.handle(Exited(1, "exited with status 1", 1, 0.6))  # before it was ever ready
+    answer(p, 0, "READY=1", serving(new, 0))
+    p.handle(ev.Tick(5.0))
+    p.handle(Started(1, 201, 5.0))
+    actions = say(p, 1, f"{ROUND}=0", "READY=1", serving(p.config, 1))
+    assert notified(actions) == ["READY=1", "RELOADING=1"]
+    assert actions.index(Reload(1, 1, share(new, 1, 2))) > 2 and p.reloading
+    actions = answer(p, 1, "READY=1", serving(new, 1))
+    assert notified(actions) == ["READY=1"] and not p.reloading
