@@ -177,7 +177,8 @@ def _parse(name: str | None, text: str) -> Address:
         host, sep, port = text[1:].partition("]:")
         if not sep:
             raise ValueError(f"{quote(shown)}: expected [IPV6]:PORT")
-        return Address(name, socket.AF_INET6, (_hostname(shown, host), _port(shown, port)), shown)
+        host = _hostname(shown, host, ascii_as_is=True)
+        return Address(name, socket.AF_INET6, (host, _port(shown, port)), shown)
     host, sep, port = text.rpartition(":")
     if not sep:
         if not socket.has_ipv6:
@@ -188,13 +189,16 @@ def _parse(name: str | None, text: str) -> Address:
     return Address(name, socket.AF_INET, (_hostname(shown, host), _port(shown, port)), shown)
 
 
-def _hostname(text: str, host: str) -> str:
-    """What getaddrinfo() and bind() can take: no NUL, and a name IDNA can encode (Python
-    encodes it so; an empty label, one over 63 bytes, bytes that are not UTF-8 raise)."""
+def _hostname(text: str, host: str, ascii_as_is: bool = False) -> str:
+    """What Python's getaddrinfo() can take (HOST:PORT goes through it): no NUL, and a name
+    IDNA can encode (an empty label, one over 63 bytes, bytes that are not UTF-8 raise).
+    `ascii_as_is`: for bind() ([HOST]:PORT), which encodes only a name that is not ASCII
+    (/etc/hosts may name `a..b`)."""
     try:
         if "\0" in host:
             raise UnicodeError
-        host.encode("idna")
+        if not (ascii_as_is and host.isascii()):
+            host.encode("idna")
     except UnicodeError:
         raise ValueError(f"{quote(text)}: not a host name or address") from None
     return host
@@ -217,7 +221,7 @@ def bind(address: Address) -> Listener:
             _remove_stale_unix_socket(address.sockaddr)
         else:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6 and sockaddr[0] in ("::", ""):
+        if family == socket.AF_INET6 and _host(sockaddr[0]) == _EVERY:  # ::, ::0, [] alike
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # as systemd does
         sock.bind(sockaddr)
         sock.listen(socket.SOMAXCONN)

@@ -117,17 +117,16 @@ class Lifecycle:
             return [records.ready(gen, ready), ev.Notify("ready")]
         old = [w for w in self.pool.of(self.active) if w.state is not S.KILLED]
         self.active, self.incoming = gen, None
-        # A reload asked during the start ends it: its generation is what is ready.
-        record = (
-            records.reloaded(gen, len(old)) if self.announced_ready else records.ready(gen, ready)
-        )
+        # A reload asked during the start ends it too: its generation is what is ready.
+        started = [] if self.announced_ready else [records.ready(gen, ready)]
         self.announced_ready = True
         self.pool.version += 1
         self.respawns = [(at, g) for at, g in self.respawns if g is gen]
         return [
             ev.Swap(gen),
             *self.pool.retire(old, now, self._grace()),
-            record,
+            *started,
+            records.reloaded(gen, len(old)),
             ev.Notify("ready"),
         ]
 

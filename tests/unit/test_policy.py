@@ -327,7 +327,10 @@ def test_a_reload_during_the_start_tells_systemd_ready_only_once_workers_are() -
     assert not only(sim.ready(*first), ev.Notify)  # the reload's generation is the one
     actions = sim.ready(*second)
     assert only(actions, ev.Notify) == [ev.Notify("ready")]
-    assert [r.message for r in records(actions, Event.READY)] == ["ready: 2 workers"]
+    assert [r.message for r in records(actions, Event.READY)] == [
+        "ready: 2 workers",  # the start's, as ever, then the reload's, as ever
+        "reloaded: generation 2 serves, 2 old workers drain",
+    ]
     assert sim.serving() == set(second)
     assert only(reload(sim), ev.Notify) == [ev.Notify("reloading")]  # started: as usual
 
