@@ -304,9 +304,11 @@ class Plan:
         if busy:
             return [Notify(("RELOADING=1", "STATUS=reloading"))] * tell
         asked, self.asked = self.asked, []
-        adopted, actions = self._adopt(asked)
-        if self.reloading:  # it asked the dispatchers that missed the reload: wait for them
-            return actions
+        adopted = self._adopt(asked)
+        actions: list[Action] = [LogLevel(adopted.log_level)] if adopted else []
+        newest = adopted is not None and adopted is asked[-1]
+        if newest and (asks := self._ask_missed(adopted)):  # started meanwhile: wait for them
+            return actions + asks
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
             c.reload_error = ""
@@ -315,6 +317,10 @@ class Plan:
                 failed[0] if failed else "reload failed: no dispatcher serves the new configuration"
             )
             record = Record(Event.RELOAD_FAILED, reason, logging.ERROR)
+            if adopted is not None and (asks := self._ask_missed(adopted)):
+                # An older reload serves in some: the others, left behind by the newer
+                # one's failure, are asked for it too; READY=1 once they have answered.
+                return [*actions, record, *asks]
         elif failed:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
@@ -330,28 +336,31 @@ class Plan:
         error = newest and c.reload_error
         return not error and c.serves == share(config, index, self.parts).digest
 
-    def _adopt(self, asked: list[Config]) -> tuple[Config | None, list[Action]]:
+    def _adopt(self, asked: list[Config]) -> Config | None:
         """The newest of the reloads `asked` that a dispatcher serves becomes the service's
         (by its digest: a dispatcher that answered may still serve the old one); an older
         one, when a newer SIGHUP came once it had taken effect and the newer one failed.
-        Those started meanwhile, with the old configuration, are then asked to reload too.
         A reload that failed everywhere, or whose dispatchers died before they served it,
         changes nothing: a dispatcher started later gets what the others serve, not a
         handler that failed."""
         for config in reversed(asked):
-            newest = config is asked[-1]
-            if any(self._serves(i, config, newest) for i in range(self.parts)):
-                break
-        else:
-            return None, []
-        self.config = config
-        actions: list[Action] = [LogLevel(config.log_level)]
-        for i, c in enumerate(self.children):
-            missed = newest and c.pid and not self._serves(i, config) and not c.reload_error
-            if missed:
-                self.reloading = True
-                actions.append(self._ask(i, config))
-        return config, actions
+            if any(self._serves(i, config, config is asked[-1]) for i in range(self.parts)):
+                self.config = config
+                return config
+        return None
+
+    def _ask_missed(self, config: Config) -> list[Action]:
+        """Ask the running dispatchers that neither serve `config` nor failed it for it, as
+        a reload of its own number: those started meanwhile with what served before."""
+        missed = [
+            i
+            for i, c in enumerate(self.children)
+            if c.pid and not c.reload_error and not self._serves(i, config, newest=False)
+        ]
+        if missed:
+            self.round += 1
+            self.reloading = True
+        return [self._ask(i, config) for i in missed]
 
     def _ask(self, index: int, config: Config) -> Reload:
         """Reload number `round` of dispatcher `index`, with its share of `config` as the

@@ -348,7 +348,8 @@ def test_a_dispatcher_started_during_a_reload_that_works_is_asked_to_reload_too(
     say(p, 1, f"{ROUND}=0", "READY=1", serving(p.config, 1))
     answer(p, 0, "RELOADING=1")
     actions = answer(p, 0, "READY=1", serving(new, 0))  # it serves the reload: adopted
-    assert actions == [LogLevel("warning"), Reload(1, 1, share(new, 1, 2))]  # no READY=1 yet
+    # Asked as a reload of its own number: no READY=1 yet.
+    assert actions == [LogLevel("warning"), Reload(1, 2, share(new, 1, 2))]
     assert p.config == new
     answer(p, 1, "RELOADING=1")
     actions = answer(p, 1, "READY=1", serving(new, 1))
@@ -567,6 +568,28 @@ def test_a_reload_asked_again_at_the_first_ready_is_told_to_systemd_before_the_a
     p.handle(Started(1, 201, 5.0))
     actions = say(p, 1, f"{ROUND}=0", "READY=1", serving(p.config, 1))
     assert notified(actions) == ["READY=1", "RELOADING=1"]
-    assert actions.index(Reload(1, 1, share(new, 1, 2))) > 2 and p.reloading
+    assert actions.index(Reload(1, 2, share(new, 1, 2))) > 2 and p.reloading
     actions = answer(p, 1, "READY=1", serving(new, 1))
+    assert notified(actions) == ["READY=1"] and not p.reloading
+
+
+def test_a_dispatcher_a_failed_reload_left_behind_is_asked_for_what_the_others_serve() -> None:
+    """Reload A, then B, broken: dispatcher 0 had swapped to A when B came, while on
+    dispatcher 1 B replaced A's generation, still starting, and failed. A is the service's,
+    and dispatcher 1 is asked for it, not left on what served before both."""
+    p = ready()
+    before = p.config
+    first = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 7}, {}, None)
+    p.handle(ev.ReloadRequested(first, "", 2.0))
+    p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.1))
+    say(p, 0, f"{ROUND}=1", "READY=1", serving(first, 0))
+    for i, serves in ((0, first), (1, before)):
+        answer(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
+        actions = answer(p, i, "READY=1", serving(serves, i))
+    [failed] = records(actions, Event.RELOAD_FAILED)  # B's, said at once
+    assert failed.message == "reload failed, still serving the old generation: no module"
+    assert only(actions, Reload) == [Reload(1, 3, share(first, 1, 2))]
+    assert not only(actions, Notify) and p.reloading and p.config == first
+    actions = answer(p, 1, "READY=1", serving(first, 1))
+    assert [r.message for r in records(actions, Event.READY)] == ["reloaded: 2 dispatchers serve"]
     assert notified(actions) == ["READY=1"] and not p.reloading
