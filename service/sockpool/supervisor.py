@@ -213,7 +213,9 @@ class ChildState:
     ready: bool = False  # said READY=1 since it was started
     owes: int = 0  # the reload it was asked for and has not answered with READY=1; 0: none
     reload_error: str = ""  # its record of that reload's failure
-    serves: str = ""  # the digest of the configuration it serves, as its READY=1 said
+    serves: str = ""  # the digest of what it serves: as its READY=1 said, or was forked with
+    asked_for: str = ""  # the digest of what it was last asked to reload to
+    failed: str = ""  # ...if that failed: it is not asked for the same again
     status: str = ""
     fed: float = 0.0  # when it last fed its watchdog (or was started)
     failures: int = 0  # deaths in a row before READY
@@ -248,12 +250,13 @@ class Plan:
     def _on_started(self, e: Started) -> list[Action]:
         c = self.children[e.index]
         c.pid, c.ready, c.owes, c.status, c.fed, c.restart_at = e.pid, False, 0, "", e.now, None
-        c.reload_error, c.serves = "", ""  # a new process: its predecessor's reload is over
+        c.reload_error = c.asked_for = c.failed = ""  # its predecessor's reload is over
+        c.serves = share(self.config, e.index, self.parts).digest  # forked with it
         return []
 
     def _on_unreachable(self, e: Unreachable) -> list[Action]:
         c = self.children[e.index]
-        c.owes, c.reload_error = 0, e.reason
+        c.owes, c.reload_error, c.failed = 0, e.reason, c.asked_for
         return self._reload_state()
 
     def _on_forkfailed(self, e: ForkFailed) -> list[Action]:
@@ -275,6 +278,11 @@ class Plan:
             c.serves = said.get(notify.SERVES, c.serves)
             if answers:
                 c.owes = 0
+                if c.reload_error or c.serves != c.asked_for:  # a record may have been lost
+                    c.failed = c.asked_for
+                    c.reload_error = c.reload_error or (
+                        f"reload failed: dispatcher {e.index} still serves what it served before"
+                    )
             c.ready, c.failures = True, 0
             actions += self._ready()
         return actions
@@ -307,25 +315,26 @@ class Plan:
         adopted = self._adopt(asked)
         actions: list[Action] = [LogLevel(adopted.log_level)] if adopted else []
         newest = adopted is not None and adopted is asked[-1]
-        if newest and (asks := self._ask_missed(adopted)):  # started meanwhile: wait for them
+        if newest and (asks := self._ask_behind()):  # started meanwhile: wait for them
             return actions + asks
         failed = [c.reload_error for c in self.children if c.reload_error]
         for c in self.children:
             c.reload_error = ""
-        if asked and adopted is not asked[-1]:  # the newest reload serves nowhere
+        if asked and not newest:  # the newest reload serves nowhere
             reason = (
                 failed[0] if failed else "reload failed: no dispatcher serves the new configuration"
             )
             record = Record(Event.RELOAD_FAILED, reason, logging.ERROR)
-            if adopted is not None and (asks := self._ask_missed(adopted)):
-                # An older reload serves in some: the others, left behind by the newer
-                # one's failure, are asked for it too; READY=1 once they have answered.
-                return [*actions, record, *asks]
         elif failed:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         else:
             record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
+        if asks := self._ask_behind():
+            # Left behind, on what served before, by a reload that failed after the one
+            # adopted (or while they were asked for it): asked for it; READY=1 once they
+            # have answered.
+            return [*actions, record, *asks]
         return [*actions, record] + [self._notify("READY=1")] * tell
 
     def _serves(self, index: int, config: Config, newest: bool = True) -> bool:
@@ -334,7 +343,7 @@ class Plan:
         the same digest serving. Its error is the newest reload's, not an older one's."""
         c = self.children[index]
         error = newest and c.reload_error
-        return not error and c.serves == share(config, index, self.parts).digest
+        return c.ready and not error and c.serves == share(config, index, self.parts).digest
 
     def _adopt(self, asked: list[Config]) -> Config | None:
         """The newest of the reloads `asked` that a dispatcher serves becomes the service's
@@ -349,24 +358,27 @@ class Plan:
                 return config
         return None
 
-    def _ask_missed(self, config: Config) -> list[Action]:
-        """Ask the running dispatchers that neither serve `config` nor failed it for it, as
-        a reload of its own number: those started meanwhile with what served before."""
-        missed = [
-            i
-            for i, c in enumerate(self.children)
-            if c.pid and not c.reload_error and not self._serves(i, config, newest=False)
-        ]
-        if missed:
+    def _ask_behind(self) -> list[Action]:
+        """Every running dispatcher serves the service's configuration, or is asked for it
+        (a reload of its own number), unless it failed that very one: those started with
+        what served before, during a reload adopted since, or left behind by a newer one
+        that failed. Never the same twice: no loop."""
+        behind = []
+        for i, c in enumerate(self.children):
+            digest = share(self.config, i, self.parts).digest
+            if c.pid and digest not in (c.serves, c.failed):
+                behind.append(i)
+        if behind:
             self.round += 1
             self.reloading = True
-        return [self._ask(i, config) for i in missed]
+        return [self._ask(i, self.config) for i in behind]
 
     def _ask(self, index: int, config: Config) -> Reload:
         """Reload number `round` of dispatcher `index`, with its share of `config` as the
         main process read it: a dispatcher reading the file again might find it changed."""
-        self.children[index].owes = self.round
-        return Reload(index, self.round, share(config, index, self.parts))
+        c, part = self.children[index], share(config, index, self.parts)
+        c.owes, c.asked_for = self.round, part.digest
+        return Reload(index, self.round, part)
 
     def _notify(self, state: str) -> Notify:
         return Notify((state, f"STATUS={self.status()}"))

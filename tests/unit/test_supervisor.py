@@ -412,7 +412,8 @@ def test_what_a_dispatcher_serves_decides_not_only_that_it_answered() -> None:
     answer(p, 0, "READY=1", serving(before, 0))  # its reload failed: the old one serves
     actions = answer(p, 1, "READY=1", serving(before, 1))
     [failed] = records(actions, Event.RELOAD_FAILED)
-    assert failed.message == "reload failed: no dispatcher serves the new configuration"
+    assert failed.message == "reload failed: dispatcher 0 still serves what it served before"
+    assert not only(actions, Reload)  # it failed that one: not asked again
     assert p.config is before
 
 
@@ -573,23 +574,48 @@ def test_a_reload_asked_again_at_the_first_ready_is_told_to_systemd_before_the_a
     assert notified(actions) == ["READY=1"] and not p.reloading
 
 
-def test_a_dispatcher_a_failed_reload_left_behind_is_asked_for_what_the_others_serve() -> None:
+def failing(p: Plan, serves: dict[int, config.Config], why: str) -> list:
+    """Each dispatcher's answer to the reload last asked: failed, still serving its
+    `serves`. What the last answer did."""
+    for i, cfg in serves.items():
+        answer(p, i, f"{RECORD}=reload failed, still serving the old generation: {why}")
+        actions = answer(p, i, "READY=1", serving(cfg, i))
+    return actions
+
+
+def a_then_broken_b() -> tuple[Plan, config.Config, config.Config, list]:
     """Reload A, then B, broken: dispatcher 0 had swapped to A when B came, while on
-    dispatcher 1 B replaced A's generation, still starting, and failed. A is the service's,
-    and dispatcher 1 is asked for it, not left on what served before both."""
+    dispatcher 1 B replaced A's generation, still starting, and failed."""
     p = ready()
     before = p.config
     first = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 7}, {}, None)
     p.handle(ev.ReloadRequested(first, "", 2.0))
     p.handle(ev.ReloadRequested(config.build(BROKEN, {}, None), "", 2.1))
     say(p, 0, f"{ROUND}=1", "READY=1", serving(first, 0))
-    for i, serves in ((0, first), (1, before)):
-        answer(p, i, f"{RECORD}=reload failed, still serving the old generation: no module")
-        actions = answer(p, i, "READY=1", serving(serves, i))
+    return p, before, first, failing(p, {0: first, 1: before}, "no module")
+
+
+def test_a_dispatcher_a_failed_reload_left_behind_is_asked_for_what_the_others_serve() -> None:
+    """A is the service's, and dispatcher 1 is asked for it, not left on what served
+    before both."""
+    p, _, first, actions = a_then_broken_b()
     [failed] = records(actions, Event.RELOAD_FAILED)  # B's, said at once
     assert failed.message == "reload failed, still serving the old generation: no module"
     assert only(actions, Reload) == [Reload(1, 3, share(first, 1, 2))]
     assert not only(actions, Notify) and p.reloading and p.config == first
     actions = answer(p, 1, "READY=1", serving(first, 1))
     assert [r.message for r in records(actions, Event.READY)] == ["reloaded: 2 dispatchers serve"]
+    assert notified(actions) == ["READY=1"] and not p.reloading
+
+
+def test_a_dispatcher_asked_again_is_not_forgotten_when_a_newer_reload_fails() -> None:
+    """Then reload C, broken, before dispatcher 1 answered: C dropped A's generation there,
+    still starting. A is still the service's: asked again."""
+    p, before, first, _ = a_then_broken_b()
+    other = dict(BROKEN, handler="other:module")
+    p.handle(ev.ReloadRequested(config.build(other, {}, None), "", 2.5))
+    actions = failing(p, {0: first, 1: before}, "other")
+    assert only(actions, Reload) == [Reload(1, 5, share(first, 1, 2))]
+    assert not only(actions, Notify) and p.reloading
+    actions = answer(p, 1, "READY=1", serving(first, 1))
     assert notified(actions) == ["READY=1"] and not p.reloading
