@@ -237,6 +237,7 @@ class Plan:
         self.announced = False  # READY=1 sent once every dispatcher was ready
         self.reloading = False  # RELOADING=1 sent, READY=1 not yet
         self.round = 0  # reloads asked of the dispatchers so far: each message names one
+        self.catching_up = False  # asking those left behind: a SIGHUP's outcome was said
         self.code = 0  # the worst exit code so far
 
     def start(self, now: float) -> list[Action]:
@@ -275,7 +276,12 @@ class Plan:
         if RECORD in said and answers:
             c.reload_error = said[RECORD]
         if said.get("READY") == "1":
-            c.serves = said.get(notify.SERVES, c.serves)
+            serves = said.get(notify.SERVES, c.serves)
+            if not answers and serves != c.serves:
+                # It took a reload left in its socket when a newer one could not be sent:
+                # what it failed (could not be sent) is worth asking for again.
+                c.failed = ""
+            c.serves = serves
             if answers:
                 c.owes = 0
                 if c.reload_error or c.serves != c.asked_for:  # a record may have been lost
@@ -297,16 +303,22 @@ class Plan:
             # A reload asked before this ends now if all have answered it; else, or if it
             # asks again those that missed it, systemd hears RELOADING=1 now (before the asks).
             rest = self._reload_state()
-            told = [Notify(("RELOADING=1", "STATUS=reloading"))] * self.reloading
-            return actions + told + rest
+            told = any(isinstance(a, Notify) and "RELOADING=1" in a.assignments for a in rest)
+            if self.reloading and not told:
+                rest.insert(0, Notify(("RELOADING=1", "STATUS=reloading")))
+            return actions + rest
         return self._reload_state()
 
     def _reload_state(self) -> list[Action]:
         """RELOADING=1 as the main process asks the dispatchers to reload; READY=1 and the
         record once none owes an answer (one that dies meanwhile owes none). Neither goes
         to systemd before the first READY=1: it would take the start as done."""
+        if self.stopping:
+            return []
         busy = any(c.owes and c.pid for c in self.children)
-        if busy == self.reloading or self.stopping:
+        if not busy and not self.reloading:
+            return self._catch_up()
+        if busy == self.reloading:
             return []
         self.reloading, tell = busy, self.announced
         if busy:
@@ -328,14 +340,32 @@ class Plan:
         elif failed:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
+        elif self.catching_up:  # not the outcome of a SIGHUP: that one was said already
+            message = f"caught up: {self.parts} dispatchers serve the service's configuration"
+            record = Record(Event.READY, message)
         else:
             record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
         if asks := self._ask_behind():
             # Left behind, on what served before, by a reload that failed after the one
             # adopted (or while they were asked for it): asked for it; READY=1 once they
             # have answered.
+            self.catching_up = True
             return [*actions, record, *asks]
+        self.catching_up = False
         return [*actions, record] + [self._notify("READY=1")] * tell
+
+    def _catch_up(self) -> list[Action]:
+        """With no reload open: a dispatcher that serves another configuration than the
+        service's (one it found left in its socket when a newer reload could not be sent)
+        is asked for the service's, as a reload systemd hears of."""
+        asks = self._ask_behind()
+        if not asks:
+            return []
+        self.catching_up = True
+        which = ", ".join(str(a.index) for a in asks if isinstance(a, Reload))
+        message = f"reloading: dispatcher {which} serves another configuration than the service's"
+        record = Record(Event.RELOADING, message, logging.WARNING)
+        return [record, *[Notify(("RELOADING=1", "STATUS=reloading"))] * self.announced, *asks]
 
     def _serves(self, index: int, config: Config, newest: bool = True) -> bool:
         """Dispatcher `index` said READY=1 serving its share of `config`; and for the newest
@@ -448,6 +478,7 @@ class Plan:
             actions.append(LogLevel(config.log_level))
             return actions + self._reload_ends_at_once()
         self.asked.append(config)
+        self.catching_up = False  # this SIGHUP's outcome is still to be said
         self.round += 1
         asks = []
         for i, c in enumerate(self.children):

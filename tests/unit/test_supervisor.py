@@ -604,7 +604,9 @@ def test_a_dispatcher_a_failed_reload_left_behind_is_asked_for_what_the_others_s
     assert only(actions, Reload) == [Reload(1, 3, share(first, 1, 2))]
     assert not only(actions, Notify) and p.reloading and p.config == first
     actions = answer(p, 1, "READY=1", serving(first, 1))
-    assert [r.message for r in records(actions, Event.READY)] == ["reloaded: 2 dispatchers serve"]
+    assert [r.message for r in records(actions, Event.READY)] == [
+        "caught up: 2 dispatchers serve the service's configuration"  # not B's "reloaded"
+    ]
     assert notified(actions) == ["READY=1"] and not p.reloading
 
 
@@ -619,3 +621,25 @@ def test_a_dispatcher_asked_again_is_not_forgotten_when_a_newer_reload_fails() -
     assert not only(actions, Notify) and p.reloading
     actions = answer(p, 1, "READY=1", serving(first, 1))
     assert notified(actions) == ["READY=1"] and not p.reloading
+
+
+def test_a_reload_found_left_in_a_socket_after_a_newer_one_could_not_be_sent_is_undone() -> None:
+    """Reload A reached both; B could not be sent to dispatcher 1, which had not read A
+    yet. It serves A later, with no reload open: it is asked for B, as a reload."""
+    p = ready()
+    first = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 7}, {}, None)
+    second = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 8}, {}, None)
+    p.handle(ev.ReloadRequested(first, "", 2.0))
+    answer(p, 0, "READY=1", serving(first, 0))
+    p.handle(ev.ReloadRequested(second, "", 2.1))
+    p.handle(Unreachable(1, "reload failed: cannot send the reload to dispatcher 1: EAGAIN"))
+    answer(p, 0, "READY=1", serving(second, 0))
+    assert p.config == second and not p.reloading
+    actions = say(p, 1, f"{ROUND}=1", "READY=1", serving(first, 1))  # it reads A only now
+    assert [r.message for r in records(actions, Event.RELOADING)] == [
+        "reloading: dispatcher 1 serves another configuration than the service's"
+    ]
+    assert notified(actions) == ["RELOADING=1"]
+    assert only(actions, Reload) == [Reload(1, 3, share(second, 1, 2))]
+    actions = answer(p, 1, "READY=1", serving(second, 1))
+    assert notified(actions) == ["READY=1"] and records(actions, Event.READY)
