@@ -151,6 +151,7 @@ class Said(NamedTuple):
     index: int
     assignments: list[tuple[str, str]]
     now: float
+    dying: bool = False  # read once it had died: its Exited follows and decides what next
 
 
 class Exited(NamedTuple):
@@ -216,6 +217,8 @@ class ChildState:
     serves: str = ""  # the digest of what it serves: as its READY=1 said, or was forked with
     asked_for: str = ""  # the digest of what it was last asked to reload to
     failed: str = ""  # ...if that failed: it is not asked for the same again
+    unsent: bool = False  # ...because it could not be sent: any READY=1 of an older one
+    # it still read (the socket was full) makes it worth asking again
     status: str = ""
     fed: float = 0.0  # when it last fed its watchdog (or was started)
     failures: int = 0  # deaths in a row before READY
@@ -252,12 +255,13 @@ class Plan:
         c = self.children[e.index]
         c.pid, c.ready, c.owes, c.status, c.fed, c.restart_at = e.pid, False, 0, "", e.now, None
         c.reload_error = c.asked_for = c.failed = ""  # its predecessor's reload is over
+        c.unsent = False
         c.serves = share(self.config, e.index, self.parts).digest  # forked with it
         return []
 
     def _on_unreachable(self, e: Unreachable) -> list[Action]:
         c = self.children[e.index]
-        c.owes, c.reload_error, c.failed = 0, e.reason, c.asked_for
+        c.owes, c.reload_error, c.failed, c.unsent = 0, e.reason, c.asked_for, True
         return self._reload_state()
 
     def _on_forkfailed(self, e: ForkFailed) -> list[Action]:
@@ -277,10 +281,10 @@ class Plan:
             c.reload_error = said[RECORD]
         if said.get("READY") == "1":
             serves = said.get(notify.SERVES, c.serves)
-            if not answers and serves != c.serves:
+            if not answers and (serves != c.serves or c.unsent):
                 # It took a reload left in its socket when a newer one could not be sent:
                 # what it failed (could not be sent) is worth asking for again.
-                c.failed = ""
+                c.failed, c.unsent = "", False
             c.serves = serves
             if answers:
                 c.owes = 0
@@ -290,7 +294,8 @@ class Plan:
                         f"reload failed: dispatcher {e.index} still serves what it served before"
                     )
             c.ready, c.failures = True, 0
-            actions += self._ready()
+            if not e.dying:  # else its Exited, next, ends a reload or asks what it missed
+                actions += self._ready()
         return actions
 
     def _ready(self) -> list[Action]:
@@ -341,7 +346,12 @@ class Plan:
             note = f" ({len(failed)} of {self.parts} dispatchers)" * (len(failed) < self.parts)
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         elif self.catching_up:  # not the outcome of a SIGHUP: that one was said already
-            message = f"caught up: {self.parts} dispatchers serve the service's configuration"
+            serving = sum(
+                c.serves == share(self.config, i, self.parts).digest
+                for i, c in enumerate(self.children)
+            )
+            of = f" of {self.parts}" * (serving < self.parts)
+            message = f"caught up: {serving}{of} dispatchers serve the service's configuration"
             record = Record(Event.READY, message)
         else:
             record = Record(Event.READY, f"reloaded: {self.parts} dispatchers serve")
@@ -686,20 +696,20 @@ class Supervisor:
             )
         return config
 
-    def _on_messages(self, child: Child) -> None:
+    def _on_messages(self, child: Child, dying: bool = False) -> None:
         for data in child.read():
             if not data:  # it is exiting: SIGCHLD says how
                 self.loop.unwatch(child.sock)  # type: ignore[arg-type]
                 child.close()
                 return
-            said = Said(child.index, parse_message(data), time.monotonic())
+            said = Said(child.index, parse_message(data), time.monotonic(), dying)
             self.do(self.plan.handle(said))
 
     def _reap(self) -> None:
         for pid, status in reaped():
             for child in self.children:
                 if child.pid == pid:
-                    self._on_messages(child)  # what it said before it died counts
+                    self._on_messages(child, dying=True)  # what it said before it died counts
                     if child.sock is not None:
                         self.loop.unwatch(child.sock)
                         child.close()

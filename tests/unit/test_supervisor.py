@@ -579,7 +579,7 @@ def failing(p: Plan, serves: dict[int, config.Config], why: str) -> list:
     `serves`. What the last answer did."""
     for i, cfg in serves.items():
         answer(p, i, f"{RECORD}=reload failed, still serving the old generation: {why}")
-        actions = answer(p, i, "READY=1", serving(cfg, i))
+        actions = answer(p, i, "READY=1", serving(cfg, i, p.parts))
     return actions
 
 
@@ -643,3 +643,28 @@ def test_a_reload_found_left_in_a_socket_after_a_newer_one_could_not_be_sent_is_
     assert only(actions, Reload) == [Reload(1, 3, share(second, 1, 2))]
     actions = answer(p, 1, "READY=1", serving(second, 1))
     assert notified(actions) == ["READY=1"] and records(actions, Event.READY)
+
+
+def test_a_catch_up_counts_who_serves_and_never_asks_the_dying() -> None:
+    """Dispatcher 1 could not be sent B; the reload A left in its socket fails there, so
+    what it serves does not change: it is still asked for B (not only when it changes)."""
+    p = ready(3)
+    before = p.config
+    first = config.build({"workers": 4, "dispatchers": 3, "graceful_timeout": 7}, {}, None)
+    second = config.build({"workers": 4, "dispatchers": 3, "graceful_timeout": 8}, {}, None)
+    p.handle(ev.ReloadRequested(first, "", 2.0))
+    for i in (0, 2):
+        answer(p, i, "READY=1", serving(first, i, 3))
+    p.handle(ev.ReloadRequested(second, "", 2.1))
+    p.handle(Unreachable(1, "reload failed: cannot send the reload to dispatcher 1: EAGAIN"))
+    answer(p, 0, "READY=1", serving(second, 0, 3))
+    failing(p, {2: first}, "no module")  # dispatcher 2 failed B: it stays on A
+    # A dying dispatcher's last words start nothing: its Exited decides.
+    said = parse_message(f"{ROUND}=1\nREADY=1\n{serving(before, 1, 3)}".encode())
+    assert p.handle(Said(1, said, 3.0, dying=True)) == []
+    actions = say(p, 1, f"{ROUND}=1", "READY=1", serving(before, 1, 3))  # alive after all
+    assert only(actions, Reload) == [Reload(1, 3, share(second, 1, 3))]
+    actions = answer(p, 1, "READY=1", serving(second, 1, 3))
+    assert [r.message for r in records(actions, Event.READY)] == [
+        "caught up: 2 of 3 dispatchers serve the service's configuration"  # 2 is on A
+    ]
