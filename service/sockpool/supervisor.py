@@ -211,7 +211,8 @@ class ChildState:
     """The main process's view of one dispatcher."""
 
     pid: int = 0  # 0: not running
-    ready: bool = False  # said READY=1 since it was started
+    ready: bool = False  # said READY=1 since it was started, and is running
+    proved: bool = False  # said READY=1 since it was started (kept once it died)
     owes: int = 0  # the reload it was asked for and has not answered with READY=1; 0: none
     reload_error: str = ""  # its record of that reload's failure
     serves: str = ""  # the digest of what it serves: as its READY=1 said, or was forked with
@@ -255,7 +256,7 @@ class Plan:
         c = self.children[e.index]
         c.pid, c.ready, c.owes, c.status, c.fed, c.restart_at = e.pid, False, 0, "", e.now, None
         c.reload_error = c.asked_for = c.failed = ""  # its predecessor's reload is over
-        c.unsent = False
+        c.unsent = c.proved = False
         c.serves = share(self.config, e.index, self.parts).digest  # forked with it
         return []
 
@@ -293,7 +294,8 @@ class Plan:
                     c.reload_error = c.reload_error or (
                         f"reload failed: dispatcher {e.index} still serves what it served before"
                     )
-            c.ready, c.failures = True, 0
+            c.ready = c.proved = True
+            c.failures = 0
             if not e.dying:  # else its Exited, next, ends a reload or asks what it missed
                 actions += self._ready()
         return actions
@@ -378,12 +380,13 @@ class Plan:
         return [record, *[Notify(("RELOADING=1", "STATUS=reloading"))] * self.announced, *asks]
 
     def _serves(self, index: int, config: Config, newest: bool = True) -> bool:
-        """Dispatcher `index` said READY=1 serving its share of `config`; and for the newest
-        reload, without an error: a reload of the same file (new code) that failed leaves
-        the same digest serving. Its error is the newest reload's, not an older one's."""
+        """Dispatcher `index` said READY=1 serving its share of `config` (before it died, if
+        it did: it proved the configuration works); and for the newest reload, without an
+        error: a reload of the same file (new code) that failed leaves the same digest
+        serving. Its error is the newest reload's, not an older one's."""
         c = self.children[index]
         error = newest and c.reload_error
-        return c.ready and not error and c.serves == share(config, index, self.parts).digest
+        return c.proved and not error and c.serves == share(config, index, self.parts).digest
 
     def _adopt(self, asked: list[Config]) -> Config | None:
         """The newest of the reloads `asked` that a dispatcher serves becomes the service's

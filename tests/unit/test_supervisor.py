@@ -668,3 +668,18 @@ def test_a_catch_up_counts_who_serves_and_never_asks_the_dying() -> None:
     assert [r.message for r in records(actions, Event.READY)] == [
         "caught up: 2 of 3 dispatchers serve the service's configuration"  # 2 is on A
     ]
+
+
+def test_a_reload_served_by_a_dispatcher_that_died_since_is_adopted() -> None:
+    """Its READY=1, read only once it had died, proved the configuration works: the one
+    started in its place gets it, whichever the main process read first."""
+    p = ready()
+    new = config.build({"workers": 4, "dispatchers": 2, "graceful_timeout": 9}, {}, None)
+    p.handle(ev.ReloadRequested(new, "", 2.0))
+    failing(p, {0: p.config}, "x")
+    said = parse_message(f"{ROUND}=1\nREADY=1\n{serving(new, 1)}".encode())
+    assert p.handle(Said(1, said, 3.0, dying=True)) == []
+    actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 3.0))
+    assert Fork(1) in actions and p.config == new
+    [failed] = records(actions, Event.RELOAD_FAILED)
+    assert failed.message.endswith("(1 of 2 dispatchers)")
