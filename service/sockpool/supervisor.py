@@ -257,7 +257,7 @@ class Plan:
         c.pid, c.ready, c.owes, c.status, c.fed, c.restart_at = e.pid, False, 0, "", e.now, None
         c.reload_error = c.asked_for = c.failed = ""  # its predecessor's reload is over
         c.unsent = c.proved = False
-        c.serves = share(self.config, e.index, self.parts).digest  # forked with it
+        c.serves = self._digest(e.index, self.config)  # forked with it
         return []
 
     def _on_unreachable(self, e: Unreachable) -> list[Action]:
@@ -349,8 +349,7 @@ class Plan:
             record = Record(Event.RELOAD_FAILED, failed[0] + note, logging.ERROR)
         elif self.catching_up:  # not the outcome of a SIGHUP: that one was said already
             serving = sum(
-                c.serves == share(self.config, i, self.parts).digest
-                for i, c in enumerate(self.children)
+                c.serves == self._digest(i, self.config) for i, c in enumerate(self.children)
             )
             of = f" of {self.parts}" * (serving < self.parts)
             message = f"caught up: {serving}{of} dispatchers serve the service's configuration"
@@ -386,7 +385,7 @@ class Plan:
         serving. Its error is the newest reload's, not an older one's."""
         c = self.children[index]
         error = newest and c.reload_error
-        return c.proved and not error and c.serves == share(config, index, self.parts).digest
+        return c.proved and not error and c.serves == self._digest(index, config)
 
     def _adopt(self, asked: list[Config]) -> Config | None:
         """The newest of the reloads `asked` that a dispatcher serves becomes the service's
@@ -408,13 +407,16 @@ class Plan:
         that failed. Never the same twice: no loop."""
         behind = []
         for i, c in enumerate(self.children):
-            digest = share(self.config, i, self.parts).digest
-            if c.pid and digest not in (c.serves, c.failed):
+            if c.pid and self._digest(i, self.config) not in (c.serves, c.failed):
                 behind.append(i)
         if behind:
             self.round += 1
             self.reloading = True
         return [self._ask(i, self.config) for i in behind]
+
+    def _digest(self, index: int, config: Config) -> str:
+        """What dispatcher `index` says it serves (notify.SERVES) once it serves `config`."""
+        return share(config, index, self.parts).digest
 
     def _ask(self, index: int, config: Config) -> Reload:
         """Reload number `round` of dispatcher `index`, with its share of `config` as the
