@@ -124,6 +124,9 @@ class Config:
     proxy_allow: tuple[str, ...] = DEFAULT_ALLOW  # peers that may send a PROXY header
     proxy_timeout: float = 3.0  # the header must be whole this long after the accept
     path: str | None = None
+    # Which read of the file this is (the main process of N counts its reloads): read again,
+    # the same file may name new code, so it is another configuration, with another digest.
+    loaded: int = 0
 
     @property
     def digest(self) -> str:

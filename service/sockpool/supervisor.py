@@ -381,8 +381,8 @@ class Plan:
     def _serves(self, index: int, config: Config, newest: bool = True) -> bool:
         """Dispatcher `index` said READY=1 serving its share of `config` (before it died, if
         it did: it proved the configuration works); and for the newest reload, without an
-        error: a reload of the same file (new code) that failed leaves the same digest
-        serving. Its error is the newest reload's, not an older one's."""
+        error: what it says it serves does not outweigh its record of failing. Its error is
+        the newest reload's, not an older one's."""
         c = self.children[index]
         error = newest and c.reload_error
         return c.proved and not error and c.serves == self._digest(index, config)
@@ -617,6 +617,7 @@ class Supervisor:
         self.children = [Child(i) for i in range(parts)]
         self.loop = Loop()
         self.code: int | None = None
+        self.loads = 0  # reloads read: each one is a configuration of its own (Config.loaded)
 
     def run(self) -> int:
         self.loop.on_signals(_SIGNALS, self._on_signal)
@@ -691,7 +692,9 @@ class Supervisor:
             self.do(self.plan.handle(ev.StopRequested(signal.Signals(signum).name, now)))
 
     def _reloaded(self) -> Config:
-        """The new configuration, checked here first: a bad one never reaches a dispatcher."""
+        """The new configuration, checked here first: a bad one never reaches a dispatcher.
+        Numbered: a reload of the same file (new code) that a dispatcher dropped for a newer
+        one must not look like what it serves."""
         config = self.reload_config()
         if config.workers < self.plan.parts:
             raise Fatal(
@@ -699,7 +702,8 @@ class Supervisor:
                 f"workers: {config.workers} is fewer than the {self.plan.parts} dispatchers "
                 "running (each needs a worker; the count changes on restart, not on reload)",
             )
-        return config
+        self.loads += 1
+        return dataclasses.replace(config, loaded=self.loads)
 
     def _on_messages(self, child: Child, dying: bool = False) -> None:
         for data in child.read():

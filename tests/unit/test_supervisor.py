@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -31,6 +32,7 @@ from sockpool.supervisor import (
     Said,
     Signal,
     Started,
+    Supervisor,
     Taken,
     Unreachable,
     Wake,
@@ -432,7 +434,8 @@ def test_a_sighup_before_the_first_ready_ends_with_it() -> None:
 
 def test_a_reload_of_the_same_file_whose_new_code_fails_everywhere_says_so() -> None:
     """The usual deploy: the file is the same, the handler's code is new and broken. Each
-    dispatcher keeps serving the same digest, with an error: no success, no '0 of 2'."""
+    dispatcher fails it: no success, no '0 of 2', even with the digest it served before
+    (the main process numbers each read, Config.loaded: the error alone must say it)."""
     p = ready()
     p.handle(ev.ReloadRequested(p.config, "", 2.0))
     for i in (0, 1):
@@ -442,6 +445,43 @@ def test_a_reload_of_the_same_file_whose_new_code_fails_everywhere_says_so() -> 
     [failed] = records(actions, Event.RELOAD_FAILED)
     assert failed.message == "reload failed, still serving the old generation: x"
     assert not only(actions, LogLevel)
+
+
+def test_a_dispatcher_that_dropped_a_reload_of_the_same_file_is_asked_for_it_again() -> None:
+    """Two reloads of the same file in quick succession, new code and then broken code.
+    Dispatcher 0 served the first before the second failed; dispatcher 1 dropped the first
+    for the second, failed it, and serves the code from before both. Each read is a
+    configuration of its own, so it is asked for the first, and its failure is said."""
+    p = ready()
+    before = p.config
+    first, second = (dataclasses.replace(before, loaded=n) for n in (1, 2))
+    p.handle(ev.ReloadRequested(first, "", 2.0))
+    answer(p, 0, "READY=1", serving(first, 0))
+    p.handle(ev.ReloadRequested(second, "", 2.1))
+    failing = f"{RECORD}=reload failed, still serving the old generation: SyntaxError"
+    for i, serves in ((0, first), (1, before)):
+        answer(p, i, failing)  # a record comes last in its message: one of its own
+        actions = answer(p, i, "READY=1", serving(serves, i))
+    assert p.config == first  # served by dispatcher 0 until the second failed
+    assert events(actions)[1] is Event.RELOAD_FAILED and not notified(actions)
+    assert only(actions, Reload) == [Reload(1, p.round, share(first, 1, 2))]
+    answer(p, 1, failing)  # the code on disk is still broken
+    actions = answer(p, 1, "READY=1", serving(before, 1))
+    [failed] = records(actions, Event.RELOAD_FAILED)
+    assert failed.message.endswith("(1 of 2 dispatchers)") and notified(actions) == ["READY=1"]
+    assert not only(actions, Reload)  # never asked for what it failed: no loop
+
+
+def test_each_reload_read_is_a_configuration_of_its_own() -> None:
+    cfg = config.build({"workers": 4, "dispatchers": 2}, {}, None)
+    supervisor = Supervisor([], cfg, lambda: cfg, 2, lambda exc: None)
+    try:
+        reads = [supervisor._reloaded() for _ in range(2)]
+    finally:
+        supervisor.loop.close()
+    assert [r.loaded for r in reads] == [1, 2]
+    assert len({cfg.digest, *(r.digest for r in reads)}) == 3
+    assert dataclasses.replace(reads[0], loaded=0) == cfg  # nothing else changed
 
 
 def test_a_configurations_digest_is_the_same_in_another_process() -> None:
