@@ -393,7 +393,7 @@ class Plan:
         one, when a newer SIGHUP came once it had taken effect and the newer one failed.
         A reload that failed everywhere, or whose dispatchers died before they served it,
         changes nothing: a dispatcher started later gets what the others serve, not a
-        handler that failed."""
+        configuration that failed (its workers import the code on disk, whatever it is)."""
         for config in reversed(asked):
             if any(self._serves(i, config, config is asked[-1]) for i in range(self.parts)):
                 self.config = config
