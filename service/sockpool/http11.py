@@ -11,6 +11,8 @@ strict where it matters. Where it is lenient we are not, before it sees a byte:
   alone as a line end: a front end that does not could read a different request) and no
   obs-fold (RFC 9112 5.2: a server may reject it; we do);
 - the request line, the head and the header count have limits of their own (414, 431);
+- a head is refused as soon as a fault shows, before it is whole, and of several faults
+  the first in its bytes is named: the status does not depend on how TCP cut the head;
 - Content-Length with Transfer-Encoding is refused, not resolved (RFC 9112 6.3: the
   classic smuggling shape), and the body has a limit (413);
 - h11 0.14 from PyPI skips the two bytes after a chunk's data without looking at them
@@ -151,31 +153,58 @@ def error_response(status: int) -> bytes:
     )
 
 
-def check_head(head: bytes | bytearray, limits: HttpLimits) -> None:
-    """Refuse a whole head (request line to CRLF CRLF) h11 would take but we do not."""
+def check_head(head: bytes | bytearray, limits: HttpLimits, whole: bool = True) -> None:
+    """Refuse a request head h11 would take but we do not: a whole one (request line to
+    CRLF CRLF), or one not whole yet as soon as it cannot be taken. Of several faults the
+    first in the bytes is named, so the status does not depend on how TCP cut the head."""
     line_end = head.find(b"\r\n")
-    if line_end > limits.max_request_line:
-        raise HttpError(414, "request line too long")
-    if len(head) > limits.max_header_bytes:
-        raise HttpError(431, "request head too large")
     crlf = head.count(b"\r\n")
-    if head.count(b"\n") != crlf or head.count(b"\r") != crlf:
-        raise HttpError(400, "bare LF or CR in the request head")
-    if b"\n " in head or b"\n\t" in head:
-        raise HttpError(400, "obsolete line folding in the request head")
-    if crlf - 2 > limits.max_headers:
-        raise HttpError(431, "too many header fields")
+    cr_last = not whole and head.endswith(b"\r")  # not bare yet: its LF may come next
+    cr = head.count(b"\r") - cr_last
+    fields = crlf - 2 if whole else crlf - 1
+    too_long = line_end > limits.max_request_line or (
+        line_end < 0 and len(head) - cr_last > limits.max_request_line
+    )
+    if (
+        too_long
+        or len(head) > limits.max_header_bytes
+        or head.count(b"\n") != crlf
+        or cr != crlf
+        or b"\n " in head
+        or b"\n\t" in head
+        or fields > limits.max_headers
+    ):  # the usual head passes on these counts alone; the rest finds which fault is first
+        raise min(_faults(head, limits, too_long, fields), key=lambda f: f[0])[1]
 
 
-def check_partial_head(buf: bytes | bytearray, limits: HttpLimits) -> None:
-    """Refuse a head that is not whole yet as soon as it cannot be taken."""
-    line_end = buf.find(b"\r\n")
-    if line_end > limits.max_request_line or (line_end < 0 and len(buf) > limits.max_request_line):
-        raise HttpError(414, "request line too long")
-    if len(buf) > limits.max_header_bytes:
-        raise HttpError(431, "request head too large")
-    if b"\n" in buf and buf.count(b"\n") != buf.count(b"\r\n"):
-        raise HttpError(400, "bare LF in the request head")
+def _faults(
+    head: bytes | bytearray, limits: HttpLimits, too_long: bool, fields: int
+) -> list[tuple[int, HttpError]]:
+    """Each fault in `head` with the length of the shortest prefix that shows it."""
+    faults = []
+    if too_long:  # a CR just at the limit shows it only with the byte after it
+        limit = limits.max_request_line
+        shows = limit + 1 + (head[limit : limit + 1] == b"\r")
+        faults.append((shows, HttpError(414, "request line too long")))
+    if len(head) > limits.max_header_bytes:
+        faults.append((limits.max_header_bytes + 1, HttpError(431, "request head too large")))
+    for pattern, shows, detail in _HEAD_FAULTS:
+        if match := pattern.search(head):
+            faults.append((match.start() + shows, HttpError(400, detail)))
+    if fields > limits.max_headers:  # the CRLF that ends one field too many
+        at = -2
+        for _ in range(limits.max_headers + 2):
+            at = head.find(b"\r\n", at + 2)
+        faults.append((at + 2, HttpError(431, "too many header fields")))
+    return faults
+
+
+# (a fault, the bytes from its start that show it, what it is)
+_HEAD_FAULTS = [
+    (re.compile(rb"(?<!\r)\n"), 1, "bare LF in the request head"),
+    (re.compile(rb"\r[^\n]"), 2, "bare CR in the request head"),
+    (re.compile(rb"\n[ \t]"), 2, "obsolete line folding in the request head"),
+]
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -291,7 +320,7 @@ class HttpConnection:
             del buf[:2]
         end = buf.find(_END)
         if end < 0:
-            check_partial_head(buf, self.limits)
+            check_head(buf, self.limits, whole=False)
             if self._eof and buf:
                 raise ClientDisconnected("the client closed in the middle of a request head")
             return None
