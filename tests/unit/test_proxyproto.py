@@ -428,22 +428,41 @@ def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     _check(data)
 
 
-@settings(max_examples=1500, deadline=None)
-@given(
-    st.sampled_from([*HEADERS, V2_SIGNATURE, b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 "]),
-    st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=4),
-    st.integers(0, 400),
-    st.binary(max_size=64),
-)
-@example(b"PROXY ", [], 0, b"\0" * 39)  # escaped, 39 NULs made a reason of 200 characters
-def test_fuzz_mutated_headers(base: bytes, flips, cut: int, tail: bytes) -> None:
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
     """Near-valid input, where a parser's bounds checks are tested hardest."""
-    data = bytearray(base + tail)
-    for at, value in flips:
+    bases = [*HEADERS, V2_SIGNATURE, b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 "]
+    data = bytearray(draw(st.sampled_from(bases)) + draw(st.binary(max_size=64)))
+    flips = st.lists(st.tuples(st.integers(0, 300), st.integers(0, 255)), max_size=4)
+    for at, value in draw(flips):
         if at < len(data):
             data[at] = value
-    _check(bytes(data[: max(cut, 1)]))
-    _check(bytes(data))
+    return bytes(data)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(mutated(), st.integers(0, 400))
+@example(b"PROXY " + b"\0" * 39, 0)  # escaped, 39 NULs made a reason of 200 characters
+def test_fuzz_mutated_headers(data: bytes, cut: int) -> None:
+    _check(data[: max(cut, 1)])
+    _check(data)
+
+
+def verdict(data: bytes, version: str) -> object:
+    try:
+        return parse(data, version)  # None: not whole yet
+    except ProxyError:
+        return ProxyError
+
+
+@settings(max_examples=300, deadline=None)
+@given(mutated())
+def test_a_verdict_on_the_first_bytes_of_a_header_stands_for_all_of_them(data: bytes) -> None:
+    """The dispatcher parses what has come so far: a header taken or refused on its first
+    bytes is taken or refused the same once more have come."""
+    for version in proxyproto.VERSIONS:
+        first = next(filter(None, (verdict(data[:n], version) for n in range(1, len(data)))), None)
+        assert first is None or first == verdict(data, version)
 
 
 def test_defer_accept_is_set_for_tcp_and_put_back_as_it_was() -> None:
