@@ -12,9 +12,9 @@ import sys
 from typing import Any, NoReturn
 
 from . import __version__, config, log
-from .errors import ExitCode, Fatal, cut, digits, quote
+from .errors import ExitCode, Fatal, cut, quote, whole_number
 from .importing import HandlerError, check_in_child
-from .listeners import Listener, bind, check_fdnames, from_activation, parse_address
+from .listeners import MAX_PID, Listener, bind, check_fdnames, from_activation, parse_address
 
 _journal_logging = False
 
@@ -90,7 +90,8 @@ class _Parser(argparse.ArgumentParser):
     building = True  # parser() clears it once every flag is added
 
     def error(self, message: str) -> NoReturn:
-        raise Fatal(ExitCode.USAGE, f"{message} (see sockpool --help)")
+        # argparse quotes what it was given whole: a 100 KB argument, or one with a newline.
+        raise Fatal(ExitCode.USAGE, f"{cut(message, 300)} (see sockpool --help)")
 
     def _get_formatter(self) -> argparse.HelpFormatter:
         # add_argument() makes a formatter for each flag only to check its metavar; with no
@@ -196,11 +197,11 @@ def _file(text: str) -> str:
 
 
 def _pid(text: str) -> int:
-    # 0, -1 and 1 would signal a process group, every process, or init; Linux's pids end at
-    # 2**22 (pid_max's limit).
-    if not digits(text) or not 2 <= int(text) <= 1 << 22:
-        raise argparse.ArgumentTypeError(f"not a process ID: {text!r}")
-    return int(text)
+    # 0, -1 and 1 would signal a process group, every process, or init.
+    pid = whole_number(text, MAX_PID)
+    if pid is None or pid < 2:
+        raise argparse.ArgumentTypeError(f"not a process ID: {quote(text)}")
+    return pid
 
 
 def _runs_sockpool(pid: int | str) -> bool:

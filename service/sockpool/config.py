@@ -20,8 +20,9 @@ from .listeners import MAX_LISTEN_FDS, clashes, parse_address
 from .proxyproto import DEFAULT_ALLOW, VERSIONS, parse_network
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
-_HANDLER_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_NAME_RE = re.compile(r"^[\w.@:-]{1,64}$")
+# fullmatch, never `$`: it matches before a last newline, which would split log lines.
+_HANDLER_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+_NAME_RE = re.compile(r"[\w.@:-]{1,64}")
 MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
 # No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
 MAX_LISTENER_TABLES = MAX_LISTEN_FDS
@@ -31,6 +32,9 @@ MAX_START_TIMEOUT = 86400.0
 MAX_SECONDS = 100 * 365 * 86400.0
 HANDOFFS = ("ready", "immediate")
 MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
+# Each worker is a process of its own (7 MiB at rest): more than this is a typo, and would
+# fork until the kernel or TasksMax= refused, not a pool.
+MAX_WORKERS = 4096
 
 
 def default_workers() -> int:
@@ -174,6 +178,12 @@ class Config:
 
 
 # key -> (kind, validator). The kind tells the CLI how to read a flag's text.
+def _workers(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WORKERS:
+        raise ValueError(f"expected an integer from 1 to {MAX_WORKERS}, got {quote(value)}")
+    return value
+
+
 def _positive_int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"expected a positive integer, got {quote(value)}")
@@ -285,13 +295,13 @@ def _bytes(value: Any) -> int:
 
 
 def _handler(value: Any) -> str:
-    if not isinstance(value, str) or not _HANDLER_RE.match(value):
+    if not isinstance(value, str) or not _HANDLER_RE.fullmatch(value):
         raise ValueError(f"expected 'module:callable', got {quote(value)}")
     return value
 
 
 def _name(value: Any) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         raise ValueError(f"expected a name of letters, digits and ._@:-, got {quote(value)}")
     return value
 
@@ -364,7 +374,7 @@ _LISTENER_KEYS: dict[str, Validator] = {
 }
 _KEYS: dict[str, tuple[type, Validator]] = {
     "handler": (str, _handler),
-    "workers": (int, _positive_int),
+    "workers": (int, _workers),
     "dispatchers": (int, _dispatchers),
     "graceful_timeout": (float, _non_negative_number),
     "capacity": (int, _positive_int),
@@ -413,10 +423,13 @@ def read_file(path: str) -> dict[str, Any]:
     try:
         # Not blocking: a FIFO in its place would hang --check, or a reload's dispatcher.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-        with open(fd, "rb") as f:
-            if stat.S_ISFIFO(os.fstat(fd).st_mode):
-                raise ConfigError(f"{_where(path)}: a pipe, not a file")
-            data = f.read(MAX_FILE_SIZE + 1)  # bounded: the path may name /dev/zero
+        try:  # closed here, not by open(): a directory opens, then open() refuses it
+            with open(fd, "rb", closefd=False) as f:
+                if stat.S_ISFIFO(os.fstat(fd).st_mode):
+                    raise ConfigError(f"{_where(path)}: a pipe, not a file")
+                data = f.read(MAX_FILE_SIZE + 1)  # bounded: the path may name /dev/zero
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise ConfigError(f"{_where(path)}: cannot read: {exc.strerror}") from None
     if len(data) > MAX_FILE_SIZE:
@@ -440,7 +453,8 @@ def read_file(path: str) -> dict[str, Any]:
 
 def _coerce_flag(kind: type, text: Any) -> Any:
     """Read a flag's text as the type its key has in TOML; leave it alone if it won't parse."""
-    if isinstance(text, str):
+    # int() and float() take any script's digits (Arabic-Indic, fullwidth): a flag, ASCII.
+    if isinstance(text, str) and text.isascii():
         try:
             if kind is int:
                 return int(text)

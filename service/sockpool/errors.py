@@ -49,6 +49,16 @@ def digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def whole_number(text: str, most: int) -> int | None:
+    """`text` as a number from 0 to `most` in ASCII digits; None for anything else, a
+    number thousands of digits long too (int() refuses those with a ValueError)."""
+    figures = text.lstrip("0") or "0"
+    if not digits(text) or len(figures) > len(str(most)):
+        return None
+    value = int(figures)
+    return value if value <= most else None
+
+
 def printable(text: str) -> str:
     """`text` with every character that could break or forge a line escaped as in repr():
     control characters (newline, CR, ESC...), lone surrogates (undecodable bytes), and the

@@ -17,10 +17,11 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import ExitCode, Fatal, digits, quote, utf8_text
+from .errors import ExitCode, Fatal, quote, utf8_text, whole_number
 
 LISTEN_FDS_START = 3
 MAX_LISTEN_FDS = 1024
+MAX_PID = 1 << 22  # Linux's pids end at 2**22 (pid_max's limit)
 MAX_NAME = 255  # bytes of a listener name: systemd's FDNAME_MAX, and the wire's u8 length
 MAX_UNIX_PATH = 107  # bytes of sun_path, less the NUL (or, abstract, the leading NUL)
 _NAME_PREFIX = re.compile(r"^([\w.@-]+)=(.+)$")
@@ -205,9 +206,10 @@ def _hostname(text: str, host: str, ascii_as_is: bool = False) -> str:
 
 
 def _port(text: str, port: str) -> int:
-    if not digits(port) or int(port) > 65535:
+    number = whole_number(port, 65535)
+    if number is None:
         raise ValueError(f"{quote(text)}: port must be a number from 0 to 65535")
-    return int(port)
+    return number
 
 
 def bind(address: Address) -> Listener:
@@ -215,8 +217,9 @@ def bind(address: Address) -> Listener:
     family, sockaddr = address.family, address.sockaddr
     if family == socket.AF_INET and not _is_ip(sockaddr[0]):
         family, sockaddr = _resolve(address)
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = None
     try:
+        sock = socket.socket(family, socket.SOCK_STREAM)  # out of descriptors: EMFILE here
         if family == socket.AF_UNIX:
             _remove_stale_unix_socket(address.sockaddr)
         else:
@@ -226,7 +229,8 @@ def bind(address: Address) -> Listener:
         sock.bind(sockaddr)
         sock.listen(socket.SOMAXCONN)
     except OSError as exc:
-        sock.close()
+        if sock is not None:
+            sock.close()
         raise Fatal(ExitCode.BIND, f"cannot listen on {address.text}: {exc.strerror}") from None
     path = sockaddr if family == socket.AF_UNIX and sockaddr[0] != "\0" else None
     return Listener(address.listener, sock, address.text, owned=True, path=path)
@@ -293,7 +297,8 @@ def from_activation(env: MutableMapping[str, str]) -> list[Listener] | None:
 
 def _check_environment(env: MutableMapping[str, str]) -> int:
     pid, fds = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
-    if not digits(pid):
+    # systemd writes both in decimal, and libsystemd reads a leading 0 as octal: refused.
+    if whole_number(pid, MAX_PID) is None or pid.startswith("0"):
         raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={quote(pid)} is not a process id")
     if int(pid) != os.getpid():
         raise Fatal(
@@ -301,19 +306,20 @@ def _check_environment(env: MutableMapping[str, str]) -> int:
             f"LISTEN_PID={pid} is another process (this is {os.getpid()}): "
             "the sockets were passed to someone else; start sockpool directly from systemd",
         )
-    if not digits(fds) or not 1 <= int(fds) <= MAX_LISTEN_FDS:
+    count = whole_number(fds, MAX_LISTEN_FDS)
+    if count is None or count < 1 or fds.startswith("0"):
         raise Fatal(
             ExitCode.ACTIVATION,
             f"LISTEN_FDS={quote(fds)} is not a count from 1 to {MAX_LISTEN_FDS}",
         )
     names = check_fdnames(env)
-    if names is not None and len(names) != int(fds):
+    if names is not None and len(names) != count:
         raise Fatal(
             ExitCode.ACTIVATION,
             f"LISTEN_FDNAMES={quote(env['LISTEN_FDNAMES'])} names {len(names)} sockets, "
             f"LISTEN_FDS={fds} passes {fds}",
         )
-    return int(fds)
+    return count
 
 
 def check_fdnames(env: Mapping[str, str]) -> list[str] | None:

@@ -18,7 +18,7 @@ import socket
 from collections import deque
 from collections.abc import Callable, Mapping
 
-from .errors import digits
+from .errors import whole_number
 
 STATUS_INTERVAL = 1.0  # seconds; systemctl status needs no more, and PID 1 gets no flood
 MIN_WATCHDOG_INTERVAL = 0.01  # seconds: a watchdog far below it cannot be fed by anyone
@@ -149,11 +149,12 @@ def _watchdog_interval(env: Mapping[str, str]) -> float:
     """Half of WATCHDOG_USEC, when the watchdog is meant for this process; no less than
     MIN_WATCHDOG_INTERVAL, or a tiny value would have the loop do nothing else."""
     usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
-    if not digits(usec) or int(usec) == 0:
+    interval = whole_number(usec, 2**64 - 1)  # systemd's usec_t
+    if not interval:
         return 0.0
     if pid and pid != str(os.getpid()):
         return 0.0
-    return max(MIN_WATCHDOG_INTERVAL, int(usec) / 2e6)
+    return max(MIN_WATCHDOG_INTERVAL, interval / 2e6)
 
 
 def forget_environment(env: dict[str, str] | os._Environ[str] = os.environ) -> None:

@@ -57,11 +57,19 @@ def test_listen_fds_naming_a_descriptor_that_is_not_a_socket(serve) -> None:
     assert line == "sockpool: descriptor 4 from LISTEN_FDS is not a socket"
 
 
-@pytest.mark.parametrize("fds", ["three", "\u00b9", "\uff11"])  # digits, but not ASCII ones
+# Digits, but not ASCII ones; a leading 0 (libsystemd reads it as octal: "010" passes 8
+# sockets); past int()'s 4,300 digits.
+@pytest.mark.parametrize("fds", ["three", "\u00b9", "\uff11", "01", "0" * 5000 + "1"])
 def test_listen_fds_garbage(serve, fds: str) -> None:
     code, line = activated_error(serve, ["env", f"LISTEN_FDS={fds}"])
     assert code == 65
-    assert f"LISTEN_FDS={fds!r} is not a count" in line
+    assert f"LISTEN_FDS={fds[:20]!r}"[:-1] in line and "is not a count from 1" in line
+
+
+def test_listen_pid_with_a_leading_zero(serve) -> None:
+    code, line = activated_error(serve, ["sh", "-c", 'LISTEN_PID=0$$ exec "$0" "$@"'])
+    assert code == 65
+    assert re.fullmatch(r"sockpool: LISTEN_PID='0\d+' is not a process id", line), line
 
 
 def test_listen_fdnames_that_do_not_match(serve) -> None:
@@ -75,7 +83,8 @@ def test_bad_config_value_names_the_key(serve, tmp_path: Path) -> None:
     config.write_text('workers = "four"\n')
     code, line = activated_error(serve, [], args=[f"--config={config}", ECHO])
     assert code == 78
-    assert line == f"sockpool: config {config}: workers: expected a positive integer, got 'four'"
+    expected = "workers: expected an integer from 1 to 4096, got 'four'"
+    assert line == f"sockpool: config {config}: {expected}"
 
 
 @pytest.mark.parametrize(
@@ -101,13 +110,21 @@ def test_bad_config_files(tmp_path: Path, text: str, message: str) -> None:
 def test_bad_flag_value_is_a_config_error() -> None:
     result = run("--workers=0", "--check", ECHO)
     assert result.returncode == 78
-    assert error_line(result.stderr) == ("sockpool: --workers: expected a positive integer, got 0")
+    expected = "--workers: expected an integer from 1 to 4096, got 0"
+    assert error_line(result.stderr) == f"sockpool: {expected}"
 
 
 def test_unknown_flag_is_a_usage_error() -> None:
     result = run("--wrokers=2", ECHO)
     assert result.returncode == 64
     assert "unrecognized arguments: --wrokers=2" in error_line(result.stderr)
+
+
+@pytest.mark.parametrize("extra", ["a\nforged line", "x" * 100_000])
+def test_a_usage_error_is_one_short_line_whatever_it_quotes(extra: str) -> None:
+    result = run("--check", ECHO, extra)
+    assert result.returncode == 64
+    assert result.stderr.count("\n") == 1 and len(error_line(result.stderr)) < 400
 
 
 def test_an_empty_config_path_is_a_usage_error() -> None:
@@ -146,6 +163,21 @@ def test_listen_address_in_use() -> None:
         result = run(f"--listen=127.0.0.1:{port}", ECHO)
     assert result.returncode == 71
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in error_line(result.stderr)
+
+
+def test_out_of_descriptors_at_listen_is_one_line_and_leaves_no_socket_file(
+    tmp_path: Path,
+) -> None:
+    paths = [f"--listen={tmp_path}/s{i}.sock" for i in range(40)]
+    result = subprocess.run(
+        ["sh", "-c", 'ulimit -n 24 && exec "$@"', "sh", SOCKPOOL, *paths, ECHO],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 71
+    assert "Too many open files" in error_line(result.stderr)
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_failed_listen_leaves_no_socket_file_behind(tmp_path: Path) -> None:
@@ -431,7 +463,8 @@ def test_a_bad_value_from_a_flag_is_cut_too() -> None:
     assert result.returncode == 78
     assert cut_as(
         error_line(result.stderr),
-        "sockpool: --workers: expected a positive integer, got '9x<cut>9x' (100,000 characters)",
+        "sockpool: --workers: expected an integer from 1 to 4096, "
+        "got '9x<cut>9x' (100,000 characters)",
     )
 
 

@@ -264,7 +264,7 @@ def test_reload_with_a_bad_config_keeps_serving(serve, tmp_path: Path) -> None:
     config.write_text("workers = 0\n")
     service.signal(signal.SIGHUP)
     wait_until(lambda: "reload failed" in service.output(), "the reload to fail")
-    assert "workers: expected a positive integer, got 0" in service.output()
+    assert "workers: expected an integer from 1 to 4096, got 0" in service.output()
     assert request(service.address, b"still here") == b"still here"
     assert service.workers() == workers
 

@@ -32,10 +32,14 @@ def test_defaults() -> None:
 @pytest.mark.parametrize(
     ("values", "message"),
     [
-        ({"workers": True}, "workers: expected a positive integer, got True"),
-        ({"workers": 1.5}, "workers: expected a positive integer"),
+        ({"workers": True}, "workers: expected an integer from 1 to 4096, got True"),
+        ({"workers": 1.5}, "workers: expected an integer from 1 to 4096"),
+        ({"workers": 4097}, "workers: expected an integer from 1 to 4096, got 4097"),
+        ({"workers": 2**63 - 1}, "workers: expected an integer from 1 to 4096"),
         ({"capacity": 0}, "capacity: expected a positive integer"),
         ({"name": "has space"}, "name: expected a name"),
+        ({"name": "app\n"}, "name: expected a name"),  # a regex's `$` takes a last newline
+        ({"handler": "m:h\n"}, "handler: expected 'module:callable'"),
         ({"log_level": "loud"}, "log_level: expected one of debug"),
         ({"listen": ["nonsense:port"]}, "port must be a number"),
         ({"listen": ["/run/a.sock", "x=/run/a.sock"]}, "'x=/run/a.sock': the same address as"),
@@ -65,6 +69,13 @@ def assert_one_line_config_error(values: dict, message: str) -> None:
 def test_bad_flag_names_the_flag() -> None:
     with pytest.raises(ConfigError, match=r"^--graceful-timeout: expected a number"):
         config.build({}, {"graceful_timeout": "soon"}, None)
+
+
+@pytest.mark.parametrize(("key", "text"), [("workers", "\u0663"), ("graceful_timeout", "\uff15")])
+def test_a_flag_takes_ascii_digits_only(key: str, text: str) -> None:
+    """int() and float() read Arabic-Indic and fullwidth digits as numbers nobody typed."""
+    with pytest.raises(ConfigError, match=f"got {text!r}$"):
+        config.build({}, {key: text}, None)
 
 
 def test_every_listener_needs_a_handler() -> None:
@@ -114,6 +125,7 @@ def test_a_pipe_in_place_of_the_file_is_refused_not_waited_on(tmp_path: Path) ->
     assert err.value.message == f"config {fifo}: a pipe, not a file"
 
 
+@pytest.mark.usefixtures("no_descriptor_leaks")  # a reload reads it again on each SIGHUP
 def test_a_directory_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         config.read_file(str(tmp_path))

@@ -34,7 +34,9 @@ def test_addresses(text: str, expected: Address) -> None:
     assert parse_address(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "host:", ":80", "1.2.3.4:http", "[::1]", "70000", "::1:80"])
+@pytest.mark.parametrize(
+    "text", ["", "host:", ":80", "1.2.3.4:http", "[::1]", "70000", "::1:80", "9" * 5000]
+)
 def test_bad_addresses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_address(text)

@@ -76,6 +76,7 @@ def test_watchdog_meant_for_another_process_is_ignored() -> None:
     assert Notifier({"WATCHDOG_USEC": "1000000", "WATCHDOG_PID": "1"}).watchdog_interval == 0
     assert Notifier({"WATCHDOG_USEC": "junk"}).watchdog_interval == 0
     assert Notifier({"WATCHDOG_USEC": "\u00b9"}).watchdog_interval == 0  # a digit, not ASCII
+    assert Notifier({"WATCHDOG_USEC": "9" * 5000}).watchdog_interval == 0  # past int()'s limit
 
 
 def test_a_tiny_watchdog_does_not_become_a_busy_loop() -> None:
