@@ -411,7 +411,8 @@ _KEYS: dict[str, tuple[type, Validator]] = {
 
 
 def flag_name(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    """How the command line names `key`: the handler is the one positional argument."""
+    return "HANDLER" if key == "handler" else "--" + key.replace("_", "-")
 
 
 def _where(path: str | None) -> str:

@@ -142,7 +142,8 @@ def check_in_child(specs: Iterable[Target], timeout: float) -> None:
     be fooled by one that forks. Raises HandlerError naming the handler.
 
     The child has a process group of its own, killed whole at the end: nothing a module
-    started at import outlives the check.
+    started at import outlives the check, unless it left the group (a session of its own,
+    as a daemon makes).
     """
     specs = list(specs)
     _flush()  # or the child would write our buffered output a second time

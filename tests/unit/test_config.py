@@ -71,6 +71,11 @@ def test_bad_flag_names_the_flag() -> None:
         config.build({}, {"graceful_timeout": "soon"}, None)
 
 
+def test_a_bad_handler_argument_is_named_as_it_is_given() -> None:
+    with pytest.raises(ConfigError, match=r"^HANDLER: expected 'module:callable', got 'x'$"):
+        config.build({}, {"handler": "x"}, None)
+
+
 @pytest.mark.parametrize(("key", "text"), [("workers", "\u0663"), ("graceful_timeout", "\uff15")])
 def test_a_flag_takes_ascii_digits_only(key: str, text: str) -> None:
     """int() and float() read Arabic-Indic and fullwidth digits as numbers nobody typed."""
