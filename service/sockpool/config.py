@@ -39,7 +39,7 @@ MAX_WORKERS = 4096
 
 def default_workers() -> int:
     """The CPUs this process may run on (honours CPUAffinity= and cgroup cpusets)."""
-    return len(os.sched_getaffinity(0)) or 1
+    return min(len(os.sched_getaffinity(0)) or 1, MAX_WORKERS)
 
 
 AUTO = "auto"  # dispatchers = "auto": as many as the cores call for (dispatcher_count)
@@ -454,16 +454,19 @@ def read_file(path: str) -> dict[str, Any]:
 
 def _coerce_flag(kind: type, text: Any) -> Any:
     """Read a flag's text as the type its key has in TOML; leave it alone if it won't parse."""
-    # int() and float() take any script's digits (Arabic-Indic, fullwidth): a flag, ASCII.
-    if isinstance(text, str) and text.isascii():
-        try:
-            if kind is int:
-                return int(text)
-            if kind is float:
-                return float(text)
-        except ValueError:
-            return text
+    # int() and float() take any script's digits (Arabic-Indic, fullwidth), spaces and
+    # underscores ("1_0" is 10): a flag's number is written plainly, or left for its check
+    # to refuse, named.
+    number = _NUMBER.get(kind)
+    if number and isinstance(text, str) and number.fullmatch(text):
+        return kind(text)
     return text
+
+
+_NUMBER = {
+    int: re.compile(r"-?[0-9]{1,18}"),
+    float: re.compile(r"-?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?"),
+}
 
 
 def build(file_values: Mapping[str, Any], flags: Mapping[str, Any], path: str | None) -> Config:

@@ -50,8 +50,8 @@ def digits(text: str) -> bool:
 
 
 def whole_number(text: str, most: int) -> int | None:
-    """`text` as a number from 0 to `most` in ASCII digits; None for anything else, a
-    number thousands of digits long too (int() refuses those with a ValueError)."""
+    """`text` as a number from 0 to `most` in ASCII digits (leading zeros taken); None for
+    anything else, a number thousands of digits long too (int() raises ValueError)."""
     figures = text.lstrip("0") or "0"
     if not digits(text) or len(figures) > len(str(most)):
         return None

@@ -11,8 +11,9 @@ strict where it matters. Where it is lenient we are not, before it sees a byte:
   alone as a line end: a front end that does not could read a different request) and no
   obs-fold (RFC 9112 5.2: a server may reject it; we do);
 - the request line, the head and the header count have limits of their own (414, 431);
-- a head is refused as soon as a fault shows, before it is whole, and of several faults
-  the first in its bytes is named: the status does not depend on how TCP cut the head;
+- a head is refused as soon as one of these faults shows, before it is whole, and of
+  several the first in its bytes is named (h11's own come after, once the head is whole):
+  the status does not depend on how TCP cut the head;
 - Content-Length with Transfer-Encoding is refused, not resolved (RFC 9112 6.3: the
   classic smuggling shape), and the body has a limit (413);
 - h11 0.14 from PyPI skips the two bytes after a chunk's data without looking at them
@@ -338,6 +339,8 @@ class HttpConnection:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
             raise HttpError(400, str(exc)) from None
+        except ValueError:  # h11's int() of a Content-Length past Python's 4,300 digits
+            raise HttpError(413, "a Content-Length thousands of digits long") from None
         assert type(event) is h11.Request, event
         if _STRICT_CHUNKS and type(conn._reader) is ChunkedReader:  # fresh: nothing read yet
             conn._reader = _StrictChunkedReader()

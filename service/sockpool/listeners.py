@@ -24,7 +24,10 @@ MAX_LISTEN_FDS = 1024
 MAX_PID = 1 << 22  # Linux's pids end at 2**22 (pid_max's limit)
 MAX_NAME = 255  # bytes of a listener name: systemd's FDNAME_MAX, and the wire's u8 length
 MAX_UNIX_PATH = 107  # bytes of sun_path, less the NUL (or, abstract, the leading NUL)
-_NAME_PREFIX = re.compile(r"^([\w.@-]+)=(.+)$")
+_NAME_PREFIX = re.compile(r"([\w.@-]+)=(.+)", re.DOTALL)  # fullmatch: `$` passes a last LF
+# In the journal and on stderr the address is written as it was given: a newline in it
+# would forge a log line. (A NUL is refused by what it is in: no host, path or name has one.)
+_CONTROL = re.compile(r"[\x01-\x1f\x7f]")
 _FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6", socket.AF_UNIX: "UNIX"}
 
 
@@ -93,8 +96,10 @@ def parse_address(text: str) -> Address:
     The listener's name (NAME, else ADDR as text) must fit the handoff's 255 bytes; the
     text is kept valid UTF-8 (undecodable bytes escaped) while a path is bound byte for byte.
     """
+    if _CONTROL.search(text):
+        raise ValueError(f"{quote(text)}: a control character in an address")
     name = None
-    match = _NAME_PREFIX.match(text)
+    match = _NAME_PREFIX.fullmatch(text)
     if match and not text.startswith(("/", "@", "[")):
         name, text = match.groups()
     address = _parse(name, text)

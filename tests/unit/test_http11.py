@@ -126,6 +126,8 @@ INVALID: dict[str, tuple[bytes, int, HttpLimits]] = {
     "head too large, unfinished": (HEAD_OF + b"X: " + b"v" * 16400, 431, LIMITS),
     "too many headers": (HEAD_OF + b"X: v\r\n" * 100 + b"\r\n", 431, LIMITS),
     "body too large": (POST + b"Content-Length: 16777217\r\n\r\n", 413, LIMITS),
+    "content-length past int()'s digits": (POST + b"Content-Length: " + b"1" * 5000
+                                           + b"\r\n\r\n", 413, LIMITS),
     "chunked body too large": (POST_CHUNKED + b"65\r\n" + b"x" * 101 + b"\r\n0\r\n\r\n",
                                413, SMALL),
     # smuggling
@@ -292,7 +294,7 @@ def test_any_bytes_give_requests_or_one_refusal_however_they_arrive(
         (b"GET / HTTP/1.1\r\nA: 1\r\nB: 2\r\nC: 3\r\n" + b"D" * 60 + b"\r\n\r\n", 431),
         # The CR at the limit is bare, and the line too long: both show with the next byte.
         (b"GET /" + b"a" * 19 + b"\r\rHost: a\r\n\r\n", 414),
-        (b"GET /" + b"a" * 19 + b"\r\nHost: a\r\n\r\n", 400),  # the line fits; no Host
+        (b"GET /" + b"a" * 19 + b"\r\nHost: a\r\n\r\n", 400),  # it fits, with no version
     ],
 )
 def test_of_several_faults_the_first_in_the_bytes_is_named(raw: bytes, status: int) -> None:
