@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness import connect, cpu_seconds, free_port, inet4, read_to_eof, tlv, v2, wait_until
-from test_ready_work import assert_closed_by_server, closed, settle
+from test_ready_work import assert_closed_by_server, settle, wait_closed
 
 CLIENT = inet4("203.0.113.7", "198.51.100.1", 40000, 443)  # a client on the far side
 TLVS = tlv(0x05, b"req-42") + tlv(0x02, b"shop.example") + tlv(0x01, b"h2")
@@ -94,7 +94,7 @@ def test_an_invalid_header_is_dropped_and_counted(serve, tmp_path, garbage) -> N
     with connect(service.address) as sock:
         sock.sendall(garbage)
         assert_closed_by_server(sock)
-    wait_until(lambda: closed(service, "proxy-invalid") == 1, "one proxy-invalid close")
+    wait_closed(service, "proxy-invalid", 1)
 
 
 def test_a_header_that_never_completes_is_closed_at_proxy_timeout(serve, tmp_path) -> None:
@@ -102,7 +102,7 @@ def test_a_header_that_never_completes_is_closed_at_proxy_timeout(serve, tmp_pat
     with connect(service.address) as sock:
         sock.sendall(v2(block=CLIENT)[:20])
         assert_closed_by_server(sock, timeout=5)
-    wait_until(lambda: closed(service, "proxy-header") == 1, "one proxy-header close")
+    wait_closed(service, "proxy-header", 1)
 
 
 def test_a_header_from_an_untrusted_peer_is_dropped_and_counted(serve, tmp_path) -> None:
@@ -112,9 +112,7 @@ def test_a_header_from_an_untrusted_peer_is_dropped_and_counted(serve, tmp_path)
         assert_closed_by_server(sock)
     # Two: the connection that activated the service came from loopback too. The count is
     # logged at most every 10 s, so the second one may take that long.
-    wait_until(
-        lambda: closed(service, "proxy-untrusted") == 2, "two proxy-untrusted closes", timeout=15
-    )
+    wait_closed(service, "proxy-untrusted", 2, timeout=15)
 
 
 def test_the_per_source_limit_counts_the_client_not_the_balancer(serve, tmp_path) -> None:

@@ -76,6 +76,17 @@ def closed(service, reason: str | None = None) -> int:
     return total
 
 
+def wait_closed(service, reason: str, count: int, timeout: float = 10) -> None:
+    """Until the dispatcher has said it closed `count` connections for `reason` (its log
+    line is rate-limited: the rest of a count may come in a later line); on giving up, what
+    it did say, so that a failure names the reasons it saw instead."""
+    try:
+        wait_until(lambda: closed(service, reason) == count, f"{count} {reason} closes", timeout)
+    except AssertionError as exc:
+        said = [m[0] for m in CLOSED.finditer(service.output())]
+        raise AssertionError(f"{exc}; the dispatcher said: {said}") from None
+
+
 def hello(answer: Response) -> bool:
     return answer.head.startswith(b"HTTP/1.1 200 OK\r\n") and answer.body == b"hello\n"
 
@@ -211,10 +222,7 @@ def test_silent_connections_are_closed_at_the_first_byte_timeout(serve) -> None:
     for sock in silent:
         assert sock.recv(10) == b""  # an orderly close by the server, not our timeout
         sock.close()
-    # The log line is rate-limited: the rest of a count may come in a later line.
-    wait_until(
-        lambda: closed(service, "first-byte") == before + 20, "20 first-byte closes", timeout=25
-    )
+    wait_closed(service, "first-byte", before + 20, timeout=25)
     assert hello(fetch(service.address))
 
 
@@ -283,7 +291,7 @@ def test_slowloris_clients_pin_no_worker_and_are_closed_at_the_request_timeout(s
     client.close()
     slow.join()
     assert (slow.closed, slow.answered) == (6, 0)
-    wait_until(lambda: closed(service, "request") == 6, "6 request-timeout closes", timeout=25)
+    wait_closed(service, "request", 6, timeout=25)
 
 
 # -- 4. carried bytes ----------------------------------------------------------------------------
