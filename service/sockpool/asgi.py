@@ -235,7 +235,10 @@ class _Exchange:
         if self.gone:
             return  # the client went: the application learns it from receive()
         http = self.http
-        body = bytes(message.get("body", b""))
+        body = message.get("body", b"")
+        if not isinstance(body, bytes | bytearray | memoryview):  # bytes(5) is five NULs
+            raise TypeError(f"http.response.body: body is {type(body).__name__}, not bytes")
+        body = bytes(body)
         more = bool(message.get("more_body", False))
         out = []
         if not http.head_sent:

@@ -402,7 +402,10 @@ class HttpConnection:
         """The response head. The body is framed by the application's Content-Length, else
         chunked for HTTP/1.1 and by closing the connection for 1.0. HEAD, 204 and 304 send
         no body (HEAD keeps the framing headers a GET would have). Raises ValueError for
-        headers that cannot be sent (no response splitting)."""
+        headers that cannot be sent (no response splitting), and for a status that is not a
+        final one (1xx would leave the client waiting for the response after it)."""
+        if not 200 <= status <= 599 or _bad_value(reason):
+            raise ValueError(f"a status that cannot be sent: {status} {reason!r}")
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
         length: bytes | None = None
         close = not self._keep_alive or (self._continue_owed and not self._body_done)
@@ -421,10 +424,10 @@ class HttpConnection:
                 close = close or b"close" in value.lower()
                 continue
             out += (name, b": ", value, b"\r\n")
-        if length is not None:
+        if length is not None and status != 204:  # RFC 9110 8.6: never with a 204
             out += (b"Content-Length: ", length, b"\r\n")
             self._framing, self._left = _LENGTH, int(length)
-        elif status in (204, 304) or status < 200:
+        elif status in (204, 304):
             self._framing = _NONE
         elif self._version == b"1.1":
             out.append(b"Transfer-Encoding: chunked\r\n")

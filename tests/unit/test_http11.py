@@ -395,6 +395,22 @@ def exchange(raw: bytes) -> HttpConnection:
     return http
 
 
+def test_a_204_has_no_content_length_even_when_the_application_gives_one() -> None:
+    head = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(204, [(b"Content-Length", b"5")])
+    assert b"content-length" not in head.lower()
+
+
+def test_asgi_body_that_is_not_bytes_is_a_500_not_nul_bytes() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": 5})
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert Client(client).response()[0] == 500
+    thread.join(10)
+
+
 def test_response_framing() -> None:
     """The application's Content-Length is sent once and held to; a 204 has no body;
     HTTP/1.0 keep-alive is answered; nothing can split a response."""
@@ -713,9 +729,18 @@ def test_wsgi_status_that_is_not_three_ascii_digits_is_a_500_naming_it(
     assert record.exc_info is not None and str(record.exc_info[1]) == f"bad status {status!r}"
 
 
-def test_wsgi_header_that_would_split_the_response_is_a_500() -> None:
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [
+        ("200 OK", [("X-Evil", "a\r\nSet-Cookie: stolen=1")]),
+        ("200 OK\r\nSet-Cookie: stolen=1", []),  # through the reason
+        ("099 Weird", []),  # no such status
+        ("101 Switching Protocols", []),  # not final: the client would wait for another
+    ],
+)
+def test_wsgi_response_head_that_cannot_be_sent_is_a_500(status: str, headers: list) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        start_response("200 OK", [("X-Evil", "a\r\nSet-Cookie: stolen=1")])
+        start_response(status, headers)
         return [b"never"]
 
     client, thread = run_sync(wsgi.make_handler(app))
