@@ -21,6 +21,7 @@ class WorkerSpec:
     park_after: float = 0.0  # wait this long for a keep-alive connection's next request
     access_log: bool = False  # web apps: a journal record per request
     http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
+    request_timeout: float = 0.0  # a request not read whole this long after it began
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
     # `queue_ahead`: a sync worker takes connections queued behind the one it serves, and
     # starts the next the moment it is done, without waiting for the dispatcher to hear of
@@ -60,6 +61,7 @@ class WorkerSpec:
                 config.max_request_line, config.max_header_bytes, config.max_headers,
                 config.max_body,
             ),
+            request_timeout=config.request_timeout,
             handoff={name: config.handoff_for(name) for name in listeners},
             queue_ahead=0 if config.shares_sockets else config.queue_ahead,
             pull=config.pull,

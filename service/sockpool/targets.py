@@ -38,7 +38,9 @@ class Served:
         app = load_app(target.spec, target.kind)
         from . import http11  # web apps only: kept off a plain handler's cold start
 
-        limits = http11.HttpLimits(*self.spec.http_limits)
+        limits = http11.HttpLimits(
+            *self.spec.http_limits, request_timeout=self.spec.request_timeout
+        )
         if target.kind == "wsgi":
             from . import wsgi
 

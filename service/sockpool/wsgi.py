@@ -66,6 +66,10 @@ class _Input(io.RawIOBase):
         self._http = http
         self._buf = bytearray()
         self._asked = False
+        # From the head, not the first byte: a pipelined request's first byte came before
+        # anyone looked. Its head already had request_timeout, in the dispatcher.
+        limit = http.limits.request_timeout
+        self._deadline = time.monotonic() + limit if limit else 0.0
 
     def readable(self) -> bool:
         return True
@@ -78,9 +82,26 @@ class _Input(io.RawIOBase):
             if go_on := http.continue_bytes():
                 self._conn.sendall(go_on)
         while (data := http.read_body()) is None:
-            http.feed(self._conn.recv(CHUNK))  # mid-request: wait for it, do not park
+            http.feed(self.recv())  # mid-request: wait for it, do not park
         self._buf += data
         return bool(data)
+
+    def recv(self) -> bytes:
+        """The next bytes of the body, within request_timeout of its head: the socket's own
+        timeout starts again with every byte, so a client trickling its body would
+        otherwise hold the worker for ever. TimeoutError closes the connection."""
+        conn, deadline = self._conn, self._deadline
+        if not deadline:
+            return conn.recv(CHUNK)
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the request was not read whole within request_timeout")
+        timeout = conn.gettimeout()
+        conn.settimeout(left if timeout is None else min(timeout, left))
+        try:
+            return conn.recv(CHUNK)
+        finally:
+            conn.settimeout(timeout)
 
     def read(self, size: int | None = -1) -> bytes:
         buf = self._buf
@@ -369,7 +390,8 @@ def _serve(
     """Run the application for one request; whether the connection can serve another."""
     started = time.monotonic_ns() if access_log else 0
     environ = _environ(base, request)
-    body: Any = _Input(conn, http)
+    reader = _Input(conn, http)
+    body: Any = reader
     if request.chunked:
         # Its framing and size are known only once read: read it whole (at most max_body)
         # before the application, so a malformed or oversized body is refused unseen.
@@ -409,5 +431,5 @@ def _serve(
             status = status or (response.status if http.head_sent else 0)
             log_access(request.method, request.target, status, response.sent, started)
     while (drained := http.drain()) is None:
-        http.feed(conn.recv(CHUNK))
+        http.feed(reader.recv())  # what the application left unread: as slow, as bounded
     return drained and http.finish()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import socket
 import sys
 import tempfile
@@ -750,6 +751,28 @@ def test_wsgi_response_head_that_cannot_be_sent_is_a_500(status: str, headers: l
         seen += data
     thread.join(10)
     assert seen.startswith(b"HTTP/1.1 500 ") and b"stolen" not in seen
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 100", b"Transfer-Encoding: chunked"])
+def test_wsgi_body_trickled_slower_than_the_request_timeout_is_cut_off(framing: bytes) -> None:
+    """The socket's timeout starts again with each byte: only request_timeout stops a
+    client that sends its body a byte at a time from holding the worker for ever."""
+    seen: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        seen.append(environ["wsgi.input"].read())
+        start_response("200 OK", [])
+        return [b"read"]
+
+    client, thread = run_sync(wsgi.make_handler(app, HttpLimits(request_timeout=0.5)))
+    client.sendall(b"POST / HTTP/1.1\r\nHost: a\r\n" + framing + b"\r\n\r\n")
+    for _ in range(100):  # 20 s at this pace; the socket's own timeout is 10 s
+        if select.select([client], [], [], 0.2)[0]:
+            break
+        client.sendall(b"1\r\nx\r\n" if b"chunked" in framing else b"x")
+    assert client.recv(4096) == b""  # closed, unanswered
+    thread.join(10)
+    assert not seen  # the application never had the body
 
 
 def test_wsgi_continue_is_sent_when_the_body_is_read() -> None:
