@@ -9,6 +9,7 @@ wrapped in wsgiref.validate) and the ASGI handler.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import select
@@ -399,6 +400,56 @@ def exchange(raw: bytes) -> HttpConnection:
 def test_a_204_has_no_content_length_even_when_the_application_gives_one() -> None:
     head = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(204, [(b"Content-Length", b"5")])
     assert b"content-length" not in head.lower()
+
+
+@pytest.mark.parametrize("body", [b"", b"hello"])
+def test_asgi_a_client_that_leaves_is_heard_of_after_the_body(body: bytes) -> None:
+    """A long-poll application waits on receive() for the client to leave: it must hear
+    of it, or it holds its slot and descriptor for ever."""
+    heard: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (message := await receive())["type"] != "http.disconnect":
+            heard.append(message["type"])
+        heard.append("disconnect")
+
+    client, thread = run_async(asgi.make_handler(app))
+    length = b"Content-Length: %d\r\n" % len(body)
+    client.sendall(b"POST / HTTP/1.1\r\nHost: a\r\n" + length + b"\r\n" + body)
+    client.close()
+    thread.join(10)
+    assert heard == ["http.request", "disconnect"]
+
+
+def test_asgi_a_client_that_reads_nothing_is_let_go_at_the_idle_timeout() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * (8 << 20)})  # > the buffers
+
+    info = dataclasses.replace(INFO, idle_timeout=0.5)
+    client, thread = run_async(asgi.make_handler(app), info)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")  # and never reads
+    thread.join(10)
+    assert not thread.is_alive()  # drain() no longer waits for ever
+    client.close()
+
+
+def test_asgi_a_pipelined_request_is_kept_while_the_application_waits() -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()  # the (empty) body
+        waiting = asyncio.ensure_future(receive())
+        await asyncio.sleep(0.2)  # meanwhile the next request comes
+        assert not waiting.done()  # not a disconnect: the client is still there
+        waiting.cancel()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": scope["path"].encode()})
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n")
+    reader = Client(client)
+    assert reader.response()[2] == b"/1" and reader.response()[2] == b"/2"
+    client.close()
+    thread.join(10)
 
 
 def test_asgi_body_that_is_not_bytes_is_a_500_not_nul_bytes() -> None:
