@@ -303,14 +303,19 @@ class _Exchange:
         if not more:
             out.append(http.end())
             self.done = True
-        self.writer.write(b"".join(out))
+        writer = self.writer
+        writer.write(b"".join(out))
         try:
-            # A client that reads nothing would hold the connection, its slot and the
-            # response's bytes for ever: idle_timeout, as a sync worker's socket has.
-            async with asyncio.timeout(self.idle):
-                await self.writer.drain()
+            transport = writer.transport
+            if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
+                await writer.drain()  # not paused: at once (a timeout costs 4 us a response)
+            else:
+                # A client that reads nothing would hold the connection, its slot and the
+                # response's bytes for ever: idle_timeout, as a sync worker's socket has.
+                async with asyncio.timeout(self.idle):
+                    await writer.drain()
         except TimeoutError:
-            self.writer.transport.abort()  # a close would wait to flush, for ever too
+            writer.transport.abort()  # a close would wait to flush, for ever too
             self._lost()
         except ConnectionError:
             self._lost()
