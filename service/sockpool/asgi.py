@@ -259,8 +259,7 @@ class _Exchange:
         application cancelled: the reader takes one read at a time, and the next request's
         would collide with it. What it got is kept; cancelled, it leaves the bytes unread."""
         read = self.watching
-        if read is None:
-            return
+        assert read is not None
         if not read.done():
             read.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -365,7 +364,8 @@ class _Exchange:
             return False
         finally:
             self.finished.set()
-            await self._stop_watching()
+            if self.watching is not None:
+                await self._stop_watching()
             if access_log:
                 status = status or (self.status if self.http.head_sent else 0)
                 log_access(request.method, request.target, status, self.sent, started)
