@@ -14,7 +14,6 @@ back as a plain response (the connection is never switched).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -195,13 +194,12 @@ class _Exchange:
         self.done = False
         self.gone = False  # the client went away
         self.finished = asyncio.Event()  # the response is complete, or the client is gone
-        self.watching: asyncio.Future[bytes] | None = None  # _until_gone's read
         self.sent = 0
 
     async def receive(self) -> Message:
         http = self.http
         if self.gone or http.body_done:
-            await self._until_gone()  # nothing more to read: until the response is out
+            await self.finished.wait()  # nothing more to read: until the response is out
             return {"type": "http.disconnect"}
         if not self.asked:
             self.asked = True
@@ -219,54 +217,6 @@ class _Exchange:
     def _lost(self) -> None:
         self.gone = True
         self.finished.set()
-
-    async def _until_gone(self) -> None:
-        """Until the response is out, or the client leaves: a long-poll or streaming
-        application waits on receive() to hear of that, and would otherwise hold its slot
-        and descriptor for ever. What the client sends meanwhile (its next request,
-        pipelined) is kept for after the response, up to a head's worth."""
-        finished = asyncio.ensure_future(self.finished.wait())
-        kept = 0
-        try:
-            while not self.finished.is_set() and kept <= self.http.limits.max_header_bytes:
-                if self.watching is None:
-                    self.watching = asyncio.ensure_future(self.reader.read(CHUNK))
-                await asyncio.wait((self.watching, finished), return_when=asyncio.FIRST_COMPLETED)
-                if not self.watching.done():
-                    return  # the response is out
-                data = self._watched()
-                if not data:
-                    self._lost()
-                    return
-                kept += len(data)
-            await finished
-        finally:
-            finished.cancel()
-
-    def _watched(self) -> bytes:
-        """What the read of _until_gone got, kept for the next request; b"": the end."""
-        read, self.watching = self.watching, None
-        assert read is not None
-        try:
-            data = read.result()
-        except (ConnectionError, asyncio.CancelledError):
-            return b""
-        self.http.feed(data)
-        return data
-
-    async def _stop_watching(self) -> None:
-        """No read of ours left once the exchange is over, even one whose receive() the
-        application cancelled: the reader takes one read at a time, and the next request's
-        would collide with it. What it got is kept; cancelled, it leaves the bytes unread."""
-        read = self.watching
-        assert read is not None
-        if not read.done():
-            read.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await read
-        if not read.cancelled():
-            self._watched()
-        self.watching = None
 
     async def send(self, message: Message) -> None:
         kind = message["type"]
@@ -364,8 +314,6 @@ class _Exchange:
             return False
         finally:
             self.finished.set()
-            if self.watching is not None:
-                await self._stop_watching()
             if access_log:
                 status = status or (self.status if self.http.head_sent else 0)
                 log_access(request.method, request.target, status, self.sent, started)

@@ -69,7 +69,7 @@ class HttpLimits:
     max_body: int = 16 * 1024 * 1024  # bytes of a request body, 0: no limit (413)
     max_drain: int = 65536  # unread body bytes read and dropped to keep a connection open
     # request_timeout, 0: none. The dispatcher keeps it while a request is parked; a body
-    # the application reads is read in the worker, within it of the head (wsgi._Input).
+    # the application reads is read in the worker, its waits bounded by it (wsgi._Input).
     request_timeout: float = 0.0
 
 

@@ -66,10 +66,10 @@ class _Input(io.RawIOBase):
         self._http = http
         self._buf = bytearray()
         self._asked = False
-        # From the head, not the first byte: a pipelined request's first byte came before
-        # anyone looked. Its head already had request_timeout, in the dispatcher.
-        limit = http.limits.request_timeout
-        self._deadline = time.monotonic() + limit if limit else 0.0
+        # Time spent waiting for the client, not the application's: its head already had
+        # request_timeout, in the dispatcher, and an application that reads slowly is not
+        # a slow client.
+        self._left = http.limits.request_timeout  # 0: no limit
 
     def readable(self) -> bool:
         return True
@@ -87,20 +87,22 @@ class _Input(io.RawIOBase):
         return bool(data)
 
     def recv(self) -> bytes:
-        """The next bytes of the body, within request_timeout of its head: the socket's own
-        timeout starts again with every byte, so a client trickling its body would
-        otherwise hold the worker for ever. TimeoutError closes the connection."""
-        conn, deadline = self._conn, self._deadline
-        if not deadline:
+        """The next bytes of the body, the waits for them adding up to no more than
+        request_timeout: the socket's own timeout starts again with every byte, so a client
+        trickling its body would otherwise hold the worker for ever. TimeoutError closes
+        the connection."""
+        conn, left = self._conn, self._left
+        if not self._http.limits.request_timeout:
             return conn.recv(CHUNK)
-        left = deadline - time.monotonic()
         if left <= 0:
-            raise TimeoutError("the request was not read whole within request_timeout")
+            raise TimeoutError("the request body's waits passed request_timeout")
         timeout = conn.gettimeout()
         conn.settimeout(left if timeout is None else min(timeout, left))
+        began = time.monotonic()
         try:
             return conn.recv(CHUNK)
         finally:
+            self._left -= time.monotonic() - began
             conn.settimeout(timeout)
 
     def read(self, size: int | None = -1) -> bytes:
