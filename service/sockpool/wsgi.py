@@ -199,6 +199,9 @@ class _Response:
 
     def write(self, data: bytes) -> None:
         """Send one block now (the write() callable, and each block of a streamed body)."""
+        if not isinstance(data, bytes | bytearray | memoryview):
+            # Before the head is built: the client gets a 500 rather than an empty close.
+            raise TypeError(f"a WSGI body block must be bytes, got {type(data).__name__}")
         if not data:
             return
         pieces = [self._head(), *self.http.body(data)]

@@ -745,6 +745,18 @@ def test_wsgi_status_that_is_not_three_ascii_digits_is_a_500_naming_it(
     assert record.exc_info is not None and str(record.exc_info[1]) == f"bad status {status!r}"
 
 
+@pytest.mark.parametrize("body", ["a str", ["a str"], [5]])
+def test_wsgi_body_that_is_not_bytes_is_a_500_not_an_empty_close(body: object) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [])
+        return iter(body) if isinstance(body, list) else body
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert Client(client).response()[0] == 500
+    thread.join(10)
+
+
 @pytest.mark.parametrize(
     ("status", "headers"),
     [
