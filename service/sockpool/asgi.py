@@ -264,7 +264,7 @@ class _Exchange:
                 async with asyncio.timeout(self.idle):
                     await writer.drain()
         except TimeoutError:
-            writer.transport.abort()  # a close would wait to flush, for ever too
+            transport.abort()  # a close would wait to flush, for ever too
             self._lost()
         except ConnectionError:
             self._lost()

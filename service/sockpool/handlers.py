@@ -11,6 +11,7 @@ import socket
 from typing import TYPE_CHECKING
 
 from .connection import ConnectionInfo, current_connection
+from .errors import whole_number
 from .giveback import client_speaks_first, read, receive
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
@@ -95,8 +96,9 @@ def http_response(head: bytes) -> tuple[bytes, bool, int]:
             if not value.isdigit():  # (bytes: 0-9 only)
                 raise BadRequest(line[:80])
             # int() refuses thousands of digits: past 20, it is too large whatever it is.
-            figures = value.lstrip(b"0") or b"0"
-            size = int(figures) if len(figures) <= 20 else MAX_BODY + 1
+            size = whole_number(value.decode(), 10**20 - 1)
+            if size is None:
+                size = MAX_BODY + 1
             if length not in (None, size):  # two different lengths: which is the body's?
                 raise BadRequest(line[:80])
             length = size

@@ -303,9 +303,10 @@ def from_activation(env: MutableMapping[str, str]) -> list[Listener] | None:
 def _check_environment(env: MutableMapping[str, str]) -> int:
     pid, fds = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
     # systemd writes both in decimal, and libsystemd reads a leading 0 as octal: refused.
-    if whole_number(pid, MAX_PID) is None or pid.startswith("0"):
+    number = whole_number(pid, MAX_PID)
+    if number is None or pid.startswith("0"):
         raise Fatal(ExitCode.ACTIVATION, f"LISTEN_PID={quote(pid)} is not a process id")
-    if int(pid) != os.getpid():
+    if number != os.getpid():
         raise Fatal(
             ExitCode.ACTIVATION,
             f"LISTEN_PID={pid} is another process (this is {os.getpid()}): "

@@ -204,6 +204,7 @@ class LogLevel(NamedTuple):
 
 
 Action = Fork | Reload | Signal | Notify | Record | Wake | Exit | LogLevel
+_RELOADING = Notify(("RELOADING=1", "STATUS=reloading"))  # what systemd hears, every time
 
 
 @dataclasses.dataclass
@@ -310,9 +311,8 @@ class Plan:
             # A reload asked before this ends now if all have answered it; else, or if it
             # asks again those that missed it, systemd hears RELOADING=1 now (before the asks).
             rest = self._reload_state()
-            told = any(isinstance(a, Notify) and "RELOADING=1" in a.assignments for a in rest)
-            if self.reloading and not told:
-                rest.insert(0, Notify(("RELOADING=1", "STATUS=reloading")))
+            if self.reloading and _RELOADING not in rest:
+                rest.insert(0, _RELOADING)
             return actions + rest
         return self._reload_state()
 
@@ -329,7 +329,7 @@ class Plan:
             return []
         self.reloading, tell = busy, self.announced
         if busy:
-            return [Notify(("RELOADING=1", "STATUS=reloading"))] * tell
+            return [_RELOADING] * tell
         asked, self.asked = self.asked, []
         adopted = self._adopt(asked)
         actions: list[Action] = [LogLevel(adopted.log_level)] if adopted else []
@@ -376,7 +376,7 @@ class Plan:
         which = ", ".join(str(a.index) for a in asks if isinstance(a, Reload))
         message = f"reloading: dispatcher {which} serves another configuration than the service's"
         record = Record(Event.RELOADING, message, logging.WARNING)
-        return [record, *[Notify(("RELOADING=1", "STATUS=reloading"))] * self.announced, *asks]
+        return [record, *[_RELOADING] * self.announced, *asks]
 
     def _serves(self, index: int, config: Config, newest: bool = True) -> bool:
         """Dispatcher `index` said READY=1 serving its share of `config` (before it died, if
@@ -508,7 +508,7 @@ class Plan:
         says them; not before the first READY=1 (systemd would take the start as done)."""
         if self.reloading or not self.announced:
             return []
-        return [Notify(("RELOADING=1", "STATUS=reloading")), self._notify("READY=1")]
+        return [_RELOADING, self._notify("READY=1")]
 
     def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
         if self.stopping:  # a second Ctrl-C: the dispatchers stop waiting too

@@ -69,7 +69,7 @@ class _Input(io.RawIOBase):
         # Time spent waiting for the client, not the application's: its head already had
         # request_timeout, in the dispatcher, and an application that reads slowly is not
         # a slow client.
-        self._left = http.limits.request_timeout  # 0: no limit
+        self._left = http.limits.request_timeout or None  # None: no limit
 
     def readable(self) -> bool:
         return True
@@ -92,7 +92,7 @@ class _Input(io.RawIOBase):
         trickling its body would otherwise hold the worker for ever. TimeoutError closes
         the connection."""
         conn, left = self._conn, self._left
-        if not self._http.limits.request_timeout:
+        if left is None:
             return conn.recv(CHUNK)
         if left <= 0:
             raise TimeoutError("the request body's waits passed request_timeout")
@@ -102,7 +102,7 @@ class _Input(io.RawIOBase):
         try:
             return conn.recv(CHUNK)
         finally:
-            self._left -= time.monotonic() - began
+            self._left = left - (time.monotonic() - began)
             conn.settimeout(timeout)
 
     def read(self, size: int | None = -1) -> bytes:
