@@ -194,12 +194,16 @@ class _Exchange:
         self.done = False
         self.gone = False  # the client went away
         self.finished = asyncio.Event()  # the response is complete, or the client is gone
+        self.watch: asyncio.Task[None] | None = None  # _watch(), once receive() waits on it
         self.sent = 0
 
     async def receive(self) -> Message:
         http = self.http
         if self.gone or http.body_done:
-            await self.finished.wait()  # nothing more to read: until the response is out
+            if not self.finished.is_set():  # set: answered at once, as a poll needs
+                if self.watch is None:
+                    self.watch = asyncio.create_task(self._watch())
+                await self.finished.wait()  # any number of tasks may wait here
             return {"type": "http.disconnect"}
         if not self.asked:
             self.asked = True
@@ -213,6 +217,28 @@ class _Exchange:
             self._lost()
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": data, "more_body": not http.body_done}
+
+    async def _watch(self) -> None:
+        """Hear the client leave while the application waits in receive() for the response
+        to finish (long-poll, streaming): else a client that left would hold its slot and
+        descriptor as long as the application runs. An end of stream counts as leaving, as
+        in uvicorn: a half-closed client is told it has gone. Its next requests (pipelined)
+        are kept for after the response, up to a head's worth; a client that sends more is
+        plainly there, and is no longer watched. One task for the exchange, whoever waits:
+        a receive() cancelled in its wait (Starlette's is_disconnected()) loses nothing."""
+        kept = 0
+        try:
+            while kept <= self.http.limits.max_header_bytes:
+                data = await self.reader.read(CHUNK)
+                if not data:
+                    break
+                self.http.feed(data)
+                kept += len(data)
+            else:
+                return
+        except ConnectionError:
+            pass
+        self._lost()
 
     def _lost(self) -> None:
         self.gone = True
@@ -314,6 +340,9 @@ class _Exchange:
             return False
         finally:
             self.finished.set()
+            if self.watch is not None:  # before anything reads the next request
+                self.watch.cancel()
+                await asyncio.wait((self.watch,))
             if access_log:
                 status = status or (self.status if self.http.head_sent else 0)
                 log_access(request.method, request.target, status, self.sent, started)

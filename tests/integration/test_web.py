@@ -594,6 +594,15 @@ def test_asgi_http_scope(asgi_site: Site) -> None:
     }
 
 
+def test_asgi_long_poll_hears_its_client_leave(asgi_site: Site) -> None:
+    """Nothing pinned: a Starlette long-poll learns from request.is_disconnected() that its
+    client has gone, and ends, giving back its worker's slot and the descriptor."""
+    with asgi_site.client() as client:
+        client.send(http_request("GET", "/poll"))
+        wait_until(lambda: asgi_site.events("call GET /poll"), "the long-poll to start")
+    wait_until(lambda: asgi_site.events("gone GET /poll"), "the long-poll to hear it")
+
+
 def startups(site: Site) -> list[int]:
     return [int(line.split()[1]) for line in site.events("startup")]
 

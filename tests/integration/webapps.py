@@ -8,6 +8,7 @@ application was called, its iterable closed, its lifespan run, by which worker.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -282,6 +283,17 @@ async def s_state(request: Request) -> PlainTextResponse:
     return PlainTextResponse(f"{request.state.started_by}\n")
 
 
+async def s_poll(request: Request) -> PlainTextResponse:
+    """A long-poll: waits for news (none comes) while its client is there."""
+    mark("call GET /poll")
+    for _ in range(3000):
+        if await request.is_disconnected():
+            mark("gone GET /poll")
+            break
+        await asyncio.sleep(0.01)
+    return PlainTextResponse("no news\n")
+
+
 async def s_boom(request: Request) -> PlainTextResponse:
     raise RuntimeError("boom in a Starlette endpoint")
 
@@ -294,6 +306,7 @@ starlette_app = Starlette(
         Route("/stream", s_stream, methods=["GET", "HEAD"]),
         Route("/state", s_state),
         Route("/boom", s_boom),
+        Route("/poll", s_poll),
     ],
     lifespan=lifespan,
 )

@@ -1173,3 +1173,88 @@ def test_asgi_silent_client_mid_body_is_a_disconnect() -> None:
     assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
     assert seen[0]["body"] == b"abc" and seen[0]["more_body"]
     assert client.recv(4096) == b""  # closed without an answer: nobody is listening
+
+
+def waiting_app(seen: list[str]) -> Any:
+    """A long-poll: after the body, two tasks wait in receive() for the client to leave
+    (or the response to end, from another task) before answering."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        seen.extend(m["type"] for m in await asyncio.gather(receive(), receive()))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"late"})
+
+    return app
+
+
+@pytest.mark.parametrize("leaves", ["close", "half-close", "reset"])
+def test_asgi_hears_the_client_leave_while_it_waits(leaves: str) -> None:
+    """Nothing pinned: a long-poll whose client went learns it, so its slot and descriptor
+    go with the client. A half-closed client counts as gone, as in uvicorn."""
+    seen: list[str] = []
+    client, thread = run_async(asgi.make_handler(waiting_app(seen)))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    if leaves == "half-close":
+        client.shutdown(socket.SHUT_WR)
+    elif leaves == "reset":
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client.close()
+    else:
+        client.close()
+    thread.join(10)
+    assert not thread.is_alive() and seen == ["http.disconnect", "http.disconnect"]
+    if leaves == "half-close":
+        assert client.recv(4096) == b""  # the late answer is not sent: it was told
+
+
+def test_asgi_a_poll_in_a_cancelled_scope_sees_the_client_gone() -> None:
+    """Starlette's request.is_disconnected() calls receive() in a cancelled scope: once
+    the client has gone, the answer must come without a wait."""
+    from starlette.requests import Request as StarletteRequest
+
+    polls: list[bool] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request = StarletteRequest(scope, receive)
+        await request.body()
+        while True:
+            polls.append(gone := await request.is_disconnected())
+            if gone:
+                return
+            await asyncio.sleep(0.01)  # a long-poll's wait for news: nothing is sent
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    client.close()
+    thread.join(10)
+    assert not thread.is_alive() and polls[-1] and not any(polls[:-1])
+
+
+def test_asgi_what_a_client_pipelines_while_a_stream_listens_is_served_after_it() -> None:
+    """While the application listens for a disconnect (Starlette's StreamingResponse
+    does), the client's next request is read and kept, not taken for a departure."""
+    calls = Calls()
+    recording = recording_asgi(calls)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] != "/stream":
+            return await recording(scope, receive, send)
+        await receive()
+        listener = asyncio.ensure_future(receive())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"a", b"b", b""):
+            await asyncio.sleep(0.1)  # the pipelined request arrives meanwhile
+            await send({"type": "http.response.body", "body": piece, "more_body": bool(piece)})
+        assert (await listener)["type"] == "http.disconnect"  # the response is out
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"GET /stream HTTP/1.1\r\nHost: a\r\n\r\nPOST /next HTTP/1.1\r\n")
+    time.sleep(0.05)
+    client.sendall(b"Host: a\r\nContent-Length: 2\r\n\r\nhi")
+    reader = Client(client)
+    assert reader.response()[::2] == (200, b"ab")
+    assert reader.response(b"POST")[::2] == (200, b"2 bytes")
+    client.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert [(s["path"], s["body"]) for s in calls.seen] == [("/next", b"hi")]
