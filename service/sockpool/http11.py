@@ -83,7 +83,10 @@ class HttpError(Exception):
 
 
 class ClientDisconnected(ConnectionError):
-    """The client closed its side before the request body ended."""
+    """The client closed its side before the request body ended, or the connection to it
+    failed or stalled past a limit: nothing can be answered. Told apart from the same
+    exceptions (ConnectionError, TimeoutError) raised by an application's own I/O, to a
+    database or an upstream, which are its errors: a 500 and a record."""
 
 
 @dataclass(slots=True)

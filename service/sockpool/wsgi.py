@@ -80,7 +80,7 @@ class _Input(io.RawIOBase):
         if not self._asked:
             self._asked = True
             if go_on := http.continue_bytes():
-                self._conn.sendall(go_on)
+                _send(self._conn, go_on)
         while (data := http.read_body()) is None:
             http.feed(self.recv())  # mid-request: wait for it, do not park
         self._buf += data
@@ -89,21 +89,24 @@ class _Input(io.RawIOBase):
     def recv(self) -> bytes:
         """The next bytes of the body, the waits for them adding up to no more than
         request_timeout: the socket's own timeout starts again with every byte, so a client
-        trickling its body would otherwise hold the worker for ever. TimeoutError closes
-        the connection."""
+        trickling its body would otherwise hold the worker for ever. A failure, or a wait
+        past the limit, is ClientDisconnected: the connection closes unanswered."""
         conn, left = self._conn, self._left
-        if left is None:
-            return conn.recv(CHUNK)
-        if left <= 0:
-            raise TimeoutError("the request body's waits passed request_timeout")
-        timeout = conn.gettimeout()
-        conn.settimeout(left if timeout is None else min(timeout, left))
-        began = time.monotonic()
         try:
-            return conn.recv(CHUNK)
-        finally:
-            self._left = left - (time.monotonic() - began)
-            conn.settimeout(timeout)
+            if left is None:
+                return conn.recv(CHUNK)
+            if left <= 0:
+                raise TimeoutError("the request body's waits passed request_timeout")
+            timeout = conn.gettimeout()
+            conn.settimeout(left if timeout is None else min(timeout, left))
+            began = time.monotonic()
+            try:
+                return conn.recv(CHUNK)
+            finally:
+                self._left = left - (time.monotonic() - began)
+                conn.settimeout(timeout)
+        except (ConnectionError, TimeoutError) as exc:
+            raise ClientDisconnected(f"reading the body: {exc}") from exc
 
     def read(self, size: int | None = -1) -> bytes:
         buf = self._buf
@@ -205,7 +208,7 @@ class _Response:
         if not data:
             return
         pieces = [self._head(), *self.http.body(data)]
-        self.conn.sendall(b"".join(pieces))
+        _send(self.conn, b"".join(pieces))
         self.sent += len(data) if len(pieces) > 1 else 0
 
     def send(self, result: Iterable[bytes]) -> None:
@@ -221,7 +224,7 @@ class _Response:
             if known and not self.http.head_sent and not _has(self.headers, b"content-length"):
                 self.headers.append((b"Content-Length", b"%d" % len(body)))
             pieces = [self._head(), *self.http.body(body), self.http.end()]
-            self.conn.sendall(b"".join(pieces))
+            _send(self.conn, b"".join(pieces))
             self.sent += len(body) if not self.http.is_head else 0
             return
         for block in result:
@@ -229,7 +232,7 @@ class _Response:
         head_only = self.http.is_head
         if not head_only and not self.http.head_sent and not _has(self.headers, b"content-length"):
             self.headers.append((b"Content-Length", b"0"))
-        self.conn.sendall(self._head() + self.http.end())
+        _send(self.conn, self._head() + self.http.end())
 
     def _sendfile(self, wrapper: FileWrapper) -> bool:
         """Send a regular file with os.sendfile(); False when it is not one."""
@@ -251,14 +254,14 @@ class _Response:
         head = self._head()
         pieces = self.http.body(_FileRange(count)) if count else []
         before = b"".join(p for p in pieces[:1] if not isinstance(p, _FileRange))
-        self.conn.sendall(head + before)
+        _send(self.conn, head + before)
         if pieces:
             _send_file(self.conn, fd, offset, count)
             self.sent += count
             after = b"".join(p for p in pieces[1:] if not isinstance(p, _FileRange))
         else:
             after = b""
-        self.conn.sendall(after + self.http.end())
+        _send(self.conn, after + self.http.end())
         return True
 
 
@@ -274,6 +277,14 @@ class _FileRange:
         return self.n
 
 
+def _send(conn: socket.socket, data: bytes) -> None:
+    """sendall() to the client, whose failure is ClientDisconnected."""
+    try:
+        conn.sendall(data)
+    except (ConnectionError, TimeoutError) as exc:
+        raise ClientDisconnected(f"sending: {exc}") from exc
+
+
 def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
     out = conn.fileno()
     timeout = conn.gettimeout()
@@ -284,10 +295,12 @@ def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
             poller = select.poll()
             poller.register(out, select.POLLOUT)
             if not poller.poll(None if timeout is None else timeout * 1000):
-                raise TimeoutError("sendfile: the client does not read") from None
+                raise ClientDisconnected("sendfile: the client does not read") from None
             continue
-        if not sent:
-            raise ConnectionError("the file ended before its Content-Length")
+        except ConnectionError as exc:
+            raise ClientDisconnected(f"sendfile: {exc}") from exc
+        if not sent:  # the application's file: its error, not the client's
+            raise ValueError("the file ended before its Content-Length")
         offset += sent
         count -= sent
 
@@ -423,8 +436,8 @@ def _serve(
             _refuse(conn, exc)
             status = exc.status
         return False
-    except (ConnectionError, TimeoutError):
-        raise  # the client went: nothing to answer (the worker logs it at debug)
+    except ClientDisconnected:
+        raise  # nothing to answer (the worker logs it at debug)
     except Exception:
         log_app_error(request)
         if not http.head_sent:

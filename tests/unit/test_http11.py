@@ -710,11 +710,14 @@ def test_wsgi_write_callable_and_exc_info() -> None:
     assert seen.startswith(b"HTTP/1.1 200 OK\r\n") and seen.endswith(b"written \r\n")  # cut
 
 
+# An application's own ConnectionError or TimeoutError (its database, an upstream) is its
+# error, not a client that went away.
+@pytest.mark.parametrize("error", [RuntimeError, ConnectionRefusedError, TimeoutError])
 def test_wsgi_application_error_is_a_500_and_a_journal_record(
-    caplog: pytest.LogCaptureFixture,
+    error: type[Exception], caplog: pytest.LogCaptureFixture
 ) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        raise RuntimeError("boom")
+        raise error("boom")
 
     client, thread = run_sync(wsgi.make_handler(app))
     with caplog.at_level(logging.ERROR):
@@ -726,6 +729,29 @@ def test_wsgi_application_error_is_a_500_and_a_journal_record(
     (record,) = [r for r in caplog.records if r.name == "sockpool"]
     assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
     assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+
+
+@pytest.mark.parametrize("leaves", ["mid-body", "mid-response"])
+def test_wsgi_a_client_that_leaves_is_no_application_error(
+    leaves: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["wsgi.input"].read()
+        start_response("200 OK", [])
+        while True:
+            yield b"x" * 65536  # until the client is found gone
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    with caplog.at_level(logging.DEBUG):
+        client.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nabc")
+        if leaves == "mid-response":
+            client.sendall(b"defghi")
+            assert client.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client.close()  # a reset: the response's next send fails at once
+        thread.join(10)
+    assert not thread.is_alive()
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize("status", ["2000 OK", "OK", "\u00b200 Superscript"])
