@@ -196,6 +196,7 @@ class _Exchange:
         self.finished = asyncio.Event()  # the response is complete, or the client is gone
         self.watch: asyncio.Task[None] | None = None  # _watch(), once receive() waits on it
         self.sent = 0
+        self.wrote = False  # something went to the client (see wsgi._Response.wrote)
 
     async def receive(self) -> Message:
         http = self.http
@@ -279,6 +280,7 @@ class _Exchange:
             out.append(http.end())
             self.done = True
         writer = self.writer
+        self.wrote = True
         writer.write(b"".join(out))
         try:
             transport = writer.transport
@@ -328,13 +330,13 @@ class _Exchange:
                 raise RuntimeError("the application returned without completing its response")
             status = self.status
         except HttpError as exc:  # the body broke a limit, or its framing, while being read
-            if not self.http.head_sent:
+            if not self.wrote:
                 self.writer.write(error_response(exc.status))
                 status = exc.status
             return False
         except Exception:
             log_app_error(request)
-            if not self.http.head_sent and not self.gone:
+            if not self.wrote and not self.gone:
                 self.writer.write(error_response(500))
                 status = 500
             return False
@@ -344,7 +346,7 @@ class _Exchange:
                 self.watch.cancel()
                 await asyncio.wait((self.watch,))
             if access_log:
-                status = status or (self.status if self.http.head_sent else 0)
+                status = status or (self.status if self.wrote else 0)
                 log_access(request.method, request.target, status, self.sent, started)
         if self.gone:
             return False

@@ -163,7 +163,7 @@ class _Input(io.RawIOBase):
 class _Response:
     """start_response(), write() and sending the iterable, for one request."""
 
-    __slots__ = ("conn", "headers", "http", "reason", "sent", "status")
+    __slots__ = ("conn", "headers", "http", "reason", "sent", "status", "wrote")
 
     def __init__(self, conn: socket.socket, http: HttpConnection) -> None:
         self.conn = conn
@@ -172,6 +172,9 @@ class _Response:
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.sent = 0  # body bytes sent, for the access log
+        # Something went to the client. Not http.head_sent: a body that breaks its
+        # Content-Length is found after the head is built, before it is sent, and is a 500.
+        self.wrote = False
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
@@ -208,8 +211,12 @@ class _Response:
         if not data:
             return
         pieces = [self._head(), *self.http.body(data)]
-        _send(self.conn, b"".join(pieces))
+        self._send(b"".join(pieces))
         self.sent += len(data) if len(pieces) > 1 else 0
+
+    def _send(self, data: bytes) -> None:
+        self.wrote = True
+        _send(self.conn, data)
 
     def send(self, result: Iterable[bytes]) -> None:
         """Send the application's iterable, then the end of the response."""
@@ -224,7 +231,7 @@ class _Response:
             if known and not self.http.head_sent and not _has(self.headers, b"content-length"):
                 self.headers.append((b"Content-Length", b"%d" % len(body)))
             pieces = [self._head(), *self.http.body(body), self.http.end()]
-            _send(self.conn, b"".join(pieces))
+            self._send(b"".join(pieces))
             self.sent += len(body) if not self.http.is_head else 0
             return
         for block in result:
@@ -232,7 +239,7 @@ class _Response:
         head_only = self.http.is_head
         if not head_only and not self.http.head_sent and not _has(self.headers, b"content-length"):
             self.headers.append((b"Content-Length", b"0"))
-        _send(self.conn, self._head() + self.http.end())
+        self._send(self._head() + self.http.end())
 
     def _sendfile(self, wrapper: FileWrapper) -> bool:
         """Send a regular file with os.sendfile(); False when it is not one."""
@@ -254,14 +261,14 @@ class _Response:
         head = self._head()
         pieces = self.http.body(_FileRange(count)) if count else []
         before = b"".join(p for p in pieces[:1] if not isinstance(p, _FileRange))
-        _send(self.conn, head + before)
+        self._send(head + before)
         if pieces:
             _send_file(self.conn, fd, offset, count)
             self.sent += count
             after = b"".join(p for p in pieces[1:] if not isinstance(p, _FileRange))
         else:
             after = b""
-        _send(self.conn, after + self.http.end())
+        self._send(after + self.http.end())
         return True
 
 
@@ -432,7 +439,7 @@ def _serve(
                 result.close()
         status = response.status
     except HttpError as exc:  # the body broke a limit, or its framing, while being read
-        if not http.head_sent:
+        if not response.wrote:
             _refuse(conn, exc)
             status = exc.status
         return False
@@ -440,13 +447,13 @@ def _serve(
         raise  # nothing to answer (the worker logs it at debug)
     except Exception:
         log_app_error(request)
-        if not http.head_sent:
+        if not response.wrote:
             conn.sendall(error_response(500))
             status = 500
         return False
     finally:
         if access_log:
-            status = status or (response.status if http.head_sent else 0)
+            status = status or (response.status if response.wrote else 0)
             log_access(request.method, request.target, status, response.sent, started)
     while (drained := http.drain()) is None:
         http.feed(reader.recv())  # what the application left unread: as slow, as bounded

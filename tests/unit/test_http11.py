@@ -416,10 +416,18 @@ def test_asgi_a_client_that_reads_nothing_is_let_go_at_the_idle_timeout() -> Non
     client.close()
 
 
-def test_asgi_body_that_is_not_bytes_is_a_500_not_nul_bytes() -> None:
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ([], 5),  # bytes(5) would be five NULs
+        ([(b"content-length", b"8")], b"short"),
+        ([(b"content-length", b"8")], b"far too long"),
+    ],
+)
+def test_asgi_body_that_cannot_be_sent_is_a_500(headers: list, body: object) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": 5})
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     client, thread = run_async(asgi.make_handler(app))
     client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -752,6 +760,20 @@ def test_wsgi_a_client_that_leaves_is_no_application_error(
         thread.join(10)
     assert not thread.is_alive()
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize("body", [[b"short"], [b"far too long"]])
+def test_wsgi_body_that_breaks_its_content_length_is_a_500_before_anything_is_sent(
+    body: list[bytes],
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Length", "8")])
+        return body
+
+    client, thread = run_sync(wsgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert Client(client).response()[0] == 500
+    thread.join(10)
 
 
 @pytest.mark.parametrize("status", ["2000 OK", "OK", "\u00b200 Superscript"])
