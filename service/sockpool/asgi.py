@@ -20,6 +20,7 @@ from typing import Any
 
 from . import log
 from .connection import current_connection
+from .errors import HANDLER_FAULTS, cancelled_from_outside
 from .giveback import client_speaks_first, read
 from .http11 import (
     ClientDisconnected,
@@ -334,7 +335,9 @@ class _Exchange:
                 self.writer.write(error_response(exc.status))
                 status = exc.status
             return False
-        except Exception:
+        except (*HANDLER_FAULTS, asyncio.CancelledError) as exc:
+            if cancelled_from_outside(exc):
+                raise
             log_app_error(request)
             if not self.wrote and not self.gone:
                 self.writer.write(error_response(500))

@@ -25,6 +25,21 @@ class ExitCode(IntEnum):
     CONFIG = 78  # EX_CONFIG: a bad configuration value
 
 
+# What a handler or an application may raise and be answered for (a 500 for HTTP, a
+# HANDLER_ERROR record) while its worker goes on: sys.exit() in a request ends that request,
+# as in uvicorn, not the worker and every connection it holds. Its life is the dispatcher's.
+HANDLER_FAULTS = (Exception, SystemExit)
+
+
+def cancelled_from_outside(exc: BaseException) -> bool:
+    """A CancelledError sent to this task (a time limit, a shutdown) must go on up; one a
+    handler raised by itself (an inner task's, awaited) is its fault, like any other."""
+    import asyncio  # here: a sync worker and the dispatcher never load it (15 ms)
+
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and task.cancelling() > 0
+
+
 class Fatal(Exception):
     """An error the user must fix; the CLI prints `sockpool: MESSAGE` and exits with `code`."""
 

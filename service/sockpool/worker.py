@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import channel, giveback, health, log, notify, wire
 from .completions import Ledger, report_now
 from .connection import ConnectionInfo, describe, set_current
-from .errors import cut
+from .errors import HANDLER_FAULTS, cancelled_from_outside, cut
 from .events import Event
 from .importing import HandlerError, is_async
 from .pull import LoopWord, WaitingSelector
@@ -222,7 +222,7 @@ class _Base:
             pass
         except (ConnectionError, TimeoutError) as exc:
             log.log.debug("connection ended: %s", exc)
-        except Exception:
+        except HANDLER_FAULTS:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
             if done and not info.parked:
@@ -518,7 +518,9 @@ class AsyncWorker(_Base):
                 log.log.warning("connection cancelled at its time limit of %gs", self.spec.timeout)
             else:
                 log.log.debug("connection ended: %s", exc)
-        except Exception:
+        except (*HANDLER_FAULTS, asyncio.CancelledError) as exc:
+            if cancelled_from_outside(exc):
+                raise
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
             if writer is None:

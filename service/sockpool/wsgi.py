@@ -22,7 +22,7 @@ from typing import Any
 
 from . import __version__, log
 from .connection import ConnectionInfo
-from .errors import digits
+from .errors import HANDLER_FAULTS, digits
 from .giveback import client_speaks_first, receive
 from .http11 import (
     ClientDisconnected,
@@ -445,7 +445,7 @@ def _serve(
         return False
     except ClientDisconnected:
         raise  # nothing to answer (the worker logs it at debug)
-    except Exception:
+    except HANDLER_FAULTS:
         log_app_error(request)
         if not response.wrote:
             conn.sendall(error_response(500))

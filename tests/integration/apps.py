@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 
 import sockpool
@@ -82,6 +83,25 @@ def boom(conn: socket.socket, info: ConnectionInfo) -> None:
     _line(conn)
     log.info("about to fail")
     raise RuntimeError("boom in the handler")
+
+
+def exits(conn: socket.socket, info: ConnectionInfo) -> None:
+    """Says '+', then on "exit" calls sys.exit(); echoes anything else."""
+    conn.sendall(b"+")
+    line = _line(conn)
+    if line == b"exit\n":
+        sys.exit(3)
+    conn.sendall(line)
+
+
+async def async_exits(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    writer.write(b"+")
+    await writer.drain()
+    line = await reader.readline()
+    if line == b"exit\n":
+        sys.exit(3)
+    writer.write(line)
+    await writer.drain()
 
 
 not_callable = 42

@@ -15,6 +15,7 @@ from harness import (
     connect,
     custom_slices,
     free_port,
+    read_to_eof,
     request,
     sched_slice_ns,
     wait_until,
@@ -165,6 +166,30 @@ def test_handler_exception_is_logged_and_the_worker_lives(serve) -> None:
     # The handler's own logging call carries the connection's fields too.
     line = next(ln for ln in log.splitlines() if "about to fail" in ln)
     assert "CONN_ID=" in line and "PEER=127.0.0.1:" in line
+    assert service.workers() == worker
+
+
+@pytest.mark.parametrize("handler", ["apps:exits", "apps:async_exits"])
+def test_a_handler_that_calls_sys_exit_ends_its_connection_not_the_worker(
+    serve, handler: str
+) -> None:
+    """A request cannot end the worker, nor the other connections an async one holds."""
+    service = serve(["--workers=1", handler], listen=[tcp()])
+    worker = service.workers()
+    held = handler.startswith("apps:async")  # both connections at once, in one worker
+    with connect(service.address) as leaving:
+        assert leaving.recv(1) == b"+"
+        other = connect(service.address)
+        if held:
+            assert other.recv(1) == b"+"
+        leaving.sendall(b"exit\n")
+        assert read_to_eof(leaving) == b""
+    with other:
+        if not held:
+            assert other.recv(1) == b"+"
+        other.sendall(b"still here\n")
+        assert other.makefile("rb").readline() == b"still here\n"
+    wait_until(lambda: "SystemExit: 3" in service.output(), "the traceback")
     assert service.workers() == worker
 
 

@@ -720,7 +720,7 @@ def test_wsgi_write_callable_and_exc_info() -> None:
 
 # An application's own ConnectionError or TimeoutError (its database, an upstream) is its
 # error, not a client that went away.
-@pytest.mark.parametrize("error", [RuntimeError, ConnectionRefusedError, TimeoutError])
+@pytest.mark.parametrize("error", [RuntimeError, ConnectionRefusedError, TimeoutError, SystemExit])
 def test_wsgi_application_error_is_a_500_and_a_journal_record(
     error: type[Exception], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -1132,6 +1132,39 @@ def test_asgi_streaming_continue_disconnect_and_errors(caplog: pytest.LogCapture
     assert after == ["http.disconnect"]
     (record,) = [r for r in caplog.records if r.name == "sockpool"]
     assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"
+
+
+async def _inner_task_cancelled() -> None:
+    inner = asyncio.ensure_future(asyncio.sleep(10))
+    await asyncio.sleep(0)
+    inner.cancel()
+    await inner  # its CancelledError, not this task's
+
+
+@pytest.mark.parametrize(
+    "raises",
+    [
+        ConnectionRefusedError("boom: the database"),  # not the client's going
+        SystemExit(3),  # a request cannot end the worker and its other connections
+        _inner_task_cancelled,  # not a cancellation of the request's task
+    ],
+    ids=["ConnectionRefusedError", "SystemExit", "CancelledError"],
+)
+def test_asgi_application_error_is_a_500_and_a_journal_record(
+    raises: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if isinstance(raises, BaseException):
+            raise raises
+        await raises()
+
+    client, thread = run_async(asgi.make_handler(app))
+    with caplog.at_level(logging.ERROR):
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert Client(client).response()[0] == 500
+        thread.join(10)
+    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
 
 
 def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
