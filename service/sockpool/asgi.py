@@ -202,9 +202,13 @@ class _Exchange:
     async def receive(self) -> Message:
         http = self.http
         if self.gone or http.body_done:
-            if not self.finished.is_set():  # set: answered at once, as a poll needs
-                if self.watch is None:
+            if self.watch is None and not self.finished.is_set():
+                reader = self.reader
+                if reader.at_eof() or reader.exception() is not None:
+                    self._lost()  # known already: a poll (in a cancelled scope) hears it now
+                else:
                     self.watch = asyncio.create_task(self._watch())
+            if not self.finished.is_set():  # set: answered at once, as a poll needs
                 await self.finished.wait()  # any number of tasks may wait here
             return {"type": "http.disconnect"}
         if not self.asked:
@@ -223,22 +227,27 @@ class _Exchange:
     async def _watch(self) -> None:
         """Hear the client leave while the application waits in receive() for the response
         to finish (long-poll, streaming): else a client that left would hold its slot and
-        descriptor as long as the application runs. An end of stream counts as leaving, as
-        in uvicorn: a half-closed client is told it has gone. Its next requests (pipelined)
-        are kept for after the response, up to a head's worth; a client that sends more is
-        plainly there, and is no longer watched. One task for the exchange, whoever waits:
-        a receive() cancelled in its wait (Starlette's is_disconnected()) loses nothing."""
+        descriptor as long as the application runs. An end of stream before the response
+        is complete counts as leaving, as in uvicorn: a half-closed client is told it has
+        gone. After it, the client has only finished sending (the application may still
+        be at work, on a background task). Its next requests (pipelined) are kept for
+        after the response, up to a head's worth; a client that sends more is plainly
+        there, and is no longer watched. One task for the exchange, whoever waits: a
+        receive() cancelled in its wait (Starlette's is_disconnected()) loses nothing."""
         kept = 0
         try:
             while kept <= self.http.limits.max_header_bytes:
                 data = await self.reader.read(CHUNK)
                 if not data:
+                    if self.done:
+                        self.http.feed(b"")
+                        return
                     break
                 self.http.feed(data)
                 kept += len(data)
             else:
                 return
-        except ConnectionError:
+        except OSError:  # a reset, and ETIMEDOUT or EHOSTUNREACH once keepalive gives up
             pass
         self._lost()
 
@@ -347,7 +356,11 @@ class _Exchange:
             self.finished.set()
             if self.watch is not None:  # before anything reads the next request
                 self.watch.cancel()
-                await asyncio.wait((self.watch,))
+                try:
+                    await self.watch
+                except asyncio.CancelledError as exc:
+                    if cancelled_from_outside(exc):
+                        raise
             if access_log:
                 status = status or (self.status if self.wrote else 0)
                 log_access(request.method, request.target, status, self.sent, started)

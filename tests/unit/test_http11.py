@@ -1312,6 +1312,75 @@ def test_asgi_a_poll_in_a_cancelled_scope_sees_the_client_gone() -> None:
     assert not thread.is_alive() and polls[-1] and not any(polls[:-1])
 
 
+def test_asgi_a_first_poll_after_the_client_went_says_so() -> None:
+    """The one check before costly work: the client left while the body was being used."""
+    from starlette.requests import Request as StarletteRequest
+
+    polls: list[bool] = []
+    gone = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request = StarletteRequest(scope, receive)
+        await request.body()
+        await asyncio.get_running_loop().run_in_executor(None, gone.wait, 10)
+        await asyncio.sleep(0.1)  # the end of stream reaches the reader
+        polls.append(await request.is_disconnected())
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
+    client.close()
+    gone.set()
+    thread.join(10)
+    assert polls == [True]
+
+
+def test_asgi_a_client_lost_to_keepalive_is_gone() -> None:
+    """A peer that vanished without a FIN is found by TCP keepalive: its read fails with
+    ETIMEDOUT, an OSError that is no ConnectionError, and means gone all the same."""
+    seen: list[str] = []
+    handler = asgi.make_handler(waiting_app(seen))
+
+    async def lost_to_keepalive(reader: asyncio.StreamReader, writer: Any) -> None:
+        error = TimeoutError(110, "Connection timed out")  # as connection_lost(exc) gives it
+        asyncio.get_running_loop().call_later(0.2, reader.set_exception, error)
+        await handler(reader, writer)
+
+    client, thread = run_async(lost_to_keepalive)
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    thread.join(10)
+    assert not thread.is_alive() and seen == ["http.disconnect", "http.disconnect"]
+
+
+def test_asgi_a_request_sent_with_a_half_close_after_a_response_is_answered() -> None:
+    """An end of stream once the response is out is a client done sending, not gone: the
+    application may still be at work (a background task) and listening."""
+    calls = Calls()
+    recording = recording_asgi(calls)
+    responded = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] != "/background":
+            return await recording(scope, receive, send)
+        await receive()
+        listener = asyncio.ensure_future(receive())
+        await asyncio.sleep(0)  # listening, as Starlette's StreamingResponse is
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        await asyncio.get_running_loop().run_in_executor(None, responded.wait, 10)
+        await asyncio.sleep(0.1)  # the background work, while the last request arrives
+        await listener
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"GET /background HTTP/1.1\r\nHost: a\r\n\r\n")
+    reader = Client(client)
+    assert reader.response()[::2] == (200, b"ok")
+    client.sendall(b"GET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+    client.shutdown(socket.SHUT_WR)
+    responded.set()
+    assert reader.response()[::2] == (200, b"0 bytes")
+    thread.join(10)
+
+
 def test_asgi_what_a_client_pipelines_while_a_stream_listens_is_served_after_it() -> None:
     """While the application listens for a disconnect (Starlette's StreamingResponse
     does), the client's next request is read and kept, not taken for a departure."""
