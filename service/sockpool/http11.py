@@ -103,7 +103,10 @@ class Request:
 
 
 class _StrictChunkedReader(ChunkedReader):  # type: ignore[misc]
-    """h11 0.14's chunked reader, checking that a chunk's data ends in CRLF."""
+    """h11 0.14's chunked reader, checking that a chunk's data ends in CRLF, and that its
+    size lines and trailer lines do: h11 takes a bare LF at the end of a trailer, where a
+    front end may not (a request smuggled past it), and waits for ever for a size line's
+    CRLF. A bare LF is refused in a request head too (check_head)."""
 
     def __call__(self, buf: Any) -> Any:
         while self._bytes_to_discard > 0:
@@ -114,7 +117,21 @@ class _StrictChunkedReader(ChunkedReader):  # type: ignore[misc]
             if data != want:
                 raise h11.RemoteProtocolError("chunk data not followed by CRLF")
             self._bytes_to_discard -= len(data)
+        if self._reading_trailer or not self._bytes_in_chunk:
+            _check_line_ends(buf._data, trailer=self._reading_trailer)
         return super().__call__(buf)
+
+
+def _check_line_ends(data: bytearray, trailer: bool) -> None:
+    """The lines at the start of `data` end in CRLF: the next line, or (trailer) each line
+    up to the empty one that ends the trailer."""
+    start = 0
+    while (lf := data.find(b"\n", start)) >= 0:
+        if lf == 0 or data[lf - 1] != 13:  # 13: CR
+            raise h11.RemoteProtocolError("a chunked body's line ends in a bare LF")
+        if not trailer or lf == start + 1:
+            return
+        start = lf + 1
 
 
 def _checks_chunk_ends() -> bool:

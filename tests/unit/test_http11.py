@@ -164,6 +164,10 @@ INVALID: dict[str, tuple[bytes, int, HttpLimits]] = {
     "chunk size too long": (POST_CHUNKED + b"1" * 21 + b"\r\nx\r\n0\r\n\r\n", 400, LIMITS),
     "chunk data longer than its size": (POST_CHUNKED + b"3\r\nhello\r\n0\r\n\r\n", 400, LIMITS),
     "chunk size bare LF": (POST_CHUNKED + b"5\nhello\r\n0\r\n\r\n", 400, LIMITS),
+    "chunked body in bare LFs": (POST_CHUNKED + b"5\nhello\n0\n\n", 400, LIMITS),  # at once
+    "chunk size CR CR LF": (POST_CHUNKED + b"5\r\r\nhello\r\n0\r\n\r\n", 400, LIMITS),
+    "trailer ended by a bare LF": (POST_CHUNKED + b"0\r\n\n", 400, LIMITS),
+    "trailer line ended by a bare LF": (POST_CHUNKED + b"0\r\nX: y\n\r\n", 400, LIMITS),
     "space before colon": (HEAD_OF + b"Content-Length : 0\r\n\r\n", 400, LIMITS),
     "obs-fold": (HEAD_OF + b"X-A: a\r\n b\r\n\r\n", 400, LIMITS),
     "obs-fold with tab": (HEAD_OF + b"X-A: a\r\n\tb\r\n\r\n", 400, LIMITS),
