@@ -9,6 +9,7 @@ wrapped in wsgiref.validate) and the ASGI handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -1293,18 +1294,29 @@ def test_asgi_hears_the_client_leave_while_it_waits(leaves: str) -> None:
         assert client.recv(4096) == b""  # the late answer is not sent: it was told
 
 
+def is_disconnected(receive: Any) -> bool:
+    """receive() as in a cancelled anyio scope (Starlette's is_disconnected()): run to its
+    first wait, and cancelled there; True for an http.disconnect that came without one."""
+    call = receive()
+    try:
+        call.send(None)
+    except StopIteration as returned:
+        return bool(returned.value["type"] == "http.disconnect")
+    with contextlib.suppress(asyncio.CancelledError):
+        call.throw(asyncio.CancelledError())
+    return False
+
+
 def test_asgi_a_poll_in_a_cancelled_scope_sees_the_client_gone() -> None:
     """Starlette's request.is_disconnected() calls receive() in a cancelled scope: once
-    the client has gone, the answer must come without a wait."""
-    from starlette.requests import Request as StarletteRequest
-
+    the client has gone, the answer must come without a wait. (test_web has the real
+    Starlette; the Debian build runs these tests without it.)"""
     polls: list[bool] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        request = StarletteRequest(scope, receive)
-        await request.body()
+        await receive()
         while True:
-            polls.append(gone := await request.is_disconnected())
+            polls.append(gone := is_disconnected(receive))
             if gone:
                 return
             await asyncio.sleep(0.01)  # a long-poll's wait for news: nothing is sent
@@ -1318,17 +1330,14 @@ def test_asgi_a_poll_in_a_cancelled_scope_sees_the_client_gone() -> None:
 
 def test_asgi_a_first_poll_after_the_client_went_says_so() -> None:
     """The one check before costly work: the client left while the body was being used."""
-    from starlette.requests import Request as StarletteRequest
-
     polls: list[bool] = []
     gone = threading.Event()
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        request = StarletteRequest(scope, receive)
-        await request.body()
+        await receive()
         await asyncio.get_running_loop().run_in_executor(None, gone.wait, 10)
         await asyncio.sleep(0.1)  # the end of stream reaches the reader
-        polls.append(await request.is_disconnected())
+        polls.append(is_disconnected(receive))
 
     client, thread = run_async(asgi.make_handler(app))
     client.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
