@@ -29,6 +29,7 @@ from .http11 import (
     HttpLimits,
     Request,
     asgi_path,
+    client_gone,
     error_response,
     log_access,
     log_app_error,
@@ -219,7 +220,9 @@ class _Exchange:
             while (data := http.read_body()) is None:
                 async with asyncio.timeout(self.idle):
                     http.feed(await self.reader.read(CHUNK))  # mid-request: no parking
-        except (ClientDisconnected, ConnectionError, TimeoutError):  # gone, or silent too long
+        except OSError as exc:  # gone, or silent too long (TimeoutError)
+            if not client_gone(exc):
+                raise
             self._lost()
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": data, "more_body": not http.body_done}
@@ -247,8 +250,8 @@ class _Exchange:
                 kept += len(data)
             else:
                 return
-        except OSError:  # a reset, and ETIMEDOUT or EHOSTUNREACH once keepalive gives up
-            pass
+        except OSError:  # client_gone's (a reset; ETIMEDOUT once keepalive gives up), or
+            pass  # any other failure to read: the client can no longer be heard
         self._lost()
 
     def _lost(self) -> None:
@@ -304,7 +307,9 @@ class _Exchange:
         except TimeoutError:
             transport.abort()  # a close would wait to flush, for ever too
             self._lost()
-        except ConnectionError:
+        except OSError as exc:
+            if not client_gone(exc):
+                raise
             self._lost()
         if self.done:
             self.finished.set()

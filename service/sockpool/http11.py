@@ -29,6 +29,7 @@ but Debian 12's python3-httptools (0.1.1) is too old to depend on.
 
 from __future__ import annotations
 
+import errno
 import logging
 import re
 import time
@@ -89,6 +90,19 @@ class ClientDisconnected(ConnectionError):
     database or an upstream, which are its errors: a 500 and a record."""
 
 
+# A call on the client's socket failed because the client is out of reach: beside
+# ConnectionError's and TimeoutError's errnos, a route or network gone (ICMP, or ARP
+# unanswered).
+_UNREACHABLE = frozenset((errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EHOSTDOWN, errno.ENETDOWN))
+
+
+def client_gone(exc: OSError) -> bool:
+    """Whether an error of a call on the client's socket means the client is out of reach
+    (reset, closed, timed out, unreachable): nothing to answer, nothing to log above
+    debug. Any other is a fault to log: a bad descriptor, a file's I/O error in sendfile."""
+    return isinstance(exc, ConnectionError | TimeoutError) or exc.errno in _UNREACHABLE
+
+
 @dataclass(slots=True)
 class Request:
     method: bytes
@@ -102,11 +116,29 @@ class Request:
     keep_alive: bool  # what the client asks for: HTTP/1.1 unless "close", 1.0 if "keep-alive"
 
 
-class _StrictChunkedReader(ChunkedReader):  # type: ignore[misc]
-    """h11 0.14's chunked reader, checking that a chunk's data ends in CRLF, and that its
-    size lines and trailer lines do: h11 takes a bare LF at the end of a trailer, where a
-    front end may not (a request smuggled past it), and waits for ever for a size line's
-    CRLF. A bare LF is refused in a request head too (check_head)."""
+class _LineCheckingChunkedReader(ChunkedReader):  # type: ignore[misc]
+    """h11's chunked reader, refusing a size line or a trailer line that ends in a bare LF:
+    h11 takes a bare LF at the end of a trailer, where a front end may not (a request
+    smuggled past it), and waits for ever for a size line's CRLF. A bare LF is refused in
+    a request head too (check_head). Looked at before h11 reads, and again when it waits
+    for more: a chunk's end and the next size line may be read in one call."""
+
+    def __call__(self, buf: Any) -> Any:
+        self._check(buf)
+        event = super().__call__(buf)
+        if event is None:
+            self._check(buf)
+        return event
+
+    def _check(self, buf: Any) -> None:
+        # A chunk's CRLF to discard is an int in h11 0.14 and bytes once fixed: both false
+        # when there is none.
+        if not self._bytes_to_discard and (self._reading_trailer or not self._bytes_in_chunk):
+            _check_line_ends(buf._data, trailer=self._reading_trailer)
+
+
+class _StrictChunkedReader(_LineCheckingChunkedReader):
+    """h11 0.14's chunked reader before its fix, checking that a chunk's data ends in CRLF."""
 
     def __call__(self, buf: Any) -> Any:
         while self._bytes_to_discard > 0:
@@ -117,8 +149,6 @@ class _StrictChunkedReader(ChunkedReader):  # type: ignore[misc]
             if data != want:
                 raise h11.RemoteProtocolError("chunk data not followed by CRLF")
             self._bytes_to_discard -= len(data)
-        if self._reading_trailer or not self._bytes_in_chunk:
-            _check_line_ends(buf._data, trailer=self._reading_trailer)
         return super().__call__(buf)
 
 
@@ -148,7 +178,8 @@ def _checks_chunk_ends() -> bool:
     return False
 
 
-_STRICT_CHUNKS = not _checks_chunk_ends()  # then chunked bodies get _StrictChunkedReader
+# Chunked bodies get _StrictChunkedReader where h11 does not check chunk ends itself.
+_CHUNKED_READER = _LineCheckingChunkedReader if _checks_chunk_ends() else _StrictChunkedReader
 
 
 _date_second = 0
@@ -365,8 +396,8 @@ class HttpConnection:
         except ValueError:  # h11's int() of a Content-Length past Python's 4,300 digits
             raise HttpError(413, "a Content-Length thousands of digits long") from None
         assert type(event) is h11.Request, event
-        if _STRICT_CHUNKS and type(conn._reader) is ChunkedReader:  # fresh: nothing read yet
-            conn._reader = _StrictChunkedReader()
+        if type(conn._reader) is ChunkedReader:  # fresh: nothing read yet
+            conn._reader = _CHUNKED_READER()
         request = _request(event, self.limits)
         self._h11, self._head, self._body_seen, self._body_done = conn, False, 0, False
         self._continue_owed = conn.they_are_waiting_for_100_continue

@@ -445,7 +445,7 @@ class AsyncWorker(_Base):
         for lifespan in self.lifespans:
             try:
                 await lifespan.startup()
-            except Exception as exc:
+            except HANDLER_FAULTS as exc:
                 raise HandlerError(f"ASGI lifespan startup failed: {_last_line(exc)}") from None
 
     def _beat(self, interval: float) -> None:

@@ -30,6 +30,7 @@ from .http11 import (
     HttpError,
     HttpLimits,
     Request,
+    client_gone,
     error_response,
     log_access,
     log_app_error,
@@ -105,7 +106,9 @@ class _Input(io.RawIOBase):
             finally:
                 self._left = left - (time.monotonic() - began)
                 conn.settimeout(timeout)
-        except (ConnectionError, TimeoutError) as exc:
+        except OSError as exc:
+            if not client_gone(exc):
+                raise
             raise ClientDisconnected(f"reading the body: {exc}") from exc
 
     def read(self, size: int | None = -1) -> bytes:
@@ -288,7 +291,9 @@ def _send(conn: socket.socket, data: bytes) -> None:
     """sendall() to the client, whose failure is ClientDisconnected."""
     try:
         conn.sendall(data)
-    except (ConnectionError, TimeoutError) as exc:
+    except OSError as exc:
+        if not client_gone(exc):
+            raise
         raise ClientDisconnected(f"sending: {exc}") from exc
 
 
@@ -304,7 +309,9 @@ def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
             if not poller.poll(None if timeout is None else timeout * 1000):
                 raise ClientDisconnected("sendfile: the client does not read") from None
             continue
-        except ConnectionError as exc:
+        except OSError as exc:  # the file's own errors are the application's
+            if not client_gone(exc):
+                raise
             raise ClientDisconnected(f"sendfile: {exc}") from exc
         if not sent:  # the application's file: its error, not the client's
             raise ValueError("the file ended before its Content-Length")

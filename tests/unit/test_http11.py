@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import errno
 import logging
 import os
 import select
@@ -36,6 +37,7 @@ from sockpool.http11 import (
     HttpConnection,
     HttpError,
     HttpLimits,
+    client_gone,
     parse_peer,
     split_target,
 )
@@ -478,6 +480,21 @@ def test_end_of_stream_mid_head_is_a_disconnect() -> None:
     http.feed(b"")
     with pytest.raises(ClientDisconnected):
         http.next_request()
+
+
+def test_which_socket_errors_mean_the_client_is_gone() -> None:
+    for gone in (
+        ConnectionResetError(errno.ECONNRESET, "reset"),
+        BrokenPipeError(errno.EPIPE, "pipe"),
+        TimeoutError(errno.ETIMEDOUT, "keepalive gave up"),
+        TimeoutError("timed out"),  # a socket timeout, asyncio.timeout
+        OSError(errno.EHOSTUNREACH, "no route to host"),
+        OSError(errno.ENETUNREACH, "network is unreachable"),
+        ClientDisconnected("mid-body"),
+    ):
+        assert client_gone(gone), gone
+    for fault in (OSError(errno.EBADF, "bad descriptor"), OSError(errno.EIO, "a file's I/O")):
+        assert not client_gone(fault), fault
 
 
 def test_targets_and_peers() -> None:
