@@ -96,7 +96,7 @@ class Lifespan:
                  "state": self.state}  # fmt: skip
         try:
             await self.app(scope, self._receive, self._send)
-        except Exception as exc:
+        except HANDLER_FAULTS as exc:  # SystemExit too: out of this task, it ends the loop
             self._error = exc
         finally:
             self._from_app.put_nowait({"type": "ended"})

@@ -445,7 +445,7 @@ class AsyncWorker(_Base):
         for lifespan in self.lifespans:
             try:
                 await lifespan.startup()
-            except HANDLER_FAULTS as exc:
+            except Exception as exc:
                 raise HandlerError(f"ASGI lifespan startup failed: {_last_line(exc)}") from None
 
     def _beat(self, interval: float) -> None:

@@ -1231,6 +1231,8 @@ def lifespan_app(behaviour: str, seen: list[str]) -> Any:
                     return
                 if behaviour == "raise":
                     raise RuntimeError("startup raised")
+                if behaviour == "exit":
+                    sys.exit(3)
                 scope["state"]["ready"] = True
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -1248,7 +1250,11 @@ def test_lifespan() -> None:
         assert life.state == {"ready": True}
         await life.shutdown()
         assert seen == ["lifespan.startup", "lifespan.shutdown"]
-        for behaviour, words in (("fail", "no database"), ("raise", "startup raised")):
+        for behaviour, words in (
+            ("fail", "no database"),
+            ("raise", "startup raised"),
+            ("exit", "SystemExit"),  # its task's: not out of the loop, ending the worker
+        ):
             failing = asgi.Lifespan(lifespan_app(behaviour, []))
             with pytest.raises(asgi.LifespanFailed, match=words):
                 await failing.startup()
