@@ -398,7 +398,20 @@ class AsyncWorker(_Base):
         # asyncio.run()'s own Runner; with `pull`, on a loop whose waits say so.
         factory = self._waiting_loop if self.word is not None else None
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(self._main())
+            loop = runner.get_loop()
+            main = loop.create_task(self._main())
+            while True:
+                try:
+                    loop.run_until_complete(main)
+                    return
+                except SystemExit as exc:
+                    # asyncio lets a task's SystemExit out of its loop: one the application
+                    # started called sys.exit(). It is not the worker's to end (a request's
+                    # own code's is its HANDLER_ERROR): the loop goes on, and whoever awaits
+                    # that task gets the error.
+                    if main.done():
+                        raise
+                    log.log.error("a task of the application called sys.exit(%s): ignored", exc)
 
     def _waiting_loop(self) -> asyncio.AbstractEventLoop:
         """`pull`: a loop whose waits say so (pull.py); the current one, as asyncio.run's."""

@@ -603,6 +603,22 @@ def test_asgi_long_poll_hears_its_client_leave(asgi_site: Site) -> None:
     wait_until(lambda: asgi_site.events("gone GET /poll"), "the long-poll to hear it")
 
 
+def test_asgi_sys_exit_in_a_task_of_the_application_ends_no_worker(serve) -> None:
+    """Starlette runs a StreamingResponse's body in a task of its own, whose SystemExit
+    asyncio lets out of the worker's loop: the response is cut, the worker goes on."""
+    site = start_site(serve, "asgi", APPS["asgi"])
+    workers = site.service.workers()
+    with site.client() as client:
+        client.send(http_request("GET", "/stream-exit"))
+        cut = read_to_eof(client.sock)
+    assert cut.startswith(b"HTTP/1.1 200 OK\r\n") and b"first\n" in cut
+    assert not cut.endswith(b"0\r\n\r\n")  # not the end of a chunked body: cut short
+    wait_until(lambda: "called sys.exit(3): ignored" in site.log(), "the record")
+    with site.client() as client:
+        assert hello(client.ask("GET", "/hello"))
+    assert site.service.workers() == workers
+
+
 def startups(site: Site) -> list[int]:
     return [int(line.split()[1]) for line in site.events("startup")]
 

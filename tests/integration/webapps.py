@@ -294,6 +294,16 @@ async def s_poll(request: Request) -> PlainTextResponse:
     return PlainTextResponse("no news\n")
 
 
+async def s_stream_exit(request: Request) -> StreamingResponse:
+    """sys.exit() in a StreamingResponse's body, which Starlette runs in a task of its own."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield b"first\n"
+        sys.exit(3)
+
+    return StreamingResponse(pieces(), media_type="text/plain")
+
+
 async def s_boom(request: Request) -> PlainTextResponse:
     raise RuntimeError("boom in a Starlette endpoint")
 
@@ -307,6 +317,7 @@ starlette_app = Starlette(
         Route("/state", s_state),
         Route("/boom", s_boom),
         Route("/poll", s_poll),
+        Route("/stream-exit", s_stream_exit),
     ],
     lifespan=lifespan,
 )
