@@ -54,6 +54,14 @@ class Beat(NamedTuple):
     now: float
 
 
+class Retire(NamedTuple):
+    """The worker asks to be recycled: it cannot go on as it should."""
+
+    pid: int
+    reason: str
+    now: float
+
+
 class ChannelClosed(NamedTuple):
     pid: int
 

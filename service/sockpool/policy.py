@@ -189,6 +189,10 @@ class Lifecycle:
             {w: why.format(w.served) for w in done if w.served >= w.max_served}, e.now
         )
 
+    def _on_retire(self, e: ev.Retire) -> list[Action]:
+        w = self.workers.get(e.pid)
+        return self._recycle({w: e.reason}, e.now) if w else []
+
     def _on_memory(self, e: ev.Memory) -> list[Action]:
         limit = self.active.config.max_memory
         why = "resident memory {:.0f} MiB over max_memory=" + str(limit)

@@ -161,6 +161,8 @@ class WorkerProcess:
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)
+        if isinstance(message, wire.Retire):
+            return ev.Retire(self.pid, message.reason, now)
         return ev.Beat(self.pid, now)
 
     @property

@@ -120,8 +120,15 @@ class Beat:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class Retire:
+    """The worker cannot go on as it should (`reason`): recycle it, as max_requests does."""
+
+    reason: str
+
+
 ToWorker = list[Handoff] | Stop
-ToDispatcher = Ready | Failed | Beat | Park
+ToDispatcher = Ready | Failed | Beat | Park | Retire
 
 
 Entry = tuple[int, str, str, bytes, int]  # conn_id, listener, peer, carry, started
@@ -278,6 +285,10 @@ def encode_beat() -> bytes:
     return b"B"
 
 
+def encode_retire(reason: str) -> bytes:
+    return b"X" + reason.encode(errors="replace")[: MAX_MESSAGE - 1]
+
+
 def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
     """Decode a worker message that came with `nfds` descriptors (only PARK has one)."""
     kind, body = data[:1], data[1:]
@@ -304,4 +315,6 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":
         return Failed(body.decode(errors="replace"))
+    if kind == b"X":
+        return Retire(body.decode(errors="replace"))
     raise WireError(f"unknown message type {kind!r}")

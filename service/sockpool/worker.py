@@ -395,6 +395,7 @@ class AsyncWorker(_Base):
 
         self.capacity = 0  # until READY: it takes nothing (pull: may_take())
         self.sync_running = 0  # sync handlers in the executor's thread
+        self.exit_seen = False  # _exited_in_a_task()
         # asyncio.run()'s own Runner; with `pull`, on a loop whose waits say so.
         factory = self._waiting_loop if self.word is not None else None
         with asyncio.Runner(loop_factory=factory) as runner:
@@ -404,14 +405,23 @@ class AsyncWorker(_Base):
                 try:
                     loop.run_until_complete(main)
                     return
-                except SystemExit as exc:
-                    # asyncio lets a task's SystemExit out of its loop: one the application
-                    # started called sys.exit(). It is not the worker's to end (a request's
-                    # own code's is its HANDLER_ERROR): the loop goes on, and whoever awaits
-                    # that task gets the error.
+                except SystemExit:
                     if main.done():
                         raise
-                    log.log.error("a task of the application called sys.exit(%s): ignored", exc)
+                    self._exited_in_a_task()
+
+    def _exited_in_a_task(self) -> None:
+        """asyncio lets a task's SystemExit out of its loop: a task the application started
+        called sys.exit(). Ending here would cut every connection this worker holds, and
+        going on as if nothing happened could leave it broken (a lifespan's task group
+        cancelled under it): it asks to be recycled, as max_requests does, and serves on
+        until its replacement is ready; then it drains. Whoever awaits that task gets the
+        error. Said once: a SystemExit on every loop turn would flood the journal."""
+        if self.exit_seen:
+            return
+        self.exit_seen = True
+        log.log.error("a task of the application called sys.exit()", exc_info=True)
+        channel.send(self.chan, wire.encode_retire("a task of the application called sys.exit()"))
 
     def _waiting_loop(self) -> asyncio.AbstractEventLoop:
         """`pull`: a loop whose waits say so (pull.py); the current one, as asyncio.run's."""

@@ -603,20 +603,28 @@ def test_asgi_long_poll_hears_its_client_leave(asgi_site: Site) -> None:
     wait_until(lambda: asgi_site.events("gone GET /poll"), "the long-poll to hear it")
 
 
-def test_asgi_sys_exit_in_a_task_of_the_application_ends_no_worker(serve) -> None:
+def test_asgi_sys_exit_in_a_task_of_the_application_recycles_its_worker(serve) -> None:
     """Starlette runs a StreamingResponse's body in a task of its own, whose SystemExit
-    asyncio lets out of the worker's loop: the response is cut, the worker goes on."""
-    site = start_site(serve, "asgi", APPS["asgi"])
-    workers = site.service.workers()
-    with site.client() as client:
-        client.send(http_request("GET", "/stream-exit"))
-        cut = read_to_eof(client.sock)
-    assert cut.startswith(b"HTTP/1.1 200 OK\r\n") and b"first\n" in cut
-    assert not cut.endswith(b"0\r\n\r\n")  # not the end of a chunked body: cut short
-    wait_until(lambda: "called sys.exit(3): ignored" in site.log(), "the record")
-    with site.client() as client:
-        assert hello(client.ask("GET", "/hello"))
-    assert site.service.workers() == workers
+    asyncio lets out of the worker's loop. The request is cut; the worker, which holds other
+    connections and may be left broken, is recycled: replaced first, then drained."""
+    site = start_site(serve, "asgi", APPS["asgi"], ["--workers=1"])
+    [worker] = site.service.workers()
+    recycled = f"recycling worker {worker}: a task of the application called sys.exit()"
+    with site.client() as held:
+        held.send(http_request("GET", "/poll"))  # a connection the worker holds meanwhile
+        wait_until(lambda: site.events("call GET /poll"), "the long-poll to start")
+        with site.client() as client:
+            client.send(http_request("GET", "/stream-exit"))
+            cut = read_to_eof(client.sock)
+        assert cut.startswith(b"HTTP/1.1 200 OK\r\n") and b"first\n" in cut
+        assert not cut.endswith(b"0\r\n\r\n")  # not the end of a chunked body: cut short
+        wait_until(lambda: recycled in site.log(), "the worker to be recycled")
+        with site.client() as client:
+            assert hello(client.ask("GET", "/hello"))
+    # The long-poll was still running in the old worker: it hears its client leave.
+    wait_until(lambda: site.events("gone GET /poll"), "the long-poll to hear it")
+    wait_until(lambda: worker not in site.service.workers(), "the old worker to exit")
+    assert site.log().count("SystemExit: 3") == 2  # the task's record, and the request's
 
 
 def startups(site: Site) -> list[int]:

@@ -402,6 +402,20 @@ def test_recycling_by_count_starts_the_replacement_first() -> None:
     assert not only(actions, ev.Spawn)
 
 
+def test_a_worker_that_asks_to_retire_is_recycled_once_replacement_first() -> None:
+    sim = Sim(workers=2)
+    old, other = sim.start()
+    actions = sim.feed(ev.Retire(old, "a task of the application called sys.exit()", 1.0))
+    [record] = records(actions, Event.WORKER_RECYCLED)
+    assert record.message.endswith(": a task of the application called sys.exit()")
+    [new] = sim.spawn(actions)
+    assert sim.serving() == {old, other}  # until its replacement is ready
+    assert not sim.feed(ev.Retire(old, "again", 1.1))  # asked twice: recycled once
+    assert only(sim.ready(new), ev.SendStop) == [ev.SendStop(old)]
+    assert sim.serving() == {new, other}
+    assert not sim.feed(ev.Retire(12345, "a worker already gone", 1.2))
+
+
 def test_max_requests_gets_jitter_a_tenth_by_default() -> None:
     sim = Sim(workers=20, max_requests=100)
     sim.start()

@@ -120,6 +120,7 @@ def test_worker_messages_round_trip() -> None:
     assert wire.decode_to_dispatcher(wire.encode_ready(100)) == wire.Ready(100)
     assert wire.decode_to_dispatcher(wire.encode_failed("no module")) == wire.Failed("no module")
     assert wire.decode_to_dispatcher(wire.encode_beat()) == wire.Beat()
+    assert wire.decode_to_dispatcher(wire.encode_retire("sys.exit()")) == wire.Retire("sys.exit()")
 
 
 @pytest.mark.parametrize(
