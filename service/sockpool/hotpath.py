@@ -491,7 +491,8 @@ class HotPath:
                 if first[0] in handed and sent[0] is not None:
                     handed[first[0]] = sent[0]
             if handed and stale:  # (not if that send failed: it would never be heard from)
-                p.stalled_at = now  # nothing new until it is heard from
+                p.stalled_at = now  # nothing new until it is heard from, or STALL_FOR:
+                due = min(due, now + STALL_FOR)  # then look again, if nothing else wakes us
             moved += items
         self.next_steal = min(self.next_steal, due)  # _send_one() may have set it
         if moved:  # before anything newer; dispatch() sends them on this turn
@@ -546,8 +547,9 @@ class HotPath:
         """The first handoff to `p` since it was last heard from: if it stays unheard for
         STEAL_AFTER, rebalance() looks for what it left unread."""
         p.unheard_since = now
-        if self.next_steal == _NEVER:
-            self.next_steal = now + STEAL_AFTER
+        due = now + STEAL_AFTER
+        if due < self.next_steal:  # (a stall's end may be set, and later)
+            self.next_steal = due
 
     def wants_completions(self) -> bool:
         """Whether a worker's completion should wake the loop: only when it could let

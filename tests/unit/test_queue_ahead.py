@@ -17,7 +17,7 @@ import pytest
 from fakepool import T0, Pool
 
 from sockpool import channel, wire
-from sockpool.hotpath import _NEVER, FROZEN_AFTER, IDLE_STEAL_AFTER, STEAL_AFTER
+from sockpool.hotpath import _NEVER, FROZEN_AFTER, IDLE_STEAL_AFTER, STALL_FOR, STEAL_AFTER
 
 SOLO = 2  # a sync worker's capacity with queue_ahead = 1: one served, one queued
 LATER = T0 + STEAL_AFTER  # when a handoff sent at T0 and not heard of since is looked at
@@ -262,6 +262,26 @@ def test_a_frozen_worker_keeps_its_first_and_gets_nothing_new(pool: Pool) -> Non
     pool.finish(1, 1, frozen + 5.001)  # heard from: it takes work again
     pool.accept(5, frozen + 5.001)
     assert pool.handed(1) == [4, 5]
+
+
+def test_a_connection_read_back_from_the_only_worker_goes_back_to_it_after_the_stall() -> None:
+    # One async worker holds a long connection (a long-poll) and, its core taken, does not
+    # read the next handoff within STEAL_AFTER: read back, it waits here, the worker
+    # stalled. With no other worker, the loop must wake at the stall's end for it, not
+    # wait for whatever the dispatcher hears next (the long-poll's end, 30 s on).
+    pool = Pool([100], solo=False)
+    try:
+        pool.accept(1)
+        assert pool.take(1) == [1]  # the long one
+        pool.accept(2)
+        stalled = T0 + STEAL_AFTER
+        pool.hot.turn(stalled)
+        assert [item[0] for item in pool.hot.pending] == [2] and pool.handed(1) == [1]
+        assert pool.hot.next_steal == stalled + STALL_FOR
+        pool.hot.turn(stalled + STALL_FOR)
+        assert pool.handed(1) == [1, 2] and pool.take(1) == [2]
+    finally:
+        pool.close()
 
 
 def test_a_retired_worker_leaves_what_it_did_not_take_to_the_others(pool: Pool) -> None:
