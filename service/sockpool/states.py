@@ -32,7 +32,7 @@ class WorkerState(Enum):
 
 class Trigger(Enum):
     READY = "reported ready"
-    RECYCLE = "recycle"  # served max_requests, or over max_memory
+    RECYCLE = "recycle"  # served max_requests, over max_memory, or it asked (RETIRE)
     REPLACED = "replacement ready"
     RETIRE = "retire"  # reload swapped generations, or stop
     HANG = "hang"
@@ -44,7 +44,7 @@ class ExitReason(StrEnum):
     """EXIT_REASON in the journal's WORKER_EXITED records; admins filter on these words."""
 
     RETIRED = "retired"  # reload or stop
-    RECYCLED = "recycled"  # max_requests or max_memory
+    RECYCLED = "recycled"  # max_requests, max_memory, or it asked (RETIRE)
     HUNG = "hung"  # timeout
     OVERDUE = "overdue"  # did not finish within graceful_timeout
     START_TIMEOUT = "start-timeout"  # not ready within start_timeout

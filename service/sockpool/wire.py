@@ -14,6 +14,8 @@ Worker -> dispatcher
                                          waits for the client to speak first
     FAILED   b"F" reason (utf-8)         could not start; why, for the dispatcher's log
     BEAT     b"B"                        heartbeat: an async worker's loop still turns
+    RETIRE   b"X" reason (utf-8)         recycle me: an async worker whose application
+                                         called sys.exit() in a task of its own
     PARK     b"P" flags:u8 conn_id:u64 started:u64 carry   + exactly one descriptor: the
                                          connection, given back until it is readable again;
                                          flag READY_NOW: its carry holds bytes nobody has
@@ -53,6 +55,7 @@ MAX_NAME = 255  # bytes of a listener name (a u8 length); start-up refuses longe
 MAX_PEER = 600
 MAX_BATCH = 64  # connections in one handoff; the hot path splits larger batches
 MAX_CARRY = 65536  # bytes carried with one connection: the ceiling of `max_carry`
+MAX_REASON = 200  # bytes of a RETIRE's reason
 MAY_PARK = 1
 READY_NOW = 1
 SILENT = 2
@@ -286,7 +289,7 @@ def encode_beat() -> bytes:
 
 
 def encode_retire(reason: str) -> bytes:
-    return b"X" + reason.encode(errors="replace")[: MAX_MESSAGE - 1]
+    return b"X" + reason.encode(errors="replace")[:MAX_REASON]
 
 
 def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
@@ -315,6 +318,6 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":
         return Failed(body.decode(errors="replace"))
-    if kind == b"X":
-        return Retire(body.decode(errors="replace"))
+    if kind == b"X":  # one line of a journal record, whatever a worker sends
+        return Retire(body[:MAX_REASON].decode(errors="replace"))
     raise WireError(f"unknown message type {kind!r}")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # AsyncWorker.run imports them: a sync worker never loads eit
     from concurrent.futures import ThreadPoolExecutor
 
 EXIT_HANDLER_FAILED = 3
+EXITED_IN_A_TASK = "a task of the application called sys.exit()"
 Handler = Callable[..., Any]
 
 
@@ -398,17 +399,22 @@ class AsyncWorker(_Base):
         self.exit_seen = False  # _exited_in_a_task()
         # asyncio.run()'s own Runner; with `pull`, on a loop whose waits say so.
         factory = self._waiting_loop if self.word is not None else None
-        with asyncio.Runner(loop_factory=factory) as runner:
-            loop = runner.get_loop()
-            main = loop.create_task(self._main())
-            while True:
-                try:
-                    loop.run_until_complete(main)
-                    return
-                except SystemExit:
-                    if main.done():
-                        raise
-                    self._exited_in_a_task()
+        try:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                loop = runner.get_loop()
+                main = loop.create_task(self._main())
+                while True:
+                    try:
+                        loop.run_until_complete(main)
+                        return
+                    except SystemExit:
+                        if main.done():
+                            raise
+                        self._exited_in_a_task()
+        except SystemExit:
+            if not self.exit_seen:
+                raise
+            # The same task's again, as the Runner closed the loop: said already.
 
     def _exited_in_a_task(self) -> None:
         """asyncio lets a task's SystemExit out of its loop: a task the application started
@@ -420,8 +426,9 @@ class AsyncWorker(_Base):
         if self.exit_seen:
             return
         self.exit_seen = True
-        log.log.error("a task of the application called sys.exit()", exc_info=True)
-        channel.send(self.chan, wire.encode_retire("a task of the application called sys.exit()"))
+        log.log.error("%s", EXITED_IN_A_TASK, exc_info=True)
+        if self.capacity:  # before READY, the start fails instead (_main)
+            channel.send(self.chan, wire.encode_retire(EXITED_IN_A_TASK))
 
     def _waiting_loop(self) -> asyncio.AbstractEventLoop:
         """`pull`: a loop whose waits say so (pull.py); the current one, as asyncio.run's."""
@@ -446,6 +453,8 @@ class AsyncWorker(_Base):
         loop.add_signal_handler(signal.SIGTERM, self._stop)
         await self._startup()
         loop.add_reader(self.chan, self._on_channel)
+        if self.exit_seen:  # while its lifespan started: a start that failed (backoff)
+            raise HandlerError(f"{EXITED_IN_A_TASK} while the worker started")
         self.capacity = _capacity(self.spec.capacity)
         self.ready(self.capacity)
         if self.spec.timeout:

@@ -232,11 +232,19 @@ not_callable = 42
 # -- Starlette ---------------------------------------------------------------------------------
 
 
+async def _exits() -> None:
+    sys.exit(3)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     mark(f"startup {os.getpid()}")
     if os.environ.get("WEBAPPS_FAIL_STARTUP"):
         raise RuntimeError("the database is unreachable")
+    if os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK"):
+        task = asyncio.ensure_future(_exits())
+        await asyncio.sleep(0.05)  # it runs while the startup does
+        assert task.done()
     yield {"started_by": os.getpid()}
     mark(f"shutdown {os.getpid()}")
 

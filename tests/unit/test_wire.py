@@ -121,6 +121,8 @@ def test_worker_messages_round_trip() -> None:
     assert wire.decode_to_dispatcher(wire.encode_failed("no module")) == wire.Failed("no module")
     assert wire.decode_to_dispatcher(wire.encode_beat()) == wire.Beat()
     assert wire.decode_to_dispatcher(wire.encode_retire("sys.exit()")) == wire.Retire("sys.exit()")
+    long = wire.decode_to_dispatcher(b"X" + b"x" * 100_000)  # one line of a record, at most
+    assert long == wire.Retire("x" * wire.MAX_REASON)
 
 
 @pytest.mark.parametrize(
