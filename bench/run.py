@@ -1198,6 +1198,9 @@ def main(argv: list[str] | None = None) -> int:
         rounds = cfg.cold_rounds if scenario == "coldstart" else cfg.rounds
         if scenario in ONE_ROUND:
             rounds = 1
+        if not specs:  # --servers named none of this scenario's
+            print(f"{scenario}: skipped, --servers names none of its servers", flush=True)
+            continue
         print(f"{scenario}: {len(specs)} servers x {rounds} rounds", flush=True)
         for r in range(rounds):
             order = specs[r % len(specs) :] + specs[: r % len(specs)]
