@@ -403,18 +403,20 @@ class AsyncWorker(_Base):
             with asyncio.Runner(loop_factory=factory) as runner:
                 loop = runner.get_loop()
                 main = loop.create_task(self._main())
-                while True:
+                while not main.done():
                     try:
                         loop.run_until_complete(main)
-                        return
-                    except SystemExit:
-                        if main.done():
-                            raise
-                        self._exited_in_a_task()
-        except SystemExit:
+                    except SystemExit as exc:
+                        if not main.done() or main.exception() is not exc:
+                            self._exited_in_a_task()
+                main.result()  # how it ended: a start that failed (HandlerError), or its own
+        except SystemExit as again:
             if not self.exit_seen:
                 raise
-            # The same task's again, as the Runner closed the loop: said already.
+            # The same task's again, as the Runner closed the loop: said already. It would
+            # hide a start that failed (_main), which the dispatcher must hear of.
+            if isinstance(again.__context__, HandlerError):
+                raise again.__context__ from None
 
     def _exited_in_a_task(self) -> None:
         """asyncio lets a task's SystemExit out of its loop: a task the application started

@@ -692,12 +692,12 @@ def test_asgi_lifespan_startup_failure_names_the_error_in_one_line(
     assert "the database is unreachable" in line
 
 
-def test_asgi_sys_exit_in_a_task_of_a_lifespan_startup_is_a_failed_start(serve) -> None:
+@pytest.mark.parametrize("exits", ["once", "every turn"])
+def test_asgi_sys_exit_in_a_task_of_a_lifespan_startup_is_a_failed_start(serve, exits: str) -> None:
     """Recycling would start the same broken start again and again: a failed start has
-    the backoff, and the give-up."""
-    site = start_site(
-        serve, "asgi", APPS["asgi"], wait_ready=False, env={"WEBAPPS_EXIT_IN_A_STARTUP_TASK": "1"}
-    )
+    the backoff, and the give-up. Every turn: again as the loop closes, still a failure."""
+    env = {"WEBAPPS_EXIT_IN_A_STARTUP_TASK": exits}
+    site = start_site(serve, "asgi", APPS["asgi"], wait_ready=False, env=env)
     assert site.service.wait(timeout=60) == 70
     last = site.log().splitlines()[-1]
     assert "a task of the application called sys.exit() while the worker started" in last

@@ -241,10 +241,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     mark(f"startup {os.getpid()}")
     if os.environ.get("WEBAPPS_FAIL_STARTUP"):
         raise RuntimeError("the database is unreachable")
-    if os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK"):
+    if os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK") == "once":
         task = asyncio.ensure_future(_exits())
         await asyncio.sleep(0.05)  # it runs while the startup does
         assert task.done()
+    elif os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK") == "every turn":
+        readable, writable = os.pipe()
+        os.write(writable, b"x")  # never read: the callback runs on every loop turn
+        asyncio.get_running_loop().add_reader(readable, sys.exit, 3)
+        await asyncio.sleep(0.05)
     yield {"started_by": os.getpid()}
     mark(f"shutdown {os.getpid()}")
 
