@@ -399,6 +399,7 @@ class AsyncWorker(_Base):
         self.exit_seen = False  # _exited_in_a_task()
         # asyncio.run()'s own Runner; with `pull`, on a loop whose waits say so.
         factory = self._waiting_loop if self.word is not None else None
+        main = None
         try:
             with asyncio.Runner(loop_factory=factory) as runner:
                 loop = runner.get_loop()
@@ -411,12 +412,13 @@ class AsyncWorker(_Base):
                             self._exited_in_a_task()
                 main.result()  # how it ended: a start that failed (HandlerError), or its own
         except SystemExit as again:
-            if not self.exit_seen:
+            if not self.exit_seen or main is None or not main.done():
                 raise
-            # The same task's again, as the Runner closed the loop: said already. It would
-            # hide a start that failed (_main), which the dispatcher must hear of.
-            if isinstance(again.__context__, HandlerError):
-                raise again.__context__ from None
+            # The application's again, as the Runner closed the loop (a task it cancelled
+            # exits in its `finally`): said already. It must not hide how main ended: a
+            # start that failed (HandlerError), which the dispatcher must hear of.
+            if not main.cancelled() and (ended := main.exception()) not in (None, again):
+                raise ended from None
 
     def _exited_in_a_task(self) -> None:
         """asyncio lets a task's SystemExit out of its loop: a task the application started

@@ -692,7 +692,7 @@ def test_asgi_lifespan_startup_failure_names_the_error_in_one_line(
     assert "the database is unreachable" in line
 
 
-@pytest.mark.parametrize("exits", ["once", "every turn"])
+@pytest.mark.parametrize("exits", ["once", "every turn", "and once cancelled"])
 def test_asgi_sys_exit_in_a_task_of_a_lifespan_startup_is_a_failed_start(serve, exits: str) -> None:
     """Recycling would start the same broken start again and again: a failed start has
     the backoff, and the give-up. Every turn: again as the loop closes, still a failure."""

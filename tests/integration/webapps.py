@@ -236,15 +236,28 @@ async def _exits() -> None:
     sys.exit(3)
 
 
+_kept: list[asyncio.Future[None]] = []
+
+
+async def _exits_when_cancelled() -> None:
+    """As the worker's loop closes (asyncio cancels what is left), sys.exit() again."""
+    try:
+        await asyncio.sleep(3600)
+    finally:
+        sys.exit(4)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     mark(f"startup {os.getpid()}")
     if os.environ.get("WEBAPPS_FAIL_STARTUP"):
         raise RuntimeError("the database is unreachable")
-    if os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK") == "once":
+    if os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK") in ("once", "and once cancelled"):
         task = asyncio.ensure_future(_exits())
         await asyncio.sleep(0.05)  # it runs while the startup does
         assert task.done()
+        if os.environ["WEBAPPS_EXIT_IN_A_STARTUP_TASK"] == "and once cancelled":
+            _kept.append(asyncio.ensure_future(_exits_when_cancelled()))
     elif os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK") == "every turn":
         readable, writable = os.pipe()
         os.write(writable, b"x")  # never read: the callback runs on every loop turn

@@ -284,6 +284,24 @@ def test_a_connection_read_back_from_the_only_worker_goes_back_to_it_after_the_s
         pool.close()
 
 
+def test_a_stall_pending_does_not_put_off_the_look_at_a_new_handoff() -> None:
+    # Worker 1 stalls; the connection read back from it goes to worker 2, which must be
+    # looked at STEAL_AFTER on, not at worker 1's stall's end.
+    pool = Pool([100, 100], solo=False)
+    try:
+        pool.accept(1)
+        assert pool.take(1) == [1]
+        pool.procs[2].w.capacity = 0  # still starting: the second goes to worker 1 too
+        pool.accept(2)
+        pool.procs[2].w.capacity = 100
+        stalled = T0 + STEAL_AFTER
+        pool.hot.turn(stalled)
+        assert pool.handed(2) == [2]
+        assert pool.hot.next_steal == stalled + STEAL_AFTER
+    finally:
+        pool.close()
+
+
 def test_a_retired_worker_leaves_what_it_did_not_take_to_the_others(pool: Pool) -> None:
     pool.three()
     assert pool.take(1) == [1] and pool.take(2) == [2]
