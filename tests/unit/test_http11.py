@@ -574,6 +574,21 @@ def run_sync(
     return client, thread
 
 
+def a_500_and_its_record(
+    client: socket.socket, thread: threading.Thread, caplog: pytest.LogCaptureFixture
+) -> logging.LogRecord:
+    """A request the application fails on: a 500 that closes the connection, and the one
+    HANDLER_ERROR record of it."""
+    with caplog.at_level(logging.ERROR):
+        client.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, headers, _ = Client(client).response()
+        thread.join(10)
+    assert status == 500 and headers[b"connection"] == b"close"
+    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
+    return record
+
+
 def recording_wsgi(calls: Calls) -> Any:
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         stream = environ["wsgi.input"]
@@ -749,15 +764,7 @@ def test_wsgi_application_error_is_a_500_and_a_journal_record(
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         raise error("boom")
 
-    client, thread = run_sync(wsgi.make_handler(app))
-    with caplog.at_level(logging.ERROR):
-        client.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
-        reader = Client(client)
-        status, headers, _ = reader.response()
-        thread.join(10)
-    assert status == 500 and headers[b"connection"] == b"close"
-    (record,) = [r for r in caplog.records if r.name == "sockpool"]
-    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
+    record = a_500_and_its_record(*run_sync(wsgi.make_handler(app)), caplog)
     assert record.exc_info is not None and "boom" in str(record.exc_info[1])
 
 
@@ -806,12 +813,7 @@ def test_wsgi_status_that_is_not_three_ascii_digits_is_a_500_naming_it(
         start_response(status, [("Content-Type", "text/plain")])
         return [b"never"]
 
-    client, thread = run_sync(wsgi.make_handler(app))
-    with caplog.at_level(logging.ERROR):
-        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert Client(client).response()[0] == 500
-        thread.join(10)
-    (record,) = [r for r in caplog.records if r.name == "sockpool"]
+    record = a_500_and_its_record(*run_sync(wsgi.make_handler(app)), caplog)
     assert record.exc_info is not None and str(record.exc_info[1]) == f"bad status {status!r}"
 
 
@@ -1180,13 +1182,7 @@ def test_asgi_application_error_is_a_500_and_a_journal_record(
             raise raises
         await raises()
 
-    client, thread = run_async(asgi.make_handler(app))
-    with caplog.at_level(logging.ERROR):
-        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        assert Client(client).response()[0] == 500
-        thread.join(10)
-    (record,) = [r for r in caplog.records if r.name == "sockpool"]
-    assert record.MESSAGE_ID == "3d76ff58b995427fae7b2af903c6fb8a"  # HANDLER_ERROR
+    a_500_and_its_record(*run_async(asgi.make_handler(app)), caplog)
 
 
 def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
