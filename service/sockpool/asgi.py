@@ -197,6 +197,8 @@ class _Exchange:
         self.gone = False  # the client went away
         self.finished = asyncio.Event()  # the response is complete, or the client is gone
         self.watch: asyncio.Task[None] | None = None  # _watch(), once receive() waits on it
+        self.reading: asyncio.Lock | None = None  # held by the task reading the body
+        self.fed = 0  # reads of the body so far
         self.sent = 0
         self.wrote = False  # something went to the client (see wsgi._Response.wrote)
 
@@ -218,14 +220,28 @@ class _Exchange:
                 self.writer.write(go_on)
         try:
             while (data := http.read_body()) is None:
-                async with asyncio.timeout(self.idle):
-                    http.feed(await self.reader.read(CHUNK))  # mid-request: no parking
+                await self._read_body_bytes()
         except OSError as exc:  # gone, or silent too long (TimeoutError)
             if not client_gone(exc):
                 raise
             self._lost()
             return {"type": "http.disconnect"}
         return {"type": "http.request", "body": data, "more_body": not http.body_done}
+
+    async def _read_body_bytes(self) -> None:
+        """Feed what the client sends next of the body (mid-request: no parking). Several
+        tasks may wait in receive() at once, and a StreamReader takes one reader at a
+        time: the others wait for its read, then look at what it fed before reading."""
+        if self.reading is None:  # made on the first wait only: most bodies come whole
+            self.reading = asyncio.Lock()
+        fed = self.fed
+        async with self.reading:
+            if self.gone:  # the read this task waited for lost the client
+                raise ClientDisconnected("the client went while the body was read")
+            if fed == self.fed:
+                async with asyncio.timeout(self.idle):
+                    self.http.feed(await self.reader.read(CHUNK))
+                self.fed += 1
 
     async def _watch(self) -> None:
         """Hear the client leave while the application waits in receive() for the response

@@ -1264,20 +1264,54 @@ def test_lifespan() -> None:
 
 def test_asgi_silent_client_mid_body_is_a_disconnect() -> None:
     """A client that stops sending its body for idle_timeout is a disconnect to the
-    application, not an error in its code."""
+    application, not an error in its code: to every task that waits for the body."""
     seen: list[dict[str, Any]] = []
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append(await receive())
-        seen.append(await receive())
+        seen.extend(await asyncio.gather(receive(), receive()))
 
     info = ConnectionInfo(7, "web", "127.0.0.1:1", idle_timeout=0.2)
     first = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc"
     client, thread = run_async(asgi.make_handler(app), info, first)
     thread.join(10)
-    assert [m["type"] for m in seen] == ["http.request", "http.disconnect"]
+    assert [m["type"] for m in seen] == ["http.request", "http.disconnect", "http.disconnect"]
     assert seen[0]["body"] == b"abc" and seen[0]["more_body"]
     assert client.recv(4096) == b""  # closed without an answer: nobody is listening
+
+
+def test_asgi_two_tasks_may_read_the_body_at_once() -> None:
+    """receive() may be awaited by several tasks at once (uvicorn allows it), body or not:
+    each piece of the body goes to one of them, in order, none is lost, and the reader
+    underneath (which takes one reader at a time) is never asked twice."""
+    pieces: list[bytes] = []
+    both_wait = threading.Event()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def drain(second: bool) -> None:
+            if second:  # the first already waits in receive(): it ran first
+                both_wait.set()
+            while (message := await receive())["type"] == "http.request":
+                pieces.append(message["body"])
+                if not message["more_body"]:
+                    return
+
+        await asyncio.gather(drain(False), drain(True))
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"".join(pieces)})
+
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\n\r\n"
+    client, thread = run_async(asgi.make_handler(app), first=head)
+    assert both_wait.wait(10)
+    for sent, part in enumerate((b"ab", b"cd", b"ef")):
+        while len(pieces) < sent and thread.is_alive():  # one read each, both tasks waiting
+            threading.Event().wait(0.01)
+        client.sendall(part)
+    answer = b""
+    while not answer.endswith(b"\r\n\r\nabcdef") and (data := client.recv(4096)):
+        answer += data
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert b"".join(pieces) == b"abcdef"
 
 
 def waiting_app(seen: list[str]) -> Any:
