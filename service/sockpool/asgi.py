@@ -199,12 +199,13 @@ class _Exchange:
         self.watch: asyncio.Task[None] | None = None  # _watch(), once receive() waits on it
         self.reading: asyncio.Lock | None = None  # held by the task reading the body
         self.fed = 0  # reads of the body so far
+        self.left = http.limits.request_timeout or None  # _recv()'s budget; None: no limit
         self.sent = 0
         self.wrote = False  # something went to the client (see wsgi._Response.wrote)
 
     async def receive(self) -> Message:
         http = self.http
-        if self.gone or http.body_done:
+        if self.gone or self.done or http.body_done:  # after the response: a disconnect
             if self.watch is None and not self.finished.is_set():
                 reader = self.reader
                 if reader.at_eof() or reader.exception() is not None:
@@ -239,9 +240,26 @@ class _Exchange:
             if self.gone:  # the read this task waited for lost the client
                 raise ClientDisconnected("the client went while the body was read")
             if fed == self.fed:
-                async with asyncio.timeout(self.idle):
-                    self.http.feed(await self.reader.read(CHUNK))
+                self.http.feed(await self._recv())
                 self.fed += 1
+
+    async def _recv(self) -> bytes:
+        """The client's next bytes of the request: each wait up to idle_timeout, and all
+        of them together up to request_timeout, as WSGI's wsgi.input (the head had its
+        own in the dispatcher): else a client trickling its body would hold its slot for
+        ever. TimeoutError past either."""
+        left, wait = self.left, self.idle
+        if left is not None:
+            if left <= 0:
+                raise TimeoutError("the request body's waits passed request_timeout")
+            wait = left if wait is None else min(wait, left)
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(wait):
+                return await self.reader.read(CHUNK)
+        finally:
+            if left is not None:
+                self.left = left - (time.monotonic() - began)
 
     async def _watch(self) -> None:
         """Hear the client leave while the application waits in receive() for the response
@@ -298,8 +316,8 @@ class _Exchange:
         more = bool(message.get("more_body", False))
         out = []
         if not http.head_sent:
-            if not more and not any(k.lower() == b"content-length" for k, _ in self.headers):
-                self.headers.append((b"content-length", b"%d" % len(body)))
+            if not more:
+                http.add_length(self.headers, len(body))
             out.append(http.respond(self.status, self.headers))
         pieces = http.body(body)
         if pieces:
@@ -389,6 +407,5 @@ class _Exchange:
             return False
         http = self.http
         while (drained := http.drain()) is None:
-            async with asyncio.timeout(self.idle):
-                http.feed(await self.reader.read(CHUNK))
+            http.feed(await self._recv())  # what the application left unread: as bounded
         return drained and http.finish()

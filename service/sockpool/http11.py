@@ -263,11 +263,13 @@ _HEAD_FAULTS = [
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """(path, query) of a request target; an absolute-form target is reduced to its path."""
+    """(path, query) of a request target; an absolute-form target is reduced to its path.
+    A fragment (no part of a request target, RFC 9112 3.2, but sent by some clients) is
+    dropped, as gunicorn and uvicorn do."""
     if target[:1] != b"/" and (match := _ABSOLUTE.match(target)):
         target = target[match.end() :] or b"/"
-    path, _, query = target.partition(b"?")
-    return path, query.partition(b"#")[0]
+    path, _, query = target.partition(b"#")[0].partition(b"?")
+    return path, query
 
 
 def _request(event: h11.Request, limits: HttpLimits) -> Request:
@@ -323,8 +325,9 @@ class HttpConnection:
     """
 
     __slots__ = (
-        "_body_done", "_body_seen", "_buf", "_close", "_continue_owed", "_eof", "_framing",
-        "_h11", "_head", "_keep_alive", "_left", "_length", "_method", "_version", "limits",
+        "_body_done", "_body_seen", "_buf", "_close", "_continue_owed", "_drain_limit", "_eof",
+        "_framing", "_h11", "_head", "_keep_alive", "_left", "_length", "_method", "_version",
+        "limits",
     )  # fmt: skip
 
     def __init__(self, limits: HttpLimits, carried: bytes = b"") -> None:
@@ -335,6 +338,7 @@ class HttpConnection:
         self._head = False  # the response head went out
         self._body_seen = 0
         self._body_done = False
+        self._drain_limit = 0  # drain() reads the body up to this many bytes seen
         self._continue_owed = False  # the client waits for 100 Continue, not sent yet
         self._length: int | None = None  # the request's Content-Length
         self._method = b""
@@ -401,7 +405,10 @@ class HttpConnection:
         request = _request(event, self.limits)
         self._h11, self._head, self._body_seen, self._body_done = conn, False, 0, False
         self._continue_owed = conn.they_are_waiting_for_100_continue
-        self._length = request.content_length
+        # None: chunked, its length unknown; a request with neither framing has no body
+        self._length = (
+            0 if request.content_length is None and not request.chunked else request.content_length
+        )
         self._method, self._version = request.method, request.http_version
         self._keep_alive, self._close = request.keep_alive, False
         return request
@@ -411,8 +418,9 @@ class HttpConnection:
         return self._continue_owed and not self._body_done
 
     def continue_bytes(self) -> bytes:
-        """`100 Continue` to send before reading the body, when the client waits for it."""
-        if not self.expects_continue():
+        """`100 Continue` to send before reading the body, when the client waits for it;
+        never once the response head is out (a 1xx after it would land in the body)."""
+        if not self.expects_continue() or self._head:
             return b""
         self._continue_owed = False
         return CONTINUE
@@ -462,23 +470,42 @@ class HttpConnection:
             raise ValueError(f"a status that cannot be sent: {status} {reason!r}")
         out = [b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))]
         length: bytes | None = None
-        close = not self._keep_alive or (self._continue_owed and not self._body_done)
+        # Closed after it when the rest of the body may not come (100 Continue never sent)
+        # or is more than drain() reads: said here, or a client would send its next
+        # request on a connection about to close.
+        close = not self._keep_alive or (
+            not self._body_done
+            and (
+                self._continue_owed
+                or self._length is None
+                or self._length - self._body_seen > self.limits.max_drain
+            )
+        )
+        self._drain_limit = self._body_seen + self.limits.max_drain
+        date = server = True  # ours, unless the application sends its own
         for name, value in headers:
             if not _token(name) or _bad_value(value):
                 raise ValueError(f"a response header that cannot be sent: {name!r}: {value!r}")
             low = name.lower()
-            if low == b"content-length":
-                if not value.isdigit() or (length is not None and value != length):
-                    raise ValueError(f"bad Content-Length {value!r}")
-                length = value
-                continue
-            elif low == b"transfer-encoding":
-                continue  # the framing is ours to choose
-            elif low == b"connection":
-                close = close or b"close" in value.lower()
-                continue
+            if low in _SERVER_HEADERS:
+                if low == b"content-length":
+                    if not value.isdigit() or (length is not None and value != length):
+                        raise ValueError(f"bad Content-Length {value!r}")
+                    length = value
+                    continue
+                if low == b"connection":
+                    close = close or b"close" in value.lower()
+                    continue
+                if low == b"date":
+                    date = False
+                elif low == b"server":
+                    server = False
+                else:
+                    continue  # hop-by-hop (PEP 3333): the framing and the connection are ours
             out += (name, b": ", value, b"\r\n")
-        if length is not None and status != 204:  # RFC 9110 8.6: never with a 204
+        # RFC 9110 8.6: never with a 204, and with a 304 only the 200's length, which a
+        # Content-Length made from the empty body (WSGI's list, ASGI's) is not.
+        if length is not None and status not in (204, 304):
             out += (b"Content-Length: ", length, b"\r\n")
             self._framing, self._left = _LENGTH, int(length)
         elif status in (204, 304):
@@ -495,9 +522,22 @@ class HttpConnection:
         elif self._version == b"1.0":
             out.append(b"Connection: keep-alive\r\n")
         self._close = close
-        out += (b"Date: ", http_date(), b"\r\nServer: sockpool\r\n\r\n")
+        if date:
+            out += (b"Date: ", http_date(), b"\r\n")
+        if server:
+            out.append(b"Server: sockpool\r\n")
+        out.append(b"\r\n")
         self._head = True
         return b"".join(out)
+
+    def add_length(self, headers: list[tuple[bytes, bytes]], size: int) -> None:
+        """Before the head: give a response whose whole body is known (`size` bytes) its
+        Content-Length where the application gave none. Not an empty answer to HEAD: it
+        says nothing of GET's length (Flask answers a streamed view's HEAD with ()), and no
+        Content-Length is better than a wrong one."""
+        given = any(name.lower() == b"content-length" for name, _ in headers)
+        if (size or self._method != b"HEAD") and not self._head and not given:
+            headers.append((b"Content-Length", b"%d" % size))
 
     @property
     def head_sent(self) -> bool:
@@ -546,7 +586,7 @@ class HttpConnection:
             if data is None:
                 if self._continue_owed:
                     return False  # not asked for with 100 Continue: it may never come
-                return None if self._body_seen <= self.limits.max_drain else False
+                return None if self._body_seen <= self._drain_limit else False
         return True
 
     def finish(self) -> bool:
@@ -565,7 +605,15 @@ class HttpConnection:
 
 _NONE, _LENGTH, _CHUNKED, _CLOSE = "none", "length", "chunked", "close"
 _token = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+").fullmatch
-_bad_value = re.compile(rb"[\x00\r\n]").search
+# RFC 9110 5.5: a field value is visible characters, obs-text, spaces and tabs
+_bad_value = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+# Response headers the server handles itself: the framing, the connection (the rest of
+# RFC 9110 7.6.1's hop-by-hop fields, dropped), and its own Date and Server, which the
+# application's replace
+_SERVER_HEADERS = frozenset((
+    b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
+    b"te", b"trailer", b"upgrade", b"date", b"server",
+))  # fmt: skip
 
 
 def _reason(status: int) -> bytes:
@@ -612,11 +660,13 @@ def wsgi_path(path: bytes) -> str:
 
 
 def asgi_path(path: bytes) -> str:
-    """The ASGI scope's path: percent-decoded, as UTF-8."""
+    """The ASGI scope's path: percent-decoded, as UTF-8; bytes that are not UTF-8 become
+    U+FFFD, as in uvicorn (raw_path has them): a lone surrogate would fail the first
+    encode() an application makes of it."""
     return (
-        unquote_to_bytes(path).decode("utf-8", "surrogateescape")
+        unquote_to_bytes(path).decode("utf-8", "replace")
         if b"%" in path
-        else path.decode("utf-8", "surrogateescape")
+        else path.decode("utf-8", "replace")
     )
 
 

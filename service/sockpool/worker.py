@@ -369,6 +369,21 @@ async def _readable_async(sock: socket.socket, timeout: float) -> bool:
     return _readable(sock, 0)
 
 
+async def _closed(writer: asyncio.StreamWriter, idle: float | None) -> None:
+    """Wait for a closed connection's last bytes to go out, for idle_timeout at most: a
+    client that reads nothing would otherwise hold the task, its slot and descriptor for
+    ever (send() bounds the waits above the buffer's limit; this, what is below it). Then
+    the connection is dropped."""
+    with contextlib.suppress(Exception):
+        if writer.transport.get_write_buffer_size():  # else no timer to pay for
+            try:
+                async with asyncio.timeout(idle):  # shielded: its future is awaited below
+                    await asyncio.shield(writer.wait_closed())
+            except TimeoutError:
+                writer.transport.abort()
+        await writer.wait_closed()
+
+
 def _last_line(exc: Exception) -> str:
     """An app's failure in one line: frameworks report a whole traceback as the message,
     whose last line is the exception itself."""
@@ -568,8 +583,7 @@ class AsyncWorker(_Base):
                     if not writer.is_closing() and writer.can_write_eof():
                         writer.write_eof()
                 writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                await _closed(writer, self.spec.idle_timeout)
 
     def _flush(self) -> None:
         self.flush_scheduled = False

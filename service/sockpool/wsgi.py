@@ -228,20 +228,14 @@ class _Response:
         if isinstance(result, list | tuple):
             # Everything is here: one send, with a Content-Length when none was given.
             body = b"".join(result)
-            # An empty answer to HEAD says nothing of GET's length (Flask answers a
-            # streamed view's HEAD with ()): no Content-Length, rather than a wrong one.
-            known = body or not self.http.is_head
-            if known and not self.http.head_sent and not _has(self.headers, b"content-length"):
-                self.headers.append((b"Content-Length", b"%d" % len(body)))
+            self.http.add_length(self.headers, len(body))
             pieces = [self._head(), *self.http.body(body), self.http.end()]
             self._send(b"".join(pieces))
             self.sent += len(body) if not self.http.is_head else 0
             return
         for block in result:
             self.write(block)
-        head_only = self.http.is_head
-        if not head_only and not self.http.head_sent and not _has(self.headers, b"content-length"):
-            self.headers.append((b"Content-Length", b"0"))
+        self.http.add_length(self.headers, 0)  # when nothing was sent
         self._send(self._head() + self.http.end())
 
     def _sendfile(self, wrapper: FileWrapper) -> bool:

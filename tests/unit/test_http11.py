@@ -37,6 +37,7 @@ from sockpool.http11 import (
     HttpConnection,
     HttpError,
     HttpLimits,
+    asgi_path,
     client_gone,
     parse_peer,
     split_target,
@@ -405,9 +406,85 @@ def exchange(raw: bytes) -> HttpConnection:
     return http
 
 
-def test_a_204_has_no_content_length_even_when_the_application_gives_one() -> None:
-    head = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(204, [(b"Content-Length", b"5")])
+@pytest.mark.parametrize("status", [204, 304])
+def test_no_content_length_with_a_204_or_a_304(status: int) -> None:
+    """RFC 9110 8.6: never with a 204; with a 304 only the 200's length, which the one made
+    from an empty WSGI list or ASGI body (Flask's and Starlette's 304s) is not."""
+    head = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(
+        status, [(b"Content-Length", b"0")]
+    )
     assert b"content-length" not in head.lower()
+
+
+def test_a_content_length_for_a_whole_body_but_not_for_an_empty_answer_to_head() -> None:
+    """Where the application gave none. An empty answer to HEAD says nothing of GET's
+    length: none, rather than a wrong one."""
+    for method, size, length in [(b"GET", 0, b"0"), (b"HEAD", 5, b"5"), (b"HEAD", 0, None)]:
+        headers: list[tuple[bytes, bytes]] = []
+        exchange(method + b" / HTTP/1.1\r\nHost: a\r\n\r\n").add_length(headers, size)
+        assert dict(headers).get(b"Content-Length") == length, method
+    headers = [(b"content-length", b"9")]
+    exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").add_length(headers, 3)
+    assert headers == [(b"content-length", b"9")]  # the application's: respond() holds to it
+
+
+def test_the_applications_date_and_server_replace_ours() -> None:
+    """Date is no list (RFC 9110 5.3): two would be read as one bad date (Werkzeug sets it
+    for files and 304s)."""
+    date = b"Tue, 24 Nov 2026 01:53:31 GMT"
+    head = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(
+        200, [(b"Date", date), (b"server", b"app"), (b"Content-Length", b"0")]
+    )
+    assert head.lower().count(b"\r\ndate: ") == 1 and b"\r\nDate: " + date + b"\r\n" in head
+    assert head.lower().count(b"\r\nserver: ") == 1 and b"\r\nserver: app\r\n" in head
+
+
+def test_hop_by_hop_headers_of_the_application_are_dropped() -> None:
+    """PEP 3333: the application may not set them; the connection is the server's."""
+    for name in (b"Keep-Alive", b"Upgrade", b"TE", b"Trailer", b"Proxy-Connection"):
+        head = exchange(b"GET / HTTP/1.0\r\n\r\n").respond(200, [(name, b"x"), (b"X-Kept", b"y")])
+        assert b"\r\n" + name.lower() + b":" not in head.lower() and b"\r\nX-Kept: y\r\n" in head
+
+
+def test_no_100_continue_once_the_response_head_is_out() -> None:
+    """A 1xx after the final response's head would land in its body (RFC 9110 15.2): an
+    application that answers before it reads the body sends none, and the connection
+    closes after the response, as the client may never send the body."""
+    http = HttpConnection(LIMITS)
+    http.feed(b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n")
+    assert http.next_request() is not None
+    head = http.respond(200, [])
+    assert http.continue_bytes() == b"" and b"\r\nConnection: close\r\n" in head
+
+
+BIG = 200_000  # a body over max_drain (64 KiB)
+
+
+@pytest.mark.parametrize(
+    ("framing", "read_first", "closes"),
+    [
+        (b"Content-Length: %d" % BIG, 0, True),  # more unread than drain() reads
+        (b"Content-Length: %d" % BIG, BIG - 10, False),  # 10 bytes unread: drained
+        (b"Content-Length: 10", 0, False),
+        (b"Transfer-Encoding: chunked", 0, True),  # how much is unread is unknown
+    ],
+)
+def test_a_response_says_it_closes_when_the_unread_body_is_more_than_drain_reads(
+    framing: bytes, read_first: int, closes: bool
+) -> None:
+    """A keep-alive promised, then broken by closing, would lose the client's next request
+    (behind a balancer's pool of connections, a race on every reuse)."""
+    http = HttpConnection(LIMITS)
+    http.feed(b"POST / HTTP/1.1\r\nHost: a\r\n" + framing + b"\r\n\r\n" + b"x" * read_first)
+    assert http.next_request() is not None
+    while read_first and http.read_body():
+        pass
+    head = http.respond(200, [(b"Content-Length", b"0")])
+    assert (b"\r\nConnection: close\r\n" in head) == closes
+    assert http.drain() is None  # the rest is to come
+    if not closes:
+        http.feed(b"x" * 10)
+        assert http.drain() is True and http.finish()
 
 
 def test_asgi_a_client_that_reads_nothing_is_let_go_at_the_idle_timeout() -> None:
@@ -468,7 +545,11 @@ def test_response_framing() -> None:
     assert b"\r\nConnection: close\r\n" in told.respond(200, [(b"Connection", b"close")])
     told.end()
     assert not told.finish()
-    for bad in ((b"X", b"a\r\nSet-Cookie: b"), (b"X", b"a\nb"), (b"X:", b"a"), (b"X", b"a\x00")):
+    # RFC 9110 5.5: visible characters, obs-text, spaces and tabs (no response splitting)
+    for bad in (
+        (b"X", b"a\r\nSet-Cookie: b"), (b"X", b"a\nb"), (b"X:", b"a"), (b"X", b"a\x00"),
+        (b"X", b"a\x0bb"), (b"X", b"a\x7f"), (b"X", b"\x1f"),
+    ):  # fmt: skip
         with pytest.raises(ValueError):
             exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(200, [bad])
 
@@ -502,6 +583,8 @@ def test_targets_and_peers() -> None:
     assert split_target(b"http://h:8/x/y?q") == (b"/x/y", b"q")
     assert split_target(b"http://h") == (b"/", b"")
     assert split_target(b"*") == (b"*", b"")
+    assert split_target(b"/env#frag") == split_target(b"/env?#f") == (b"/env", b"")
+    assert split_target(b"/env?x=1#frag") == (b"/env", b"x=1")
     assert parse_peer("10.0.0.1:5000") == ("10.0.0.1", 5000)
     assert parse_peer("[::1]:5000") == ("::1", 5000)
     assert parse_peer("/run/x.sock") == ("/run/x.sock", None)
@@ -544,6 +627,14 @@ class Client:
 
 
 INFO = ConnectionInfo(7, "web", "127.0.0.1:40000")
+
+
+def recv_until(sock: socket.socket, marker: bytes) -> bytes:
+    """What the server sent up to and with `marker` (and what came with it)."""
+    got = b""
+    while marker not in got:
+        got += sock.recv(4096)
+    return got
 
 
 @dataclass
@@ -902,10 +993,7 @@ def test_wsgi_continue_is_sent_when_the_body_is_read() -> None:
     client, thread = run_sync(wsgi.make_handler(wsgiref.validate.validator(app)))
     head = b"Host: a\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n"
     client.sendall(b"POST /read HTTP/1.1\r\n" + head)
-    got = b""
-    while b"\r\n\r\n" not in got:
-        got += client.recv(4096)
-    assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert recv_until(client, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
     client.sendall(b"body")
     assert Client(client).response(b"POST")[2] == b"body"
     client.sendall(b"POST /unread HTTP/1.1\r\n" + head)
@@ -1111,6 +1199,7 @@ def test_asgi_scope() -> None:
     assert scope["http_version"] == "1.0" and scope["method"] == "GET"
     assert scope["scheme"] == "http" and scope["root_path"] == ""
     assert scope["path"] == "/café/x/y"
+    assert asgi_path(b"/caf%C3%A9/%ff") == "/café/\ufffd"  # not UTF-8: not a lone surrogate
     assert scope["raw_path"] == b"/caf%C3%A9/x%2Fy" and scope["query_string"] == b"q=%20"
     assert scope["headers"] == [(b"x-a", b"1")]
     assert scope["client"] == ("::1", 41000)
@@ -1140,10 +1229,7 @@ def test_asgi_streaming_continue_disconnect_and_errors(caplog: pytest.LogCapture
     client.sendall(
         b"POST /s HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n"
     )
-    got = b""
-    while b"\r\n\r\n" not in got:
-        got += client.recv(4096)
-    assert got == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert recv_until(client, b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
     client.sendall(b"x")
     reader = Client(client)
     status, headers, body = reader.response(b"POST")
@@ -1312,6 +1398,70 @@ def test_asgi_two_tasks_may_read_the_body_at_once() -> None:
         answer += data
     assert answer.startswith(b"HTTP/1.1 200 ")
     assert b"".join(pieces) == b"abcdef"
+
+
+def test_asgi_receive_after_the_response_is_a_disconnect() -> None:
+    """The ASGI spec: receive() after the response has been sent gives http.disconnect,
+    not the body the application never read."""
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"done"})
+        seen.append((await receive())["type"])
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+    assert Client(client).response()[0] == 200
+    client.close()
+    thread.join(10)
+    assert seen == ["http.disconnect"]
+
+
+def test_asgi_100_continue_is_not_sent_after_the_response_head() -> None:
+    """An application that starts its answer, then reads the body (a streaming echo): the
+    100 would land in the middle of the body."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"echo:", "more_body": True})
+        await send({"type": "http.response.body", "body": (await receive())["body"]})
+
+    client, thread = run_async(asgi.make_handler(app))
+    client.sendall(
+        b"POST / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+    )
+    answer = recv_until(client, b"echo:\r\n")
+    client.sendall(b"hello")  # as curl does on a final answer
+    answer += b"".join(iter(lambda: client.recv(4096), b""))  # the 100 owed: it closes
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"\r\nConnection: close\r\n" in answer
+    assert answer.endswith(b"\r\n\r\n5\r\necho:\r\n5\r\nhello\r\n0\r\n\r\n")
+    thread.join(10)
+
+
+def test_asgi_a_body_trickled_past_request_timeout_is_a_disconnect() -> None:
+    """Each wait for the body is bounded by idle_timeout, and all of them together by
+    request_timeout, as for WSGI: else a client sending a byte a second would keep its
+    slot for ever."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        while (message := await receive())["type"] == "http.request" and message["more_body"]:
+            seen.append(message)
+        seen.append(message)
+
+    limits = dataclasses.replace(LIMITS, request_timeout=0.5)
+    info = dataclasses.replace(INFO, idle_timeout=5)
+    head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 8\r\n\r\n"
+    client, thread = run_async(asgi.make_handler(app, limits), info, first=head)
+    for _ in range(8):  # 2.1 s in all, each pause well inside idle_timeout
+        if not thread.is_alive():
+            break
+        threading.Event().wait(0.3)
+        with contextlib.suppress(OSError):
+            client.sendall(b"x")
+    thread.join(10)
+    assert seen[-1]["type"] == "http.disconnect" and len(seen) < 8
 
 
 def waiting_app(seen: list[str]) -> Any:

@@ -3,6 +3,7 @@ on real TCP sockets over loopback."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 from collections.abc import Iterator
@@ -73,3 +74,27 @@ def test_send_all_sends_what_does_not_fit_at_once(tcp) -> None:
     conn.shutdown(socket.SHUT_WR)
     reader.join(10)
     assert bytes(got) == data
+
+
+def test_a_client_that_reads_nothing_of_the_end_of_a_response_is_dropped_at_idle_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nothing pinned: an async connection ends by flushing what is left of its response
+    (below the write buffer's limit, which send() does not wait on). A client that reads
+    nothing more gives up its task, slot and descriptor at idle_timeout, not never."""
+    monkeypatch.setattr(worker, "asyncio", asyncio, raising=False)  # as an async worker's start
+    server, client = socket.socketpair()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.settimeout(10)
+
+    async def end() -> None:
+        _, writer = await asyncio.open_connection(sock=server)
+        writer.write(b"x" * (4 << 20))  # more than the socket's buffers hold
+        writer.close()
+        await worker._closed(writer, 0.2)
+
+    with client:
+        asyncio.run(asyncio.wait_for(end(), 10))
+        assert server.fileno() == -1  # the descriptor went with it
+        while client.recv(65536):  # what was in the buffers, then the end
+            pass
