@@ -21,6 +21,7 @@ from typing import Any
 from . import log
 from .connection import current_connection
 from .errors import HANDLER_FAULTS, cancelled_from_outside
+from .flushing import taken
 from .giveback import client_speaks_first, read
 from .http11 import (
     ClientDisconnected,
@@ -332,15 +333,12 @@ class _Exchange:
         try:
             transport = writer.transport
             if transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]:
-                await writer.drain()  # not paused: at once (a timeout costs 4 us a response)
-            else:
+                await writer.drain()  # not paused: at once (a timer costs 4 us a response)
+            elif not await taken(writer.drain(), transport, self.idle):
                 # A client that reads nothing would hold the connection, its slot and the
                 # response's bytes for ever: idle_timeout, as a sync worker's socket has.
-                async with asyncio.timeout(self.idle):
-                    await writer.drain()
-        except TimeoutError:
-            transport.abort()  # a close would wait to flush, for ever too
-            self._lost()
+                transport.abort()  # a close would wait to flush, for ever too
+                self._lost()
         except OSError as exc:
             if not client_gone(exc):
                 raise

@@ -266,9 +266,10 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
     """(path, query) of a request target; an absolute-form target is reduced to its path.
     A fragment (no part of a request target, RFC 9112 3.2, but sent by some clients) is
     dropped, as gunicorn and uvicorn do."""
+    target = target.partition(b"#")[0]
     if target[:1] != b"/" and (match := _ABSOLUTE.match(target)):
-        target = target[match.end() :] or b"/"
-    path, _, query = target.partition(b"#")[0].partition(b"?")
+        target = b"/" + target[match.end() :].removeprefix(b"/")
+    path, _, query = target.partition(b"?")
     return path, query
 
 
@@ -513,7 +514,7 @@ class HttpConnection:
         elif self._version == b"1.1":
             out.append(b"Transfer-Encoding: chunked\r\n")
             self._framing = _CHUNKED
-        else:
+        elif self._method != b"HEAD":  # (an answer to HEAD has no body to end)
             self._framing, close = _CLOSE, True
         if self._method == b"HEAD" or status in (204, 304):
             self._framing = _NONE
@@ -607,12 +608,12 @@ _NONE, _LENGTH, _CHUNKED, _CLOSE = "none", "length", "chunked", "close"
 _token = re.compile(rb"[-!#$%&'*+.^_`|~0-9A-Za-z]+").fullmatch
 # RFC 9110 5.5: a field value is visible characters, obs-text, spaces and tabs
 _bad_value = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
-# Response headers the server handles itself: the framing, the connection (the rest of
-# RFC 9110 7.6.1's hop-by-hop fields, dropped), and its own Date and Server, which the
-# application's replace
+# Response headers the server handles itself: the framing, the connection (hop-by-hop
+# fields, dropped; not Upgrade, which a 426 must carry), and its own Date and Server, which
+# the application's replace
 _SERVER_HEADERS = frozenset((
     b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
-    b"te", b"trailer", b"upgrade", b"date", b"server",
+    b"te", b"trailer", b"date", b"server",
 ))  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from .completions import Ledger, report_now
 from .connection import ConnectionInfo, describe, set_current
 from .errors import HANDLER_FAULTS, cancelled_from_outside, cut
 from .events import Event
+from .flushing import taken
 from .importing import HandlerError, is_async
 from .pull import LoopWord, WaitingSelector
 from .spec import WorkerSpec
@@ -370,18 +371,16 @@ async def _readable_async(sock: socket.socket, timeout: float) -> bool:
 
 
 async def _closed(writer: asyncio.StreamWriter, idle: float | None) -> None:
-    """Wait for a closed connection's last bytes to go out, for idle_timeout at most: a
-    client that reads nothing would otherwise hold the task, its slot and descriptor for
-    ever (send() bounds the waits above the buffer's limit; this, what is below it). Then
-    the connection is dropped."""
+    """Wait for a closed connection's last bytes to go out while the client takes them: one
+    that reads nothing would otherwise hold the task, its slot and descriptor for ever
+    (ASGI's send() bounds the waits above the buffer's limit; this, what is below it). It
+    is dropped once it has taken nothing for idle_timeout."""
+    transport = writer.transport
     with contextlib.suppress(Exception):
-        if writer.transport.get_write_buffer_size():  # else no timer to pay for
-            try:
-                async with asyncio.timeout(idle):  # shielded: its future is awaited below
-                    await asyncio.shield(writer.wait_closed())
-            except TimeoutError:
-                writer.transport.abort()
-        await writer.wait_closed()
+        if not transport.get_write_buffer_size():  # the usual end: nothing to time
+            await writer.wait_closed()
+        elif not await taken(writer.wait_closed(), transport, idle):
+            transport.abort()  # its connection_lost, next loop turn, closes the socket
 
 
 def _last_line(exc: Exception) -> str:

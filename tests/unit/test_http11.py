@@ -440,10 +440,20 @@ def test_the_applications_date_and_server_replace_ours() -> None:
 
 
 def test_hop_by_hop_headers_of_the_application_are_dropped() -> None:
-    """PEP 3333: the application may not set them; the connection is the server's."""
-    for name in (b"Keep-Alive", b"Upgrade", b"TE", b"Trailer", b"Proxy-Connection"):
+    """PEP 3333: the application may not set them; the connection is the server's. Not
+    Upgrade, which a 426 must carry (RFC 9110 15.5.22)."""
+    for name in (b"Keep-Alive", b"TE", b"Trailer", b"Proxy-Connection"):
         head = exchange(b"GET / HTTP/1.0\r\n\r\n").respond(200, [(name, b"x"), (b"X-Kept", b"y")])
         assert b"\r\n" + name.lower() + b":" not in head.lower() and b"\r\nX-Kept: y\r\n" in head
+    head = exchange(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").respond(426, [(b"Upgrade", b"TLS/1.2")])
+    assert b"\r\nUpgrade: TLS/1.2\r\n" in head
+
+
+def test_an_http_1_0_head_answered_without_a_length_keeps_the_connection() -> None:
+    """Its answer has no body, so no close is needed to end one."""
+    http = exchange(b"HEAD / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+    head = http.respond(200, [])
+    assert b"\r\nConnection: keep-alive\r\n" in head and http.end() == b"" and http.finish()
 
 
 def test_no_100_continue_once_the_response_head_is_out() -> None:
@@ -585,6 +595,8 @@ def test_targets_and_peers() -> None:
     assert split_target(b"*") == (b"*", b"")
     assert split_target(b"/env#frag") == split_target(b"/env?#f") == (b"/env", b"")
     assert split_target(b"/env?x=1#frag") == (b"/env", b"x=1")
+    assert split_target(b"http://h#x") == split_target(b"http://h/#x") == (b"/", b"")
+    assert split_target(b"http://h?x=1") == (b"/", b"x=1")
     assert parse_peer("10.0.0.1:5000") == ("10.0.0.1", 5000)
     assert parse_peer("[::1]:5000") == ("::1", 5000)
     assert parse_peer("/run/x.sock") == ("/run/x.sock", None)

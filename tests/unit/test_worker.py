@@ -98,3 +98,32 @@ def test_a_client_that_reads_nothing_of_the_end_of_a_response_is_dropped_at_idle
         assert server.fileno() == -1  # the descriptor went with it
         while client.recv(65536):  # what was in the buffers, then the end
             pass
+
+
+def test_a_client_that_reads_slowly_gets_the_whole_end_of_a_response(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The wait ends when nothing has moved for idle_timeout, not after it in all: a client
+    taking 1 MiB at 800 KB/s, 1.3 s, has it all with an idle_timeout of 1 s."""
+    monkeypatch.setattr(worker, "asyncio", asyncio, raising=False)  # as an async worker's start
+    server, client = socket.socketpair()
+    client.settimeout(10)
+    got = bytearray()
+
+    def read_slowly() -> None:
+        while data := client.recv(8192):
+            got.extend(data)
+            threading.Event().wait(0.01)
+
+    async def end() -> None:
+        _, writer = await asyncio.open_connection(sock=server)
+        writer.write(b"x" * (1 << 20))
+        writer.close()
+        await worker._closed(writer, 1.0)
+
+    reader = threading.Thread(target=read_slowly)
+    with client:
+        reader.start()
+        asyncio.run(asyncio.wait_for(end(), 10))
+        reader.join(10)
+    assert len(got) == 1 << 20
