@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import resource
 import signal
 import sys
@@ -205,13 +206,41 @@ def _pid(text: str) -> int:
 
 
 def _runs_sockpool(pid: int | str) -> bool:
-    """Whether the process runs sockpool: the console script, or `python -m sockpool`."""
     with open(f"/proc/{pid}/cmdline", "rb") as f:
-        args = f.read().split(b"\0")[:3]
-    return any(os.path.basename(a) == b"sockpool" for a in args[:2]) or args[1:3] == [
-        b"-m",
-        b"sockpool",
-    ]
+        return is_sockpool_command(f.read().split(b"\0"))
+
+
+_PYTHON = re.compile(rb"python[0-9.]*")
+
+
+def is_sockpool_command(args: list[bytes]) -> bool:
+    """Whether a command line runs sockpool: the console script (the kernel runs its
+    interpreter with the script's path), `python [options] -m sockpool`, or a program
+    named sockpool. Not a program that only has a file named sockpool for an argument
+    (`less /usr/bin/sockpool`), which a SIGHUP would end."""
+    program = os.path.basename(args[0]) if args else b""
+    if program == b"sockpool":
+        return True
+    if not _PYTHON.fullmatch(program):
+        return False
+    rest = iter(args[1:])
+    for arg in rest:
+        if arg == b"--check-hash-based-pycs":
+            next(rest, None)
+        elif arg.startswith(b"--"):
+            continue  # --help and the like: sockpool would not run
+        elif arg.startswith(b"-") and len(arg) > 1:
+            for at, flag in enumerate(arg[1:].decode("latin-1"), 2):  # a cluster: -uIm
+                if flag in "WXmc":  # each takes the rest, or the next argument
+                    value = arg[at:] or next(rest, b"")
+                    if flag == "m":
+                        return value == b"sockpool"
+                    if flag == "c":
+                        return False
+                    break
+        else:
+            return os.path.basename(arg) == b"sockpool"  # the script
+    return False
 
 
 def _not_sockpools_main(pid: int) -> bool:
@@ -253,7 +282,8 @@ def _main(argv: list[str] | None) -> int:
     if reload_pid is not None:
         return _check_and_signal(cfg, reload_pid)
     if check:
-        return _check(cfg)
+        _say(_check(cfg))
+        return 0
 
     listeners = _listeners(cfg)
     names = [lst.name for lst in listeners]
@@ -321,9 +351,10 @@ def _warn_unmatched(cfg: config.Config, names: list[str]) -> None:
         )
 
 
-def _check(cfg: config.Config) -> int:
+def _check(cfg: config.Config) -> str:
     """Validate what can be without taking the sockets: LISTEN_FDNAMES when set, and the
-    handlers, imported in a child as a worker would, within start_timeout."""
+    handlers, imported in a child as a worker would, within start_timeout. The line that
+    says it is good."""
     check_fdnames(os.environ)
     named = {cfg.default_target(), *(cfg.target_for(name) for name in cfg.listeners)}
     targets = sorted(t for t in named if t)
@@ -333,14 +364,13 @@ def _check(cfg: config.Config) -> int:
         check_in_child(targets, cfg.start_timeout)
     except HandlerError as exc:
         raise Fatal(ExitCode.CONFIG, str(exc)) from None
-    print(f"sockpool: configuration OK ({cut(cfg.path) if cfg.path else 'command line'})")
-    return 0
+    return f"sockpool: configuration OK ({cut(cfg.path) if cfg.path else 'command line'})"
 
 
 def _check_and_signal(cfg: config.Config, pid: int) -> int:
     """ExecReload= in one command: a broken configuration fails the reload (78) and the
     running pool never hears of it; only a good one reaches it as SIGHUP."""
-    _check(cfg)
+    good = _check(cfg)
     if _not_sockpools_main(pid):
         raise Fatal(
             ExitCode.NO_PROCESS, f"--reload: process {pid} is not a sockpool's main process"
@@ -351,8 +381,21 @@ def _check_and_signal(cfg: config.Config, pid: int) -> int:
         raise Fatal(ExitCode.NO_PROCESS, f"--reload: no process {pid}") from None
     except PermissionError:
         raise Fatal(ExitCode.NO_PROCESS, f"--reload: not allowed to signal process {pid}") from None
-    print(f"sockpool: sent SIGHUP to {pid}")
+    _say(good)  # after the signal: a closed stdout cannot stop the reload
+    _say(f"sockpool: sent SIGHUP to {pid}")
     return 0
+
+
+def _say(line: str) -> None:
+    """A line on stdout, which may be closed or full (`| true`, /dev/full): what it reports
+    is done, and the exit code says so. Then stdout goes to /dev/null, or the exit's own
+    flush would print a traceback."""
+    try:
+        print(line, flush=True)
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
 
 
 def _report(exc: Fatal) -> None:

@@ -27,9 +27,10 @@ MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
 # No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
 MAX_LISTENER_TABLES = MAX_LISTEN_FDS
 MAX_START_TIMEOUT = 86400.0
-# Any other duration: a century, where socket timeouts (a time_t) end near 292 years and
-# infinity would pass a check but break every connection; 0 already means never.
-MAX_SECONDS = 100 * 365 * 86400.0
+# Any other duration: what poll() and epoll_wait() can wait, milliseconds in a C int (24.8
+# days): a longer park_after or idle_timeout would fail in every worker that waits for it.
+# Infinity would pass a check but break every connection; 0 already means never.
+MAX_SECONDS = float((2**31 - 1) // 1000)
 HANDOFFS = ("ready", "immediate")
 MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
 # Each worker is a process of its own (7 MiB at rest): more than this is a typo, and would
@@ -211,7 +212,8 @@ def _non_negative_number(value: Any) -> float:
         or not 0 <= value <= MAX_SECONDS
     ):
         raise ValueError(
-            f"expected a number of seconds >= 0, at most {MAX_SECONDS:g}, got {quote(value)}"
+            f"expected a number of seconds >= 0, at most {MAX_SECONDS:.0f} (24.8 days), "
+            f"got {quote(value)}"
         )
     return float(value)
 

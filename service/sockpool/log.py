@@ -102,7 +102,21 @@ def journal_wanted(target: str, env: dict[str, str] | os._Environ[str] = os.envi
         return True
     if target == "stderr":
         return False
-    return bool(env.get("JOURNAL_STREAM")) and os.path.exists(JOURNAL_SOCKET)
+    stream = env.get("JOURNAL_STREAM")
+    return (names(stream, 2) or names(stream, 1)) and os.path.exists(JOURNAL_SOCKET)
+
+
+def names(stream: str | None, fd: int) -> bool:
+    """Whether JOURNAL_STREAM ("device:inode") is descriptor `fd`'s, as systemd.exec(5) asks
+    to check: a shell that inherited it from a service manager has its output on a
+    terminal, and errors sent to the journal would leave it with nothing but an exit code."""
+    if not stream:
+        return False
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return False
+    return stream == f"{st.st_dev}:{st.st_ino}"
 
 
 def setup(name: str, level: str, target: str) -> None:

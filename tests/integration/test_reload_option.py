@@ -6,6 +6,7 @@ sockpool; what a real dispatcher does with one is tested in tests/system (system
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,6 +76,17 @@ def test_a_bad_configuration_fails_the_reload_and_sends_nothing(target) -> None:
     assert hups(target) == "hups=1"  # the good one's only
 
 
+def test_a_full_or_closed_stdout_does_not_stop_the_reload(target) -> None:
+    """What it reports is done: the SIGHUP goes, the exit code says so, no traceback."""
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [SOCKPOOL, f"--reload={target.pid}", ECHO],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == ""
+    assert hups(target) == "hups=1"
+
+
 def test_no_such_process() -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()  # reaped: its pid names nothing now (reuse within the test is unlikely)
@@ -95,6 +107,40 @@ def test_a_process_that_is_not_sockpool_gets_no_signal(tmp_path: Path) -> None:
     finally:
         other.kill()
         other.wait()
+
+
+def test_python_with_options_running_the_module_is_a_sockpool(tmp_path: Path) -> None:
+    """`python3 -u -m sockpool` is the same program as the console script."""
+    (tmp_path / "sockpool.py").write_text(TARGET)  # the stand-in, as the module
+    proc = subprocess.Popen(
+        [sys.executable, "-u", "-X", "dev", "-m", "sockpool"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(tmp_path)},
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
+        result = sockpool(f"--reload={proc.pid}", ECHO)
+        assert result.returncode == 0, result.stderr
+        assert hups(proc) == "hups=1"
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_program_reading_a_file_named_sockpool_gets_no_signal(tmp_path: Path) -> None:
+    """`cat ./sockpool` is no sockpool: a SIGHUP would end it."""
+    os.mkfifo(tmp_path / "sockpool")  # cat waits for a writer
+    cat = subprocess.Popen(["cat", "sockpool"], cwd=tmp_path)
+    try:
+        result = sockpool(f"--reload={cat.pid}", ECHO)
+        assert result.returncode == 67
+        assert "is not a sockpool's main process" in one_line(result)
+        assert cat.poll() is None
+    finally:
+        cat.kill()
+        cat.wait()
 
 
 @pytest.mark.parametrize("pid", ["", "0", "1", "-1", "12x", " 42", "\u00b9", str(1 << 64)])

@@ -203,6 +203,11 @@ def test_max_carry_is_what_one_park_message_can_hold() -> None:
         # time_t ends below: inf passed, and then every sync handler's settimeout() failed
         ({"idle_timeout": float("inf")}, "idle_timeout: expected a number of seconds >= 0, at"),
         ({"idle_timeout": 1e10}, "idle_timeout: expected a number of seconds >= 0, at most"),
+        # poll()'s milliseconds end below: a worker waiting this long failed with a traceback
+        (
+            {"park_after": 3e6},
+            "park_after: expected a number of seconds >= 0, at most 2147483 (24.8 days)",
+        ),
         ({"overload_reply": "busy\udcff"}, "overload_reply: expected UTF-8 text"),
         ({"request_timeout": False}, "request_timeout: expected a number of seconds"),
         ({"park_after": -0.001}, "park_after: expected a number of seconds >= 0"),

@@ -3,10 +3,12 @@ peer names or sends can forge another."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
 
-from sockpool.log import _StderrFormatter
+from sockpool.log import _StderrFormatter, names
 
 FORGED = "\n2026-01-01 00:00:00,000 sockpool[1] ERROR: forged"
 
@@ -60,3 +62,21 @@ def test_tracebacks_stay_multi_line_and_indented() -> None:
         "  2026-01-01 00:00:00,000 sockpool[1] ERROR: forged",
     ]
     assert all(ln.startswith("  ") for ln in lines[1:])
+
+
+def test_journal_stream_counts_only_when_it_names_our_output() -> None:
+    """systemd.exec(5): compare JOURNAL_STREAM's device and inode with the output's. A shell
+    started by a user's service manager inherits the variable with its stderr on a
+    terminal: its errors must stay there."""
+    read, write = os.pipe()
+    try:
+        st = os.fstat(write)
+        assert names(f"{st.st_dev}:{st.st_ino}", write)
+        for other in (f"{st.st_dev}:{st.st_ino + 1}", "8:12345", "", None, "x:y", f"{st.st_ino}"):
+            assert not names(other, write), other
+        os.close(write)
+        assert not names(f"{st.st_dev}:{st.st_ino}", write)  # no such descriptor
+    finally:
+        os.close(read)
+        with contextlib.suppress(OSError):
+            os.close(write)
