@@ -268,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    # Until the loop takes them (eventloop.on_signals), a SIGHUP or SIGTERM would end the
+    # process by its default action, unlogged, leaving a --listen socket file behind (and
+    # systemd counts a death by SIGHUP as a clean exit): blocked, they wait for the loop.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STARTING)
     args = vars(parser().parse_args(argv))
     log_target, check, path = args.pop("log_target"), args.pop("check"), args.pop("config", None)
     reload_pid: int | None = args.pop("reload", None)
@@ -279,6 +283,8 @@ def _main(argv: list[str] | None) -> int:
     global _journal_logging
     log.setup(cfg.name, cfg.log_level, log_target)
     _journal_logging = log.journal_wanted(log_target)
+    if reload_pid is not None or check:  # no loop to take them: as any command
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STARTING)
     if reload_pid is not None:
         return _check_and_signal(cfg, reload_pid)
     if check:
@@ -305,6 +311,9 @@ def _main(argv: list[str] | None) -> int:
 
         return Supervisor(listeners, cfg, reload, dispatchers, _report).run()
     return Dispatcher(listeners, cfg, reload, Notifier()).run()
+
+
+_STARTING = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
 
 
 def _raise_descriptor_limit() -> None:

@@ -8,6 +8,7 @@ import resource
 import socket
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -255,3 +256,39 @@ def test_64_mib_to_a_slow_reader_harms_no_one_else(serve) -> None:
     big.shutdown(socket.SHUT_WR)
     assert big.recv(100) == f"{64 << 20}\n".encode()
     assert rss_kib(service.pid) < rss + 2048  # the dispatcher never buffers peers' data
+
+
+# Sends the process a signal while it loads its configuration: after main() began, before
+# the loop takes signals.
+SIGNAL_DURING_START = """
+import os, signal, sys
+from sockpool import cli, config
+load = config.load
+def loading(*args):
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    return load(*args)
+config.load = loading
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_a_signal_while_it_starts_waits_for_the_loop(tmp_path: Path, name: str) -> None:
+    """Not the default action's death, unlogged, with the socket file left behind: a SIGTERM
+    stops it cleanly once it can, a SIGHUP joins the start."""
+    path = tmp_path / "s.sock"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SIGNAL_DURING_START, name, "--log-target=stderr",
+         f"--listen={path}", "--workers=1", ECHO],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        if name == "SIGHUP":
+            wait_until(path.exists, "its socket")
+            assert request(str(path), b"hi\n") == b"hi\n"  # it serves
+            proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "stopping on SIGTERM" in err and not path.exists()
