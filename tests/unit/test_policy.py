@@ -545,6 +545,23 @@ def test_stop_drains_then_retires_once_everything_is_handed_over() -> None:
     assert sim.policy.finished
 
 
+def test_stop_kills_workers_still_starting_once_nothing_waits_for_them() -> None:
+    """They hold nothing, and one whose import hangs would read its stop never: a stop
+    would wait graceful_timeout for it. While accepted connections wait for a worker, they
+    may be the ones to serve them: nothing lost."""
+    sim = Sim(graceful_timeout=30.0)
+    first = sim.spawn(sim.policy.start(sim.now))
+    sim.ready(first[0])
+    sim.feed(ev.StopRequested("SIGTERM", 0.0))
+    assert not only(sim.tick(0.1, undelivered=1), ev.Kill)  # still handing over
+    actions = sim.tick(0.2)
+    assert {k.pid for k in only(actions, ev.Kill)} == {first[1]}
+    assert {s.pid for s in only(actions, ev.SendStop)} == {first[0]}
+    sim.exit(first[0])
+    sim.exit(first[1], ExitReason.KILLED)
+    assert sim.policy.finished
+
+
 def test_stop_past_graceful_timeout_kills_what_is_left() -> None:
     sim = Sim(graceful_timeout=5.0)
     a, b = sim.start()
