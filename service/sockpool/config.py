@@ -22,7 +22,9 @@ from .proxyproto import DEFAULT_ALLOW, VERSIONS, parse_network
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # fullmatch, never `$`: it matches before a last newline, which would split log lines.
 _HANDLER_RE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-_NAME_RE = re.compile(r"[\w.@:-]{1,64}")
+# What systemd's %N can be (a unit's name, escaped: systemd-escape's \x20), and no more:
+# the name goes into every log line's prefix.
+_NAME_RE = re.compile(r"[\w.@:\\-]{1,255}")
 MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
 # No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
 MAX_LISTENER_TABLES = MAX_LISTEN_FDS
@@ -304,7 +306,9 @@ def _handler(value: Any) -> str:
 
 def _name(value: Any) -> str:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
-        raise ValueError(f"expected a name of letters, digits and ._@:-, got {quote(value)}")
+        raise ValueError(
+            f"expected a name of up to 255 letters, digits and ._@:-\\, got {quote(value)}"
+        )
     return value
 
 

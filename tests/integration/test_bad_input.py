@@ -423,8 +423,8 @@ def check_config(tmp_path: Path, data: bytes) -> tuple[int, str]:
         (b"# " + b"x" * 1024 * 1024 + b"\n", "larger than 1,048,576 bytes"),
         (
             b'name = "' + b"n" * 1_000_000 + b'"\n',
-            "name: expected a name of letters, digits "
-            "and ._@:-, got 'n<cut>n' (1,000,000 characters)",
+            "name: expected a name of up to 255 letters, digits "
+            "and ._@:-\\, got 'n<cut>n' (1,000,000 characters)",
         ),
         (
             b"".join(b"[listeners.l%d]\n" % i for i in range(1025)),

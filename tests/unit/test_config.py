@@ -23,6 +23,12 @@ def test_flags_win_over_the_file(tmp_path: Path) -> None:
     assert cfg.target_for("web") == config.Target("handler", "a:b")
 
 
+@pytest.mark.parametrize("name", ["sockpool@-srv-app\\x20one", "sockpool@" + "a" * 246])
+def test_any_unit_name_systemd_gives_as_percent_n_is_a_name(name: str) -> None:
+    """The template unit passes --name=%N: escaped (systemd-escape), up to 255 characters."""
+    assert config.load(None, {"name": name}).name == name
+
+
 def test_defaults() -> None:
     cfg = config.load(None, {})
     assert cfg.workers >= 1 and cfg.graceful_timeout == 30 and cfg.capacity == 100
@@ -39,6 +45,7 @@ def test_defaults() -> None:
         ({"capacity": 0}, "capacity: expected a positive integer"),
         ({"name": "has space"}, "name: expected a name"),
         ({"name": "app\n"}, "name: expected a name"),  # a regex's `$` takes a last newline
+        ({"name": "n" * 256}, "name: expected a name of up to 255 letters"),
         ({"handler": "m:h\n"}, "handler: expected 'module:callable'"),
         ({"log_level": "loud"}, "log_level: expected one of debug"),
         ({"listen": ["nonsense:port"]}, "port must be a number"),
