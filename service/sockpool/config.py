@@ -469,8 +469,8 @@ def _coerce_flag(kind: type, text: Any) -> Any:
     return text
 
 
-_NUMBER = {
-    int: re.compile(r"-?[0-9]{1,18}"),
+_NUMBER = {  # bounded: int() of thousands of digits is slow, then refused (4,300)
+    int: re.compile(r"-?[0-9]{1,30}"),  # what TOML takes (64 bits, 19 digits), and more
     float: re.compile(r"-?([0-9]{1,18}(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]{1,3})?"),
 }
 

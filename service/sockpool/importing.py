@@ -66,9 +66,9 @@ def _import(spec: str, name: str) -> Any:
     module_name, _, attr_path = spec.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
-    # Any import-time failure of user code is the user's to fix, sys.exit("...") included:
-    # its message is the one line worth showing.
-    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+    # Any import-time failure of user code is the user's to fix, sys.exit("...") and a
+    # class of its own under BaseException included: its message is the line worth showing.
+    except BaseException as exc:
         where = traceback.extract_tb(exc.__traceback__)[-1]
         raise HandlerError(
             f"{name}: cannot import {quote(module_name)}: "

@@ -414,6 +414,8 @@ def parse_network(text: str) -> tuple[int, int, int]:
     network with host bits set is refused (a typo that would widen or narrow the trust)."""
     import ipaddress  # config time only
 
+    if "%" in text:  # a zone: a PROXY header's address has none to match
+        raise ValueError(f"{quote(text)}: an address with a zone (%...) never matches: drop it")
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:

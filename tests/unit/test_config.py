@@ -78,6 +78,12 @@ def test_bad_flag_names_the_flag() -> None:
         config.build({}, {"graceful_timeout": "soon"}, None)
 
 
+def test_a_flag_takes_what_toml_takes() -> None:
+    """A 64-bit integer: TOML's, so the same value works in either place."""
+    big = str(2**62)
+    assert config.build({}, {"max_requests_jitter": big}, None).max_requests_jitter == 2**62
+
+
 def test_a_bad_handler_argument_is_named_as_it_is_given() -> None:
     with pytest.raises(ConfigError, match=r"^HANDLER: expected 'module:callable', got 'x'$"):
         config.build({}, {"handler": "x"}, None)

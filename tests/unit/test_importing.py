@@ -82,6 +82,10 @@ def test_refused(handler: Any, message: str) -> None:
         ),
         ("raise KeyboardInterrupt\n", "cannot import 'needsenv_{n}': KeyboardInterrupt ("),
         (
+            "class Stop(BaseException):\n    pass\nraise Stop('no config')\n",
+            "cannot import 'needsenv_{n}': Stop: no config (",
+        ),
+        (
             "class Odd(Exception):\n    def __str__(self):\n        raise ValueError\nraise Odd\n",
             "cannot import 'needsenv_{n}': Odd: (its message cannot be shown) (",
         ),
@@ -90,7 +94,7 @@ def test_refused(handler: Any, message: str) -> None:
             "looking up 'handle': RuntimeError: no app without a database",
         ),
     ],
-    ids=["sys-exit", "keyboard-interrupt", "unprintable", "module-getattr"],
+    ids=["sys-exit", "keyboard-interrupt", "base-exception", "unprintable", "module-getattr"],
 )
 def test_a_module_that_fails_any_way_is_one_line_with_its_reason(
     tmp_path, monkeypatch: pytest.MonkeyPatch, source: str, message: str, request

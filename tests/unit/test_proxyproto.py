@@ -399,6 +399,7 @@ def test_trust_stays_right_past_its_cache() -> None:
         ("localhost", "'localhost' is not an IPv4 or IPv6 address or network"),
         ("10.0.0.0/33", "is not an IPv4 or IPv6 address or network"),
         ("", "'' is not an IPv4 or IPv6 address or network"),
+        ("fe80::1%eth0/128", "'fe80::1%eth0/128': an address with a zone (%...) never matches"),
     ],
 )
 def test_bad_networks_are_named(text: str, message: str) -> None:
