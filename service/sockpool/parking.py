@@ -11,7 +11,8 @@ deadline, counted by why:
     first-byte   a new connection that sent nothing within first_byte_timeout
     idle         a parked connection with no request begun, after idle_timeout
     request      a request begun and not read whole within request_timeout
-    peer-closed  the client closed a parked connection (no data: nothing to serve)
+    peer-closed  the client closed a parked connection (no data: nothing to serve), or
+                 reset one, or half-closed one between requests
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from .process import Pending
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
+_BROKEN = select.EPOLLHUP | select.EPOLLERR  # both ways closed, or reset: nothing to answer
 _NO_BYTES = bytes(4)
 _NEVER = float("inf")
 
@@ -93,7 +95,9 @@ class Parking:
 
     def ready(self) -> list[Pending]:
         """The held connections that became readable, in the order they spoke. Those whose
-        peer closed without sending anything are closed here."""
+        peer closed without sending anything are closed here; but a request begun, then
+        half-closed (a client that ends its request with a FIN), goes to a worker, whose
+        handler reads the end and can still answer."""
         events, self.events = self.events, []
         if self.own:
             events += self.epoll.poll(0, 1024)
@@ -102,8 +106,8 @@ class Parking:
             entry = self._release(fd)
             if entry is None:
                 continue
-            item = entry[0]
-            if mask & _GONE and not waiting_bytes(fd):
+            item, kind = entry[0], entry[1]
+            if mask & _GONE and not waiting_bytes(fd) and (kind != REQUEST or mask & _BROKEN):
                 self.drop(item, "peer-closed")
             else:
                 out.append(item)

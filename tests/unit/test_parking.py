@@ -138,6 +138,32 @@ def test_a_peer_that_sends_then_closes_is_still_served(held: Held) -> None:
     assert os.read(item[1], 100) == b"ping\n"
 
 
+@pytest.mark.parametrize(("kind", "served"), [(REQUEST, True), (IDLE, False), (FIRST_BYTE, False)])
+def test_a_half_close_of_a_request_begun_is_its_end_to_serve(
+    held: Held, kind: str, served: bool
+) -> None:
+    """A client that sent part of its request, waited, then ended it with a FIN (a slow
+    pipe into `nc -N`): its handler reads the end and answers. Between requests, or before
+    any, the FIN only says the client is done."""
+    item = held.connect(6, b"abc" if kind == REQUEST else b"")
+    held.hold(item, kind, 100.0)
+    held.clients[6].shutdown(socket.SHUT_WR)
+    assert held.ready() == ([item] if served else [])
+    assert held.parking.closed == ({} if served else {"peer-closed": 1})
+    if served:
+        os.write(item[1], b"got abc")  # the answer still reaches it
+        assert held.clients[6].recv(100) == b"got abc"
+
+
+def test_a_reset_of_a_request_begun_is_closed(held: Held) -> None:
+    item = held.connect(7, b"abc")
+    held.hold(item, REQUEST, 100.0)
+    held.clients[7].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+    held.clients[7].close()
+    del held.clients[7]
+    assert held.ready() == [] and held.parking.closed == {"peer-closed": 1}
+
+
 def test_expire_closes_what_is_past_its_deadline_with_its_reason(held: Held) -> None:
     items = {
         1: (held.connect(1), FIRST_BYTE, 10.0),
