@@ -83,10 +83,12 @@ def problem(message: str, level: int = logging.WARNING, **fields: object) -> Rec
 
 
 def write(record: Record, stacks: str = "") -> None:
-    """Into the log; a hang report's stacks go below its message (formatted here: as
-    %-arguments they would reach the journal twice)."""
-    message = f"{record.message}\n{stacks}" if stacks else record.message
+    """Into the log; a hang report's stacks go below its message, in the format itself:
+    as an argument they would be escaped into one line on stderr (log.py escapes what
+    arguments hold) and reach the journal twice (python-systemd's CODE_ARGS). The stderr
+    format escapes the format's lines one by one, and indents them."""
+    fmt = "%s\n" + stacks.replace("%", "%%") if stacks else "%s"
     if record.event is None:
-        log.log.log(record.level, "%s", message, extra=record.fields)
+        log.log.log(record.level, fmt, record.message, extra=record.fields)
     else:
-        log.event(record.event, "%s", message, level=record.level, **record.fields)
+        log.event(record.event, fmt, record.message, level=record.level, **record.fields)

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from sockpool import records
 from sockpool.log import _StderrFormatter, names
 
 FORGED = "\n2026-01-01 00:00:00,000 sockpool[1] ERROR: forged"
@@ -80,3 +81,18 @@ def test_journal_stream_counts_only_when_it_names_our_output() -> None:
         os.close(read)
         with contextlib.suppress(OSError):
             os.close(write)
+
+
+def test_a_hang_reports_stacks_stay_on_lines_of_their_own(caplog) -> None:
+    """records.write() puts them in the format: as an argument they were escaped into one
+    line (README: the stacks stay readable, indented)."""
+    stacks = 'Current thread 0x7f (most recent call first):\n  File "/srv/app.py", line 7 in h'
+    with caplog.at_level(logging.INFO):
+        records.write(records.problem("worker 9 hung: 100% busy"), stacks)
+    (record,) = caplog.records
+    lines = _StderrFormatter("%(levelname)s: %(message)s").format(record).split("\n")
+    assert lines == [
+        "WARNING: worker 9 hung: 100% busy",
+        "  Current thread 0x7f (most recent call first):",
+        '    File "/srv/app.py", line 7 in h',
+    ]
