@@ -184,7 +184,7 @@ class Lifecycle:
 
     def _on_completions(self, e: ev.Completions) -> list[Action]:
         done = [w for pid in e.pids if (w := self.workers.get(pid)) and w.max_served]
-        why = "served {} connections (max_requests)"
+        why = "served {} connections or turns of one (max_requests)"
         return self._recycle(
             {w: why.format(w.served) for w in done if w.served >= w.max_served}, e.now
         )
