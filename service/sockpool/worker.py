@@ -412,6 +412,7 @@ class AsyncWorker(_Base):
         self.capacity = 0  # until READY: it takes nothing (pull: may_take())
         self.sync_running = 0  # sync handlers in the executor's thread
         self.exit_seen = False  # _exited_in_a_task()
+        self.overran = False  # _overran()
         # asyncio.run()'s own Runner; with `pull`, on a loop whose waits say so.
         factory = self._waiting_loop if self.word is not None else None
         main = None
@@ -448,6 +449,19 @@ class AsyncWorker(_Base):
         log.log.error("%s", EXITED_IN_A_TASK, exc_info=True)
         if self.capacity:  # before READY, the start fails instead (_main)
             channel.send(self.chan, wire.encode_retire(EXITED_IN_A_TASK))
+
+    def _overran(self, conn_id: int) -> None:
+        """A sync handler has held its connection past `timeout` in the executor's thread,
+        which nothing can cancel, and the sync connections handed here wait behind it. The
+        loop is not blocked, so the dispatcher hears it and would never call it hung: it
+        asks to be recycled instead. Its replacement serves; it drains what it holds, the
+        stuck handler until graceful_timeout. Said once."""
+        if self.overran:
+            return
+        self.overran = True
+        reason = f"a sync handler held connection {conn_id} past timeout={self.spec.timeout:g}s"
+        log.log.warning("%s: recycling this worker", reason)
+        channel.send(self.chan, wire.encode_retire(reason))
 
     def _waiting_loop(self) -> asyncio.AbstractEventLoop:
         """`pull`: a loop whose waits say so (pull.py); the current one, as asyncio.run's."""
@@ -541,10 +555,14 @@ class AsyncWorker(_Base):
             else:
                 loop = asyncio.get_running_loop()
                 self.sync_running += 1
+                limit = self.spec.timeout
+                late = loop.call_later(limit, self._overran, info.conn_id) if limit else None
                 try:
                     await loop.run_in_executor(self.executor, self.serve_sync, handler, sock, info)
                 finally:
                     self.sync_running -= 1
+                    if late:
+                        late.cancel()
         finally:
             if not info.parked:  # a parked one was reported by its PARK
                 self.done.append(handoff.conn_id)

@@ -292,3 +292,25 @@ def test_a_signal_while_it_starts_waits_for_the_loop(tmp_path: Path, name: str) 
         proc.kill()
     assert proc.returncode == 0, err
     assert "stopping on SIGTERM" in err and not path.exists()
+
+
+def test_a_sync_handler_past_its_limit_on_an_async_worker_recycles_the_worker(
+    serve, tmp_path: Path
+) -> None:
+    """A worker that also serves async handlers runs sync ones in a thread, which nothing
+    can cancel, and its loop goes on answering the dispatcher, which so never calls it
+    hung: the worker asks to be recycled, and its replacement serves what comes next."""
+    config = tmp_path / "mixed.toml"
+    config.write_text(
+        'handler = "apps:hang"\nworkers = 1\ntimeout = 1\ngraceful_timeout = 2\n'
+        '[listeners.a]\nhandler = "apps:async_whoami"\n'
+    )
+    # The activating connection to the async listener: to the other it would hang too.
+    service = serve([f"--config={config}"], listen=[tcp(), tcp()], fdnames=["a", "web"])
+    _, web = service.addresses
+    stuck = connect(web)
+    assert stuck.recv(1) == b"+"
+    wait_until(lambda: service.output().count("ready (capacity") == 2, "a replacement")
+    assert "past timeout=1s: recycling this worker" in service.output()
+    after = connect(web)
+    assert after.recv(1) == b"+"  # served by the replacement, not behind the stuck one

@@ -390,7 +390,8 @@ def test_recycling_by_count_starts_the_replacement_first() -> None:
     w.served = 10
     actions = sim.feed(ev.Completions(frozenset({old}), 1.0))
     assert (
-        "served 10 connections or turns of one (max_requests)" in records(actions, Event.WORKER_RECYCLED)[0].message
+        "served 10 connections or turns of one (max_requests)"
+        in records(actions, Event.WORKER_RECYCLED)[0].message
     )
     [new] = sim.spawn(actions)
     assert sim.serving() == {old}  # until its replacement is ready
