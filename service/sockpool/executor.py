@@ -8,6 +8,7 @@ readings asked for), so the decisions stay in policy.py.
 from __future__ import annotations
 
 import errno
+import signal
 import time
 from collections.abc import Callable
 
@@ -76,6 +77,8 @@ class Executor:
     def sendstop(self, a: ev.SendStop) -> None:
         if p := self.procs.get(a.pid):
             p.stop()
+            if a.starting:
+                p.signal(signal.SIGTERM)
 
     def kill(self, a: ev.Kill) -> None:
         if p := self.procs.get(a.pid):

@@ -113,6 +113,11 @@ class Spawn(NamedTuple):
 
 class SendStop(NamedTuple):
     pid: int
+    # Still starting: it reads its channel only once its import is done, which may be
+    # never (a database it waits for), so a SIGTERM goes too. Importing, it dies of it (it
+    # holds nothing); from its ASGI lifespan's startup on, it stops as it would by the
+    # channel, its startup and then its shutdown run.
+    starting: bool = False
 
 
 class Kill(NamedTuple):

@@ -210,11 +210,6 @@ class Lifecycle:
         self.respawns = [(at, g) for at, g in self.respawns if at > now]
         if self.stopping:
             if not e.undelivered:  # everything accepted is handed over: let workers finish
-                # One still starting holds nothing, and would read its stop only once its
-                # import ends, which may be never (a database it waits for): killed now,
-                # not at graceful_timeout.
-                starting = [w for w in self.workers.values() if w.state is S.STARTING]
-                actions += self.pool.kill(starting, ExitReason.RETIRED)
                 actions += self.pool.retire(list(self.workers.values()), now, self._grace())
             if now >= self.stop_deadline and self.workers:
                 message = f"graceful timeout: killing {len(self.workers)} workers"

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from . import lifecycle as ev
 from .lifecycle import Action
-from .states import SERVING, ExitReason, Generation, Trigger, Worker, advance, can
+from .states import SERVING, ExitReason, Generation, Trigger, Worker, WorkerState, advance, can
 
 
 class Pool:
@@ -68,14 +68,17 @@ class Pool:
         actions: list[Action] = []
         for w in workers:
             if can(w, Trigger.RETIRE):
+                starting = w.state is WorkerState.STARTING
                 self.move(w, Trigger.RETIRE)
-                actions += self.told_to_stop(w, now, grace)
+                actions += self.told_to_stop(w, now, grace, starting)
         return actions
 
-    def told_to_stop(self, w: Worker, now: float, grace: float) -> list[Action]:
+    def told_to_stop(
+        self, w: Worker, now: float, grace: float, starting: bool = False
+    ) -> list[Action]:
         w.reason = w.reason or ExitReason.RETIRED
         w.deadline = now + grace
-        return [ev.SendStop(w.pid), ev.Wake(w.deadline)]
+        return [ev.SendStop(w.pid, starting), ev.Wake(w.deadline)]
 
     def kill(self, workers: Iterable[Worker], reason: ExitReason) -> list[Action]:
         actions: list[Action] = []

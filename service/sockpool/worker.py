@@ -64,6 +64,9 @@ def run(
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # Until the worker takes it (run(), _main()): a stop while it imports ends it, as it
+        # holds nothing (the dispatcher's own handler, inherited, would ignore it).
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         forked = os.getpid()
         try:
             served = Served(spec)

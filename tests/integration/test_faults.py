@@ -216,6 +216,21 @@ def test_module_that_blocks_at_import_fails_the_start_after_start_timeout(serve)
     assert all("block_at_import:handle" in ln for ln in late), late
 
 
+def test_a_stop_while_imports_block_ends_without_waiting_for_them(serve) -> None:
+    """A worker still importing reads its stop only once the import ends, which may be
+    never: it gets a SIGTERM too, and dies of it, as it holds nothing. Not the
+    graceful_timeout (here 300 s), nor the start_timeout (here 300 s) either."""
+    service = serve(
+        ["--workers=2", "--start-timeout=300", "--graceful-timeout=300", "block_at_import:handle"],
+        listen=[tcp()],
+        wait_ready=False,
+    )
+    wait_until(lambda: len(service.workers()) == 2, "two workers importing")
+    service.signal(signal.SIGTERM)
+    assert service.wait() == 0, service.output()
+    assert service.output().count("killed by signal SIGTERM") == 2
+
+
 def write_config(path: Path, handler: str, start_timeout: float) -> None:
     path.write_text(f'handler = "{handler}"\nworkers = 2\nstart_timeout = {start_timeout}\n')
 

@@ -660,6 +660,21 @@ def test_asgi_lifespan_startup_once_per_worker_before_ready_and_shutdown_on_reti
     assert sorted(int(e.split()[1]) for e in site.events("shutdown")) == sorted(first + second)
 
 
+def test_a_stop_during_the_lifespan_startup_lets_it_finish_then_runs_the_shutdown(
+    serve,
+) -> None:
+    """A worker still starting gets a SIGTERM with its stop (a blocked import ends of it),
+    but from its lifespan's startup on that is a stop like any: no startup cut midway."""
+    env = {"WEBAPPS_SLOW_STARTUP": "1.5"}
+    site = start_site(serve, "asgi", APPS["asgi"], env=env, wait_ready=False)
+    wait_until(lambda: len(site.events("startup")) == 2, "both startups begun")
+    site.service.signal(signal.SIGTERM)
+    assert site.service.wait() == 0, site.log()
+    assert sorted(site.events("shutdown")) == sorted(
+        e.replace("startup", "shutdown") for e in site.events("startup")
+    )
+
+
 def test_asgi_lifespan_state_reaches_requests(asgi_site: Site) -> None:
     with asgi_site.client() as client:
         answer = client.ask("GET", "/state")

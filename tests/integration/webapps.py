@@ -250,6 +250,8 @@ async def _exits_when_cancelled() -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
     mark(f"startup {os.getpid()}")
+    if slow := os.environ.get("WEBAPPS_SLOW_STARTUP"):  # a pool or migrations to set up
+        await asyncio.sleep(float(slow))
     if os.environ.get("WEBAPPS_FAIL_STARTUP"):
         raise RuntimeError("the database is unreachable")
     if os.environ.get("WEBAPPS_EXIT_IN_A_STARTUP_TASK") in ("once", "and once cancelled"):
