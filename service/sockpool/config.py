@@ -29,10 +29,12 @@ MAX_FILE_SIZE = 1024 * 1024  # bytes: a real config is a few hundred
 # No more sockets can be passed (LISTEN_FDS), so more tables could never all be used.
 MAX_LISTENER_TABLES = MAX_LISTEN_FDS
 MAX_START_TIMEOUT = 86400.0
-# Any other duration: what poll() and epoll_wait() can wait, milliseconds in a C int (24.8
-# days): a longer park_after or idle_timeout would fail in every worker that waits for it.
-# Infinity would pass a check but break every connection; 0 already means never.
-MAX_SECONDS = float((2**31 - 1) // 1000)
+# Any other duration: a century, where socket timeouts (a time_t) end near 292 years and
+# infinity would pass a check but break every connection; 0 already means never.
+MAX_SECONDS = 100 * 365 * 86400.0
+# What a worker waits for its peer in one poll(): milliseconds in a C int (24.9 days). A
+# longer park_after or idle_timeout would fail in every worker that waited for it.
+MAX_WAIT = float((2**31 - 1) // 1000)
 HANDOFFS = ("ready", "immediate")
 MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
 # Each worker is a process of its own (7 MiB at rest): more than this is a typo, and would
@@ -207,17 +209,17 @@ def _queue_ahead(value: Any) -> int:
     return value
 
 
-def _non_negative_number(value: Any) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not 0 <= value <= MAX_SECONDS
-    ):
+def _non_negative_number(value: Any, most: float = MAX_SECONDS) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= most:
+        days = f" ({most / 86400:.1f} days)" if most < MAX_SECONDS else ""
         raise ValueError(
-            f"expected a number of seconds >= 0, at most {MAX_SECONDS:.0f} (24.8 days), "
-            f"got {quote(value)}"
+            f"expected a number of seconds >= 0, at most {most:.0f}{days}, got {quote(value)}"
         )
     return float(value)
+
+
+def _wait(value: Any) -> float:
+    return _non_negative_number(value, MAX_WAIT)
 
 
 def _count(value: Any) -> int:
@@ -389,7 +391,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "log_level": (str, _log_level),
     "listeners": (dict, _listeners),
     "timeout": (float, _non_negative_number),
-    "idle_timeout": (float, _non_negative_number),
+    "idle_timeout": (float, _wait),
     "max_requests": (int, _count),
     "max_requests_jitter": (int, _count),
     "max_memory": (int, _count),
@@ -400,7 +402,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "handoff": (str, _handoff),
     "first_byte_timeout": (float, _non_negative_number),
     "request_timeout": (float, _non_negative_number),
-    "park_after": (float, _non_negative_number),
+    "park_after": (float, _wait),
     "queue_ahead": (int, _queue_ahead),
     "pull": (bool, _flag),
     "max_carry": (int, _carry),

@@ -84,6 +84,13 @@ def test_a_flag_takes_what_toml_takes() -> None:
     assert config.build({}, {"max_requests_jitter": big}, None).max_requests_jitter == 2**62
 
 
+def test_only_what_a_worker_waits_in_one_poll_stops_at_its_limit() -> None:
+    """park_after and idle_timeout: poll() takes milliseconds in a C int. The dispatcher's
+    own timeouts take what they took before (a century)."""
+    assert config.build({}, {"graceful_timeout": "3000000"}, None).graceful_timeout == 3e6
+    assert config.build({}, {"request_timeout": "3000000"}, None).request_timeout == 3e6
+
+
 def test_a_bad_handler_argument_is_named_as_it_is_given() -> None:
     with pytest.raises(ConfigError, match=r"^HANDLER: expected 'module:callable', got 'x'$"):
         config.build({}, {"handler": "x"}, None)
@@ -219,7 +226,7 @@ def test_max_carry_is_what_one_park_message_can_hold() -> None:
         # poll()'s milliseconds end below: a worker waiting this long failed with a traceback
         (
             {"park_after": 3e6},
-            "park_after: expected a number of seconds >= 0, at most 2147483 (24.8 days)",
+            "park_after: expected a number of seconds >= 0, at most 2147483 (24.9 days)",
         ),
         ({"overload_reply": "busy\udcff"}, "overload_reply: expected UTF-8 text"),
         ({"request_timeout": False}, "request_timeout: expected a number of seconds"),
