@@ -210,7 +210,7 @@ def _runs_sockpool(pid: int | str) -> bool:
         return is_sockpool_command(f.read().split(b"\0"))
 
 
-_PYTHON = re.compile(rb"python[0-9.]*")
+_PYTHON = re.compile(rb"(?:python|pypy)[0-9.]*[dmt]?")  # python3.11, python3.13t, pypy3
 
 
 def is_sockpool_command(args: list[bytes]) -> bool:
@@ -258,6 +258,7 @@ def _not_sockpools_main(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # as it was, for a caller in-process
     try:
         return _main(argv)
     except Fatal as exc:
@@ -265,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _main(argv: list[str] | None) -> int:

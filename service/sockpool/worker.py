@@ -61,8 +61,10 @@ def run(
         notify.forget_environment()
         log.set_process_fields(WORKER_PID=os.getpid(), GENERATION=spec.generation)
         log.set_level(spec.log_level)  # forked at the dispatcher's, maybe the last generation's
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the dispatcher's to handle
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        # Ctrl-C and a reload are the dispatcher's to handle. Caught, not SIG_IGN: an ignored
+        # signal stays ignored across exec(), in every program a handler starts.
+        signal.signal(signal.SIGINT, _unheeded)
+        signal.signal(signal.SIGHUP, _unheeded)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         # Until the worker takes it (run(), _main()): a stop while it imports ends it, as it
         # holds nothing (the dispatcher's own handler, inherited, would ignore it).
@@ -372,6 +374,10 @@ async def _readable_async(sock: socket.socket, timeout: float) -> bool:
     finally:
         loop.remove_reader(sock.fileno())
     return _readable(sock, 0)
+
+
+def _unheeded(signum: int, frame: object) -> None:
+    pass
 
 
 async def _closed(writer: asyncio.StreamWriter, idle: float | None) -> None:

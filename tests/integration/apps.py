@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
 
@@ -239,3 +240,9 @@ def undeclared_echo(conn: socket.socket, info: ConnectionInfo) -> None:
     worker at once, and receive() gives it back if its client has not spoken yet."""
     while data := receive(conn):
         conn.sendall(data)
+
+
+def child_ignores(conn: socket.socket, info: ConnectionInfo) -> None:
+    """What a program the handler starts ignores: SigIgn of /proc, in hex."""
+    status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    conn.sendall(next(ln for ln in status.splitlines() if ln.startswith("SigIgn:")).encode())

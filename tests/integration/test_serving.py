@@ -399,3 +399,11 @@ def test_dispatcher_asks_for_the_shortest_cpu_slice_and_workers_keep_the_default
         ),
         "a replacement worker with the default slice",
     )
+
+
+def test_a_program_a_handler_starts_does_not_ignore_sighup_or_sigint(serve) -> None:
+    """Workers leave Ctrl-C and reloads to the dispatcher by catching SIGINT and SIGHUP, not
+    ignoring them: an ignored signal would stay ignored in every program they exec."""
+    service = serve(["--workers=1", "apps:child_ignores"], listen=[tcp()])
+    ignored = int(request(service.address, b"").split(b":")[1], 16)
+    assert not ignored & (1 << (signal.SIGHUP - 1) | 1 << (signal.SIGINT - 1)), hex(ignored)

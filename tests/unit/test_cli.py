@@ -1,6 +1,10 @@
-"""Which processes `sockpool --reload=PID` takes for a sockpool, by their command lines."""
+"""The command line's own decisions: which processes `sockpool --reload=PID` takes for a
+sockpool, and the signal mask main() leaves."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 
@@ -19,6 +23,9 @@ from sockpool.cli import is_sockpool_command
         "python3 -msockpool",
         "python3 -Xdev ./sockpool",
         "/opt/bin/sockpool app:handle",  # a program named sockpool
+        "python3.13t -m sockpool",  # free-threaded
+        "python3.11d /usr/bin/sockpool",  # Debian's debug build
+        "pypy3.10 -m sockpool",
     ],
 )
 def test_sockpool_commands(command: str) -> None:
@@ -41,3 +48,17 @@ def test_sockpool_commands(command: str) -> None:
 )
 def test_other_commands(command: str) -> None:
     assert not is_sockpool_command([*command.encode().split(b" "), b""])
+
+
+def test_main_leaves_the_signal_mask_as_it_found_it() -> None:
+    """It blocks SIGHUP, SIGTERM and SIGINT until its loop takes them: a caller running it
+    in-process (and what that caller starts later, which inherits the mask) must not keep
+    them blocked after an error. In a process of its own: main() sets up logging."""
+    code = (
+        "import signal, sys\n"
+        "from sockpool import cli\n"
+        "before = signal.pthread_sigmask(signal.SIG_BLOCK, ())\n"
+        "assert cli.main(['--listen=/nonexistent/dir/x.sock', 'sockpool.handlers:echo'])\n"
+        "sys.exit(signal.pthread_sigmask(signal.SIG_BLOCK, ()) != before)\n"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
