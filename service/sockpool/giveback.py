@@ -37,9 +37,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 # long to wait for the next request before parking. Outside a worker, nothing parks.
 _send: Callable[..., None] | None = None  # (fd, conn_id, started, carry, ready, silent)
 _park_after = 0.0
-# The dispatcher closes a parked connection whose carry is longer (max_carry): such a one
-# is kept, and its handler reads on, as when parking is not allowed.
-_max_carry = 65536
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
 # connection (nor keep serving one that is quick to ask again): it parks it, so the
@@ -108,8 +105,6 @@ def _give_back(
     assert _send is not None
     if (first or carry or unread) and stopping():
         return False  # a request to serve: the stop may have retired every other worker
-    if len(carry) > _max_carry and not unread:  # (with unread bytes it is handed on at once)
-        return False
     started = (info.request_started or time.monotonic_ns()) if carry or unread else 0
     silent = first and not (carry or unread)
     try:
@@ -123,8 +118,8 @@ def _give_back(
 def park(conn: socket.socket, carry: bytes = b"") -> bool:
     """Give a sync handler's connection back to the dispatcher, with `carry`: the bytes
     already read that belong to the next request. After True, return without touching the
-    connection again. False when it cannot be parked (outside sockpool, the dispatcher near
-    its descriptor limit, or a carry over max_carry): the handler keeps it, as before."""
+    connection again. False when it cannot be parked (outside sockpool, or the dispatcher
+    is near its descriptor limit): the handler keeps it, as before."""
     info = current_connection()
     return _parkable(info) and _give_back(info, conn.fileno(), carry)  # type: ignore[arg-type]
 

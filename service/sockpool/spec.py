@@ -19,7 +19,6 @@ class WorkerSpec:
     idle_timeout: float | None = None  # sync handlers' socket timeout; built-in handlers' idle
     timeout: float | None = None  # async: cancel a connection older than this
     park_after: float = 0.0  # wait this long for a keep-alive connection's next request
-    max_carry: int = 16384  # a longer carry is not parked: the dispatcher would close it
     access_log: bool = False  # web apps: a journal record per request
     http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
     request_timeout: float = 0.0  # a request not read whole this long after it began
@@ -57,7 +56,6 @@ class WorkerSpec:
             idle_timeout=config.idle_timeout or None,
             timeout=config.timeout or None,
             park_after=config.park_after,
-            max_carry=config.max_carry,
             access_log=config.access_log,
             http_limits=(
                 config.max_request_line, config.max_header_bytes, config.max_headers,

@@ -66,7 +66,6 @@ class Worker:
 def make_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worker]]:
     monkeypatch.setattr(giveback, "_send", None)  # restored after the test: worker._Base sets it
     monkeypatch.setattr(giveback, "_park_after", 0.0)
-    monkeypatch.setattr(giveback, "_max_carry", giveback._max_carry)
     made: list[Worker] = []
 
     def make(park_after: float = 0.0, handler: Callable = handlers.echo) -> Worker:
@@ -345,15 +344,11 @@ def test_park_gives_the_connection_back_with_its_carry(make_worker) -> None:
     assert w.client.recv(100) == b"from the dispatcher's copy"
 
 
-@pytest.mark.parametrize("size", [WorkerSpec.max_carry + 1, wire.MAX_CARRY + 1])
-def test_a_carry_over_max_carry_is_kept_not_parked(make_worker, size: int) -> None:
-    """The dispatcher would close it (too-large) with nothing said to the client: the
-    handler keeps it and reads on, as where parking is not allowed."""
+def test_a_carry_over_the_wire_limit_is_kept_not_parked(make_worker) -> None:
     w = make_worker()
     info = w.info()
-    assert serving(info, giveback.park, w.conn, b"x" * size) is False
+    assert serving(info, giveback.park, w.conn, b"x" * (wire.MAX_CARRY + 1)) is False
     assert not info.parked and w.nothing_parked()
-    assert serving(info, giveback.park, w.conn, b"x" * WorkerSpec.max_carry) is True
 
 
 def test_park_with_the_dispatcher_gone_keeps_the_connection(make_worker) -> None:
