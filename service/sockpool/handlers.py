@@ -109,10 +109,13 @@ def http_response(head: bytes) -> tuple[bytes, bool, int]:
     return (_KEEP if keep else _CLOSE), keep, length or 0
 
 
+_END = b"\r\n\r\n"  # of a request head
+
+
 def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
     """(response, keep the connection open, bytes of `buf` the request took) once `buf`
     holds a whole request; None while it is incomplete. Raises BadRequest."""
-    end = buf.find(b"\r\n\r\n")
+    end = buf.find(_END)
     if end < 0:
         if len(buf) > MAX_HEAD:
             raise BadRequest(b"request head too long")
@@ -127,8 +130,9 @@ def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
 @client_speaks_first
 def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
     """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive). Between
-    requests, and while a request is incomplete, the connection waits in the dispatcher
-    with what was read so far (receive() parks it)."""
+    requests, and while a request's head is incomplete, the connection waits in the
+    dispatcher with what was read so far (receive() parks it). A body is read here, as
+    the web servers read one: parked with it, a body over max_carry would be closed."""
     buf = info.carried
     while True:
         try:
@@ -137,7 +141,7 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send_all(conn, exc.response)
             return
         if request is None:
-            if not (data := receive(conn, buf)):
+            if not (data := conn.recv(CHUNK) if _END in buf else receive(conn, buf)):
                 if buf:
                     send_all(conn, BAD_REQUEST)
                 return
@@ -164,8 +168,8 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             await writer.drain()
             return
         if request is None:
-            async with asyncio.timeout(idle):
-                data = await read(reader, writer, buf)
+            async with asyncio.timeout(idle):  # a body is read here: see http_hello
+                data = await (reader.read(CHUNK) if _END in buf else read(reader, writer, buf))
             if not data:
                 return
             buf += data

@@ -313,6 +313,18 @@ def test_a_partial_request_over_max_carry_is_closed(serve) -> None:
     assert_closed_by_server(over)  # at once: not the request timeout's 30 s
 
 
+@pytest.mark.parametrize("handler", [HELLO, HELLO + "_async"])
+def test_http_hello_takes_a_body_over_max_carry_that_pauses(serve, handler: str) -> None:
+    """README: it reads a body of up to 1 MiB and skips it. A body is read in the worker,
+    as the web servers read one: parked with it, one over max_carry would be closed."""
+    service = launch(serve, ["--workers=2", "--max-carry=100", handler])
+    client = HttpClient(service.address)
+    client.sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 30000\r\n\r\n")
+    client.sock.sendall(b"a" * 20000)
+    time.sleep(0.1)  # a pause (the worker waits it out: not the case this test is about)
+    assert [hello(a) for a in ask(client, b"a" * 10000, GET)] == [True, True]
+
+
 # -- 5. connection ids ---------------------------------------------------------------------------
 
 
