@@ -258,7 +258,9 @@ def _not_sockpools_main(pid: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())  # as it was, for a caller in-process
+    # As they were, for a caller running it in-process: the loop takes these signals.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    handlers = {sig: signal.getsignal(sig) for sig in (*_STARTING, signal.SIGCHLD)}
     try:
         return _main(argv)
     except Fatal as exc:
@@ -267,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 

@@ -33,7 +33,8 @@ MAX_START_TIMEOUT = 86400.0
 # infinity would pass a check but break every connection; 0 already means never.
 MAX_SECONDS = 100 * 365 * 86400.0
 # What a worker waits for its peer in one poll(): milliseconds in a C int (24.9 days). A
-# longer park_after or idle_timeout would fail in every worker that waited for it.
+# longer park_after, idle_timeout or request_timeout (socket timeouts) would fail in every
+# worker that waited for it.
 MAX_WAIT = float((2**31 - 1) // 1000)
 HANDOFFS = ("ready", "immediate")
 MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
@@ -401,7 +402,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "start_timeout": (float, _seconds_above_zero),
     "handoff": (str, _handoff),
     "first_byte_timeout": (float, _non_negative_number),
-    "request_timeout": (float, _non_negative_number),
+    "request_timeout": (float, _wait),  # also a socket timeout (wsgi.py, handlers.py)
     "park_after": (float, _wait),
     "queue_ahead": (int, _queue_ahead),
     "pull": (bool, _flag),

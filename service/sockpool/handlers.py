@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import TYPE_CHECKING
 
+from . import giveback
 from .connection import ConnectionInfo, current_connection
 from .errors import whole_number
 from .giveback import client_speaks_first, read, receive
@@ -47,6 +49,30 @@ def send_all(conn: socket.socket, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         conn.sendall(memoryview(data)[sent:])
+
+
+def _body_wait(info: ConnectionInfo | None, idle: float | None) -> float | None:
+    """How long the next read of a body may wait: idle_timeout, and what is left of
+    request_timeout since the request's first byte (TimeoutError once nothing is). Else a
+    client trickling a body a byte at a time would hold its worker for ever (request_timeout
+    as the dispatcher holds a parked request to it)."""
+    limit = giveback._request_timeout
+    if not limit or info is None or not info.request_started:
+        return idle
+    left = limit - (time.monotonic_ns() - info.request_started) / 1e9
+    if left <= 0:
+        raise TimeoutError("the request was not read whole within request_timeout")
+    return left if idle is None else min(idle, left)
+
+
+def _body_bytes(conn: socket.socket, info: ConnectionInfo) -> bytes:
+    """The next bytes of a request body, read here: see _body_wait()."""
+    timeout = conn.gettimeout()
+    conn.settimeout(_body_wait(info, timeout))
+    try:
+        return conn.recv(CHUNK)
+    finally:
+        conn.settimeout(timeout)
 
 
 def _idle_timeout() -> float | None:
@@ -141,7 +167,7 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send_all(conn, exc.response)
             return
         if request is None:
-            if not (data := conn.recv(CHUNK) if _END in buf else receive(conn, buf)):
+            if not (data := _body_bytes(conn, info) if _END in buf else receive(conn, buf)):
                 if buf:
                     send_all(conn, BAD_REQUEST)
                 return
@@ -159,6 +185,7 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
     import asyncio  # loaded by the async worker already
 
     idle = _idle_timeout()
+    info = current_connection()
     buf = b""
     while True:
         try:
@@ -168,9 +195,16 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             await writer.drain()
             return
         if request is None:
-            async with asyncio.timeout(idle):  # a body is read here: see http_hello
-                data = await (reader.read(CHUNK) if _END in buf else read(reader, writer, buf))
+            if _END in buf:  # a body is read here: see http_hello
+                async with asyncio.timeout(_body_wait(info, idle)):
+                    data = await reader.read(CHUNK)
+            else:
+                async with asyncio.timeout(idle):
+                    data = await read(reader, writer, buf)
             if not data:
+                if buf:  # it ended mid-request
+                    writer.write(BAD_REQUEST)
+                    await writer.drain()
                 return
             buf += data
             continue

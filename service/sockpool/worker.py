@@ -117,6 +117,7 @@ class _Base:
         self.taken = 0  # handoffs taken: against the ledger's count of those sent
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
+        giveback._request_timeout = spec.request_timeout
 
     def ready(self, capacity: int, solo: bool = False) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:
@@ -255,7 +256,7 @@ class SyncWorker(_Base):
     """One connection at a time, handler called in the main thread."""
 
     def run(self) -> None:
-        idle = True
+        idle = False  # until READY is out: a stop then only sets `stopping`
 
         def on_term(signum: int, frame: Any) -> None:
             self.stopping = True
@@ -264,6 +265,7 @@ class SyncWorker(_Base):
 
         signal.signal(signal.SIGTERM, on_term)
         self.ready(1 + self.spec.queue_ahead, solo=True)
+        idle = True
         completed = self.report_one if self.ledger is None else self._completed
         try:
             while not self.stopping:
@@ -458,6 +460,24 @@ class AsyncWorker(_Base):
         if self.capacity:  # before READY, the start fails instead (_main)
             channel.send(self.chan, wire.encode_retire(EXITED_IN_A_TASK))
 
+    def _serve_in_thread(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        late: list[asyncio.TimerHandle],
+        handler: Handler,
+        sock: socket.socket,
+        info: ConnectionInfo,
+    ) -> None:
+        """serve_sync() in the executor's thread, `timeout` counted from here: not from when
+        it queued behind other sync connections, which is no hang of its."""
+        if limit := self.spec.timeout:
+
+            def arm() -> None:  # on the loop, posted before the result: armed before it
+                late.append(loop.call_later(limit, self._overran, info.conn_id))
+
+            loop.call_soon_threadsafe(arm)
+        self.serve_sync(handler, sock, info)
+
     def _overran(self, conn_id: int) -> None:
         """A sync handler has held its connection past `timeout` in the executor's thread,
         which nothing can cancel, and the sync connections handed here wait behind it. The
@@ -563,14 +583,15 @@ class AsyncWorker(_Base):
             else:
                 loop = asyncio.get_running_loop()
                 self.sync_running += 1
-                limit = self.spec.timeout
-                late = loop.call_later(limit, self._overran, info.conn_id) if limit else None
+                late: list[asyncio.TimerHandle] = []
                 try:
-                    await loop.run_in_executor(self.executor, self.serve_sync, handler, sock, info)
+                    await loop.run_in_executor(
+                        self.executor, self._serve_in_thread, loop, late, handler, sock, info
+                    )
                 finally:
                     self.sync_running -= 1
-                    if late:
-                        late.cancel()
+                    for timer in late:
+                        timer.cancel()
         finally:
             if not info.parked:  # a parked one was reported by its PARK
                 self.done.append(handoff.conn_id)

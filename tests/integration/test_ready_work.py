@@ -325,6 +325,20 @@ def test_http_hello_takes_a_body_over_max_carry_that_pauses(serve, handler: str)
     assert [hello(a) for a in ask(client, b"a" * 10000, GET)] == [True, True]
 
 
+@pytest.mark.parametrize("handler", [HELLO, HELLO + "_async"])
+def test_http_hello_closes_a_body_trickled_past_request_timeout(serve, handler: str) -> None:
+    """A body read in the worker is held to request_timeout too, as the dispatcher holds a
+    parked request: a byte every 0.3 s would keep idle_timeout (5 s) at bay for ever."""
+    service = launch(serve, ["--workers=1", "--request-timeout=1", "--idle-timeout=5", handler])
+    client = connect(service.address)
+    client.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(30):  # 9 s of it: closed long before, after about 1 s
+        if select.select([client], [], [], 0.3)[0]:
+            break
+        client.sendall(b"a")
+    assert_closed_by_server(client, timeout=1)
+
+
 # -- 5. connection ids ---------------------------------------------------------------------------
 
 

@@ -50,15 +50,23 @@ def test_other_commands(command: str) -> None:
     assert not is_sockpool_command([*command.encode().split(b" "), b""])
 
 
-def test_main_leaves_the_signal_mask_as_it_found_it() -> None:
-    """It blocks SIGHUP, SIGTERM and SIGINT until its loop takes them: a caller running it
-    in-process (and what that caller starts later, which inherits the mask) must not keep
-    them blocked after an error. In a process of its own: main() sets up logging."""
+@pytest.mark.parametrize("listen", ["/nonexistent/dir/x.sock", "127.0.0.1:0"])
+def test_main_leaves_the_signals_as_it_found_them(listen: str) -> None:
+    """It blocks SIGHUP, SIGTERM and SIGINT until its loop takes them, with handlers of
+    its own: a caller running it in-process (and what that caller starts later, which
+    inherits the mask) gets both back, after an error or a stop. In a process of its own:
+    main() sets up logging."""
     code = (
-        "import signal, sys\n"
+        "import os, signal, sys, threading\n"
         "from sockpool import cli\n"
-        "before = signal.pthread_sigmask(signal.SIG_BLOCK, ())\n"
-        "assert cli.main(['--listen=/nonexistent/dir/x.sock', 'sockpool.handlers:echo'])\n"
-        "sys.exit(signal.pthread_sigmask(signal.SIG_BLOCK, ()) != before)\n"
+        "sigs = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)\n"
+        "now = lambda: (signal.pthread_sigmask(0, ()), [signal.getsignal(s) for s in sigs])\n"
+        "before = now()\n"
+        "stop = threading.Timer(2, os.kill, (os.getpid(), signal.SIGTERM))\n"
+        "stop.start()\n"
+        f"cli.main(['--listen={listen}', '--workers=1', 'sockpool.handlers:echo'])\n"
+        "stop.cancel()\n"
+        "sys.exit(now() != before)\n"
     )
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stderr

@@ -85,10 +85,13 @@ def test_a_flag_takes_what_toml_takes() -> None:
 
 
 def test_only_what_a_worker_waits_in_one_poll_stops_at_its_limit() -> None:
-    """park_after and idle_timeout: poll() takes milliseconds in a C int. The dispatcher's
-    own timeouts take what they took before (a century)."""
+    """park_after, idle_timeout and request_timeout (socket timeouts in the workers): poll()
+    takes milliseconds in a C int. The dispatcher's own timeouts take what they took
+    before (a century)."""
     assert config.build({}, {"graceful_timeout": "3000000"}, None).graceful_timeout == 3e6
-    assert config.build({}, {"request_timeout": "3000000"}, None).request_timeout == 3e6
+    assert config.build({}, {"first_byte_timeout": "3000000"}, None).first_byte_timeout == 3e6
+    with pytest.raises(ConfigError, match=r"request-timeout: .* at most 2147483 "):
+        config.build({}, {"request_timeout": "3000000"}, None)
 
 
 def test_a_bad_handler_argument_is_named_as_it_is_given() -> None:
