@@ -106,7 +106,12 @@ def _give_back(
     assert _send is not None
     if (first or carry or unread) and stopping():
         return False  # a request to serve: the stop may have retired every other worker
-    started = (info.request_started or time.monotonic_ns()) if carry or unread else 0
+    # A request begun: its first byte's time. Bytes nobody looked at with no carry are a
+    # new one's, come now.
+    if carry:
+        started = info.request_started or time.monotonic_ns()
+    else:
+        started = time.monotonic_ns() if unread else 0
     silent = first and not (carry or unread)
     try:
         _send(fd, info.conn_id, started, carry + unread, bool(unread), silent)
@@ -136,7 +141,10 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
     per cent of a request."""
     info = _current.get(None)
     if info is None or not info.may_park or info.parked or _send is None:
-        return conn.recv(size)
+        data = conn.recv(size)
+        if data and not carry and info is not None:  # as below: a request's first bytes
+            info.request_started = time.monotonic_ns()
+        return data
     fd = conn.fileno()
     wait_first = False
     if not carry and info.has_read:  # between requests
@@ -250,7 +258,10 @@ async def read(
 
     info = current_connection()
     if not _parkable(info):
-        return await reader.read(CHUNK)
+        data = await reader.read(CHUNK)
+        if data and not carry and info is not None:  # as below: a request's first bytes
+            info.request_started = time.monotonic_ns()
+        return data
     assert info is not None
     others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
     others = others and others_waiting() and not stopping() and _turn_over(info)  # as receive()

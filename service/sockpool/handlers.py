@@ -75,6 +75,11 @@ def _body_bytes(conn: socket.socket, info: ConnectionInfo) -> bytes:
         conn.settimeout(timeout)
 
 
+def _began(info: ConnectionInfo | None) -> None:
+    if info is not None:
+        info.request_started = time.monotonic_ns()
+
+
 def _idle_timeout() -> float | None:
     """The configured idle_timeout (sync handlers get it as their socket timeout)."""
     info = current_connection()
@@ -174,7 +179,8 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             buf += data
             continue
         response, keep, used = request
-        buf = buf[used:]
+        if buf := buf[used:]:  # the next request's, read with this one: it began now
+            _began(info)
         send_all(conn, response)
         if not keep:
             return
@@ -209,7 +215,8 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             buf += data
             continue
         response, keep, used = request
-        buf = buf[used:]
+        if buf := buf[used:]:  # the next request's, read with this one: it began now
+            _began(info)
         writer.write(response)
         await writer.drain()
         if not keep:

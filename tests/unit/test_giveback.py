@@ -304,8 +304,11 @@ def test_receive_without_may_park_just_receives(make_worker) -> None:
     keeps the connection, and waits for the peer as it always did."""
     w = make_worker(park_after=0.0)
     info = w.info(may_park=False)
+    info.request_started = 1  # an earlier request's: request_timeout counts from the new one's
     w.client.sendall(b"data")
+    before = time.monotonic_ns()
     assert serving(info, giveback.receive, w.conn) == b"data"
+    assert info.request_started >= before
     w.conn.settimeout(0.05)
     with pytest.raises(TimeoutError):
         serving(info, giveback.receive, w.conn, b"partial")
