@@ -260,7 +260,8 @@ def _not_sockpools_main(pid: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     # As they were, for a caller running it in-process: the loop takes these signals.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    handlers = {sig: signal.getsignal(sig) for sig in (*_STARTING, signal.SIGCHLD)}
+    taken = (*_STARTING, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
+    handlers = {sig: signal.getsignal(sig) for sig in taken}
     try:
         return _main(argv)
     except Fatal as exc:

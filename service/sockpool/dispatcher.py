@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import agent, channel, cpuslice, giveback, health, log, pull, wire
+from . import agent, channel, cpuslice, giveback, health, log, pull, records, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -30,7 +30,11 @@ from .notify import Notifier
 from .policy import Lifecycle
 from .process import GivenBack, WorkerProcess, reaped
 
-_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+# SIGUSR1 and SIGUSR2 mean nothing here, but their default action would end the dispatcher
+# unlogged (a `systemctl kill -s USR1` from habit): taken, to say so.
+_SIGNALS = (
+    signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
 
 
 class Dispatcher:
@@ -166,6 +170,8 @@ class Dispatcher:
         elif signum in (signal.SIGTERM, signal.SIGINT):
             name = signal.Signals(signum).name
             self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
+        elif signum in (signal.SIGUSR1, signal.SIGUSR2):
+            records.write(records.unheeded(signum))
 
     def reload(self, config: Config | None, error: str = "") -> None:
         """Serve `config` with a new generation of workers (policy.py); None: the reload

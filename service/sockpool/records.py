@@ -7,6 +7,7 @@ catalog (packaging/sockpool.catalog) and the tests have one place to agree with.
 from __future__ import annotations
 
 import logging
+import signal
 
 from . import log
 from .events import Event
@@ -80,6 +81,13 @@ def event(event: Event, message: str) -> Record:
 def problem(message: str, level: int = logging.WARNING, **fields: object) -> Record:
     """A record without a lifecycle event of its own."""
     return Record(None, message, level, fields)
+
+
+def unheeded(signum: int) -> Record:
+    """A signal sockpool takes only to say it means nothing: its default action would end
+    the dispatcher unlogged."""
+    name = signal.Signals(signum).name
+    return problem(f"{name} means nothing to sockpool: ignored (SIGHUP reloads, SIGTERM stops)")
 
 
 def write(record: Record, stacks: str = "") -> None:

@@ -55,7 +55,10 @@ if TYPE_CHECKING:
 
 MAX_BACKOFF = 10.0  # seconds between restarts of a dispatcher that keeps dying, at most
 MAX_FAILURES = 5  # deaths in a row before it ever got ready: the main process gives up
-_SIGNALS = (signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+# dispatcher.py's, whose SIGUSR1 and SIGUSR2 are taken only to say they mean nothing
+_SIGNALS = (
+    signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
 # Records a dispatcher leaves to the main process, which writes them once for the service.
 _MAIN_RECORDS = frozenset(
     e.value
@@ -688,8 +691,10 @@ class Supervisor:
             except Fatal as exc:
                 config, error = None, exc.message
             self.do(self.plan.handle(ev.ReloadRequested(config, error, now)))
-        else:
+        elif signum in (signal.SIGTERM, signal.SIGINT):
             self.do(self.plan.handle(ev.StopRequested(signal.Signals(signum).name, now)))
+        else:
+            records.write(records.unheeded(signum))
 
     def _reloaded(self) -> Config:
         """The new configuration, checked here first: a bad one never reaches a dispatcher.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import resource
+import signal
 import socket
 import struct
 import subprocess
@@ -314,3 +315,16 @@ def test_a_sync_handler_past_its_limit_on_an_async_worker_recycles_the_worker(
     assert "past timeout=1s: recycling this worker" in service.output()
     after = connect(web)
     assert after.recv(1) == b"+"  # served by the replacement, not behind the stuck one
+
+
+@pytest.mark.parametrize("dispatchers", ["1", "2"])
+def test_sigusr1_and_sigusr2_are_said_to_mean_nothing(serve, dispatchers: str) -> None:
+    """Their default action would end the service unlogged (`systemctl kill -s USR1` from
+    habit, as for nginx's log reopening): it says they mean nothing, and serves on."""
+    service = serve([f"--dispatchers={dispatchers}", "--workers=2", ECHO], listen=[tcp()])
+    for sig in (signal.SIGUSR1, signal.SIGUSR2):
+        service.signal(sig)
+        name = signal.Signals(sig).name
+        wait_until(lambda n=name: f"{n} means nothing to sockpool" in service.output(), name)
+    assert request(service.address, b"still\n") == b"still\n"
+    assert service.alive()
