@@ -536,8 +536,8 @@ class HttpConnection:
         Content-Length where the application gave none. Not an empty answer to HEAD: it
         says nothing of GET's length (Flask answers a streamed view's HEAD with ()), and no
         Content-Length is better than a wrong one."""
-        given = any(name.lower() == b"content-length" for name, _ in headers)
-        if (size or self._method != b"HEAD") and not self._head and not given:
+        wanted = (size or self._method != b"HEAD") and not self._head
+        if wanted and header(headers, b"content-length") is None:
             headers.append((b"Content-Length", b"%d" % size))
 
     @property
@@ -615,6 +615,14 @@ _SERVER_HEADERS = frozenset((
     b"content-length", b"transfer-encoding", b"connection", b"keep-alive", b"proxy-connection",
     b"te", b"trailer", b"date", b"server",
 ))  # fmt: skip
+
+
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
+    """The value of the response header `name` (lowercase) the application gave, if any."""
+    for k, v in headers:
+        if k.lower() == name:
+            return v.strip()
+    return None
 
 
 def _reason(status: int) -> bytes:

@@ -32,6 +32,7 @@ from .http11 import (
     Request,
     client_gone,
     error_response,
+    header,
     log_access,
     log_app_error,
     parse_peer,
@@ -250,7 +251,7 @@ class _Response:
         if not stat.S_ISREG(st.st_mode) or self.http.head_sent:
             return False
         count = max(0, st.st_size - offset)
-        given = _has(self.headers, b"content-length")
+        given = header(self.headers, b"content-length")
         if given is None:
             self.headers.append((b"Content-Length", b"%d" % count))
         elif given.isdigit():
@@ -311,13 +312,6 @@ def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
             raise ValueError("the file ended before its Content-Length")
         offset += sent
         count -= sent
-
-
-def _has(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
-    for k, v in headers:
-        if k.lower() == name:
-            return v.strip()
-    return None
 
 
 def _base_environ(conn: socket.socket, info: ConnectionInfo) -> dict[str, Any]:
