@@ -22,7 +22,7 @@ from . import log
 from .connection import current_connection
 from .errors import HANDLER_FAULTS, cancelled_from_outside
 from .flushing import taken
-from .giveback import client_speaks_first, read
+from .giveback import client_speaks_first, read, within
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -249,14 +249,10 @@ class _Exchange:
         of them together up to request_timeout, as WSGI's wsgi.input (the head had its
         own in the dispatcher): else a client trickling its body would hold its slot for
         ever. TimeoutError past either."""
-        left, wait = self.left, self.idle
-        if left is not None:
-            if left <= 0:
-                raise TimeoutError("the request body's waits passed request_timeout")
-            wait = left if wait is None else min(wait, left)
+        left = self.left
         began = time.monotonic()
         try:
-            async with asyncio.timeout(wait):
+            async with asyncio.timeout(within(self.idle, left)):
                 return await self.reader.read(CHUNK)
         finally:
             if left is not None:

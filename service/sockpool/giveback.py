@@ -91,6 +91,30 @@ def waits_for_data(handoff: str | None, handler_speaks_first: bool) -> bool:
     return handoff == "ready" if handoff else handler_speaks_first
 
 
+def within(idle: float | None, left: float | None) -> float | None:
+    """How long the next wait for a request's bytes, read in the worker rather than parked,
+    may last: `idle` (idle_timeout), and no more than `left` of request_timeout (None: no
+    limit), as the dispatcher holds a parked request to it. TimeoutError once nothing is
+    left: else a client trickling a request would hold its worker for ever."""
+    if left is None:
+        return idle
+    if left <= 0:
+        raise TimeoutError("the request was not read whole within request_timeout")
+    return left if idle is None else min(idle, left)
+
+
+def recv_within(conn: socket.socket, left: float | None) -> bytes:
+    """conn.recv() waiting no longer than within() its own timeout and `left` allow."""
+    if left is None:
+        return conn.recv(CHUNK)
+    timeout = conn.gettimeout()
+    conn.settimeout(within(timeout, left))
+    try:
+        return conn.recv(CHUNK)
+    finally:
+        conn.settimeout(timeout)
+
+
 def _parkable(info: ConnectionInfo | None) -> bool:
     return info is not None and info.may_park and not info.parked and _send is not None
 

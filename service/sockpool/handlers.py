@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from . import giveback
 from .connection import ConnectionInfo, current_connection
 from .errors import whole_number
-from .giveback import client_speaks_first, read, receive
+from .giveback import client_speaks_first, read, receive, recv_within, within
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
     import asyncio
@@ -51,28 +51,13 @@ def send_all(conn: socket.socket, data: bytes) -> None:
         conn.sendall(memoryview(data)[sent:])
 
 
-def _body_wait(info: ConnectionInfo | None, idle: float | None) -> float | None:
-    """How long the next read of a body may wait: idle_timeout, and what is left of
-    request_timeout since the request's first byte (TimeoutError once nothing is). Else a
-    client trickling a body a byte at a time would hold its worker for ever (request_timeout
-    as the dispatcher holds a parked request to it)."""
+def _left(info: ConnectionInfo | None) -> float | None:
+    """What is left of request_timeout since the request's first byte, for a body read
+    here (giveback.within()); None: no limit."""
     limit = giveback._request_timeout
     if not limit or info is None or not info.request_started:
-        return idle
-    left = limit - (time.monotonic_ns() - info.request_started) / 1e9
-    if left <= 0:
-        raise TimeoutError("the request was not read whole within request_timeout")
-    return left if idle is None else min(idle, left)
-
-
-def _body_bytes(conn: socket.socket, info: ConnectionInfo) -> bytes:
-    """The next bytes of a request body, read here: see _body_wait()."""
-    timeout = conn.gettimeout()
-    conn.settimeout(_body_wait(info, timeout))
-    try:
-        return conn.recv(CHUNK)
-    finally:
-        conn.settimeout(timeout)
+        return None
+    return limit - (time.monotonic_ns() - info.request_started) / 1e9
 
 
 def _began(info: ConnectionInfo | None) -> None:
@@ -172,7 +157,7 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send_all(conn, exc.response)
             return
         if request is None:
-            if not (data := _body_bytes(conn, info) if _END in buf else receive(conn, buf)):
+            if not (data := recv_within(conn, _left(info)) if _END in buf else receive(conn, buf)):
                 if buf:
                     send_all(conn, BAD_REQUEST)
                 return
@@ -202,7 +187,7 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             return
         if request is None:
             if _END in buf:  # a body is read here: see http_hello
-                async with asyncio.timeout(_body_wait(info, idle)):
+                async with asyncio.timeout(within(idle, _left(info))):
                     data = await reader.read(CHUNK)
             else:
                 async with asyncio.timeout(idle):

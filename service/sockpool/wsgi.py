@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__, log
 from .connection import ConnectionInfo
 from .errors import HANDLER_FAULTS, digits
-from .giveback import client_speaks_first, receive
+from .giveback import client_speaks_first, receive, recv_within
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -97,16 +97,11 @@ class _Input(io.RawIOBase):
         try:
             if left is None:
                 return conn.recv(CHUNK)
-            if left <= 0:
-                raise TimeoutError("the request body's waits passed request_timeout")
-            timeout = conn.gettimeout()
-            conn.settimeout(left if timeout is None else min(timeout, left))
             began = time.monotonic()
             try:
-                return conn.recv(CHUNK)
+                return recv_within(conn, left)
             finally:
                 self._left = left - (time.monotonic() - began)
-                conn.settimeout(timeout)
         except OSError as exc:
             if not client_gone(exc):
                 raise
