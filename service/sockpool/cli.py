@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from . import __version__, config, log
 from .errors import ExitCode, Fatal, cut, quote, whole_number
+from .eventloop import SIGNALS
 from .importing import HandlerError, check_in_child
 from .listeners import MAX_PID, Listener, bind, check_fdnames, from_activation, parse_address
 
@@ -260,8 +261,7 @@ def _not_sockpools_main(pid: int) -> bool:
 def main(argv: list[str] | None = None) -> int:
     # As they were, for a caller running it in-process: the loop takes these signals.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, ())
-    taken = (*_STARTING, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2)
-    handlers = {sig: signal.getsignal(sig) for sig in taken}
+    handlers = {sig: signal.getsignal(sig) for sig in SIGNALS}
     try:
         return _main(argv)
     except Fatal as exc:

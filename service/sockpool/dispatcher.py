@@ -21,7 +21,7 @@ from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
 from .errors import ExitCode, Fatal
-from .eventloop import Loop
+from .eventloop import SIGNALS, Loop
 from .events import Event
 from .executor import Executor
 from .hotpath import ACCEPT_PAUSE, HotPath, serving_capacity
@@ -29,12 +29,6 @@ from .listeners import Listener
 from .notify import Notifier
 from .policy import Lifecycle
 from .process import GivenBack, WorkerProcess, reaped
-
-# SIGUSR1 and SIGUSR2 mean nothing here, but their default action would end the dispatcher
-# unlogged (a `systemctl kill -s USR1` from habit): taken, to say so.
-_SIGNALS = (
-    signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
-)  # fmt: skip
 
 
 class Dispatcher:
@@ -73,7 +67,7 @@ class Dispatcher:
 
     def run(self) -> ExitCode:
         """gunicorn's arbiter in one loop: wait, accept and hand over, then what fell due."""
-        self.loop.on_signals(_SIGNALS, self._on_signal)
+        self.loop.on_signals(SIGNALS, self._on_signal)
         addresses = ", ".join(f"{lst.name} on {lst.address}" for lst in self.listeners)
         workers = self.policy.active.config.workers
         log.event(Event.STARTED, "started: %s; %d workers", addresses, workers)

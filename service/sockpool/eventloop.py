@@ -15,6 +15,12 @@ import socket
 from collections.abc import Callable, Iterable
 
 Callback = Callable[[], object]
+# What a main loop takes (dispatcher.py's, supervisor.py's), and cli.main() gives back to an
+# in-process caller. SIGUSR1 and SIGUSR2 mean nothing to sockpool, but their default action
+# would end the process unlogged (a `systemctl kill -s USR1` from habit): taken, to say so.
+SIGNALS = (
+    signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
+)  # fmt: skip
 
 
 class Timer:

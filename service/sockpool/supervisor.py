@@ -44,7 +44,7 @@ from . import channel, log, notify, records
 from . import lifecycle as ev
 from .config import Config, as_reloaded
 from .errors import ExitCode, Fatal, digits
-from .eventloop import Loop
+from .eventloop import SIGNALS, Loop
 from .events import Event
 from .lifecycle import Record
 from .listeners import Listener
@@ -55,10 +55,6 @@ if TYPE_CHECKING:
 
 MAX_BACKOFF = 10.0  # seconds between restarts of a dispatcher that keeps dying, at most
 MAX_FAILURES = 5  # deaths in a row before it ever got ready: the main process gives up
-# dispatcher.py's, whose SIGUSR1 and SIGUSR2 are taken only to say they mean nothing
-_SIGNALS = (
-    signal.SIGCHLD, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2,
-)  # fmt: skip
 # Records a dispatcher leaves to the main process, which writes them once for the service.
 _MAIN_RECORDS = frozenset(
     e.value
@@ -623,7 +619,7 @@ class Supervisor:
         self.loads = 0  # reloads read: each one is a configuration of its own (Config.loaded)
 
     def run(self) -> int:
-        self.loop.on_signals(_SIGNALS, self._on_signal)
+        self.loop.on_signals(SIGNALS, self._on_signal)
         if log.journal:
             log.journal.attach(self.loop.watch_writable, self.loop.unwatch)
         addresses = ", ".join(f"{lst.name} on {lst.address}" for lst in self.listeners)
@@ -740,14 +736,14 @@ class Supervisor:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # Blocked across fork(): in the child until its dispatcher's loop takes them, so a
         # SIGTERM sent meanwhile waits instead of being lost.
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         main = os.getpid()
         try:
             pid = os.fork()
         except OSError as exc:
             ours.close()
             theirs.close()
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
             self.do(self.plan.handle(ForkFailed(index, exc.strerror or str(exc), time.monotonic())))
             return
         if pid == 0:
@@ -757,7 +753,7 @@ class Supervisor:
                 code = self._dispatch(index, theirs, main)
             finally:
                 os._exit(code)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         theirs.close()
         child = self.children[index]
         child.pid, child.sock = pid, ours
