@@ -18,6 +18,9 @@ class Admission:
     def __init__(self, config: Config) -> None:
         self.max_total = config.max_connections
         self.max_per_source = config.max_connections_per_source
+        # One of N dispatchers holds its share of each limit (supervisor.share()): its log
+        # says so, or an admin would read the share as the limit they set.
+        self.share = f" in this dispatcher, one of {config.dispatchers}" * config.shares_sockets
         self.reply = (
             config.overload_reply.rstrip("\n").encode() + b"\n" if config.overload_reply else b""
         )
@@ -65,8 +68,9 @@ class Admission:
     def update(self, config: Config) -> None:
         """A reload may change the limits; counts in flight carry over."""
         fresh = Admission(config)
-        self.max_total, self.max_per_source, self.reply = (
+        self.max_total, self.max_per_source, self.reply, self.share = (
             fresh.max_total,
             fresh.max_per_source,
             fresh.reply,
+            fresh.share,
         )

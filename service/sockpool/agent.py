@@ -25,7 +25,9 @@ _PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
-def reply(free: int, total: int, held: int, max_connections: int, draining: bool) -> bytes:
+def reply(
+    free: int, total: int, held: int, max_connections: int, draining: bool, whole: int = 0
+) -> bytes:
     """The line HAProxy's agent-check reads, from the pool's state.
 
     - `drain` while the service stops or reloads: HAProxy sends it no new connections and
@@ -46,6 +48,8 @@ def reply(free: int, total: int, held: int, max_connections: int, draining: bool
       open to this server, which are already among `held`. Without a limit it is left out,
       because a pool's worker slots do not bound its connections (idle keep-alive ones wait
       in the dispatcher, taking none).
+    - One of N dispatchers answers from its own share of the workers and of the limit, and
+      announces the `whole` limit: HAProxy's maxconn is the server's, not one dispatcher's.
     """
     if draining:
         return b"drain\n"
@@ -54,7 +58,7 @@ def reply(free: int, total: int, held: int, max_connections: int, draining: bool
         share = min(share, (max_connections - held) * 100 // max_connections)
     words = ["up", "ready", f"{max(MIN_WEIGHT, min(100, share))}%"]
     if max_connections:
-        words.append(f"maxconn:{max_connections}")
+        words.append(f"maxconn:{whole or max_connections}")
     return " ".join(words).encode() + b"\n"
 
 

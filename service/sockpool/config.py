@@ -112,6 +112,9 @@ class Config:
     max_memory: int = 0  # MiB resident: recycle a worker above it
     max_connections: int = 0  # in flight at once; more are refused, not queued
     max_connections_per_source: int = 0  # in flight from one IP address
+    # One of N dispatchers (supervisor.share()) holds a share of max_connections: this is
+    # the whole, which HAProxy's agent-check announces. 0 in the service's own.
+    whole_max_connections: int = 0
     overload_reply: str = ""  # one line sent to a refused connection before it is closed
     start_timeout: float = 30.0  # seconds from fork to READY before a start counts as failed
     # Ready-work dispatch (giveback.py, parking.py).

@@ -145,6 +145,7 @@ class Dispatcher:
             held=hot.busy() + len(hot.pending) + len(hot.parking),
             max_connections=hot.admission.max_total,
             draining=policy.stopping or policy.incoming is not None,
+            whole=policy.active.config.whole_max_connections,
         )
 
     # -- the outside world, as events --------------------------------------------------------

@@ -852,10 +852,11 @@ class HotPath:
             log.event(
                 Event.OVERLOAD,
                 "refused %d connections over the limits (max_connections=%d, "
-                "max_connections_per_source=%d; logged at most every %gs)",
+                "max_connections_per_source=%d%s; logged at most every %gs)",
                 refused,
                 a.max_total,
                 a.max_per_source,
+                a.share,
                 REFUSED_LOG_INTERVAL,
                 level=logging.WARNING,
                 REFUSED=refused,

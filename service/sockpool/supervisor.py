@@ -87,6 +87,7 @@ def share(config: Config, index: int, parts: int) -> Config:
         dispatchers=parts,  # one of these: its sync workers queue nothing ahead (spec.py)
         workers=part(config.workers),
         max_connections=part(config.max_connections),
+        whole_max_connections=config.max_connections,  # what HAProxy's agent announces
         max_connections_per_source=part(config.max_connections_per_source),
     )
 

@@ -51,6 +51,19 @@ def test_the_weight_follows_the_busy_workers(serve, tmp_path: Path) -> None:
     assert "Traceback" not in service.output()
 
 
+def test_two_dispatchers_announce_the_services_limit(serve, tmp_path: Path) -> None:
+    """Each of two dispatchers holds half of max_connections; HAProxy's maxconn is the
+    server's, so whichever answers gives the whole limit."""
+    config = tmp_path / "agent.toml"
+    write_config(config, "sockpool.handlers:echo")
+    listen = [f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"]
+    args = [f"--config={config}", "--dispatchers=2", "--max-connections=7"]
+    service = serve(args, listen=listen, fdnames=["web", "agent"])
+    service.wait_for("READY=1")
+    for _ in range(6):  # either dispatcher may answer: neither says its share (4 or 3)
+        assert agent_line(service).endswith(b" maxconn:7\n")
+
+
 def test_drain_while_a_reload_starts_its_workers(serve, tmp_path: Path) -> None:
     """A reload whose workers cannot get ready drains until a newer one replaces it."""
     service, config = start(serve, tmp_path, "sockpool.handlers:echo")

@@ -84,6 +84,29 @@ class ByDispatcher(Load):
         return payload
 
 
+def test_a_refusal_is_logged_as_one_dispatchers_share_of_the_limit(serve) -> None:
+    """max_connections = 2 over two dispatchers is one each: what a dispatcher logs about
+    its refusals says it is its share, not the limit the admin set."""
+    service, _ = two_dispatchers(
+        serve, "--max-connections=2", "--overload-reply=busy", "apps:slow_echo", workers=2
+    )
+    held, refused = [], 0
+    while not refused:  # each one either holds a place or is refused: three fill both
+        sock = connect(service.address)
+        if sock.recv(5) == b"+":
+            held.append(sock)
+        else:
+            refused += 1
+            sock.close()
+    wait_until(lambda: "refused 1 connections over the limits" in service.output(), "the log")
+    assert (
+        "(max_connections=1, max_connections_per_source=0 in this dispatcher, one of 2;"
+        in service.output()
+    )
+    for sock in held:
+        sock.close()
+
+
 def test_both_dispatchers_accept_under_load(serve) -> None:
     """Connections from 8 concurrent clients, each answered by a worker that names itself:
     the workers of both dispatchers answer (EPOLLEXCLUSIVE wakes one dispatcher a

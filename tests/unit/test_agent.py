@@ -44,6 +44,12 @@ def test_reply(
     assert agent.reply(free, total, held, max_connections, draining) == line.encode() + b"\n"
 
 
+def test_one_of_n_dispatchers_announces_the_whole_limit() -> None:
+    """Its weight is its own share's, its maxconn the service's: HAProxy limits a server."""
+    assert agent.reply(4, 4, 15, 20, False, whole=40) == b"up ready 25% maxconn:40\n"
+    assert agent.reply(4, 4, 0, 0, False, whole=0) == b"up ready 100%\n"
+
+
 def test_an_agent_listener_has_no_handler_and_needs_none() -> None:
     cfg = config.build(
         {"handler": "a:b", "listeners": {"lb": {"kind": "haproxy-agent"}, "web": {}}}, {}, "c"
