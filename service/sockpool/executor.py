@@ -12,7 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from . import health, log, records
+from . import health, listeners, log, records
 from . import lifecycle as ev
 from .errors import Fatal
 from .eventloop import Loop, Timer
@@ -70,8 +70,9 @@ class Executor:
         if gen.number not in self.specs:  # forget the generations that are gone
             live = {g.number for g in (self.policy.active, self.policy.incoming) if g}
             self.specs = {n: s for n, s in self.specs.items() if n in live}
-            kinds = {lst.name: lst.kind for lst in self.hot.listeners}
-            self.specs[gen.number] = WorkerSpec.of(gen.number, gen.config, kinds, kinds)
+            names = list(dict.fromkeys(lst.name for lst in self.hot.listeners))
+            sockets = listeners.kinds(self.hot.listeners)
+            self.specs[gen.number] = WorkerSpec.of(gen.number, gen.config, names, sockets)
         return self.specs[gen.number]
 
     def sendstop(self, a: ev.SendStop) -> None:

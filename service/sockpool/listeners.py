@@ -77,6 +77,19 @@ class Listener:
                 os.unlink(self.path)
 
 
+def kinds(listeners: list[Listener]) -> dict[str, tuple[int, int, int]]:
+    """What each name's connections are, for workers to build them without asking the
+    kernel: only names whose sockets are all of one kind. A socket unit's sockets share one
+    name (the template's TCP and AF_UNIX ones), and a connection built as the other family
+    gets the other's peer credentials (none for UNIX clients, pid 0 and uid -1 for TCP)."""
+    known: dict[str, tuple[int, int, int]] = {}
+    mixed = set()
+    for lst in listeners:
+        if known.setdefault(lst.name, lst.kind) != lst.kind:
+            mixed.add(lst.name)
+    return {name: kind for name, kind in known.items() if name not in mixed}
+
+
 @dataclass(frozen=True)
 class Address:
     name: str | None

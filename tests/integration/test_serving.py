@@ -61,6 +61,26 @@ def test_unix_peer_credentials_reach_the_handler(serve, tmp_path: Path) -> None:
     assert words[4:] == [str(os.getpid()), str(os.getuid())]
 
 
+@pytest.mark.parametrize("unix_first", [False, True])
+def test_a_tcp_and_a_unix_socket_of_one_name_each_give_their_own_peer(
+    serve, tmp_path: Path, unix_first: bool
+) -> None:
+    """As a socket unit with ListenStream=127.0.0.1:P and ListenStream=/run/x.sock passes
+    them: one name for both. A UNIX client gets its credentials, a TCP client none."""
+    listen = [tcp(), str(tmp_path / "who.sock")]
+    if unix_first:
+        listen.reverse()
+    service = serve(["--workers=1", "apps:whoami"], listen=listen, fdnames=["web", "web"])
+    tcp_address, unix_address = service.addresses[::-1] if unix_first else service.addresses
+    # whoami LISTENER WORKER_PID PEER PEER_PID PEER_UID
+    assert request(tcp_address, b"hi\n").decode().split()[4:] == ["None", "None"]
+    assert request(unix_address, b"hi\n").decode().split()[3:] == [
+        "unix",
+        str(os.getpid()),
+        str(os.getuid()),
+    ]
+
+
 def test_unix_peer_credentials_reach_the_journal_fields(serve, tmp_path: Path) -> None:
     path = str(tmp_path / "boom.sock")
     service = serve(["--workers=1", "apps:boom"], listen=[path], fdnames=["local"])
