@@ -9,6 +9,7 @@ import os
 import select
 import signal
 import sys
+import sysconfig
 import time
 import traceback
 from collections.abc import Callable, Iterable
@@ -22,7 +23,10 @@ ASYNC_CALL = "await handler(reader, writer)"
 
 
 class HandlerError(Exception):
-    """The handler cannot be loaded; the message says which and why, on one line."""
+    """The handler cannot be loaded; the message says which and why, on one line, and
+    `detail` holds the traceback of an import that raised (the journal's EXCEPTION_TEXT)."""
+
+    detail = ""
 
 
 def load_handler(spec: str) -> Callable[..., Any]:
@@ -69,11 +73,13 @@ def _import(spec: str, name: str) -> Any:
     # Any import-time failure of user code is the user's to fix, sys.exit("...") and a
     # class of its own under BaseException included: its message is the line worth showing.
     except BaseException as exc:
-        where = traceback.extract_tb(exc.__traceback__)[-1]
-        raise HandlerError(
+        where = _users_line(traceback.extract_tb(exc.__traceback__))
+        error = HandlerError(
             f"{name}: cannot import {quote(module_name)}: "
             f"{_text(exc)} ({cut(where.filename)}:{where.lineno})"
-        ) from None
+        )
+        error.detail = "".join(traceback.format_exception(exc))
+        raise error from None
     for attr in attr_path.split("."):
         try:
             target = getattr(target, attr)
@@ -84,6 +90,21 @@ def _import(spec: str, name: str) -> Any:
     if not callable(target):
         raise HandlerError(f"{name}: {type(target).__name__} is not callable")
     return target
+
+
+# Not the user's: the standard library, importlib's frozen frames, and ours (the import).
+_NOT_USERS = (
+    sysconfig.get_paths()["stdlib"] + os.sep, "<frozen ", os.path.dirname(__file__) + os.sep
+)  # fmt: skip
+
+
+def _users_line(frames: traceback.StackSummary) -> traceback.FrameSummary:
+    """The innermost frame of the user's code: a json.loads() that fails at import is the
+    line that called it, not json/decoder.py's. The innermost if none is the user's."""
+    for frame in reversed(frames):
+        if not frame.filename.startswith(_NOT_USERS):
+            return frame
+    return frames[-1]
 
 
 def _text(exc: BaseException) -> str:

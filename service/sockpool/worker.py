@@ -83,7 +83,8 @@ def run(
             worker.run()
         except HandlerError as exc:  # could not import, or an app's startup failed
             _only_the_forked_one(forked)
-            log.log.error("%s", exc)
+            # One line, as everywhere a start fails; the journal keeps the traceback.
+            log.log.error("%s", exc, extra={"EXCEPTION_TEXT": exc.detail} if exc.detail else {})
             channel.send(chan, wire.encode_failed(str(exc)))
             code = EXIT_HANDLER_FAILED
     except BaseException:

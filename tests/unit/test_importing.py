@@ -107,3 +107,17 @@ def test_a_module_that_fails_any_way_is_one_line_with_its_reason(
     with pytest.raises(HandlerError) as err:
         load_handler(f"needsenv_{n}:handle")
     assert message.format(n=n) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_failed_import_names_the_users_line_and_keeps_the_traceback(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not json/decoder.py's line, where the error was raised: the user's call. The
+    traceback goes with it, for the journal's EXCEPTION_TEXT."""
+    (tmp_path / "badconfig_mod.py").write_text('import json\nCONFIG = json.loads("{bad")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerError) as err:
+        load_handler("badconfig_mod:handle")
+    assert str(err.value).endswith(f"({tmp_path}/badconfig_mod.py:2)")
+    assert err.value.detail.startswith("Traceback")
+    assert 'CONFIG = json.loads("{bad")' in err.value.detail
