@@ -214,7 +214,10 @@ class Lifecycle:
             if now >= self.stop_deadline and self.workers:
                 message = f"graceful timeout: killing {len(self.workers)} workers"
                 actions.append(records.problem(message))
-                actions += self.pool.kill(list(self.workers.values()), ExitReason.RETIRED)
+                for w in self.workers.values():  # as a reload's are (deadlines._overdue)
+                    if w.reason in (None, ExitReason.RETIRED):
+                        w.reason = ExitReason.OVERDUE
+                actions += self.pool.kill(list(self.workers.values()), ExitReason.OVERDUE)
                 self.stop_deadline = float("inf")
         for w in list(self.workers.values()):
             config = (self._generation(w.generation) or self.active).config
