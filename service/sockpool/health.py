@@ -31,6 +31,13 @@ def read_stacks(fd: int, limit: int = 64 * 1024) -> str:
     return os.pread(fd, limit, 0).decode(errors="replace").strip()
 
 
+def crash_part(stacks: str) -> str:
+    """What a crash wrote: faulthandler's report begins "Fatal Python error". Stacks dumped
+    before it, by a SIGUSR1 nobody cleared (an admin's), are not the crash's."""
+    start = stacks.rfind("Fatal Python error")
+    return stacks[start:] if start > 0 else stacks
+
+
 def rss_mib(pid: int) -> float | None:
     try:
         resident = int(_read(f"/proc/{pid}/statm").split()[1])

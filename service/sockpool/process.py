@@ -243,7 +243,7 @@ class WorkerProcess:
         reason = ExitReason(health.exit_reason(status, "", oom_before, oom_now))
         if reason is ExitReason.OOM:
             return how + " (the kernel's OOM killer)", reason, "", oom_now
-        stacks = self.read_stacks() if reason is ExitReason.CRASHED else ""
+        stacks = health.crash_part(self.read_stacks()) if reason is ExitReason.CRASHED else ""
         return how, reason, stacks, oom_before
 
     def close(self) -> None:

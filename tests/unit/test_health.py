@@ -87,3 +87,23 @@ def test_stacks_of_a_busy_process_on_request() -> None:
         os.waitpid(pid, 0)
         os.close(stacks)
         os.close(registered_r)
+
+
+def test_a_crash_report_leaves_out_stacks_dumped_before_it() -> None:
+    """An admin's SIGUSR1 to a worker dumps its stacks where nobody clears them; a crash
+    later writes its report after them."""
+    stacks = health.new_stack_file(0)
+    pid = os.fork()
+    if pid == 0:
+        faulthandler.register(health.DUMP_SIGNAL, file=stacks, all_threads=True)
+        faulthandler.enable(file=stacks, all_threads=True)
+        faulthandler.dump_traceback(file=stacks)  # as a SIGUSR1 would
+        os.abort()
+    try:
+        os.waitpid(pid, 0)
+        assert health.read_stacks(stacks).count("most recent call first") == 2
+        report = health.crash_part(health.read_stacks(stacks))
+        assert report.startswith("Fatal Python error: Aborted")
+        assert report.count("most recent call first") == 1
+    finally:
+        os.close(stacks)
