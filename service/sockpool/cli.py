@@ -334,10 +334,19 @@ def _raise_descriptor_limit() -> None:
 
 
 def _listeners(cfg: config.Config) -> list[Listener]:
-    """systemd's sockets and --listen's, each with a handler to serve it: checked before
-    anything is bound, as a UNIX socket file bound for nothing would outlive the error."""
+    """systemd's sockets, else --listen's, each with a handler to serve it: checked before
+    anything is bound, as a UNIX socket file bound for nothing would outlive the error.
+    Under socket activation the socket units say where to listen, as gunicorn does with
+    its binds: a `listen` left in a file from development would open a port that no socket
+    unit declares (nor its IPAddressAllow=)."""
     listeners = from_activation(os.environ) or []
     addresses = [parse_address(text) for text in cfg.listen]  # validated with the config
+    if listeners and addresses:
+        log.log.warning(
+            "listen ignored (%s): socket activation passed the sockets to serve",
+            cut(", ".join(cfg.listen)),
+        )
+        addresses = []
     if not listeners and not addresses:
         raise Fatal(
             ExitCode.NO_LISTENERS,

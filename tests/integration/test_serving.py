@@ -6,6 +6,7 @@ import asyncio
 import os
 import select
 import signal
+import socket
 from pathlib import Path
 
 import pytest
@@ -37,6 +38,18 @@ def test_echo_over_tcp_and_unix(serve, tmp_path: Path) -> None:
             b"hello over " + str(address).encode()
         )
     assert "READY=1" in service.read_notifications()
+
+
+def test_listen_is_not_bound_under_socket_activation(serve) -> None:
+    """The socket units say where to listen: a `listen` left over from development would
+    open a port none of them declares."""
+    extra = tcp()
+    service = serve([f"--listen=extra={extra}", "--workers=1", ECHO], listen=[tcp()])
+    assert request(service.address, b"hi") == b"hi"
+    wait_until(lambda: "listen ignored (extra=" in service.output(), "the warning")
+    host, port = extra.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=5).close()
 
 
 def test_two_named_listeners_are_served_by_their_own_handlers(serve, tmp_path: Path) -> None:
