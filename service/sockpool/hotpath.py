@@ -828,7 +828,7 @@ class HotPath:
                 Event.OVERLOAD,
                 "near the descriptor limit (%d connections held): not parking connections "
                 "until some close; raise LimitNOFILE= (logged at most once a minute)",
-                self.fd_limit(),
+                self.busy() + len(self.pending) + len(self.parking),
                 level=logging.WARNING,
             )
 

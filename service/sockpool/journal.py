@@ -53,9 +53,10 @@ def encode(message: str, fields: Mapping[str, Any]) -> bytes:
 class Journal:
     """A sender_function for python-systemd's JournalHandler."""
 
-    def __init__(self, path: str, limit: int = QUEUE_LIMIT) -> None:
+    def __init__(self, path: str, limit: int = QUEUE_LIMIT, name: str = "sockpool") -> None:
         self.path = path
         self.limit = limit
+        self.name = name  # SYSLOG_IDENTIFIER, as the handler's records have it (--name)
         self.queue: deque[bytes] = deque()
         self.dropped = 0
         self.sock: socket.socket | None = None
@@ -124,7 +125,7 @@ class Journal:
                 f"the journal did not keep up: {self.dropped} of sockpool's records were "
                 "dropped (journald stalled, its socket queue full)"
             )
-            note = encode(message, {"PRIORITY": 4, "SYSLOG_IDENTIFIER": "sockpool"})
+            note = encode(message, {"PRIORITY": 4, "SYSLOG_IDENTIFIER": self.name})
             if not self._send(note, socket.MSG_DONTWAIT):
                 return
             self.dropped = 0

@@ -129,7 +129,7 @@ def setup(name: str, level: str, target: str) -> None:
         from systemd.journal import JournalHandler
 
         global journal
-        journal = Journal(JOURNAL_SOCKET)
+        journal = Journal(JOURNAL_SOCKET, name=name)
         atexit.register(journal.drain, EXIT_DRAIN)  # not in workers: they leave by _exit
         handler = JournalHandler(SYSLOG_IDENTIFIER=name, sender_function=journal.send)
         handler.setFormatter(_JournalFormatter("%(message)s"))

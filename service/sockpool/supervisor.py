@@ -517,9 +517,9 @@ class Plan:
             return []
         busy = parse_status(self.status()).get("busy", (0,))[0]
         grace = self.config.graceful_timeout
-        message = (
+        message = (  # their count as they last said it: a dispatcher says it every second
             f"stopping on {e.signal}: draining {busy} connections in {self.parts} "
-            f"dispatchers (up to {grace:g}s)"
+            f"dispatchers, as they last reported (up to {grace:g}s)"
         )
         return [Record(Event.STOPPING, message), *self._stop(e.signal)]
 

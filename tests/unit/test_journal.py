@@ -46,7 +46,7 @@ def test_native_protocol_fields() -> None:
 
 def test_sockpools_records_wait_in_order_then_past_the_bound_are_counted(tmp_path) -> None:
     server, path = journald(tmp_path)
-    journal = Journal(path, limit=5)
+    journal = Journal(path, limit=5, name="sockpool@web")
     taken = fill(journal) - 1
     for n in range(10):
         journal.send(f"late {n}", LOGGER="sockpool.dispatcher")  # returns at once: no wait
@@ -59,6 +59,7 @@ def test_sockpools_records_wait_in_order_then_past_the_bound_are_counted(tmp_pat
         *(f"MESSAGE=late {n}".encode() for n in range(4)),
     ]
     assert b"6 of sockpool's records were dropped" in got[5] and len(got) == 6
+    assert b"\nSYSLOG_IDENTIFIER=sockpool@web\n" in got[5]  # --name, as the records it counts
     assert not journal.queue and journal.dropped == 0
 
 

@@ -247,7 +247,8 @@ def test_stop_is_forwarded_and_the_worst_exit_code_wins() -> None:
     actions = p.handle(ev.StopRequested("SIGINT", 3.0))
     assert events(actions)[0] is Event.STOPPING
     assert actions[0].message == (
-        "stopping on SIGINT: draining 3 connections in 2 dispatchers (up to 30s)"
+        "stopping on SIGINT: draining 3 connections in 2 dispatchers, as they last reported "
+        "(up to 30s)"
     )
     assert notified(actions) == ["STOPPING=1"]
     assert only(actions, Signal) == [
