@@ -767,6 +767,12 @@ class Supervisor:
         from .dispatcher import Dispatcher
 
         _die_with_parent(main)
+        # Out of the terminal's process group: a Ctrl-C goes to the main process alone,
+        # which stops every dispatcher with SIGTERM and a second Ctrl-C with SIGINT. Here
+        # too, it could come after the main's SIGTERM, and count as that second Ctrl-C,
+        # killing the workers with their connections.
+        with contextlib.suppress(OSError):
+            os.setpgid(0, 0)
         self.loop.close()
         for child in self.children:
             child.close()
