@@ -64,6 +64,7 @@ class Dispatcher:
         )  # fmt: skip
         self.oom_baseline = health.oom_kills()
         self.routes: tuple[int, list[WorkerProcess]] = (-1, [])
+        self.shares = config.shares_sockets  # one of N, under a main process (supervisor.py)
 
     def run(self) -> ExitCode:
         """gunicorn's arbiter in one loop: wait, accept and hand over, then what fell due."""
@@ -165,8 +166,8 @@ class Dispatcher:
         elif signum in (signal.SIGTERM, signal.SIGINT):
             name = signal.Signals(signum).name
             self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
-        elif signum in (signal.SIGUSR1, signal.SIGUSR2):
-            records.write(records.unheeded(signum))
+        elif signum in (signal.SIGUSR1, signal.SIGUSR2) and not self.shares:
+            records.write(records.unheeded(signum))  # (one of N: the main process says it)
 
     def reload(self, config: Config | None, error: str = "") -> None:
         """Serve `config` with a new generation of workers (policy.py); None: the reload

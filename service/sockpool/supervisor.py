@@ -273,7 +273,8 @@ class Plan:
     def _on_said(self, e: Said) -> list[Action]:
         c, actions = self.children[e.index], []
         said = dict(e.assignments)  # the figures first: READY=1 comes with its STATUS=
-        c.status = said.get("STATUS", c.status)
+        if parse_status(said.get("STATUS", "")):  # not a bare "reloading": the sum keeps
+            c.status = said["STATUS"]  # its figures (the loop's next second brings new ones)
         if said.get("WATCHDOG") == "1":
             c.fed = e.now
         # Its answer to the reload asked of it, not to an older one (its RELOADING=1 tells
@@ -436,12 +437,12 @@ class Plan:
         if self.stopping:
             self.code = max(self.code, e.code)
             return self._finish()
-        actions: list[Action] = [
-            records.problem(f"dispatcher {e.index} {e.how}; starting another", logging.ERROR)
-        ]
         if e.code == ExitCode.WORKERS_FAILING:  # it gave up, as one dispatcher gives up
-            return actions + self._give_up(e.code, f"dispatcher {e.index} gave up")
-        return actions + self._failed(e.index, e.now, at_once=was_ready) + self._reload_state()
+            then = self._give_up(e.code, f"dispatcher {e.index} gave up")
+        else:
+            then = self._failed(e.index, e.now, at_once=was_ready) + self._reload_state()
+        again = "; starting another" * any(isinstance(a, Fork | Wake) for a in then)
+        return [records.problem(f"dispatcher {e.index} {e.how}{again}", logging.ERROR), *then]
 
     def _failed(self, index: int, now: float, at_once: bool = False) -> list[Action]:
         """Start it again: at once after it served, else backing off, as worker starts do."""

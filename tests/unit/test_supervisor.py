@@ -155,6 +155,18 @@ def notified(actions: list) -> list[str]:
     return [a.assignments[0] for a in actions if isinstance(a, Notify)]
 
 
+def test_a_status_with_no_figures_keeps_the_last_ones() -> None:
+    """A dispatcher's RELOADING=1 comes with a bare STATUS=reloading: the service's status
+    keeps its figures, not "starting", until the next one with figures."""
+    p = plan()
+    say(p, 0, "READY=1", "STATUS=workers 2/2, busy 1, served 3")
+    say(p, 1, "READY=1", "STATUS=workers 2/2, busy 0, served 4")
+    say(p, 0, "RELOADING=1", "STATUS=reloading")
+    assert p.status() == "workers 4/4, busy 1, served 7, dispatchers 2/2"
+    say(p, 0, "STATUS=workers 1/2, busy 0, served 3, reloading")
+    assert p.status().startswith("workers 3/4, busy 0, served 7")
+
+
 def test_ready_once_every_dispatcher_is() -> None:
     p = plan()
     assert say(p, 0, "READY=1", "STATUS=workers 2/2, busy 0, served 0") == []
@@ -282,9 +294,20 @@ def test_a_dispatcher_that_dies_is_started_again() -> None:
         p.handle(Started(1, 300 + n, 7.0 + n))
     assert waits == pytest.approx([0.1, 0.2, 0.4, 0.8])
     actions = p.handle(Exited(1, "exited with status 1", 1, 20.0))
+    assert actions[0].message == "dispatcher 1 exited with status 1"  # none started now
     assert [a.level for a in actions if isinstance(a, Record)][-1] == logging.CRITICAL
     assert Signal(0, signal.SIGTERM) in actions and p.stopping
     assert p.handle(Exited(0, "exited with status 0", 0, 21.0))[-1] == Exit(70)
+
+
+def test_a_dispatcher_that_gave_up_stops_the_service_and_none_starts() -> None:
+    p = ready()
+    actions = p.handle(Exited(1, "exited with status 70", 70, 5.0))
+    assert [a.message for a in actions if isinstance(a, Record)] == [
+        "dispatcher 1 exited with status 70",
+        "dispatcher 1 gave up: stopping the service",
+    ]
+    assert not [a for a in actions if isinstance(a, Fork | Wake)] and p.stopping
 
 
 def test_workers_failing_in_a_dispatcher_stops_the_service() -> None:
