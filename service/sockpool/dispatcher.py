@@ -268,6 +268,7 @@ class Dispatcher:
         if parked := hot.parking.close_all("exit"):
             log.log.info("closed %d connections parked with no request to serve", parked)
         hot.parking.close()
+        hot.restore_listeners()
         for listener in self.listeners:
             listener.close()
         self.loop.close()

@@ -152,7 +152,6 @@ class HotPath:
         self.proxied: dict[Listener, Proxied] = {}
         # conn_id -> (version, kind, due, the header's bytes so far): _proxy_header()
         self.headers: dict[int, tuple[str, str, float, bytes]] = {}
-        self.deferred_before: dict[Listener, int] = {}  # TCP_DEFER_ACCEPT as systemd set it
         self.proxy_timeout = 3.0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
         self.stopping = False
@@ -210,11 +209,16 @@ class HotPath:
             if version := config.proxy_protocol_for(lst.name):
                 trusted = proxyproto.Trusted(config.proxy_allow_for(lst.name))
                 self.proxied[lst] = (version, trusted, lst.format_peer)
-                before = proxyproto.defer_accept(lst.sock, config.proxy_timeout)
-                if before is not None:
-                    self.deferred_before.setdefault(lst, before)
-            elif lst in self.deferred_before:  # a reload turned PROXY off: as systemd set it
-                proxyproto.restore_accept(lst.sock, self.deferred_before.pop(lst))
+                proxyproto.defer_accept(lst.sock, config.proxy_timeout)
+            elif lst.defer_accept is not None:  # a reload may have turned PROXY off, here
+                proxyproto.restore_accept(lst.sock, lst.defer_accept)  # or in another of N
+
+    def restore_listeners(self) -> None:
+        """At exit: the sockets stay systemd's, with its settings, for the next start (which
+        would take what a PROXY listener left for systemd's own)."""
+        for lst in self.proxied:
+            if lst.defer_accept is not None:
+                proxyproto.restore_accept(lst.sock, lst.defer_accept)
 
     def free_capacity(self) -> int:
         """Free places in the workers that take work. (Loops, not sum() over a generator:

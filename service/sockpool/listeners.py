@@ -68,6 +68,15 @@ class Listener:
         # The kernel's proto (IPPROTO_TCP), not 0 as a socket we made may have been given.
         proto = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
         self.kind = (int(self.sock.family), int(self.sock.type), proto)
+        # TCP_DEFER_ACCEPT as systemd set it (DeferAcceptSec=), read in the main process
+        # before any dispatcher: a PROXY listener's is ours, to put back (hotpath.configure).
+        # Read later, in one of N dispatchers, it could be what a sibling set.
+        self.defer_accept: int | None = None
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                self.defer_accept = self.sock.getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT
+                )
 
     def close(self) -> None:
         """Close our copy; an owned UNIX socket's file goes too."""

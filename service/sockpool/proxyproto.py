@@ -370,8 +370,9 @@ def defer_accept(sock: socket.socket, seconds: float) -> int | None:
     kernel hands over a connection once that has arrived, so the dispatcher reads the header
     on accept instead of waking a second time for it. Linux may still hand one over with
     nothing to read after `seconds` (it only half honours it, as systemd's DeferAcceptSec=);
-    take() then waits for it as for any incomplete header. Returns the setting it replaced
-    (systemd's, for restore_accept()); None for a UNIX socket, or when it cannot be set."""
+    take() then waits for it as for any incomplete header. Returns the setting it replaced;
+    None for a UNIX socket, or when it cannot be set. (What restore_accept() puts back is
+    systemd's, as Listener.defer_accept read it before any dispatcher set it.)"""
     if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return None
     try:

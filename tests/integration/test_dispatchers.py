@@ -228,6 +228,31 @@ def test_one_ctrl_c_drains_what_is_in_flight(serve) -> None:
         assert "killing" not in service.output()
 
 
+def test_a_reload_that_turns_proxy_off_puts_back_systemds_accept(serve, tmp_path) -> None:
+    """A PROXY listener's TCP_DEFER_ACCEPT holds a connection until it speaks, up to
+    proxy_timeout. A dispatcher started while its sibling had set it took that for
+    systemd's setting, and a reload that turned PROXY off put it back: a handler that
+    speaks first then greeted every client proxy_timeout late, until a restart. Both are
+    restarted here, each while the other has it set."""
+    config = tmp_path / "proxy.toml"
+    text = 'handler = "apps:slow_echo"\nproxy_timeout = 10\n[listeners.edge]\n'
+    config.write_text(text + 'proxy_protocol = "v1"\n')
+    service, dispatchers = two_dispatchers(serve, f"--config={config}", workers=2, fdnames=["edge"])
+    for victim in dispatchers:
+        os.kill(victim, signal.SIGKILL)
+        wait_until(
+            lambda v=victim: len(service.workers()) == 2 and v not in service.workers(),
+            "another dispatcher",
+        )
+        wait_until(lambda: all(children(d) for d in service.workers()), "its worker")
+    config.write_text(text)
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: "reloaded: 2 dispatchers serve" in service.output(), "the reload")
+    with connect(service.address) as sock:
+        sock.settimeout(5)  # half proxy_timeout: the greeting comes at once, or then
+        assert sock.recv(1) == b"+"
+
+
 def test_killed_dispatcher_is_restarted_and_the_service_keeps_serving(serve) -> None:
     service, dispatchers = two_dispatchers(serve, ECHO)
     victim = dispatchers[0]
