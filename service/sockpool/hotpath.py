@@ -150,8 +150,9 @@ class HotPath:
         self.max_carry = 0
         # Listeners whose connections start with a PROXY header: (version, who may send it).
         self.proxied: dict[Listener, Proxied] = {}
-        # conn_id -> (version, kind, due, the header's bytes so far): _proxy_header()
-        self.headers: dict[int, tuple[str, str, float, bytes]] = {}
+        # conn_id -> (version, kind, due, the header's bytes so far, the balancer's address:
+        # a LOCAL header's client, for the per-source limit): _proxy_header()
+        self.headers: dict[int, tuple[str, str, float, bytes, object]] = {}
         self.proxy_timeout = 3.0
         self.may_park = True  # False near the descriptor limit: workers keep what they hold
         self.stopping = False
@@ -721,7 +722,7 @@ class HotPath:
         if isinstance(header, bytes):  # not all there yet: hold it until it is, or timeout
             item = (item[0], item[1], item[2], item[3] or own_peer(addr), b"", 0)
             due = self.headers.get(item[0], (version, "", now + self.proxy_timeout, b""))[2]
-            self.headers[item[0]] = (version, FIRST_BYTE if check else "", due, header)
+            self.headers[item[0]] = (version, FIRST_BYTE if check else "", due, header, addr)
             self.parking.hold(item, PROXY, due)
             return False
         if self.headers:
@@ -755,9 +756,9 @@ class HotPath:
         waiting = self.headers.get(item[0])
         if waiting is None:
             return False
-        version, first, _, got = waiting
+        version, first, _, got, addr = waiting
         now = time.monotonic()
-        self._proxy_header(item, (version, _ANYONE, str), None, bool(first), now, got)
+        self._proxy_header(item, (version, _ANYONE, str), addr, bool(first), now, got)
         return True
 
     def forget_headers(self, now: float) -> None:

@@ -127,6 +127,22 @@ def test_the_per_source_limit_counts_the_client_not_the_balancer(serve, tmp_path
         assert ask(other).startswith("proxied 203.0.113.8:40000 ")  # another client: served
 
 
+def test_a_local_header_split_in_two_counts_against_the_balancers_limit(serve, tmp_path) -> None:
+    """A LOCAL header's connection is the balancer's own, and counts as its: also when the
+    header came in two segments (it was admitted as nobody's, past the limit)."""
+    service = start(serve, tmp_path, 'proxy_protocol = "v2"', "", "--max-connections-per-source=1")
+    header = v2(command=0, fam=0)
+    first, second = connect(service.address), connect(service.address)
+    with first, second:
+        for n, sock in enumerate((first, second)):
+            sock.sendall(header[:7])
+            wait_until(lambda n=n: f"parked {n + 1}" in service.statuses()[-1], "it held")
+        first.sendall(header[7:])
+        assert ask(first).startswith("proxied 127.0.0.1:")
+        second.sendall(header[7:] + b"hi\n")
+        assert_closed_by_server(second)  # the balancer again: over its limit of 1, unanswered
+
+
 @pytest.mark.parametrize(
     ("kind", "app", "path", "field"),
     [
