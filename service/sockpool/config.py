@@ -504,7 +504,29 @@ def build(file_values: Mapping[str, Any], flags: Mapping[str, Any], path: str | 
             f"{where}: {cfg.dispatchers} is more than workers ({cfg.workers}): "
             "each dispatcher needs a worker of its own"
         )
+    _check_carry(cfg, flags, path)
     return cfg
+
+
+def _check_carry(cfg: Config, flags: Mapping[str, Any], path: str | None) -> None:
+    """A web app's head that pauses on its way waits in the dispatcher, up to max_carry
+    bytes: a longer one, under a max_header_bytes that allows it, would be closed there
+    (too-large) with no answer. max_carry 0 asks for exactly that, for every partial one."""
+    targets = [cfg.default_target(), *(cfg.target_for(name) for name in cfg.listeners)]
+    web = any(t is not None and t.kind in ("wsgi", "asgi") for t in targets)
+    if not web or not 0 < cfg.max_carry < cfg.max_header_bytes:
+        return
+    key = next((k for k in ("max_header_bytes", "max_carry") if k in flags), None)
+    where = flag_name(key) if key else f"{_where(path)}: max_header_bytes"
+    fix = (
+        f"raise max_carry to {cfg.max_header_bytes}"
+        if cfg.max_header_bytes <= MAX_CARRY
+        else f"max_carry is at most {MAX_CARRY}: keep max_header_bytes within it"
+    )
+    raise ConfigError(
+        f"{where}: max_header_bytes ({cfg.max_header_bytes}) is more than max_carry "
+        f"({cfg.max_carry}), so a head that long would be closed if it paused on its way; " + fix
+    )
 
 
 def load(path: str | None, flags: Mapping[str, Any]) -> Config:

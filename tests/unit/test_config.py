@@ -389,3 +389,23 @@ def test_port_zero_twice_is_two_sockets_not_the_same_address() -> None:
         "127.0.0.1:0",
         "127.0.0.1:0",
     )
+
+
+def test_a_web_apps_head_limit_over_max_carry_is_refused() -> None:
+    """A head under max_header_bytes that paused on its way was parked and closed as
+    too-large, unanswered, when it was over max_carry."""
+    with pytest.raises(config.ConfigError) as err:
+        config.build({"wsgi": "a:b", "max_header_bytes": 32768}, {}, "f.toml")
+    assert str(err.value) == (
+        "config f.toml: max_header_bytes: max_header_bytes (32768) is more than max_carry "
+        "(16384), so a head that long would be closed if it paused on its way; raise "
+        "max_carry to 32768"
+    )
+    with pytest.raises(config.ConfigError, match=r"^--max-header-bytes: .*at most 65536"):
+        config.build({"max_carry": 65536}, {"asgi": "a:b", "max_header_bytes": "70000"}, None)
+    for fine in (
+        {"wsgi": "a:b", "max_header_bytes": 32768, "max_carry": 32768},
+        {"wsgi": "a:b", "max_header_bytes": 32768, "max_carry": 0},  # closes every partial
+        {"handler": "a:b", "max_carry": 100},  # no web app: its own heads, its own limits
+    ):
+        config.build(fine, {}, "f.toml")
