@@ -53,6 +53,7 @@ def run(
 ) -> NoReturn:
     """The forked child's whole life; never returns into the dispatcher's stack."""
     code = 0
+    dispatcher = os.getppid()
     try:
         # Stacks go to a memfd the dispatcher reads: on a crash by themselves, on a hang
         # when the dispatcher sends DUMP_SIGNAL (health.py).
@@ -87,8 +88,12 @@ def run(
             log.log.error("%s", exc, extra={"EXCEPTION_TEXT": exc.detail} if exc.detail else {})
             channel.send(chan, wire.encode_failed(str(exc)))
             code = EXIT_HANDLER_FAILED
-    except BaseException:
-        log.log.exception("worker failed")
+    except BaseException as exc:
+        if isinstance(exc, ConnectionError) and os.getppid() != dispatcher:
+            # Its dispatcher died (killed while this one imported, say): nobody to tell.
+            log.log.debug("worker exits: its dispatcher is gone (%s)", exc)
+        else:
+            log.log.exception("worker failed")
         code = 1
     finally:
         logging.shutdown()

@@ -231,6 +231,27 @@ def test_a_stop_while_imports_block_ends_without_waiting_for_them(serve) -> None
     assert service.output().count("killed by signal SIGTERM") == 2
 
 
+def test_workers_whose_dispatcher_was_killed_while_they_imported_exit_quietly(
+    serve, tmp_path: Path
+) -> None:
+    """Orphaned, they finish importing and find nobody to say READY to: that is no
+    'worker failed' with a BrokenPipeError's traceback, one per worker."""
+    gate = tmp_path / "gate"
+    service = serve(
+        ["--workers=2", "gated_import:handle"],
+        listen=[tcp()],
+        wait_ready=False,
+        env={"GATE": str(gate)},
+    )
+    workers = wait_until(lambda: len(service.workers()) == 2 and service.workers(), "importing")
+    os.kill(service.pid, signal.SIGKILL)
+    service.wait()
+    gate.touch()
+    for pid in workers:  # reparented: not our children, so /proc says when they are gone
+        wait_until(lambda pid=pid: not Path(f"/proc/{pid}").exists(), f"worker {pid} to exit")
+    assert "Traceback" not in service.output() and "worker failed" not in service.output()
+
+
 def write_config(path: Path, handler: str, start_timeout: float) -> None:
     path.write_text(f'handler = "{handler}"\nworkers = 2\nstart_timeout = {start_timeout}\n')
 
