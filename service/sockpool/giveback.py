@@ -38,6 +38,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _send: Callable[..., None] | None = None  # (fd, conn_id, started, carry, ready, silent)
 _park_after = 0.0
 _request_timeout = 0.0  # a request's time from its first byte: parked, or read (handlers.py)
+_max_carry = 0  # a request within this many bytes may be parked whole (handlers.py)
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
 # connection (nor keep serving one that is quick to ask again): it parks it, so the

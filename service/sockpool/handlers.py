@@ -143,12 +143,19 @@ def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
     return (response, keep, used) if len(buf) >= used else None
 
 
+def _too_long(buf: bytes) -> bool:
+    """The request begun in `buf` (incomplete) would not fit in a parked connection's
+    carry, its body included: read here, not parked."""
+    end = buf.find(_END)
+    return end >= 0 and end + 4 + http_response(buf[:end])[2] > giveback._max_carry
+
+
 @client_speaks_first
 def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
     """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive). Between
-    requests, and while a request's head is incomplete, the connection waits in the
-    dispatcher with what was read so far (receive() parks it). A body is read here, as
-    the web servers read one: parked with it, a body over max_carry would be closed."""
+    requests, and while a request is incomplete, the connection waits in the dispatcher
+    with what was read so far (receive() parks it), as the web servers' do: a body that
+    would take it over max_carry is read here, bounded by request_timeout."""
     buf = info.carried
     while True:
         try:
@@ -157,7 +164,9 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send_all(conn, exc.response)
             return
         if request is None:
-            if not (data := recv_within(conn, _left(info)) if _END in buf else receive(conn, buf)):
+            if not (
+                data := recv_within(conn, _left(info)) if _too_long(buf) else receive(conn, buf)
+            ):
                 if buf:
                     send_all(conn, BAD_REQUEST)
                 return

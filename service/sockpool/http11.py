@@ -72,6 +72,10 @@ class HttpLimits:
     # request_timeout, 0: none. The dispatcher keeps it while a request is parked; a body
     # the application reads is read in the worker, its waits bounded by it (wsgi._Input).
     request_timeout: float = 0.0
+    # A request whose head and body fit in this many bytes (max_carry) counts as ready only
+    # once its body is here: until then it can be parked whole, so a client that trickles a
+    # small body holds no worker. A longer body is read in the worker. 0: never held.
+    hold_body: int = 0
 
 
 class HttpError(Exception):
@@ -180,6 +184,24 @@ def _checks_chunk_ends() -> bool:
 
 # Chunked bodies get _StrictChunkedReader where h11 does not check chunk ends itself.
 _CHUNKED_READER = _LineCheckingChunkedReader if _checks_chunk_ends() else _StrictChunkedReader
+
+
+def _whole(data: bytes) -> bool:
+    """A chunked request is all in `data` (its last chunk and trailer): parsed apart, so the
+    request's own parse reads it as before. A malformed one counts as whole: its own parse
+    refuses it."""
+    probe = h11.Connection(h11.SERVER)
+    probe.receive_data(data)
+    try:
+        probe.next_event()  # the head, parsed already: the body's reader is now set
+        if type(probe._reader) is ChunkedReader:
+            probe._reader = _CHUNKED_READER()  # as next_request() reads it
+        while (event := probe.next_event()) is not h11.NEED_DATA:
+            if type(event) is h11.EndOfMessage:
+                return True
+    except (h11.RemoteProtocolError, ValueError):
+        return True
+    return False
 
 
 _date_second = 0
@@ -393,7 +415,6 @@ class HttpConnection:
             conn.receive_data(bytes(buf[end:]))
         if self._eof:
             conn.receive_data(b"")
-        buf.clear()
         try:
             event = conn.next_event()
         except h11.RemoteProtocolError as exc:
@@ -401,9 +422,12 @@ class HttpConnection:
         except ValueError:  # h11's int() of a Content-Length past Python's 4,300 digits
             raise HttpError(413, "a Content-Length thousands of digits long") from None
         assert type(event) is h11.Request, event
+        request = _request(event, self.limits)
+        if self.limits.hold_body and self._body_owed(request, conn, end):
+            return None  # the whole request stays in the buffer: carry() parks it
+        buf.clear()
         if type(conn._reader) is ChunkedReader:  # fresh: nothing read yet
             conn._reader = _CHUNKED_READER()
-        request = _request(event, self.limits)
         self._h11, self._head, self._body_seen, self._body_done = conn, False, 0, False
         self._continue_owed = conn.they_are_waiting_for_100_continue
         # None: chunked, its length unknown; a request with neither framing has no body
@@ -413,6 +437,20 @@ class HttpConnection:
         self._method, self._version = request.method, request.http_version
         self._keep_alive, self._close = request.keep_alive, False
         return request
+
+    def _body_owed(self, request: Request, conn: h11.Connection, end: int) -> bool:
+        """A request with a body that has not all come, that fits in hold_body with its
+        head: not ready yet. Not one whose client waits for 100 Continue, nor once the
+        client has closed its side (the body will not come: the application is told)."""
+        length = request.content_length
+        if not (length or request.chunked) or self._eof:
+            return False  # (a GET: the usual request costs one check)
+        if conn.they_are_waiting_for_100_continue:
+            return False
+        have = len(self._buf)
+        if length is None:  # chunked
+            return have <= self.limits.hold_body and not _whole(bytes(self._buf))
+        return have < end + length <= self.limits.hold_body
 
     def expects_continue(self) -> bool:
         """The client waits for `100 Continue` before it sends the body."""

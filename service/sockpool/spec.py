@@ -22,6 +22,7 @@ class WorkerSpec:
     access_log: bool = False  # web apps: a journal record per request
     http_limits: tuple[int, int, int, int] = (8190, 16384, 100, 16 << 20)  # see http11.py
     request_timeout: float = 0.0  # a request not read whole this long after it began
+    max_carry: int = 16384  # a partial request parked may hold this many bytes (web apps)
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
     # `queue_ahead`: a sync worker takes connections queued behind the one it serves, and
     # starts the next the moment it is done, without waiting for the dispatcher to hear of
@@ -62,6 +63,7 @@ class WorkerSpec:
                 config.max_body,
             ),
             request_timeout=config.request_timeout,
+            max_carry=config.max_carry,
             handoff={name: config.handoff_for(name) for name in listeners},
             queue_ahead=0 if config.shares_sockets else config.queue_ahead,
             pull=config.pull,

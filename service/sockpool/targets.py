@@ -39,7 +39,9 @@ class Served:
         from . import http11  # web apps only: kept off a plain handler's cold start
 
         limits = http11.HttpLimits(
-            *self.spec.http_limits, request_timeout=self.spec.request_timeout
+            *self.spec.http_limits,
+            request_timeout=self.spec.request_timeout,
+            hold_body=self.spec.max_carry,
         )
         if target.kind == "wsgi":
             from . import wsgi

@@ -123,7 +123,7 @@ class _Base:
         self.taken = 0  # handoffs taken: against the ledger's count of those sent
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
-        giveback._request_timeout = spec.request_timeout
+        giveback._request_timeout, giveback._max_carry = spec.request_timeout, spec.max_carry
 
     def ready(self, capacity: int, solo: bool = False) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:

@@ -325,6 +325,24 @@ def test_http_hello_takes_a_body_over_max_carry_that_pauses(serve, handler: str)
     assert [hello(a) for a in ask(client, b"a" * 10000, GET)] == [True, True]
 
 
+def test_http_hello_holds_no_worker_for_a_small_body_that_stalls(serve) -> None:
+    """As many clients as sync workers stall in a small body: they wait in the dispatcher
+    (the whole request fits in max_carry), not in a worker for request_timeout, and a
+    third client is served meanwhile. Each is answered once its body comes."""
+    service = launch(serve, ["--workers=2", HELLO])
+    slow = [HttpClient(service.address) for _ in range(2)]
+    since = mark(service)
+    for client in slow:
+        client.sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello")
+    settle(service, busy=0, parked=2, since=since)
+    with HttpClient(service.address) as fast:
+        assert [hello(a) for a in ask(fast, GET)] == [True]
+    for client in slow:
+        with client:
+            client.sock.sendall(b"world")
+            assert hello(client.response())
+
+
 @pytest.mark.parametrize("handler", [HELLO, HELLO + "_async"])
 def test_http_hello_closes_a_body_trickled_past_request_timeout(serve, handler: str) -> None:
     """A body read in the worker is held to request_timeout too, as the dispatcher holds a

@@ -489,6 +489,33 @@ def test_a_request_head_split_across_pauses_is_carried_whole(echo: Site) -> None
     assert len(echo.events("call")) == calls + 1
 
 
+@pytest.mark.parametrize(
+    ("head", "part", "rest"),
+    [
+        (b"Content-Length: 10", b"hello", b"world"),
+        (b"Transfer-Encoding: chunked", b"5\r\nhello\r\n", b"5\r\nworld\r\n0\r\n\r\n"),
+    ],
+    ids=["content-length", "chunked"],
+)
+def test_a_small_body_that_stalls_holds_no_worker(serve, head, part, rest) -> None:
+    """As many clients as sync workers send a head and part of a small body, then nothing
+    (or a byte now and then): they wait in the dispatcher, not in a worker for
+    request_timeout, and a third client is served meanwhile. Each body, once it comes,
+    reaches the application whole."""
+    site = start_site(serve, "wsgi", "webapps:echo_wsgi")
+    slow = [site.client() for _ in range(2)]
+    since = mark(site.service)
+    for client in slow:
+        client.send(b"POST /slow HTTP/1.1\r\nHost: a\r\n" + head + b"\r\n\r\n" + part)
+    settle(site.service, busy=0, parked=2, since=since)
+    with site.client() as fast:
+        assert fast.ask("GET", "/fast").status == 200
+    for client in slow:
+        with client:
+            client.send(rest)
+            assert json.loads(client.response().body)["body"] == "helloworld"
+
+
 # -- WSGI (PEP 3333) with Flask ----------------------------------------------------------------
 
 

@@ -1636,3 +1636,49 @@ def test_asgi_what_a_client_pipelines_while_a_stream_listens_is_served_after_it(
     client.shutdown(socket.SHUT_WR)
     thread.join(10)
     assert [(s["path"], s["body"]) for s in calls.seen] == [("/next", b"hi")]
+
+
+def _body_of(http: HttpConnection) -> bytes:
+    body = b""
+    while piece := http.read_body():
+        body += piece
+    return body
+
+
+def test_a_request_whose_small_body_has_not_all_come_is_not_ready() -> None:
+    """Within hold_body (max_carry), a request counts once its body is here: until then
+    carry() holds all of it, to be parked whole; a worker holds nothing for a slow body."""
+    limits = HttpLimits(hold_body=100)
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n"
+    http = HttpConnection(limits, head + b"hello")
+    assert http.next_request() is None and http.carry() == head + b"hello"
+    http.feed(b"world")
+    assert http.next_request() is not None and _body_of(http) == b"helloworld"
+    chunked = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    http = HttpConnection(limits, chunked)
+    assert http.next_request() is None
+    http.feed(b"0\r\n\r\n")
+    assert http.next_request() is not None and _body_of(http) == b"hello"
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"Content-Length: 200\r\n\r\nhello", "over hold_body with its head: read in the worker"),
+        (b"Content-Length: 10\r\nExpect: 100-continue\r\n\r\n", "its client waits for us"),
+        (b"Content-Length: 0\r\n\r\n", "no body"),
+    ],
+)
+def test_a_request_is_ready_with_its_head_when_its_body_is_not_held(data: bytes, why: str) -> None:
+    http = HttpConnection(HttpLimits(hold_body=100), b"POST /x HTTP/1.1\r\nHost: a\r\n" + data)
+    assert http.next_request() is not None, why
+
+
+def test_a_request_whose_client_left_mid_body_is_ready_to_be_told() -> None:
+    http = HttpConnection(
+        HttpLimits(hold_body=100), b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nab"
+    )
+    http.feed(b"")
+    assert http.next_request() is not None  # the application hears of it as it reads
+    with pytest.raises(ClientDisconnected):
+        _body_of(http)
