@@ -67,6 +67,21 @@ def test_journal_has_structured_records_and_tracebacks(instance: MakeInstance) -
         assert error.get(name), name
 
 
+def test_a_bad_configurations_line_is_under_the_units_identifier(instance: MakeInstance) -> None:
+    """It goes to stderr, before the journal records begin: `journalctl -t sockpool@NAME`,
+    which finds the records, finds it too (it was under the program's name)."""
+    unit = instance("badconf", "workers = [\n")  # not TOML
+    unit.machine.systemctl("start", unit.service, check=False)
+    unit.wait_state("failed")
+    assert unit.prop("ExecMainStatus") == "78"
+
+    def said() -> list[dict[str, str]]:
+        found = journal(unit.machine, "-t", unit.name)
+        return [e for e in found if e.get("MESSAGE", "").startswith("sockpool: config ")]
+
+    wait_until(said, "the configuration's line under the unit's identifier", timeout=15)
+
+
 STALL = ("127.0.0.1", 7132)
 # Fills journald's socket queue from inside the machine: datagrams until the kernel refuses
 # one (net.unix.max_dgram_qlen is 10 in the container, 512 on a normal host). Prints the count.
