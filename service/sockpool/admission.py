@@ -24,6 +24,10 @@ class Admission:
         self.reply = (
             config.overload_reply.rstrip("\n").encode() + b"\n" if config.overload_reply else b""
         )
+        # One of N dispatchers: a word each, shared by all (supervisor.py), set while its
+        # share of max_connections is full (publish()). Else None.
+        self.full: memoryview | None = None
+        self.index = 0
         self.per_source: Counter[str] = Counter()
         self.sources: dict[int, str] = {}  # conn_id -> source, only while per-source is on
         self.refused = 0
@@ -32,6 +36,29 @@ class Admission:
     def room(self, busy: int) -> int:
         """How many more connections may be in flight (a large number when unlimited)."""
         return self.max_total - busy if self.max_total else 1 << 30
+
+    def join(self, full: memoryview, index: int) -> None:
+        """Dispatcher `index` of those sharing `full` (its words, one each)."""
+        self.full, self.index = full, index
+        full[index] = 0
+
+    def publish(self, held: int) -> None:
+        """Whether this dispatcher's share is full, for the others to read (elsewhere())."""
+        full = self.full
+        if full is not None:
+            full[self.index] = bool(self.max_total) and held >= self.max_total
+
+    def elsewhere(self) -> bool:
+        """Another dispatcher's share has room: this one, at its own, leaves new connections
+        in the backlog for it (as back-pressure does) instead of refusing them. Only once
+        every share is full are they refused: the limit is the service's, and clients that
+        come one at a time would otherwise be refused at limit/N by whichever dispatcher
+        woke first."""
+        full = self.full
+        if full is None:
+            return False
+        index = self.index
+        return any(not full[i] for i in range(len(full)) if i != index)
 
     def shedding(self, busy: int) -> bool:
         """At the global limit: accept only to refuse, rather than leave clients queued."""

@@ -270,6 +270,9 @@ class HotPath:
         admission = self.admission
         held = self.busy() + len(self.pending) + len(self.parking)
         allowed = admission.room(held)
+        # One of N, at its share of max_connections while another has room: it leaves them
+        # to that one, as back-pressure (Admission.elsewhere()).
+        defer = allowed <= 0 and admission.full is not None and admission.elsewhere()
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
@@ -282,7 +285,7 @@ class HotPath:
             hold = listener in deferred and fd_room > 0
             floor = came_back if hold else 0
             for n in range(ACCEPT_BATCH):
-                if room <= 0 and allowed > 0 and n >= floor:
+                if (room <= 0 and allowed > 0 and n >= floor) or defer:
                     # Back-pressure: let it wait in the backlog. Every turn accepts from it
                     # again while it is backlogged: a new connection need wake nobody, which
                     # under load would be a turn for nothing most times one comes.
@@ -566,6 +569,8 @@ class HotPath:
         self.routable()  # first: a change of routes may read handoffs back into pending
         if self.pending or self.backlogged or self.stopping or self.queued():
             return True
+        if self.admission.full is not None and self.admission.max_total:
+            return True  # one of N: each completion may say its share has room again
         return self.busy() >= self.unwatched_max
 
     def watch_done(self) -> None:
@@ -594,6 +599,8 @@ class HotPath:
             self.dispatch(now)
         if parking.deadlines and parking.deadlines[0][0] <= now:
             parking.expire(now)
+        if self.admission.full is not None:  # one of N: whether its share is full, now
+            self.admission.publish(self.busy() + len(self.pending) + len(parking))
 
     def catch_up(self, now: float) -> None:
         """Read the done pipe if completions may wait there: it woke the loop, or it is not

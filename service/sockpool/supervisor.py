@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import errno
 import logging
+import mmap
 import os
 import pickle
 import re
@@ -619,6 +620,9 @@ class Supervisor:
         self.loop = Loop()
         self.code: int | None = None
         self.loads = 0  # reloads read: each one is a configuration of its own (Config.loaded)
+        # A word per dispatcher, set while its share of max_connections is full: one at its
+        # share leaves new connections to one with room (admission.Admission.elsewhere()).
+        self.full = memoryview(mmap.mmap(-1, mmap.PAGESIZE)).cast("q")[:parts]
 
     def run(self) -> int:
         self.loop.on_signals(SIGNALS, self._on_signal)
@@ -726,6 +730,7 @@ class Supervisor:
                         self.loop.unwatch(child.sock)
                         child.close()
                     child.pid = 0
+                    self.full[child.index] = 1  # no room there until one is started again
                     how = describe_status(status)
                     self.do(
                         self.plan.handle(
@@ -789,6 +794,7 @@ class Supervisor:
             dispatcher = Dispatcher(
                 self.listeners, share(self.plan.config, index, parts), None, notifier
             )
+            dispatcher.hot.admission.join(self.full, index)
             dispatcher.loop.watch(sock, lambda: _on_reload(sock, dispatcher))
             return dispatcher.run()
         except Fatal as exc:

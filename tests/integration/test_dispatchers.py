@@ -16,6 +16,7 @@ from harness import SOCKPOOL, Load, connect, free_port, proc_stat, request, wait
 
 ECHO = "sockpool.handlers:echo"
 ECHO_ASYNC = "sockpool.handlers:echo_async"
+ECHO_SLOW_ASYNC = "apps:async_slow_echo"  # says "+" once in a worker's hands
 
 
 def tcp() -> str:
@@ -104,6 +105,30 @@ def test_a_refusal_is_logged_as_one_dispatchers_share_of_the_limit(serve) -> Non
         in service.output()
     )
     for sock in held:
+        sock.close()
+
+
+def test_max_connections_is_the_services_not_one_dispatchers(serve) -> None:
+    """A dispatcher at its share (3 of 6) leaves new connections to the other one, rather
+    than refuse them with 3 in flight: here while that one is stopped (SIGSTOP), so the
+    first always gets them. All 6 are served; only the 7th is refused."""
+    service, dispatchers = two_dispatchers(
+        serve, "--max-connections=6", "--overload-reply=busy", ECHO_SLOW_ASYNC, workers=2
+    )
+    wait_until(lambda: "busy 0," in service.statuses()[-1], "the activating connection gone")
+    os.kill(dispatchers[1], signal.SIGSTOP)
+    try:
+        held = [connect(service.address) for _ in range(3)]
+        assert [sock.recv(5) for sock in held] == [b"+"] * 3  # the first one's share
+        held.append(connect(service.address))  # waits in the backlog for the other
+    finally:
+        os.kill(dispatchers[1], signal.SIGCONT)
+    assert held[-1].recv(5) == b"+"  # not b"busy\n"
+    held += [connect(service.address) for _ in range(2)]
+    assert [sock.recv(5) for sock in held[4:]] == [b"+"] * 2
+    extra = connect(service.address)
+    assert extra.recv(5) == b"busy\n"  # every share is full
+    for sock in [extra, *held]:
         sock.close()
 
 

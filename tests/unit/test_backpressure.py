@@ -301,3 +301,22 @@ def test_a_worker_whose_last_request_ends_in_a_park_is_recycled(service: Service
     service.hot.park(service.proc, wire.Park(1, 0, b""), connection_fd(service), 1.0)
     assert due == [{PID}] and len(service.hot.parking) == 1
     service.hot.parking.close_all("test")
+
+
+def test_one_of_n_dispatchers_at_its_share_defers_while_another_has_room() -> None:
+    """Each publishes whether its share of max_connections is full; one at its share
+    refuses only once every other one says so too."""
+    words = memoryview(bytearray(8 * 3)).cast("q")
+    a, b, c = (Admission(Config(max_connections=2)) for _ in range(3))
+    for index, admission in enumerate((a, b, c)):
+        admission.join(words, index)
+    a.publish(2)
+    assert a.room(2) <= 0 and a.elsewhere()  # b and c have room
+    b.publish(2)
+    assert a.elsewhere()  # c still has
+    c.publish(5)
+    assert not a.elsewhere()  # all full: a refuses
+    b.publish(1)
+    assert a.elsewhere()
+    alone = Admission(Config(max_connections=2))
+    assert not alone.elsewhere()  # one dispatcher: nobody else to leave them to
