@@ -702,13 +702,14 @@ class Supervisor:
         """The new configuration, checked here first: a bad one never reaches a dispatcher.
         Numbered: a reload of the same file (new code) that a dispatcher dropped for a newer
         one must not look like what it serves."""
-        config = self.reload_config()
-        if config.workers < self.plan.parts:
-            raise Fatal(
-                ExitCode.CONFIG,
-                f"workers: {config.workers} is fewer than the {self.plan.parts} dispatchers "
-                "running (each needs a worker; the count changes on restart, not on reload)",
-            )
+        config, parts = self.reload_config(), self.plan.parts
+        if config.workers < parts:  # each needs one; as dispatchers, kept (as_reloaded())
+            log.log.warning(
+                "workers: %d is fewer than the %d dispatchers running: %d workers, one each, "
+                "until a restart applies the count",
+                config.workers, parts, parts,
+            )  # fmt: skip
+            config = dataclasses.replace(config, workers=parts)
         self.loads += 1
         return dataclasses.replace(config, loaded=self.loads)
 
