@@ -849,9 +849,10 @@ class HotPath:
         self.next_busy_log = now + BUSY_LOG_INTERVAL
         log.event(
             Event.OVERLOAD,
-            "all %d workers busy: new connections wait in the kernel backlog "
+            "all %d workers busy%s: new connections wait in the kernel backlog "
             "(logged at most once a minute)",
             len(self.workers),
+            self.admission.share,  # one of N: its own workers, another's may be free
             level=logging.WARNING,
         )
 
