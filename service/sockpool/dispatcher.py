@@ -165,6 +165,11 @@ class Dispatcher:
             self.reload(config, error)
         elif signum in (signal.SIGTERM, signal.SIGINT):
             name = signal.Signals(signum).name
+            if self.shares:  # one of N: the main process stops it, with SIGTERM
+                if signum == signal.SIGINT:
+                    return  # a terminal's Ctrl-C, which the main process took too
+                if self.policy.stopping:
+                    name = "SIGINT"  # its second SIGTERM: a second Ctrl-C, stop waiting
             self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
         elif signum in (signal.SIGUSR1, signal.SIGUSR2) and not self.shares:
             records.write(records.unheeded(signum))  # (one of N: the main process says it)

@@ -169,6 +169,7 @@ class HotPath:
         self.recycle: Callable[[set[int], float], None] = _no_policy
         self.pending: deque[Pending] = deque()
         self.backlogged: set[Listener] = set(listeners)  # connections may already be queued
+        self.left: set[Listener] = set()  # backlogs left to another of N (_leave_to_others)
         # Backlogged listeners whose new connections wake nobody (accept()), and the done
         # pipe while completions need wake nobody (watch_done()): the dispatcher sets mute to
         # its loop's Loop.mute.
@@ -270,9 +271,9 @@ class HotPath:
         admission = self.admission
         held = self.busy() + len(self.pending) + len(self.parking)
         allowed = admission.room(held)
-        # One of N, at its share of max_connections while another has room: it leaves them
-        # to that one, as back-pressure (Admission.elsewhere()).
-        defer = allowed <= 0 and admission.full is not None and admission.elsewhere()
+        if allowed <= 0 and admission.full is not None and admission.elsewhere():
+            self._leave_to_others()
+            return
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
@@ -285,7 +286,7 @@ class HotPath:
             hold = listener in deferred and fd_room > 0
             floor = came_back if hold else 0
             for n in range(ACCEPT_BATCH):
-                if (room <= 0 and allowed > 0 and n >= floor) or defer:
+                if room <= 0 and allowed > 0 and n >= floor:
                     # Back-pressure: let it wait in the backlog. Every turn accepts from it
                     # again while it is backlogged: a new connection need wake nobody, which
                     # under load would be a turn for nothing most times one comes.
@@ -339,6 +340,20 @@ class HotPath:
         # "All busy" only once every worker has work: not while some are still starting.
         if room <= 0 and now >= self.next_busy_log and self.backlogged and self._all_busy():
             self._log_busy(now)
+
+    def _leave_to_others(self) -> None:
+        """One of N, at its share of max_connections while another has room: its backlogs
+        are that one's to take (Admission.elsewhere()). They wake it no more, and count as
+        nobody's wait, until its share has room again or every share is full (turn())."""
+        for listener in self.backlogged:
+            if listener not in self.muted:
+                self.muted.add(listener)
+                self.mute(listener.sock, True)
+        self.left |= self.backlogged
+        self.backlogged.clear()
+        if self.stuck:
+            self.stuck = False
+            self.publish_waiting()
 
     def dispatch(self, now: float) -> None:
         pending = self.pending
@@ -599,8 +614,13 @@ class HotPath:
             self.dispatch(now)
         if parking.deadlines and parking.deadlines[0][0] <= now:
             parking.expire(now)
-        if self.admission.full is not None:  # one of N: whether its share is full, now
-            self.admission.publish(self.busy() + len(self.pending) + len(parking))
+        admission = self.admission
+        if admission.full is not None:  # one of N: whether its share is full, now
+            held = self.busy() + len(self.pending) + len(parking)
+            admission.publish(held)
+            if self.left and (admission.room(held) > 0 or not admission.elsewhere()):
+                self.backlogged |= self.left  # its own to take again, or to refuse
+                self.left.clear()
 
     def catch_up(self, now: float) -> None:
         """Read the done pipe if completions may wait there: it woke the loop, or it is not
@@ -814,6 +834,7 @@ class HotPath:
         self.stopping = True
         self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
         self.backlogged.clear()
+        self.left.clear()
         self.muted.clear()  # (the caller unwatched the listeners)
         self.stuck = False  # nothing more is accepted: none waits for a worker there
         self.publish_waiting()

@@ -514,8 +514,8 @@ class Plan:
 
     def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
         if self.stopping:  # a second Ctrl-C: the dispatchers stop waiting too
-            if e.signal == "SIGINT":
-                return [Signal(i, signal.SIGINT) for i, c in enumerate(self.children) if c.pid]
+            if e.signal == "SIGINT":  # as a second SIGTERM: they leave the terminal's SIGINT
+                return [Signal(i, signal.SIGTERM) for i, c in enumerate(self.children) if c.pid]
             return []
         busy = parse_status(self.status()).get("busy", (0,))[0]
         grace = self.config.graceful_timeout
@@ -774,12 +774,6 @@ class Supervisor:
         from .dispatcher import Dispatcher
 
         _die_with_parent(main)
-        # Out of the terminal's process group: a Ctrl-C goes to the main process alone,
-        # which stops every dispatcher with SIGTERM and a second Ctrl-C with SIGINT. Here
-        # too, it could come after the main's SIGTERM, and count as that second Ctrl-C,
-        # killing the workers with their connections.
-        with contextlib.suppress(OSError):
-            os.setpgid(0, 0)
         self.loop.close()
         for child in self.children:
             child.close()

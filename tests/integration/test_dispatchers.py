@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from harness import SOCKPOOL, Load, connect, free_port, proc_stat, request, wait_until
+from harness import (
+    SOCKPOOL,
+    Load,
+    connect,
+    cpu_seconds,
+    free_port,
+    proc_stat,
+    request,
+    wait_until,
+)
 
 ECHO = "sockpool.handlers:echo"
 ECHO_ASYNC = "sockpool.handlers:echo_async"
@@ -121,6 +130,9 @@ def test_max_connections_is_the_services_not_one_dispatchers(serve) -> None:
         held = [connect(service.address) for _ in range(3)]
         assert [sock.recv(5) for sock in held] == [b"+"] * 3  # the first one's share
         held.append(connect(service.address))  # waits in the backlog for the other
+        cpu = cpu_seconds(dispatchers[0])
+        time.sleep(1)  # meanwhile it leaves that backlog alone, and does not spin over it
+        assert cpu_seconds(dispatchers[0]) - cpu < 0.3
     finally:
         os.kill(dispatchers[1], signal.SIGCONT)
     assert held[-1].recv(5) == b"+"  # not b"busy\n"
@@ -257,6 +269,19 @@ def test_one_ctrl_c_drains_what_is_in_flight(serve) -> None:
         client.close()
         assert service.wait() == 0
         assert "killing" not in service.output()
+
+
+def test_a_second_ctrl_c_stops_waiting(serve) -> None:
+    """The main process forwards it as a second SIGTERM (the dispatchers leave the
+    terminal's SIGINT to it): they stop waiting for what is in flight."""
+    service, _ = two_dispatchers(serve, "--graceful-timeout=300", "apps:slow_echo", workers=2)
+    client = connect(service.address)
+    assert client.recv(1) == b"+"  # in a worker's hands, and it will not finish
+    os.killpg(service.pid, signal.SIGINT)
+    wait_until(lambda: "stopping on SIGINT" in service.output(), "the stop")
+    os.killpg(service.pid, signal.SIGINT)
+    assert service.wait() == 0  # not after graceful_timeout's 300 s
+    client.close()
 
 
 def test_a_reload_that_turns_proxy_off_puts_back_systemds_accept(serve, tmp_path) -> None:
