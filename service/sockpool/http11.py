@@ -186,22 +186,30 @@ def _checks_chunk_ends() -> bool:
 _CHUNKED_READER = _LineCheckingChunkedReader if _checks_chunk_ends() else _StrictChunkedReader
 
 
-def _whole(data: bytes) -> bool:
-    """A chunked request is all in `data` (its last chunk and trailer): parsed apart, so the
-    request's own parse reads it as before. A malformed one counts as whole: its own parse
-    refuses it."""
+HELD_CHUNKS = 16  # a chunked body held in the dispatcher: more chunks, read in the worker
+
+
+def _chunks_owed(data: bytes) -> bool:
+    """A chunked request in `data` whose last chunk has not come, in at most HELD_CHUNKS
+    chunks so far: held until it has. Parsed apart (and again on every read and every
+    handback), so the request's own parse reads it as before: the bound keeps that
+    re-parse from growing with a body trickled in a thousand small chunks. A malformed
+    one is not held: its own parse refuses it."""
     probe = h11.Connection(h11.SERVER)
     probe.receive_data(data)
     try:
         probe.next_event()  # the head, parsed already: the body's reader is now set
         if type(probe._reader) is ChunkedReader:
             probe._reader = _CHUNKED_READER()  # as next_request() reads it
-        while (event := probe.next_event()) is not h11.NEED_DATA:
-            if type(event) is h11.EndOfMessage:
+        for _ in range(HELD_CHUNKS):
+            event = probe.next_event()
+            if event is h11.NEED_DATA:
                 return True
+            if type(event) is h11.EndOfMessage:
+                return False
     except (h11.RemoteProtocolError, ValueError):
-        return True
-    return False
+        return False
+    return False  # past HELD_CHUNKS
 
 
 _date_second = 0
@@ -449,7 +457,7 @@ class HttpConnection:
             return False
         have = len(self._buf)
         if length is None:  # chunked
-            return have <= self.limits.hold_body and not _whole(bytes(self._buf))
+            return have <= self.limits.hold_body and _chunks_owed(bytes(self._buf))
         return have < end + length <= self.limits.hold_body
 
     def expects_continue(self) -> bool:

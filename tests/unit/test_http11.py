@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from sockpool import Parked, asgi, log, wsgi
 from sockpool.connection import ConnectionInfo, set_current
 from sockpool.http11 import (
+    HELD_CHUNKS,
     ClientDisconnected,
     HttpConnection,
     HttpError,
@@ -1659,6 +1660,16 @@ def test_a_request_whose_small_body_has_not_all_come_is_not_ready() -> None:
     assert http.next_request() is None
     http.feed(b"0\r\n\r\n")
     assert http.next_request() is not None and _body_of(http) == b"hello"
+
+
+def test_a_chunked_body_in_many_chunks_is_not_held() -> None:
+    """Each look at a held chunked body parses it again: past HELD_CHUNKS chunks it goes to
+    the worker, or a body trickled in a thousand one-byte chunks would cost its square."""
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    few = HttpConnection(HttpLimits(hold_body=1000), head + b"1\r\na\r\n" * 3)
+    assert few.next_request() is None
+    many = HttpConnection(HttpLimits(hold_body=1000), head + b"1\r\na\r\n" * (HELD_CHUNKS + 1))
+    assert many.next_request() is not None
 
 
 @pytest.mark.parametrize(
