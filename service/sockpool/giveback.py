@@ -104,6 +104,15 @@ def within(idle: float | None, left: float | None) -> float | None:
     return left if idle is None else min(idle, left)
 
 
+def request_left(info: ConnectionInfo | None) -> float | None:
+    """What is left of request_timeout since the request's first byte, for a request read
+    in the worker (within()); None: no limit, or no request begun."""
+    limit = _request_timeout
+    if not limit or info is None or not info.request_started:
+        return None
+    return limit - (time.monotonic_ns() - info.request_started) / 1e9
+
+
 def recv_within(conn: socket.socket, left: float | None) -> bytes:
     """conn.recv() waiting no longer than within() its own timeout and `left` allow."""
     if left is None:
@@ -166,8 +175,10 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
     per cent of a request."""
     info = _current.get(None)
     if info is None or not info.may_park or info.parked or _send is None:
+        if carry:  # mid-request, and it cannot wait in the dispatcher: as long as it would
+            return recv_within(conn, request_left(info))
         data = conn.recv(size)
-        if data and not carry and info is not None:  # as below: a request's first bytes
+        if data and info is not None:  # as below: a request's first bytes
             info.request_started = time.monotonic_ns()
         return data
     fd = conn.fileno()
@@ -237,6 +248,8 @@ def _park_or_recv(
         raise Parked
     if first and stopping() and not _poller(conn.fileno()).poll(STOP_FIRST_BYTE * 1000):
         return b""  # never spoke: the end, as the dispatcher would close it
+    if carry:  # mid-request: as long as the dispatcher would have held it
+        return recv_within(conn, request_left(info))
     return conn.recv(size)
 
 
@@ -283,8 +296,11 @@ async def read(
 
     info = current_connection()
     if not _parkable(info):
+        if carry:  # mid-request, and it cannot wait in the dispatcher: as long as it would
+            async with asyncio.timeout(within(None, request_left(info))):
+                return await reader.read(CHUNK)
         data = await reader.read(CHUNK)
-        if data and not carry and info is not None:  # as below: a request's first bytes
+        if data and info is not None:  # as below: a request's first bytes
             info.request_started = time.monotonic_ns()
         return data
     assert info is not None
@@ -299,6 +315,9 @@ async def read(
         first = not info.has_read
         if await _park_async(reader, writer, carry, first):
             raise Parked from None
+        if carry:  # as _park_or_recv(): as long as the dispatcher would have held it
+            async with asyncio.timeout(within(None, request_left(info))):
+                return await reader.read(CHUNK)
         try:  # as _park_or_recv()
             async with asyncio.timeout(STOP_FIRST_BYTE if first and stopping() else None):
                 data = await reader.read(CHUNK)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from . import giveback
 from .connection import ConnectionInfo, current_connection
 from .errors import whole_number
-from .giveback import client_speaks_first, read, receive, recv_within, within
+from .giveback import client_speaks_first, read, receive, recv_within, request_left, within
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
     import asyncio
@@ -49,15 +49,6 @@ def send_all(conn: socket.socket, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         conn.sendall(memoryview(data)[sent:])
-
-
-def _left(info: ConnectionInfo | None) -> float | None:
-    """What is left of request_timeout since the request's first byte, for a body read
-    here (giveback.within()); None: no limit."""
-    limit = giveback._request_timeout
-    if not limit or info is None or not info.request_started:
-        return None
-    return limit - (time.monotonic_ns() - info.request_started) / 1e9
 
 
 def _began(info: ConnectionInfo | None) -> None:
@@ -164,9 +155,8 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send_all(conn, exc.response)
             return
         if request is None:
-            if not (
-                data := recv_within(conn, _left(info)) if _too_long(buf) else receive(conn, buf)
-            ):
+            long = _too_long(buf)
+            if not (data := recv_within(conn, request_left(info)) if long else receive(conn, buf)):
                 if buf:
                     send_all(conn, BAD_REQUEST)
                 return
@@ -196,7 +186,7 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             return
         if request is None:
             if _END in buf:  # a body is read here: see http_hello
-                async with asyncio.timeout(within(idle, _left(info))):
+                async with asyncio.timeout(within(idle, request_left(info))):
                     data = await reader.read(CHUNK)
             else:
                 async with asyncio.timeout(idle):

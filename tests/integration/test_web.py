@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -37,7 +38,7 @@ from harness import (
     wait_until,
 )
 from test_bad_input import error_line
-from test_ready_work import mark, settle
+from test_ready_work import assert_closed_by_server, mark, settle
 from unit.test_http11 import INVALID, VALID
 from webapps import STREAMED
 
@@ -514,6 +515,23 @@ def test_a_small_body_that_stalls_holds_no_worker(serve, head, part, rest) -> No
         with client:
             client.send(rest)
             assert json.loads(client.response().body)["body"] == "helloworld"
+
+
+@pytest.mark.parametrize("kind", ["wsgi", "asgi"])
+def test_a_trickled_small_body_that_cannot_be_parked_keeps_request_timeout(serve, kind) -> None:
+    """At the descriptor limit (here from the start: 128 + 4 per worker are kept free) no
+    connection is parked, and a held body is read in the worker: still within
+    request_timeout, not idle_timeout a byte."""
+    app = {"wsgi": "webapps:echo_wsgi", "asgi": "webapps:echo_asgi"}[kind]
+    args = ["--request-timeout=1", "--idle-timeout=10"]
+    site = start_site(serve, kind, app, args, wrapper=["prlimit", "--nofile=136:136", "--"])
+    client = connect(site.address)
+    client.sendall(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\n\r\nhello")
+    for _ in range(30):  # 9 s of it: closed long before, after about 1 s
+        if select.select([client], [], [], 0.3)[0]:
+            break
+        client.sendall(b"a")
+    assert_closed_by_server(client, timeout=1)
 
 
 # -- WSGI (PEP 3333) with Flask ----------------------------------------------------------------
