@@ -214,8 +214,8 @@ class Lifecycle:
             if now >= self.stop_deadline and self.workers:
                 message = f"graceful timeout: killing {len(self.workers)} workers"
                 actions.append(records.problem(message))
-                for w in self.workers.values():  # as a reload's are (deadlines._overdue)
-                    if w.reason in (None, ExitReason.RETIRED):
+                for w in self.workers.values():  # as a reload's are (deadlines._overdue):
+                    if w.reason in (None, ExitReason.RETIRED, ExitReason.RECYCLED):  # not hung
                         w.reason = ExitReason.OVERDUE
                 actions += self.pool.kill(list(self.workers.values()), ExitReason.OVERDUE)
                 self.stop_deadline = float("inf")

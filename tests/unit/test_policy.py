@@ -564,6 +564,18 @@ def test_stop_tells_workers_still_starting_by_a_signal_too() -> None:
     assert sim.policy.finished
 
 
+def test_a_recycling_worker_past_a_stops_graceful_timeout_is_overdue_too() -> None:
+    """Recycled, and still busy when the stop's time ran out: killed with its connections,
+    which is no clean recycling (the record warns)."""
+    sim = Sim(workers=1, max_requests=10, max_requests_jitter=0, graceful_timeout=5.0)
+    [old] = sim.start()
+    sim.policy.workers[old].served = 10
+    sim.spawn(sim.feed(ev.Completions(frozenset({old}), 1.0)))  # its replacement starts
+    sim.feed(ev.StopRequested("SIGTERM", 1.0))
+    sim.tick(1.1)
+    assert ev.Kill(old, ExitReason.OVERDUE) in only(sim.tick(6.5), ev.Kill)
+
+
 def test_stop_past_graceful_timeout_kills_what_is_left() -> None:
     sim = Sim(graceful_timeout=5.0)
     a, b = sim.start()
