@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import os
 import select
 import signal
+import site
 import sys
 import sysconfig
 import time
@@ -73,10 +75,9 @@ def _import(spec: str, name: str) -> Any:
     # Any import-time failure of user code is the user's to fix, sys.exit("...") and a
     # class of its own under BaseException included: its message is the line worth showing.
     except BaseException as exc:
-        where = _users_line(traceback.extract_tb(exc.__traceback__))
+        filename, lineno = _users_line(exc, module_name)
         error = HandlerError(
-            f"{name}: cannot import {quote(module_name)}: "
-            f"{_text(exc)} ({cut(where.filename)}:{where.lineno})"
+            f"{name}: cannot import {quote(module_name)}: {_text(exc)} ({cut(filename)}:{lineno})"
         )
         error.detail = "".join(traceback.format_exception(exc))
         raise error from None
@@ -92,19 +93,46 @@ def _import(spec: str, name: str) -> Any:
     return target
 
 
-# Not the user's: the standard library, importlib's frozen frames, and ours (the import).
-_NOT_USERS = (
-    sysconfig.get_paths()["stdlib"] + os.sep, "<frozen ", os.path.dirname(__file__) + os.sep
-)  # fmt: skip
+# Not the user's, unless in the module's own package: the standard library, installed
+# packages, importlib's frozen frames, and ours (the import).
+_NOT_USERS = tuple(
+    {
+        *(path + os.sep for path in (*site.getsitepackages(), site.getusersitepackages())),
+        *(sysconfig.get_paths()[key] + os.sep for key in ("stdlib", "purelib", "platlib")),
+        "<frozen ",
+        os.path.dirname(__file__) + os.sep,
+    }
+)
 
 
-def _users_line(frames: traceback.StackSummary) -> traceback.FrameSummary:
-    """The innermost frame of the user's code: a json.loads() that fails at import is the
-    line that called it, not json/decoder.py's. The innermost if none is the user's."""
+def _users_line(exc: BaseException, module: str) -> tuple[str, int | None]:
+    """Where the import failed in the user's code: a json.loads() or a library call that
+    fails at import is the line that made it, not json/decoder.py's. A SyntaxError says
+    where itself. Else the innermost frame in the module's own package (which may be an
+    installed one), then in no library, then the innermost of all."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return exc.filename, exc.lineno
+    frames = traceback.extract_tb(exc.__traceback__)
+    home = _package_dir(module)
+    for frame in reversed(frames):
+        if home and frame.filename.startswith(home):
+            return frame.filename, frame.lineno
     for frame in reversed(frames):
         if not frame.filename.startswith(_NOT_USERS):
-            return frame
-    return frames[-1]
+            return frame.filename, frame.lineno
+    return frames[-1].filename, frames[-1].lineno
+
+
+def _package_dir(module: str) -> str:
+    """The directory of the top-level package `module` is in (the file, for a plain
+    module); "" when it cannot be found."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])
+    except Exception:  # the finder runs the user's code: anything may fail there
+        return ""
+    if spec is None or not spec.origin or spec.origin in ("built-in", "frozen"):
+        return ""
+    return os.path.dirname(spec.origin) + os.sep if spec.submodule_search_locations else spec.origin
 
 
 def _text(exc: BaseException) -> str:

@@ -121,3 +121,22 @@ def test_a_failed_import_names_the_users_line_and_keeps_the_traceback(
     assert str(err.value).endswith(f"({tmp_path}/badconfig_mod.py:2)")
     assert err.value.detail.startswith("Traceback")
     assert 'CONFIG = json.loads("{bad")' in err.value.detail
+
+
+@pytest.mark.parametrize(
+    ("source", "line"),
+    [
+        ('import h11\nh11.Request(method="GET", target="/", headers=[])\n', 2),  # in a library
+        ("x = 1\ndef broken(:\n", 2),  # a SyntaxError: importlib's frames only
+    ],
+    ids=["installed-library", "syntax-error"],
+)
+def test_a_failed_import_names_the_users_line_not_a_librarys(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, source: str, line: int, request
+) -> None:
+    name = f"users_line_{request.node.callspec.id.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(HandlerError) as err:
+        load_handler(f"{name}:handle")
+    assert str(err.value).endswith(f"({tmp_path}/{name}.py:{line})")
