@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -302,9 +303,16 @@ def _main(argv: list[str] | None) -> int:
     listeners = _listeners(cfg)
     names = [lst.name for lst in listeners]
     _warn_unmatched(cfg, names)
+    # Socket-activated, `listen` means nothing (_listeners()): nor does a reload's change
+    # of it, which would be said to wait for a restart.
+    activated = not any(lst.owned for lst in listeners)
+    if activated:
+        cfg = dataclasses.replace(cfg, listen=())
 
     def reload() -> config.Config:
         new = load()
+        if activated:
+            new = dataclasses.replace(new, listen=())
         config.check_handlers(new, names)
         config.check_kinds(cfg, new, names)
         return new

@@ -52,6 +52,19 @@ def test_listen_is_not_bound_under_socket_activation(serve) -> None:
         socket.create_connection((host, int(port)), timeout=5).close()
 
 
+def test_a_reload_that_changes_listen_under_socket_activation_says_nothing_of_it(
+    serve, tmp_path: Path
+) -> None:
+    """A restart would ignore it too: no 'a restart applies the change'."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'handler = "{ECHO}"\nworkers = 1\nlisten = ["{tcp()}"]\n')
+    service = serve([f"--config={config}"], listen=[tcp()])
+    config.write_text(f'handler = "{ECHO}"\nworkers = 1\nlisten = ["{tcp()}"]\n')
+    service.signal(signal.SIGHUP)
+    wait_until(lambda: service.read_notifications().count("READY=1") == 2, "the reload")
+    assert "restart applies" not in service.output()
+
+
 def test_two_named_listeners_are_served_by_their_own_handlers(serve, tmp_path: Path) -> None:
     config = tmp_path / "two.toml"
     config.write_text(
