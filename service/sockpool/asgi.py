@@ -22,7 +22,7 @@ from . import log
 from .connection import current_connection
 from .errors import HANDLER_FAULTS, cancelled_from_outside
 from .flushing import taken
-from .giveback import client_speaks_first, read, within
+from .giveback import began, client_speaks_first, read, within
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -143,6 +143,8 @@ def make_handler(
             exchange = _Exchange(http, reader, writer, idle)
             if not await exchange.run(app, _scope(base, request), request, access_log):
                 return
+            if http.carry():  # the next request's first bytes, read with this one's
+                began(info)
 
     return asgi_handler
 

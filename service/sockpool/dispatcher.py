@@ -164,15 +164,18 @@ class Dispatcher:
                 config, error = None, exc.message
             self.reload(config, error)
         elif signum in (signal.SIGTERM, signal.SIGINT):
+            if self.shares and signum == signal.SIGINT:  # one of N: a terminal's Ctrl-C,
+                return  # the main process's to take (it stops us, and says hurry())
             name = signal.Signals(signum).name
-            if self.shares:  # one of N: the main process stops it, with SIGTERM
-                if signum == signal.SIGINT:
-                    return  # a terminal's Ctrl-C, which the main process took too
-                if self.policy.stopping:
-                    name = "SIGINT"  # its second SIGTERM: a second Ctrl-C, stop waiting
             self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
         elif signum in (signal.SIGUSR1, signal.SIGUSR2) and not self.shares:
             records.write(records.unheeded(signum))  # (one of N: the main process says it)
+
+    def hurry(self) -> None:
+        """One of N, told by the main process of a second Ctrl-C: stop waiting, as a
+        second SIGINT does (policy.py)."""
+        self.hot.catch_up(time.monotonic())
+        self._feed(ev.StopRequested("SIGINT", time.monotonic(), self.hot.busy()))
 
     def reload(self, config: Config | None, error: str = "") -> None:
         """Serve `config` with a new generation of workers (policy.py); None: the reload

@@ -113,6 +113,14 @@ def request_left(info: ConnectionInfo | None) -> float | None:
     return limit - (time.monotonic_ns() - info.request_started) / 1e9
 
 
+def began(info: ConnectionInfo | None) -> None:
+    """A request began now: one whose first bytes came with the last (pipelined), read
+    before its own read would have marked it. Its request_timeout counts from here, not
+    from the request before it (request_left(), and the dispatcher's if it is parked)."""
+    if info is not None:
+        info.request_started = time.monotonic_ns()
+
+
 def recv_within(conn: socket.socket, left: float | None) -> bytes:
     """conn.recv() waiting no longer than within() its own timeout and `left` allow."""
     if left is None:

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from typing import TYPE_CHECKING
 
 from . import giveback
 from .connection import ConnectionInfo, current_connection
 from .errors import whole_number
-from .giveback import client_speaks_first, read, receive, recv_within, request_left, within
+from .giveback import (
+    began,
+    client_speaks_first,
+    read,
+    receive,
+    recv_within,
+    request_left,
+    within,
+)
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
     import asyncio
@@ -49,11 +56,6 @@ def send_all(conn: socket.socket, data: bytes) -> None:
         sent = 0
     if sent < len(data):
         conn.sendall(memoryview(data)[sent:])
-
-
-def _began(info: ConnectionInfo | None) -> None:
-    if info is not None:
-        info.request_started = time.monotonic_ns()
 
 
 def _idle_timeout() -> float | None:
@@ -164,7 +166,7 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             continue
         response, keep, used = request
         if buf := buf[used:]:  # the next request's, read with this one: it began now
-            _began(info)
+            began(info)
         send_all(conn, response)
         if not keep:
             return
@@ -200,7 +202,7 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             continue
         response, keep, used = request
         if buf := buf[used:]:  # the next request's, read with this one: it began now
-            _began(info)
+            began(info)
         writer.write(response)
         await writer.drain()
         if not keep:

@@ -615,7 +615,7 @@ class HotPath:
         if parking.deadlines and parking.deadlines[0][0] <= now:
             parking.expire(now)
         admission = self.admission
-        if admission.full is not None:  # one of N: whether its share is full, now
+        if admission.full is not None and not self.stopping:  # one of N: is its share full
             held = self.busy() + len(self.pending) + len(parking)
             admission.publish(held)
             if self.left and (admission.room(held) > 0 or not admission.elsewhere()):
@@ -832,6 +832,8 @@ class HotPath:
         browser's preconnect) would only hold up the stop."""
         self.accepting = False
         self.stopping = True
+        if self.admission.full is not None:  # one of N: it takes nothing more, from now
+            self.admission.full[self.admission.index] = 1
         self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
         self.backlogged.clear()
         self.left.clear()

@@ -201,7 +201,7 @@ def _chunks_owed(data: bytes) -> bool:
         probe.next_event()  # the head, parsed already: the body's reader is now set
         if type(probe._reader) is ChunkedReader:
             probe._reader = _CHUNKED_READER()  # as next_request() reads it
-        for _ in range(HELD_CHUNKS):
+        for _ in range(HELD_CHUNKS + 1):  # a Data event a chunk, then NEED_DATA
             event = probe.next_event()
             if event is h11.NEED_DATA:
                 return True

@@ -110,8 +110,8 @@ def _users_line(exc: BaseException, module: str) -> tuple[str, int | None]:
     fails at import is the line that made it, not json/decoder.py's. A SyntaxError says
     where itself. Else the innermost frame in the module's own package (which may be an
     installed one), then in no library, then the innermost of all."""
-    if isinstance(exc, SyntaxError) and exc.filename:
-        return exc.filename, exc.lineno
+    if isinstance(exc, SyntaxError) and exc.filename and os.path.isfile(exc.filename):
+        return exc.filename, exc.lineno  # (not "<unknown>": a string the module compiled)
     frames = traceback.extract_tb(exc.__traceback__)
     home = _package_dir(module)
     for frame in reversed(frames):

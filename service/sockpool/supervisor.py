@@ -62,6 +62,7 @@ _MAIN_RECORDS = frozenset(
     for e in (Event.STARTED, Event.READY, Event.RELOADING, Event.RELOAD_FAILED, Event.STOPPING)
 )
 RECORD = "X_SOCKPOOL_RECORD"  # a dispatcher's failed reload, for the main process to write
+HURRY = b"HURRY=1"  # to a dispatcher, beside reloads: a second Ctrl-C (Hurry)
 
 
 # -- pure parts ------------------------------------------------------------------------------
@@ -186,6 +187,14 @@ class Signal(NamedTuple):
     signum: int
 
 
+class Hurry(NamedTuple):
+    """A second Ctrl-C for dispatcher `index`: stop waiting for what is in flight. A
+    message, not a signal: a second SIGTERM may be systemd's own (`systemctl kill`), and
+    the terminal's SIGINT is the main process's to take."""
+
+    index: int
+
+
 class Notify(NamedTuple):
     assignments: tuple[str, ...]
 
@@ -204,7 +213,7 @@ class LogLevel(NamedTuple):
     level: str
 
 
-Action = Fork | Reload | Signal | Notify | Record | Wake | Exit | LogLevel
+Action = Fork | Reload | Signal | Hurry | Notify | Record | Wake | Exit | LogLevel
 _RELOADING = Notify(("RELOADING=1", "STATUS=reloading"))  # what systemd hears, every time
 
 
@@ -514,8 +523,8 @@ class Plan:
 
     def _on_stoprequested(self, e: ev.StopRequested) -> list[Action]:
         if self.stopping:  # a second Ctrl-C: the dispatchers stop waiting too
-            if e.signal == "SIGINT":  # as a second SIGTERM: they leave the terminal's SIGINT
-                return [Signal(i, signal.SIGTERM) for i, c in enumerate(self.children) if c.pid]
+            if e.signal == "SIGINT":  # they leave the terminal's SIGINT to us: Hurry
+                return [Hurry(i) for i, c in enumerate(self.children) if c.pid]
             return []
         busy = parse_status(self.status()).get("busy", (0,))[0]
         grace = self.config.graceful_timeout
@@ -576,6 +585,12 @@ class Child:
             if not data:
                 break
         return messages
+
+    def hurry(self) -> None:
+        """Hurry's message; a dispatcher that cannot take it is on its way out anyway."""
+        with contextlib.suppress(OSError):
+            if self.sock is not None:
+                self.sock.send(HURRY)
 
     def ask(self, order: Reload) -> None:
         """Send the reload: its number, and the configuration in a memfd passed with it (no
@@ -654,6 +669,8 @@ class Supervisor:
                 self._ask(action)
             elif isinstance(action, Signal):
                 self.children[action.index].signal(action.signum)
+            elif isinstance(action, Hurry):
+                self.children[action.index].hurry()
             elif isinstance(action, Notify):
                 self.notifier.send(*action.assignments)
             elif isinstance(action, Record):
@@ -810,6 +827,7 @@ class Taken(NamedTuple):
     round: int
     config: Config | None
     error: str
+    hurry: bool = False  # not a reload: a second Ctrl-C (HURRY)
 
 
 def take_reload(sock: socket.socket) -> Taken | None:
@@ -826,6 +844,9 @@ def take_reload(sock: socket.socket) -> Taken | None:
     if not data:
         channel.close_all(fds)
         raise EOFError
+    if data == HURRY:
+        channel.close_all(fds)
+        return Taken(0, None, "", hurry=True)
     key, _, number = data.decode(errors="replace").partition("=")
     try:
         if key != notify.ROUND or not digits(number):
@@ -850,7 +871,9 @@ def _on_reload(sock: socket.socket, dispatcher: Dispatcher) -> None:
     except EOFError:  # PR_SET_PDEATHSIG stops this one
         dispatcher.loop.unwatch(sock)
         return
-    if taken is not None:
+    if taken is not None and taken.hurry:
+        dispatcher.hurry()
+    elif taken is not None:
         dispatcher.notifier.round = taken.round or dispatcher.notifier.round
         dispatcher.reload(taken.config, taken.error)
 

@@ -23,7 +23,7 @@ from typing import Any
 from . import __version__, log
 from .connection import ConnectionInfo
 from .errors import HANDLER_FAULTS, digits
-from .giveback import client_speaks_first, receive, recv_within
+from .giveback import began, client_speaks_first, receive, recv_within
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -385,6 +385,8 @@ def make_handler(app: Any, limits: HttpLimits | None = None, access_log: bool = 
                 return
             if not _serve(app, conn, http, request, base, access_log):
                 return
+            if http.carry():  # the next request's first bytes, read with this one's
+                began(info)
 
     return wsgi_handler
 

@@ -124,7 +124,10 @@ def test_max_connections_is_the_services_not_one_dispatchers(serve) -> None:
     service, dispatchers = two_dispatchers(
         serve, "--max-connections=6", "--overload-reply=busy", ECHO_SLOW_ASYNC, workers=2
     )
-    wait_until(lambda: "busy 0," in service.statuses()[-1], "the activating connection gone")
+    everyone = [*dispatchers, *(w for d in dispatchers for w in children(d))]
+    wait_until(  # the activating connection gone: it would count against a share
+        lambda: not any(service.connections_held(pid) for pid in everyone), "nothing held"
+    )
     os.kill(dispatchers[1], signal.SIGSTOP)
     try:
         held = [connect(service.address) for _ in range(3)]
@@ -269,6 +272,21 @@ def test_one_ctrl_c_drains_what_is_in_flight(serve) -> None:
         client.close()
         assert service.wait() == 0
         assert "killing" not in service.output()
+
+
+def test_a_sigterm_to_every_process_drains_once(serve) -> None:
+    """systemctl kill, or a stop under KillMode=control-group: each dispatcher gets
+    systemd's SIGTERM and the main process's. Two SIGTERMs are one stop, not a second
+    Ctrl-C: what is in flight is answered."""
+    service, _ = two_dispatchers(serve, "apps:slow_echo", workers=2)
+    client = connect(service.address)
+    assert client.recv(1) == b"+"
+    client.sendall(b"in flight\n")
+    os.killpg(service.pid, signal.SIGTERM)
+    assert client.recv(100) == b"in flight\n"
+    client.close()
+    assert service.wait() == 0
+    assert "killing" not in service.output()
 
 
 def test_a_second_ctrl_c_stops_waiting(serve) -> None:

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sockpool import Parked, asgi, log, wsgi
+from sockpool import Parked, asgi, giveback, log, wsgi
 from sockpool.connection import ConnectionInfo, set_current
 from sockpool.http11 import (
     HELD_CHUNKS,
@@ -1666,8 +1666,8 @@ def test_a_chunked_body_in_many_chunks_is_not_held() -> None:
     """Each look at a held chunked body parses it again: past HELD_CHUNKS chunks it goes to
     the worker, or a body trickled in a thousand one-byte chunks would cost its square."""
     head = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
-    few = HttpConnection(HttpLimits(hold_body=1000), head + b"1\r\na\r\n" * 3)
-    assert few.next_request() is None
+    few = HttpConnection(HttpLimits(hold_body=1000), head + b"1\r\na\r\n" * HELD_CHUNKS)
+    assert few.next_request() is None  # HELD_CHUNKS chunks, the last one owed: held
     many = HttpConnection(HttpLimits(hold_body=1000), head + b"1\r\na\r\n" * (HELD_CHUNKS + 1))
     assert many.next_request() is not None
 
@@ -1693,3 +1693,27 @@ def test_a_request_whose_client_left_mid_body_is_ready_to_be_told() -> None:
     assert http.next_request() is not None  # the application hears of it as it reads
     with pytest.raises(ClientDisconnected):
         _body_of(http)
+
+
+def test_a_pipelined_requests_time_starts_when_the_one_before_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its first bytes came with the request before it, which took longer than
+    request_timeout to serve: its own time counts from then, not from that request's
+    start (it was dropped unanswered, its time up before its first wait)."""
+    monkeypatch.setattr(giveback, "_request_timeout", 0.5)
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/slow":
+            time.sleep(0.8)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    info = ConnectionInfo(8, "web", "127.0.0.1:40001")
+    client, thread = run_sync(wsgi.make_handler(app, HttpLimits(request_timeout=0.5)), info)
+    with client:
+        client.sendall(b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n")
+        assert recv_until(client, b"\r\n\r\nok").startswith(b"HTTP/1.1 200 ")
+        client.sendall(b"Host: a\r\n\r\n")  # the rest of the second, at once
+        assert recv_until(client, b"\r\n\r\nok").startswith(b"HTTP/1.1 200 ")
+    thread.join(10)

@@ -128,8 +128,9 @@ def test_a_failed_import_names_the_users_line_and_keeps_the_traceback(
     [
         ('import h11\nh11.Request(method="GET", target="/", headers=[])\n', 2),  # in a library
         ("x = 1\ndef broken(:\n", 2),  # a SyntaxError: importlib's frames only
+        ("import ast\nCONFIG = ast.literal_eval('{')\n", 2),  # one of a string, not a file
     ],
-    ids=["installed-library", "syntax-error"],
+    ids=["installed-library", "syntax-error", "syntax-error-of-a-string"],
 )
 def test_a_failed_import_names_the_users_line_not_a_librarys(
     tmp_path, monkeypatch: pytest.MonkeyPatch, source: str, line: int, request

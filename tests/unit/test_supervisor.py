@@ -25,6 +25,7 @@ from sockpool.supervisor import (
     Exit,
     Exited,
     Fork,
+    Hurry,
     LogLevel,
     Notify,
     Plan,
@@ -268,10 +269,7 @@ def test_stop_is_forwarded_and_the_worst_exit_code_wins() -> None:
         Signal(1, signal.SIGTERM),
     ]
     assert p.handle(ev.StopRequested("SIGTERM", 3.1)) == []
-    assert p.handle(ev.StopRequested("SIGINT", 3.2)) == [
-        Signal(0, signal.SIGTERM),  # a second one: the dispatchers leave the terminal's SIGINT
-        Signal(1, signal.SIGTERM),
-    ]
+    assert p.handle(ev.StopRequested("SIGINT", 3.2)) == [Hurry(0), Hurry(1)]  # a message
     assert p.handle(Exited(0, "exited with status 0", 0, 4.0)) == []  # not a restart
     actions = p.handle(Exited(1, "killed by signal SIGKILL", 137, 4.0))
     assert actions[-1] == Exit(137)
