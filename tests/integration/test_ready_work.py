@@ -350,7 +350,13 @@ def test_http_hello_closes_a_body_trickled_past_request_timeout(serve, handler: 
     service = launch(serve, ["--workers=1", "--request-timeout=1", "--idle-timeout=5", handler])
     client = connect(service.address)
     client.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 100\r\n\r\n")
-    for _ in range(30):  # 9 s of it: closed long before, after about 1 s
+    trickled_until_closed(client)
+
+
+def trickled_until_closed(client: socket.socket) -> None:
+    """A byte every 0.3 s for up to 9 s: the server closes it (after request_timeout, 1 s
+    in these tests) long before."""
+    for _ in range(30):
         if select.select([client], [], [], 0.3)[0]:
             break
         client.sendall(b"a")

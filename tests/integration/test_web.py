@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
@@ -38,7 +37,7 @@ from harness import (
     wait_until,
 )
 from test_bad_input import error_line
-from test_ready_work import assert_closed_by_server, mark, settle
+from test_ready_work import mark, settle, trickled_until_closed
 from unit.test_http11 import INVALID, VALID
 from webapps import STREAMED
 
@@ -527,11 +526,7 @@ def test_a_trickled_small_body_that_cannot_be_parked_keeps_request_timeout(serve
     site = start_site(serve, kind, app, args, wrapper=["prlimit", "--nofile=136:136", "--"])
     client = connect(site.address)
     client.sendall(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\n\r\nhello")
-    for _ in range(30):  # 9 s of it: closed long before, after about 1 s
-        if select.select([client], [], [], 0.3)[0]:
-            break
-        client.sendall(b"a")
-    assert_closed_by_server(client, timeout=1)
+    trickled_until_closed(client)
 
 
 # -- WSGI (PEP 3333) with Flask ----------------------------------------------------------------
