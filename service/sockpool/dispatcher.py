@@ -174,8 +174,11 @@ class Dispatcher:
     def hurry(self) -> None:
         """One of N, told by the main process of a second Ctrl-C: stop waiting, as a
         second SIGINT does (policy.py)."""
-        self.hot.catch_up(time.monotonic())
-        self._feed(ev.StopRequested("SIGINT", time.monotonic(), self.hot.busy()))
+        now = time.monotonic()
+        self.hot.catch_up(now)
+        if not self.policy.stopping:  # its SIGTERM, sent first, may come in after this
+            self._feed(ev.StopRequested("SIGTERM", now, self.hot.busy()))
+        self._feed(ev.StopRequested("SIGINT", now, self.hot.busy()))
 
     def reload(self, config: Config | None, error: str = "") -> None:
         """Serve `config` with a new generation of workers (policy.py); None: the reload
