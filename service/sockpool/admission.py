@@ -42,11 +42,18 @@ class Admission:
         self.full, self.index = full, index
         full[index] = 0
 
-    def publish(self, held: int) -> None:
-        """Whether this dispatcher's share is full, for the others to read (elsewhere())."""
-        full = self.full
-        if full is not None:
-            full[self.index] = bool(self.max_total) and held >= self.max_total
+    def publish(self, held: int) -> bool:
+        """Whether this dispatcher's share is full, for the others to read (elsewhere());
+        returned too."""
+        now_full = bool(self.max_total) and held >= self.max_total
+        if self.full is not None:
+            self.full[self.index] = now_full
+        return now_full
+
+    def withdraw(self) -> None:
+        """One of N that takes nothing more (it stops): its share counts as full."""
+        if self.full is not None:
+            self.full[self.index] = 1
 
     def elsewhere(self) -> bool:
         """Another dispatcher's share has room: this one, at its own, leaves new connections

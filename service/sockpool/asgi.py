@@ -22,7 +22,7 @@ from . import log
 from .connection import current_connection
 from .errors import HANDLER_FAULTS, cancelled_from_outside
 from .flushing import taken
-from .giveback import began, client_speaks_first, read, within
+from .giveback import began, client_speaks_first, read, read_within
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -252,13 +252,12 @@ class _Exchange:
         own in the dispatcher): else a client trickling its body would hold its slot for
         ever. TimeoutError past either."""
         left = self.left
-        began = time.monotonic()
+        start = time.monotonic()
         try:
-            async with asyncio.timeout(within(self.idle, left)):
-                return await self.reader.read(CHUNK)
+            return await read_within(self.reader, self.idle, left)
         finally:
             if left is not None:
-                self.left = left - (time.monotonic() - began)
+                self.left = left - (time.monotonic() - start)
 
     async def _watch(self) -> None:
         """Hear the client leave while the application waits in receive() for the response

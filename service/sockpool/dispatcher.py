@@ -143,7 +143,7 @@ class Dispatcher:
         return agent.reply(
             free=free - len(hot.pending),
             total=per_worker * policy.active.config.workers,
-            held=hot.busy() + len(hot.pending) + len(hot.parking),
+            held=hot.held(),
             max_connections=hot.admission.max_total,
             draining=policy.stopping or policy.incoming is not None,
             whole=policy.active.config.whole_max_connections,
@@ -176,9 +176,10 @@ class Dispatcher:
         second SIGINT does (policy.py)."""
         now = time.monotonic()
         self.hot.catch_up(now)
+        busy = self.hot.busy()
         if not self.policy.stopping:  # its SIGTERM, sent first, may come in after this
-            self._feed(ev.StopRequested("SIGTERM", now, self.hot.busy()))
-        self._feed(ev.StopRequested("SIGINT", now, self.hot.busy()))
+            self._feed(ev.StopRequested("SIGTERM", now, busy))
+        self._feed(ev.StopRequested("SIGINT", now, busy))
 
     def reload(self, config: Config | None, error: str = "") -> None:
         """Serve `config` with a new generation of workers (policy.py); None: the reload

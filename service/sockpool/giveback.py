@@ -133,6 +133,17 @@ def recv_within(conn: socket.socket, left: float | None) -> bytes:
         conn.settimeout(timeout)
 
 
+async def read_within(
+    reader: asyncio.StreamReader, idle: float | None, left: float | None
+) -> bytes:
+    """recv_within() for an async handler: reader.read() waiting no longer than within()
+    `idle` and `left` allow."""
+    import asyncio  # here: sync workers and the dispatcher never load it
+
+    async with asyncio.timeout(within(idle, left)):
+        return await reader.read(CHUNK)
+
+
 def _parkable(info: ConnectionInfo | None) -> bool:
     return info is not None and info.may_park and not info.parked and _send is not None
 
@@ -186,8 +197,8 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
         if carry:  # mid-request, and it cannot wait in the dispatcher: as long as it would
             return recv_within(conn, request_left(info))
         data = conn.recv(size)
-        if data and info is not None:  # as below: a request's first bytes
-            info.request_started = time.monotonic_ns()
+        if data:  # as below: a request's first bytes
+            began(info)
         return data
     fd = conn.fileno()
     wait_first = False
@@ -305,11 +316,10 @@ async def read(
     info = current_connection()
     if not _parkable(info):
         if carry:  # mid-request, and it cannot wait in the dispatcher: as long as it would
-            async with asyncio.timeout(within(None, request_left(info))):
-                return await reader.read(CHUNK)
+            return await read_within(reader, None, request_left(info))
         data = await reader.read(CHUNK)
-        if data and info is not None:  # as below: a request's first bytes
-            info.request_started = time.monotonic_ns()
+        if data:  # as below: a request's first bytes
+            began(info)
         return data
     assert info is not None
     others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
@@ -324,8 +334,7 @@ async def read(
         if await _park_async(reader, writer, carry, first):
             raise Parked from None
         if carry:  # as _park_or_recv(): as long as the dispatcher would have held it
-            async with asyncio.timeout(within(None, request_left(info))):
-                return await reader.read(CHUNK)
+            return await read_within(reader, None, request_left(info))
         try:  # as _park_or_recv()
             async with asyncio.timeout(STOP_FIRST_BYTE if first and stopping() else None):
                 data = await reader.read(CHUNK)

@@ -17,10 +17,10 @@ from .giveback import (
     began,
     client_speaks_first,
     read,
+    read_within,
     receive,
     recv_within,
     request_left,
-    within,
 )
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
@@ -188,8 +188,7 @@ async def http_hello_async(reader: asyncio.StreamReader, writer: asyncio.StreamW
             return
         if request is None:
             if _END in buf:  # a body is read here: see http_hello
-                async with asyncio.timeout(within(idle, request_left(info))):
-                    data = await reader.read(CHUNK)
+                data = await read_within(reader, idle, request_left(info))
             else:
                 async with asyncio.timeout(idle):
                     data = await read(reader, writer, buf)

@@ -269,7 +269,7 @@ class HotPath:
         # Or keep-alive clients would starve the backlog.
         came_back, self.came_back = self.came_back, 0
         admission = self.admission
-        held = self.busy() + len(self.pending) + len(self.parking)
+        held = self.held()
         allowed = admission.room(held)
         if allowed <= 0 and admission.full is not None and admission.elsewhere():
             self._leave_to_others()
@@ -616,9 +616,8 @@ class HotPath:
             parking.expire(now)
         admission = self.admission
         if admission.full is not None and not self.stopping:  # one of N: is its share full
-            held = self.busy() + len(self.pending) + len(parking)
-            admission.publish(held)
-            if self.left and (admission.room(held) > 0 or not admission.elsewhere()):
+            full = admission.publish(self.held())
+            if self.left and (not full or not admission.elsewhere()):
                 self.backlogged |= self.left  # its own to take again, or to refuse
                 self.left.clear()
 
@@ -819,6 +818,11 @@ class HotPath:
     def _all_busy(self) -> bool:
         return all(p.w.handed for p in self.workers.values())
 
+    def held(self) -> int:
+        """Connections in hand: with workers, waiting for one, and parked. All count against
+        max_connections and the descriptors."""
+        return self.busy() + len(self.pending) + len(self.parking)
+
     def busy(self) -> int:
         busy = 0
         for p in self.workers.values():
@@ -832,8 +836,7 @@ class HotPath:
         browser's preconnect) would only hold up the stop."""
         self.accepting = False
         self.stopping = True
-        if self.admission.full is not None:  # one of N: it takes nothing more, from now
-            self.admission.full[self.admission.index] = 1
+        self.admission.withdraw()  # one of N: it takes nothing more, from now
         self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
         self.backlogged.clear()
         self.left.clear()
@@ -863,7 +866,7 @@ class HotPath:
                 Event.OVERLOAD,
                 "near the descriptor limit (%d connections held): not parking connections "
                 "until some close; raise LimitNOFILE= (logged at most once a minute)",
-                self.busy() + len(self.pending) + len(self.parking),
+                self.held(),
                 level=logging.WARNING,
             )
 

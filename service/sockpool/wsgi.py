@@ -97,11 +97,11 @@ class _Input(io.RawIOBase):
         try:
             if left is None:
                 return conn.recv(CHUNK)
-            began = time.monotonic()
+            start = time.monotonic()
             try:
                 return recv_within(conn, left)
             finally:
-                self._left = left - (time.monotonic() - began)
+                self._left = left - (time.monotonic() - start)
         except OSError as exc:
             if not client_gone(exc):
                 raise
