@@ -2,6 +2,7 @@
 
 from .connection import ConnectionInfo, current_connection
 from .giveback import Parked, client_speaks_first, park, park_async, read, receive
+from .unsent import send
 
 __version__ = "0.1.0"
 __all__ = [
@@ -14,4 +15,5 @@ __all__ = [
     "park_async",
     "read",
     "receive",
+    "send",
 ]

@@ -76,6 +76,12 @@ _LIMITS = [
         "bytes of a partial request the dispatcher holds for a parked connection; a "
         "connection parked with more is closed (default 16384, at most 65536)",
     ),
+    (
+        "max_unsent",
+        "BYTES",
+        "bytes of an answer a sync worker may leave to the dispatcher to send when its client "
+        "reads slowly, so the worker goes on to the next connection (default 1048576; 0: off)",
+    ),
     ("max_request_line", "BYTES", "web apps: a longer request line gets 414 (default 8190)"),
     ("max_header_bytes", "BYTES", "web apps: a larger request head gets 431 (default 16384)"),
     ("max_headers", "N", "web apps: more header fields get 431 (default 100)"),

@@ -125,6 +125,7 @@ class Config:
     queue_ahead: int = 1  # connections a sync worker holds queued behind the one it serves
     pull: bool = False  # async workers take a connection only while their loop waits (pull.py)
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
+    max_unsent: int = 1 << 20  # bytes of an answer a sync worker may leave it to send (unsent.py)
     # Web applications (http11.py, wsgi.py, asgi.py).
     wsgi: str | None = None  # module:app, served on sync workers
     asgi: str | None = None  # module:app, served on async workers
@@ -410,6 +411,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "queue_ahead": (int, _queue_ahead),
     "pull": (bool, _flag),
     "max_carry": (int, _carry),
+    "max_unsent": (int, _bytes),
     "wsgi": (str, _handler),
     "asgi": (str, _handler),
     "access_log": (bool, _flag),

@@ -6,6 +6,7 @@ import contextvars
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 _PEERCRED = struct.Struct("3i")
 _current: contextvars.ContextVar[ConnectionInfo] = contextvars.ContextVar("sockpool_connection")
@@ -31,6 +32,7 @@ class ConnectionInfo:
     has_read: bool = False
     turn_began: int = 0
     kept_alive: bool = False
+    unsent: Any = None  # unsent.Unsent: an answer's rest its client has not taken yet
     # Behind a load balancer speaking the PROXY protocol v2: the TLVs it sent, if any.
     proxy_unique_id: bytes | None = None  # PP2_TYPE_UNIQUE_ID (HAProxy's unique-id)
     proxy_authority: str | None = None  # PP2_TYPE_AUTHORITY: the host name asked for (SNI)

@@ -90,7 +90,7 @@ class Dispatcher:
             # are; a worker forked later resets its own (cpuslice.py).
             if (why := cpuslice.shorten()) is not None:
                 log.log.debug("the dispatcher keeps the kernel's CPU slice: %s", why)
-            while not self.policy.finished:
+            while not self.policy.finished or self._sending(monotonic()):
                 now = monotonic()
                 hot.watch_done()
                 loop.poll(0.0 if hot.has_work(now) else self._idle(now))
@@ -102,9 +102,16 @@ class Dispatcher:
             self._close()
         return ExitCode.OK
 
+    def _sending(self, now: float) -> bool:
+        """Stopping, with its workers gone: answers still going out keep it running, until
+        graceful_timeout (hot.sending()), or a second Ctrl-C (the policy's deadline, now)."""
+        return self.hot.sending(now) and now < self.policy.stop_deadline
+
     def _idle(self, now: float) -> float:
         hot = self.hot
         due = min(self.loop.next_timer(), hot.parking.next_deadline(), hot.next_steal)
+        if hot.stopping and hot.parking.unsent:  # answers still being sent: until when
+            due = min(due, hot.send_until)
         if hot.pull and hot.pending:  # should a loop's wake-up be missed (pull.py)
             due = min(due, now + pull.RECHECK)
         if hot.backlogged:  # connections left in a backlog
@@ -203,7 +210,7 @@ class Dispatcher:
             log.log.error("bad message from worker %d: %s", p.pid, exc)
             return True
         if isinstance(event, GivenBack):
-            self.hot.park(p, event.message, event.fd, now)
+            self.hot.park(p, event.message, event.fd, now, event.unsent)
             return True
         if isinstance(event, ev.ChannelClosed):  # it is exiting; SIGCHLD will say how
             self.loop.unwatch(p.chan)

@@ -35,7 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set by the worker process (worker.py): sends a PARK message with the descriptor, and how
 # long to wait for the next request before parking. Outside a worker, nothing parks.
-_send: Callable[..., None] | None = None  # (fd, conn_id, started, carry, ready, silent)
+# (fd, conn_id, started, carry, ready, silent, unsent, close): unsent, a memfd or -1
+_send: Callable[..., None] | None = None
 _park_after = 0.0
 _request_timeout = 0.0  # a request's time from its first byte: parked, or read (handlers.py)
 _max_carry = 0  # a request within this many bytes may be parked whole (handlers.py)
@@ -149,13 +150,19 @@ def _parkable(info: ConnectionInfo | None) -> bool:
 
 
 def _give_back(
-    info: ConnectionInfo, fd: int, carry: bytes, unread: bytes = b"", first: bool = False
+    info: ConnectionInfo,
+    fd: int,
+    carry: bytes,
+    unread: bytes = b"",
+    first: bool = False,
+    close: bool = False,
 ) -> bool:
     """Send the connection back with `carry` (a request begun) and `unread` (bytes that
     came in but nobody looked at: the dispatcher then hands it on at once). `first`: the
     handler's first read found nothing, so the connection may never have spoken: the
     dispatcher holds it as a new one (first_byte_timeout; a stop lets it speak), not as
-    one idle between requests."""
+    one idle between requests. An answer's rest the client has not taken (info.unsent,
+    unsent.py) goes with it, for the dispatcher to send first; `close`: and then close it."""
     assert _send is not None
     if (first or carry or unread) and stopping():
         return False  # a request to serve: the stop may have retired every other worker
@@ -166,12 +173,33 @@ def _give_back(
     else:
         started = time.monotonic_ns() if unread else 0
     silent = first and not (carry or unread)
+    unsent = info.unsent
+    rest = -1 if unsent is None else unsent.fd
     try:
-        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent)
+        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent, rest, close)
     except (OSError, ValueError):  # the channel is gone, or the carry is over the wire's limit
         return False
     info.parked = True
+    if unsent is not None:  # the dispatcher's now
+        info.unsent = None
+        unsent.close()
     return True
+
+
+def leave_rest(conn: socket.socket, info: ConnectionInfo) -> bool:
+    """The handler is done and its client has not taken all of the answer: the
+    dispatcher sends the rest, then closes the connection. False: the worker must
+    (send_unsent())."""
+    return _parkable(info) and _give_back(info, conn.fileno(), b"", close=True)
+
+
+def send_unsent(conn: socket.socket, info: ConnectionInfo) -> None:
+    """What waits in info.unsent, sent by the worker itself, waiting for the client as
+    sendall() does: the connection could not go back with it, or there is more than
+    max_unsent to send."""
+    unsent, info.unsent = info.unsent, None
+    if unsent is not None:
+        unsent.flush(conn)
 
 
 def park(conn: socket.socket, carry: bytes = b"") -> bool:
@@ -201,6 +229,8 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
             began(info)
         return data
     fd = conn.fileno()
+    if info.unsent is not None:  # its client has not taken the answer: it waits for that
+        return _park_or_recv(conn, info, carry, size)
     wait_first = False
     if not carry and info.has_read:  # between requests
         if others_waiting() and not stopping() and _turn_over(info):
@@ -265,6 +295,7 @@ def _park_or_recv(
     stopping, a client yet to speak gets STOP_FIRST_BYTE, as one the dispatcher holds."""
     if _give_back(info, conn.fileno(), carry, first=first):
         raise Parked
+    send_unsent(conn, info)  # it stays here: the answer first, then the wait
     if first and stopping() and not _poller(conn.fileno()).poll(STOP_FIRST_BYTE * 1000):
         return b""  # never spoke: the end, as the dispatcher would close it
     if carry:  # mid-request: as long as the dispatcher would have held it

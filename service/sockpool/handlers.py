@@ -6,7 +6,6 @@ benchmark compares the pool models, not two implementations.
 
 from __future__ import annotations
 
-import os
 import socket
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from .giveback import (
     recv_within,
     request_left,
 )
+from .unsent import send
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
     import asyncio
@@ -42,20 +42,7 @@ def echo(conn: socket.socket, info: ConnectionInfo) -> None:
     """Send back what arrives until the peer closes its side; idle, the connection waits
     in the dispatcher, not here."""
     while data := receive(conn):
-        send_all(conn, data)
-
-
-def send_all(conn: socket.socket, data: bytes) -> None:
-    """conn.sendall(), without the poll() a socket with a timeout makes before every send:
-    a reply this size nearly always fits the send buffer, so write first and let sendall()
-    wait only for what did not fit. (Errors are sendall()'s: a reset peer is a
-    ConnectionError.)"""
-    try:
-        sent = os.write(conn.fileno(), data)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        conn.sendall(memoryview(data)[sent:])
+        send(conn, data)
 
 
 def _idle_timeout() -> float | None:
@@ -154,20 +141,20 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
         try:
             request = next_request(buf)
         except BadRequest as exc:
-            send_all(conn, exc.response)
+            send(conn, exc.response)
             return
         if request is None:
             long = _too_long(buf)
             if not (data := recv_within(conn, request_left(info)) if long else receive(conn, buf)):
                 if buf:
-                    send_all(conn, BAD_REQUEST)
+                    send(conn, BAD_REQUEST)
                 return
             buf += data
             continue
         response, keep, used = request
         if buf := buf[used:]:  # the next request's, read with this one: it began now
             began(info)
-        send_all(conn, response)
+        send(conn, response)
         if not keep:
             return
 

@@ -34,7 +34,16 @@ from .completions import SENT
 from .config import Config
 from .events import Event
 from .listeners import Listener
-from .parking import FIRST_BYTE, IDLE, PROXY, REQUEST, Parking, deadline_for, waiting_bytes
+from .parking import (
+    FIRST_BYTE,
+    IDLE,
+    PROXY,
+    REQUEST,
+    UNREAD,
+    Parking,
+    deadline_for,
+    waiting_bytes,
+)
 from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
@@ -43,6 +52,7 @@ BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
 _LOGGED_CLOSES = {
     "first-byte", "idle", "request", "too-large", PROXY, "proxy-invalid", "proxy-untrusted",
+    UNREAD,
 }  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
@@ -148,6 +158,8 @@ class HotPath:
         self.waiting = giveback.share_waiting()  # workers read it: see giveback.py
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
+        self.graceful = 30.0  # graceful_timeout (configure())
+        self.send_until = _NEVER  # stopping: answers left to send go on until then (sending())
         # Listeners whose connections start with a PROXY header: (version, who may send it).
         self.proxied: dict[Listener, Proxied] = {}
         # conn_id -> (version, kind, due, the header's bytes so far, the balancer's address:
@@ -205,6 +217,7 @@ class HotPath:
     def configure(self, config: Config) -> None:
         self.timeouts = (config.first_byte_timeout, config.idle_timeout, config.request_timeout)
         self.max_carry = config.max_carry
+        self.graceful = config.graceful_timeout
         self.proxy_timeout = config.proxy_timeout
         self.proxied = {}
         for lst in self.listeners:
@@ -277,7 +290,7 @@ class HotPath:
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
-        fd_room = self.fd_limit() - held
+        fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd too
         if (fd_room > 0) != self.may_park:
             self._parking_allowed(fd_room > 0, now)
         for listener in list(self.backlogged):
@@ -691,18 +704,32 @@ class HotPath:
                 due.add(p.pid)
         return handed
 
-    def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float) -> None:
+    def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float, unsent: int = -1) -> None:
         """A worker gave a connection back: hold it until it speaks again, or close it when
-        it is over max_carry or the service is stopping with no request of it in flight.
-        A worker it finds due for recycling goes to `recycle`, as read_done() sends one."""
+        it is over max_carry or the service is stopping with no request of it in flight;
+        with `unsent` (a memfd), send the answer's rest first (parking.send: unpark() settles
+        it). A worker it finds due for recycling goes to `recycle`, as read_done() sends one."""
         due: set[int] = set()
         handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
         if handed is None:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
-            channel.close_all([fd])
+            channel.close_all([fd, unsent] if unsent >= 0 else [fd])
             return
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
-        if msg.ready:  # bytes nobody has looked at: work for a worker now
+        if unsent >= 0:
+            work = not msg.close and bool(msg.ready or msg.carry)  # a request comes after
+            self.parking.send(item, unsent, msg, self.timeouts[1], work)
+        else:
+            self._settle(item, msg, now)
+        if due:
+            self.recycle(due, now)
+
+    def _settle(self, item: Pending, msg: wire.Park, now: float) -> None:
+        """Where a connection given back goes: to a worker now, held, or closed."""
+        fd = item[1]
+        if msg.close:  # its answer is sent, and it was the last
+            self.parking.drop(item, None)
+        elif msg.ready:  # bytes nobody has looked at: work for a worker now
             self.pending.append(item)
             self.came_back += 1
             self.publish_waiting()
@@ -718,8 +745,6 @@ class HotPath:
         else:  # a request begun, or (stopping) one that arrived already: in flight
             kind = REQUEST if msg.carry or self.stopping else IDLE
             self.parking.hold(item, kind, deadline_for(kind, now, msg.started, self.timeouts))
-        if due:
-            self.recycle(due, now)
 
     def _proxy_header(
         self,
@@ -770,7 +795,13 @@ class HotPath:
     def unpark(self) -> None:
         """The held connections that spoke join the queue for a worker (those waiting for
         their PROXY header read it first)."""
-        ready = self.parking.ready()
+        parking = self.parking
+        ready = parking.ready()
+        if parking.sent:  # answers sent whole: their connections go on as parked then
+            sent, parking.sent = parking.sent, []
+            now = time.monotonic()
+            for item, msg in sent:
+                self._settle(item, msg, now)  # type: ignore[arg-type]
         if self.headers:
             ready = [item for item in ready if not self._header_came(item)]
         self.came_back += len(ready)
@@ -836,6 +867,7 @@ class HotPath:
         browser's preconnect) would only hold up the stop."""
         self.accepting = False
         self.stopping = True
+        self.send_until = time.monotonic() + self.graceful
         self.admission.withdraw()  # one of N: it takes nothing more, from now
         self.waiting[giveback.STOPPING] = 1  # workers keep what has a request to serve
         self.backlogged.clear()
@@ -847,6 +879,12 @@ class HotPath:
         first_byte = self.timeouts[0]
         if first_byte > giveback.STOP_FIRST_BYTE:
             self.parking.hurry(FIRST_BYTE, first_byte - giveback.STOP_FIRST_BYTE)
+
+    def sending(self, now: float) -> bool:
+        """Answers the workers left to send (parking.send) are still going out, and a stop
+        gives them until graceful_timeout, as it gives the workers: the dispatcher outlives
+        its workers until then. Nothing accepted is cut short while it is being sent."""
+        return bool(self.parking.unsent) and now < self.send_until
 
     def held_fds(self) -> list[int]:
         return [item[1] for item in self.pending] + self.parking.fds()

@@ -13,22 +13,33 @@ deadline, counted by why:
     request      a request begun and not read whole within request_timeout
     peer-closed  the client closed a parked connection (no data: nothing to serve), or
                  reset one, or half-closed one between requests
+    unread       the rest of an answer, left to us by a worker, that the client did not
+                 take for idle_timeout
+
+That last kind: a sync worker whose client reads slowly leaves the answer's rest here, in a
+memfd (unsent.py), and is free for the next connection. We send it as the client takes it,
+with sendfile(), then close the connection or hold it as the worker would have parked it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import heapq
+import os
 import select
 import socket
+import stat
 import termios
+import time
 from collections import Counter
 from collections.abc import Callable
 
 from .process import Pending
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
+_SEND = select.EPOLLOUT | select.EPOLLONESHOT
 _GONE = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR
 _BROKEN = select.EPOLLHUP | select.EPOLLERR  # both ways closed, or reset: nothing to answer
 _NO_BYTES = bytes(4)
@@ -36,6 +47,8 @@ _NEVER = float("inf")
 
 FIRST_BYTE, IDLE, REQUEST = "first-byte", "idle", "request"
 PROXY = "proxy-header"  # waiting for its PROXY protocol header (proxy_timeout; hotpath.py)
+UNREAD = "unread"  # sending the rest of an answer: idle_timeout for each stall
+_NO_REQUEST = (IDLE, UNREAD)  # kinds with no request in flight (in_flight)
 
 
 def waiting_bytes(fd: int) -> bool:
@@ -45,6 +58,17 @@ def waiting_bytes(fd: int) -> bool:
         return fcntl.ioctl(fd, termios.FIONREAD, _NO_BYTES) != _NO_BYTES
     except OSError:
         return False
+
+
+class _Unsent:
+    """An answer's rest being sent: the memfd, how far, and what comes after (`after`, the
+    PARK message: hotpath.py settles it as a park once all is sent)."""
+
+    __slots__ = ("after", "offset", "rest", "size", "stall", "work")
+
+    def __init__(self, rest: int, size: int, stall: float, after: object, work: bool) -> None:
+        self.rest, self.size, self.offset = rest, size, 0
+        self.stall, self.after, self.work = stall, after, work
 
 
 class Parking:
@@ -59,6 +83,8 @@ class Parking:
         self.deadlines: list[tuple[float, int, int]] = []  # (deadline, conn_id, fd), lazy
         self.closed: Counter[str] = Counter()  # by reason, since start (STATUS=, the bench)
         self.in_flight = 0  # held with a request not yet served: new ones, and partial ones
+        self.unsent: dict[int, _Unsent] = {}  # fd -> the answer being sent on it (UNREAD)
+        self.sent: list[tuple[Pending, object]] = []  # sent whole since: (item, after)
 
     def __len__(self) -> int:
         return len(self.held)
@@ -71,15 +97,40 @@ class Parking:
         costs one epoll_ctl. A registration that outlives our descriptor (the worker still
         has the connection) is disarmed; if the connection comes back under the same
         number, it is re-armed instead of added."""
+        if not self._watch(item, kind, deadline, _WATCH):
+            self.drop(item, "peer-closed")
+
+    def send(self, item: Pending, rest: int, after: object, stall: float, work: bool) -> None:
+        """Send the memfd `rest` (an answer's rest a worker left us) on the connection as
+        its client takes it, a stall of `stall` seconds at most (0: no limit); then it joins
+        `sent` with `after`. `work`: a request comes after it, which a stop must wait for."""
+        fd = item[1]
+        try:
+            st = os.fstat(rest)
+            if not stat.S_ISREG(st.st_mode):  # memfds are: a pipe could block us
+                raise OSError(errno.EINVAL, "not a memfd")
+            os.set_blocking(fd, False)  # the worker's socket had a timeout: it is already
+            deadline = time.monotonic() + stall if stall else _NEVER
+            if not self._watch(item, UNREAD, deadline, _SEND):
+                raise OSError(errno.EBADF, "gone")
+        except OSError:
+            os.close(rest)
+            self.drop(item, "peer-closed")
+            return
+        self.unsent[fd] = _Unsent(rest, st.st_size, stall, after, work)
+        self.in_flight += work
+
+    def _watch(self, item: Pending, kind: str, deadline: float, events: int) -> bool:
+        """Watch for `events` (one-shot), held as `kind` until `deadline`. False when the
+        connection cannot be watched: the peer is long gone, or the descriptor is bad."""
         fd = item[1]
         try:
             try:
-                self.epoll.register(fd, _WATCH)
+                self.epoll.register(fd, events)
             except FileExistsError:
-                self.epoll.modify(fd, _WATCH)
-        except OSError:  # the peer is long gone (or the descriptor is bad): let it go
-            self.drop(item, "peer-closed")
-            return
+                self.epoll.modify(fd, events)
+        except OSError:
+            return False
         if deadline < _NEVER:
             if len(self.deadlines) > 2 * len(self.held) + 1024:  # mostly stale: rebuild
                 held = self.held.items()
@@ -87,7 +138,8 @@ class Parking:
                 heapq.heapify(self.deadlines)
             heapq.heappush(self.deadlines, (deadline, item[0], fd))
         self.held[fd] = (item, kind, deadline)
-        self.in_flight += kind != IDLE
+        self.in_flight += kind not in _NO_REQUEST
+        return True
 
     def seen(self, fd: int, events: int) -> None:
         """The loop's epoll reported `fd`, which is not one of its own: one of ours."""
@@ -103,6 +155,9 @@ class Parking:
             events += self.epoll.poll(0, 1024)
         out = []
         for fd, mask in events:
+            if fd in self.unsent:  # writable: the client took some of its answer
+                self._send_more(fd)
+                continue
             entry = self._release(fd)
             if entry is None:
                 continue
@@ -112,6 +167,31 @@ class Parking:
             else:
                 out.append(item)
         return out
+
+    def _send_more(self, fd: int) -> None:
+        """The client took some of an answer: send what fits now, then wait again (its
+        stall's clock starts again), or all is sent: it joins `sent`."""
+        item, unsent = self.held[fd][0], self.unsent[fd]
+        try:
+            while unsent.offset < unsent.size:
+                count = unsent.size - unsent.offset
+                sent = os.sendfile(fd, unsent.rest, unsent.offset, count)
+                if not sent:  # the memfd is shorter than it was: nothing more to send
+                    unsent.size = unsent.offset
+                unsent.offset += sent
+        except BlockingIOError:
+            deadline = time.monotonic() + unsent.stall if unsent.stall else _NEVER
+            if self._watch(item, UNREAD, deadline, _SEND):  # held again, its stall anew
+                return
+            self._release(fd)
+            self.drop(item, "peer-closed")
+            return
+        except OSError:  # reset, or closed for reading: nobody to send it to
+            self._release(fd)
+            self.drop(item, "peer-closed")
+            return
+        self._release(fd)
+        self.sent.append((item, unsent.after))
 
     def expire(self, now: float) -> None:
         """Close what is past its deadline."""
@@ -153,7 +233,8 @@ class Parking:
                 heapq.heappush(self.deadlines, (deadline - by, item[0], fd))
 
     def fds(self) -> list[int]:
-        return list(self.held)
+        """Every descriptor held here: the connections, and the answers being sent."""
+        return [*self.held, *(u.rest for u in self.unsent.values())]
 
     def close_all(self, reason: str) -> int:
         count = len(self.held)
@@ -171,13 +252,19 @@ class Parking:
         """No longer held (see hold(): nothing to unregister)."""
         entry = self.held.pop(fd, None)
         if entry is not None:
-            self.in_flight -= entry[1] != IDLE
+            self.in_flight -= entry[1] not in _NO_REQUEST
+            if entry[1] == UNREAD:
+                unsent = self.unsent.pop(fd)
+                self.in_flight -= unsent.work
+                os.close(unsent.rest)
         return entry
 
-    def drop(self, item: Pending, reason: str) -> None:
+    def drop(self, item: Pending, reason: str | None) -> None:
         """Close as a server that is done: FIN when nothing is unread, so the client sees an
-        orderly end (a client that did send gets the reset the kernel sends for unread data)."""
-        self.closed[reason] += 1
+        orderly end (a client that did send gets the reset the kernel sends for unread data).
+        Counted by `reason`; None: served, nothing went wrong."""
+        if reason:
+            self.closed[reason] += 1
         self.release(item[0])
         sock = socket.socket(fileno=item[1])
         with contextlib.suppress(OSError):

@@ -34,6 +34,7 @@ class GivenBack(NamedTuple):
 
     message: wire.Park
     fd: int
+    unsent: int = -1  # with message.unsent: the memfd holding the answer's rest
 
 
 def reaped() -> Iterator[tuple[int, int]]:
@@ -151,7 +152,7 @@ class WorkerProcess:
             channel.close_all(fds)
             raise
         if isinstance(message, wire.Park):
-            return GivenBack(message, fds[0])
+            return GivenBack(message, *fds)
         if isinstance(message, wire.Ready):
             self.speaks_first = message.speaks_first
             self.solo = message.solo

@@ -20,7 +20,11 @@ Worker -> dispatcher
                                          connection, given back until it is readable again;
                                          flag READY_NOW: its carry holds bytes nobody has
                                          looked at yet, so hand it on at once; flag SILENT:
-                                         a new connection that has sent nothing yet
+                                         a new connection that has sent nothing yet;
+                                         flag UNSENT: a second descriptor follows, a
+                                         memfd holding the rest of an answer the client
+                                         has not taken yet, for the dispatcher to send
+                                         first (unsent.py); flag CLOSE: then close it
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again;
                                          conn_id 0 (pull.WAKE) names none: with `pull`,
@@ -59,6 +63,8 @@ MAX_REASON = 200  # bytes of a RETIRE's reason
 MAY_PARK = 1
 READY_NOW = 1
 SILENT = 2
+UNSENT = 4
+CLOSE = 8
 
 _HEAD = struct.Struct("!BH")
 _ENTRY_HEAD = struct.Struct("!QBHIQ")
@@ -111,6 +117,8 @@ class Park:
     carry: bytes
     ready: bool = False
     silent: bool = False
+    unsent: bool = False  # its second descriptor holds an answer's rest, to send first
+    close: bool = False  # and once that is sent, the connection is done: close it
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +264,22 @@ def encode_ready(
 
 
 def encode_park(
-    conn_id: int, started: int, carry: bytes, ready: bool = False, silent: bool = False
+    conn_id: int,
+    started: int,
+    carry: bytes,
+    ready: bool = False,
+    silent: bool = False,
+    unsent: bool = False,
+    close: bool = False,
 ) -> bytes:
-    """Give a connection back (its descriptor goes beside): raises WireError past MAX_CARRY."""
+    """Give a connection back (its descriptor goes beside, and with `unsent` the memfd
+    after it): raises WireError past MAX_CARRY."""
     if len(carry) > MAX_CARRY:
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
+    if close and not unsent:
+        raise WireError("CLOSE without UNSENT: a worker closes such a connection itself")
     flags = (READY_NOW if ready else 0) | (SILENT if silent else 0)
+    flags |= (UNSENT if unsent else 0) | (CLOSE if close else 0)
     return b"P" + _PARK.pack(flags, conn_id, started) + carry
 
 
@@ -293,9 +311,10 @@ def encode_retire(reason: str) -> bytes:
 
 
 def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
-    """Decode a worker message that came with `nfds` descriptors (only PARK has one)."""
+    """Decode a worker message that came with `nfds` descriptors (only PARK has any: one,
+    or two with UNSENT)."""
     kind, body = data[:1], data[1:]
-    if (kind == b"P") != (nfds == 1) or nfds > 1:
+    if (kind == b"P") != (nfds >= 1) or nfds > 2:
         raise WireError(f"{kind!r} message with {nfds} descriptors")
     try:
         if kind == b"R":
@@ -313,7 +332,11 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             carry = body[_PARK.size :]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
-            return Park(conn_id, started, carry, bool(flags & READY_NOW), bool(flags & SILENT))
+            unsent, close = bool(flags & UNSENT), bool(flags & CLOSE)
+            if unsent != (nfds == 2) or (close and not unsent) or (unsent and flags & SILENT):
+                raise WireError(f"PARK with flags {flags:#x} and {nfds} descriptors")
+            ready, silent = bool(flags & READY_NOW), bool(flags & SILENT)
+            return Park(conn_id, started, carry, ready, silent, unsent, close)
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

@@ -19,7 +19,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from . import channel, giveback, health, log, notify, wire
+from . import channel, giveback, health, log, notify, unsent, wire
 from .completions import Ledger, report_now
 from .connection import ConnectionInfo, describe, set_current
 from .errors import HANDLER_FAULTS, cancelled_from_outside, cut
@@ -124,6 +124,7 @@ class _Base:
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
         giveback._request_timeout, giveback._max_carry = spec.request_timeout, spec.max_carry
+        unsent._limit = spec.max_unsent
 
     def ready(self, capacity: int, solo: bool = False) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:
@@ -146,9 +147,13 @@ class _Base:
         carry: bytes,
         ready: bool = False,
         silent: bool = False,
+        unsent: int = -1,
+        close: bool = False,
     ) -> None:
-        """PARK: the connection goes back to the dispatcher (giveback.py)."""
-        channel.send(self.chan, wire.encode_park(conn_id, started, carry, ready, silent), [fd])
+        """PARK: the connection goes back to the dispatcher (giveback.py), with the memfd
+        of an answer's rest when `unsent` is one (unsent.py)."""
+        message = wire.encode_park(conn_id, started, carry, ready, silent, unsent >= 0, close)
+        channel.send(self.chan, message, [fd, unsent] if unsent >= 0 else [fd])
 
     def may_be_silent(self, handoff: wire.Handoff) -> bool:
         """A new connection on a listener whose clients speak first, which the dispatcher
@@ -239,9 +244,21 @@ class _Base:
         except HANDLER_FAULTS:
             log.event(Event.HANDLER_ERROR, "handler raised", level=logging.ERROR, exc_info=True)
         finally:
+            if info.unsent is not None and not info.parked:
+                _leave_rest(sock, info)
             if done and not info.parked:
                 done(info.conn_id)
             finish(sock, info)
+
+
+def _leave_rest(sock: socket.socket, info: ConnectionInfo) -> None:
+    """The handler is done, and its client has not taken all of the answer: the
+    dispatcher sends the rest; where it cannot, this worker does, as sendall() would."""
+    try:
+        if not giveback.leave_rest(sock, info):
+            giveback.send_unsent(sock, info)
+    except (OSError, ValueError) as exc:
+        log.log.debug("connection ended: %s", exc)
 
 
 def finish(sock: socket.socket, info: ConnectionInfo) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import select
 import socket
 import stat
 import sys
@@ -20,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from . import __version__, log
+from . import __version__, log, unsent
 from .connection import ConnectionInfo
 from .errors import HANDLER_FAULTS, digits
 from .giveback import began, client_speaks_first, receive, recv_within
@@ -278,9 +277,10 @@ class _FileRange:
 
 
 def _send(conn: socket.socket, data: bytes) -> None:
-    """sendall() to the client, whose failure is ClientDisconnected."""
+    """unsent.send() to the client (what a slow client does not take now, the dispatcher
+    sends), whose failure is ClientDisconnected."""
     try:
-        conn.sendall(data)
+        unsent.send(conn, data)
     except OSError as exc:
         if not client_gone(exc):
             raise
@@ -288,25 +288,14 @@ def _send(conn: socket.socket, data: bytes) -> None:
 
 
 def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
-    out = conn.fileno()
-    timeout = conn.gettimeout()
-    while count > 0:
-        try:
-            sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
-        except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-            poller = select.poll()
-            poller.register(out, select.POLLOUT)
-            if not poller.poll(None if timeout is None else timeout * 1000):
-                raise ClientDisconnected("sendfile: the client does not read") from None
-            continue
-        except OSError as exc:  # the file's own errors are the application's
-            if not client_gone(exc):
-                raise
-            raise ClientDisconnected(f"sendfile: {exc}") from exc
-        if not sent:  # the application's file: its error, not the client's
-            raise ValueError("the file ended before its Content-Length")
-        offset += sent
-        count -= sent
+    """A file's bytes with os.sendfile(); a file that ends early is the application's
+    error (ValueError), as the file's own I/O errors are."""
+    try:
+        unsent.send_file(conn, fd, offset, count)
+    except OSError as exc:
+        if not client_gone(exc):
+            raise
+        raise ClientDisconnected(f"sendfile: {exc}") from exc
 
 
 def _base_environ(conn: socket.socket, info: ConnectionInfo) -> dict[str, Any]:
@@ -393,7 +382,7 @@ def make_handler(app: Any, limits: HttpLimits | None = None, access_log: bool = 
 
 def _refuse(conn: socket.socket, exc: HttpError) -> None:
     log.log.debug("refused a request: %s", exc)
-    conn.sendall(error_response(exc.status))
+    unsent.send(conn, error_response(exc.status))  # behind any answer not yet taken
 
 
 def _serve(
@@ -440,7 +429,7 @@ def _serve(
     except HANDLER_FAULTS:
         log_app_error(request)
         if not response.wrote:
-            conn.sendall(error_response(500))
+            unsent.send(conn, error_response(500))
             status = 500
         return False
     finally:

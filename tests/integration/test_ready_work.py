@@ -161,6 +161,30 @@ def test_idle_keep_alive_connections_do_not_pin_workers(serve) -> None:
         client.close()
 
 
+def test_a_client_that_sends_and_never_reads_holds_no_echo_worker(serve) -> None:
+    """Nothing pinned, the other way: an echo client that sends without reading fills the
+    kernel's buffers both ways. The worker leaves the echo it could not send to the
+    dispatcher (sockpool.send) and serves the next client; the dispatcher closes the first
+    one once it has taken nothing for idle_timeout (`unread`)."""
+    service = launch(serve, ["--workers=1", "--idle-timeout=2", "sockpool.handlers:echo"])
+    flood = connect(service.address, timeout=30)
+    since = mark(service)
+
+    def send_until_stuck() -> None:
+        with contextlib.suppress(OSError):  # stuck, then reset: what it came for
+            flood.sendall(b"x" * (32 << 20))
+
+    sender = threading.Thread(target=send_until_stuck)
+    sender.start()
+    settle(service, busy=0, parked=1, since=since)  # its worker is free
+    with connect(service.address) as other:
+        other.sendall(b"hello")
+        assert other.recv(100) == b"hello"
+    wait_closed(service, "unread", 1)
+    sender.join(60)
+    flood.close()
+
+
 def test_busy_keep_alive_clients_make_room_for_one_in_the_backlog(serve) -> None:
     # Two clients that ask again the moment they are answered hold both sync workers, and
     # park_after is too long for either worker ever to park one for idling: only the turn

@@ -37,9 +37,9 @@ from harness import (
     wait_until,
 )
 from test_bad_input import error_line
-from test_ready_work import mark, settle, trickled_until_closed
+from test_ready_work import mark, settle, trickled_until_closed, wait_closed
 from unit.test_http11 import INVALID, VALID
-from webapps import STREAMED
+from webapps import STREAMED, bigger
 
 HERE = Path(__file__).resolve().parent
 FILE_SIZE = 300_000  # /file: over one sendfile() call's worth on loopback, not a round number
@@ -527,6 +527,61 @@ def test_a_trickled_small_body_that_cannot_be_parked_keeps_request_timeout(serve
     client = connect(site.address)
     client.sendall(b"POST /slow HTTP/1.1\r\nHost: a\r\nContent-Length: 50\r\n\r\nhello")
     trickled_until_closed(client)
+
+
+# -- slow readers -----------------------------------------------------------------------------
+
+# More than the kernel holds for a client that reads nothing: the server's send buffer grows
+# to tcp_wmem's 4 MiB at most, the client's receive buffer starts at 128 KiB.
+LONG = 6 << 20
+UNSENT = [f"--max-unsent={8 << 20}"]
+
+
+def test_clients_that_read_slowly_hold_no_sync_worker(serve) -> None:
+    """Nothing pinned: as many clients as sync workers ask for an answer longer than the
+    kernel's buffers hold, and read none of it yet. The workers leave the rest to the
+    dispatcher, and a third client is served meanwhile. Then each slow client gets its whole
+    answer: the one that asked to close gets the end of the stream after it, the other one's
+    connection serves its next request."""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT])
+    kept, closing = site.client(), site.client()
+    since = mark(site.service)
+    kept.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+    closing.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % LONG)
+    settle(site.service, busy=0, parked=2, since=since)  # both with the dispatcher
+    with site.client() as fast:
+        assert hello(fast.ask("GET", "/hello"))
+    with kept, closing:
+        assert closing.response().body == bigger(LONG)
+        assert read_to_eof(closing.sock) == b""
+        assert kept.response().body == bigger(LONG)
+        assert hello(kept.ask("GET", "/hello"))
+
+
+def test_a_stop_sends_what_slow_readers_have_not_taken_then_exits(serve) -> None:
+    """Nothing lost: the dispatcher outlives its workers until the answers it holds are
+    sent, then ends the connection and exits cleanly."""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT])
+    since = mark(site.service)
+    with site.client() as client:
+        client.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+        settle(site.service, busy=0, parked=1, since=since)
+        site.service.signal(signal.SIGTERM)
+        gone = re.compile(r"worker \d+ exited")
+        wait_until(lambda: len(gone.findall(site.log())) == 2, "both workers gone")
+        assert client.response().body == bigger(LONG)
+        assert read_to_eof(client.sock) == b""
+    assert site.service.wait() == 0
+
+
+def test_an_answer_nobody_reads_is_closed_at_the_idle_timeout(serve) -> None:
+    """A client that takes nothing of its answer for idle_timeout is closed (`unread`), by
+    the dispatcher: its worker was free all along."""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=1", *UNSENT])
+    with site.client() as client:
+        client.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+        wait_closed(site.service, "unread", 1)
+    settle(site.service, busy=0, parked=0)
 
 
 # -- WSGI (PEP 3333) with Flask ----------------------------------------------------------------

@@ -164,6 +164,16 @@ def file() -> Response:
     return send_file(os.environ["WEBAPPS_FILE"], mimetype="application/octet-stream")
 
 
+@flask_app.route("/big/<int:size>")
+def big(size: int) -> bytes:
+    """`size` bytes of a pattern (bigger(size)), as one body."""
+    return bigger(size)
+
+
+def bigger(size: int) -> bytes:
+    return (bytes(range(256)) * (size // 256 + 1))[:size]
+
+
 @flask_app.route("/boom")
 def flask_boom() -> str:
     raise RuntimeError("boom in a Flask view")

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from sockpool import channel, config, giveback, handlers, wire, worker
+from sockpool import channel, config, giveback, handlers, unsent, wire, worker
 from sockpool.connection import ConnectionInfo, current_connection, set_current
 from sockpool.spec import WorkerSpec
 
@@ -65,6 +65,7 @@ class Worker:
 @pytest.fixture
 def make_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worker]]:
     monkeypatch.setattr(giveback, "_send", None)  # restored after the test: worker._Base sets it
+    monkeypatch.setattr(unsent, "_limit", 0)  # as is max_unsent
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     made: list[Worker] = []
 
@@ -360,6 +361,98 @@ def test_park_with_the_dispatcher_gone_keeps_the_connection(make_worker) -> None
     info = w.info()
     assert serving(info, giveback.park, w.conn) is False
     assert not info.parked
+
+
+# -- unsent.send(): what a slow client has not taken goes back with the connection -----------
+LONG = bytes(range(256)) * 1024  # 256 KiB
+
+
+def small_buffer(w: Worker) -> None:
+    """The worker's socket takes little at once: most of an answer is left over."""
+    w.conn.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+
+
+def reader(client: socket.socket) -> tuple[threading.Thread, bytearray]:
+    got = bytearray()
+
+    def read() -> None:
+        while chunk := client.recv(65536):
+            got.extend(chunk)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    return thread, got
+
+
+def test_what_the_client_does_not_take_goes_back_with_the_connection(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 1 << 20)
+    small_buffer(w)
+    info = w.info(conn_id=5)
+    serving(info, unsent.send, w.conn, LONG)  # returns: the client has read nothing
+    assert info.unsent is not None and 0 < info.unsent.size < len(LONG)
+    with pytest.raises(giveback.Parked):  # its client waits for the answer: back at once
+        serving(info, giveback.receive, w.conn)
+    message, _ = w.parked()
+    assert message == wire.Park(5, 0, b"", unsent=True)
+    rest = w.parked_fds[-1]
+    assert info.unsent is None and info.parked
+    taken = w.client.recv(len(LONG), socket.MSG_DONTWAIT)  # what the socket took, then the rest
+    assert taken + os.pread(rest, len(LONG), 0) == LONG
+
+
+def test_a_handler_done_with_its_answer_untaken_leaves_it_and_the_close(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 1 << 20)
+    small_buffer(w)
+    info = w.info(conn_id=6)
+    serving(info, unsent.send, w.conn, LONG)
+    assert serving(info, giveback.leave_rest, w.conn, info) is True
+    message, _ = w.parked()
+    assert message == wire.Park(6, 0, b"", unsent=True, close=True)
+
+
+def test_past_max_unsent_the_worker_sends_it_all_itself_in_order(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first answer's rest fits in max_unsent, the second answer not behind it: what
+    waits goes first, then the rest, all in order."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 65536)
+    small_buffer(w)
+    info = w.info()
+    first = b"a" * 20000
+    serving(info, unsent.send, w.conn, first)
+    assert info.unsent is not None
+    thread, got = reader(w.client)
+    serving(info, unsent.send, w.conn, LONG)
+    if info.unsent is not None:  # the last of it may wait once more: the worker sends it
+        serving(info, giveback.send_unsent, w.conn, info)
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert bytes(got) == first + LONG and w.nothing_parked()
+
+
+@pytest.mark.parametrize(("may_park", "limit"), [(False, 1 << 20), (True, 0)])
+def test_a_connection_that_may_not_go_back_keeps_its_answer(
+    make_worker, monkeypatch: pytest.MonkeyPatch, may_park: bool, limit: int
+) -> None:
+    """Near the dispatcher's descriptor limit (no MAY_PARK), or with max_unsent 0, the
+    worker waits for the client as sendall() does."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", limit)
+    small_buffer(w)
+    info = w.info(may_park=may_park)
+    thread, got = reader(w.client)
+    serving(info, unsent.send, w.conn, LONG)
+    assert info.unsent is None
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert bytes(got) == LONG and w.nothing_parked()
 
 
 # -- the async side --------------------------------------------------------------------------

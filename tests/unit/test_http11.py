@@ -1059,7 +1059,7 @@ def test_wsgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
     parked: list[bytes] = []
     monkeypatch.setattr(
-        giveback, "_send", lambda fd, cid, started, carry, ready, silent: parked.append(carry)
+        giveback, "_send", lambda fd, cid, started, carry, *flags: parked.append(carry)
     )
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     calls = Calls()
@@ -1289,7 +1289,7 @@ def test_asgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
 
     parked: list[bytes] = []
 
-    def send(fd: int, cid: int, started: int, carry: bytes, ready: bool, silent: bool) -> None:
+    def send(fd: int, cid: int, started: int, carry: bytes, *flags: object) -> None:
         parked.append(carry)
 
     monkeypatch.setattr(giveback, "_send", send)

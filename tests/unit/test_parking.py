@@ -3,6 +3,7 @@ socketpairs (the peer's end is the client)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from collections.abc import Iterator
@@ -296,3 +297,91 @@ def test_the_heap_the_loop_watches_is_the_one_kept_after_a_rebuild(held: Held) -
     held.hold(busy, IDLE, 5.0)  # due long before any stale entry
     assert held.parking.next_deadline() == 5.0
     assert watched and watched[0][0] == 5.0
+
+
+# -- an answer's rest, sent for a worker (UNREAD) ---------------------------------------------
+ANSWER = bytes(range(256)) * 4096  # 1 MiB: more than a socketpair's buffers take at once
+
+
+def memfd(data: bytes) -> int:
+    fd = os.memfd_create("answer", os.MFD_CLOEXEC)
+    os.write(fd, data)
+    return fd
+
+
+def is_closed_fd(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return True
+    return False
+
+
+def read_all(client: socket.socket, size: int, held: Held) -> bytes:
+    """Read `size` bytes, letting the parking send more each time the client has taken some."""
+    got = bytearray()
+    client.settimeout(5)
+    while len(got) < size:
+        held.ready()
+        got += client.recv(65536)
+    held.ready()  # the last of it went: that is seen on the next turn
+    return bytes(got)
+
+
+def test_an_answer_is_sent_as_the_client_takes_it_then_goes_on(held: Held) -> None:
+    item = held.connect(1)
+    rest = memfd(ANSWER)
+    held.parking.send(item, rest, "after", 10.0, work=False)
+    assert (len(held.parking), held.parking.in_flight) == (1, 0)
+    assert rest in held.parking.fds() and item[1] in held.parking.fds()
+    assert read_all(held.clients[1], len(ANSWER), held) == ANSWER
+    assert held.parking.sent == [(item, "after")]  # for the hot path to settle
+    assert len(held.parking) == 0 and is_closed_fd(rest)
+    assert held.released == [] and not held.parking.closed
+    os.write(item[1], b"still connected")  # it was not closed: the hot path decides
+    assert held.clients[1].recv(100) == b"still connected"
+    os.close(item[1])
+
+
+def test_an_answer_not_taken_within_its_stall_is_closed_as_unread(held: Held) -> None:
+    item = held.connect(2)
+    rest = memfd(ANSWER)
+    held.parking.send(item, rest, "after", 5.0, work=True)
+    assert held.parking.in_flight == 1  # a request comes after it: a stop waits for it
+    deadline = held.parking.next_deadline()
+    held.parking.expire(deadline)
+    assert held.parking.closed == {"unread": 1} and held.released == [2]
+    assert held.parking.in_flight == 0 and is_closed_fd(rest) and not held.parking.sent
+    assert held.is_closed(2)
+
+
+def test_the_stall_clock_starts_again_whenever_the_client_takes_some(held: Held) -> None:
+    item = held.connect(3)
+    held.parking.send(item, memfd(ANSWER), "after", 5.0, work=False)
+    held.ready()
+    first = held.parking.next_deadline()
+    with contextlib.suppress(BlockingIOError):
+        while held.clients[3].recv(65536, socket.MSG_DONTWAIT):  # all the buffers held
+            pass
+    held.ready()
+    assert held.parking.next_deadline() > first and not held.parking.sent
+
+
+def test_an_answer_to_a_client_gone_is_dropped(held: Held) -> None:
+    item = held.connect(4)
+    rest = memfd(ANSWER)
+    held.parking.send(item, rest, "after", 5.0, work=False)
+    held.clients.pop(4).close()
+    held.ready()
+    assert held.parking.closed == {"peer-closed": 1} and held.released == [4]
+    assert is_closed_fd(rest) and not held.parking.sent and len(held.parking) == 0
+
+
+def test_only_a_memfd_is_sent_from(held: Held) -> None:
+    """A pipe could block the dispatcher's one loop: what is not a regular file is refused."""
+    item = held.connect(5)
+    r, w = os.pipe()
+    held.parking.send(item, r, "after", 5.0, work=False)
+    assert held.parking.closed == {"peer-closed": 1} and is_closed_fd(r)
+    assert len(held.parking) == 0
+    os.close(w)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import struct
 
 import pytest
 
@@ -170,6 +171,30 @@ def test_one_connection_encodes_as_a_batch_of_one(
 def test_park_needs_exactly_one_descriptor(nfds: int) -> None:
     with pytest.raises(wire.WireError, match="descriptors"):
         wire.decode_to_dispatcher(wire.encode_park(1, 0, b"x"), nfds=nfds)
+
+
+@pytest.mark.parametrize("close", [False, True])
+@pytest.mark.parametrize("carry", [b"", b"GET / HT"])
+def test_a_park_with_an_answer_to_send_has_its_memfd_beside(close: bool, carry: bytes) -> None:
+    data = wire.encode_park(9, 8, carry, unsent=True, close=close)
+    park = wire.decode_to_dispatcher(data, nfds=2)
+    assert park == wire.Park(9, 8, carry, unsent=True, close=close)
+    for nfds in (1, 3):  # the memfd, and only it, goes with UNSENT
+        with pytest.raises(wire.WireError, match="descriptors"):
+            wire.decode_to_dispatcher(data, nfds=nfds)
+
+
+@pytest.mark.parametrize(
+    "flags", [wire.CLOSE, wire.UNSENT | wire.SILENT | wire.CLOSE, wire.UNSENT | wire.SILENT]
+)
+def test_close_needs_an_answer_to_send_and_silence_has_none(flags: int) -> None:
+    """CLOSE alone would have the dispatcher close what a worker should have; a connection
+    that never spoke has had no answer."""
+    data = b"P" + struct.pack("!BQQ", flags, 1, 0)
+    with pytest.raises(wire.WireError, match="flags"):
+        wire.decode_to_dispatcher(data, nfds=2 if flags & wire.UNSENT else 1)
+    with pytest.raises(wire.WireError, match="CLOSE without UNSENT"):
+        wire.encode_park(1, 0, b"", close=True)
 
 
 @pytest.mark.parametrize(

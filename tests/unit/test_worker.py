@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from harness import tcp_pair
-from sockpool import handlers, worker
+from sockpool import unsent, worker
 
 
 @pytest.fixture
@@ -58,7 +58,7 @@ def test_a_client_that_ends_without_a_byte_is_not_readable(tcp, how: str) -> Non
     assert not worker._readable(conn, 1.0)
 
 
-def test_send_all_sends_what_does_not_fit_at_once(tcp) -> None:
+def test_send_sends_what_does_not_fit_at_once_outside_a_worker(tcp) -> None:
     client, conn = tcp
     conn.settimeout(10)  # as a sync worker's connection: non-blocking underneath
     data = bytes(range(256)) * 40_000  # 10 MB: far more than the send buffer takes at once
@@ -70,7 +70,7 @@ def test_send_all_sends_what_does_not_fit_at_once(tcp) -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
-    handlers.send_all(conn, data)
+    unsent.send(conn, data)
     conn.shutdown(socket.SHUT_WR)
     reader.join(10)
     assert bytes(got) == data

@@ -1,0 +1,145 @@
+"""The rest of an answer a slow client has not taken yet: a sync worker's side.
+
+A sync worker serves one connection at a time. An answer longer than the socket's send
+buffer, to a client that reads it slowly (a phone on a poor link, a download, a client that
+pipelines requests and reads the answers late), would hold the worker until the client had
+taken it all: the reason gunicorn's sync workers want a buffering proxy in front. Here, once
+the kernel takes no more, the rest goes into a memfd, up to `max_unsent` bytes, and the
+connection goes back to the dispatcher with it (giveback.py: a PARK with a second
+descriptor). The dispatcher sends it as the client takes it (parking.py), then closes the
+connection or holds it for its next request, and the worker is free for the next client.
+Past `max_unsent`, or where the connection cannot go back (the dispatcher near its
+descriptor limit, a stop with a request to serve), the worker sends it itself, as
+sendall() does.
+
+    sockpool.send(conn, data)  # in place of conn.sendall(data)
+
+The built-in handlers and the WSGI server write with it. It needs the socket's timeout
+(idle_timeout, which sync handlers get): a socket in blocking mode is written whole.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+
+from . import giveback
+from .connection import ConnectionInfo, _current
+
+_limit = 0  # max_unsent, set by the worker (worker.py); 0: never
+
+
+class Unsent:
+    """Bytes of an answer, in order, in a memfd of their own (ConnectionInfo.unsent)."""
+
+    __slots__ = ("fd", "size")
+
+    def __init__(self) -> None:
+        self.fd = os.memfd_create("sockpool-unsent", os.MFD_CLOEXEC)
+        self.size = 0
+
+    def add(self, data: bytes | memoryview) -> None:
+        """Append all of `data`, or none of it (OSError: no memory for it)."""
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self.fd, view[written:])
+        except OSError:
+            os.ftruncate(self.fd, self.size)
+            os.lseek(self.fd, self.size, os.SEEK_SET)
+            raise
+        self.size += written
+
+    def flush(self, conn: socket.socket) -> None:
+        """Send it all from here, waiting for the client as sendall() would; then close it."""
+        try:
+            _sendfile(conn, self.fd, 0, self.size)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def send(conn: socket.socket, data: bytes | memoryview) -> None:
+    """conn.sendall(data) for a sync handler, except that what its client does not take
+    now (up to max_unsent bytes) is left to the dispatcher, so the worker is not held
+    while the client reads. Errors are sendall()'s: a reset peer is a ConnectionError.
+
+    On every answer's path, so written flat: one write, which nearly always takes it all
+    (and a socket with a timeout, non-blocking underneath, saves the poll() sendall()
+    makes before it writes)."""
+    info = _current.get(None)
+    if info is not None and info.unsent is not None:  # behind what waits already
+        _behind(conn, info, data)
+        return
+    try:
+        sent = os.write(conn.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        _rest(conn, info, memoryview(data)[sent:])
+
+
+def _rest(conn: socket.socket, info: ConnectionInfo | None, rest: memoryview) -> None:
+    """What the socket did not take: into a memfd, if it may go back with the connection."""
+    if not (_limit and len(rest) <= _limit and giveback._parkable(info)):
+        conn.sendall(rest)
+        return
+    try:
+        unsent = Unsent()
+    except OSError:  # no memory, or no descriptor: the worker waits for the client
+        conn.sendall(rest)
+        return
+    try:
+        unsent.add(rest)
+    except OSError:
+        unsent.close()
+        conn.sendall(rest)
+        return
+    info.unsent = unsent  # type: ignore[union-attr]
+
+
+def _behind(conn: socket.socket, info: ConnectionInfo, data: bytes | memoryview) -> None:
+    """More of the answer, behind what the client has not taken: with it, while it fits."""
+    unsent = info.unsent
+    assert unsent is not None
+    if unsent.size + len(data) <= _limit:
+        try:
+            unsent.add(data)
+            return
+        except OSError:
+            pass
+    giveback.send_unsent(conn, info)  # too much to leave: the worker sends it all
+    send(conn, data)
+
+
+def send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
+    """os.sendfile() of `count` bytes of the file `fd` from `offset` (after what waits in
+    the connection's Unsent), waiting for the client as sendall() does."""
+    info = _current.get(None)
+    if info is not None and info.unsent is not None:
+        giveback.send_unsent(conn, info)
+    _sendfile(conn, fd, offset, count)
+
+
+def _sendfile(conn: socket.socket, fd: int, offset: int, count: int) -> None:
+    """TimeoutError when the client takes nothing for the socket's timeout; ValueError
+    when the file ends before `count` (the file's error, not the client's)."""
+    out = conn.fileno()
+    timeout = conn.gettimeout()
+    while count > 0:
+        try:
+            sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
+        except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+            poller = select.poll()
+            poller.register(out, select.POLLOUT)
+            if not poller.poll(None if timeout is None else timeout * 1000):
+                raise TimeoutError("the client does not read") from None
+            continue
+        if not sent:
+            raise ValueError("the file ended before its Content-Length")
+        offset += sent
+        count -= sent
