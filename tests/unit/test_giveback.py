@@ -384,15 +384,22 @@ def reader(client: socket.socket) -> tuple[threading.Thread, bytearray]:
     return thread, got
 
 
-def test_what_the_client_does_not_take_goes_back_with_the_connection(
-    make_worker, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def answered_slowly(make_worker, monkeypatch, conn_id: int) -> tuple[Worker, ConnectionInfo]:
+    """A worker that sent LONG to a client that has read none of it: send() returned, and
+    the rest waits in info.unsent."""
     w = make_worker()
     monkeypatch.setattr(unsent, "_limit", 1 << 20)
     small_buffer(w)
-    info = w.info(conn_id=5)
-    serving(info, unsent.send, w.conn, LONG)  # returns: the client has read nothing
+    info = w.info(conn_id=conn_id)
+    serving(info, unsent.send, w.conn, LONG)
     assert info.unsent is not None and 0 < info.unsent.size < len(LONG)
+    return w, info
+
+
+def test_what_the_client_does_not_take_goes_back_with_the_connection(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w, info = answered_slowly(make_worker, monkeypatch, 5)
     with pytest.raises(giveback.Parked):  # its client waits for the answer: back at once
         serving(info, giveback.receive, w.conn)
     message, _ = w.parked()
@@ -406,11 +413,7 @@ def test_what_the_client_does_not_take_goes_back_with_the_connection(
 def test_a_handler_done_with_its_answer_untaken_leaves_it_and_the_close(
     make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 1 << 20)
-    small_buffer(w)
-    info = w.info(conn_id=6)
-    serving(info, unsent.send, w.conn, LONG)
+    w, info = answered_slowly(make_worker, monkeypatch, 6)
     assert serving(info, giveback.leave_rest, w.conn, info) is True
     message, _ = w.parked()
     assert message == wire.Park(6, 0, b"", unsent=True, close=True)
