@@ -82,6 +82,12 @@ _LIMITS = [
         "bytes of an answer a sync worker may leave to the dispatcher to send when its client "
         "reads slowly, so the worker goes on to the next connection (default 1048576; 0: off)",
     ),
+    (
+        "max_unsent_total",
+        "BYTES",
+        "bytes of such answers one dispatcher holds at once; past it, workers send theirs "
+        "themselves (default 67108864; 0: no limit but max_unsent's)",
+    ),
     ("max_request_line", "BYTES", "web apps: a longer request line gets 414 (default 8190)"),
     ("max_header_bytes", "BYTES", "web apps: a larger request head gets 431 (default 16384)"),
     ("max_headers", "N", "web apps: more header fields get 431 (default 100)"),

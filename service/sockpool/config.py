@@ -126,6 +126,7 @@ class Config:
     pull: bool = False  # async workers take a connection only while their loop waits (pull.py)
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     max_unsent: int = 1 << 20  # bytes of an answer a sync worker may leave it to send (unsent.py)
+    max_unsent_total: int = 64 << 20  # and of all such answers a dispatcher holds at once
     # Web applications (http11.py, wsgi.py, asgi.py).
     wsgi: str | None = None  # module:app, served on sync workers
     asgi: str | None = None  # module:app, served on async workers
@@ -412,6 +413,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "pull": (bool, _flag),
     "max_carry": (int, _carry),
     "max_unsent": (int, _bytes),
+    "max_unsent_total": (int, _bytes),
     "wsgi": (str, _handler),
     "asgi": (str, _handler),
     "access_log": (bool, _flag),

@@ -47,8 +47,10 @@ _max_carry = 0  # a request within this many bytes may be parked whole (handlers
 # Its second word: set once the service is stopping (hotpath.stop_accepting). Nobody may be
 # left to take a connection given back with a request to serve, so a worker keeps those,
 # and no keep-alive client's turn ends (its next request may be on its way already).
+# Its third: the bytes of answers the dispatcher holds to send for workers (parking.py),
+# against max_unsent_total (unsent.py).
 _waiting: memoryview | None = None
-WAITING, STOPPING = 0, 1  # the words' places
+WAITING, STOPPING, UNSENT = 0, 1, 2  # the words' places
 TURN_NS = 1_000_000  # see _turn_over()
 STOP_FIRST_BYTE = 1.0  # seconds a stop gives a client that has not spoken yet
 
@@ -67,6 +69,11 @@ def others_waiting() -> bool:
 
 def stopping() -> bool:
     return _waiting is not None and _waiting[STOPPING] > 0
+
+
+def unsent_held() -> int:
+    """The bytes of answers the dispatcher holds to send now (0 outside a worker)."""
+    return 0 if _waiting is None else _waiting[UNSENT]
 
 
 class Parked(Exception):

@@ -154,8 +154,8 @@ class HotPath:
         self.listeners = listeners
         self.deferred: set[Listener] = set()  # new connections wait for data (dispatcher sets)
         self.admission = admission
-        self.parking = Parking(admission.release, epoll)
         self.waiting = giveback.share_waiting()  # workers read it: see giveback.py
+        self.parking = Parking(admission.release, epoll, self.waiting)
         self.timeouts = (0.0, 0.0, 0.0)  # first byte, idle, request (configure())
         self.max_carry = 0
         self.graceful = 30.0  # graceful_timeout (configure())

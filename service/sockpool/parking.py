@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from .giveback import UNSENT
 from .process import Pending
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
@@ -72,7 +73,12 @@ class _Unsent:
 
 
 class Parking:
-    def __init__(self, release: Callable[[int], None], epoll: select.epoll | None = None) -> None:
+    def __init__(
+        self,
+        release: Callable[[int], None],
+        epoll: select.epoll | None = None,
+        words: memoryview | None = None,
+    ) -> None:
         # The dispatcher passes its loop's epoll, whose poll() hands us our events (seen());
         # alone (the unit tests), an epoll of our own, polled by ready().
         self.own = epoll is None
@@ -85,6 +91,9 @@ class Parking:
         self.in_flight = 0  # held with a request not yet served: new ones, and partial ones
         self.unsent: dict[int, _Unsent] = {}  # fd -> the answer being sent on it (UNREAD)
         self.sent: list[tuple[Pending, object]] = []  # sent whole since: (item, after)
+        # The bytes of the memfds held, told to the workers in the shared words (giveback.py).
+        self.unsent_bytes = 0
+        self.words = words
 
     def __len__(self) -> int:
         return len(self.held)
@@ -119,6 +128,7 @@ class Parking:
             return
         self.unsent[fd] = _Unsent(rest, st.st_size, stall, after, work)
         self.in_flight += work
+        self._count_unsent(st.st_size)
 
     def _watch(self, item: Pending, kind: str, deadline: float, events: int) -> bool:
         """Watch for `events` (one-shot), held as `kind` until `deadline`. False when the
@@ -257,7 +267,13 @@ class Parking:
                 unsent = self.unsent.pop(fd)
                 self.in_flight -= unsent.work
                 os.close(unsent.rest)
+                self._count_unsent(-unsent.size)
         return entry
+
+    def _count_unsent(self, change: int) -> None:
+        self.unsent_bytes += change
+        if self.words is not None:
+            self.words[UNSENT] = self.unsent_bytes
 
     def drop(self, item: Pending, reason: str | None) -> None:
         """Close as a server that is done: FIN when nothing is unread, so the client sees an

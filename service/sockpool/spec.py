@@ -24,6 +24,7 @@ class WorkerSpec:
     request_timeout: float = 0.0  # a request not read whole this long after it began
     max_carry: int = 16384  # a partial request parked may hold this many bytes (web apps)
     max_unsent: int = 0  # an answer's rest a slow client has not taken, left to the dispatcher
+    max_unsent_total: int = 0  # all the answers' rests the dispatcher holds (0: no limit)
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
     # `queue_ahead`: a sync worker takes connections queued behind the one it serves, and
     # starts the next the moment it is done, without waiting for the dispatcher to hear of
@@ -66,6 +67,7 @@ class WorkerSpec:
             request_timeout=config.request_timeout,
             max_carry=config.max_carry,
             max_unsent=config.max_unsent,
+            max_unsent_total=config.max_unsent_total,
             handoff={name: config.handoff_for(name) for name in listeners},
             queue_ahead=0 if config.shares_sockets else config.queue_ahead,
             pull=config.pull,

@@ -8,9 +8,10 @@ the kernel takes no more, the rest goes into a memfd, up to `max_unsent` bytes, 
 connection goes back to the dispatcher with it (giveback.py: a PARK with a second
 descriptor). The dispatcher sends it as the client takes it (parking.py), then closes the
 connection or holds it for its next request, and the worker is free for the next client.
-Past `max_unsent`, or where the connection cannot go back (the dispatcher near its
-descriptor limit, a stop with a request to serve), the worker sends it itself, as
-sendall() does.
+Past `max_unsent`, or past `max_unsent_total` with what the dispatcher holds already (a
+crowd of clients that read nothing must not take all the memory there is), or where the
+connection cannot go back (the dispatcher near its descriptor limit, a stop with a
+request to serve), the worker sends it itself, as sendall() does.
 
     sockpool.send(conn, data)  # in place of conn.sendall(data)
 
@@ -28,6 +29,7 @@ from . import giveback
 from .connection import ConnectionInfo, _current
 
 _limit = 0  # max_unsent, set by the worker (worker.py); 0: never
+_total = 0  # max_unsent_total (worker.py); 0: no limit but each connection's
 
 
 class Unsent:
@@ -85,7 +87,7 @@ def send(conn: socket.socket, data: bytes | memoryview) -> None:
 
 def _rest(conn: socket.socket, info: ConnectionInfo | None, rest: memoryview) -> None:
     """What the socket did not take: into a memfd, if it may go back with the connection."""
-    if not (_limit and len(rest) <= _limit and giveback._parkable(info)):
+    if not (_fits(len(rest)) and giveback._parkable(info)):
         conn.sendall(rest)
         return
     try:
@@ -106,7 +108,7 @@ def _behind(conn: socket.socket, info: ConnectionInfo, data: bytes | memoryview)
     """More of the answer, behind what the client has not taken: with it, while it fits."""
     unsent = info.unsent
     assert unsent is not None
-    if unsent.size + len(data) <= _limit:
+    if _fits(unsent.size + len(data)):
         try:
             unsent.add(data)
             return
@@ -114,6 +116,13 @@ def _behind(conn: socket.socket, info: ConnectionInfo, data: bytes | memoryview)
             pass
     giveback.send_unsent(conn, info)  # too much to leave: the worker sends it all
     send(conn, data)
+
+
+def _fits(size: int) -> bool:
+    """Whether an answer's rest this long may be left to the dispatcher. What it holds is
+    read as it was a moment ago, so workers that leave theirs at once may go past the total
+    by a few answers, no more."""
+    return 0 < size <= _limit and (not _total or giveback.unsent_held() + size <= _total)
 
 
 def send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:

@@ -124,7 +124,7 @@ class _Base:
         self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
         giveback._request_timeout, giveback._max_carry = spec.request_timeout, spec.max_carry
-        unsent._limit = spec.max_unsent
+        unsent._limit, unsent._total = spec.max_unsent, spec.max_unsent_total
 
     def ready(self, capacity: int, solo: bool = False) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:

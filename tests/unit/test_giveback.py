@@ -65,7 +65,8 @@ class Worker:
 @pytest.fixture
 def make_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worker]]:
     monkeypatch.setattr(giveback, "_send", None)  # restored after the test: worker._Base sets it
-    monkeypatch.setattr(unsent, "_limit", 0)  # as is max_unsent
+    monkeypatch.setattr(unsent, "_limit", 0)  # as are max_unsent and max_unsent_total
+    monkeypatch.setattr(unsent, "_total", 0)
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     made: list[Worker] = []
 
@@ -440,14 +441,21 @@ def test_past_max_unsent_the_worker_sends_it_all_itself_in_order(
     assert bytes(got) == first + LONG and w.nothing_parked()
 
 
-@pytest.mark.parametrize(("may_park", "limit"), [(False, 1 << 20), (True, 0)])
+@pytest.mark.parametrize(
+    ("may_park", "limit", "held"), [(False, 1 << 20, 0), (True, 0, 0), (True, 1 << 20, 900_000)]
+)
 def test_a_connection_that_may_not_go_back_keeps_its_answer(
-    make_worker, monkeypatch: pytest.MonkeyPatch, may_park: bool, limit: int
+    make_worker, monkeypatch: pytest.MonkeyPatch, may_park: bool, limit: int, held: int
 ) -> None:
-    """Near the dispatcher's descriptor limit (no MAY_PARK), or with max_unsent 0, the
-    worker waits for the client as sendall() does."""
+    """Near the dispatcher's descriptor limit (no MAY_PARK), with max_unsent 0, or with the
+    dispatcher holding so much already that this one would take it past max_unsent_total
+    (1 MiB here), the worker waits for the client as sendall() does."""
     w = make_worker()
     monkeypatch.setattr(unsent, "_limit", limit)
+    monkeypatch.setattr(unsent, "_total", 1 << 20)
+    words = memoryview(bytearray(8 * 3)).cast("q")
+    words[giveback.UNSENT] = held
+    monkeypatch.setattr(giveback, "_waiting", words)
     small_buffer(w)
     info = w.info(may_park=may_park)
     thread, got = reader(w.client)

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from sockpool import giveback
 from sockpool.parking import FIRST_BYTE, IDLE, REQUEST, Parking, deadline_for
 
 NEVER = float("inf")
@@ -329,14 +330,17 @@ def read_all(client: socket.socket, size: int, held: Held) -> bytes:
 
 
 def test_an_answer_is_sent_as_the_client_takes_it_then_goes_on(held: Held) -> None:
+    words = memoryview(bytearray(8 * 3)).cast("q")
+    held.parking.words = words  # as the dispatcher's: the workers see what it holds
     item = held.connect(1)
     rest = memfd(ANSWER)
     held.parking.send(item, rest, "after", 10.0, work=False)
+    assert words[giveback.UNSENT] == len(ANSWER)
     assert (len(held.parking), held.parking.in_flight) == (1, 0)
     assert rest in held.parking.fds() and item[1] in held.parking.fds()
     assert read_all(held.clients[1], len(ANSWER), held) == ANSWER
     assert held.parking.sent == [(item, "after")]  # for the hot path to settle
-    assert len(held.parking) == 0 and is_closed_fd(rest)
+    assert len(held.parking) == 0 and is_closed_fd(rest) and words[giveback.UNSENT] == 0
     assert held.released == [] and not held.parking.closed
     os.write(item[1], b"still connected")  # it was not closed: the hot path decides
     assert held.clients[1].recv(100) == b"still connected"
