@@ -24,10 +24,12 @@ from __future__ import annotations
 import os
 import select
 import socket
+from collections.abc import Callable
 
 from . import giveback
 from .connection import ConnectionInfo, _current
 
+_SHORT = "the file ended before its Content-Length"
 _limit = 0  # max_unsent, set by the worker (worker.py); 0: never
 _total = 0  # max_unsent_total (worker.py); 0: no limit but each connection's
 
@@ -54,6 +56,22 @@ class Unsent:
             raise
         self.size += written
 
+    def add_file(self, fd: int, offset: int, count: int) -> None:
+        """Append `count` bytes of the file `fd` from `offset`, or none of them: OSError,
+        or ValueError when the file ends first (the application's error, as in _sendfile)."""
+        start = self.size
+        try:
+            while count > 0:
+                copied = os.sendfile(self.fd, fd, offset, count)
+                if not copied:
+                    raise ValueError(_SHORT)
+                offset, count, self.size = offset + copied, count - copied, self.size + copied
+        except (OSError, ValueError):
+            os.ftruncate(self.fd, start)
+            os.lseek(self.fd, start, os.SEEK_SET)
+            self.size = start
+            raise
+
     def flush(self, conn: socket.socket) -> None:
         """Send it all from here, waiting for the client as sendall() would; then close it."""
         try:
@@ -75,47 +93,57 @@ def send(conn: socket.socket, data: bytes | memoryview) -> None:
     makes before it writes)."""
     info = _current.get(None)
     if info is not None and info.unsent is not None:  # behind what waits already
-        _behind(conn, info, data)
+        if not _behind(conn, info, len(data), lambda u: u.add(data)):
+            send(conn, data)
         return
     try:
         sent = os.write(conn.fileno(), data)
     except BlockingIOError:
         sent = 0
     if sent < len(data):
-        _rest(conn, info, memoryview(data)[sent:])
+        rest = memoryview(data)[sent:]
+        if not _leave(info, len(rest), lambda u: u.add(rest)):
+            conn.sendall(rest)
 
 
-def _rest(conn: socket.socket, info: ConnectionInfo | None, rest: memoryview) -> None:
-    """What the socket did not take: into a memfd, if it may go back with the connection."""
-    if not (_fits(len(rest)) and giveback._parkable(info)):
-        conn.sendall(rest)
-        return
+def _leave(info: ConnectionInfo | None, size: int, fill: Callable[[Unsent], None]) -> bool:
+    """What the socket did not take, `size` bytes that fill() writes, into a memfd, to go
+    back with the connection. False where it may not go back, or there is no memory or no
+    descriptor for it: the worker then waits for the client."""
+    if not (_fits(size) and giveback._parkable(info)):
+        return False
     try:
         unsent = Unsent()
-    except OSError:  # no memory, or no descriptor: the worker waits for the client
-        conn.sendall(rest)
-        return
+    except OSError:
+        return False
     try:
-        unsent.add(rest)
+        fill(unsent)
     except OSError:
         unsent.close()
-        conn.sendall(rest)
-        return
+        return False
+    except BaseException:
+        unsent.close()
+        raise
     info.unsent = unsent  # type: ignore[union-attr]
+    return True
 
 
-def _behind(conn: socket.socket, info: ConnectionInfo, data: bytes | memoryview) -> None:
-    """More of the answer, behind what the client has not taken: with it, while it fits."""
+def _behind(
+    conn: socket.socket, info: ConnectionInfo, size: int, fill: Callable[[Unsent], None]
+) -> bool:
+    """More of the answer, `size` bytes that fill() writes, behind what the client has not
+    taken: with it, while it fits. False once it does not: what waits has been sent (the
+    worker waits for the client), and the caller sends the more."""
     unsent = info.unsent
     assert unsent is not None
-    if _fits(unsent.size + len(data)):
+    if _fits(unsent.size + size):
         try:
-            unsent.add(data)
-            return
+            fill(unsent)
+            return True
         except OSError:
             pass
     giveback.send_unsent(conn, info)  # too much to leave: the worker sends it all
-    send(conn, data)
+    return False
 
 
 def _fits(size: int) -> bool:
@@ -126,29 +154,41 @@ def _fits(size: int) -> bool:
 
 
 def send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
-    """os.sendfile() of `count` bytes of the file `fd` from `offset` (after what waits in
-    the connection's Unsent), waiting for the client as sendall() does."""
+    """os.sendfile() of `count` bytes of the file `fd` from `offset`, as send() sends
+    bytes: once the client takes no more, a rest that fits max_unsent is copied into the
+    memfd that goes back with the connection. A longer download waits for the client until
+    its rest fits."""
     info = _current.get(None)
-    if info is not None and info.unsent is not None:
-        giveback.send_unsent(conn, info)
-    _sendfile(conn, fd, offset, count)
+    fill = _file_range(fd, offset, count)
+    if info is not None and info.unsent is not None and _behind(conn, info, count, fill):
+        return  # behind what waits already
+    _sendfile(conn, fd, offset, count, info)
 
 
-def _sendfile(conn: socket.socket, fd: int, offset: int, count: int) -> None:
+def _sendfile(
+    conn: socket.socket, fd: int, offset: int, count: int, info: ConnectionInfo | None = None
+) -> None:
     """TimeoutError when the client takes nothing for the socket's timeout; ValueError
-    when the file ends before `count` (the file's error, not the client's)."""
+    when the file ends before `count` (the file's error, not the client's). With `info`,
+    the rest may be left to the dispatcher once the client takes no more (send_file())."""
     out = conn.fileno()
     timeout = conn.gettimeout()
     while count > 0:
         try:
             sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
         except BlockingIOError:  # a socket with a timeout is non-blocking underneath
+            if info is not None and _leave(info, count, _file_range(fd, offset, count)):
+                return
             poller = select.poll()
             poller.register(out, select.POLLOUT)
             if not poller.poll(None if timeout is None else timeout * 1000):
                 raise TimeoutError("the client does not read") from None
             continue
         if not sent:
-            raise ValueError("the file ended before its Content-Length")
+            raise ValueError(_SHORT)
         offset += sent
         count -= sent
+
+
+def _file_range(fd: int, offset: int, count: int) -> Callable[[Unsent], None]:
+    return lambda unsent: unsent.add_file(fd, offset, count)

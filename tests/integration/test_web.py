@@ -558,6 +558,26 @@ def test_clients_that_read_slowly_hold_no_sync_worker(serve) -> None:
         assert hello(kept.ask("GET", "/hello"))
 
 
+def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, tmp_path: Path) -> None:
+    """Flask's send_file goes out with sendfile(), and what the client does not take is
+    left to the dispatcher too (copied, as it fits max_unsent): two slow downloads, two
+    workers, and a third client is served meanwhile."""
+    data = tmp_path / "long.bin"
+    data.write_bytes(os.urandom(LONG))
+    env = {"WEBAPPS_FILE": str(data)}
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT], env=env)
+    slow = [site.client() for _ in range(2)]
+    since = mark(site.service)
+    for client in slow:
+        client.send(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n")
+    settle(site.service, busy=0, parked=2, since=since)
+    with site.client() as fast:
+        assert hello(fast.ask("GET", "/hello"))
+    for client in slow:
+        with client:
+            assert client.response().body == data.read_bytes()
+
+
 def test_a_stop_sends_what_slow_readers_have_not_taken_then_exits(serve) -> None:
     """Nothing lost: the dispatcher outlives its workers until the answers it holds are
     sent, then ends the connection and exits cleanly."""
