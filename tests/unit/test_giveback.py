@@ -441,6 +441,25 @@ def test_past_max_unsent_the_worker_sends_it_all_itself_in_order(
     assert bytes(got) == first + LONG and w.nothing_parked()
 
 
+def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
+    """A file shorter than its Content-Length is the application's error (ValueError), and
+    what waits stays whole and in order: nothing of the file, nothing lost."""
+    short = tmp_path / "short"
+    short.write_bytes(b"0123456789")
+    rest = unsent.Unsent()
+    fd = os.open(short, os.O_RDONLY)
+    try:
+        rest.add(b"head:")
+        with pytest.raises(ValueError, match="ended before"):
+            rest.add_file(fd, 0, 100)
+        rest.add_file(fd, 2, 3)
+        rest.add(b":end")
+        assert rest.size == 12 and os.pread(rest.fd, 100, 0) == b"head:234:end"
+    finally:
+        os.close(fd)
+        rest.close()
+
+
 @pytest.mark.parametrize(
     ("may_park", "limit", "held"), [(False, 1 << 20, 0), (True, 0, 0), (True, 1 << 20, 900_000)]
 )
