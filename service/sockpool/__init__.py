@@ -2,7 +2,7 @@
 
 from .connection import ConnectionInfo, current_connection
 from .giveback import Parked, client_speaks_first, park, park_async, read, receive
-from .unsent import send
+from .unsent import flush, send
 
 __version__ = "0.1.0"
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "__version__",
     "client_speaks_first",
     "current_connection",
+    "flush",
     "park",
     "park_async",
     "read",

@@ -104,8 +104,8 @@ class Dispatcher:
 
     def _sending(self, now: float) -> bool:
         """Stopping, with its workers gone: answers still going out keep it running, until
-        graceful_timeout (hot.sending()), or a second Ctrl-C (the policy's deadline, now)."""
-        return self.hot.sending(now) and now < self.policy.stop_deadline
+        graceful_timeout or a second Ctrl-C (hot.sending())."""
+        return self.hot.sending(now)
 
     def _idle(self, now: float) -> float:
         hot = self.hot
@@ -174,7 +174,11 @@ class Dispatcher:
             if self.shares and signum == signal.SIGINT:  # one of N: a terminal's Ctrl-C,
                 return  # the main process's to take (it stops us, and says hurry())
             name = signal.Signals(signum).name
-            self._feed(ev.StopRequested(name, time.monotonic(), self.hot.busy()))
+            now = time.monotonic()
+            second = self.policy.stopping and signum == signal.SIGINT
+            self._feed(ev.StopRequested(name, now, self.hot.busy()))
+            if second:  # a second Ctrl-C: no more waiting, for answers being sent either
+                self.hot.send_until = now
         elif signum in (signal.SIGUSR1, signal.SIGUSR2) and not self.shares:
             records.write(records.unheeded(signum))  # (one of N: the main process says it)
 
@@ -187,6 +191,7 @@ class Dispatcher:
         if not self.policy.stopping:  # its SIGTERM, sent first, may come in after this
             self._feed(ev.StopRequested("SIGTERM", now, busy))
         self._feed(ev.StopRequested("SIGINT", now, busy))
+        self.hot.send_until = now  # nor for answers being sent
 
     def reload(self, config: Config | None, error: str = "") -> None:
         """Serve `config` with a new generation of workers (policy.py); None: the reload
@@ -284,7 +289,9 @@ class Dispatcher:
         if hot.pending:
             log.log.warning("exiting with %d accepted connections not served", len(hot.pending))
         channel.close_all([item[1] for item in hot.pending])
-        if parked := hot.parking.close_all("exit"):
+        if cut := len(hot.parking.unsent):
+            log.log.warning("cut %d answers still being sent to slow clients at exit", cut)
+        if parked := hot.parking.close_all("exit") - cut:
             log.log.info("closed %d connections parked with no request to serve", parked)
         hot.parking.close()
         hot.restore_listeners()

@@ -179,8 +179,9 @@ def _give_back(
         started = info.request_started or time.monotonic_ns()
     else:
         started = time.monotonic_ns() if unread else 0
-    silent = first and not (carry or unread)
     unsent = info.unsent
+    # Sent an answer (a banner), it is no new connection: held as idle once it is sent.
+    silent = first and not (carry or unread) and unsent is None
     rest = -1 if unsent is None else unsent.fd
     try:
         _send(fd, info.conn_id, started, carry + unread, bool(unread), silent, rest, close)
@@ -237,7 +238,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
         return data
     fd = conn.fileno()
     if info.unsent is not None:  # its client has not taken the answer: it waits for that
-        return _park_or_recv(conn, info, carry, size)
+        return _park_or_recv(conn, info, carry, size)  # (pipelined requests: hotpath.park)
     wait_first = False
     if not carry and info.has_read:  # between requests
         if others_waiting() and not stopping() and _turn_over(info):

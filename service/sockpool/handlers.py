@@ -21,7 +21,7 @@ from .giveback import (
     recv_within,
     request_left,
 )
-from .unsent import send
+from .unsent import flush, send
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
     import asyncio
@@ -144,7 +144,8 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send(conn, exc.response)
             return
         if request is None:
-            long = _too_long(buf)
+            if long := _too_long(buf):  # read here: what waits for the client goes first
+                flush(conn)
             if not (data := recv_within(conn, request_left(info)) if long else receive(conn, buf)):
                 if buf:
                     send(conn, BAD_REQUEST)

@@ -291,6 +291,8 @@ class HotPath:
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
         fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd too
+        if fd_room <= held:  # near the limit: each connection in a worker's hands may come
+            fd_room -= self.busy()  # back with a memfd (unsent.py); far from it, no matter
         if (fd_room > 0) != self.may_park:
             self._parking_allowed(fd_room > 0, now)
         for listener in list(self.backlogged):
@@ -716,8 +718,8 @@ class HotPath:
             channel.close_all([fd, unsent] if unsent >= 0 else [fd])
             return
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
-        if unsent >= 0:
-            work = not msg.close and bool(msg.ready or msg.carry)  # a request comes after
+        if unsent >= 0:  # a request comes after it (begun, or pipelined): a stop waits for it
+            work = not msg.close and bool(msg.ready or msg.carry or waiting_bytes(fd))
             self.parking.send(item, unsent, msg, self.timeouts[1], work)
         else:
             self._settle(item, msg, now)
@@ -742,9 +744,11 @@ class HotPath:
             self.parking.drop(item, "too-large")
         elif self.stopping and not msg.carry and not waiting_bytes(fd):
             self.parking.drop(item, "stopping")
+        elif self.stopping and not self.routable():  # its answer was sent after the workers
+            self.parking.drop(item, "stopping", discard=True)  # left: it ends whole, no reset
         else:  # a request begun, or (stopping) one that arrived already: in flight
             kind = REQUEST if msg.carry or self.stopping else IDLE
-            self.parking.hold(item, kind, deadline_for(kind, now, msg.started, self.timeouts))
+            self.parking.hold(item, kind, deadline_for(kind, now, item[5], self.timeouts))
 
     def _proxy_header(
         self,
@@ -801,6 +805,8 @@ class HotPath:
             sent, parking.sent = parking.sent, []
             now = time.monotonic()
             for item, msg in sent:
+                if item[4]:  # a request begun: its clock starts again, once the client had
+                    item = (*item[:5], time.monotonic_ns())  # the answer before it (began())
                 self._settle(item, msg, now)  # type: ignore[arg-type]
         if self.headers:
             ready = [item for item in ready if not self._header_came(item)]
@@ -876,6 +882,9 @@ class HotPath:
         self.stuck = False  # nothing more is accepted: none waits for a worker there
         self.publish_waiting()
         self.parking.close_idle()
+        # An answer being sent whose client has sent more since: a request, which the
+        # workers must stay for (undelivered()), as for a parked one that spoke.
+        self.parking.expect_work(lambda after: not after.close)  # type: ignore[attr-defined]
         first_byte = self.timeouts[0]
         if first_byte > giveback.STOP_FIRST_BYTE:
             self.parking.hurry(FIRST_BYTE, first_byte - giveback.STOP_FIRST_BYTE)

@@ -235,6 +235,14 @@ class Parking:
                 self.drop(entry[0], "stopping")
         return len(idle)
 
+    def expect_work(self, may_serve: Callable[[object], bool]) -> None:
+        """On stop: answers being sent whose client has sent more meanwhile, and whose
+        `after` may_serve() it, count as in flight from now (they have a request to serve)."""
+        for fd, unsent in self.unsent.items():
+            if not unsent.work and may_serve(unsent.after) and waiting_bytes(fd):
+                unsent.work = True
+                self.in_flight += 1
+
     def hurry(self, kind: str, by: float) -> None:
         """Bring the deadlines of every held connection of `kind` forward by `by` seconds."""
         for fd, (item, held_kind, deadline) in list(self.held.items()):
@@ -275,14 +283,20 @@ class Parking:
         if self.words is not None:
             self.words[UNSENT] = self.unsent_bytes
 
-    def drop(self, item: Pending, reason: str | None) -> None:
+    def drop(self, item: Pending, reason: str | None, discard: bool = False) -> None:
         """Close as a server that is done: FIN when nothing is unread, so the client sees an
-        orderly end (a client that did send gets the reset the kernel sends for unread data).
-        Counted by `reason`; None: served, nothing went wrong."""
+        orderly end (a client that did send gets the reset the kernel sends for unread data;
+        `discard`: not even then, its bytes read and dropped first, so that an answer still
+        on its way reaches it whole). Counted by `reason`; None: served, nothing went wrong."""
         if reason:
             self.closed[reason] += 1
         self.release(item[0])
         sock = socket.socket(fileno=item[1])
+        if discard:  # at most 1 MiB: a client that never stops sending gets its reset
+            with contextlib.suppress(OSError):
+                for _ in range(16):
+                    if not sock.recv(65536, socket.MSG_DONTWAIT):
+                        break
         with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_WR)
         sock.close()

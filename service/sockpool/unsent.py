@@ -14,6 +14,7 @@ connection cannot go back (the dispatcher near its descriptor limit, a stop with
 request to serve), the worker sends it itself, as sendall() does.
 
     sockpool.send(conn, data)  # in place of conn.sendall(data)
+    sockpool.flush(conn)       # before a wait for the client with conn.recv()
 
 The built-in handlers and the WSGI server write with it. It needs the socket's timeout
 (idle_timeout, which sync handlers get): a socket in blocking mode is written whole.
@@ -104,6 +105,15 @@ def send(conn: socket.socket, data: bytes | memoryview) -> None:
         rest = memoryview(data)[sent:]
         if not _leave(info, len(rest), lambda u: u.add(rest)):
             conn.sendall(rest)
+
+
+def flush(conn: socket.socket) -> None:
+    """Send now what the client has not taken yet, waiting for it as sendall() does: for a
+    handler about to wait for its client (conn.recv()), which may be waiting for that.
+    receive() needs none: it gives the connection back with it instead."""
+    info = _current.get(None)
+    if info is not None and info.unsent is not None:
+        giveback.send_unsent(conn, info)
 
 
 def _leave(info: ConnectionInfo | None, size: int, fill: Callable[[Unsent], None]) -> bool:

@@ -278,6 +278,8 @@ def encode_park(
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
     if close and not unsent:
         raise WireError("CLOSE without UNSENT: a worker closes such a connection itself")
+    if silent and unsent:
+        raise WireError("SILENT with UNSENT: a connection sent an answer has had its turn")
     flags = (READY_NOW if ready else 0) | (SILENT if silent else 0)
     flags |= (UNSENT if unsent else 0) | (CLOSE if close else 0)
     return b"P" + _PARK.pack(flags, conn_id, started) + carry

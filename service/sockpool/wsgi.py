@@ -94,6 +94,7 @@ class _Input(io.RawIOBase):
         past the limit, is ClientDisconnected: the connection closes unanswered."""
         conn, left = self._conn, self._left
         try:
+            unsent.flush(conn)  # an answer before this request's, not taken yet, goes first
             if left is None:
                 return conn.recv(CHUNK)
             start = time.monotonic()

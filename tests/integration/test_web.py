@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -534,6 +535,7 @@ def test_a_trickled_small_body_that_cannot_be_parked_keeps_request_timeout(serve
 # More than the kernel holds for a client that reads nothing: the server's send buffer grows
 # to tcp_wmem's 4 MiB at most, the client's receive buffer starts at 128 KiB.
 LONG = 6 << 20
+GET_HELLO = b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n"
 UNSENT = [f"--max-unsent={8 << 20}"]
 
 
@@ -592,6 +594,56 @@ def test_a_stop_sends_what_slow_readers_have_not_taken_then_exits(serve) -> None
         assert client.response().body == bigger(LONG)
         assert read_to_eof(client.sock) == b""
     assert site.service.wait() == 0
+
+
+def test_a_stop_serves_a_request_pipelined_behind_an_answer_not_taken(serve) -> None:
+    """Nothing lost: a request pipelined behind a long answer the dispatcher is sending goes
+    to a worker once the answer is sent, and a stop that comes meanwhile waits for it.
+    (One that came with the first, the worker serves before it gives the connection back.)"""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT])
+    since = mark(site.service)
+    with site.client() as client:
+        client.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+        settle(site.service, busy=0, parked=1, since=since)
+        client.send(GET_HELLO)
+        site.service.signal(signal.SIGTERM)
+        time.sleep(1)  # time enough for the workers to leave, were the request not counted
+        assert client.response().body == bigger(LONG)
+        assert hello(client.response())
+    assert site.service.wait() == 0
+
+
+def test_a_request_begun_behind_an_answer_gets_its_time_once_the_answer_is_sent(serve) -> None:
+    """request_timeout counts from when the client had the answer before it, as when the
+    worker sent the answer: not while the client was still taking it."""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--request-timeout=1", *UNSENT])
+    since = mark(site.service)
+    with site.client() as client:
+        client.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\nGET /hel" % LONG)
+        settle(site.service, busy=0, parked=1, since=since)
+        time.sleep(2)  # past request_timeout, taking nothing yet
+        assert client.response().body == bigger(LONG)
+        client.send(b"lo HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert hello(client.response())
+
+
+def test_a_second_ctrl_c_cuts_answers_being_sent_too(serve) -> None:
+    """A second Ctrl-C stops waiting for the workers (one still reading a body here) and
+    for the answers the dispatcher is sending: not graceful_timeout later."""
+    args = ["--graceful-timeout=300", "--idle-timeout=60", *UNSENT]
+    site = start_site(serve, "wsgi", APPS["wsgi"], args)
+    since = mark(site.service)
+    with site.client() as slow:
+        slow.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+        settle(site.service, busy=0, parked=1, since=since)
+        busy = site.client()  # a worker reads its body: it sends 20,000 bytes of 99,999
+        busy.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 99999\r\n\r\n" + bytes(20000))
+        settle(site.service, busy=1, parked=1, since=since)
+        os.killpg(site.service.pid, signal.SIGINT)
+        wait_until(lambda: "stopping on SIGINT" in site.log(), "the stop")
+        os.killpg(site.service.pid, signal.SIGINT)
+        assert site.service.wait() == 0
+        busy.close()
 
 
 def test_an_answer_nobody_reads_is_closed_at_the_idle_timeout(serve) -> None:
