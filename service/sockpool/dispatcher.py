@@ -176,18 +176,22 @@ class Dispatcher:
             name = signal.Signals(signum).name
             now = time.monotonic()
             second = self.policy.stopping and signum == signal.SIGINT
-            self._feed(ev.StopRequested(name, now, self.hot.busy()))
+            self._feed(ev.StopRequested(name, now, self._draining()))
             if second:  # a second Ctrl-C: no more waiting, for answers being sent either
                 self.hot.send_until = now
         elif signum in (signal.SIGUSR1, signal.SIGUSR2) and not self.shares:
             records.write(records.unheeded(signum))  # (one of N: the main process says it)
+
+    def _draining(self) -> int:
+        """What a stop drains: connections in workers' hands, and answers being sent."""
+        return self.hot.busy() + len(self.hot.parking.unsent)
 
     def hurry(self) -> None:
         """One of N, told by the main process of a second Ctrl-C: stop waiting, as a
         second SIGINT does (policy.py)."""
         now = time.monotonic()
         self.hot.catch_up(now)
-        busy = self.hot.busy()
+        busy = self._draining()
         if not self.policy.stopping:  # its SIGTERM, sent first, may come in after this
             self._feed(ev.StopRequested("SIGTERM", now, busy))
         self._feed(ev.StopRequested("SIGINT", now, busy))

@@ -595,6 +595,12 @@ class HttpConnection:
         """The request is HEAD: body() drops what it is given."""
         return self._method == b"HEAD"
 
+    @property
+    def body_complete(self) -> bool:
+        """Nothing more of the response body can follow: its Content-Length is all given,
+        or it has no body. (Chunked and close-delimited bodies end only with end().)"""
+        return self._framing is _NONE or (self._framing is _LENGTH and not self._left)
+
     def body(self, data: Any) -> list[Any]:
         """The pieces to send for some response body: bytes, or an object with len() for
         sendfile, which comes back as itself among them. [] when no body is sent.

@@ -67,8 +67,10 @@ class _Unsent:
 
     __slots__ = ("after", "offset", "rest", "size", "stall", "work")
 
-    def __init__(self, rest: int, size: int, stall: float, after: object, work: bool) -> None:
-        self.rest, self.size, self.offset = rest, size, 0
+    def __init__(
+        self, rest: int, offset: int, size: int, stall: float, after: object, work: bool
+    ) -> None:
+        self.rest, self.offset, self.size = rest, offset, size
         self.stall, self.after, self.work = stall, after, work
 
 
@@ -118,6 +120,7 @@ class Parking:
             st = os.fstat(rest)
             if not stat.S_ISREG(st.st_mode):  # memfds are: a pipe could block us
                 raise OSError(errno.EINVAL, "not a memfd")
+            start = min(os.lseek(rest, 0, os.SEEK_CUR), st.st_size)  # taken before (unsent.py)
             os.set_blocking(fd, False)  # the worker's socket had a timeout: it is already
             deadline = time.monotonic() + stall if stall else _NEVER
             if not self._watch(item, UNREAD, deadline, _SEND):
@@ -126,7 +129,7 @@ class Parking:
             os.close(rest)
             self.drop(item, "peer-closed")
             return
-        self.unsent[fd] = _Unsent(rest, st.st_size, stall, after, work)
+        self.unsent[fd] = _Unsent(rest, start, st.st_size, stall, after, work)
         self.in_flight += work
         self._count_unsent(st.st_size)
 

@@ -22,6 +22,7 @@ The built-in handlers and the WSGI server write with it. It needs the socket's t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -36,13 +37,15 @@ _total = 0  # max_unsent_total (worker.py); 0: no limit but each connection's
 
 
 class Unsent:
-    """Bytes of an answer, in order, in a memfd of their own (ConnectionInfo.unsent)."""
+    """Bytes of an answer, in order, in a memfd of their own (ConnectionInfo.unsent), of
+    which the client has taken the first `sent`. The memfd's file position is kept there:
+    the dispatcher, which shares the open file, sends from it (parking.send)."""
 
-    __slots__ = ("fd", "size")
+    __slots__ = ("fd", "sent", "size")
 
     def __init__(self) -> None:
         self.fd = os.memfd_create("sockpool-unsent", os.MFD_CLOEXEC)
-        self.size = 0
+        self.size = self.sent = 0
 
     def add(self, data: bytes | memoryview) -> None:
         """Append all of `data`, or none of it (OSError: no memory for it)."""
@@ -50,10 +53,9 @@ class Unsent:
         written = 0
         try:
             while written < len(view):
-                written += os.write(self.fd, view[written:])
+                written += os.pwrite(self.fd, view[written:], self.size + written)
         except OSError:
             os.ftruncate(self.fd, self.size)
-            os.lseek(self.fd, self.size, os.SEEK_SET)
             raise
         self.size += written
 
@@ -61,6 +63,7 @@ class Unsent:
         """Append `count` bytes of the file `fd` from `offset`, or none of them: OSError,
         or ValueError when the file ends first (the application's error, as in _sendfile)."""
         start = self.size
+        os.lseek(self.fd, start, os.SEEK_SET)  # where sendfile() writes
         try:
             while count > 0:
                 copied = os.sendfile(self.fd, fd, offset, count)
@@ -69,14 +72,26 @@ class Unsent:
                 offset, count, self.size = offset + copied, count - copied, self.size + copied
         except (OSError, ValueError):
             os.ftruncate(self.fd, start)
-            os.lseek(self.fd, start, os.SEEK_SET)
             self.size = start
             raise
+        finally:
+            os.lseek(self.fd, self.sent, os.SEEK_SET)
+
+    def drain(self, conn: socket.socket) -> bool:
+        """Send what the client takes now, without waiting: True once it has it all."""
+        out = conn.fileno()
+        with contextlib.suppress(BlockingIOError):
+            while self.sent < self.size:
+                if not (sent := os.sendfile(out, self.fd, self.sent, self.size - self.sent)):
+                    break
+                self.sent += sent
+        os.lseek(self.fd, self.sent, os.SEEK_SET)
+        return self.sent >= self.size
 
     def flush(self, conn: socket.socket) -> None:
         """Send it all from here, waiting for the client as sendall() would; then close it."""
         try:
-            _sendfile(conn, self.fd, 0, self.size)
+            _sendfile(conn, self.fd, self.sent, self.size - self.sent)
         finally:
             self.close()
 
@@ -84,26 +99,29 @@ class Unsent:
         os.close(self.fd)
 
 
-def send(conn: socket.socket, data: bytes | memoryview) -> None:
+def send(conn: socket.socket, data: bytes | memoryview, last: bool = True) -> None:
     """conn.sendall(data) for a sync handler, except that what its client does not take
-    now (up to max_unsent bytes) is left to the dispatcher, so the worker is not held
-    while the client reads. Errors are sendall()'s: a reset peer is a ConnectionError.
+    now of an answer's `last` part (up to max_unsent bytes) is left to the dispatcher, so
+    the worker is not held while the client reads. A part that is not the last (a stream,
+    more to come, perhaps much later) goes out whole, as with sendall(): held back, it
+    would wait for the next. Errors are sendall()'s: a reset peer is a ConnectionError.
 
     On every answer's path, so written flat: one write, which nearly always takes it all
     (and a socket with a timeout, non-blocking underneath, saves the poll() sendall()
     makes before it writes)."""
     info = _current.get(None)
     if info is not None and info.unsent is not None:  # behind what waits already
-        if not _behind(conn, info, len(data), lambda u: u.add(data)):
-            send(conn, data)
-        return
+        if not last:
+            giveback.send_unsent(conn, info)
+        elif _behind(conn, info, len(data), lambda u: u.add(data)):
+            return
     try:
         sent = os.write(conn.fileno(), data)
     except BlockingIOError:
         sent = 0
     if sent < len(data):
         rest = memoryview(data)[sent:]
-        if not _leave(info, len(rest), lambda u: u.add(rest)):
+        if not (last and _leave(info, len(rest), lambda u: u.add(rest))):
             conn.sendall(rest)
 
 
@@ -142,10 +160,16 @@ def _behind(
     conn: socket.socket, info: ConnectionInfo, size: int, fill: Callable[[Unsent], None]
 ) -> bool:
     """More of the answer, `size` bytes that fill() writes, behind what the client has not
-    taken: with it, while it fits. False once it does not: what waits has been sent (the
-    worker waits for the client), and the caller sends the more."""
+    taken (a handler that wrote its answer in several last parts). What the client takes
+    now goes first: if that is all of it, the more goes out as any write does (False).
+    Else the more joins it, while it fits (True); once it does not, what waits is sent,
+    the worker waiting for the client, and the caller sends the more (False)."""
     unsent = info.unsent
     assert unsent is not None
+    if unsent.drain(conn):
+        info.unsent = None
+        unsent.close()
+        return False
     if _fits(unsent.size + size):
         try:
             fill(unsent)
@@ -163,16 +187,18 @@ def _fits(size: int) -> bool:
     return 0 < size <= _limit and (not _total or giveback.unsent_held() + size <= _total)
 
 
-def send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
+def send_file(conn: socket.socket, fd: int, offset: int, count: int, last: bool = True) -> None:
     """os.sendfile() of `count` bytes of the file `fd` from `offset`, as send() sends
-    bytes: once the client takes no more, a rest that fits max_unsent is copied into the
-    memfd that goes back with the connection. A longer download waits for the client until
-    its rest fits."""
+    bytes: once the client takes no more, the rest of a `last` part that fits max_unsent is
+    copied into the memfd that goes back with the connection. A longer download waits for
+    the client until its rest fits."""
     info = _current.get(None)
-    fill = _file_range(fd, offset, count)
-    if info is not None and info.unsent is not None and _behind(conn, info, count, fill):
-        return  # behind what waits already
-    _sendfile(conn, fd, offset, count, info)
+    if info is not None and info.unsent is not None:  # behind what waits already
+        if not last:
+            giveback.send_unsent(conn, info)
+        elif _behind(conn, info, count, _file_range(fd, offset, count)):
+            return
+    _sendfile(conn, fd, offset, count, info if last else None)
 
 
 def _sendfile(

@@ -23,8 +23,9 @@ Worker -> dispatcher
                                          a new connection that has sent nothing yet;
                                          flag UNSENT: a second descriptor follows, a
                                          memfd holding the rest of an answer the client
-                                         has not taken yet, for the dispatcher to send
-                                         first (unsent.py); flag CLOSE: then close it
+                                         has not taken yet, from its file position to its
+                                         end, for the dispatcher to send first
+                                         (unsent.py); flag CLOSE: then close it
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again;
                                          conn_id 0 (pull.WAKE) names none: with `pull`,

@@ -81,7 +81,7 @@ class _Input(io.RawIOBase):
         if not self._asked:
             self._asked = True
             if go_on := http.continue_bytes():
-                _send(self._conn, go_on)
+                _send(self._conn, go_on, last=False)  # the body, then the answer, follow
         while (data := http.read_body()) is None:
             http.feed(self.recv())  # mid-request: wait for it, do not park
         self._buf += data
@@ -210,12 +210,15 @@ class _Response:
         if not data:
             return
         pieces = [self._head(), *self.http.body(data)]
-        self._send(b"".join(pieces))
+        # A block that completes the body ends the answer: what the client does not take
+        # of it may wait in the dispatcher. Any other, more follows, perhaps much later (a
+        # stream): it goes out whole now, as sendall() sends it.
+        self._send(b"".join(pieces), last=self.http.body_complete)
         self.sent += len(data) if len(pieces) > 1 else 0
 
-    def _send(self, data: bytes) -> None:
+    def _send(self, data: bytes, last: bool = True) -> None:
         self.wrote = True
-        _send(self.conn, data)
+        _send(self.conn, data, last)
 
     def send(self, result: Iterable[bytes]) -> None:
         """Send the application's iterable, then the end of the response."""
@@ -254,11 +257,11 @@ class _Response:
         head = self._head()
         pieces = self.http.body(_FileRange(count)) if count else []
         before = b"".join(p for p in pieces[:1] if not isinstance(p, _FileRange))
-        self._send(head + before)
+        self._send(head + before, last=not pieces)
         if pieces:
-            _send_file(self.conn, fd, offset, count)
-            self.sent += count
             after = b"".join(p for p in pieces[1:] if not isinstance(p, _FileRange))
+            _send_file(self.conn, fd, offset, count, last=not after)
+            self.sent += count
         else:
             after = b""
         self._send(after + self.http.end())
@@ -277,22 +280,22 @@ class _FileRange:
         return self.n
 
 
-def _send(conn: socket.socket, data: bytes) -> None:
-    """unsent.send() to the client (what a slow client does not take now, the dispatcher
-    sends), whose failure is ClientDisconnected."""
+def _send(conn: socket.socket, data: bytes, last: bool = True) -> None:
+    """unsent.send() to the client (what a slow client does not take of an answer's last
+    part, the dispatcher sends), whose failure is ClientDisconnected."""
     try:
-        unsent.send(conn, data)
+        unsent.send(conn, data, last)
     except OSError as exc:
         if not client_gone(exc):
             raise
         raise ClientDisconnected(f"sending: {exc}") from exc
 
 
-def _send_file(conn: socket.socket, fd: int, offset: int, count: int) -> None:
+def _send_file(conn: socket.socket, fd: int, offset: int, count: int, last: bool) -> None:
     """A file's bytes with os.sendfile(); a file that ends early is the application's
     error (ValueError), as the file's own I/O errors are."""
     try:
-        unsent.send_file(conn, fd, offset, count)
+        unsent.send_file(conn, fd, offset, count, last)
     except OSError as exc:
         if not client_gone(exc):
             raise

@@ -166,7 +166,7 @@ def test_a_client_that_sends_and_never_reads_holds_no_echo_worker(serve) -> None
     kernel's buffers both ways. The worker leaves the echo it could not send to the
     dispatcher (sockpool.send) and serves the next client; the dispatcher closes the first
     one once it has taken nothing for idle_timeout (`unread`)."""
-    service = launch(serve, ["--workers=1", "--idle-timeout=2", "sockpool.handlers:echo"])
+    service = launch(serve, ["--workers=1", "--idle-timeout=5", "sockpool.handlers:echo"])
     flood = connect(service.address, timeout=30)
     since = mark(service)
 

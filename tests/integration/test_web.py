@@ -580,6 +580,25 @@ def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, tmp_path: Path) -> 
             assert client.response().body == data.read_bytes()
 
 
+def test_a_stream_to_a_client_that_fell_behind_is_not_held_back(serve) -> None:
+    """Each piece of a stream goes out as it is written, even once its client fell behind:
+    the application writes its next piece only when something else happens (here, a gate
+    the test opens once it has what came before), so a piece held back for the dispatcher
+    would wait for ever."""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT])
+    with site.client() as client:
+        client.send(b"GET /gated/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+        time.sleep(0.5)  # taking nothing: the kernel's buffers fill, the worker stalls
+        got = b""
+        for k in range(3):
+            want = bigger(LONG) if k == 0 else b"event %d\n" % (k - 1)
+            while want not in got:
+                got += client.sock.recv(1 << 20)  # the client's timeout fails the test
+            (site.marks.parent / f"gate{k}").touch()
+        while b"event 2\n" not in got:
+            got += client.sock.recv(1 << 20)
+
+
 def test_a_stop_sends_what_slow_readers_have_not_taken_then_exits(serve) -> None:
     """Nothing lost: the dispatcher outlives its workers until the answers it holds are
     sent, then ends the connection and exits cleanly."""
@@ -647,8 +666,8 @@ def test_a_second_ctrl_c_cuts_answers_being_sent_too(serve) -> None:
 
 
 def test_an_answer_nobody_reads_is_closed_at_the_idle_timeout(serve) -> None:
-    """A client that takes nothing of its answer for idle_timeout is closed (`unread`), by
-    the dispatcher: its worker was free all along."""
+    """A client that takes nothing of its answer for idle_timeout is closed (`unread`) by
+    the dispatcher, which lets go of the memfd with it (STATUS: nothing parked)."""
     site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=1", *UNSENT])
     with site.client() as client:
         client.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)

@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import wsgiref.validate
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
@@ -168,6 +169,26 @@ def file() -> Response:
 def big(size: int) -> bytes:
     """`size` bytes of a pattern (bigger(size)), as one body."""
     return bigger(size)
+
+
+@flask_app.route("/gated/<int:size>")
+def gated(size: int) -> Response:
+    """A stream: `size` bytes at once, then three events, each once the test opens its gate
+    (a file beside the marks file, gate0...): an application that waits for something
+    other than its client between the pieces it sends (a long poll, server-sent events)."""
+    gates = os.path.dirname(os.environ["WEBAPPS_MARKS"])
+
+    def pieces() -> Iterator[bytes]:
+        yield bigger(size)
+        for k in range(3):
+            gate = os.path.join(gates, f"gate{k}")
+            for _ in range(3000):  # 30 s at most: longer than the test client waits
+                if os.path.exists(gate):
+                    break
+                time.sleep(0.01)
+            yield b"event %d\n" % k
+
+    return Response(pieces(), mimetype="text/plain")
 
 
 def bigger(size: int) -> bytes:

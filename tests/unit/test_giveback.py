@@ -411,6 +411,24 @@ def test_what_the_client_does_not_take_goes_back_with_the_connection(
     assert taken + os.pread(rest, len(LONG), 0) == LONG
 
 
+def test_a_stream_whose_client_caught_up_goes_on_as_any_write(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next write sends first what the client takes now: once it has it all, the memfd
+    is gone and the write goes out at once, not held back until the answer ends."""
+    w, info = answered_slowly(make_worker, monkeypatch, 7)
+    thread, got = reader(w.client)
+    while info.unsent is not None:  # each write: what the client took meanwhile goes first
+        serving(info, unsent.send, w.conn, b"event\n")
+    serving(info, unsent.send, w.conn, b"last\n")  # straight to the socket
+    assert info.unsent is None
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    events = bytes(got)[len(LONG) :]
+    assert bytes(got)[: len(LONG)] == LONG
+    assert events == b"event\n" * (len(events) // 6) + b"last\n"
+
+
 def test_a_handler_done_with_its_answer_untaken_leaves_it_and_the_close(
     make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -304,9 +304,11 @@ def test_the_heap_the_loop_watches_is_the_one_kept_after_a_rebuild(held: Held) -
 ANSWER = bytes(range(256)) * 4096  # 1 MiB: more than a socketpair's buffers take at once
 
 
-def memfd(data: bytes) -> int:
+def memfd(data: bytes, taken: int = 0) -> int:
+    """An answer's rest as a worker leaves it: its position where the client's share ends."""
     fd = os.memfd_create("answer", os.MFD_CLOEXEC)
     os.write(fd, data)
+    os.lseek(fd, taken, os.SEEK_SET)
     return fd
 
 
@@ -344,6 +346,19 @@ def test_an_answer_is_sent_as_the_client_takes_it_then_goes_on(held: Held) -> No
     assert held.released == [] and not held.parking.closed
     os.write(item[1], b"still connected")  # it was not closed: the hot path decides
     assert held.clients[1].recv(100) == b"still connected"
+    os.close(item[1])
+
+
+def test_only_what_the_client_has_not_taken_is_sent(held: Held) -> None:
+    """A worker that sent some of its memfd before it gave the connection back (a stream
+    that caught up) leaves the memfd's position where the rest begins."""
+    item = held.connect(6)
+    held.parking.send(item, memfd(b"taken already|the rest", 14), "after", 10.0, work=False)
+    held.ready()
+    held.clients[6].settimeout(5)
+    assert held.clients[6].recv(100) == b"the rest"
+    held.ready()
+    assert held.parking.sent == [(item, "after")]
     os.close(item[1])
 
 
