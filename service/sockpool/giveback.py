@@ -194,11 +194,14 @@ def _give_back(
     return True
 
 
-def leave_rest(conn: socket.socket, info: ConnectionInfo) -> bool:
-    """The handler is done and its client has not taken all of the answer: the
-    dispatcher sends the rest, then closes the connection. False: the worker must
-    (send_unsent())."""
-    return _parkable(info) and _give_back(info, conn.fileno(), b"", close=True)
+def leave_rest(
+    conn: socket.socket, info: ConnectionInfo, unread: bytes = b"", close: bool = True
+) -> bool:
+    """The handler is done with its answer, and its client has not taken all of it: the
+    dispatcher sends the rest, then closes the connection (`close`), or holds it for its
+    next request, `unread` (what came of it already) going to a worker once the rest is
+    sent. False: the worker must (send_unsent())."""
+    return _parkable(info) and _give_back(info, conn.fileno(), b"", unread, close=close)
 
 
 def send_unsent(conn: socket.socket, info: ConnectionInfo) -> None:

@@ -254,6 +254,16 @@ class _Base:
 def _leave_rest(sock: socket.socket, info: ConnectionInfo) -> None:
     """The handler is done, and its client has not taken all of the answer: the
     dispatcher sends the rest; where it cannot, this worker does, as sendall() would."""
+    if sock.fileno() < 0:  # the handler closed it: what waited is lost
+        rest = info.unsent
+        info.unsent = None
+        rest.close()
+        log.log.warning(
+            "the handler closed its connection with %d bytes of its answer not sent: "
+            "call sockpool.flush(conn) before closing it",
+            rest.size - rest.sent,
+        )
+        return
     try:
         if not giveback.leave_rest(sock, info):
             giveback.send_unsent(sock, info)

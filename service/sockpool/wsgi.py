@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from . import __version__, log, unsent
-from .connection import ConnectionInfo
+from .connection import ConnectionInfo, current_connection
 from .errors import HANDLER_FAULTS, digits
-from .giveback import began, client_speaks_first, receive, recv_within
+from .giveback import began, client_speaks_first, leave_rest, receive, recv_within
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -415,13 +415,15 @@ def _serve(
     environ["wsgi.input"] = body
     response = _Response(conn, http)
     status = 0
+    result: Any = None
     try:
         result = app(environ, response.start_response)
         try:
             response.send(result)
-        finally:
+        except BaseException:
             if hasattr(result, "close"):
                 result.close()
+            raise
         status = response.status
     except HttpError as exc:  # the body broke a limit, or its framing, while being read
         if not response.wrote:
@@ -440,6 +442,38 @@ def _serve(
         if access_log:
             status = status or (response.status if response.wrote else 0)
             log_access(request.method, request.target, status, response.sent, started)
-    while (drained := http.drain()) is None:
-        http.feed(reader.recv())  # what the application left unread: as slow, as bounded
-    return drained and http.finish()
+    # What the client has not taken of the answer goes to the dispatcher before the
+    # application's close() runs (a Flask teardown, code after a generator's last yield),
+    # which the client need not wait for.
+    try:
+        while (drained := http.drain()) is None:
+            http.feed(reader.recv())  # what the application left unread: as slow, as bounded
+        keep = drained and http.finish()
+        handed = _hand_over(conn, http, keep)
+    except BaseException:
+        if hasattr(result, "close"):
+            result.close()
+        raise
+    return _closed(result, request) and keep and not handed
+
+
+def _hand_over(conn: socket.socket, http: HttpConnection, keep: bool) -> bool:
+    """The answer's rest its client has not taken, to the dispatcher with the connection:
+    closed once it is sent, or (`keep`) held for the next request, what came of it already
+    handed to a worker then. False when there is none, or it cannot go (the worker goes on
+    with the connection: receive() or the handler's end try again)."""
+    info = current_connection()
+    if info is None or info.unsent is None:
+        return False
+    return leave_rest(conn, info, http.carry() if keep else b"", close=not keep)
+
+
+def _closed(result: Any, request: Request) -> bool:
+    """The application's close(), if it has one; False when it raised (logged)."""
+    try:
+        if hasattr(result, "close"):
+            result.close()
+    except HANDLER_FAULTS:
+        log_app_error(request)
+        return False
+    return True

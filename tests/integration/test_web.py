@@ -599,6 +599,19 @@ def test_a_stream_to_a_client_that_fell_behind_is_not_held_back(serve) -> None:
             got += client.sock.recv(1 << 20)
 
 
+def test_what_a_client_has_not_taken_does_not_wait_for_the_applications_close(serve) -> None:
+    """The answer's rest goes to the dispatcher before the application's close() (its
+    teardown) runs: here close() waits until the test has the whole answer."""
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT])
+    with site.client() as client:
+        client.send(b"GET /raw/gated-close/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
+        time.sleep(0.5)  # taking nothing: the kernel's buffers fill, the worker stalls
+        assert client.response().body == bigger(LONG)
+        (site.marks.parent / "close-gate").touch()
+        wait_until(lambda: site.events("closed"), "the application's close()")
+        assert hello(client.ask("GET", "/hello"))
+
+
 def test_a_stop_sends_what_slow_readers_have_not_taken_then_exits(serve) -> None:
     """Nothing lost: the dispatcher outlives its workers until the answers it holds are
     sent, then ends the connection and exits cleanly."""

@@ -176,16 +176,11 @@ def gated(size: int) -> Response:
     """A stream: `size` bytes at once, then three events, each once the test opens its gate
     (a file beside the marks file, gate0...): an application that waits for something
     other than its client between the pieces it sends (a long poll, server-sent events)."""
-    gates = os.path.dirname(os.environ["WEBAPPS_MARKS"])
 
     def pieces() -> Iterator[bytes]:
         yield bigger(size)
         for k in range(3):
-            gate = os.path.join(gates, f"gate{k}")
-            for _ in range(3000):  # 30 s at most: longer than the test client waits
-                if os.path.exists(gate):
-                    break
-                time.sleep(0.01)
+            wait_for_gate(f"gate{k}")
             yield b"event %d\n" % k
 
     return Response(pieces(), mimetype="text/plain")
@@ -219,9 +214,38 @@ class Closing:
         mark(f"close {self.name}")
 
 
+class GatedClose:
+    """`size` bytes (bigger()) whose close() waits for the gate file `gate` beside the marks
+    file, 30 s at most: an application's teardown, after its answer."""
+
+    def __init__(self, size: int, gate: str) -> None:
+        self.size, self.gate = size, gate
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield bigger(self.size)
+
+    def close(self) -> None:
+        wait_for_gate(self.gate)
+        mark("closed")
+
+
+def wait_for_gate(name: str) -> None:
+    """Until the test opens the gate (touches the file `name` beside the marks file), 30 s
+    at most: longer than a test client waits."""
+    gate = os.path.join(os.path.dirname(os.environ["WEBAPPS_MARKS"]), name)
+    for _ in range(3000):
+        if os.path.exists(gate):
+            return
+        time.sleep(0.01)
+
+
 def raw(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     name = environ["PATH_INFO"].removeprefix("/raw/")
     plain = [("Content-Type", "text/plain")]
+    if name.startswith("gated-close/"):
+        size = int(name.removeprefix("gated-close/"))
+        start_response("200 OK", [*plain, ("Content-Length", str(size))])
+        return GatedClose(size, "close-gate")
     if name == "closing":
         start_response("200 OK", plain)
         return Closing(name)
