@@ -478,6 +478,25 @@ def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
         rest.close()
 
 
+def test_a_handler_that_closes_its_connection_with_its_answer_untaken_is_told(
+    make_worker, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What waited is lost with the connection: a warning names flush(), and the memfd
+    goes (no descriptor left open)."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 1 << 20)
+    small_buffer(w)
+
+    def closes(conn: socket.socket, info: ConnectionInfo) -> None:
+        unsent.send(conn, LONG)
+        conn.close()
+
+    info = w.info()
+    contextvars.copy_context().run(w.worker.serve_sync, closes, w.conn, info)
+    assert "call sockpool.flush(conn) before closing it" in caplog.text
+    assert info.unsent is None and w.nothing_parked()
+
+
 @pytest.mark.parametrize(
     ("may_park", "limit", "held"), [(False, 1 << 20, 0), (True, 0, 0), (True, 1 << 20, 900_000)]
 )
