@@ -291,8 +291,8 @@ class HotPath:
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
         fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd too
-        if fd_room <= held:  # near the limit: each connection in a sync worker's hands may
-            fd_room -= self.busy(solo=True)  # come back with a memfd (unsent.py)
+        if fd_room <= held:  # near the limit: a connection a sync handler serves may come
+            fd_room -= self.busy(sync=True)  # back with a memfd (unsent.py)
         if (fd_room > 0) != self.may_park:
             self._parking_allowed(fd_room > 0, now)
         for listener in list(self.backlogged):
@@ -860,12 +860,14 @@ class HotPath:
         max_connections and the descriptors."""
         return self.busy() + len(self.pending) + len(self.parking)
 
-    def busy(self, solo: bool = False) -> int:
-        """Connections in workers' hands; `solo`: in sync workers' only."""
+    def busy(self, sync: bool = False) -> int:
+        """Connections in workers' hands. `sync`: those sync handlers may be serving: all of
+        a sync worker's, and one of an async worker's (its executor's thread, one at a time).
+        """
         busy = 0
         for p in self.workers.values():
-            if p.solo or not solo:
-                busy += len(p.w.handed)
+            handed = len(p.w.handed)
+            busy += handed if p.solo or not sync else min(handed, 1)
         return busy
 
     def stop_accepting(self) -> None:
