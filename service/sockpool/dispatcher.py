@@ -90,7 +90,7 @@ class Dispatcher:
             # are; a worker forked later resets its own (cpuslice.py).
             if (why := cpuslice.shorten()) is not None:
                 log.log.debug("the dispatcher keeps the kernel's CPU slice: %s", why)
-            while not self.policy.finished or self._sending(monotonic()):
+            while not self.policy.finished or hot.sending(monotonic()):
                 now = monotonic()
                 hot.watch_done()
                 loop.poll(0.0 if hot.has_work(now) else self._idle(now))
@@ -101,11 +101,6 @@ class Dispatcher:
         finally:
             self._close()
         return ExitCode.OK
-
-    def _sending(self, now: float) -> bool:
-        """Stopping, with its workers gone: answers still going out keep it running, until
-        graceful_timeout or a second Ctrl-C (hot.sending())."""
-        return self.hot.sending(now)
 
     def _idle(self, now: float) -> float:
         hot = self.hot

@@ -895,8 +895,9 @@ class HotPath:
 
     def sending(self, now: float) -> bool:
         """Answers the workers left to send (parking.send) are still going out, and a stop
-        gives them until graceful_timeout, as it gives the workers: the dispatcher outlives
-        its workers until then. Nothing accepted is cut short while it is being sent."""
+        gives them until graceful_timeout, as it gives the workers (a second Ctrl-C: until
+        now): the dispatcher outlives its workers until then. Nothing accepted is cut short
+        while it is being sent."""
         return bool(self.parking.unsent) and now < self.send_until
 
     def held_fds(self) -> list[int]:
