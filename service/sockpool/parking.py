@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 from .giveback import UNSENT
 from .process import Pending
+from .unsent import send_what_fits
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _SEND = select.EPOLLOUT | select.EPOLLONESHOT
@@ -186,20 +187,15 @@ class Parking:
         stall's clock starts again), or all is sent: it joins `sent`."""
         item, unsent = self.held[fd][0], self.unsent[fd]
         try:
-            while unsent.offset < unsent.size:
-                count = unsent.size - unsent.offset
-                sent = os.sendfile(fd, unsent.rest, unsent.offset, count)
-                if not sent:  # the memfd is shorter than it was: nothing more to send
-                    unsent.size = unsent.offset
-                unsent.offset += sent
-        except BlockingIOError:
-            deadline = time.monotonic() + unsent.stall if unsent.stall else _NEVER
-            if self._watch(item, UNREAD, deadline, _SEND):  # held again, its stall anew
-                return
+            unsent.offset = send_what_fits(fd, unsent.rest, unsent.offset, unsent.size)
+        except OSError:  # reset, or closed for reading: nobody to send it to
             self._release(fd)
             self.drop(item, "peer-closed")
             return
-        except OSError:  # reset, or closed for reading: nobody to send it to
+        if unsent.offset < unsent.size:  # the client takes no more now: wait for it
+            deadline = time.monotonic() + unsent.stall if unsent.stall else _NEVER
+            if self._watch(item, UNREAD, deadline, _SEND):  # held again, its stall anew
+                return
             self._release(fd)
             self.drop(item, "peer-closed")
             return

@@ -79,12 +79,7 @@ class Unsent:
 
     def drain(self, conn: socket.socket) -> bool:
         """Send what the client takes now, without waiting: True once it has it all."""
-        out = conn.fileno()
-        with contextlib.suppress(BlockingIOError):
-            while self.sent < self.size:
-                if not (sent := os.sendfile(out, self.fd, self.sent, self.size - self.sent)):
-                    break
-                self.sent += sent
+        self.sent = send_what_fits(conn.fileno(), self.fd, self.sent, self.size)
         os.lseek(self.fd, self.sent, os.SEEK_SET)
         return self.sent >= self.size
 
@@ -110,11 +105,12 @@ def send(conn: socket.socket, data: bytes | memoryview, last: bool = True) -> No
     (and a socket with a timeout, non-blocking underneath, saves the poll() sendall()
     makes before it writes)."""
     info = _current.get(None)
-    if info is not None and info.unsent is not None:  # behind what waits already
-        if not last:
-            giveback.send_unsent(conn, info)
-        elif _behind(conn, info, len(data), lambda u: u.add(data)):
-            return
+    if (
+        info is not None
+        and info.unsent is not None  # behind what waits already
+        and _behind(conn, info, last, len(data), lambda u: u.add(data))
+    ):
+        return
     try:
         sent = os.write(conn.fileno(), data)
     except BlockingIOError:
@@ -157,15 +153,23 @@ def _leave(info: ConnectionInfo | None, size: int, fill: Callable[[Unsent], None
 
 
 def _behind(
-    conn: socket.socket, info: ConnectionInfo, size: int, fill: Callable[[Unsent], None]
+    conn: socket.socket,
+    info: ConnectionInfo,
+    last: bool,
+    size: int,
+    fill: Callable[[Unsent], None],
 ) -> bool:
     """More of the answer, `size` bytes that fill() writes, behind what the client has not
-    taken (a handler that wrote its answer in several last parts). What the client takes
-    now goes first: if that is all of it, the more goes out as any write does (False).
-    Else the more joins it, while it fits (True); once it does not, what waits is sent,
-    the worker waiting for the client, and the caller sends the more (False)."""
+    taken: True when it joined it, False when the caller is to send it now. Not a `last`
+    part: what waits is sent first, the worker waiting for the client. A last part (a
+    handler that wrote its answer in several): what the client takes now goes first; if
+    that is all of it, the more goes out as any write does. Else the more joins it, while
+    it fits; once it does not, what waits is sent, as for a part that is not the last."""
     unsent = info.unsent
     assert unsent is not None
+    if not last:
+        giveback.send_unsent(conn, info)
+        return False
     if unsent.drain(conn):
         info.unsent = None
         unsent.close()
@@ -193,11 +197,12 @@ def send_file(conn: socket.socket, fd: int, offset: int, count: int, last: bool 
     copied into the memfd that goes back with the connection. A longer download waits for
     the client until its rest fits."""
     info = _current.get(None)
-    if info is not None and info.unsent is not None:  # behind what waits already
-        if not last:
-            giveback.send_unsent(conn, info)
-        elif _behind(conn, info, count, _file_range(fd, offset, count)):
-            return
+    if (
+        info is not None
+        and info.unsent is not None  # behind what waits already
+        and _behind(conn, info, last, count, _file_range(fd, offset, count))
+    ):
+        return
     _sendfile(conn, fd, offset, count, info if last else None)
 
 
@@ -224,6 +229,19 @@ def _sendfile(
             raise ValueError(_SHORT)
         offset += sent
         count -= sent
+
+
+def send_what_fits(out: int, fd: int, offset: int, end: int) -> int:
+    """sendfile() of the file `fd` from `offset` to `end` on the non-blocking socket `out`,
+    as much as it takes now; where that ended (`end` once all is sent, or when the file
+    ends first: nothing more to send). Other errors are the socket's: OSError.
+    The worker's drain() and the dispatcher's sending (parking.py) both."""
+    with contextlib.suppress(BlockingIOError):
+        while offset < end:
+            if not (sent := os.sendfile(out, fd, offset, end - offset)):
+                return end
+            offset += sent
+    return offset
 
 
 def _file_range(fd: int, offset: int, count: int) -> Callable[[Unsent], None]:
