@@ -88,6 +88,19 @@ _LIMITS = [
         "bytes of such answers one dispatcher holds at once; past it, workers send theirs "
         "themselves (default 67108864; 0: no limit but max_unsent's)",
     ),
+    (
+        "max_buffered_body",
+        "BYTES",
+        "WSGI apps and http_hello: a request body still to come, up to this many bytes, is "
+        "waited for by the dispatcher in the kernel's buffer, so a slow upload holds no sync "
+        "worker (TCP; default 1048576; 0: off)",
+    ),
+    (
+        "max_buffered_body_total",
+        "BYTES",
+        "bytes of such bodies one dispatcher waits for at once; past it, workers read theirs "
+        "themselves (default 67108864; 0: no limit but max_buffered_body's)",
+    ),
     ("max_request_line", "BYTES", "web apps: a longer request line gets 414 (default 8190)"),
     ("max_header_bytes", "BYTES", "web apps: a larger request head gets 431 (default 16384)"),
     ("max_headers", "N", "web apps: more header fields get 431 (default 100)"),

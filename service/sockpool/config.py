@@ -127,6 +127,8 @@ class Config:
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     max_unsent: int = 1 << 20  # bytes of an answer a sync worker may leave it to send (unsent.py)
     max_unsent_total: int = 64 << 20  # and of all such answers a dispatcher holds at once
+    max_buffered_body: int = 1 << 20  # bytes of a request body still to come it waits for
+    max_buffered_body_total: int = 64 << 20  # and of all such bodies a dispatcher waits for
     # Web applications (http11.py, wsgi.py, asgi.py).
     wsgi: str | None = None  # module:app, served on sync workers
     asgi: str | None = None  # module:app, served on async workers
@@ -414,6 +416,8 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "max_carry": (int, _carry),
     "max_unsent": (int, _bytes),
     "max_unsent_total": (int, _bytes),
+    "max_buffered_body": (int, _bytes),
+    "max_buffered_body_total": (int, _bytes),
     "wsgi": (str, _handler),
     "asgi": (str, _handler),
     "access_log": (bool, _flag),

@@ -35,11 +35,13 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set by the worker process (worker.py): sends a PARK message with the descriptor, and how
 # long to wait for the next request before parking. Outside a worker, nothing parks.
-# (fd, conn_id, started, carry, ready, silent, unsent, close): unsent, a memfd or -1
+# (fd, conn_id, started, carry, ready, silent, unsent, close, want): unsent, a memfd or -1
 _send: Callable[..., None] | None = None
 _park_after = 0.0
 _request_timeout = 0.0  # a request's time from its first byte: parked, or read (handlers.py)
 _max_carry = 0  # a request within this many bytes may be parked whole (handlers.py)
+_max_buffered = 0  # max_buffered_body: a body still to come the dispatcher may wait for
+_buffered_total = 0  # max_buffered_body_total: all it waits for at once (0: no limit)
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
 # connection (nor keep serving one that is quick to ask again): it parks it, so the
@@ -48,9 +50,10 @@ _max_carry = 0  # a request within this many bytes may be parked whole (handlers
 # left to take a connection given back with a request to serve, so a worker keeps those,
 # and no keep-alive client's turn ends (its next request may be on its way already).
 # Its third: the bytes of answers the dispatcher holds to send for workers (parking.py),
-# against max_unsent_total (unsent.py).
+# against max_unsent_total (unsent.py). Its fourth: the bytes of request bodies it waits
+# for (receive()'s `want`), against max_buffered_body_total.
 _waiting: memoryview | None = None
-WAITING, STOPPING, UNSENT = 0, 1, 2  # the words' places
+WAITING, STOPPING, UNSENT, BUFFERED = 0, 1, 2, 3  # the words' places
 TURN_NS = 1_000_000  # see _turn_over()
 STOP_FIRST_BYTE = 1.0  # seconds a stop gives a client that has not spoken yet
 
@@ -74,6 +77,19 @@ def stopping() -> bool:
 def unsent_held() -> int:
     """The bytes of answers the dispatcher holds to send now (0 outside a worker)."""
     return 0 if _waiting is None else _waiting[UNSENT]
+
+
+def _bufferable(conn: socket.socket, want: int) -> bool:
+    """Whether the dispatcher may wait for `want` more bytes of a request in the
+    connection's receive buffer (parking.py: SO_RCVLOWAT, which only TCP's poll honours),
+    within max_buffered_body and, with what it waits for already, max_buffered_body_total."""
+    if not 0 < want <= _max_buffered or conn.family not in _TCP:
+        return False
+    held = 0 if _waiting is None else _waiting[BUFFERED]
+    return not _buffered_total or held + want <= _buffered_total
+
+
+_TCP = (socket.AF_INET, socket.AF_INET6)
 
 
 class Parked(Exception):
@@ -163,8 +179,10 @@ def _give_back(
     unread: bytes = b"",
     first: bool = False,
     close: bool = False,
+    want: int = 0,
 ) -> bool:
-    """Send the connection back with `carry` (a request begun) and `unread` (bytes that
+    """Send the connection back with `carry` (a request begun, whole once `want` more
+    bytes have come, if more than 0) and `unread` (bytes that
     came in but nobody looked at: the dispatcher then hands it on at once). `first`: the
     handler's first read found nothing, so the connection may never have spoken: the
     dispatcher holds it as a new one (first_byte_timeout; a stop lets it speak), not as
@@ -184,7 +202,7 @@ def _give_back(
     silent = first and not (carry or unread) and unsent is None
     rest = -1 if unsent is None else unsent.fd
     try:
-        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent, rest, close)
+        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent, rest, close, want)
     except (OSError, ValueError):  # the channel is gone, or the carry is over the wire's limit
         return False
     info.parked = True
@@ -222,12 +240,17 @@ def park(conn: socket.socket, carry: bytes = b"") -> bool:
     return _parkable(info) and _give_back(info, conn.fileno(), carry)  # type: ignore[arg-type]
 
 
-def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes:
+def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK, want: int = 0) -> bytes:
     """`conn.recv(size)` for a handler that would rather not wait. Between requests
     (`carry` empty) it waits up to `park_after` for the peer; mid-request (`carry` holds the
     request so far) it does not wait. Either way, when nothing comes it parks the connection
     with `carry` and raises Parked. Between requests, while other connections wait for a
     worker, it parks at once. b"" at end of stream, as recv().
+
+    `want`, mid-request: the request is whole once this many more bytes have come (a body
+    of known length). The dispatcher then waits for them all (up to max_buffered_body, on
+    TCP) before a worker gets the connection again, so a slow upload holds no worker; where
+    it cannot, a request too long to park whole is read here, as recv() would.
 
     On every keep-alive request's path, so written flat: a microsecond here is a few
     per cent of a request."""
@@ -241,7 +264,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
         return data
     fd = conn.fileno()
     if info.unsent is not None:  # its client has not taken the answer: it waits for that
-        return _park_or_recv(conn, info, carry, size)  # (pipelined requests: hotpath.park)
+        return _park_or_recv(conn, info, carry, size, want=want)  # (pipelined: hotpath.park)
     wait_first = False
     if not carry and info.has_read:  # between requests
         if others_waiting() and not stopping() and _turn_over(info):
@@ -262,7 +285,7 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK) -> bytes
             )
         except BlockingIOError:
             if carry or not _poller(fd).poll(_park_after * 1000):
-                return _park_or_recv(conn, info, carry, size, first=not info.has_read)
+                return _park_or_recv(conn, info, carry, size, not info.has_read, want)
             data = os.read(fd, size)
     if data:
         if not info.has_read:
@@ -300,11 +323,23 @@ _pollers: dict[int, select.poll] = {}
 
 
 def _park_or_recv(
-    conn: socket.socket, info: ConnectionInfo, carry: bytes, size: int, first: bool = False
+    conn: socket.socket,
+    info: ConnectionInfo,
+    carry: bytes,
+    size: int,
+    first: bool = False,
+    want: int = 0,
 ) -> bytes:
     """Park (raising Parked), or where that fails, wait for the peer as recv() does; while
-    stopping, a client yet to speak gets STOP_FIRST_BYTE, as one the dispatcher holds."""
-    if _give_back(info, conn.fileno(), carry, first=first):
+    stopping, a client yet to speak gets STOP_FIRST_BYTE, as one the dispatcher holds. A
+    request that needs `want` more bytes the dispatcher may not wait for is parked whole
+    (woken at each byte) if it fits max_carry; if not, it is read here."""
+    if want and not (len(carry) <= _max_carry and _bufferable(conn, want)):
+        if len(carry) + want > _max_carry:
+            send_unsent(conn, info)
+            return recv_within(conn, request_left(info))
+        want = 0
+    if _give_back(info, conn.fileno(), carry, first=first, want=want):
         raise Parked
     send_unsent(conn, info)  # it stays here: the answer first, then the wait
     if first and stopping() and not _poller(conn.fileno()).poll(STOP_FIRST_BYTE * 1000):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import socket
 from typing import TYPE_CHECKING
 
-from . import giveback
 from .connection import ConnectionInfo, current_connection
 from .errors import whole_number
 from .giveback import (
@@ -18,10 +17,9 @@ from .giveback import (
     read,
     read_within,
     receive,
-    recv_within,
     request_left,
 )
-from .unsent import flush, send
+from .unsent import send
 
 if TYPE_CHECKING:  # the async handlers import it themselves: a sync worker never loads it
     import asyncio
@@ -123,19 +121,20 @@ def next_request(buf: bytes) -> tuple[bytes, bool, int] | None:
     return (response, keep, used) if len(buf) >= used else None
 
 
-def _too_long(buf: bytes) -> bool:
-    """The request begun in `buf` (incomplete) would not fit in a parked connection's
-    carry, its body included: read here, not parked."""
+def _owed(buf: bytes) -> int:
+    """The bytes the request begun in `buf` (incomplete) still needs, once its head is
+    whole: the rest of its body. 0 while the head is not."""
     end = buf.find(_END)
-    return end >= 0 and end + 4 + http_response(buf[:end])[2] > giveback._max_carry
+    return 0 if end < 0 else end + 4 + http_response(buf[:end])[2] - len(buf)
 
 
 @client_speaks_first
 def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
     """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive). Between
     requests, and while a request is incomplete, the connection waits in the dispatcher
-    with what was read so far (receive() parks it), as the web servers' do: a body that
-    would take it over max_carry is read here, bounded by request_timeout."""
+    with what was read so far (receive() parks it), as the web servers' do: the rest of a
+    body, up to max_buffered_body, the dispatcher waits for; a longer one that would take
+    it over max_carry is read here, bounded by request_timeout."""
     buf = info.carried
     while True:
         try:
@@ -144,9 +143,7 @@ def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
             send(conn, exc.response)
             return
         if request is None:
-            if long := _too_long(buf):  # read here: what waits for the client goes first
-                flush(conn)
-            if not (data := recv_within(conn, request_left(info)) if long else receive(conn, buf)):
+            if not (data := receive(conn, buf, want=_owed(buf))):
                 if buf:
                     send(conn, BAD_REQUEST)
                 return

@@ -748,7 +748,8 @@ class HotPath:
             self.parking.drop(item, "stopping", discard=True)  # left: it ends whole, no reset
         else:  # a request begun, or (stopping) one that arrived already: in flight
             kind = REQUEST if msg.carry or self.stopping else IDLE
-            self.parking.hold(item, kind, deadline_for(kind, now, item[5], self.timeouts))
+            deadline = deadline_for(kind, now, item[5], self.timeouts)
+            self.parking.hold(item, kind, deadline, msg.want)  # want: its body's rest
 
     def _proxy_header(
         self,

@@ -76,6 +76,11 @@ class HttpLimits:
     # once its body is here: until then it can be parked whole, so a client that trickles a
     # small body holds no worker. A longer body is read in the worker. 0: never held.
     hold_body: int = 0
+    # ...and so does one with a longer body (Content-Length) of which at most this many
+    # bytes are still to come (max_buffered_body), while what came of it fits hold_body:
+    # the dispatcher waits for the rest (`owed`; giveback.receive()'s `want`). The WSGI
+    # server's only: an async worker is not held by a slow client. 0: not waited for.
+    buffer_body: int = 0
 
 
 class HttpError(Exception):
@@ -358,7 +363,7 @@ class HttpConnection:
     __slots__ = (
         "_body_done", "_body_seen", "_buf", "_close", "_continue_owed", "_drain_limit", "_eof",
         "_framing", "_h11", "_head", "_keep_alive", "_left", "_length", "_method", "_version",
-        "limits",
+        "limits", "owed",
     )  # fmt: skip
 
     def __init__(self, limits: HttpLimits, carried: bytes = b"") -> None:
@@ -378,6 +383,9 @@ class HttpConnection:
         self._close = False  # the connection closes after this response
         self._framing = _NONE
         self._left = 0  # body bytes still owed under Content-Length framing
+        # Bytes the request still needs before it is whole, when next_request() waits for
+        # its body (known length); 0 otherwise.
+        self.owed = 0
 
     # -- receiving -------------------------------------------------------------------------
 
@@ -406,6 +414,7 @@ class HttpConnection:
         """The next request once its head is whole, else None (feed more, or `closed`).
         Raises HttpError for a head to refuse."""
         buf = self._buf
+        self.owed = 0
         while buf[:2] == b"\r\n":  # RFC 9112 2.2: ignore empty lines before a request line
             del buf[:2]
         end = buf.find(_END)
@@ -448,17 +457,24 @@ class HttpConnection:
 
     def _body_owed(self, request: Request, conn: h11.Connection, end: int) -> bool:
         """A request with a body that has not all come, that fits in hold_body with its
-        head: not ready yet. Not one whose client waits for 100 Continue, nor once the
+        head, or whose rest fits buffer_body: not ready yet (`owed`: how much is to come,
+        for a known length). Not one whose client waits for 100 Continue, nor once the
         client has closed its side (the body will not come: the application is told)."""
         length = request.content_length
         if not (length or request.chunked) or self._eof:
             return False  # (a GET: the usual request costs one check)
         if conn.they_are_waiting_for_100_continue:
             return False
-        have = len(self._buf)
+        have, limits = len(self._buf), self.limits
         if length is None:  # chunked
-            return have <= self.limits.hold_body and _chunks_owed(bytes(self._buf))
-        return have < end + length <= self.limits.hold_body
+            return have <= limits.hold_body and _chunks_owed(bytes(self._buf))
+        owed = end + length - have
+        if owed <= 0 or have > limits.hold_body:
+            return False
+        if end + length <= limits.hold_body or owed <= limits.buffer_body:
+            self.owed = owed
+            return True
+        return False
 
     def expects_continue(self) -> bool:
         """The client waits for `100 Continue` before it sends the body."""

@@ -19,10 +19,21 @@ deadline, counted by why:
 That last kind: a sync worker whose client reads slowly leaves the answer's rest here, in a
 memfd (unsent.py), and is free for the next connection. We send it as the client takes it,
 with sendfile(), then close the connection or hold it as the worker would have parked it.
+
+A slow upload comes the other way. A worker that parks a request whose body has not all
+come says how many bytes are still to come (`want`), and the connection is held until they
+are all in its receive buffer: SO_RCVLOWAT, which TCP's poll honours, and for which the
+kernel grows the buffer. So the kernel keeps the body, not the worker, and not us: no copy,
+and one wake-up when it is whole, or its client closes. TCP's poll also reports it sooner,
+whenever the window it last advertised is nearly used up (so a sender that fills it is not
+left waiting): then it is watched again as long as each such wake-up finds more bytes than
+the last, and goes to a worker when one finds none (a client that fills the window is not
+slow; the buffer, or the memory for it, may be full).
 """
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import fcntl
@@ -36,7 +47,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
-from .giveback import UNSENT
+from .giveback import BUFFERED, UNSENT
 from .process import Pending
 from .unsent import send_what_fits
 
@@ -51,6 +62,43 @@ FIRST_BYTE, IDLE, REQUEST = "first-byte", "idle", "request"
 PROXY = "proxy-header"  # waiting for its PROXY protocol header (proxy_timeout; hotpath.py)
 UNREAD = "unread"  # sending the rest of an answer: idle_timeout for each stall
 _NO_REQUEST = (IDLE, UNREAD)  # kinds with no request in flight (in_flight)
+
+
+def _low_water(fd: int, want: int, clamp: int = 0) -> int | None:
+    """Set the connection's SO_RCVLOWAT to `want` bytes, and its TCP window clamp back up
+    to `clamp` (raising the mark lowers the clamp to it, and a small one would slow the
+    connection's later uploads). The clamp it had before; None when it cannot be set (the
+    connection is gone).
+
+    Raising the mark grows the receive buffer and the window clamp to it; set to HEADROOM
+    more first, they stay above `want`. Else the window would close within a segment of the
+    end, and a poll report the body readable with its last bytes still to come."""
+    sock = socket.socket(fileno=fd)
+    try:
+        before = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP)
+        if want > 1:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want + HEADROOM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
+        if clamp > before:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP, clamp)
+    except OSError:
+        return None
+    finally:
+        sock.detach()
+    return before
+
+
+HEADROOM = 128 << 10  # over a segment even on loopback (64 KiB)
+
+
+def unread(fd: int) -> int:
+    """The bytes the peer sent that nobody has read yet (0 when it is gone)."""
+    count = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, count)
+    except OSError:
+        return 0
+    return count[0]
 
 
 def waiting_bytes(fd: int) -> bool:
@@ -96,20 +144,30 @@ class Parking:
         self.sent: list[tuple[Pending, object]] = []  # sent whole since: (item, after)
         # The bytes of the memfds held, told to the workers in the shared words (giveback.py).
         self.unsent_bytes = 0
+        # fd -> (bytes of a body waited for, the window clamp it had, bytes seen): hold()
+        self.buffering: dict[int, tuple[int, int, int]] = {}
+        self.buffered_bytes = 0  # their sum, told to the workers too
         self.words = words
 
     def __len__(self) -> int:
         return len(self.held)
 
-    def hold(self, item: Pending, kind: str, deadline: float) -> None:
-        """Watch a connection until it is readable or `deadline` (inf: never) passes.
+    def hold(self, item: Pending, kind: str, deadline: float, want: int = 0) -> None:
+        """Watch a connection until it is readable or `deadline` (inf: never) passes;
+        `want`: until that many bytes wait to be read (a body to come), set before it is
+        watched, or epoll would report the first of them.
 
         One-shot, and never unregistered: a connection handed on is no longer ours to
         watch, and one we close goes from the epoll with its last descriptor. So a hold
         costs one epoll_ctl. A registration that outlives our descriptor (the worker still
         has the connection) is disarmed; if the connection comes back under the same
         number, it is re-armed instead of added."""
+        fd = item[1]
+        if want and (clamp := _low_water(fd, want)) is not None:
+            self.buffering[fd] = (want, clamp, 0)
+            self._count(BUFFERED, want)
         if not self._watch(item, kind, deadline, _WATCH):
+            self._unbuffer(fd)
             self.drop(item, "peer-closed")
 
     def send(self, item: Pending, rest: int, after: object, stall: float, work: bool) -> None:
@@ -132,7 +190,7 @@ class Parking:
             return
         self.unsent[fd] = _Unsent(rest, start, st.st_size, stall, after, work)
         self.in_flight += work
-        self._count_unsent(st.st_size)
+        self._count(UNSENT, st.st_size)
 
     def _watch(self, item: Pending, kind: str, deadline: float, events: int) -> bool:
         """Watch for `events` (one-shot), held as `kind` until `deadline`. False when the
@@ -172,6 +230,8 @@ class Parking:
             if fd in self.unsent:  # writable: the client took some of its answer
                 self._send_more(fd)
                 continue
+            if self.buffering and fd in self.buffering and self._short(fd, mask):
+                continue  # a body not all here: watched again
             entry = self._release(fd)
             if entry is None:
                 continue
@@ -181,6 +241,20 @@ class Parking:
             else:
                 out.append(item)
         return out
+
+    def _short(self, fd: int, mask: int) -> bool:
+        """A body waited for, reported readable before it has all come (see the module's
+        docstring): True when it is watched again, having more bytes than the last time."""
+        want, clamp, seen = self.buffering[fd]
+        have = 0 if mask & _GONE else unread(fd)
+        if not seen < have < want:
+            return False
+        try:
+            self.epoll.modify(fd, _WATCH)
+        except OSError:
+            return False
+        self.buffering[fd] = (want, clamp, have)
+        return True
 
     def _send_more(self, fd: int) -> None:
         """The client took some of an answer: send what fits now, then wait again (its
@@ -274,13 +348,29 @@ class Parking:
                 unsent = self.unsent.pop(fd)
                 self.in_flight -= unsent.work
                 os.close(unsent.rest)
-                self._count_unsent(-unsent.size)
+                self._count(UNSENT, -unsent.size)
+            elif self.buffering:
+                self._unbuffer(fd)
         return entry
 
-    def _count_unsent(self, change: int) -> None:
-        self.unsent_bytes += change
+    def _unbuffer(self, fd: int) -> None:
+        """A body no longer waited for: the socket's low-water mark and window back as they
+        were, for the worker's reads and polls (a poll for one byte would wait for the
+        whole mark) and its next requests' windows."""
+        waited = self.buffering.pop(fd, None)
+        if waited is not None:
+            _low_water(fd, 1, waited[1])
+            self._count(BUFFERED, -waited[0])
+
+    def _count(self, word: int, change: int) -> None:
+        """The bytes held for slow clients, answers (UNSENT) or bodies (BUFFERED), told to
+        the workers in the shared words (giveback.py)."""
+        if word == UNSENT:
+            total = self.unsent_bytes = self.unsent_bytes + change
+        else:
+            total = self.buffered_bytes = self.buffered_bytes + change
         if self.words is not None:
-            self.words[UNSENT] = self.unsent_bytes
+            self.words[word] = total
 
     def drop(self, item: Pending, reason: str | None, discard: bool = False) -> None:
         """Close as a server that is done: FIN when nothing is unread, so the client sees an

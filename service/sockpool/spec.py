@@ -25,6 +25,8 @@ class WorkerSpec:
     max_carry: int = 16384  # a partial request parked may hold this many bytes (web apps)
     max_unsent: int = 0  # an answer's rest a slow client has not taken, left to the dispatcher
     max_unsent_total: int = 0  # all the answers' rests the dispatcher holds (0: no limit)
+    max_buffered_body: int = 0  # a body still to come that the dispatcher waits for (TCP)
+    max_buffered_body_total: int = 0  # all such bodies it waits for at once (0: no limit)
     handoff: Mapping[str, str | None] = field(default_factory=dict)  # listener -> its setting
     # `queue_ahead`: a sync worker takes connections queued behind the one it serves, and
     # starts the next the moment it is done, without waiting for the dispatcher to hear of
@@ -68,6 +70,8 @@ class WorkerSpec:
             max_carry=config.max_carry,
             max_unsent=config.max_unsent,
             max_unsent_total=config.max_unsent_total,
+            max_buffered_body=config.max_buffered_body,
+            max_buffered_body_total=config.max_buffered_body_total,
             handoff={name: config.handoff_for(name) for name in listeners},
             queue_ahead=0 if config.shares_sockets else config.queue_ahead,
             pull=config.pull,

@@ -42,6 +42,7 @@ class Served:
             *self.spec.http_limits,
             request_timeout=self.spec.request_timeout,
             hold_body=self.spec.max_carry,
+            buffer_body=self.spec.max_buffered_body if target.kind == "wsgi" else 0,
         )
         if target.kind == "wsgi":
             from . import wsgi

@@ -16,8 +16,12 @@ Worker -> dispatcher
     BEAT     b"B"                        heartbeat: an async worker's loop still turns
     RETIRE   b"X" reason (utf-8)         recycle me: an async worker whose application
                                          called sys.exit() in a task of its own
-    PARK     b"P" flags:u8 conn_id:u64 started:u64 carry   + exactly one descriptor: the
-                                         connection, given back until it is readable again;
+    PARK     b"P" flags:u8 conn_id:u64 started:u64 want:u32 carry   + one descriptor:
+                                         the connection, given back until it is readable;
+                                         `want` > 0: the carried request is whole once
+                                         that many more bytes have come, and only then is
+                                         there work for a worker (a body, which the
+                                         dispatcher waits for in the kernel's buffer);
                                          flag READY_NOW: its carry holds bytes nobody has
                                          looked at yet, so hand it on at once; flag SILENT:
                                          a new connection that has sent nothing yet;
@@ -69,7 +73,7 @@ CLOSE = 8
 
 _HEAD = struct.Struct("!BH")
 _ENTRY_HEAD = struct.Struct("!QBHIQ")
-_PARK = struct.Struct("!BQQ")
+_PARK = struct.Struct("!BQQI")
 _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # The receive buffer holds the largest message there can be: a full batch with the longest
 # names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
@@ -120,6 +124,7 @@ class Park:
     silent: bool = False
     unsent: bool = False  # its second descriptor holds an answer's rest, to send first
     close: bool = False  # and once that is sent, the connection is done: close it
+    want: int = 0  # the carried request is whole once this many more bytes have come
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,18 +277,21 @@ def encode_park(
     silent: bool = False,
     unsent: bool = False,
     close: bool = False,
+    want: int = 0,
 ) -> bytes:
     """Give a connection back (its descriptor goes beside, and with `unsent` the memfd
     after it): raises WireError past MAX_CARRY."""
     if len(carry) > MAX_CARRY:
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
+    if want and (not carry or ready or close or not 0 < want < 1 << 32):
+        raise WireError(f"want {want}: only for a request begun (a carry), kept, and to come")
     if close and not unsent:
         raise WireError("CLOSE without UNSENT: a worker closes such a connection itself")
     if silent and unsent:
         raise WireError("SILENT with UNSENT: a connection sent an answer has had its turn")
     flags = (READY_NOW if ready else 0) | (SILENT if silent else 0)
     flags |= (UNSENT if unsent else 0) | (CLOSE if close else 0)
-    return b"P" + _PARK.pack(flags, conn_id, started) + carry
+    return b"P" + _PARK.pack(flags, conn_id, started, want) + carry
 
 
 def encode_done(pid: int, ids: list[int] | tuple[int, ...]) -> list[bytes]:
@@ -331,7 +339,7 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
         if kind == b"B" and not body:
             return Beat()
         if kind == b"P":
-            flags, conn_id, started = _PARK.unpack_from(body)
+            flags, conn_id, started, want = _PARK.unpack_from(body)
             carry = body[_PARK.size :]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
@@ -339,7 +347,9 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             if unsent != (nfds == 2) or (close and not unsent) or (unsent and flags & SILENT):
                 raise WireError(f"PARK with flags {flags:#x} and {nfds} descriptors")
             ready, silent = bool(flags & READY_NOW), bool(flags & SILENT)
-            return Park(conn_id, started, carry, ready, silent, unsent, close)
+            if want and (not carry or ready or close):
+                raise WireError(f"PARK wanting {want} bytes with flags {flags:#x}")
+            return Park(conn_id, started, carry, ready, silent, unsent, close, want)
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

@@ -125,6 +125,8 @@ class _Base:
         giveback._send, giveback._park_after = self.give_back, spec.park_after
         giveback._request_timeout, giveback._max_carry = spec.request_timeout, spec.max_carry
         unsent._limit, unsent._total = spec.max_unsent, spec.max_unsent_total
+        giveback._max_buffered = spec.max_buffered_body
+        giveback._buffered_total = spec.max_buffered_body_total
 
     def ready(self, capacity: int, solo: bool = False) -> None:
         """READY, naming the listeners whose handler waits for the client to speak first:
@@ -149,10 +151,11 @@ class _Base:
         silent: bool = False,
         unsent: int = -1,
         close: bool = False,
+        want: int = 0,
     ) -> None:
         """PARK: the connection goes back to the dispatcher (giveback.py), with the memfd
         of an answer's rest when `unsent` is one (unsent.py)."""
-        message = wire.encode_park(conn_id, started, carry, ready, silent, unsent >= 0, close)
+        message = wire.encode_park(conn_id, started, carry, ready, silent, unsent >= 0, close, want)
         channel.send(self.chan, message, [fd, unsent] if unsent >= 0 else [fd])
 
     def may_be_silent(self, handoff: wire.Handoff) -> bool:

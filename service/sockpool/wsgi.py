@@ -370,7 +370,8 @@ def make_handler(app: Any, limits: HttpLimits | None = None, access_log: bool = 
                 while (request := http.next_request()) is None:
                     if http.closed:
                         return
-                    http.feed(receive(conn, http.carry()))  # parks when nothing comes
+                    # Parks when nothing comes; a body to come, until it is all here.
+                    http.feed(receive(conn, http.carry(), want=http.owed))
             except HttpError as exc:
                 _refuse(conn, exc)
                 return

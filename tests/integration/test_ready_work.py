@@ -349,21 +349,24 @@ def test_http_hello_takes_a_body_over_max_carry_that_pauses(serve, handler: str)
     assert [hello(a) for a in ask(client, b"a" * 10000, GET)] == [True, True]
 
 
-def test_http_hello_holds_no_worker_for_a_small_body_that_stalls(serve) -> None:
-    """As many clients as sync workers stall in a small body: they wait in the dispatcher
-    (the whole request fits in max_carry), not in a worker for request_timeout, and a
+@pytest.mark.parametrize("length", [10, 200_000], ids=["within-max_carry", "buffered"])
+def test_http_hello_holds_no_worker_for_a_body_that_stalls(serve, length: int) -> None:
+    """As many clients as sync workers stall in a body: they wait in the dispatcher (a
+    whole request that fits in max_carry, or, with a longer body, the rest of it in the
+    kernel's buffer up to max_buffered_body), not in a worker for request_timeout, and a
     third client is served meanwhile. Each is answered once its body comes."""
     service = launch(serve, ["--workers=2", HELLO])
     slow = [HttpClient(service.address) for _ in range(2)]
     since = mark(service)
     for client in slow:
-        client.sock.sendall(b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhello")
+        head = b"POST / HTTP/1.1\r\nHost: test\r\nContent-Length: %d\r\n\r\n" % length
+        client.sock.sendall(head + b"hello")
     settle(service, busy=0, parked=2, since=since)
     with HttpClient(service.address) as fast:
         assert [hello(a) for a in ask(fast, GET)] == [True]
     for client in slow:
         with client:
-            client.sock.sendall(b"world")
+            client.sock.sendall(b"w" * (length - 5))
             assert hello(client.response())
 
 

@@ -517,6 +517,52 @@ def test_a_small_body_that_stalls_holds_no_worker(serve, head, part, rest) -> No
             assert json.loads(client.response().body)["body"] == "helloworld"
 
 
+def test_a_long_body_that_stalls_holds_no_worker_until_it_has_all_come(serve) -> None:
+    """Slow uploads: as many clients as sync workers send a head and the start of a body
+    longer than max_carry, then the rest a piece at a time. The dispatcher waits for each
+    body in the kernel's buffer: no piece but the last wakes a worker (`served` counts each
+    handoff that ends, parked or done: only the fast clients'), a third client is served
+    meanwhile, and each application is called once, with its whole body."""
+    site = start_site(serve, "wsgi", "webapps:echo_wsgi")
+    length = 300_000  # over max_carry (16 KiB), under max_buffered_body (1 MiB)
+    bodies = [bytes([ord("a") + k]) * length for k in range(2)]
+    slow = [site.client() for _ in bodies]
+    calls = len(site.events("call"))
+    since = mark(site.service)
+    for client, body in zip(slow, bodies, strict=True):
+        client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length)
+        client.send(body[:5000])
+    settle(site.service, busy=0, parked=2, since=since)
+    served = figures(site.service)[2]
+    for at in range(5000, length - 1, 100_000):
+        for client, body in zip(slow, bodies, strict=True):
+            client.send(body[at : min(at + 100_000, length - 1)])
+        with site.client() as fast:
+            assert fast.ask("GET", "/fast").status == 200
+        served += 1
+        wait_until(
+            lambda: figures(site.service) == (0, 2, served),  # noqa: B023 - waited for here
+            f"busy 0, parked 2, served {served}: {site.service.statuses()[-1:]}",
+        )
+    assert len(site.events("call")) == calls + 3  # the fast ones only, so far
+    for client, body in zip(slow, bodies, strict=True):
+        with client:
+            client.send(body[-1:])
+            assert json.loads(client.response().body)["body"].encode() == body
+    assert len(site.events("call")) == calls + 5
+
+
+FIGURES = re.compile(r"busy (\d+), parked (\d+), served (\d+)")
+
+
+def figures(service: Service) -> tuple[int, int, int]:
+    """busy, parked and served, from the service's latest STATUS=."""
+    for status in reversed(service.statuses()):
+        if m := FIGURES.search(status):
+            return int(m[1]), int(m[2]), int(m[3])
+    return -1, -1, -1
+
+
 @pytest.mark.parametrize("kind", ["wsgi", "asgi"])
 def test_a_trickled_small_body_that_cannot_be_parked_keeps_request_timeout(serve, kind) -> None:
     """At the descriptor limit (here from the start: 128 + 4 per worker are kept free) no

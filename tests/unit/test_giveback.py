@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from harness import tcp_pair
 from sockpool import channel, config, giveback, handlers, unsent, wire, worker
 from sockpool.connection import ConnectionInfo, current_connection, set_current
 from sockpool.spec import WorkerSpec
@@ -30,11 +31,13 @@ class Worker:
     """A worker's side of the channel (worker._Base, as a forked worker sets it up) and the
     dispatcher's end, which receives what it parks; one client connection to serve."""
 
-    def __init__(self, park_after: float, handler: Callable = handlers.echo) -> None:
+    def __init__(
+        self, park_after: float, handler: Callable = handlers.echo, tcp: bool = False
+    ) -> None:
         self.dispatcher, chan = channel.pair()
         cfg = config.build({"park_after": park_after}, {}, None)
         self.worker = worker._Base(chan, {None: handler}, WorkerSpec.of(1, cfg, ["web"]), -1)
-        self.client, self.conn = socket.socketpair()
+        self.client, self.conn = tcp_pair() if tcp else socket.socketpair()
         self.conn.settimeout(60)  # as serve_sync does (idle_timeout)
         self.parked_fds: list[int] = []
 
@@ -68,10 +71,14 @@ def make_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worke
     monkeypatch.setattr(unsent, "_limit", 0)  # as are max_unsent and max_unsent_total
     monkeypatch.setattr(unsent, "_total", 0)
     monkeypatch.setattr(giveback, "_park_after", 0.0)
+    monkeypatch.setattr(giveback, "_max_buffered", 0)  # and max_buffered_body's two
+    monkeypatch.setattr(giveback, "_buffered_total", 0)
     made: list[Worker] = []
 
-    def make(park_after: float = 0.0, handler: Callable = handlers.echo) -> Worker:
-        made.append(Worker(park_after, handler))
+    def make(
+        park_after: float = 0.0, handler: Callable = handlers.echo, tcp: bool = False
+    ) -> Worker:
+        made.append(Worker(park_after, handler, tcp))
         return made[-1]
 
     yield make
@@ -299,6 +306,63 @@ def test_receive_mid_request_parks_at_once_with_the_request_so_far(
         assert message.started == started
     else:
         assert before <= message.started <= time.monotonic_ns()
+
+
+HEAD = b"POST / HTTP/1.1\r\nContent-Length: 100000\r\n\r\n"
+
+
+def test_a_body_to_come_parks_with_how_much_is_owed(make_worker) -> None:
+    """Slow uploads: mid-request with `want` (a body's rest, within max_buffered_body), the
+    connection goes back saying how many bytes the dispatcher waits for."""
+    w = make_worker(tcp=True)
+    info = w.info()
+    with pytest.raises(giveback.Parked):
+        serving(info, giveback.receive, w.conn, HEAD + b"abc", giveback.CHUNK, 99_997)
+    message, _ = w.parked()
+    assert isinstance(message, wire.Park) and (message.carry, message.want) == (
+        HEAD + b"abc",
+        99_997,
+    )
+
+
+def waiting_words(monkeypatch: pytest.MonkeyPatch, buffered: int) -> None:
+    words = memoryview(bytearray(8 * 4)).cast("q")
+    words[giveback.BUFFERED] = buffered
+    monkeypatch.setattr(giveback, "_waiting", words)
+
+
+@pytest.mark.parametrize(
+    ("tcp", "held", "want"),
+    [(False, 0, 99_997), (True, 0, (1 << 20) + 1), (True, (64 << 20) - 99_996, 99_997)],
+    ids=["unix-socket", "over-max_buffered_body", "over-the-total"],
+)
+def test_a_long_body_the_dispatcher_cannot_wait_for_is_read_here(
+    make_worker, monkeypatch, tcp: bool, held: int, want: int
+) -> None:
+    """Over a UNIX socket (whose poll ignores SO_RCVLOWAT), past max_buffered_body, or past
+    max_buffered_body_total with what the dispatcher waits for already, a request too long
+    to park whole is read in the worker, as before: it waits for the client (here, in vain,
+    until request_timeout), and nothing goes back."""
+    w = make_worker(tcp=tcp)
+    waiting_words(monkeypatch, held)
+    monkeypatch.setattr(giveback, "_request_timeout", 0.2)
+    info = w.info()
+    info.request_started = time.monotonic_ns()
+    with pytest.raises(TimeoutError):
+        serving(info, giveback.receive, w.conn, HEAD + b"abc", giveback.CHUNK, want)
+    assert not info.parked and w.nothing_parked()
+
+
+def test_a_small_body_the_dispatcher_cannot_wait_for_is_parked_whole_as_before(
+    make_worker,
+) -> None:
+    """Over a UNIX socket, a request that fits max_carry whole parks with no `want`: the
+    dispatcher hands it on at its next byte, as it always did."""
+    w = make_worker()
+    with pytest.raises(giveback.Parked):
+        serving(w.info(), giveback.receive, w.conn, b"POST / HTTP/1.1\r\n", giveback.CHUNK, 500)
+    message, _ = w.parked()
+    assert isinstance(message, wire.Park) and message.want == 0
 
 
 def test_receive_without_may_park_just_receives(make_worker) -> None:

@@ -1688,6 +1688,35 @@ def test_a_request_is_ready_with_its_head_when_its_body_is_not_held(data: bytes,
     assert http.next_request() is not None, why
 
 
+def test_a_longer_body_within_buffer_body_is_owed_then_ready_once_it_has_come() -> None:
+    """Over hold_body with its head, a body whose rest fits buffer_body (max_buffered_body)
+    is not ready while what came of it fits hold_body: `owed` says how much is to come,
+    for the dispatcher to wait for. Once that has come, the request is whole."""
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n"
+    http = HttpConnection(HttpLimits(hold_body=100, buffer_body=1000), head + b"abc")
+    assert http.next_request() is None and http.owed == 497
+    assert http.carry() == head + b"abc"
+    http.feed(b"d" * 497)
+    assert http.next_request() is not None and http.owed == 0
+    assert _body_of(http) == b"abc" + b"d" * 497
+
+
+@pytest.mark.parametrize(
+    ("limits", "sent", "why"),
+    [
+        (HttpLimits(hold_body=100, buffer_body=499), b"", "its rest over buffer_body"),
+        (HttpLimits(hold_body=100), b"", "buffer_body 0: an ASGI app's, read in its task"),
+        (HttpLimits(hold_body=100, buffer_body=1000), b"a" * 60, "what came is over hold_body"),
+    ],
+)
+def test_a_longer_body_is_read_in_the_worker_past_the_limits(
+    limits: HttpLimits, sent: bytes, why: str
+) -> None:
+    head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 500\r\n\r\n"
+    http = HttpConnection(limits, head + sent)
+    assert http.next_request() is not None and http.owed == 0, why
+
+
 def test_a_request_whose_client_left_mid_body_is_ready_to_be_told() -> None:
     http = HttpConnection(
         HttpLimits(hold_body=100), b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nab"

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import socket
 from collections.abc import Iterator
 
 import pytest
 
+from harness import tcp_pair
 from sockpool import giveback
 from sockpool.parking import FIRST_BYTE, IDLE, REQUEST, Parking, deadline_for
 
@@ -404,3 +406,86 @@ def test_only_a_memfd_is_sent_from(held: Held) -> None:
     assert held.parking.closed == {"peer-closed": 1} and is_closed_fd(r)
     assert len(held.parking) == 0
     os.close(w)
+
+
+# -- a body waited for in the kernel's buffer (a slow upload) ---------------------------------
+BODY = 300_000  # a body's rest: over max_carry, under max_buffered_body
+
+
+def tcp_item(held: Held, conn_id: int) -> tuple[tuple, socket.socket]:
+    """A loopback TCP connection held as a parked request (SO_RCVLOWAT is TCP's), and our
+    own socket object on the dispatcher's descriptor, to look at its options."""
+    client, server = tcp_pair()
+    held.clients[conn_id] = client
+    item = (conn_id, server.detach(), "web", "peer", b"POST / HTTP/1.1\r\n...", 1)
+    return item, socket.socket(fileno=item[1])
+
+
+def low_water(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT)
+
+
+def readable(held: Held, timeout: float = 5.0) -> list[tuple]:
+    """ready(), once the parking's epoll has something to report (or `timeout`)."""
+    select.select([held.parking.epoll.fileno()], [], [], timeout)
+    return held.ready()
+
+
+def test_a_body_waited_for_goes_to_a_worker_once_it_has_all_come(held: Held) -> None:
+    """Nothing is handed on while the body comes, and the workers are told how much is
+    waited for; once it is all in the buffer, the connection goes on with it, its low-water
+    mark back at one byte (a worker's poll for its next request must not wait for more)."""
+    words = memoryview(bytearray(8 * 4)).cast("q")
+    held.parking.words = words
+    item, sock = tcp_item(held, 1)
+    try:
+        held.parking.hold(item, REQUEST, NEVER, BODY)
+        assert low_water(sock) == BODY and words[giveback.BUFFERED] == BODY
+        client = held.clients[1]
+        client.sendall(b"x" * (BODY - 1))
+        assert readable(held, 0.2) == []  # one byte short
+        client.sendall(b"x")
+        assert readable(held) == [item]
+        assert low_water(sock) == 1 and words[giveback.BUFFERED] == 0
+        assert len(sock.recv(BODY, socket.MSG_WAITALL)) == BODY
+    finally:
+        sock.detach()
+
+
+def test_a_wake_before_the_body_has_come_waits_on_while_bytes_come(held: Held) -> None:
+    """TCP's poll reports such a connection early whenever the window it advertised is
+    nearly used up (here, a report as that one is): it is watched again while each report
+    finds more bytes than the last, and goes to a worker at one that finds none (the
+    buffer can take no more: a worker reads it)."""
+    item, sock = tcp_item(held, 1)
+    try:
+        held.parking.hold(item, REQUEST, NEVER, BODY)
+        held.clients[1].sendall(b"x" * 1000)
+        held.parking.seen(item[1], select.EPOLLIN)
+        assert held.ready() == [] and len(held.parking) == 1
+        held.parking.seen(item[1], select.EPOLLIN)  # nothing more came
+        assert held.ready() == [item] and low_water(sock) == 1
+    finally:
+        sock.detach()
+
+
+def test_a_client_that_ends_its_body_early_goes_to_a_worker_to_be_told(held: Held) -> None:
+    """A half-close before the body is whole: the handler reads the end and answers."""
+    item, sock = tcp_item(held, 1)
+    try:
+        held.parking.hold(item, REQUEST, NEVER, BODY)
+        held.clients[1].sendall(b"x" * 1000)
+        held.clients[1].shutdown(socket.SHUT_WR)
+        assert readable(held) == [item]
+    finally:
+        sock.detach()
+
+
+def test_a_body_not_whole_by_its_deadline_is_closed_and_no_longer_counted(held: Held) -> None:
+    words = memoryview(bytearray(8 * 4)).cast("q")
+    held.parking.words = words
+    item, _ = tcp_item(held, 1)
+    held.parking.hold(item, REQUEST, 5.0, BODY)
+    held.parking.expire(6.0)
+    assert held.parking.closed == {REQUEST: 1} and words[giveback.BUFFERED] == 0
+    assert held.is_closed(1)

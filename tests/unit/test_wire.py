@@ -190,11 +190,36 @@ def test_a_park_with_an_answer_to_send_has_its_memfd_beside(close: bool, carry: 
 def test_close_needs_an_answer_to_send_and_silence_has_none(flags: int) -> None:
     """CLOSE alone would have the dispatcher close what a worker should have; a connection
     that never spoke has had no answer."""
-    data = b"P" + struct.pack("!BQQ", flags, 1, 0)
+    data = b"P" + struct.pack("!BQQI", flags, 1, 0, 0)
     with pytest.raises(wire.WireError, match="flags"):
         wire.decode_to_dispatcher(data, nfds=2 if flags & wire.UNSENT else 1)
     with pytest.raises(wire.WireError, match="CLOSE without UNSENT"):
         wire.encode_park(1, 0, b"", close=True)
+
+
+def test_a_park_says_how_many_bytes_its_request_still_wants() -> None:
+    data = wire.encode_park(7, 8, b"POST / HTTP/1.1\r\n", want=2**32 - 1)
+    assert wire.decode_to_dispatcher(data, nfds=1) == wire.Park(
+        7, 8, b"POST / HTTP/1.1\r\n", want=2**32 - 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("carry", "flags", "nfds"),
+    [(b"", 0, 1), (b"x", wire.READY_NOW, 1), (b"x", wire.UNSENT | wire.CLOSE, 2)],
+    ids=["no-request-begun", "ready-now", "closed-after"],
+)
+def test_a_want_only_for_a_request_begun_and_kept(carry: bytes, flags: int, nfds: int) -> None:
+    """Bytes to wait for only make sense for a request begun that is kept for them: not
+    for one with nothing carried, one to hand on at once, or one to close."""
+    data = b"P" + struct.pack("!BQQI", flags, 1, 0, 5) + carry
+    with pytest.raises(wire.WireError, match="want"):
+        wire.decode_to_dispatcher(data, nfds=nfds)
+    with pytest.raises(wire.WireError, match="want"):
+        wire.encode_park(
+            1, 0, carry, ready=bool(flags & wire.READY_NOW), unsent=nfds == 2,
+            close=bool(flags & wire.CLOSE), want=5,
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -213,7 +238,7 @@ def test_oversize_carries_are_refused_both_ways() -> None:
         wire.decode_to_dispatcher(forged, nfds=1)
 
 
-@pytest.mark.parametrize("cut", range(1, 17))
+@pytest.mark.parametrize("cut", range(1, 22))
 def test_a_park_cut_short_is_refused(cut: int) -> None:
     with pytest.raises(wire.WireError, match="malformed"):
         wire.decode_to_dispatcher(wire.encode_park(5, 6, b"")[:cut], nfds=1)
