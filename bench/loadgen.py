@@ -529,7 +529,7 @@ def run(
 
 # --- a crowd of connections that (almost) never ask for anything ----------------------
 
-CROWD_KINDS = ("idle", "request", "trickle")
+CROWD_KINDS = ("idle", "request", "trickle", "upload")
 # Connects in progress at once. A full accept queue drops SYNs, and a dropped SYN is only
 # retried after a second or more: opening in waves keeps the open phase as short as the
 # server lets it be.
@@ -540,6 +540,13 @@ SLOW_HEAD = (
     b"GET /slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sockpool-bench-slowloris\r\n"
     b"X-Slow: " + b"a" * 8000
 )
+# A slow upload: a POST whose body (a photo from a phone) comes UPLOAD_SLICE bytes at a time.
+UPLOAD_BODY = 64 << 10
+UPLOAD_SLICE = 4 << 10
+UPLOAD = (
+    b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sockpool-bench-upload\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % UPLOAD_BODY
+) + b"u" * UPLOAD_BODY
 
 
 def raise_nofile(need: int = 0) -> int:
@@ -620,20 +627,28 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
             state.closed_after_s.append(time.monotonic() - m.start)
         m.sock.close()
 
-    def send(fd: int, m: _Member, data: bytes) -> bool:
+    def send(fd: int, m: _Member, data: bytes) -> int:
+        """Bytes sent (a request, a byte: all of them into an empty send buffer; a slice of
+        an upload to a server that reads nothing yet, perhaps not); -1: closed by the server."""
         try:
-            m.sock.send(data)  # a few bytes into an empty send buffer: all of them go
+            return m.sock.send(data)
         except BlockingIOError:
-            pass
+            return 0
         except OSError:
             drop(fd, m, True)
-            return False
-        return True
+            return -1
 
     def trickle(fd: int, m: _Member) -> None:
-        if send(fd, m, SLOW_HEAD[m.sent : m.sent + 1]):
-            m.sent += 1
-            due.append((time.monotonic() + interval, fd, m))
+        """The next piece: a byte of a head that never ends, or the next slice of an upload
+        (its head whole, with the first one), until it is all sent."""
+        if kind == "trickle":
+            piece = SLOW_HEAD[m.sent : m.sent + 1]
+        else:
+            piece = UPLOAD[m.sent : (m.sent or len(UPLOAD) - UPLOAD_BODY) + UPLOAD_SLICE]
+        if (sent := send(fd, m, piece)) >= 0:
+            m.sent += sent
+            if m.sent < len(UPLOAD) or kind == "trickle":
+                due.append((time.monotonic() + interval, fd, m))
 
     def established(fd: int, m: _Member) -> None:
         m.connecting = False
@@ -646,7 +661,7 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
         ep.modify(fd, select.EPOLLIN | select.EPOLLRDHUP)
         if kind == "request":
             send(fd, m, _http_request(f"crowd.{state.connected}", keepalive=True))
-        elif kind == "trickle":
+        elif kind in ("trickle", "upload"):
             trickle(fd, m)
 
     def readable(fd: int, m: _Member) -> None:
@@ -660,7 +675,7 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
         if not data:
             drop(fd, m, True)
             return
-        if kind == "request" and not m.answered:
+        if kind in ("request", "upload") and not m.answered:
             m.buf += data
             if n := _http_framed(m.buf):
                 m.answered = True
@@ -726,7 +741,9 @@ class Crowd:
 
     - ``idle``: connect and send nothing;
     - ``request``: one keep-alive HTTP request each, then stay open and idle;
-    - ``trickle`` (slowloris): a request head that never ends, one byte every `interval` s.
+    - ``trickle`` (slowloris): a request head that never ends, one byte every `interval` s;
+    - ``upload``: a POST of UPLOAD_BODY bytes, its head and body UPLOAD_SLICE bytes at a
+      time, one slice every `interval` s, then its answer (`answered`) and the server's close.
 
     Use it in a with block; wait() polls its state, stop() closes every connection (with a
     reset: no TIME_WAIT) and returns the final state, with when each closed connection was

@@ -325,6 +325,7 @@ ISSUE12 = (
     "idle-keepalive",
     "idle-async",
     "slowloris",
+    "slow-upload",
     "keepalive-64",
     "keepalive-few",
     "parked-memory",
@@ -407,6 +408,7 @@ SHOW_MORE = (
 )
 # One round each: they hold thousands of connections, and measure pass or fail, not a ratio.
 ONE_ROUND = {"memory", "idle-keepalive", "idle-async", "slowloris", "parked-memory", "park-after"}
+ONE_ROUND |= {"slow-upload"}
 # wrk drives these: keep-alive with one connection per worker; new connections with
 # `Connection: close` and as many connections as the load generator keeps in flight.
 WRK = {"keepalive", "newconn-http-wrk"}
@@ -659,6 +661,8 @@ FIRST_BYTE_TIMEOUT = 30.0  # idle-async: keeps them open for the whole measureme
 SLOW_CONNS = 500
 SLOW_INTERVAL = 2.0  # seconds between a slow client's bytes
 REQUEST_TIMEOUT = 10.0  # slowloris runs --request-timeout 10 (default 30): a short run
+UPLOADS = 4 * W2  # slow-upload: clients sending a 64 KiB body (loadgen.UPLOAD) slowly
+UPLOAD_INTERVAL = 0.25  # seconds between an upload's 4 KiB slices: 4 s for each
 PARKED_CONNS = 10_000
 MANY = 64  # keepalive-64's connections
 FEW = W2  # keepalive-few's: no more connections than workers
@@ -811,6 +815,26 @@ def run_slowloris(spec: Spec, log: Path) -> dict[str, Any]:
         )
 
 
+def run_slow_upload(spec: Spec, log: Path) -> dict[str, Any]:
+    """UPLOADS clients each sending a POST body slowly, normal clients meanwhile; then
+    how many uploads were answered. A worker that reads a body as it comes is held for
+    each upload's 4 s; one that is handed the body once it has all come is not."""
+    port = free_port()
+    with launch(spec, port, log) as srv:
+        rec = settle(srv, port, "http")
+        with loadgen.Crowd(port, UPLOADS, "upload", UPLOAD_INTERVAL) as crowd:
+            crowd.wait(lambda s: s.connected >= s.conns, cap=10, stall=3)
+            time.sleep(2 * UPLOAD_INTERVAL)  # each has begun its body
+            rec.update(normal_load(port, "http"))
+            crowd.wait(lambda s: s.answered + s.closed >= s.conns, cap=30, stall=10)
+            end = crowd.stop()
+        return (
+            rec
+            | crowd_record("upload", end)
+            | {"upload_unanswered": end.conns - end.answered, "alive": srv.alive()}
+        )
+
+
 def keepalive_figures(port: int, cfg: Config, conns: int, seconds: float) -> dict[str, Any]:
     """wrk's req/s and timeouts over `conns` keep-alive connections; with more connections
     than workers also our own keep-alive client's count of connections that got no answer
@@ -915,6 +939,8 @@ def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]
         return run_idle(spec, log, "echo", IDLE_ASYNC_CONNS, "idle")
     if scenario == "slowloris":
         return run_slowloris(spec, log)
+    if scenario == "slow-upload":
+        return run_slow_upload(spec, log)
     if scenario in ("keepalive-64", "keepalive-few"):
         return run_keepalive(spec, cfg, log, MANY if scenario == "keepalive-64" else FEW)
     if scenario == "park-after":

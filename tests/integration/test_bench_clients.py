@@ -81,6 +81,20 @@ def test_crowd_sees_when_the_server_closes_slow_clients() -> None:
     assert min(final.closed_after_s) >= interval
 
 
+def test_crowd_uploads_its_whole_body_slowly_and_counts_the_answers(pool: int) -> None:
+    """Each upload reaches the server whole (the pool's http_hello answers only a request it
+    read whole) and is answered; the last slice is sent no sooner than the interval times the
+    slices before it."""
+    interval = 0.05
+    slices = loadgen.UPLOAD_BODY // loadgen.UPLOAD_SLICE
+    t0 = time.monotonic()
+    with loadgen.Crowd(pool, 2, "upload", interval) as crowd:
+        state = crowd.wait(lambda s: s.answered >= s.conns, cap=30)
+        final = crowd.stop()
+    assert state.answered == 2 and final.wrong == 0, state
+    assert time.monotonic() - t0 >= (slices - 1) * interval
+
+
 def test_an_open_loop_charges_a_slow_server_for_the_connections_it_kept_waiting() -> None:
     """--rate: connections are due on a schedule, and each latency runs from when it was
     due. A server that takes DELAY per connection, one at a time, falls behind 20 a second;
