@@ -296,6 +296,15 @@ def _carry(value: Any) -> int:
     return value
 
 
+MAX_BUFFERED_BODY = 1 << 30  # SO_RCVLOWAT is an int; the kernel caps it far lower anyway
+
+
+def _buffered(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BUFFERED_BODY:
+        raise ValueError(f"expected bytes from 0 to {MAX_BUFFERED_BODY}, got {quote(value)}")
+    return value
+
+
 def _flag(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {quote(value)}")
@@ -416,7 +425,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "max_carry": (int, _carry),
     "max_unsent": (int, _bytes),
     "max_unsent_total": (int, _bytes),
-    "max_buffered_body": (int, _bytes),
+    "max_buffered_body": (int, _buffered),
     "max_buffered_body_total": (int, _bytes),
     "wsgi": (str, _handler),
     "asgi": (str, _handler),

@@ -73,6 +73,7 @@ def _low_water(fd: int, want: int, clamp: int = 0) -> int | None:
     Raising the mark grows the receive buffer and the window clamp to it; set to HEADROOM
     more first, they stay above `want`. Else the window would close within a segment of the
     end, and a poll report the body readable with its last bytes still to come."""
+    want = min(want, _MAX_LOW_WATER)  # (the wire allows a u32; the kernel caps it lower)
     sock = socket.socket(fileno=fd)
     try:
         before = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_WINDOW_CLAMP)
@@ -89,6 +90,7 @@ def _low_water(fd: int, want: int, clamp: int = 0) -> int | None:
 
 
 HEADROOM = 128 << 10  # over a segment even on loopback (64 KiB)
+_MAX_LOW_WATER = (1 << 31) - 1 - HEADROOM  # SO_RCVLOWAT is an int
 
 
 def unread(fd: int) -> int:

@@ -238,6 +238,12 @@ def test_max_carry_is_what_one_park_message_can_hold() -> None:
         ({"max_carry": 65537}, "max_carry: expected bytes from 0 to 65536, got 65537"),
         ({"max_carry": 1.5}, "max_carry: expected bytes from 0 to 65536"),
         ({"max_carry": True}, "max_carry: expected bytes from 0 to 65536"),
+        # SO_RCVLOWAT is an int: a larger one failed in the dispatcher, with a traceback
+        (
+            {"max_buffered_body": 3_000_000_000},
+            "max_buffered_body: expected bytes from 0 to 1073741824, got 3000000000",
+        ),
+        ({"max_buffered_body": -1}, "max_buffered_body: expected bytes from 0 to 1073741824"),
         ({"listeners": {"web": {"handoff": "soon"}}}, "listeners: web.handoff: expected one of"),
         ({"listeners": {"web": {"park_after": 1}}}, "listeners: web.park_after: unknown key"),
     ],

@@ -332,24 +332,30 @@ def waiting_words(monkeypatch: pytest.MonkeyPatch, buffered: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("tcp", "held", "want"),
-    [(False, 0, 99_997), (True, 0, (1 << 20) + 1), (True, (64 << 20) - 99_996, 99_997)],
-    ids=["unix-socket", "over-max_buffered_body", "over-the-total"],
+    ("tcp", "held", "carry", "want"),
+    [
+        (False, 0, HEAD + b"abc", 99_997),
+        (True, 0, HEAD + b"abc", (1 << 20) + 1),
+        (True, (64 << 20) - 99_996, HEAD + b"abc", 99_997),
+        (True, 0, HEAD + b"a" * 16_384, 10),
+    ],
+    ids=["unix-socket", "over-max_buffered_body", "over-the-total", "carry-over-max_carry"],
 )
 def test_a_long_body_the_dispatcher_cannot_wait_for_is_read_here(
-    make_worker, monkeypatch, tcp: bool, held: int, want: int
+    make_worker, monkeypatch, tcp: bool, held: int, carry: bytes, want: int
 ) -> None:
-    """Over a UNIX socket (whose poll ignores SO_RCVLOWAT), past max_buffered_body, or past
-    max_buffered_body_total with what the dispatcher waits for already, a request too long
-    to park whole is read in the worker, as before: it waits for the client (here, in vain,
-    until request_timeout), and nothing goes back."""
+    """Over a UNIX socket (whose poll ignores SO_RCVLOWAT), past max_buffered_body, past
+    max_buffered_body_total with what the dispatcher waits for already, or with more read
+    of it than max_carry (which the dispatcher would close as too-large), a request too
+    long to park whole is read in the worker, as before: it waits for the client (here, in
+    vain, until request_timeout), and nothing goes back."""
     w = make_worker(tcp=tcp)
     waiting_words(monkeypatch, held)
     monkeypatch.setattr(giveback, "_request_timeout", 0.2)
     info = w.info()
     info.request_started = time.monotonic_ns()
     with pytest.raises(TimeoutError):
-        serving(info, giveback.receive, w.conn, HEAD + b"abc", giveback.CHUNK, want)
+        serving(info, giveback.receive, w.conn, carry, giveback.CHUNK, want)
     assert not info.parked and w.nothing_parked()
 
 

@@ -481,6 +481,17 @@ def test_a_client_that_ends_its_body_early_goes_to_a_worker_to_be_told(held: Hel
         sock.detach()
 
 
+def test_a_want_past_what_the_kernel_takes_is_waited_for_up_to_its_cap(held: Held) -> None:
+    """A PARK may say up to 2**32 - 1 bytes (a u32): SO_RCVLOWAT is an int, and the kernel
+    caps it far lower. The connection is held all the same, and the dispatcher lives."""
+    item, sock = tcp_item(held, 1)
+    try:
+        held.parking.hold(item, REQUEST, NEVER, 2**32 - 1)
+        assert len(held.parking) == 1 and 1 < low_water(sock) < 2**31
+    finally:
+        sock.detach()
+
+
 def test_a_body_not_whole_by_its_deadline_is_closed_and_no_longer_counted(held: Held) -> None:
     words = memoryview(bytearray(8 * 4)).cast("q")
     held.parking.words = words
