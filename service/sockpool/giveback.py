@@ -79,11 +79,12 @@ def unsent_held() -> int:
     return 0 if _waiting is None else _waiting[UNSENT]
 
 
-def _bufferable(conn: socket.socket, want: int) -> bool:
-    """Whether the dispatcher may wait for `want` more bytes of a request in the
-    connection's receive buffer (parking.py: SO_RCVLOWAT, which only TCP's poll honours),
-    within max_buffered_body and, with what it waits for already, max_buffered_body_total."""
-    if not 0 < want <= _max_buffered or conn.family not in _TCP:
+def _bufferable(conn: socket.socket, carry: bytes, want: int) -> bool:
+    """Whether the dispatcher may hold a request begun (`carry`, within max_carry, or it
+    would close it as too-large) for `want` more bytes in the connection's receive buffer
+    (parking.py: SO_RCVLOWAT, which only TCP's poll honours), within max_buffered_body and,
+    with what it waits for already, max_buffered_body_total."""
+    if not 0 < want <= _max_buffered or len(carry) > _max_carry or conn.family not in _TCP:
         return False
     held = 0 if _waiting is None else _waiting[BUFFERED]
     return not _buffered_total or held + want <= _buffered_total
@@ -334,7 +335,7 @@ def _park_or_recv(
     stopping, a client yet to speak gets STOP_FIRST_BYTE, as one the dispatcher holds. A
     request that needs `want` more bytes the dispatcher may not wait for is parked whole
     (woken at each byte) if it fits max_carry; if not, it is read here."""
-    if want and not (len(carry) <= _max_carry and _bufferable(conn, want)):
+    if want and not _bufferable(conn, carry, want):
         if len(carry) + want > _max_carry:
             send_unsent(conn, info)
             return recv_within(conn, request_left(info))

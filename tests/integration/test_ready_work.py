@@ -34,7 +34,7 @@ from harness import (
 HELLO = "sockpool.handlers:http_hello"
 GET = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 LAST = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-FIGURES = re.compile(r"busy (\d+), parked (\d+)")
+FIGURES = re.compile(r"busy (\d+), parked (\d+), served (\d+)")
 CLOSED = re.compile(r"closed \d+ connections waiting in the dispatcher: ([^(]*)\(")
 
 
@@ -42,20 +42,29 @@ def tcp() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
-def settle(service, busy: int, parked: int, since: int = 0) -> None:
-    """Wait for a STATUS= with these figures, among those sent after the first `since`
-    (mark(): a status from before an action would say nothing about it)."""
+def settle(service, busy: int, parked: int, since: int = 0, served: int | None = None) -> None:
+    """Wait for a STATUS= with these figures (and `served`, if given), among those sent
+    after the first `since` (mark(): a status from before an action would say nothing
+    about it)."""
 
-    def latest() -> tuple[int, int]:
+    def latest() -> tuple[int, int, int | None]:
         for status in reversed(service.statuses()[since:]):
             if m := FIGURES.search(status):
-                return int(m[1]), int(m[2])
-        return -1, -1
+                return int(m[1]), int(m[2]), None if served is None else int(m[3])
+        return -1, -1, -1
 
     wait_until(
-        lambda: latest() == (busy, parked),
-        f"STATUS busy {busy}, parked {parked} (last: {service.statuses()[-1:]})",
+        lambda: latest() == (busy, parked, served),
+        f"STATUS busy {busy}, parked {parked}, served {served} (last: {service.statuses()[-1:]})",
     )
+
+
+def served(service) -> int:
+    """`served` in the latest STATUS=: each handoff that ended, parked or done."""
+    for status in reversed(service.statuses()):
+        if m := FIGURES.search(status):
+            return int(m[3])
+    return -1
 
 
 def mark(service) -> int:

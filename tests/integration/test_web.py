@@ -38,7 +38,7 @@ from harness import (
     wait_until,
 )
 from test_bad_input import error_line
-from test_ready_work import mark, settle, trickled_until_closed, wait_closed
+from test_ready_work import mark, served, settle, trickled_until_closed, wait_closed
 from unit.test_http11 import INVALID, VALID
 from webapps import STREAMED, bigger
 
@@ -533,34 +533,21 @@ def test_a_long_body_that_stalls_holds_no_worker_until_it_has_all_come(serve) ->
         client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length)
         client.send(body[:5000])
     settle(site.service, busy=0, parked=2, since=since)
-    served = figures(site.service)[2]
+    count = served(site.service)
     for at in range(5000, length - 1, 100_000):
+        since = mark(site.service)
         for client, body in zip(slow, bodies, strict=True):
             client.send(body[at : min(at + 100_000, length - 1)])
         with site.client() as fast:
             assert fast.ask("GET", "/fast").status == 200
-        served += 1
-        wait_until(
-            lambda: figures(site.service) == (0, 2, served),  # noqa: B023 - waited for here
-            f"busy 0, parked 2, served {served}: {site.service.statuses()[-1:]}",
-        )
+        count += 1
+        settle(site.service, busy=0, parked=2, since=since, served=count)
     assert len(site.events("call")) == calls + 3  # the fast ones only, so far
     for client, body in zip(slow, bodies, strict=True):
         with client:
             client.send(body[-1:])
             assert json.loads(client.response().body)["body"].encode() == body
     assert len(site.events("call")) == calls + 5
-
-
-FIGURES = re.compile(r"busy (\d+), parked (\d+), served (\d+)")
-
-
-def figures(service: Service) -> tuple[int, int, int]:
-    """busy, parked and served, from the service's latest STATUS=."""
-    for status in reversed(service.statuses()):
-        if m := FIGURES.search(status):
-            return int(m[1]), int(m[2]), int(m[3])
-    return -1, -1, -1
 
 
 @pytest.mark.parametrize("kind", ["wsgi", "asgi"])
