@@ -578,9 +578,10 @@ class CrowdState:
     pending: int = 0  # connects not complete yet (a SYN dropped by a full accept queue)
     connected: int = 0  # handshake complete: the client's view, the server may not have accepted
     failed: int = 0  # connect failed
-    answered: int = 0  # "request": its one answer arrived, complete and right
-    wrong: int = 0  # "request": an answer that was not the expected one
-    closed: int = 0  # ended by the server (EOF or reset) while the crowd held it
+    answered: int = 0  # "request", "upload": its one answer arrived, complete and right
+    wrong: int = 0  # "request", "upload": an answer that was not the expected one
+    closed: int = 0  # ended by the server (EOF or reset) while the crowd held it (an
+    # answered upload too: it asks for Connection: close)
     closed_after_s: list[float] = field(default_factory=list)  # connect to close, per closed one
     error: str = ""
 

@@ -826,7 +826,8 @@ def run_slow_upload(spec: Spec, log: Path) -> dict[str, Any]:
             crowd.wait(lambda s: s.connected >= s.conns, cap=10, stall=3)
             time.sleep(2 * UPLOAD_INTERVAL)  # each has begun its body
             rec.update(normal_load(port, "http"))
-            crowd.wait(lambda s: s.answered + s.closed >= s.conns, cap=30, stall=10)
+            # Each upload ends with the server's close (Connection: close), answered or not.
+            crowd.wait(lambda s: s.closed + s.failed >= s.conns, cap=30, stall=10)
             end = crowd.stop()
         return (
             rec

@@ -74,20 +74,26 @@ def stopping() -> bool:
     return _waiting is not None and _waiting[STOPPING] > 0
 
 
-def unsent_held() -> int:
-    """The bytes of answers the dispatcher holds to send now (0 outside a worker)."""
-    return 0 if _waiting is None else _waiting[UNSENT]
+def room_for(word: int, size: int, limit: int, total: int) -> bool:
+    """Whether the dispatcher may take `size` bytes more for a slow client: an answer's
+    rest (UNSENT, unsent.py) or a body to wait for (BUFFERED), within `limit` each and,
+    with what it holds already (its shared `word`), `total` (0: no limit). That is read as
+    it was a moment ago, so workers that ask at once may go past the total by a few."""
+    if not 0 < size <= limit:
+        return False
+    return not total or (0 if _waiting is None else _waiting[word]) + size <= total
 
 
 def _bufferable(conn: socket.socket, carry: bytes, want: int) -> bool:
     """Whether the dispatcher may hold a request begun (`carry`, within max_carry, or it
     would close it as too-large) for `want` more bytes in the connection's receive buffer
-    (parking.py: SO_RCVLOWAT, which only TCP's poll honours), within max_buffered_body and,
-    with what it waits for already, max_buffered_body_total."""
-    if not 0 < want <= _max_buffered or len(carry) > _max_carry or conn.family not in _TCP:
-        return False
-    held = 0 if _waiting is None else _waiting[BUFFERED]
-    return not _buffered_total or held + want <= _buffered_total
+    (parking.py: SO_RCVLOWAT, which only TCP's poll honours), within max_buffered_body and
+    max_buffered_body_total."""
+    return (
+        len(carry) <= _max_carry
+        and conn.family in _TCP
+        and room_for(BUFFERED, want, _max_buffered, _buffered_total)
+    )
 
 
 _TCP = (socket.AF_INET, socket.AF_INET6)

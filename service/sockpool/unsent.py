@@ -185,10 +185,8 @@ def _behind(
 
 
 def _fits(size: int) -> bool:
-    """Whether an answer's rest this long may be left to the dispatcher. What it holds is
-    read as it was a moment ago, so workers that leave theirs at once may go past the total
-    by a few answers, no more."""
-    return 0 < size <= _limit and (not _total or giveback.unsent_held() + size <= _total)
+    """Whether an answer's rest this long may be left to the dispatcher."""
+    return giveback.room_for(giveback.UNSENT, size, _limit, _total)
 
 
 def send_file(conn: socket.socket, fd: int, offset: int, count: int, last: bool = True) -> None:

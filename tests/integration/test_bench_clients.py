@@ -89,9 +89,9 @@ def test_crowd_uploads_its_whole_body_slowly_and_counts_the_answers(pool: int) -
     slices = loadgen.UPLOAD_BODY // loadgen.UPLOAD_SLICE
     t0 = time.monotonic()
     with loadgen.Crowd(pool, 2, "upload", interval) as crowd:
-        state = crowd.wait(lambda s: s.answered >= s.conns, cap=30)
+        state = crowd.wait(lambda s: s.closed >= s.conns, cap=30)
         final = crowd.stop()
-    assert state.answered == 2 and final.wrong == 0, state
+    assert (state.answered, state.closed, final.wrong) == (2, 2, 0), state
     assert time.monotonic() - t0 >= (slices - 1) * interval
 
 

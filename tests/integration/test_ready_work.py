@@ -48,10 +48,8 @@ def settle(service, busy: int, parked: int, since: int = 0, served: int | None =
     about it)."""
 
     def latest() -> tuple[int, int, int | None]:
-        for status in reversed(service.statuses()[since:]):
-            if m := FIGURES.search(status):
-                return int(m[1]), int(m[2]), None if served is None else int(m[3])
-        return -1, -1, -1
+        busy_now, parked_now, served_now = figures(service, since)
+        return busy_now, parked_now, None if served is None else served_now
 
     wait_until(
         lambda: latest() == (busy, parked, served),
@@ -59,12 +57,13 @@ def settle(service, busy: int, parked: int, since: int = 0, served: int | None =
     )
 
 
-def served(service) -> int:
-    """`served` in the latest STATUS=: each handoff that ended, parked or done."""
-    for status in reversed(service.statuses()):
+def figures(service, since: int = 0) -> tuple[int, int, int]:
+    """busy, parked and served (each handoff that ended, parked or done) in the latest
+    STATUS= of those sent after the first `since`; -1s before there is one."""
+    for status in reversed(service.statuses()[since:]):
         if m := FIGURES.search(status):
-            return int(m[3])
-    return -1
+            return int(m[1]), int(m[2]), int(m[3])
+    return -1, -1, -1
 
 
 def mark(service) -> int:

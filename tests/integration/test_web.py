@@ -38,7 +38,7 @@ from harness import (
     wait_until,
 )
 from test_bad_input import error_line
-from test_ready_work import mark, served, settle, trickled_until_closed, wait_closed
+from test_ready_work import figures, mark, settle, trickled_until_closed, wait_closed
 from unit.test_http11 import INVALID, VALID
 from webapps import STREAMED, bigger
 
@@ -533,7 +533,7 @@ def test_a_long_body_that_stalls_holds_no_worker_until_it_has_all_come(serve) ->
         client.send(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % length)
         client.send(body[:5000])
     settle(site.service, busy=0, parked=2, since=since)
-    count = served(site.service)
+    count = figures(site.service)[2]
     for at in range(5000, length - 1, 100_000):
         since = mark(site.service)
         for client, body in zip(slow, bodies, strict=True):
