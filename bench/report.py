@@ -40,6 +40,8 @@ TITLES = {
     "(2 sync workers)",
     "slow-upload": "Slow uploads: clients sending a 64 KiB body 4 KiB at a time, plus new "
     "HTTP clients (2 sync workers)",
+    "flask-upload": "Slow uploads to Flask: the same clients, sockpool --wsgi vs gunicorn "
+    "(2 workers)",
     "keepalive-64": "64 keep-alive connections on 2 sync workers",
     "keepalive-few": "Keep-alive with as many connections as workers (2 sync workers)",
     "parked-memory": "The dispatcher's memory with parked keep-alive connections",
@@ -71,6 +73,10 @@ NOTES = {
     "workers read each body as it comes; sockpool's dispatcher waits for the body in the "
     "kernel's buffer first (`max_buffered_body`). A closed loop's p99 hides a stall (its "
     "clients send little while they wait): see p99.9, max and conns/s.",
+    "flask-upload": "The same slow uploads and new clients, to the Flask app "
+    "(bench/apps/flask_hello.py, whose `/upload` view reads the body with `request.get_data()`) "
+    "on 2 workers: sockpool --wsgi, gunicorn's sync workers, and gthread with 4 threads each "
+    "(8 places for the 8 uploads).",
     "keepalive-64": "Our own keep-alive client (bench.loadgen --keepalive: 64 connections, "
     "each sends its next request when an answer is complete, 3 s) counts the connections that "
     "got no answer at all (`starved`); then `wrk -c 64` (3 s, `--timeout 2s`) gives req/s and "
@@ -263,6 +269,14 @@ COLUMNS: dict[str, list[Column]] = {
         *_NORMAL,
     ],
     "slow-upload": [
+        ("uploads", "upload_conns", 0),
+        ("answered", "upload_answered", 0),
+        ("new clients' conns/s", "rps", 0),
+        *_NORMAL,
+        ("p99.9 ms", "p999_ms", 2),
+        ("max ms", "max_ms", 1),
+    ],
+    "flask-upload": [
         ("uploads", "upload_conns", 0),
         ("answered", "upload_answered", 0),
         ("new clients' conns/s", "rps", 0),
@@ -483,6 +497,7 @@ SCENARIOS = {
     "idle-async": "idle connections, async",
     "slowloris": "slowloris",
     "slow-upload": "slow uploads",
+    "flask-upload": "slow uploads to Flask",
     "keepalive-64": "64 keep-alive connections",
     "keepalive-few": "keep-alive, connections = workers",
     "parked-memory": "parked connections",
@@ -571,6 +586,10 @@ TARGETS = (
     Target("slow-upload", "p999_ms", "≤", 50),
     Target("slow-upload", "rps", "≥", 1, "prefork"),
     Target("slow-upload", "upload_unanswered", "≤", 0),
+    Target("flask-upload", "p999_ms", "≤", 50),
+    Target("flask-upload", "rps", "≥", 1, "gunicorn"),
+    Target("flask-upload", "rps", "≥", 1, "gunicorn-gthread"),
+    Target("flask-upload", "upload_unanswered", "≤", 0),
     Target("keepalive-64", "starved", "≤", 0),
     Target("keepalive-64", "wrk_timeouts", "≤", 0),
     Target("keepalive-64", "req_per_s", "", 1, "prefork"),
@@ -648,7 +667,8 @@ ISSUE14_TARGETS = (
 # A run with any of these has an issue 14 section (the rest of its figures come from the
 # older scenarios).
 ISSUE14_SCENARIOS = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu", "mixed-cpu-paced")
-ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "slow-upload", "keepalive-64")
+ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "slow-upload", "flask-upload")
+ISSUE12 += ("keepalive-64",)
 ISSUE12 += ("keepalive-few",)
 ISSUE12 += ("parked-memory", "park-after")
 BEFORE = RESULTS / "before-issue12.json"  # sockpool at fe504ec, before issue 12

@@ -326,6 +326,7 @@ ISSUE12 = (
     "idle-async",
     "slowloris",
     "slow-upload",
+    "flask-upload",
     "keepalive-64",
     "keepalive-few",
     "parked-memory",
@@ -408,7 +409,7 @@ SHOW_MORE = (
 )
 # One round each: they hold thousands of connections, and measure pass or fail, not a ratio.
 ONE_ROUND = {"memory", "idle-keepalive", "idle-async", "slowloris", "parked-memory", "park-after"}
-ONE_ROUND |= {"slow-upload"}
+ONE_ROUND |= {"slow-upload", "flask-upload"}
 # wrk drives these: keep-alive with one connection per worker; new connections with
 # `Connection: close` and as many connections as the load generator keeps in flight.
 WRK = {"keepalive", "newconn-http-wrk"}
@@ -699,6 +700,20 @@ def issue12_servers(scenario: str, cfg: Config) -> list[Spec]:
         flags = (flag, f"{FIRST_BYTE_TIMEOUT:g}") if sockpool_has(flag) else ()
         fbt = FIRST_BYTE_TIMEOUT if flags else None
         return [sockpool(ECHO_ASYNC, "sockpool (echo_async)", flags, first_byte_timeout_s=fbt)]
+    if scenario == "flask-upload":  # the web servers', at issue 12's worker count
+        two = dataclasses.replace(cfg, workers=W2)
+        specs = [
+            Spec("gunicorn", "gunicorn sync", gunicorn_argv(two, FLASK_APP)),
+            Spec(
+                "gunicorn-gthread",
+                f"gunicorn gthread ({GTHREAD_THREADS} threads)",
+                gunicorn_argv(two, FLASK_APP, threads=GTHREAD_THREADS),
+            ),
+        ]
+        if sockpool_has(FLAG_WSGI):
+            argv = sockpool_argv(cfg, None, W2, (FLAG_WSGI, FLASK_APP))
+            specs.insert(0, Spec("sockpool", f"sockpool {FLAG_WSGI}", argv, dispatcher=True))
+        return [dataclasses.replace(spec, nodelay=True) for spec in specs]
     if scenario == "slowloris":
         flag = FLAG_REQUEST_TIMEOUT
         flags = (flag, f"{REQUEST_TIMEOUT:g}") if sockpool_has(flag) else ()
@@ -940,7 +955,7 @@ def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]
         return run_idle(spec, log, "echo", IDLE_ASYNC_CONNS, "idle")
     if scenario == "slowloris":
         return run_slowloris(spec, log)
-    if scenario == "slow-upload":
+    if scenario in ("slow-upload", "flask-upload"):
         return run_slow_upload(spec, log)
     if scenario in ("keepalive-64", "keepalive-few"):
         return run_keepalive(spec, cfg, log, MANY if scenario == "keepalive-64" else FEW)
