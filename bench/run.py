@@ -700,20 +700,8 @@ def issue12_servers(scenario: str, cfg: Config) -> list[Spec]:
         flags = (flag, f"{FIRST_BYTE_TIMEOUT:g}") if sockpool_has(flag) else ()
         fbt = FIRST_BYTE_TIMEOUT if flags else None
         return [sockpool(ECHO_ASYNC, "sockpool (echo_async)", flags, first_byte_timeout_s=fbt)]
-    if scenario == "flask-upload":  # the web servers', at issue 12's worker count
-        two = dataclasses.replace(cfg, workers=W2)
-        specs = [
-            Spec("gunicorn", "gunicorn sync", gunicorn_argv(two, FLASK_APP)),
-            Spec(
-                "gunicorn-gthread",
-                f"gunicorn gthread ({GTHREAD_THREADS} threads)",
-                gunicorn_argv(two, FLASK_APP, threads=GTHREAD_THREADS),
-            ),
-        ]
-        if sockpool_has(FLAG_WSGI):
-            argv = sockpool_argv(cfg, None, W2, (FLAG_WSGI, FLASK_APP))
-            specs.insert(0, Spec("sockpool", f"sockpool {FLAG_WSGI}", argv, dispatcher=True))
-        return [dataclasses.replace(spec, nodelay=True) for spec in specs]
+    if scenario == "flask-upload":  # the Flask servers, at issue 12's worker count
+        return web_servers(scenario, dataclasses.replace(cfg, workers=W2))
     if scenario == "slowloris":
         flag = FLAG_REQUEST_TIMEOUT
         flags = (flag, f"{REQUEST_TIMEOUT:g}") if sockpool_has(flag) else ()
