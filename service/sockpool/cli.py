@@ -80,7 +80,8 @@ _LIMITS = [
         "max_unsent",
         "BYTES",
         "bytes of an answer a sync worker may leave to the dispatcher to send when its client "
-        "reads slowly, so the worker goes on to the next connection (default 1048576; 0: off)",
+        "reads slowly, so the worker goes on to the next connection (default 1048576; 0: off); "
+        "a file's rest (wsgi.file_wrapper) goes as the file, whatever its length",
     ),
     (
         "max_unsent_total",

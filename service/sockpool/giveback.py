@@ -35,7 +35,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Set by the worker process (worker.py): sends a PARK message with the descriptor, and how
 # long to wait for the next request before parking. Outside a worker, nothing parks.
-# (fd, conn_id, started, carry, ready, silent, unsent, close, want): unsent, a memfd or -1
+# (fd, conn_id, started, carry, ready, silent, unsent, close, want): unsent, an
+# unsent.Unsent or None
 _send: Callable[..., None] | None = None
 _park_after = 0.0
 _request_timeout = 0.0  # a request's time from its first byte: parked, or read (handlers.py)
@@ -207,9 +208,8 @@ def _give_back(
     unsent = info.unsent
     # Sent an answer (a banner), it is no new connection: held as idle once it is sent.
     silent = first and not (carry or unread) and unsent is None
-    rest = -1 if unsent is None else unsent.fd
     try:
-        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent, rest, close, want)
+        _send(fd, info.conn_id, started, carry + unread, bool(unread), silent, unsent, close, want)
     except (OSError, ValueError):  # the channel is gone, or the carry is over the wire's limit
         return False
     info.parked = True

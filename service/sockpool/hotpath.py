@@ -39,6 +39,7 @@ from .parking import (
     IDLE,
     PROXY,
     REQUEST,
+    SHORT_FILE,
     UNREAD,
     Parking,
     deadline_for,
@@ -52,7 +53,7 @@ BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
 _LOGGED_CLOSES = {
     "first-byte", "idle", "request", "too-large", PROXY, "proxy-invalid", "proxy-untrusted",
-    UNREAD,
+    UNREAD, SHORT_FILE,
 }  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
@@ -290,9 +291,9 @@ class HotPath:
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
-        fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd too
+        fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd or file too
         if fd_room <= held:  # near the limit: a connection a sync handler serves may come
-            fd_room -= self.busy(sync=True)  # back with a memfd (unsent.py)
+            fd_room -= self.busy(sync=True)  # back with a memfd or file (unsent.py)
         if (fd_room > 0) != self.may_park:
             self._parking_allowed(fd_room > 0, now)
         for listener in list(self.backlogged):
@@ -709,8 +710,9 @@ class HotPath:
     def park(self, p: WorkerProcess, msg: wire.Park, fd: int, now: float, unsent: int = -1) -> None:
         """A worker gave a connection back: hold it until it speaks again, or close it when
         it is over max_carry or the service is stopping with no request of it in flight;
-        with `unsent` (a memfd), send the answer's rest first (parking.send: unpark() settles
-        it). A worker it finds due for recycling goes to `recycle`, as read_done() sends one."""
+        with `unsent` (a memfd, or a file), send the answer's rest first (parking.send:
+        unpark() settles it). A worker it finds due for recycling goes to `recycle`, as
+        read_done() sends one."""
         due: set[int] = set()
         handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
         if handed is None:
@@ -720,7 +722,7 @@ class HotPath:
         item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
         if unsent >= 0:  # a request comes after it (begun, or pipelined): a stop waits for it
             work = not msg.close and bool(msg.ready or msg.carry or waiting_bytes(fd))
-            self.parking.send(item, unsent, msg, self.timeouts[1], work)
+            self.parking.send(item, unsent, msg.span, msg.file, msg, self.timeouts[1], work)
         else:
             self._settle(item, msg, now)
         if due:

@@ -15,10 +15,14 @@ deadline, counted by why:
                  reset one, or half-closed one between requests
     unread       the rest of an answer, left to us by a worker, that the client did not
                  take for idle_timeout
+    short-file   an application's file left to us to send ended before the bytes its
+                 answer promised (cut short since): the client sees the answer end early
 
-That last kind: a sync worker whose client reads slowly leaves the answer's rest here, in a
-memfd (unsent.py), and is free for the next connection. We send it as the client takes it,
-with sendfile(), then close the connection or hold it as the worker would have parked it.
+The last two: a sync worker whose client reads slowly leaves the answer's rest here, in a
+memfd (unsent.py), or a file's rest as the file itself, and is free for the next connection.
+We send it as the client takes it, with sendfile(), then close the connection or hold it as
+the worker would have parked it. A file is read as it is sent, as nginx's sendfile reads
+it: from the page cache, which the kernel's readahead fills ahead of a sequential reader.
 
 A slow upload comes the other way. A worker that parks a request whose body has not all
 come says how many bytes are still to come (`want`), and the connection is held until they
@@ -61,6 +65,7 @@ _NEVER = float("inf")
 FIRST_BYTE, IDLE, REQUEST = "first-byte", "idle", "request"
 PROXY = "proxy-header"  # waiting for its PROXY protocol header (proxy_timeout; hotpath.py)
 UNREAD = "unread"  # sending the rest of an answer: idle_timeout for each stall
+SHORT_FILE = "short-file"  # its file ended before its answer did
 _NO_REQUEST = (IDLE, UNREAD)  # kinds with no request in flight (in_flight)
 
 
@@ -112,15 +117,22 @@ def waiting_bytes(fd: int) -> bool:
 
 
 class _Unsent:
-    """An answer's rest being sent: the memfd, how far, and what comes after (`after`, the
-    PARK message: hotpath.py settles it as a park once all is sent)."""
+    """An answer's rest being sent: the memfd or file, how far, to where, the bytes of our
+    memory it holds, and what comes after (`after`, the PARK message: hotpath.py settles it
+    as a park once all is sent)."""
 
-    __slots__ = ("after", "offset", "rest", "size", "stall", "work")
+    __slots__ = ("after", "end", "memory", "offset", "rest", "stall", "work")
 
     def __init__(
-        self, rest: int, offset: int, size: int, stall: float, after: object, work: bool
+        self,
+        rest: int,
+        span: tuple[int, int],
+        memory: int,
+        stall: float,
+        after: object,
+        work: bool,
     ) -> None:
-        self.rest, self.offset, self.size = rest, offset, size
+        self.rest, (self.offset, self.end), self.memory = rest, span, memory
         self.stall, self.after, self.work = stall, after, work
 
 
@@ -171,16 +183,25 @@ class Parking:
             self._unbuffer(fd)
             self.drop(item, "peer-closed")
 
-    def send(self, item: Pending, rest: int, after: object, stall: float, work: bool) -> None:
-        """Send the memfd `rest` (an answer's rest a worker left us) on the connection as
-        its client takes it, a stall of `stall` seconds at most (0: no limit); then it joins
+    def send(
+        self,
+        item: Pending,
+        rest: int,
+        span: tuple[int, int],
+        file: bool,
+        after: object,
+        stall: float,
+        work: bool,
+    ) -> None:
+        """Send the bytes `span` of `rest` (an answer's rest a worker left us: a memfd, or
+        the application's `file`, which holds none of our memory) on the connection as its
+        client takes it, a stall of `stall` seconds at most (0: no limit); then it joins
         `sent` with `after`. `work`: a request comes after it, which a stop must wait for."""
         fd = item[1]
         try:
             st = os.fstat(rest)
-            if not stat.S_ISREG(st.st_mode):  # memfds are: a pipe could block us
-                raise OSError(errno.EINVAL, "not a memfd")
-            start = min(os.lseek(rest, 0, os.SEEK_CUR), st.st_size)  # taken before (unsent.py)
+            if not stat.S_ISREG(st.st_mode):  # memfds and files are: a pipe could block us
+                raise OSError(errno.EINVAL, "not a regular file")
             os.set_blocking(fd, False)  # the worker's socket had a timeout: it is already
             deadline = time.monotonic() + stall if stall else _NEVER
             if not self._watch(item, UNREAD, deadline, _SEND):
@@ -189,9 +210,10 @@ class Parking:
             os.close(rest)
             self.drop(item, "peer-closed")
             return
-        self.unsent[fd] = _Unsent(rest, start, st.st_size, stall, after, work)
+        memory = 0 if file else st.st_size
+        self.unsent[fd] = _Unsent(rest, span, memory, stall, after, work)
         self.in_flight += work
-        self._count(UNSENT, st.st_size)
+        self._count(UNSENT, memory)
 
     def _watch(self, item: Pending, kind: str, deadline: float, events: int) -> bool:
         """Watch for `events` (one-shot), held as `kind` until `deadline`. False when the
@@ -262,12 +284,12 @@ class Parking:
         stall's clock starts again), or all is sent: it joins `sent`."""
         item, unsent = self.held[fd][0], self.unsent[fd]
         try:
-            unsent.offset = send_what_fits(fd, unsent.rest, unsent.offset, unsent.size)
-        except OSError:  # reset, or closed for reading: nobody to send it to
-            self._release(fd)
-            self.drop(item, "peer-closed")
+            unsent.offset = send_what_fits(fd, unsent.rest, unsent.offset, unsent.end)
+        except (OSError, ValueError) as exc:  # reset, or closed for reading: nobody to send
+            self._release(fd)  # it to; or the file ends first: the answer cannot be whole
+            self.drop(item, SHORT_FILE if isinstance(exc, ValueError) else "peer-closed")
             return
-        if unsent.offset < unsent.size:  # the client takes no more now: wait for it
+        if unsent.offset < unsent.end:  # the client takes no more now: wait for it
             deadline = time.monotonic() + unsent.stall if unsent.stall else _NEVER
             if self._watch(item, UNREAD, deadline, _SEND):  # held again, its stall anew
                 return
@@ -349,7 +371,7 @@ class Parking:
                 unsent = self.unsent.pop(fd)
                 self.in_flight -= unsent.work
                 os.close(unsent.rest)
-                self._count(UNSENT, -unsent.size)
+                self._count(UNSENT, -unsent.memory)
             elif self.buffering:
                 self._unbuffer(fd)
         return entry

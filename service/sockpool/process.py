@@ -34,7 +34,7 @@ class GivenBack(NamedTuple):
 
     message: wire.Park
     fd: int
-    unsent: int = -1  # with message.unsent: the memfd holding the answer's rest
+    unsent: int = -1  # with message.unsent: the memfd, or file, holding the answer's rest
 
 
 def reaped() -> Iterator[tuple[int, int]]:

@@ -13,6 +13,11 @@ crowd of clients that read nothing must not take all the memory there is), or wh
 connection cannot go back (the dispatcher near its descriptor limit, a stop with a
 request to serve), the worker sends it itself, as sendall() does.
 
+A file's rest (send_file(): wsgi.file_wrapper, Flask's send_file) is not copied: the
+dispatcher gets the file itself, a copy of its descriptor, and the bytes to send of it. It
+takes none of our memory, so neither limit counts it, and a download of any length holds
+no worker.
+
     sockpool.send(conn, data)  # in place of conn.sendall(data)
     sockpool.flush(conn)       # before a wait for the client with conn.recv()
 
@@ -38,14 +43,25 @@ _total = 0  # max_unsent_total (worker.py); 0: no limit but each connection's
 
 class Unsent:
     """Bytes of an answer, in order, in a memfd of their own (ConnectionInfo.unsent), of
-    which the client has taken the first `sent`. The memfd's file position is kept there:
-    the dispatcher, which shares the open file, sends from it (parking.send)."""
+    which the client has taken the first `sent`; or, `file`, the bytes `sent` to `size` of
+    an application's file (of_file())."""
 
-    __slots__ = ("fd", "sent", "size")
+    __slots__ = ("fd", "file", "sent", "size")
 
     def __init__(self) -> None:
         self.fd = os.memfd_create("sockpool-unsent", os.MFD_CLOEXEC)
         self.size = self.sent = 0
+        self.file = False
+
+    @classmethod
+    def of_file(cls, fd: int, offset: int, count: int) -> Unsent:
+        """`count` bytes of the file `fd` from `offset`, sent from the file itself: a copy
+        of its descriptor, which the application may close meanwhile. Nothing can be added
+        to it (_behind())."""
+        rest = cls.__new__(cls)
+        rest.fd = os.dup(fd)
+        rest.file, rest.sent, rest.size = True, offset, offset + count
+        return rest
 
     def add(self, data: bytes | memoryview) -> None:
         """Append all of `data`, or none of it (OSError: no memory for it)."""
@@ -74,13 +90,10 @@ class Unsent:
             os.ftruncate(self.fd, start)
             self.size = start
             raise
-        finally:
-            os.lseek(self.fd, self.sent, os.SEEK_SET)
 
     def drain(self, conn: socket.socket) -> bool:
         """Send what the client takes now, without waiting: True once it has it all."""
         self.sent = send_what_fits(conn.fileno(), self.fd, self.sent, self.size)
-        os.lseek(self.fd, self.sent, os.SEEK_SET)
         return self.sent >= self.size
 
     def flush(self, conn: socket.socket) -> None:
@@ -164,7 +177,8 @@ def _behind(
     part: what waits is sent first, the worker waiting for the client. A last part (a
     handler that wrote its answer in several): what the client takes now goes first; if
     that is all of it, the more goes out as any write does. Else the more joins it, while
-    it fits; once it does not, what waits is sent, as for a part that is not the last."""
+    it fits (a file's rest, which takes nothing more, only nothing); once it does not,
+    what waits is sent, as for a part that is not the last."""
     unsent = info.unsent
     assert unsent is not None
     if not last:
@@ -174,7 +188,9 @@ def _behind(
         info.unsent = None
         unsent.close()
         return False
-    if _fits(unsent.size + size):
+    if not size:  # the answer's end is nothing more (a file's Content-Length answer)
+        return True
+    if not unsent.file and _fits(unsent.size + size):
         try:
             fill(unsent)
             return True
@@ -191,9 +207,9 @@ def _fits(size: int) -> bool:
 
 def send_file(conn: socket.socket, fd: int, offset: int, count: int, last: bool = True) -> None:
     """os.sendfile() of `count` bytes of the file `fd` from `offset`, as send() sends
-    bytes: once the client takes no more, the rest of a `last` part that fits max_unsent is
-    copied into the memfd that goes back with the connection. A longer download waits for
-    the client until its rest fits."""
+    bytes: once the client takes no more, the rest of a `last` part goes back with the
+    connection as the file itself (_leave_file()), whatever its length. Behind an answer
+    not taken yet, it joins that memfd while it fits max_unsent, as send()'s bytes do."""
     info = _current.get(None)
     if (
         info is not None
@@ -216,7 +232,7 @@ def _sendfile(
         try:
             sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
         except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-            if info is not None and _leave(info, count, _file_range(fd, offset, count)):
+            if info is not None and _leave_file(info, fd, offset, count):
                 return
             poller = select.poll()
             poller.register(out, select.POLLOUT)
@@ -229,15 +245,28 @@ def _sendfile(
         count -= sent
 
 
+def _leave_file(info: ConnectionInfo, fd: int, offset: int, count: int) -> bool:
+    """A file's rest the client does not take now, left to the dispatcher as the file
+    itself (Unsent.of_file()): none of our memory, so no limit but max_unsent's `0`
+    (never). False where it may not go back, or there is no descriptor for it."""
+    if not (_limit and giveback._parkable(info)):
+        return False
+    try:
+        info.unsent = Unsent.of_file(fd, offset, count)  # type: ignore[union-attr]
+    except OSError:
+        return False
+    return True
+
+
 def send_what_fits(out: int, fd: int, offset: int, end: int) -> int:
     """sendfile() of the file `fd` from `offset` to `end` on the non-blocking socket `out`,
-    as much as it takes now; where that ended (`end` once all is sent, or when the file
-    ends first: nothing more to send). Other errors are the socket's: OSError.
-    The worker's drain() and the dispatcher's sending (parking.py) both."""
+    as much as it takes now; where that ended (`end` once all is sent). ValueError when the
+    file ends first (an application's file cut short since); other errors are the
+    socket's: OSError. The worker's drain() and the dispatcher's sending (parking.py)."""
     with contextlib.suppress(BlockingIOError):
         while offset < end:
             if not (sent := os.sendfile(out, fd, offset, end - offset)):
-                return end
+                raise ValueError(_SHORT)
             offset += sent
     return offset
 

@@ -16,7 +16,8 @@ Worker -> dispatcher
     BEAT     b"B"                        heartbeat: an async worker's loop still turns
     RETIRE   b"X" reason (utf-8)         recycle me: an async worker whose application
                                          called sys.exit() in a task of its own
-    PARK     b"P" flags:u8 conn_id:u64 started:u64 want:u32 carry   + one descriptor:
+    PARK     b"P" flags:u8 conn_id:u64 started:u64 want:u32 from:u64 to:u64 carry
+                                         + one descriptor:
                                          the connection, given back until it is readable;
                                          `want` > 0: the carried request is whole once
                                          that many more bytes have come, and only then is
@@ -27,9 +28,11 @@ Worker -> dispatcher
                                          a new connection that has sent nothing yet;
                                          flag UNSENT: a second descriptor follows, a
                                          memfd holding the rest of an answer the client
-                                         has not taken yet, from its file position to its
-                                         end, for the dispatcher to send first
-                                         (unsent.py); flag CLOSE: then close it
+                                         has not taken yet, bytes `from` to `to`, for the
+                                         dispatcher to send first (unsent.py); with flag
+                                         FILE, the application's own file instead, whose
+                                         bytes hold none of our memory; flag CLOSE: then
+                                         close it
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again;
                                          conn_id 0 (pull.WAKE) names none: with `pull`,
@@ -70,10 +73,11 @@ READY_NOW = 1
 SILENT = 2
 UNSENT = 4
 CLOSE = 8
+FILE = 16
 
 _HEAD = struct.Struct("!BH")
 _ENTRY_HEAD = struct.Struct("!QBHIQ")
-_PARK = struct.Struct("!BQQI")
+_PARK = struct.Struct("!BQQIQQ")
 _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # The receive buffer holds the largest message there can be: a full batch with the longest
 # names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
@@ -125,6 +129,8 @@ class Park:
     unsent: bool = False  # its second descriptor holds an answer's rest, to send first
     close: bool = False  # and once that is sent, the connection is done: close it
     want: int = 0  # the carried request is whole once this many more bytes have come
+    span: tuple[int, int] = (0, 0)  # with unsent: the bytes to send, from and to
+    file: bool = False  # with unsent: the application's file, not a memfd of the worker's
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,11 +284,15 @@ def encode_park(
     unsent: bool = False,
     close: bool = False,
     want: int = 0,
+    span: tuple[int, int] = (0, 0),
+    file: bool = False,
 ) -> bytes:
-    """Give a connection back (its descriptor goes beside, and with `unsent` the memfd
-    after it): raises WireError past MAX_CARRY."""
+    """Give a connection back (its descriptor goes beside, and with `unsent` the memfd, or
+    the `file`, whose bytes `span` are to send, after it): raises WireError past
+    MAX_CARRY."""
     if len(carry) > MAX_CARRY:
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
+    _check_span(unsent, span, file)
     if want and (not carry or ready or close or not 0 < want < 1 << 32):
         raise WireError(f"want {want}: only for a request begun (a carry), kept, and to come")
     if close and not unsent:
@@ -290,8 +300,17 @@ def encode_park(
     if silent and unsent:
         raise WireError("SILENT with UNSENT: a connection sent an answer has had its turn")
     flags = (READY_NOW if ready else 0) | (SILENT if silent else 0)
-    flags |= (UNSENT if unsent else 0) | (CLOSE if close else 0)
-    return b"P" + _PARK.pack(flags, conn_id, started, want) + carry
+    flags |= (UNSENT if unsent else 0) | (CLOSE if close else 0) | (FILE if file else 0)
+    return b"P" + _PARK.pack(flags, conn_id, started, want, *span) + carry
+
+
+def _check_span(unsent: bool, span: tuple[int, int], file: bool) -> None:
+    """Bytes to send, and a file, only with the descriptor they are in; never backwards."""
+    start, end = span
+    if not unsent and (start or end or file):
+        raise WireError(f"bytes {start} to {end} (file: {file}) to send, and no descriptor")
+    if not 0 <= start <= end < 1 << 63:
+        raise WireError(f"bytes {start} to {end} to send")
 
 
 def encode_done(pid: int, ids: list[int] | tuple[int, ...]) -> list[bytes]:
@@ -339,7 +358,7 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
         if kind == b"B" and not body:
             return Beat()
         if kind == b"P":
-            flags, conn_id, started, want = _PARK.unpack_from(body)
+            flags, conn_id, started, want, start, end = _PARK.unpack_from(body)
             carry = body[_PARK.size :]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
@@ -349,7 +368,11 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             ready, silent = bool(flags & READY_NOW), bool(flags & SILENT)
             if want and (not carry or ready or close):
                 raise WireError(f"PARK wanting {want} bytes with flags {flags:#x}")
-            return Park(conn_id, started, carry, ready, silent, unsent, close, want)
+            file = bool(flags & FILE)
+            _check_span(unsent, (start, end), file)
+            return Park(
+                conn_id, started, carry, ready, silent, unsent, close, want, (start, end), file
+            )
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

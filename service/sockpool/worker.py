@@ -149,14 +149,17 @@ class _Base:
         carry: bytes,
         ready: bool = False,
         silent: bool = False,
-        unsent: int = -1,
+        rest: unsent.Unsent | None = None,
         close: bool = False,
         want: int = 0,
     ) -> None:
-        """PARK: the connection goes back to the dispatcher (giveback.py), with the memfd
-        of an answer's rest when `unsent` is one (unsent.py)."""
-        message = wire.encode_park(conn_id, started, carry, ready, silent, unsent >= 0, close, want)
-        channel.send(self.chan, message, [fd, unsent] if unsent >= 0 else [fd])
+        """PARK: the connection goes back to the dispatcher (giveback.py), with an
+        answer's `rest` its client has not taken (unsent.py): a memfd, or a file."""
+        span, file = ((0, 0), False) if rest is None else ((rest.sent, rest.size), rest.file)
+        message = wire.encode_park(
+            conn_id, started, carry, ready, silent, rest is not None, close, want, span, file
+        )
+        channel.send(self.chan, message, [fd] if rest is None else [fd, rest.fd])
 
     def may_be_silent(self, handoff: wire.Handoff) -> bool:
         """A new connection on a listener whose clients speak first, which the dispatcher

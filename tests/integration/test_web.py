@@ -595,12 +595,14 @@ def test_clients_that_read_slowly_hold_no_sync_worker(serve) -> None:
 
 def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, tmp_path: Path) -> None:
     """Flask's send_file goes out with sendfile(), and what the client does not take is
-    left to the dispatcher too (copied, as it fits max_unsent): two slow downloads, two
-    workers, and a third client is served meanwhile."""
+    left to the dispatcher as the file itself, however much longer than max_unsent (here
+    the default, 1 MiB): two slow downloads, two workers, and a third client is served
+    meanwhile. Each download then comes whole, and its connection serves the next
+    request."""
     data = tmp_path / "long.bin"
     data.write_bytes(os.urandom(LONG))
     env = {"WEBAPPS_FILE": str(data)}
-    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT], env=env)
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60"], env=env)
     slow = [site.client() for _ in range(2)]
     since = mark(site.service)
     for client in slow:
@@ -611,6 +613,31 @@ def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, tmp_path: Path) -> 
     for client in slow:
         with client:
             assert client.response().body == data.read_bytes()
+            assert hello(client.ask("GET", "/hello"))
+
+
+def test_a_file_cut_short_while_the_dispatcher_sends_it_ends_the_connection(
+    serve, tmp_path: Path
+) -> None:
+    """The file shrank after the worker left its rest to the dispatcher (a log rotated):
+    the client gets what there is and then the connection's end, so it cannot mistake
+    what follows for the rest of its answer; the dispatcher says why (`short-file`)."""
+    data = tmp_path / "long.bin"
+    data.write_bytes(os.urandom(LONG))
+    env = {"WEBAPPS_FILE": str(data)}
+    site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60"], env=env)
+    since = mark(site.service)
+    with site.client() as client:
+        client.send(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n")
+        settle(site.service, busy=0, parked=1, since=since)
+        # By one byte: what the kernel still has to send of the file (sendfile() sends
+        # its pages, not a copy) stays as it was, and only the dispatcher's last read fails.
+        os.truncate(data, LONG - 1)
+        head, _, body = read_to_eof(client.sock).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\ncontent-length: %d" % LONG in head.lower()
+        assert body == data.read_bytes()
+    wait_closed(site.service, "short-file", 1)
 
 
 def test_a_stream_to_a_client_that_fell_behind_is_not_held_back(serve) -> None:

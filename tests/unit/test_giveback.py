@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -471,10 +472,11 @@ def test_what_the_client_does_not_take_goes_back_with_the_connection(
     make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     w, info = answered_slowly(make_worker, monkeypatch, 5)
+    size = info.unsent.size  # type: ignore[union-attr]
     with pytest.raises(giveback.Parked):  # its client waits for the answer: back at once
         serving(info, giveback.receive, w.conn)
     message, _ = w.parked()
-    assert message == wire.Park(5, 0, b"", unsent=True)
+    assert message == wire.Park(5, 0, b"", unsent=True, span=(0, size))
     rest = w.parked_fds[-1]
     assert info.unsent is None and info.parked
     taken = w.client.recv(len(LONG), socket.MSG_DONTWAIT)  # what the socket took, then the rest
@@ -503,9 +505,10 @@ def test_a_handler_done_with_its_answer_untaken_leaves_it_and_the_close(
     make_worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     w, info = answered_slowly(make_worker, monkeypatch, 6)
+    size = info.unsent.size  # type: ignore[union-attr]
     assert serving(info, giveback.leave_rest, w.conn, info) is True
     message, _ = w.parked()
-    assert message == wire.Park(6, 0, b"", unsent=True, close=True)
+    assert message == wire.Park(6, 0, b"", unsent=True, close=True, span=(0, size))
 
 
 def test_past_max_unsent_the_worker_sends_it_all_itself_in_order(
@@ -546,6 +549,85 @@ def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
     finally:
         os.close(fd)
         rest.close()
+
+
+def a_file(tmp_path: Path, data: bytes = LONG) -> int:
+    path = tmp_path / "download"
+    path.write_bytes(data)
+    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+
+def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
+    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A download longer than max_unsent: nothing is copied, the dispatcher gets the file
+    (a descriptor of its own: the application closes its file) and the bytes still to
+    send, from where the client's share ends to the answer's Content-Length."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 4096)  # far less than the rest
+    small_buffer(w)
+    info = w.info(conn_id=9)
+    fd = a_file(tmp_path)
+    serving(info, unsent.send_file, w.conn, fd, 100, len(LONG) - 200)
+    rest = info.unsent
+    assert rest is not None and rest.file and rest.size == len(LONG) - 100
+    os.close(fd)  # the application's close(): the rest is still there to send
+    serving(info, unsent.send, w.conn, b"")  # the answer's end: nothing more to add
+    assert info.unsent is rest
+    assert serving(info, giveback.leave_rest, w.conn, info) is True
+    message, _ = w.parked()
+    assert message == wire.Park(
+        9, 0, b"", unsent=True, close=True, span=(rest.sent, rest.size), file=True
+    )
+    taken = w.client.recv(len(LONG), socket.MSG_DONTWAIT)
+    assert 100 + len(taken) == rest.sent
+    rest_bytes = os.pread(w.parked_fds[-1], rest.size - rest.sent, rest.sent)
+    assert taken + rest_bytes == LONG[100:-100]
+
+
+def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
+    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Bytes cannot join the application's file: a last part written after it sends the
+    file's rest, then itself, in order, from the worker."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 1 << 20)
+    small_buffer(w)
+    info = w.info()
+    fd = a_file(tmp_path)
+    try:
+        serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
+        assert info.unsent is not None and info.unsent.file
+        thread, got = reader(w.client)
+        serving(info, unsent.send, w.conn, b"trailer")
+    finally:
+        os.close(fd)
+    if info.unsent is not None:  # what the socket did not take of the trailer, now alone
+        assert not info.unsent.file and info.unsent.size <= len(b"trailer")
+        serving(info, giveback.send_unsent, w.conn, info)
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert bytes(got) == LONG + b"trailer" and w.nothing_parked()
+
+
+def test_with_max_unsent_0_a_file_is_sent_by_the_worker(
+    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """max_unsent = 0 leaves nothing to the dispatcher, a file's rest included."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 0)
+    small_buffer(w)
+    info = w.info()
+    fd = a_file(tmp_path)
+    thread, got = reader(w.client)
+    try:
+        serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
+    finally:
+        os.close(fd)
+    assert info.unsent is None
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert bytes(got) == LONG and w.nothing_parked()
 
 
 def test_a_handler_that_closes_its_connection_with_its_answer_untaken_is_told(

@@ -8,6 +8,7 @@ import os
 import select
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -306,12 +307,26 @@ def test_the_heap_the_loop_watches_is_the_one_kept_after_a_rebuild(held: Held) -
 ANSWER = bytes(range(256)) * 4096  # 1 MiB: more than a socketpair's buffers take at once
 
 
-def memfd(data: bytes, taken: int = 0) -> int:
-    """An answer's rest as a worker leaves it: its position where the client's share ends."""
+def memfd(data: bytes) -> int:
+    """An answer's rest as a worker leaves it."""
     fd = os.memfd_create("answer", os.MFD_CLOEXEC)
     os.write(fd, data)
-    os.lseek(fd, taken, os.SEEK_SET)
     return fd
+
+
+def leave(
+    held: Held,
+    item: tuple,
+    rest: int,
+    span: tuple[int, int] | None = None,
+    stall: float = 5.0,
+    work: bool = False,
+    file: bool = False,
+) -> None:
+    """Parking.send() as the hot path calls it for a PARK with UNSENT: the bytes `span`
+    of `rest` (by default all of it), then "after"."""
+    span = (0, os.fstat(rest).st_size) if span is None else span
+    held.parking.send(item, rest, span, file, "after", stall, work)
 
 
 def is_closed_fd(fd: int) -> bool:
@@ -338,7 +353,7 @@ def test_an_answer_is_sent_as_the_client_takes_it_then_goes_on(held: Held) -> No
     held.parking.words = words  # as the dispatcher's: the workers see what it holds
     item = held.connect(1)
     rest = memfd(ANSWER)
-    held.parking.send(item, rest, "after", 10.0, work=False)
+    leave(held, item, rest)
     assert words[giveback.UNSENT] == len(ANSWER)
     assert (len(held.parking), held.parking.in_flight) == (1, 0)
     assert rest in held.parking.fds() and item[1] in held.parking.fds()
@@ -353,9 +368,9 @@ def test_an_answer_is_sent_as_the_client_takes_it_then_goes_on(held: Held) -> No
 
 def test_only_what_the_client_has_not_taken_is_sent(held: Held) -> None:
     """A worker that sent some of its memfd before it gave the connection back (a stream
-    that caught up) leaves the memfd's position where the rest begins."""
+    that caught up) says where the rest begins."""
     item = held.connect(6)
-    held.parking.send(item, memfd(b"taken already|the rest", 14), "after", 10.0, work=False)
+    leave(held, item, memfd(b"taken already|the rest"), (14, 22))
     held.ready()
     held.clients[6].settimeout(5)
     assert held.clients[6].recv(100) == b"the rest"
@@ -367,7 +382,7 @@ def test_only_what_the_client_has_not_taken_is_sent(held: Held) -> None:
 def test_an_answer_not_taken_within_its_stall_is_closed_as_unread(held: Held) -> None:
     item = held.connect(2)
     rest = memfd(ANSWER)
-    held.parking.send(item, rest, "after", 5.0, work=True)
+    leave(held, item, rest, work=True)
     assert held.parking.in_flight == 1  # a request comes after it: a stop waits for it
     deadline = held.parking.next_deadline()
     held.parking.expire(deadline)
@@ -378,7 +393,7 @@ def test_an_answer_not_taken_within_its_stall_is_closed_as_unread(held: Held) ->
 
 def test_the_stall_clock_starts_again_whenever_the_client_takes_some(held: Held) -> None:
     item = held.connect(3)
-    held.parking.send(item, memfd(ANSWER), "after", 5.0, work=False)
+    leave(held, item, memfd(ANSWER))
     held.ready()
     first = held.parking.next_deadline()
     with contextlib.suppress(BlockingIOError):
@@ -391,21 +406,61 @@ def test_the_stall_clock_starts_again_whenever_the_client_takes_some(held: Held)
 def test_an_answer_to_a_client_gone_is_dropped(held: Held) -> None:
     item = held.connect(4)
     rest = memfd(ANSWER)
-    held.parking.send(item, rest, "after", 5.0, work=False)
+    leave(held, item, rest)
     held.clients.pop(4).close()
     held.ready()
     assert held.parking.closed == {"peer-closed": 1} and held.released == [4]
     assert is_closed_fd(rest) and not held.parking.sent and len(held.parking) == 0
 
 
-def test_only_a_memfd_is_sent_from(held: Held) -> None:
+def test_only_a_memfd_or_a_file_is_sent_from(held: Held) -> None:
     """A pipe could block the dispatcher's one loop: what is not a regular file is refused."""
     item = held.connect(5)
     r, w = os.pipe()
-    held.parking.send(item, r, "after", 5.0, work=False)
+    leave(held, item, r, (0, 10), file=True)
     assert held.parking.closed == {"peer-closed": 1} and is_closed_fd(r)
     assert len(held.parking) == 0
     os.close(w)
+
+
+def test_a_files_rest_is_sent_from_the_file_and_holds_none_of_our_memory(
+    held: Held, tmp_path: Path
+) -> None:
+    """A download's rest: the application's file itself, the bytes the worker names (a
+    Content-Length shorter than the file, say). It is not counted against
+    max_unsent_total: it is the page cache's, not ours."""
+    words = memoryview(bytearray(8 * 4)).cast("q")
+    held.parking.words = words
+    path = tmp_path / "download"
+    path.write_bytes(ANSWER)
+    item = held.connect(7)
+    rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    leave(held, item, rest, (1000, len(ANSWER) - 24), file=True)
+    assert words[giveback.UNSENT] == 0 and rest in held.parking.fds()
+    assert read_all(held.clients[7], len(ANSWER) - 1024, held) == ANSWER[1000:-24]
+    assert held.parking.sent == [(item, "after")] and is_closed_fd(rest)
+    assert not held.parking.closed and words[giveback.UNSENT] == 0
+    os.close(item[1])
+
+
+def test_a_file_that_ends_before_its_answer_does_closes_the_connection(
+    held: Held, tmp_path: Path
+) -> None:
+    """A file cut short after the worker left it (a log rotated, say): the client gets what
+    there is, then the connection's end, and cannot take the next answer for this one's
+    rest. Counted as `short-file`."""
+    path = tmp_path / "download"
+    path.write_bytes(ANSWER)
+    item = held.connect(8)
+    rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    leave(held, item, rest, (0, 2 * len(ANSWER)), file=True)
+    client, got = held.clients[8], bytearray()
+    client.settimeout(5)
+    while held.ready() == [] and (data := client.recv(65536)):
+        got += data
+    assert bytes(got) == ANSWER
+    assert held.parking.closed == {"short-file": 1} and held.released == [8]
+    assert is_closed_fd(rest) and not held.parking.sent and len(held.parking) == 0
 
 
 # -- a body waited for in the kernel's buffer (a slow upload) ---------------------------------

@@ -190,11 +190,40 @@ def test_a_park_with_an_answer_to_send_has_its_memfd_beside(close: bool, carry: 
 def test_close_needs_an_answer_to_send_and_silence_has_none(flags: int) -> None:
     """CLOSE alone would have the dispatcher close what a worker should have; a connection
     that never spoke has had no answer."""
-    data = b"P" + struct.pack("!BQQI", flags, 1, 0, 0)
+    data = b"P" + struct.pack("!BQQIQQ", flags, 1, 0, 0, 0, 0)
     with pytest.raises(wire.WireError, match="flags"):
         wire.decode_to_dispatcher(data, nfds=2 if flags & wire.UNSENT else 1)
     with pytest.raises(wire.WireError, match="CLOSE without UNSENT"):
         wire.encode_park(1, 0, b"", close=True)
+
+
+@pytest.mark.parametrize("file", [False, True])
+def test_a_park_with_an_answer_to_send_says_which_bytes_of_what(file: bool) -> None:
+    """The bytes still to send of the memfd, or of the application's file (a download's
+    rest), whose bytes are not the worker's memory."""
+    data = wire.encode_park(9, 8, b"", unsent=True, span=(100, 2**63 - 1), file=file)
+    park = wire.decode_to_dispatcher(data, nfds=2)
+    assert park == wire.Park(9, 8, b"", unsent=True, span=(100, 2**63 - 1), file=file)
+
+
+@pytest.mark.parametrize(
+    ("flags", "span"),
+    [
+        (0, (0, 5)),  # bytes to send, and nothing to send them from
+        (wire.FILE, (0, 0)),  # a file without its descriptor
+        (wire.UNSENT, (6, 5)),  # backwards
+        (wire.UNSENT | wire.FILE, (0, 2**63)),  # past any file
+    ],
+)
+def test_bytes_to_send_need_their_descriptor_and_an_order(flags: int, span: tuple) -> None:
+    nfds = 2 if flags & wire.UNSENT else 1
+    data = b"P" + struct.pack("!BQQIQQ", flags, 1, 0, 0, *span)
+    with pytest.raises(wire.WireError, match="to send"):
+        wire.decode_to_dispatcher(data, nfds=nfds)
+    with pytest.raises(wire.WireError, match="to send"):
+        wire.encode_park(
+            1, 0, b"", unsent=bool(flags & wire.UNSENT), span=span, file=bool(flags & wire.FILE)
+        )
 
 
 def test_a_park_says_how_many_bytes_its_request_still_wants() -> None:
@@ -212,7 +241,7 @@ def test_a_park_says_how_many_bytes_its_request_still_wants() -> None:
 def test_a_want_only_for_a_request_begun_and_kept(carry: bytes, flags: int, nfds: int) -> None:
     """Bytes to wait for only make sense for a request begun that is kept for them: not
     for one with nothing carried, one to hand on at once, or one to close."""
-    data = b"P" + struct.pack("!BQQI", flags, 1, 0, 5) + carry
+    data = b"P" + struct.pack("!BQQIQQ", flags, 1, 0, 5, 0, 0) + carry
     with pytest.raises(wire.WireError, match="want"):
         wire.decode_to_dispatcher(data, nfds=nfds)
     with pytest.raises(wire.WireError, match="want"):
@@ -238,7 +267,7 @@ def test_oversize_carries_are_refused_both_ways() -> None:
         wire.decode_to_dispatcher(forged, nfds=1)
 
 
-@pytest.mark.parametrize("cut", range(1, 22))
+@pytest.mark.parametrize("cut", range(1, 38))
 def test_a_park_cut_short_is_refused(cut: int) -> None:
     with pytest.raises(wire.WireError, match="malformed"):
         wire.decode_to_dispatcher(wire.encode_park(5, 6, b"")[:cut], nfds=1)
