@@ -18,8 +18,9 @@ to EOF:
 
 A ``Crowd`` is the other kind of client: a process holding thousands of connections that
 do (almost) nothing: idle ones that send nothing, ones that make one keep-alive request and
-then stay idle, and slowloris ones that trickle a request head a byte at a time. It counts
-what the server did with them (answered, closed, and when).
+then stay idle, slowloris ones that trickle a request head a byte at a time, slow uploads
+and slow downloads (a body sent, or an answer read, a slice at a time). It counts what the
+server did with them (answered, closed, and when).
 
 With ``rate``, the load is open-loop instead: new connections start at that many per
 second in all, on a fixed schedule, whether or not earlier ones were answered (at most
@@ -529,7 +530,7 @@ def run(
 
 # --- a crowd of connections that (almost) never ask for anything ----------------------
 
-CROWD_KINDS = ("idle", "request", "trickle", "upload")
+CROWD_KINDS = ("idle", "request", "trickle", "upload", "download")
 # Connects in progress at once. A full accept queue drops SYNs, and a dropped SYN is only
 # retried after a second or more: opening in waves keeps the open phase as short as the
 # server lets it be.
@@ -547,6 +548,25 @@ UPLOAD = (
     b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sockpool-bench-upload\r\n"
     b"Content-Length: %d\r\nConnection: close\r\n\r\n" % UPLOAD_BODY
 ) + b"u" * UPLOAD_BODY
+# A slow download: GET /download (bench/apps/flask_hello.py sends a file of DOWNLOAD_SIZE
+# bytes, download_body()), read DOWNLOAD_SLICE bytes at a time into a receive buffer of
+# DOWNLOAD_RCVBUF (the kernel doubles it): the reader's pace, not the kernel's buffers, sets
+# how fast the server's answer goes. 8 MiB is more than loopback's buffers hold for a client
+# that reads slowly (the sender's grows up to net.ipv4.tcp_wmem's 4 MiB, plus the receiver's).
+DOWNLOAD_SIZE = 8 << 20
+DOWNLOAD_SLICE = 64 << 10
+DOWNLOAD_RCVBUF = 64 << 10
+DOWNLOAD = (
+    b"GET /download HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: sockpool-bench-download\r\n"
+    b"Connection: close\r\n\r\n"
+)
+_HEAD_MAX = 1 << 16  # a download's answer head longer than this is wrong
+
+
+def download_body(size: int = DOWNLOAD_SIZE) -> bytes:
+    """The file a download fetches: 16-byte lines, each its own offset in hex, so that a
+    byte lost, repeated or moved anywhere shows."""
+    return b"".join(b"%015x\n" % offset for offset in range(0, size, 16))[:size]
 
 
 def raise_nofile(need: int = 0) -> int:
@@ -578,10 +598,12 @@ class CrowdState:
     pending: int = 0  # connects not complete yet (a SYN dropped by a full accept queue)
     connected: int = 0  # handshake complete: the client's view, the server may not have accepted
     failed: int = 0  # connect failed
-    answered: int = 0  # "request", "upload": its one answer arrived, complete and right
-    wrong: int = 0  # "request", "upload": an answer that was not the expected one
+    receiving: int = 0  # "download": the first bytes of its answer arrived
+    answered: int = 0  # "request", "upload", "download": its one answer arrived, complete
+    # and right (a download: the whole file, checked byte for byte)
+    wrong: int = 0  # "request", "upload", "download": an answer that was not the expected one
     closed: int = 0  # ended by the server (EOF or reset) while the crowd held it (an
-    # answered upload too: it asks for Connection: close)
+    # answered upload or download too: it asks for Connection: close)
     closed_after_s: list[float] = field(default_factory=list)  # connect to close, per closed one
     error: str = ""
 
@@ -592,15 +614,17 @@ class CrowdState:
 
 
 class _Member:
-    __slots__ = ("answered", "buf", "connecting", "sent", "sock", "start")
+    __slots__ = ("answered", "body", "buf", "connecting", "got", "sent", "sock", "start")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.start = time.monotonic()
         self.connecting = True
-        self.answered = False
-        self.buf = bytearray()
+        self.answered = False  # its answer judged: right (answered) or wrong
+        self.buf = bytearray()  # what came of its answer (a download: of its head)
         self.sent = 0
+        self.got = 0  # a download: bytes of the body that came
+        self.body = -1  # a download: the body's length, once its head came whole
 
 
 def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> None:
@@ -617,6 +641,7 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
     addr = (HOST, port)
     to_open = 0 if state.error else conns
     give_up = time.monotonic() + MAX_DURATION
+    expected = download_body() if kind == "download" else b""
 
     def drop(fd: int, m: _Member, by_server: bool) -> None:
         ep.unregister(fd)
@@ -641,7 +666,11 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
 
     def trickle(fd: int, m: _Member) -> None:
         """The next piece: a byte of a head that never ends, or the next slice of an upload
-        (its head whole, with the first one), until it is all sent."""
+        (its head whole, with the first one), until it is all sent; a download reads the
+        next slice of its answer, until the server closes it."""
+        if kind == "download":
+            take(fd, m)
+            return
         if kind == "trickle":
             piece = SLOW_HEAD[m.sent : m.sent + 1]
         else:
@@ -650,6 +679,53 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
             m.sent += sent
             if m.sent < len(UPLOAD) or kind == "trickle":
                 due.append((time.monotonic() + interval, fd, m))
+
+    def take(fd: int, m: _Member) -> None:
+        """A download's next DOWNLOAD_SLICE bytes, or what has come of them; the next slice
+        is due an interval later, until the server's close (EOF or reset: dropped once)."""
+        want = DOWNLOAD_SLICE
+        while want > 0:
+            try:
+                data = m.sock.recv(want)
+            except BlockingIOError:
+                break
+            except OSError:
+                drop(fd, m, True)
+                return
+            if not data:
+                drop(fd, m, True)
+                return
+            want -= len(data)
+            if not m.answered:
+                judge_download(m, data)
+        due.append((time.monotonic() + interval, fd, m))
+
+    def judge_download(m: _Member, data: bytes) -> None:
+        """Take what came of a download's answer: answered once its head says 200 with a
+        Content-Length of DOWNLOAD_SIZE and that many bytes came, each the file's; wrong
+        at the first thing that is not (bytes past the end included)."""
+        if m.body < 0:
+            if not m.buf:
+                state.receiving += 1
+            m.buf += data
+            end = m.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(m.buf) > _HEAD_MAX:
+                    m.answered, state.wrong = True, state.wrong + 1
+                return
+            lines = bytes(m.buf[:end]).split(b"\r\n")
+            data = bytes(m.buf[end + 4 :])
+            m.buf = bytearray()
+            m.body = _content_length(lines) or 0
+            if lines[0][9:12] != b"200" or m.body != len(expected):
+                m.answered, state.wrong = True, state.wrong + 1
+                return
+        if expected[m.got : m.got + len(data)] != data:  # past the end: longer than it
+            m.answered, state.wrong = True, state.wrong + 1
+            return
+        m.got += len(data)
+        if m.got == m.body:
+            m.answered, state.answered = True, state.answered + 1
 
     def established(fd: int, m: _Member) -> None:
         m.connecting = False
@@ -664,8 +740,15 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
             send(fd, m, _http_request(f"crowd.{state.connected}", keepalive=True))
         elif kind in ("trickle", "upload"):
             trickle(fd, m)
+        elif kind == "download" and send(fd, m, DOWNLOAD) >= 0:
+            # Read on its schedule only (take()): no EPOLLIN, which an answer waiting in
+            # the buffer would report at every poll; an error or hang-up, once (EPOLLET).
+            ep.modify(fd, select.EPOLLET)
+            due.append((time.monotonic() + interval, fd, m))
 
     def readable(fd: int, m: _Member) -> None:
+        if kind == "download":  # an error or hang-up: take() reads what came, then sees it
+            return
         try:
             data = m.sock.recv(65536)
         except BlockingIOError:
@@ -689,6 +772,8 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
 
     def open_one() -> None:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        if kind == "download":  # before connect(): the window it advertises follows it
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, DOWNLOAD_RCVBUF)
         state.started += 1
         err = s.connect_ex(addr)
         if err not in (0, errno.EINPROGRESS):
@@ -744,7 +829,10 @@ class Crowd:
     - ``request``: one keep-alive HTTP request each, then stay open and idle;
     - ``trickle`` (slowloris): a request head that never ends, one byte every `interval` s;
     - ``upload``: a POST of UPLOAD_BODY bytes, its head and body UPLOAD_SLICE bytes at a
-      time, one slice every `interval` s, then its answer (`answered`) and the server's close.
+      time, one slice every `interval` s, then its answer (`answered`) and the server's close;
+    - ``download``: GET /download, then its answer read DOWNLOAD_SLICE bytes every `interval`
+      s (`receiving` once its first bytes came; `answered` once the whole file did, checked
+      against download_body()), until the server's close.
 
     Use it in a with block; wait() polls its state, stop() closes every connection (with a
     reset: no TIME_WAIT) and returns the final state, with when each closed connection was
@@ -795,7 +883,7 @@ class Crowd:
         while True:
             state = self.status()
             now = time.monotonic()
-            counts = (state.connected, state.answered, state.closed, state.failed)
+            counts = (state.connected, state.receiving, state.answered, state.closed, state.failed)
             if counts != last:
                 last, moved = counts, now
             if done(state) or now >= end or (stall is not None and now - moved >= stall):

@@ -42,6 +42,8 @@ TITLES = {
     "HTTP clients (2 sync workers)",
     "flask-upload": "Slow uploads to Flask: the same clients, sockpool --wsgi vs gunicorn "
     "(2 workers)",
+    "flask-download": "Slow downloads from Flask: clients reading an 8 MiB file 64 KiB at a "
+    "time, sockpool --wsgi vs gunicorn (2 workers)",
     "keepalive-64": "64 keep-alive connections on 2 sync workers",
     "keepalive-few": "Keep-alive with as many connections as workers (2 sync workers)",
     "parked-memory": "The dispatcher's memory with parked keep-alive connections",
@@ -77,6 +79,17 @@ NOTES = {
     "(bench/apps/flask_hello.py, whose `/upload` view reads the body with `request.get_data()`) "
     "on 2 workers: sockpool --wsgi, gunicorn's sync workers, and gthread with 4 threads each "
     "(8 places for the 8 uploads).",
+    "flask-download": "8 clients each `GET /download` from the Flask app, whose view returns "
+    "`send_file()` of an 8 MiB file (wsgi.file_wrapper), each with a 64 KiB receive buffer "
+    "(`SO_RCVBUF`), reading 64 KiB every 0.1 s (13 s in all); once each has begun receiving "
+    "(or 1 s has passed without another beginning), new HTTP clients are measured as in "
+    "the tables above (a new connection per request, 4 in flight, 3 s; `failed`: no answer "
+    "within 5 s; no p99.9 or max where none was answered). `answered`: downloads that got "
+    "the whole file, checked byte for byte. A worker that sends the file itself (gunicorn's "
+    "sync workers; gthread's 4 threads each, 8 places for the 8 downloads) is held until "
+    "the rest fits the kernel's buffers (about 10 of the 13 s here); sockpool's worker hands "
+    "the rest to the dispatcher as the file itself, whatever its length, once the client "
+    "takes no more.",
     "keepalive-64": "Our own keep-alive client (bench.loadgen --keepalive: 64 connections, "
     "each sends its next request when an answer is complete, 3 s) counts the connections that "
     "got no answer at all (`starved`); then `wrk -c 64` (3 s, `--timeout 2s`) gives req/s and "
@@ -243,16 +256,22 @@ _NORMAL: list[Column] = [
     ("p99 ms", lambda r: r.get("p99_ms") if r.get("ok") else None, 2),
     ("p99 ms, failures as the timeout", "p99_all_ms", 2),
 ]
-# The slow uploads' tables, to http_hello and to Flask alike: a closed loop's p99 hides a
-# stall, so p99.9, the maximum and the throughput beside it.
-_UPLOADS: list[Column] = [
-    ("uploads", "upload_conns", 0),
-    ("answered", "upload_answered", 0),
-    ("new clients' conns/s", "rps", 0),
-    *_NORMAL,
-    ("p99.9 ms", "p999_ms", 2),
-    ("max ms", "max_ms", 1),
-]
+
+
+def _slow_crowd(kind: str) -> list[Column]:
+    """The slow crowds' tables (bench.run's SLOW_CROWDS: uploads to http_hello and to Flask,
+    downloads from Flask), by the crowd's kind: a closed loop's p99 hides a stall, so
+    p99.9, the maximum and the throughput beside it."""
+    return [
+        (f"{kind}s", f"{kind}_conns", 0),
+        ("answered", f"{kind}_answered", 0),
+        ("new clients' conns/s", "rps", 0),
+        *_NORMAL,
+        ("p99.9 ms", lambda r: r.get("p999_ms") if r.get("ok") else None, 2),
+        ("max ms", lambda r: r.get("max_ms") if r.get("ok") else None, 1),
+    ]
+
+
 COLUMNS: dict[str, list[Column]] = {
     "idle-keepalive": [
         ("idle conns", "idle_conns", 0),
@@ -278,8 +297,9 @@ COLUMNS: dict[str, list[Column]] = {
         ("max", "slow_close_max_s", 1),
         *_NORMAL,
     ],
-    "slow-upload": _UPLOADS,
-    "flask-upload": _UPLOADS,
+    "slow-upload": _slow_crowd("upload"),
+    "flask-upload": _slow_crowd("upload"),
+    "flask-download": _slow_crowd("download"),
     "keepalive-64": [
         ("req/s (wrk)", "req_per_s", 0),
         ("wrk p99 ms", "p99_ms", 2),
@@ -471,6 +491,7 @@ METRICS = {
     "slow_held": Metric("slow clients never closed", "conns", 0),
     "slow_close_over_s": Metric("last slow client's close past its request timeout", "s", 1),
     "upload_unanswered": Metric("slow uploads not answered", "conns", 0),
+    "download_unanswered": Metric("slow downloads not answered", "conns", 0),
     "p999_ms": Metric("new clients' p99.9", "ms", 2),
     "req_per_s": Metric("keep-alive throughput", "req/s", 0),
     "close_rps": Metric("throughput, a new connection per request", "req/s", 0),
@@ -494,6 +515,7 @@ SCENARIOS = {
     "slowloris": "slowloris",
     "slow-upload": "slow uploads",
     "flask-upload": "slow uploads to Flask",
+    "flask-download": "slow downloads from Flask",
     "keepalive-64": "64 keep-alive connections",
     "keepalive-few": "keep-alive, connections = workers",
     "parked-memory": "parked connections",
@@ -586,6 +608,11 @@ TARGETS = (
     Target("flask-upload", "rps", "≥", 1, "gunicorn"),
     Target("flask-upload", "rps", "≥", 1, "gunicorn-gthread"),
     Target("flask-upload", "upload_unanswered", "≤", 0),
+    # Nor do slow downloads, of any length: a file's rest goes to the dispatcher.
+    Target("flask-download", "p999_ms", "≤", 50),
+    Target("flask-download", "rps", "≥", 1, "gunicorn"),
+    Target("flask-download", "rps", "≥", 1, "gunicorn-gthread"),
+    Target("flask-download", "download_unanswered", "≤", 0),
     Target("keepalive-64", "starved", "≤", 0),
     Target("keepalive-64", "wrk_timeouts", "≤", 0),
     Target("keepalive-64", "req_per_s", "", 1, "prefork"),
@@ -664,6 +691,7 @@ ISSUE14_TARGETS = (
 # older scenarios).
 ISSUE14_SCENARIOS = ("newconn-echo-2w", "churn-cpu", "ceiling", "mixed-cpu", "mixed-cpu-paced")
 ISSUE12 = ("idle-keepalive", "idle-async", "slowloris", "slow-upload", "flask-upload")
+ISSUE12 += ("flask-download",)
 ISSUE12 += ("keepalive-64",)
 ISSUE12 += ("keepalive-few",)
 ISSUE12 += ("parked-memory", "park-after")
@@ -697,6 +725,8 @@ def judge(rows: dict[str, list[Row]], target: Target) -> Verdict:
     theirs = None if target.peer is None else figure(target.peer)
     if target.peer is None:
         value = None if mine is None else mine * metric.scale
+    elif theirs == 0 and mine and target.relation in ("≥", ">"):
+        value = math.inf  # a peer that did none (no new client answered): any is more
     else:
         value = ratio(mine, theirs)
     if value is None:
@@ -704,7 +734,7 @@ def judge(rows: dict[str, list[Row]], target: Target) -> Verdict:
     measured = f"{fmt(value, metric.digits)} {metric.unit}".rstrip()
     if target.peer:
         shown = f"{fmt(mine, metric.digits)} vs {fmt(theirs, metric.digits)} {metric.unit}"
-        measured = f"{value:.2f}x ({shown})"
+        measured = f"{'∞' if math.isinf(value) else f'{value:.2f}x'} ({shown})"
     if not target.relation:
         return Verdict(target.text, measured, None)
     higher_is_better = target.relation != "≤"

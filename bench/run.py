@@ -15,7 +15,9 @@ The issue 12 scenarios (idle-keepalive, idle-async, slowloris, keepalive-64, kee
 parked-memory, park-after) run 2 workers whatever --workers says: idle, slow and keep-alive
 connections against the default pool of a 2-core machine, under 5 minutes together. They
 pass issue 12's new flags only to a sockpool whose --help lists them (FLAG_* below), so
-the same code measures sockpool before and after it; park-after needs --park-after.
+the same code measures sockpool before and after it; park-after needs --park-after. Their
+slow crowds (slow-upload, flask-upload: bodies sent slowly; flask-download: an 8 MiB file
+read slowly, from Flask's send_file) run the same way, flask-download about 80 s.
 
 Issue 14's scenarios (newconn-echo-2w, churn-cpu, ceiling, mixed-cpu, mixed-cpu-paced)
 measure sockpool's handoff against the shared-accept pool and the plain loop with the same
@@ -327,6 +329,7 @@ ISSUE12 = (
     "slowloris",
     "slow-upload",
     "flask-upload",
+    "flask-download",
     "keepalive-64",
     "keepalive-few",
     "parked-memory",
@@ -406,10 +409,13 @@ SHOW_MORE = (
     "slow_closed",
     "slow_close_max_s",
     "rss_per_parked_kib",
+    "p999_ms",
+    "upload_unanswered",
+    "download_unanswered",
 )
 # One round each: they hold thousands of connections, and measure pass or fail, not a ratio.
 ONE_ROUND = {"memory", "idle-keepalive", "idle-async", "slowloris", "parked-memory", "park-after"}
-ONE_ROUND |= {"slow-upload", "flask-upload"}
+ONE_ROUND |= {"slow-upload", "flask-upload", "flask-download"}
 # wrk drives these: keep-alive with one connection per worker; new connections with
 # `Connection: close` and as many connections as the load generator keeps in flight.
 WRK = {"keepalive", "newconn-http-wrk"}
@@ -664,6 +670,33 @@ SLOW_INTERVAL = 2.0  # seconds between a slow client's bytes
 REQUEST_TIMEOUT = 10.0  # slowloris runs --request-timeout 10 (default 30): a short run
 UPLOADS = 4 * W2  # slow-upload: clients sending a 64 KiB body (loadgen.UPLOAD) slowly
 UPLOAD_INTERVAL = 0.25  # seconds between an upload's 4 KiB slices: 4 s for each
+DOWNLOADS = 4 * W2  # flask-download: clients reading an 8 MiB file (loadgen.DOWNLOAD_SIZE)
+# Seconds between a download's 64 KiB reads: 13 s for each, of which a worker that sends
+# it itself is held for the first 10 or so (until its rest fits the kernel's buffers), and
+# the normal clients' measurement (NORMAL_SECONDS, from ~1 s in) lies within those.
+DOWNLOAD_INTERVAL = 0.1
+
+
+@dataclass(frozen=True)
+class SlowCrowd:
+    """A slow crowd's scenario: the Crowd's kind, members and interval; then, once the
+    normal clients are measured, how long to wait for the server to end every member, or
+    until nothing has moved for `stall` s (a server that answers no more)."""
+
+    kind: str
+    conns: int
+    interval: float
+    cap: float
+    stall: float
+
+
+SLOW_CROWDS = {
+    "slow-upload": SlowCrowd("upload", UPLOADS, UPLOAD_INTERVAL, 30.0, 10.0),
+    "flask-upload": SlowCrowd("upload", UPLOADS, UPLOAD_INTERVAL, 30.0, 10.0),
+    # gunicorn's sync workers send 8 downloads 2 at a time, each held ~10 s: the last two
+    # end ~46 s after the first began, and nothing moves during a download's 13 s.
+    "flask-download": SlowCrowd("download", DOWNLOADS, DOWNLOAD_INTERVAL, 60.0, 20.0),
+}
 PARKED_CONNS = 10_000
 MANY = 64  # keepalive-64's connections
 FEW = W2  # keepalive-few's: no more connections than workers
@@ -700,7 +733,7 @@ def issue12_servers(scenario: str, cfg: Config) -> list[Spec]:
         flags = (flag, f"{FIRST_BYTE_TIMEOUT:g}") if sockpool_has(flag) else ()
         fbt = FIRST_BYTE_TIMEOUT if flags else None
         return [sockpool(ECHO_ASYNC, "sockpool (echo_async)", flags, first_byte_timeout_s=fbt)]
-    if scenario == "flask-upload":  # the Flask servers, at issue 12's worker count
+    if scenario in ("flask-upload", "flask-download"):  # Flask's, at issue 12's workers
         return web_servers(scenario, dataclasses.replace(cfg, workers=W2))
     if scenario == "slowloris":
         flag = FLAG_REQUEST_TIMEOUT
@@ -818,24 +851,36 @@ def run_slowloris(spec: Spec, log: Path) -> dict[str, Any]:
         )
 
 
-def run_slow_upload(spec: Spec, log: Path) -> dict[str, Any]:
-    """UPLOADS clients each sending a POST body slowly, normal clients meanwhile; then
-    how many uploads were answered. A worker that reads a body as it comes is held for
-    each upload's 4 s; one that is handed the body once it has all come is not."""
+def run_slow_crowd(scenario: str, spec: Spec, log: Path) -> dict[str, Any]:
+    """SLOW_CROWDS[scenario]: clients each sending a POST body slowly (upload), or reading
+    a file's answer slowly (download), normal clients meanwhile; then how many were
+    answered. A worker that reads a body as it comes is held for each upload's 4 s; one
+    that is handed the body once it has all come is not. A worker that sends a file itself
+    is held until its rest fits the kernel's buffers; one that hands the rest to the
+    dispatcher is not."""
+    slow = SLOW_CROWDS[scenario]
+    kind = slow.kind
     port = free_port()
     with launch(spec, port, log) as srv:
         rec = settle(srv, port, "http")
-        with loadgen.Crowd(port, UPLOADS, "upload", UPLOAD_INTERVAL) as crowd:
+        with loadgen.Crowd(port, slow.conns, kind, slow.interval) as crowd:
             crowd.wait(lambda s: s.connected >= s.conns, cap=10, stall=3)
-            time.sleep(2 * UPLOAD_INTERVAL)  # each has begun its body
+            if kind == "download":  # each has begun receiving, where the server took each
+                crowd.wait(lambda s: s.receiving >= s.conns, cap=5, stall=1)
+            else:
+                time.sleep(2 * slow.interval)  # each has begun its body
             rec.update(normal_load(port, "http"))
-            # Each upload ends with the server's close (Connection: close), answered or not.
-            crowd.wait(lambda s: s.closed + s.failed >= s.conns, cap=30, stall=10)
+            # Each ends with the server's close (Connection: close), answered or not.
+            crowd.wait(lambda s: s.closed + s.failed >= s.conns, cap=slow.cap, stall=slow.stall)
             end = crowd.stop()
         return (
             rec
-            | crowd_record("upload", end)
-            | {"upload_unanswered": end.conns - end.answered, "alive": srv.alive()}
+            | crowd_record(kind, end)
+            | {
+                f"{kind}_unanswered": end.conns - end.answered,
+                f"{kind}_wrong": end.wrong,
+                "alive": srv.alive(),
+            }
         )
 
 
@@ -943,8 +988,8 @@ def run_one(scenario: str, spec: Spec, cfg: Config, log: Path) -> dict[str, Any]
         return run_idle(spec, log, "echo", IDLE_ASYNC_CONNS, "idle")
     if scenario == "slowloris":
         return run_slowloris(spec, log)
-    if scenario in ("slow-upload", "flask-upload"):
-        return run_slow_upload(spec, log)
+    if scenario in SLOW_CROWDS:
+        return run_slow_crowd(scenario, spec, log)
     if scenario in ("keepalive-64", "keepalive-few"):
         return run_keepalive(spec, cfg, log, MANY if scenario == "keepalive-64" else FEW)
     if scenario == "park-after":

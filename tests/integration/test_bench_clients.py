@@ -95,6 +95,48 @@ def test_crowd_uploads_its_whole_body_slowly_and_counts_the_answers(pool: int) -
     assert time.monotonic() - t0 >= (slices - 1) * interval
 
 
+@pytest.mark.parametrize(
+    ("body", "answered", "wrong"),
+    [
+        pytest.param(loadgen.download_body(), 1, 0, id="whole"),
+        pytest.param(b"%015x\n" % 16 + loadgen.download_body()[16:], 0, 1, id="a byte wrong"),
+        pytest.param(loadgen.download_body()[:-1], 0, 0, id="cut short"),
+    ],
+)
+def test_crowd_downloads_slowly_and_counts_a_whole_file_once(
+    body: bytes, answered: int, wrong: int
+) -> None:
+    """A server that answers GET /download with `body` under a Content-Length of the whole
+    file, then closes: the crowd reads it a slice per interval, counts it answered only when
+    every byte of the file came right, and closed once, whatever it got."""
+    interval = 0.005
+    slices = loadgen.DOWNLOAD_SIZE // loadgen.DOWNLOAD_SLICE
+    heads: list[bytes] = []
+
+    def send_the_file(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        head = b""
+        while b"\r\n\r\n" not in head and (data := conn.recv(4096)):
+            head += data
+        heads.append(head)
+        length = b"Content-Length: %d\r\n" % loadgen.DOWNLOAD_SIZE
+        conn.sendall(b"HTTP/1.1 200 OK\r\n" + length + b"Connection: close\r\n\r\n" + body)
+
+    t0 = time.monotonic()
+    with (
+        serial_server(send_the_file) as port,
+        loadgen.Crowd(port, 1, "download", interval) as crowd,
+    ):
+        state = crowd.wait(lambda s: s.closed >= s.conns, cap=30)
+        final = crowd.stop()
+    assert heads and heads[0].startswith(b"GET /download HTTP/1.1\r\n"), heads
+    assert b"\r\nConnection: close\r\n" in heads[0]
+    assert (state.receiving, state.closed, state.failed) == (1, 1, 0), state
+    assert (final.answered, final.wrong, final.closed) == (answered, wrong, 1), final
+    if answered:  # read at its own pace: a slice per interval, the last one no sooner
+        assert time.monotonic() - t0 >= (slices - 1) * interval
+
+
 def test_an_open_loop_charges_a_slow_server_for_the_connections_it_kept_waiting() -> None:
     """--rate: connections are due on a schedule, and each latency runs from when it was
     due. A server that takes DELAY per connection, one at a time, falls behind 20 a second;
