@@ -53,7 +53,7 @@ from collections.abc import Callable
 
 from .giveback import BUFFERED, UNSENT
 from .process import Pending
-from .unsent import send_what_fits
+from .unsent import pinned, send_what_fits
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _SEND = select.EPOLLOUT | select.EPOLLONESHOT
@@ -67,6 +67,10 @@ PROXY = "proxy-header"  # waiting for its PROXY protocol header (proxy_timeout; 
 UNREAD = "unread"  # sending the rest of an answer: idle_timeout for each stall
 SHORT_FILE = "short-file"  # its file ended before its answer did
 _NO_REQUEST = (IDLE, UNREAD)  # kinds with no request in flight (in_flight)
+# Bytes of an answer's rest sent per loop turn: a client that takes a long file as fast as
+# loopback goes (nginx in front) would otherwise keep the loop in one sendfile() after
+# another, and every other connection waiting, for as long as the file lasts.
+SEND_SLICE = 256 << 10
 
 
 def _low_water(fd: int, want: int, clamp: int = 0) -> int | None:
@@ -210,7 +214,7 @@ class Parking:
             os.close(rest)
             self.drop(item, "peer-closed")
             return
-        memory = 0 if file else st.st_size
+        memory = 0 if file and not pinned(rest) else st.st_size  # FILE: the worker's word
         self.unsent[fd] = _Unsent(rest, span, memory, stall, after, work)
         self.in_flight += work
         self._count(UNSENT, memory)
@@ -284,12 +288,13 @@ class Parking:
         stall's clock starts again), or all is sent: it joins `sent`."""
         item, unsent = self.held[fd][0], self.unsent[fd]
         try:
-            unsent.offset = send_what_fits(fd, unsent.rest, unsent.offset, unsent.end)
+            end = min(unsent.end, unsent.offset + SEND_SLICE)
+            unsent.offset = send_what_fits(fd, unsent.rest, unsent.offset, end)
         except (OSError, ValueError) as exc:  # reset, or closed for reading: nobody to send
             self._release(fd)  # it to; or the file ends first: the answer cannot be whole
             self.drop(item, SHORT_FILE if isinstance(exc, ValueError) else "peer-closed")
             return
-        if unsent.offset < unsent.end:  # the client takes no more now: wait for it
+        if unsent.offset < unsent.end:  # the client takes no more now, or a slice went: wait
             deadline = time.monotonic() + unsent.stall if unsent.stall else _NEVER
             if self._watch(item, UNREAD, deadline, _SEND):  # held again, its stall anew
                 return

@@ -16,7 +16,9 @@ request to serve), the worker sends it itself, as sendall() does.
 A file's rest (send_file(): wsgi.file_wrapper, Flask's send_file) is not copied: the
 dispatcher gets the file itself, a copy of its descriptor, and the bytes to send of it. It
 takes none of our memory, so neither limit counts it, and a download of any length holds
-no worker.
+no worker. Not a file whose bytes would be ours to hold (pinned()): one in memory (tmpfs),
+or one deleted already (a temporary file), which our descriptor alone would keep; its
+rest is copied, as bytes are, while it fits.
 
     sockpool.send(conn, data)  # in place of conn.sendall(data)
     sockpool.flush(conn)       # before a wait for the client with conn.recv()
@@ -28,6 +30,7 @@ The built-in handlers and the WSGI server write with it. It needs the socket's t
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import select
 import socket
@@ -232,7 +235,10 @@ def _sendfile(
         try:
             sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
         except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-            if info is not None and _leave_file(info, fd, offset, count):
+            if info is not None and (
+                _leave_file(info, fd, offset, count)
+                or _leave(info, count, _file_range(fd, offset, count))
+            ):
                 return
             poller = select.poll()
             poller.register(out, select.POLLOUT)
@@ -248,12 +254,26 @@ def _sendfile(
 def _leave_file(info: ConnectionInfo, fd: int, offset: int, count: int) -> bool:
     """A file's rest the client does not take now, left to the dispatcher as the file
     itself (Unsent.of_file()): none of our memory, so no limit but max_unsent's `0`
-    (never). False where it may not go back, or there is no descriptor for it."""
-    if not (_limit and giveback._parkable(info)):
+    (never). False where it may not go back, there is no descriptor for it, or the file is
+    pinned() (the caller then copies the rest while it fits, as for bytes)."""
+    if not (_limit and giveback._parkable(info)) or pinned(fd):
         return False
     try:
         info.unsent = Unsent.of_file(fd, offset, count)  # type: ignore[union-attr]
     except OSError:
+        return False
+    return True
+
+
+def pinned(fd: int) -> bool:
+    """Whether the file's bytes are memory (tmpfs, /dev/shm, a memfd: only shmem files
+    have seals), or would be kept only by whoever holds a descriptor to it (deleted): held
+    for a slow client, either is the service's to count, not the page cache's."""
+    if os.fstat(fd).st_nlink == 0:
+        return True
+    try:
+        fcntl.fcntl(fd, fcntl.F_GET_SEALS)
+    except OSError:  # EINVAL: a file on a disk
         return False
     return True
 

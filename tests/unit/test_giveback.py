@@ -7,7 +7,9 @@ import asyncio
 import contextvars
 import os
 import platform
+import shutil
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -551,10 +553,10 @@ def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
         rest.close()
 
 
-def a_file(tmp_path: Path, data: bytes = LONG) -> int:
+def a_file(tmp_path: Path, data: bytes = LONG, flags: int = os.O_RDONLY) -> int:
     path = tmp_path / "download"
     path.write_bytes(data)
-    return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    return os.open(path, flags | os.O_CLOEXEC)
 
 
 def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
@@ -588,13 +590,14 @@ def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
 def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
     make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Bytes cannot join the application's file: a last part written after it sends the
-    file's rest, then itself, in order, from the worker."""
+    """Bytes cannot join the application's file (here one it could write to): a last
+    part written after it sends the file's rest, then itself, in order, from the worker,
+    and the file is left as it was."""
     w = make_worker()
     monkeypatch.setattr(unsent, "_limit", 1 << 20)
     small_buffer(w)
     info = w.info()
-    fd = a_file(tmp_path)
+    fd = a_file(tmp_path, flags=os.O_RDWR)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
         assert info.unsent is not None and info.unsent.file
@@ -608,6 +611,49 @@ def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
     w.conn.shutdown(socket.SHUT_WR)
     thread.join(10)
     assert bytes(got) == LONG + b"trailer" and w.nothing_parked()
+    assert (tmp_path / "download").read_bytes() == LONG
+
+
+@pytest.mark.parametrize("where", ["deleted", "tmpfs"])
+def test_a_file_the_dispatcher_would_hold_in_memory_is_copied_as_bytes_are(
+    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+) -> None:
+    """A temporary file (deleted: only descriptors keep it), or one in tmpfs, held by the
+    dispatcher would be the service's memory (or disk) that no limit counts: its rest is
+    copied into a memfd while it fits max_unsent, as bytes are, not handed over as the
+    file."""
+    if where == "tmpfs":
+        if not Path("/dev/shm").is_dir():
+            pytest.skip("no /dev/shm here")
+        tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 1 << 20)
+    small_buffer(w)
+    info = w.info()
+    fd = a_file(tmp_path)
+    try:
+        if where == "deleted":
+            (tmp_path / "download").unlink()
+        assert unsent.pinned(fd)
+        serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
+    finally:
+        os.close(fd)
+        if where == "tmpfs":
+            shutil.rmtree(tmp_path)
+    rest = info.unsent
+    assert rest is not None and not rest.file and rest.size < len(LONG)
+    taken = w.client.recv(len(LONG), socket.MSG_DONTWAIT)
+    assert taken + os.pread(rest.fd, len(LONG), 0) == LONG
+    info.unsent = None
+    rest.close()
+
+
+def test_a_file_on_a_disk_is_not_pinned(tmp_path: Path) -> None:
+    fd = a_file(tmp_path)
+    try:
+        assert not unsent.pinned(fd)
+    finally:
+        os.close(fd)
 
 
 def test_with_max_unsent_0_a_file_is_sent_by_the_worker(

@@ -14,7 +14,7 @@ import pytest
 
 from harness import tcp_pair
 from sockpool import giveback
-from sockpool.parking import FIRST_BYTE, IDLE, REQUEST, Parking, deadline_for
+from sockpool.parking import FIRST_BYTE, IDLE, REQUEST, SEND_SLICE, Parking, deadline_for
 
 NEVER = float("inf")
 TIMEOUTS = (10.0, 60.0, 30.0)  # first byte, idle, request
@@ -441,6 +441,62 @@ def test_a_files_rest_is_sent_from_the_file_and_holds_none_of_our_memory(
     assert held.parking.sent == [(item, "after")] and is_closed_fd(rest)
     assert not held.parking.closed and words[giveback.UNSENT] == 0
     os.close(item[1])
+
+
+def test_a_file_flag_on_a_memfd_counts_it_all_the_same(held: Held) -> None:
+    """FILE is the worker's word: a memfd (or any file only a descriptor keeps, or one in
+    tmpfs) is memory, and counted against max_unsent_total whatever the flag says."""
+    words = memoryview(bytearray(8 * 4)).cast("q")
+    held.parking.words = words
+    item = held.connect(9)
+    rest = memfd(ANSWER)
+    leave(held, item, rest, file=True)
+    assert words[giveback.UNSENT] == len(ANSWER)
+    assert read_all(held.clients[9], len(ANSWER), held) == ANSWER
+    assert words[giveback.UNSENT] == 0
+    os.close(item[1])
+
+
+def test_a_client_that_takes_all_at_once_gets_a_slice_per_loop_turn(
+    held: Held, tmp_path: Path
+) -> None:
+    """A client as fast as loopback (nginx in front) never fills its socket: one loop turn
+    sends it SEND_SLICE, and the next turn the next slice, so the loop's other connections
+    are not kept waiting while a long file goes out."""
+    client, server = tcp_pair()  # TCP: a send buffer that grows to megabytes
+    held.clients[10] = client
+    path = tmp_path / "download"
+    path.write_bytes(ANSWER * 4)
+    item = (10, server.detach(), "web", "peer", b"", 0)
+    rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    leave(held, item, rest, file=True)
+    sent = []
+    for _ in range(3):
+        before = held.parking.unsent[item[1]].offset
+        wait_until_writable(item[1])
+        held.ready()
+        sent.append(held.parking.unsent[item[1]].offset - before)
+        drain(client, sent[-1])
+    assert sent == [SEND_SLICE] * 3
+    assert (
+        read_all(client, 4 * len(ANSWER) - 3 * SEND_SLICE, held) == (ANSWER * 4)[3 * SEND_SLICE :]
+    )
+    assert held.parking.sent == [(item, "after")]
+    os.close(item[1])
+
+
+def wait_until_writable(fd: int) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    assert poller.poll(5000)
+
+
+def drain(client: socket.socket, size: int) -> None:
+    """The client takes `size` bytes, as fast as they come."""
+    client.settimeout(5)
+    got = 0
+    while got < size:
+        got += len(client.recv(size - got))
 
 
 def test_a_file_that_ends_before_its_answer_does_closes_the_connection(
