@@ -70,7 +70,7 @@ _NO_REQUEST = (IDLE, UNREAD)  # kinds with no request in flight (in_flight)
 # Bytes of an answer's rest sent per loop turn: a client that takes a long file as fast as
 # loopback goes (nginx in front) would otherwise keep the loop in one sendfile() after
 # another, and every other connection waiting, for as long as the file lasts.
-SEND_SLICE = 256 << 10
+SEND_SLICE = 1 << 20
 
 
 def _low_water(fd: int, want: int, clamp: int = 0) -> int | None:

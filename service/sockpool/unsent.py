@@ -228,21 +228,23 @@ def _sendfile(
 ) -> None:
     """TimeoutError when the client takes nothing for the socket's timeout; ValueError
     when the file ends before `count` (the file's error, not the client's). With `info`,
-    the rest may be left to the dispatcher once the client takes no more (send_file())."""
+    the rest may be left to the dispatcher once the client takes no more for park_after
+    (send_file()): a client that does (on the same host, nginx in front) is sent it here,
+    as fast as it takes it, where the dispatcher would send it a slice per loop turn."""
     out = conn.fileno()
     timeout = conn.gettimeout()
     while count > 0:
         try:
             sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
         except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-            if info is not None and (
-                _leave_file(info, fd, offset, count)
-                or _leave(info, count, _file_range(fd, offset, count))
-            ):
-                return
-            poller = select.poll()
-            poller.register(out, select.POLLOUT)
-            if not poller.poll(None if timeout is None else timeout * 1000):
+            if info is not None:
+                if _writable(out, giveback._park_after):
+                    continue
+                if _leave_file(info, fd, offset, count) or _leave(
+                    info, count, _file_range(fd, offset, count)
+                ):
+                    return
+            if not _writable(out, timeout):
                 raise TimeoutError("the client does not read") from None
             continue
         if not sent:
@@ -289,6 +291,13 @@ def send_what_fits(out: int, fd: int, offset: int, end: int) -> int:
                 raise ValueError(_SHORT)
             offset += sent
     return offset
+
+
+def _writable(fd: int, seconds: float | None) -> bool:
+    """Whether the socket takes more within `seconds` (None: however long it takes)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return bool(poller.poll(None if seconds is None else seconds * 1000))
 
 
 def _file_range(fd: int, offset: int, count: int) -> Callable[[Unsent], None]:

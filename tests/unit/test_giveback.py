@@ -656,6 +656,28 @@ def test_a_file_on_a_disk_is_not_pinned(tmp_path: Path) -> None:
         os.close(fd)
 
 
+def test_a_client_that_takes_a_file_as_fast_as_it_comes_is_sent_it_by_the_worker(
+    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Only a client that takes no more for park_after gets its rest from the dispatcher
+    (a slice per loop turn); one that reads as fast as it comes, the worker sends it all."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", 4096)
+    monkeypatch.setattr(giveback, "_park_after", 5.0)  # a thread reading takes it by then
+    small_buffer(w)
+    info = w.info()
+    fd = a_file(tmp_path)
+    thread, got = reader(w.client)
+    try:
+        serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
+    finally:
+        os.close(fd)
+    assert info.unsent is None
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    assert bytes(got) == LONG and w.nothing_parked()
+
+
 def test_with_max_unsent_0_a_file_is_sent_by_the_worker(
     make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
