@@ -685,16 +685,10 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
         is due an interval later, until the server's close (EOF or reset: dropped once)."""
         want = DOWNLOAD_SLICE
         while want > 0:
-            try:
-                data = m.sock.recv(want)
-            except BlockingIOError:
-                break
-            except OSError:
-                drop(fd, m, True)
+            if (data := receive(fd, m, want)) is None:
                 return
             if not data:
-                drop(fd, m, True)
-                return
+                break
             want -= len(data)
             if not m.answered:
                 judge_download(m, data)
@@ -746,18 +740,24 @@ def _crowd_proc(port: int, conns: int, kind: str, interval: float, ctl: Any) -> 
             ep.modify(fd, select.EPOLLET)
             due.append((time.monotonic() + interval, fd, m))
 
+    def receive(fd: int, m: _Member, size: int) -> bytes | None:
+        """Up to `size` bytes of what came (b"": nothing yet); None: the server closed the
+        connection (EOF or reset), and it is dropped."""
+        try:
+            data = m.sock.recv(size)
+        except BlockingIOError:
+            return b""
+        except OSError:
+            data = b""
+        if not data:
+            drop(fd, m, True)
+            return None
+        return data
+
     def readable(fd: int, m: _Member) -> None:
         if kind == "download":  # an error or hang-up: take() reads what came, then sees it
             return
-        try:
-            data = m.sock.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            drop(fd, m, True)
-            return
-        if not data:
-            drop(fd, m, True)
+        if not (data := receive(fd, m, 65536)):
             return
         if kind in ("request", "upload") and not m.answered:
             m.buf += data

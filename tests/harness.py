@@ -22,13 +22,16 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self, TypeVar
+
+import pytest
 
 from sockpool.events import Event
 from sockpool.lifecycle import Record
@@ -112,6 +115,16 @@ def custom_slices() -> bool:
         and sched.exists()
         and sched_slice_ns(sched.read_text()) is not None
     )
+
+
+@pytest.fixture
+def disk_path() -> Iterator[Path]:
+    """A directory on a disk: pytest's tmp_path is in /tmp, which is tmpfs on many hosts
+    (Fedora, Arch, Debian 13), where a file's bytes are memory the dispatcher must count
+    and is never handed (unsent.pinned). /var/tmp is on a disk everywhere (FHS)."""
+    path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="sockpool-test-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -60,8 +60,7 @@ _LIMITS = [
         "park_after",
         "SECONDS",
         "a worker waits this long for a keep-alive connection's next request before it "
-        "gives the connection back to the dispatcher, and for a client to take more of a "
-        "file before it leaves the rest to the dispatcher (default 0.002)",
+        "gives the connection back to the dispatcher (default 0.002)",
     ),
     (
         "queue_ahead",

@@ -53,7 +53,7 @@ from collections.abc import Callable
 
 from .giveback import BUFFERED, UNSENT
 from .process import Pending
-from .unsent import pinned, send_what_fits
+from .unsent import in_memory, send_what_fits
 
 _WATCH = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLONESHOT
 _SEND = select.EPOLLOUT | select.EPOLLONESHOT
@@ -159,7 +159,8 @@ class Parking:
         self.in_flight = 0  # held with a request not yet served: new ones, and partial ones
         self.unsent: dict[int, _Unsent] = {}  # fd -> the answer being sent on it (UNREAD)
         self.sent: list[tuple[Pending, object]] = []  # sent whole since: (item, after)
-        # The bytes of the memfds held, told to the workers in the shared words (giveback.py).
+        # The bytes of the memfds (and files in memory) held, told to the workers in the
+        # shared words (giveback.py).
         self.unsent_bytes = 0
         # fd -> (bytes of a body waited for, the window clamp it had, bytes seen): hold()
         self.buffering: dict[int, tuple[int, int, int]] = {}
@@ -206,6 +207,10 @@ class Parking:
             st = os.fstat(rest)
             if not stat.S_ISREG(st.st_mode):  # memfds and files are: a pipe could block us
                 raise OSError(errno.EINVAL, "not a regular file")
+            # FILE is the worker's word, which looked at the file (unsent.pinned): memory
+            # is counted whatever it says. A file deleted since, by the application's
+            # close() (the worker gives the connection back first), is a disk's.
+            memory = 0 if file and not in_memory(rest) else st.st_size
             os.set_blocking(fd, False)  # the worker's socket had a timeout: it is already
             deadline = time.monotonic() + stall if stall else _NEVER
             if not self._watch(item, UNREAD, deadline, _SEND):
@@ -214,7 +219,6 @@ class Parking:
             os.close(rest)
             self.drop(item, "peer-closed")
             return
-        memory = 0 if file and not pinned(rest) else st.st_size  # FILE: the worker's word
         self.unsent[fd] = _Unsent(rest, span, memory, stall, after, work)
         self.in_flight += work
         self._count(UNSENT, memory)

@@ -187,7 +187,13 @@ def _behind(
     if not last:
         giveback.send_unsent(conn, info)
         return False
-    if unsent.drain(conn):
+    try:
+        done = unsent.drain(conn)
+    except ValueError:  # a file cut short since: what waits can never be whole, and how
+        info.unsent = None  # much of it went is lost with the error: nothing more goes
+        unsent.close()
+        raise
+    if done:
         info.unsent = None
         unsent.close()
         return False
@@ -211,8 +217,9 @@ def _fits(size: int) -> bool:
 def send_file(conn: socket.socket, fd: int, offset: int, count: int, last: bool = True) -> None:
     """os.sendfile() of `count` bytes of the file `fd` from `offset`, as send() sends
     bytes: once the client takes no more, the rest of a `last` part goes back with the
-    connection as the file itself (_leave_file()), whatever its length. Behind an answer
-    not taken yet, it joins that memfd while it fits max_unsent, as send()'s bytes do."""
+    connection as the file itself (_leave_file()), whatever its length; of a pinned()
+    file, copied into a memfd while it fits max_unsent. Behind an answer not taken yet,
+    it joins that memfd while it fits, as send()'s bytes do."""
     info = _current.get(None)
     if (
         info is not None
@@ -228,23 +235,22 @@ def _sendfile(
 ) -> None:
     """TimeoutError when the client takes nothing for the socket's timeout; ValueError
     when the file ends before `count` (the file's error, not the client's). With `info`,
-    the rest may be left to the dispatcher once the client takes no more for park_after
-    (send_file()): a client that does (on the same host, nginx in front) is sent it here,
-    as fast as it takes it, where the dispatcher would send it a slice per loop turn."""
+    the rest may be left to the dispatcher once the client takes no more (send_file()):
+    tried at each wait (a pinned() file's rest may come to fit max_unsent)."""
     out = conn.fileno()
     timeout = conn.gettimeout()
     while count > 0:
         try:
             sent = os.sendfile(out, fd, offset, min(count, 1 << 30))
         except BlockingIOError:  # a socket with a timeout is non-blocking underneath
-            if info is not None:
-                if _writable(out, giveback._park_after):
-                    continue
-                if _leave_file(info, fd, offset, count) or _leave(
-                    info, count, _file_range(fd, offset, count)
-                ):
-                    return
-            if not _writable(out, timeout):
+            if info is not None and (
+                _leave_file(info, fd, offset, count)
+                or _leave(info, count, _file_range(fd, offset, count))
+            ):
+                return
+            poller = select.poll()
+            poller.register(out, select.POLLOUT)
+            if not poller.poll(None if timeout is None else timeout * 1000):
                 raise TimeoutError("the client does not read") from None
             continue
         if not sent:
@@ -268,11 +274,15 @@ def _leave_file(info: ConnectionInfo, fd: int, offset: int, count: int) -> bool:
 
 
 def pinned(fd: int) -> bool:
-    """Whether the file's bytes are memory (tmpfs, /dev/shm, a memfd: only shmem files
-    have seals), or would be kept only by whoever holds a descriptor to it (deleted): held
-    for a slow client, either is the service's to count, not the page cache's."""
-    if os.fstat(fd).st_nlink == 0:
-        return True
+    """Whether the file's bytes are memory (in_memory()), or would be kept only by
+    whoever holds a descriptor to it (deleted): held for a slow client, either is the
+    service's to count, not the page cache's."""
+    return os.fstat(fd).st_nlink == 0 or in_memory(fd)
+
+
+def in_memory(fd: int) -> bool:
+    """A file in tmpfs or /dev/shm, or a memfd: only shmem (and hugetlbfs) files have
+    seals. Not ramfs, nor an overlay on tmpfs: those count as a disk's."""
     try:
         fcntl.fcntl(fd, fcntl.F_GET_SEALS)
     except OSError:  # EINVAL: a file on a disk
@@ -291,13 +301,6 @@ def send_what_fits(out: int, fd: int, offset: int, end: int) -> int:
                 raise ValueError(_SHORT)
             offset += sent
     return offset
-
-
-def _writable(fd: int, seconds: float | None) -> bool:
-    """Whether the socket takes more within `seconds` (None: however long it takes)."""
-    poller = select.poll()
-    poller.register(fd, select.POLLOUT)
-    return bool(poller.poll(None if seconds is None else seconds * 1000))
 
 
 def _file_range(fd: int, offset: int, count: int) -> Callable[[Unsent], None]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ACTIVATE, SOCKPOOL, Service
+from harness import ACTIVATE, SOCKPOOL, Service, disk_path  # noqa: F401 (a fixture)
 
 HERE = Path(__file__).resolve().parent  # apps.py and broken_app.py: the tests' handlers
 

@@ -593,13 +593,13 @@ def test_clients_that_read_slowly_hold_no_sync_worker(serve) -> None:
         assert hello(kept.ask("GET", "/hello"))
 
 
-def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, tmp_path: Path) -> None:
+def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, disk_path: Path) -> None:
     """Flask's send_file goes out with sendfile(), and what the client does not take is
     left to the dispatcher as the file itself, however much longer than max_unsent (here
     the default, 1 MiB): two slow downloads, two workers, and a third client is served
     meanwhile. Each download then comes whole, and its connection serves the next
     request."""
-    data = tmp_path / "long.bin"
+    data = disk_path / "long.bin"
     data.write_bytes(os.urandom(LONG))
     env = {"WEBAPPS_FILE": str(data)}
     site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60"], env=env)
@@ -617,13 +617,13 @@ def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, tmp_path: Path) -> 
 
 
 def test_a_file_cut_short_while_the_dispatcher_sends_it_ends_the_connection(
-    serve, tmp_path: Path
+    serve, disk_path: Path
 ) -> None:
     """The file shrank after the worker left its rest to the dispatcher (a log rotated):
     the client gets what there is and then the connection's end, so it cannot mistake
     what follows for the rest of its answer; the dispatcher says why (`short-file`)."""
-    data = tmp_path / "long.bin"
-    data.write_bytes(os.urandom(LONG))
+    data = disk_path / "long.bin"
+    data.write_bytes(os.urandom(4 * LONG))  # far more than the kernel's buffers hold
     env = {"WEBAPPS_FILE": str(data)}
     site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60"], env=env)
     since = mark(site.service)
@@ -632,10 +632,10 @@ def test_a_file_cut_short_while_the_dispatcher_sends_it_ends_the_connection(
         settle(site.service, busy=0, parked=1, since=since)
         # By one byte: what the kernel still has to send of the file (sendfile() sends
         # its pages, not a copy) stays as it was, and only the dispatcher's last read fails.
-        os.truncate(data, LONG - 1)
+        os.truncate(data, 4 * LONG - 1)
         head, _, body = read_to_eof(client.sock).partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-        assert b"\r\ncontent-length: %d" % LONG in head.lower()
+        assert b"\r\ncontent-length: %d" % (4 * LONG) in head.lower()
         assert body == data.read_bytes()
     wait_closed(site.service, "short-file", 1)
 

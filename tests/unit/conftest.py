@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import open_fds
+from harness import disk_path, open_fds  # noqa: F401 (a fixture)
 
 
 @pytest.fixture

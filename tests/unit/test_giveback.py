@@ -4,6 +4,7 @@ built-in HTTP handler's request framing (handlers.next_request)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import platform
@@ -553,14 +554,14 @@ def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
         rest.close()
 
 
-def a_file(tmp_path: Path, data: bytes = LONG, flags: int = os.O_RDONLY) -> int:
-    path = tmp_path / "download"
+def a_file(where: Path, data: bytes = LONG, flags: int = os.O_RDONLY) -> int:
+    path = where / "download"
     path.write_bytes(data)
     return os.open(path, flags | os.O_CLOEXEC)
 
 
 def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
-    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    make_worker, monkeypatch: pytest.MonkeyPatch, disk_path: Path
 ) -> None:
     """A download longer than max_unsent: nothing is copied, the dispatcher gets the file
     (a descriptor of its own: the application closes its file) and the bytes still to
@@ -569,7 +570,7 @@ def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
     monkeypatch.setattr(unsent, "_limit", 4096)  # far less than the rest
     small_buffer(w)
     info = w.info(conn_id=9)
-    fd = a_file(tmp_path)
+    fd = a_file(disk_path)
     serving(info, unsent.send_file, w.conn, fd, 100, len(LONG) - 200)
     rest = info.unsent
     assert rest is not None and rest.file and rest.size == len(LONG) - 100
@@ -588,7 +589,7 @@ def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
 
 
 def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
-    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    make_worker, monkeypatch: pytest.MonkeyPatch, disk_path: Path
 ) -> None:
     """Bytes cannot join the application's file (here one it could write to): a last
     part written after it sends the file's rest, then itself, in order, from the worker,
@@ -597,7 +598,7 @@ def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
     monkeypatch.setattr(unsent, "_limit", 1 << 20)
     small_buffer(w)
     info = w.info()
-    fd = a_file(tmp_path, flags=os.O_RDWR)
+    fd = a_file(disk_path, flags=os.O_RDWR)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
         assert info.unsent is not None and info.unsent.file
@@ -611,35 +612,36 @@ def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
     w.conn.shutdown(socket.SHUT_WR)
     thread.join(10)
     assert bytes(got) == LONG + b"trailer" and w.nothing_parked()
-    assert (tmp_path / "download").read_bytes() == LONG
+    assert (disk_path / "download").read_bytes() == LONG
 
 
 @pytest.mark.parametrize("where", ["deleted", "tmpfs"])
 def test_a_file_the_dispatcher_would_hold_in_memory_is_copied_as_bytes_are(
-    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, where: str
+    make_worker, monkeypatch: pytest.MonkeyPatch, disk_path: Path, where: str
 ) -> None:
     """A temporary file (deleted: only descriptors keep it), or one in tmpfs, held by the
     dispatcher would be the service's memory (or disk) that no limit counts: its rest is
     copied into a memfd while it fits max_unsent, as bytes are, not handed over as the
     file."""
+    folder = disk_path
     if where == "tmpfs":
         if not Path("/dev/shm").is_dir():
             pytest.skip("no /dev/shm here")
-        tmp_path = Path(tempfile.mkdtemp(dir="/dev/shm"))
+        folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
     w = make_worker()
     monkeypatch.setattr(unsent, "_limit", 1 << 20)
     small_buffer(w)
     info = w.info()
-    fd = a_file(tmp_path)
+    fd = a_file(folder)
     try:
         if where == "deleted":
-            (tmp_path / "download").unlink()
+            (folder / "download").unlink()
         assert unsent.pinned(fd)
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
     finally:
         os.close(fd)
         if where == "tmpfs":
-            shutil.rmtree(tmp_path)
+            shutil.rmtree(folder)
     rest = info.unsent
     assert rest is not None and not rest.file and rest.size < len(LONG)
     taken = w.client.recv(len(LONG), socket.MSG_DONTWAIT)
@@ -648,45 +650,57 @@ def test_a_file_the_dispatcher_would_hold_in_memory_is_copied_as_bytes_are(
     rest.close()
 
 
-def test_a_file_on_a_disk_is_not_pinned(tmp_path: Path) -> None:
-    fd = a_file(tmp_path)
+def test_a_file_on_a_disk_is_not_pinned(disk_path: Path) -> None:
+    fd = a_file(disk_path)
     try:
         assert not unsent.pinned(fd)
     finally:
         os.close(fd)
 
 
-def test_a_client_that_takes_a_file_as_fast_as_it_comes_is_sent_it_by_the_worker(
-    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_a_file_cut_short_behind_its_rest_sends_nothing_twice(
+    make_worker, monkeypatch: pytest.MonkeyPatch, disk_path: Path
 ) -> None:
-    """Only a client that takes no more for park_after gets its rest from the dispatcher
-    (a slice per loop turn); one that reads as fast as it comes, the worker sends it all."""
+    """The file shrank after the worker kept its rest: the answer's end finds it short
+    (ValueError, the application's error, as for a file short from the start), and the
+    rest is dropped, not given back to be sent again from where the client's share
+    ended before."""
     w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 4096)
-    monkeypatch.setattr(giveback, "_park_after", 5.0)  # a thread reading takes it by then
+    monkeypatch.setattr(unsent, "_limit", 1 << 20)
     small_buffer(w)
     info = w.info()
-    fd = a_file(tmp_path)
-    thread, got = reader(w.client)
+    fd = a_file(disk_path)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
+        rest = info.unsent
+        assert rest is not None and rest.file
+        cut = rest.sent + 10  # the next write sends 10 bytes, then finds the end
+        got = bytearray()
+        with contextlib.suppress(BlockingIOError):
+            while len(got) < rest.sent:
+                got += w.client.recv(65536, socket.MSG_DONTWAIT)
+        os.truncate(disk_path / "download", cut)
+        with pytest.raises(ValueError, match="ended before"):
+            serving(info, unsent.send, w.conn, b"")
     finally:
         os.close(fd)
     assert info.unsent is None
     w.conn.shutdown(socket.SHUT_WR)
-    thread.join(10)
-    assert bytes(got) == LONG and w.nothing_parked()
+    w.client.settimeout(5)
+    while data := w.client.recv(65536):
+        got += data
+    assert bytes(got) == LONG[:cut]
 
 
 def test_with_max_unsent_0_a_file_is_sent_by_the_worker(
-    make_worker, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    make_worker, monkeypatch: pytest.MonkeyPatch, disk_path: Path
 ) -> None:
     """max_unsent = 0 leaves nothing to the dispatcher, a file's rest included."""
     w = make_worker()
     monkeypatch.setattr(unsent, "_limit", 0)
     small_buffer(w)
     info = w.info()
-    fd = a_file(tmp_path)
+    fd = a_file(disk_path)
     thread, got = reader(w.client)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))

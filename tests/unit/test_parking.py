@@ -424,14 +424,14 @@ def test_only_a_memfd_or_a_file_is_sent_from(held: Held) -> None:
 
 
 def test_a_files_rest_is_sent_from_the_file_and_holds_none_of_our_memory(
-    held: Held, tmp_path: Path
+    held: Held, disk_path: Path
 ) -> None:
     """A download's rest: the application's file itself, the bytes the worker names (a
     Content-Length shorter than the file, say). It is not counted against
     max_unsent_total: it is the page cache's, not ours."""
     words = memoryview(bytearray(8 * 4)).cast("q")
     held.parking.words = words
-    path = tmp_path / "download"
+    path = disk_path / "download"
     path.write_bytes(ANSWER)
     item = held.connect(7)
     rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -458,14 +458,14 @@ def test_a_file_flag_on_a_memfd_counts_it_all_the_same(held: Held) -> None:
 
 
 def test_a_client_that_takes_all_at_once_gets_a_slice_per_loop_turn(
-    held: Held, tmp_path: Path
+    held: Held, disk_path: Path
 ) -> None:
     """A client as fast as loopback (nginx in front) never fills its socket: one loop turn
     sends it SEND_SLICE, and the next turn the next slice, so the loop's other connections
     are not kept waiting while a long file goes out."""
     client, server = tcp_pair()  # TCP: a send buffer that grows to megabytes
     held.clients[10] = client
-    path = tmp_path / "download"
+    path = disk_path / "download"
     path.write_bytes(ANSWER * 4)
     item = (10, server.detach(), "web", "peer", b"", 0)
     rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -500,12 +500,12 @@ def drain(client: socket.socket, size: int) -> None:
 
 
 def test_a_file_that_ends_before_its_answer_does_closes_the_connection(
-    held: Held, tmp_path: Path
+    held: Held, disk_path: Path
 ) -> None:
     """A file cut short after the worker left it (a log rotated, say): the client gets what
     there is, then the connection's end, and cannot take the next answer for this one's
     rest. Counted as `short-file`."""
-    path = tmp_path / "download"
+    path = disk_path / "download"
     path.write_bytes(ANSWER)
     item = held.connect(8)
     rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
