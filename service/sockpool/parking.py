@@ -199,9 +199,10 @@ class Parking:
         work: bool,
     ) -> None:
         """Send the bytes `span` of `rest` (an answer's rest a worker left us: a memfd, or
-        the application's `file`, which holds none of our memory) on the connection as its
-        client takes it, a stall of `stall` seconds at most (0: no limit); then it joins
-        `sent` with `after`. `work`: a request comes after it, which a stop must wait for."""
+        the application's `file`, none of our memory unless it is in memory itself) on the
+        connection as its client takes it, a stall of `stall` seconds at most (0: no
+        limit); then it joins `sent` with `after`. `work`: a request comes after it, which
+        a stop must wait for."""
         fd = item[1]
         try:
             st = os.fstat(rest)

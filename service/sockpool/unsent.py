@@ -47,24 +47,20 @@ _total = 0  # max_unsent_total (worker.py); 0: no limit but each connection's
 class Unsent:
     """Bytes of an answer, in order, in a memfd of their own (ConnectionInfo.unsent), of
     which the client has taken the first `sent`; or, `file`, the bytes `sent` to `size` of
-    an application's file (of_file())."""
+    an application's file."""
 
     __slots__ = ("fd", "file", "sent", "size")
 
-    def __init__(self) -> None:
-        self.fd = os.memfd_create("sockpool-unsent", os.MFD_CLOEXEC)
-        self.size = self.sent = 0
-        self.file = False
-
-    @classmethod
-    def of_file(cls, fd: int, offset: int, count: int) -> Unsent:
-        """`count` bytes of the file `fd` from `offset`, sent from the file itself: a copy
-        of its descriptor, which the application may close meanwhile. Nothing can be added
-        to it (_behind())."""
-        rest = cls.__new__(cls)
-        rest.fd = os.dup(fd)
-        rest.file, rest.sent, rest.size = True, offset, offset + count
-        return rest
+    def __init__(self, file: int | None = None, offset: int = 0, count: int = 0) -> None:
+        """An empty memfd; or `count` bytes of the `file` from `offset`, sent from the file
+        itself: a copy of its descriptor, which the application may close meanwhile.
+        Nothing can be added to that (_behind())."""
+        self.file = file is not None
+        if file is None:
+            self.fd = os.memfd_create("sockpool-unsent", os.MFD_CLOEXEC)
+        else:
+            self.fd = os.dup(file)
+        self.sent, self.size = offset, offset + count
 
     def add(self, data: bytes | memoryview) -> None:
         """Append all of `data`, or none of it (OSError: no memory for it)."""
@@ -261,13 +257,13 @@ def _sendfile(
 
 def _leave_file(info: ConnectionInfo, fd: int, offset: int, count: int) -> bool:
     """A file's rest the client does not take now, left to the dispatcher as the file
-    itself (Unsent.of_file()): none of our memory, so no limit but max_unsent's `0`
+    itself (Unsent(file)): none of our memory, so no limit but max_unsent's `0`
     (never). False where it may not go back, there is no descriptor for it, or the file is
     pinned() (the caller then copies the rest while it fits, as for bytes)."""
     if not (_limit and giveback._parkable(info)) or pinned(fd):
         return False
     try:
-        info.unsent = Unsent.of_file(fd, offset, count)  # type: ignore[union-attr]
+        info.unsent = Unsent(fd, offset, count)  # type: ignore[union-attr]
     except OSError:
         return False
     return True

@@ -554,10 +554,26 @@ def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
         rest.close()
 
 
-def a_file(where: Path, data: bytes = LONG, flags: int = os.O_RDONLY) -> int:
+def a_file(where: Path, flags: int = os.O_RDONLY) -> int:
     path = where / "download"
-    path.write_bytes(data)
+    path.write_bytes(LONG)
     return os.open(path, flags | os.O_CLOEXEC)
+
+
+def sending_a_file(
+    make_worker,
+    monkeypatch: pytest.MonkeyPatch,
+    where: Path,
+    limit: int = 1 << 20,
+    flags: int = os.O_RDONLY,
+    conn_id: int = 42,
+) -> tuple[Worker, ConnectionInfo, int]:
+    """A worker whose socket takes little at once, under max_unsent `limit`, and LONG in a
+    file in `where` for it to send (the test closes its descriptor)."""
+    w = make_worker()
+    monkeypatch.setattr(unsent, "_limit", limit)
+    small_buffer(w)
+    return w, w.info(conn_id=conn_id), a_file(where, flags)
 
 
 def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
@@ -566,11 +582,7 @@ def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
     """A download longer than max_unsent: nothing is copied, the dispatcher gets the file
     (a descriptor of its own: the application closes its file) and the bytes still to
     send, from where the client's share ends to the answer's Content-Length."""
-    w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 4096)  # far less than the rest
-    small_buffer(w)
-    info = w.info(conn_id=9)
-    fd = a_file(disk_path)
+    w, info, fd = sending_a_file(make_worker, monkeypatch, disk_path, 4096, conn_id=9)
     serving(info, unsent.send_file, w.conn, fd, 100, len(LONG) - 200)
     rest = info.unsent
     assert rest is not None and rest.file and rest.size == len(LONG) - 100
@@ -594,11 +606,7 @@ def test_more_behind_a_files_rest_waits_for_it_in_the_worker(
     """Bytes cannot join the application's file (here one it could write to): a last
     part written after it sends the file's rest, then itself, in order, from the worker,
     and the file is left as it was."""
-    w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 1 << 20)
-    small_buffer(w)
-    info = w.info()
-    fd = a_file(disk_path, flags=os.O_RDWR)
+    w, info, fd = sending_a_file(make_worker, monkeypatch, disk_path, flags=os.O_RDWR)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
         assert info.unsent is not None and info.unsent.file
@@ -628,11 +636,7 @@ def test_a_file_the_dispatcher_would_hold_in_memory_is_copied_as_bytes_are(
         if not Path("/dev/shm").is_dir():
             pytest.skip("no /dev/shm here")
         folder = Path(tempfile.mkdtemp(dir="/dev/shm"))
-    w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 1 << 20)
-    small_buffer(w)
-    info = w.info()
-    fd = a_file(folder)
+    w, info, fd = sending_a_file(make_worker, monkeypatch, folder)
     try:
         if where == "deleted":
             (folder / "download").unlink()
@@ -665,11 +669,7 @@ def test_a_file_cut_short_behind_its_rest_sends_nothing_twice(
     (ValueError, the application's error, as for a file short from the start), and the
     rest is dropped, not given back to be sent again from where the client's share
     ended before."""
-    w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 1 << 20)
-    small_buffer(w)
-    info = w.info()
-    fd = a_file(disk_path)
+    w, info, fd = sending_a_file(make_worker, monkeypatch, disk_path)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
         rest = info.unsent
@@ -696,11 +696,7 @@ def test_with_max_unsent_0_a_file_is_sent_by_the_worker(
     make_worker, monkeypatch: pytest.MonkeyPatch, disk_path: Path
 ) -> None:
     """max_unsent = 0 leaves nothing to the dispatcher, a file's rest included."""
-    w = make_worker()
-    monkeypatch.setattr(unsent, "_limit", 0)
-    small_buffer(w)
-    info = w.info()
-    fd = a_file(disk_path)
+    w, info, fd = sending_a_file(make_worker, monkeypatch, disk_path, 0)
     thread, got = reader(w.client)
     try:
         serving(info, unsent.send_file, w.conn, fd, 0, len(LONG))
