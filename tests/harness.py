@@ -35,6 +35,7 @@ import pytest
 
 from sockpool.events import Event
 from sockpool.lifecycle import Record
+from sockpool.unsent import in_memory
 
 REPO = Path(__file__).resolve().parent.parent
 SOCKPOOL = str(Path(sys.executable).with_name("sockpool"))
@@ -119,10 +120,23 @@ def custom_slices() -> bool:
 
 @pytest.fixture
 def disk_path() -> Iterator[Path]:
-    """A directory on a disk: pytest's tmp_path is in /tmp, which is tmpfs on many hosts
-    (Fedora, Arch, Debian 13), where a file's bytes are memory the dispatcher must count
-    and is never handed (unsent.pinned). /var/tmp is on a disk everywhere (FHS)."""
-    path = Path(tempfile.mkdtemp(dir="/var/tmp", prefix="sockpool-test-"))
+    """A directory on a disk, for a file a worker hands over as the file: pytest's
+    tmp_path is in /tmp, which is tmpfs on many hosts (Fedora, Arch, Debian 13), where a
+    file's bytes are memory and are copied as bytes are (unsent.pinned). /var/tmp, which
+    the FHS keeps on a disk, else the checkout's build/; skipped where both are memory."""
+    for parent in (Path("/var/tmp"), REPO / "build"):
+        parent.mkdir(exist_ok=True)
+        path = Path(tempfile.mkdtemp(dir=parent, prefix="sockpool-test-"))
+        probe = os.open(path / "probe", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC)
+        try:
+            on_disk = not in_memory(probe)
+        finally:
+            os.close(probe)
+        if on_disk:
+            break
+        shutil.rmtree(path)
+    else:
+        pytest.skip("/var/tmp and the checkout are both in memory here")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

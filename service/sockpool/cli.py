@@ -81,7 +81,8 @@ _LIMITS = [
         "BYTES",
         "bytes of an answer a sync worker may leave to the dispatcher to send when its client "
         "reads slowly, so the worker goes on to the next connection (default 1048576; 0: off); "
-        "a file's rest (wsgi.file_wrapper) goes as the file, whatever its length",
+        "a file's rest (wsgi.file_wrapper) goes as the file, whatever its length, unless "
+        "the file is in tmpfs or deleted",
     ),
     (
         "max_unsent_total",

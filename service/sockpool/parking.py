@@ -296,7 +296,8 @@ class Parking:
             end = min(unsent.end, unsent.offset + SEND_SLICE)
             unsent.offset = send_what_fits(fd, unsent.rest, unsent.offset, end)
         except (OSError, ValueError) as exc:  # reset, or closed for reading: nobody to send
-            self._release(fd)  # it to; or the file ends first: the answer cannot be whole
+            self._release(fd)  # it to (or the file's read failed: counted the same); or the
+            # file ends first: the answer cannot be whole
             self.drop(item, SHORT_FILE if isinstance(exc, ValueError) else "peer-closed")
             return
         if unsent.offset < unsent.end:  # the client takes no more now, or a slice went: wait

@@ -289,8 +289,10 @@ def in_memory(fd: int) -> bool:
 def send_what_fits(out: int, fd: int, offset: int, end: int) -> int:
     """sendfile() of the file `fd` from `offset` to `end` on the non-blocking socket `out`,
     as much as it takes now; where that ended (`end` once all is sent). ValueError when the
-    file ends first (an application's file cut short since); other errors are the
-    socket's: OSError. The worker's drain() and the dispatcher's sending (parking.py)."""
+    file ends first (an application's file cut short since); OSError for the socket's
+    errors, and for the file's (a read that failed: EIO, or ESTALE on NFS), which
+    sendfile() does not tell apart. The worker's drain() and the dispatcher's sending
+    (parking.py)."""
     with contextlib.suppress(BlockingIOError):
         while offset < end:
             if not (sent := os.sendfile(out, fd, offset, end - offset)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -301,6 +302,33 @@ def test_a_worker_whose_last_request_ends_in_a_park_is_recycled(service: Service
     service.hot.park(service.proc, wire.Park(1, 0, b""), connection_fd(service), 1.0)
     assert due == [{PID}] and len(service.hot.parking) == 1
     service.hot.parking.close_all("test")
+
+
+@pytest.mark.parametrize(
+    ("rest", "file", "counted"),
+    [("disk", True, 0), ("memfd", False, 5000), ("memfd", True, 5000)],
+    ids=["a-file", "a-memfd", "a-memfd-flagged-file"],
+)
+def test_an_answers_rest_counts_against_max_unsent_total_unless_a_file_on_a_disk(
+    service: Service, disk_path: Path, rest: str, file: bool, counted: int
+) -> None:
+    """A worker's PARK with an answer's rest: a download's file (FILE) holds none of the
+    service's memory, and the workers are told so in the shared word that
+    max_unsent_total reads; a memfd is memory, whatever the flag says."""
+    service.connect()
+    assert service.woken()
+    service.turn()
+    if rest == "disk":
+        (disk_path / "download").write_bytes(bytes(5000))
+        fd = os.open(disk_path / "download", os.O_RDONLY | os.O_CLOEXEC)
+    else:
+        fd = os.memfd_create("rest", os.MFD_CLOEXEC)
+        os.write(fd, bytes(5000))
+    msg = wire.Park(1, 0, b"", unsent=True, close=True, span=(0, 5000), file=file)
+    service.hot.park(service.proc, msg, connection_fd(service), 1.0, fd)
+    assert service.hot.waiting[giveback.UNSENT] == counted
+    service.hot.parking.close_all("test")
+    assert service.hot.waiting[giveback.UNSENT] == 0
 
 
 def test_one_of_n_dispatchers_at_its_share_defers_while_another_has_room() -> None:
