@@ -118,6 +118,13 @@ def custom_slices() -> bool:
     )
 
 
+def a_file(where: Path, data: bytes, flags: int = os.O_RDONLY) -> int:
+    """`data` in the file `where`/download, opened: a download a worker sends (disk_path)."""
+    path = where / "download"
+    path.write_bytes(data)
+    return os.open(path, flags | os.O_CLOEXEC)
+
+
 @pytest.fixture
 def disk_path() -> Iterator[Path]:
     """A directory on a disk, for a file a worker hands over as the file: pytest's

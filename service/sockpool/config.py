@@ -290,19 +290,20 @@ def _listener_kind(value: Any) -> str:
     return value
 
 
-def _carry(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_CARRY:
-        raise ValueError(f"expected bytes from 0 to {MAX_CARRY}, got {quote(value)}")
-    return value
+def _bytes_up_to(limit: int) -> Callable[[Any], int]:
+    """A validator of a number of bytes from 0 to `limit`."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
+            raise ValueError(f"expected bytes from 0 to {limit}, got {quote(value)}")
+        return value
+
+    return check
 
 
 MAX_BUFFERED_BODY = 1 << 30  # SO_RCVLOWAT is an int; the kernel caps it far lower anyway
-
-
-def _buffered(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_BUFFERED_BODY:
-        raise ValueError(f"expected bytes from 0 to {MAX_BUFFERED_BODY}, got {quote(value)}")
-    return value
+_carry = _bytes_up_to(MAX_CARRY)
+_buffered = _bytes_up_to(MAX_BUFFERED_BODY)
 
 
 def _flag(value: Any) -> bool:

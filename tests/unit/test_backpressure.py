@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import a_file
 from sockpool import channel, giveback, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
@@ -319,8 +320,7 @@ def test_an_answers_rest_counts_against_max_unsent_total_unless_a_file_on_a_disk
     assert service.woken()
     service.turn()
     if rest == "disk":
-        (disk_path / "download").write_bytes(bytes(5000))
-        fd = os.open(disk_path / "download", os.O_RDONLY | os.O_CLOEXEC)
+        fd = a_file(disk_path, bytes(5000))
     else:
         fd = os.memfd_create("rest", os.MFD_CLOEXEC)
         os.write(fd, bytes(5000))

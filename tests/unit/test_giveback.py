@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from harness import tcp_pair
+from harness import a_file, tcp_pair
 from sockpool import channel, config, giveback, handlers, unsent, wire, worker
 from sockpool.connection import ConnectionInfo, current_connection, set_current
 from sockpool.spec import WorkerSpec
@@ -554,12 +554,6 @@ def test_a_file_that_ends_early_adds_nothing_to_what_waits(tmp_path) -> None:
         rest.close()
 
 
-def a_file(where: Path, flags: int = os.O_RDONLY) -> int:
-    path = where / "download"
-    path.write_bytes(LONG)
-    return os.open(path, flags | os.O_CLOEXEC)
-
-
 def sending_a_file(
     make_worker,
     monkeypatch: pytest.MonkeyPatch,
@@ -573,7 +567,7 @@ def sending_a_file(
     w = make_worker()
     monkeypatch.setattr(unsent, "_limit", limit)
     small_buffer(w)
-    return w, w.info(conn_id=conn_id), a_file(where, flags)
+    return w, w.info(conn_id=conn_id), a_file(where, LONG, flags)
 
 
 def test_a_files_rest_goes_back_as_the_file_whatever_its_length(
@@ -655,7 +649,7 @@ def test_a_file_the_dispatcher_would_hold_in_memory_is_copied_as_bytes_are(
 
 
 def test_a_file_on_a_disk_is_not_pinned(disk_path: Path) -> None:
-    fd = a_file(disk_path)
+    fd = a_file(disk_path, LONG)
     try:
         assert not unsent.pinned(fd)
     finally:

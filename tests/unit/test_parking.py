@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import tcp_pair
+from harness import a_file, tcp_pair
 from sockpool import giveback, parking
 from sockpool.parking import FIRST_BYTE, IDLE, REQUEST, Parking, deadline_for
 
@@ -431,10 +431,8 @@ def test_a_files_rest_is_sent_from_the_file_and_holds_none_of_our_memory(
     max_unsent_total: it is the page cache's, not ours."""
     words = memoryview(bytearray(8 * 4)).cast("q")
     held.parking.words = words
-    path = disk_path / "download"
-    path.write_bytes(ANSWER)
     item = held.connect(7)
-    rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    rest = a_file(disk_path, ANSWER)
     leave(held, item, rest, (1000, len(ANSWER) - 24), file=True)
     assert words[giveback.UNSENT] == 0 and rest in held.parking.fds()
     assert read_all(held.clients[7], len(ANSWER) - 1024, held) == ANSWER[1000:-24]
@@ -467,10 +465,8 @@ def test_a_client_that_takes_all_at_once_gets_a_slice_per_loop_turn(
     monkeypatch.setattr(parking, "SEND_SLICE", SLICE)
     client, server = tcp_pair()  # TCP: a send buffer that grows to megabytes
     held.clients[10] = client
-    path = disk_path / "download"
-    path.write_bytes(ANSWER)
     item = (10, server.detach(), "web", "peer", b"", 0)
-    rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    rest = a_file(disk_path, ANSWER)
     leave(held, item, rest, file=True)
     sent = []
     for _ in range(3):
@@ -508,10 +504,8 @@ def test_a_file_that_ends_before_its_answer_does_closes_the_connection(
     """A file cut short after the worker left it (a log rotated, say): the client gets what
     there is, then the connection's end, and cannot take the next answer for this one's
     rest. Counted as `short-file`."""
-    path = disk_path / "download"
-    path.write_bytes(ANSWER)
     item = held.connect(8)
-    rest = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    rest = a_file(disk_path, ANSWER)
     leave(held, item, rest, (0, 2 * len(ANSWER)), file=True)
     client, got = held.clients[8], bytearray()
     client.settimeout(5)
