@@ -45,7 +45,9 @@ _NOT_HTTP = (b"content-type", b"content-length")
 
 class FileWrapper:
     """wsgi.file_wrapper: a file the server sends with os.sendfile() when it is a regular
-    file with a descriptor, and reads block by block otherwise."""
+    file with a descriptor, and reads block by block otherwise. Seekable when its file is,
+    as werkzeug's own: a `Range` answer (_RangeWrapper) then seeks to its start, where it
+    would otherwise read and drop every byte before it."""
 
     def __init__(self, filelike: Any, blksize: int = 8192) -> None:
         self.filelike = filelike
@@ -53,9 +55,45 @@ class FileWrapper:
         if hasattr(filelike, "close"):
             self.close = filelike.close
 
-    def __iter__(self) -> Iterator[bytes]:
-        while block := self.filelike.read(self.blksize):
-            yield block
+    def __iter__(self) -> FileWrapper:
+        return self
+
+    def __next__(self) -> bytes:
+        if block := self.filelike.read(self.blksize):
+            return block
+        raise StopIteration
+
+    def seekable(self) -> bool:
+        seekable = getattr(self.filelike, "seekable", None)
+        return bool(seekable and seekable())
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.filelike.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.filelike.tell()
+
+
+def _file_span(result: Any) -> tuple[FileWrapper, int | None, int | None] | None:
+    """(wrapper, start, length) when the answer is a span of a FileWrapper's file: the
+    wrapper itself (from where its file stands, to its end), or werkzeug's `Range` answer
+    over one (Flask's send_file() asked for a range), not yet begun, which would seek to
+    `start` and read `length` bytes. None for any other iterable: it is iterated."""
+    if isinstance(result, FileWrapper):
+        return result, None, None
+    wrapper = getattr(result, "iterable", None)
+    if not (
+        isinstance(wrapper, FileWrapper)
+        and type(result).__module__.startswith("werkzeug.")
+        and getattr(result, "seekable", False) is True  # then start is the file's offset
+        and getattr(result, "read_length", None) == 0
+        and getattr(result, "end_reached", None) is False
+    ):
+        return None
+    start, length = getattr(result, "start_byte", None), getattr(result, "byte_range", None)
+    if type(start) is not int or start < 0 or not (length is None or type(length) is int):
+        return None
+    return wrapper, start, length
 
 
 class _Input(io.RawIOBase):
@@ -222,7 +260,8 @@ class _Response:
 
     def send(self, result: Iterable[bytes]) -> None:
         """Send the application's iterable, then the end of the response."""
-        if isinstance(result, FileWrapper) and self._sendfile(result):
+        span = _file_span(result)
+        if span is not None and self._sendfile(*span):
             return
         if isinstance(result, list | tuple):
             # Everything is here: one send, with a Content-Length when none was given.
@@ -237,18 +276,25 @@ class _Response:
         self.http.add_length(self.headers, 0)  # when nothing was sent
         self._send(self._head() + self.http.end())
 
-    def _sendfile(self, wrapper: FileWrapper) -> bool:
-        """Send a regular file with os.sendfile(); False when it is not one."""
+    def _sendfile(
+        self, wrapper: FileWrapper, start: int | None = None, length: int | None = None
+    ) -> bool:
+        """Send a regular file with os.sendfile(), from `start` (else where the file
+        stands) for at most `length` bytes (else to its end); False when it is not one."""
         try:
             fd = wrapper.filelike.fileno()
             st = os.fstat(fd)
-            tell = getattr(wrapper.filelike, "tell", None)  # a buffered file's own position
-            offset = tell() if tell else os.lseek(fd, 0, os.SEEK_CUR)
+            offset = start
+            if offset is None:
+                tell = getattr(wrapper.filelike, "tell", None)  # a buffered file's own position
+                offset = tell() if tell else os.lseek(fd, 0, os.SEEK_CUR)
         except (AttributeError, OSError, io.UnsupportedOperation):
             return False
         if not stat.S_ISREG(st.st_mode) or self.http.head_sent:
             return False
         count = max(0, st.st_size - offset)
+        if length is not None:
+            count = min(count, length)
         given = header(self.headers, b"content-length")
         if given is None:
             self.headers.append((b"Content-Length", b"%d" % count))

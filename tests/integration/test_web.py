@@ -593,26 +593,34 @@ def test_clients_that_read_slowly_hold_no_sync_worker(serve) -> None:
         assert hello(kept.ask("GET", "/hello"))
 
 
-def test_slow_downloads_of_a_file_hold_no_sync_worker(serve, disk_path: Path) -> None:
+@pytest.mark.parametrize("span", [None, (1000, LONG - 1001)], ids=["whole", "range"])
+def test_slow_downloads_of_a_file_hold_no_sync_worker(
+    serve, disk_path: Path, span: tuple[int, int] | None
+) -> None:
     """Flask's send_file goes out with sendfile(), and what the client does not take is
     left to the dispatcher as the file itself, however much longer than max_unsent (here
-    the default, 1 MiB): two slow downloads, two workers, and a third client is served
-    meanwhile. Each download then comes whole, and its connection serves the next
-    request."""
+    the default, 1 MiB), a `Range` asked for as the whole file: two slow downloads, two
+    workers, and a third client is served meanwhile. Each download then comes whole, and
+    its connection serves the next request."""
     data = disk_path / "long.bin"
     data.write_bytes(os.urandom(LONG))
     env = {"WEBAPPS_FILE": str(data)}
     site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60"], env=env)
+    ask, status, want = b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n", 200, data.read_bytes()
+    if span is not None:
+        ask = ask[:-2] + b"Range: bytes=%d-%d\r\n\r\n" % span
+        status, want = 206, want[span[0] : span[1] + 1]
     slow = [site.client() for _ in range(2)]
     since = mark(site.service)
     for client in slow:
-        client.send(b"GET /file HTTP/1.1\r\nHost: a\r\n\r\n")
+        client.send(ask)
     settle(site.service, busy=0, parked=2, since=since)
     with site.client() as fast:
         assert hello(fast.ask("GET", "/hello"))
     for client in slow:
         with client:
-            assert client.response().body == data.read_bytes()
+            answer = client.response()
+            assert (answer.status, answer.body) == (status, want)
             assert hello(client.ask("GET", "/hello"))
 
 

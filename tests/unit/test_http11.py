@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import dataclasses
 import errno
+import io
 import logging
 import os
 import select
@@ -1051,6 +1052,63 @@ def test_wsgi_file_wrapper_sends_the_file(monkeypatch: pytest.MonkeyPatch) -> No
         client.close()
         thread.join(10)
     assert sent[0] == 5
+
+
+class _Reads(io.BytesIO):
+    """A file that is not a regular one (no sendfile()): where each read began."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.starts: list[int] = []
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.starts.append(self.tell())
+        return super().read(size)
+
+
+@pytest.mark.parametrize("regular", [True, False], ids=["regular-file", "not-a-file"])
+def test_wsgi_a_range_of_a_file_goes_from_its_start(
+    monkeypatch: pytest.MonkeyPatch, regular: bool
+) -> None:
+    """werkzeug's send_file() answers a Range header with the wrapped file: a regular file
+    goes out with os.sendfile() from the range's start, as a whole file does (and so may be
+    left to the dispatcher: test_web); any other file is seeked to the start, not read up
+    to it. Either way the client gets the range's bytes, with werkzeug's 206 and headers."""
+    from werkzeug.utils import send_file
+
+    content = os.urandom(100_000)
+    opened: list[_Reads] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        if not regular:
+            opened.append(_Reads(content))
+        # By path, as Flask's send_file(path) does: werkzeug knows the size, so does ranges.
+        what = f.name if regular else opened[-1]
+        answer = send_file(what, environ, mimetype="application/octet-stream")
+        return answer(environ, start_response)
+
+    sent: list[int] = []
+    real = os.sendfile
+
+    def spy(out: int, fd: int, offset: int, count: int) -> int:
+        sent.append(offset)
+        return real(out, fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(content)
+        f.flush()
+        client, thread = run_sync(wsgi.make_handler(app))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=70000-79999\r\n\r\n")
+        status, headers, body = Client(client).response()
+        client.close()
+        thread.join(10)
+    assert status == 206 and headers[b"content-range"] == b"bytes 70000-79999/100000"
+    assert headers[b"content-length"] == b"10000" and body == content[70000:80000]
+    if regular:
+        assert sent[0] == 70000
+    else:
+        assert not sent and opened[0].starts[0] == 70000 and opened[0].closed
 
 
 def test_wsgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
