@@ -1112,7 +1112,7 @@ def readme_section(result: dict[str, Any]) -> str:
         "## Benchmarks",
         "",
         "`make bench` measures sockpool against its peers on the machine at hand, in one run "
-        "(about 18 minutes on 2 cores): it installs what it needs (wrk and Node.js from the "
+        "(about 22 minutes on 2 cores): it installs what it needs (wrk and Node.js from the "
         "distribution, gunicorn, uvicorn, matplotlib and py-spy into the venv), starts every "
         "server exactly as "
         "systemd would (`systemd-socket-activate`, and a real systemd in a throw-away "

@@ -7,7 +7,7 @@ systemd would start it, through `systemd-socket-activate` on a fresh 127.0.0.1 p
 tests/harness.py's Service, as the integration tests start sockpool), with the same worker
 count; systemd's own Accept=yes runs in a real-systemd container.
 
-    python -m bench.run                 # the full run (make bench), about 18 minutes here
+    python -m bench.run                 # the full run (make bench), about 22 minutes here
     python -m bench.run --smoke --out /tmp/x   # seconds: two servers, two scenarios
     python -m bench.run --scenario slowloris --out /tmp/x   # one scenario (or a list)
 

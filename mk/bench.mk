@@ -1,5 +1,5 @@
 # Benchmarks (issue 4): `make bench` measures sockpool against its peers on this machine
-# and writes bench/results/RESULTS.md and bench/results/bench.png (about 18 minutes on 2 cores);
+# and writes bench/results/RESULTS.md and bench/results/bench.png (about 22 minutes on 2 cores);
 # `make bench-smoke` runs the same harness for seconds, into bench/results/raw/smoke.
 # BENCH_ARGS passes options to `python -m bench.run` (--rounds, --duration, --workers,
 # --scenarios, --servers, --no-container; see --help).
