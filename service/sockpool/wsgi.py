@@ -261,20 +261,48 @@ class _Response:
     def send(self, result: Iterable[bytes]) -> None:
         """Send the application's iterable, then the end of the response."""
         span = _file_span(result)
-        if span is not None and self._sendfile(*span):
+        if span is not None and (self._sendfile(*span) or self._send_memory(*span)):
             return
         if isinstance(result, list | tuple):
-            # Everything is here: one send, with a Content-Length when none was given.
-            body = b"".join(result)
-            self.http.add_length(self.headers, len(body))
-            pieces = [self._head(), *self.http.body(body), self.http.end()]
-            self._send(b"".join(pieces))
-            self.sent += len(body) if not self.http.is_head else 0
+            self._send_whole(b"".join(result))
             return
         for block in result:
             self.write(block)
         self.http.add_length(self.headers, 0)  # when nothing was sent
         self._send(self._head() + self.http.end())
+
+    def _send_whole(self, body: bytes | memoryview) -> None:
+        """Everything is here: one send, with a Content-Length when none was given (and
+        what a slow client does not take goes to the dispatcher: unsent.send())."""
+        self.http.add_length(self.headers, len(body))
+        pieces = [self._head(), *self.http.body(body), self.http.end()]
+        self._send(b"".join(pieces))
+        self.sent += len(body) if not self.http.is_head else 0
+
+    def _declared(self, count: int) -> int:
+        """At most the Content-Length the application gave, if it gave one."""
+        given = header(self.headers, b"content-length")
+        return min(count, int(given)) if given is not None and given.isdigit() else count
+
+    def _send_memory(
+        self, wrapper: FileWrapper, start: int | None = None, length: int | None = None
+    ) -> bool:
+        """An io.BytesIO's bytes (send_file() of what the application made in memory: an
+        export, an image), like _sendfile()'s span, are all here: sent as one answer, as a
+        list's, not as a stream, whose slow client would hold the worker to its end. False
+        for anything else; a subclass of BytesIO too, whose read() may do more."""
+        buffer = wrapper.filelike
+        if type(buffer) is not io.BytesIO:
+            return False
+        offset = buffer.tell() if start is None else start
+        # Views, not a copy, released on the way out even when the send fails: a BytesIO
+        # with a view left on it cannot be closed (BufferError), and close() comes next.
+        with buffer.getbuffer() as view:
+            count = max(0, len(view) - offset)
+            count = self._declared(count if length is None else min(count, length))
+            with view[offset : offset + count] as body:
+                self._send_whole(body)
+        return True
 
     def _sendfile(
         self, wrapper: FileWrapper, start: int | None = None, length: int | None = None
@@ -293,13 +321,9 @@ class _Response:
         if not stat.S_ISREG(st.st_mode) or self.http.head_sent:
             return False
         count = max(0, st.st_size - offset)
-        if length is not None:
-            count = min(count, length)
-        given = header(self.headers, b"content-length")
-        if given is None:
+        count = self._declared(count if length is None else min(count, length))
+        if header(self.headers, b"content-length") is None:
             self.headers.append((b"Content-Length", b"%d" % count))
-        elif given.isdigit():
-            count = min(count, int(given))
         head = self._head()
         pieces = self.http.body(_FileRange(count)) if count else []
         before = b"".join(p for p in pieces[:1] if not isinstance(p, _FileRange))

@@ -572,17 +572,19 @@ GET_HELLO = b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n"
 UNSENT = [f"--max-unsent={8 << 20}"]
 
 
-def test_clients_that_read_slowly_hold_no_sync_worker(serve) -> None:
+@pytest.mark.parametrize("view", [b"/big", b"/memory"], ids=["body", "send_file-bytesio"])
+def test_clients_that_read_slowly_hold_no_sync_worker(serve, view: bytes) -> None:
     """Nothing pinned: as many clients as sync workers ask for an answer longer than the
-    kernel's buffers hold, and read none of it yet. The workers leave the rest to the
-    dispatcher, and a third client is served meanwhile. Then each slow client gets its whole
-    answer: the one that asked to close gets the end of the stream after it, the other one's
-    connection serves its next request."""
+    kernel's buffers hold, and read none of it yet: a body, or send_file() of what the
+    application made in memory. The workers leave the rest to the dispatcher, and a third
+    client is served meanwhile. Then each slow client gets its whole answer: the one that
+    asked to close gets the end of the stream after it, the other one's connection serves
+    its next request."""
     site = start_site(serve, "wsgi", APPS["wsgi"], ["--idle-timeout=60", *UNSENT])
     kept, closing = site.client(), site.client()
     since = mark(site.service)
-    kept.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\n\r\n" % LONG)
-    closing.send(b"GET /big/%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % LONG)
+    kept.send(b"GET %s/%d HTTP/1.1\r\nHost: a\r\n\r\n" % (view, LONG))
+    closing.send(b"GET %s/%d HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n" % (view, LONG))
     settle(site.service, busy=0, parked=2, since=since)  # both with the dispatcher
     with site.client() as fast:
         assert hello(fast.ask("GET", "/hello"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import os
 import sys
@@ -169,6 +170,13 @@ def file() -> Response:
 def big(size: int) -> bytes:
     """`size` bytes of a pattern (bigger(size)), as one body."""
     return bigger(size)
+
+
+@flask_app.route("/memory/<int:size>")
+def memory(size: int) -> Response:
+    """The same bytes made in memory and sent as a file (an export, an image): send_file()
+    of an io.BytesIO, which werkzeug hands to the server's wsgi.file_wrapper."""
+    return send_file(io.BytesIO(bigger(size)), mimetype="application/octet-stream")
 
 
 @flask_app.route("/gated/<int:size>")

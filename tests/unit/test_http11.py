@@ -1066,24 +1066,27 @@ class _Reads(io.BytesIO):
         return super().read(size)
 
 
-@pytest.mark.parametrize("regular", [True, False], ids=["regular-file", "not-a-file"])
-def test_wsgi_a_range_of_a_file_goes_from_its_start(
-    monkeypatch: pytest.MonkeyPatch, regular: bool
+@pytest.mark.parametrize("kind", ["regular-file", "bytesio", "not-a-file"])
+@pytest.mark.parametrize("ask", [b"", b"Range: bytes=70000-79999\r\n"], ids=["whole", "range"])
+def test_wsgi_send_file_goes_out_as_the_span_it_is(
+    monkeypatch: pytest.MonkeyPatch, kind: str, ask: bytes
 ) -> None:
-    """werkzeug's send_file() answers a Range header with the wrapped file: a regular file
-    goes out with os.sendfile() from the range's start, as a whole file does (and so may be
-    left to the dispatcher: test_web); any other file is seeked to the start, not read up
-    to it. Either way the client gets the range's bytes, with werkzeug's 206 and headers."""
+    """werkzeug's send_file(), whole or a `Range` of it (its range iterator around the
+    wrapped file): a regular file goes out with os.sendfile() from the span's start (and so
+    may be left to the dispatcher: test_web); an io.BytesIO, all in memory, as one answer
+    (whose rest, too, may be left: unsent.send() with last); any other file is iterated,
+    seeked to the start, not read up to it. The client gets the span's bytes, with
+    werkzeug's status and headers."""
     from werkzeug.utils import send_file
 
     content = os.urandom(100_000)
-    opened: list[_Reads] = []
+    opened: list[io.BytesIO] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        if not regular:
-            opened.append(_Reads(content))
+        if kind != "regular-file":
+            opened.append(io.BytesIO(content) if kind == "bytesio" else _Reads(content))
         # By path, as Flask's send_file(path) does: werkzeug knows the size, so does ranges.
-        what = f.name if regular else opened[-1]
+        what = f.name if kind == "regular-file" else opened[-1]
         answer = send_file(what, environ, mimetype="application/octet-stream")
         return answer(environ, start_response)
 
@@ -1094,21 +1097,57 @@ def test_wsgi_a_range_of_a_file_goes_from_its_start(
         sent.append(offset)
         return real(out, fd, offset, count)
 
+    lasts: list[bool] = []
+    real_send = wsgi._send
     monkeypatch.setattr(os, "sendfile", spy)
+    monkeypatch.setattr(
+        wsgi,
+        "_send",
+        lambda conn, data, last=True: (lasts.append(last), real_send(conn, data, last)),
+    )
     with tempfile.NamedTemporaryFile() as f:
         f.write(content)
         f.flush()
         client, thread = run_sync(wsgi.make_handler(app))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=70000-79999\r\n\r\n")
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + ask + b"\r\n")
         status, headers, body = Client(client).response()
         client.close()
         thread.join(10)
-    assert status == 206 and headers[b"content-range"] == b"bytes 70000-79999/100000"
-    assert headers[b"content-length"] == b"10000" and body == content[70000:80000]
-    if regular:
-        assert sent[0] == 70000
+    start, end = (70000, 80000) if ask else (0, 100_000)
+    assert status == (206 if ask else 200) and body == content[start:end]
+    assert headers[b"content-length"] == b"%d" % (end - start)
+    if ask:
+        assert headers[b"content-range"] == b"bytes 70000-79999/100000"
+    if kind == "regular-file":
+        assert sent[0] == start
+    elif kind == "bytesio":
+        assert not sent and lasts == [True] and opened[0].closed
     else:
-        assert not sent and opened[0].starts[0] == 70000 and opened[0].closed
+        assert not sent and opened[0].starts[0] == start and opened[0].closed
+        assert False in lasts  # a stream: each piece as it comes
+
+
+def test_wsgi_a_client_gone_during_a_bytesio_answer_is_a_disconnect() -> None:
+    """An in-memory file's send fails as any answer's does, and the BytesIO is closed after
+    it: the server's views on it are released even when the send raises (a view left on it
+    would make close() raise BufferError in place of the disconnect)."""
+    from werkzeug.utils import send_file
+
+    made: list[io.BytesIO] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        made.append(io.BytesIO(os.urandom(4 << 20)))
+        answer = send_file(made[-1], environ, mimetype="application/octet-stream")
+        return answer(environ, start_response)
+
+    server, client = socket.socketpair()
+    with server:
+        server.settimeout(10)
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        client.close()
+        with pytest.raises(ClientDisconnected):
+            wsgi.make_handler(app)(server, INFO)
+    assert made[0].closed
 
 
 def test_wsgi_parks_between_requests(monkeypatch: pytest.MonkeyPatch) -> None:
