@@ -279,10 +279,17 @@ class _Response:
         self._send(b"".join(pieces))
         self.sent += len(body) if not self.http.is_head else 0
 
-    def _declared(self, count: int) -> int:
-        """At most the Content-Length the application gave, if it gave one."""
+    def _length(self, count: int) -> int:
+        """The body's length, with `count` bytes there to send: the Content-Length the
+        application gave, if it gave one. More than there is (a file cut short since its
+        size was read) is the application's error, raised before the head (ValueError: a
+        500), where the answer would end short of what its head says."""
         given = header(self.headers, b"content-length")
-        return min(count, int(given)) if given is not None and given.isdigit() else count
+        if given is None or not given.isdigit():
+            return count
+        if int(given) > count:
+            raise ValueError(f"Content-Length is {int(given)}, but {count} bytes are there")
+        return int(given)
 
     def _send_memory(
         self, wrapper: FileWrapper, start: int | None = None, length: int | None = None
@@ -299,7 +306,7 @@ class _Response:
         # with a view left on it cannot be closed (BufferError), and close() comes next.
         with buffer.getbuffer() as view:
             count = max(0, len(view) - offset)
-            count = self._declared(count if length is None else min(count, length))
+            count = self._length(count if length is None else min(count, length))
             with view[offset : offset + count] as body:
                 self._send_whole(body)
         return True
@@ -321,7 +328,7 @@ class _Response:
         if not stat.S_ISREG(st.st_mode) or self.http.head_sent:
             return False
         count = max(0, st.st_size - offset)
-        count = self._declared(count if length is None else min(count, length))
+        count = self._length(count if length is None else min(count, length))
         if header(self.headers, b"content-length") is None:
             self.headers.append((b"Content-Length", b"%d" % count))
         head = self._head()

@@ -1127,6 +1127,55 @@ def test_wsgi_send_file_goes_out_as_the_span_it_is(
         assert False in lasts  # a stream: each piece as it comes
 
 
+@pytest.mark.parametrize("begun", [False, True], ids=["unbegun", "begun"])
+def test_wsgi_a_range_without_its_length_is_still_its_span(begun: bool) -> None:
+    """werkzeug's range iterator as the application left it: with its Content-Length
+    removed the answer still ends where the range does (the server gives it its length),
+    and one the application began to iterate goes on from where it stopped, chunked, not
+    again from the range's start."""
+    from werkzeug.utils import send_file
+
+    content = os.urandom(10240)
+    taken: list[bytes] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        answer = send_file(f.name, environ, mimetype="application/octet-stream")
+        del answer.headers["Content-Length"]
+        taken.append(next(answer.response) if begun else b"")
+        return answer(environ, start_response)
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(content)
+        f.flush()
+        client, thread = run_sync(wsgi.make_handler(app))
+        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=700-9999\r\n\r\n")
+        status, headers, body = Client(client).response()
+        client.close()
+        thread.join(10)
+    assert status == 206 and headers.get(b"content-length") == (None if begun else b"9300")
+    assert body == content[700 + len(taken[0]) : 10000]
+
+
+def test_wsgi_a_file_cut_short_before_its_answer_is_a_500(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The file shrank between werkzeug's stat, which gave its Content-Length, and the
+    send: nothing has gone yet, so the client gets a 500, not a head whose body never
+    comes, and the error is the application's."""
+    from werkzeug.utils import send_file
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        answer = send_file(f.name, environ, mimetype="application/octet-stream")
+        os.truncate(f.name, 50)
+        return answer(environ, start_response)
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(os.urandom(10240))
+        f.flush()
+        client, thread = run_sync(wsgi.make_handler(app))
+        a_500_and_its_record(client, thread, caplog)
+
+
 def test_wsgi_a_client_gone_during_a_bytesio_answer_is_a_disconnect() -> None:
     """An in-memory file's send fails as any answer's does, and the BytesIO is closed after
     it: the server's views on it are released even when the send raises (a view left on it
