@@ -279,11 +279,15 @@ class _Response:
         self._send(b"".join(pieces))
         self.sent += len(body) if not self.http.is_head else 0
 
-    def _length(self, count: int) -> int:
-        """The body's length, with `count` bytes there to send: the Content-Length the
-        application gave, if it gave one. More than there is (a file cut short since its
-        size was read) is the application's error, raised before the head (ValueError: a
-        500), where the answer would end short of what its head says."""
+    def _length(self, size: int, offset: int, length: int | None) -> int:
+        """The body's length: what there is of `size` bytes from `offset`, at most `length`,
+        and the Content-Length the application gave, if it gave one. More than there is (a
+        file cut short since its size was read) is the application's error, raised before
+        the head (ValueError: a 500), where the answer would end short of what its head
+        says."""
+        count = max(0, size - offset)
+        if length is not None:
+            count = min(count, length)
         given = header(self.headers, b"content-length")
         if given is None or not given.isdigit():
             return count
@@ -305,8 +309,7 @@ class _Response:
         # Views, not a copy, released on the way out even when the send fails: a BytesIO
         # with a view left on it cannot be closed (BufferError), and close() comes next.
         with buffer.getbuffer() as view:
-            count = max(0, len(view) - offset)
-            count = self._length(count if length is None else min(count, length))
+            count = self._length(len(view), offset, length)
             with view[offset : offset + count] as body:
                 self._send_whole(body)
         return True
@@ -327,8 +330,7 @@ class _Response:
             return False
         if not stat.S_ISREG(st.st_mode) or self.http.head_sent:
             return False
-        count = max(0, st.st_size - offset)
-        count = self._length(count if length is None else min(count, length))
+        count = self._length(st.st_size, offset, length)
         if header(self.headers, b"content-length") is None:
             self.headers.append((b"Content-Length", b"%d" % count))
         head = self._head()

@@ -1019,7 +1019,21 @@ def test_wsgi_continue_is_sent_when_the_body_is_read() -> None:
     thread.join(10)
 
 
-def test_wsgi_file_wrapper_sends_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def sendfile_offsets(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Where each os.sendfile() the server makes begins (it still sends)."""
+    offsets: list[int] = []
+    real = os.sendfile
+
+    def spy(out: int, fd: int, offset: int, count: int) -> int:
+        offsets.append(offset)
+        return real(out, fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", spy)
+    return offsets
+
+
+def test_wsgi_file_wrapper_sends_the_file(sendfile_offsets: list[int]) -> None:
     """A regular file goes out with os.sendfile(), from where the file stands, with its
     Content-Length; HEAD gets the same Content-Length and no body."""
     content = b"0123456789" * 10000
@@ -1033,14 +1047,6 @@ def test_wsgi_file_wrapper_sends_the_file(monkeypatch: pytest.MonkeyPatch) -> No
             opened.read(5)  # buffered: the descriptor is further on than the file
             return environ["wsgi.file_wrapper"](opened)
 
-        sent: list[int] = []
-        real = os.sendfile
-
-        def spy(out: int, fd: int, offset: int, count: int) -> int:
-            sent.append(offset)
-            return real(out, fd, offset, count)
-
-        monkeypatch.setattr(os, "sendfile", spy)
         # Not through wsgiref.validate: it hides the wrapper in an iterator of its own.
         client, thread = run_sync(wsgi.make_handler(app))
         client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nHEAD / HTTP/1.1\r\nHost: a\r\n\r\n")
@@ -1051,7 +1057,7 @@ def test_wsgi_file_wrapper_sends_the_file(monkeypatch: pytest.MonkeyPatch) -> No
         assert headers[b"content-length"] == b"99995" and body == b""
         client.close()
         thread.join(10)
-    assert sent[0] == 5
+    assert sendfile_offsets[0] == 5
 
 
 class _Reads(io.BytesIO):
@@ -1069,7 +1075,7 @@ class _Reads(io.BytesIO):
 @pytest.mark.parametrize("kind", ["regular-file", "bytesio", "not-a-file"])
 @pytest.mark.parametrize("ask", [b"", b"Range: bytes=70000-79999\r\n"], ids=["whole", "range"])
 def test_wsgi_send_file_goes_out_as_the_span_it_is(
-    monkeypatch: pytest.MonkeyPatch, kind: str, ask: bytes
+    monkeypatch: pytest.MonkeyPatch, sendfile_offsets: list[int], kind: str, ask: bytes
 ) -> None:
     """werkzeug's send_file(), whole or a `Range` of it (its range iterator around the
     wrapped file): a regular file goes out with os.sendfile() from the span's start (and so
@@ -1090,16 +1096,8 @@ def test_wsgi_send_file_goes_out_as_the_span_it_is(
         answer = send_file(what, environ, mimetype="application/octet-stream")
         return answer(environ, start_response)
 
-    sent: list[int] = []
-    real = os.sendfile
-
-    def spy(out: int, fd: int, offset: int, count: int) -> int:
-        sent.append(offset)
-        return real(out, fd, offset, count)
-
     lasts: list[bool] = []
     real_send = wsgi._send
-    monkeypatch.setattr(os, "sendfile", spy)
     monkeypatch.setattr(
         wsgi,
         "_send",
@@ -1118,6 +1116,7 @@ def test_wsgi_send_file_goes_out_as_the_span_it_is(
     assert headers[b"content-length"] == b"%d" % (end - start)
     if ask:
         assert headers[b"content-range"] == b"bytes 70000-79999/100000"
+    sent = sendfile_offsets
     if kind == "regular-file":
         assert sent[0] == start
     elif kind == "bytesio":
