@@ -273,10 +273,16 @@ class _Response:
 
     def _send_whole(self, body: bytes | memoryview) -> None:
         """Everything is here: one send, with a Content-Length when none was given (and
-        what a slow client does not take goes to the dispatcher: unsent.send())."""
+        what a slow client does not take goes to the dispatcher: unsent.send()). A long
+        body goes after its head, not joined to it: the copy would double what the answer
+        takes in memory, for a write saved."""
         self.http.add_length(self.headers, len(body))
-        pieces = [self._head(), *self.http.body(body), self.http.end()]
-        self._send(b"".join(pieces))
+        head, pieces, end = self._head(), self.http.body(body), self.http.end()
+        if len(body) > CHUNK and len(pieces) == 1 and pieces[0] is body and not end:
+            self._send(head, last=False)
+            self._send(body)
+        else:
+            self._send(b"".join([head, *pieces, end]))
         self.sent += len(body) if not self.http.is_head else 0
 
     def _length(self, size: int, offset: int, length: int | None) -> int:
@@ -301,17 +307,19 @@ class _Response:
         """An io.BytesIO's bytes (send_file() of what the application made in memory: an
         export, an image), like _sendfile()'s span, are all here: sent as one answer, as a
         list's, not as a stream, whose slow client would hold the worker to its end. False
-        for anything else; a subclass of BytesIO too, whose read() may do more."""
+        for anything else (a subclass of BytesIO too, whose read() may do more), and once
+        the head has gone (the application wrote a first part): the rest is iterated."""
         buffer = wrapper.filelike
-        if type(buffer) is not io.BytesIO:
+        if type(buffer) is not io.BytesIO or self.http.head_sent:
             return False
         offset = buffer.tell() if start is None else start
-        # Views, not a copy, released on the way out even when the send fails: a BytesIO
-        # with a view left on it cannot be closed (BufferError), and close() comes next.
-        with buffer.getbuffer() as view:
-            count = self._length(len(view), offset, length)
-            with view[offset : offset + count] as body:
-                self._send_whole(body)
+        # getvalue(), not getbuffer(): CPython hands over the buffer's own bytes, where a
+        # view would copy bytes the buffer shares (io.BytesIO(data)), and would keep its
+        # close() from succeeding (BufferError) while any view of it is alive, as one in a
+        # failed send's traceback is. A view of the bytes is no copy either.
+        data = buffer.getvalue()
+        count = self._length(len(data), offset, length)
+        self._send_whole(memoryview(data)[offset : offset + count])
         return True
 
     def _sendfile(
