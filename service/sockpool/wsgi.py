@@ -275,11 +275,12 @@ class _Response:
         """Everything is here: one send, with a Content-Length when none was given (and
         what a slow client does not take goes to the dispatcher: unsent.send()). A long
         body goes after its head, not joined to it: the copy would double what the answer
-        takes in memory, for a write saved."""
+        takes in memory, for a write saved. Both are `last`: the body follows at once, and
+        behind an answer its client has yet to take, each may join that (unsent.py)."""
         self.http.add_length(self.headers, len(body))
         head, pieces, end = self._head(), self.http.body(body), self.http.end()
         if len(body) > CHUNK and len(pieces) == 1 and pieces[0] is body and not end:
-            self._send(head, last=False)
+            self._send(head)
             self._send(body)
         else:
             self._send(b"".join([head, *pieces, end]))
