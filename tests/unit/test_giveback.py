@@ -20,8 +20,9 @@ from typing import Any, TypeVar
 import pytest
 
 from harness import a_file, tcp_pair
-from sockpool import channel, config, giveback, handlers, unsent, wire, worker
+from sockpool import channel, config, giveback, handlers, unsent, wire, worker, wsgi
 from sockpool.connection import ConnectionInfo, current_connection, set_current
+from sockpool.http11 import HttpConnection, HttpLimits
 from sockpool.spec import WorkerSpec
 
 T = TypeVar("T")
@@ -512,6 +513,46 @@ def test_a_handler_done_with_its_answer_untaken_leaves_it_and_the_close(
     assert serving(info, giveback.leave_rest, w.conn, info) is True
     message, _ = w.parked()
     assert message == wire.Park(6, 0, b"", unsent=True, close=True, span=(0, size))
+
+
+def wsgi_answer(conn: socket.socket, body: bytes, headers: list[tuple[str, str]]) -> None:
+    """The WSGI server's answer of a list application: `body` whole, with its head."""
+    http = HttpConnection(HttpLimits(), b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert http.next_request() is not None
+    response = wsgi._Response(conn, http)
+    response.start_response("200 OK", headers)
+    response.send([body])
+
+
+@pytest.mark.parametrize("behind", [True, False], ids=["behind-a-rest", "a-long-head"])
+def test_a_long_answer_is_left_whole_though_it_goes_after_its_head(
+    make_worker, monkeypatch: pytest.MonkeyPatch, behind: bool
+) -> None:
+    """The WSGI server sends a long body after its head, not joined to it; what the client
+    has not taken of either is left all the same (the worker does not wait for the
+    client: its socket's timeout would end the test), behind the rest of an answer before
+    it (a pipelined request), or of a head the socket could not take whole; and the
+    client gets it all, in order."""
+    body = os.urandom(300_000)
+    if behind:
+        w, info = answered_slowly(make_worker, monkeypatch, 7)
+        headers: list[tuple[str, str]] = []
+    else:
+        w = make_worker()
+        small_buffer(w)
+        info = w.info()
+        headers = [("X-Long", "y" * 60_000)]
+    monkeypatch.setattr(unsent, "_limit", 16 << 20)
+    w.conn.settimeout(0.05)
+    serving(info, wsgi_answer, w.conn, body, headers)
+    assert info.unsent is not None
+    thread, got = reader(w.client)
+    serving(info, giveback.send_unsent, w.conn, info)
+    w.conn.shutdown(socket.SHUT_WR)
+    thread.join(10)
+    head, _, rest = bytes(got).removeprefix(LONG if behind else b"").partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"\r\nContent-Length: 300000" in head
+    assert rest == body
 
 
 def test_past_max_unsent_the_worker_sends_it_all_itself_in_order(
