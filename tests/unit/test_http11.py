@@ -25,6 +25,7 @@ import time
 import wsgiref.validate
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import h11
@@ -680,6 +681,18 @@ def run_sync(
     return client, thread
 
 
+def one_answer(
+    handler: Callable[..., None], request: bytes
+) -> tuple[int, dict[bytes, bytes], bytes]:
+    """A sync handler's answer to one GET `request`; the client closes after it."""
+    client, thread = run_sync(handler)
+    client.sendall(request)
+    answer = Client(client).response()
+    client.close()
+    thread.join(10)
+    return answer
+
+
 def a_500_and_its_record(
     client: socket.socket, thread: threading.Thread, caplog: pytest.LogCaptureFixture
 ) -> logging.LogRecord:
@@ -1067,33 +1080,34 @@ def test_wsgi_file_wrapper_sends_the_file(sendfile_offsets: list[int], kind: str
 
 @pytest.mark.parametrize("kind", ["regular-file", "bytesio"])
 @pytest.mark.parametrize("wrote", [b"", b"first part "], ids=["returned", "written-first"])
-def test_wsgi_a_file_answer_is_as_long_as_its_content_length(kind: str, wrote: bytes) -> None:
+def test_wsgi_a_file_answer_is_as_long_as_its_content_length(
+    tmp_path: Path, kind: str, wrote: bytes
+) -> None:
     """A file answer is as long as the application's Content-Length says: the file's
     first bytes when that is shorter, or, after a first part the application wrote with
     the write() callable, the part and the whole file."""
     content = os.urandom(100_000)
     sent = wrote + (content if wrote else content[:70_000])
-    with tempfile.NamedTemporaryFile() as f:
-        f.write(content)
-        f.flush()
+    path = tmp_path / "file"
+    path.write_bytes(content)
 
-        def app(environ: dict[str, Any], start_response: Any) -> Any:
-            length = len(sent)
-            head = [("Content-Type", "application/octet-stream"), ("Content-Length", str(length))]
-            write = start_response("200 OK", head)
-            if wrote:
-                write(wrote)
-            opened = io.BytesIO(content) if kind == "bytesio" else open(f.name, "rb")  # noqa: SIM115
-            return environ["wsgi.file_wrapper"](opened)
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        length = len(sent)
+        head = [("Content-Type", "application/octet-stream"), ("Content-Length", str(length))]
+        write = start_response("200 OK", head)
+        if wrote:
+            write(wrote)
+        opened = io.BytesIO(content) if kind == "bytesio" else open(path, "rb")  # noqa: SIM115
+        return environ["wsgi.file_wrapper"](opened)
 
-        client, thread = run_sync(wsgi.make_handler(app))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        reader = Client(client)
-        for _ in range(2):  # the first answer ended where its head said: the next is whole
-            status, _, body = reader.response()
-            assert status == 200 and body == sent
-        client.close()
-        thread.join(10)
+    client, thread = run_sync(wsgi.make_handler(app))
+    client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    reader = Client(client)
+    for _ in range(2):  # the first answer ended where its head said: the next is whole
+        status, _, body = reader.response()
+        assert status == 200 and body == sent
+    client.close()
+    thread.join(10)
 
 
 class _Reads(io.BytesIO):
@@ -1111,7 +1125,11 @@ class _Reads(io.BytesIO):
 @pytest.mark.parametrize("kind", ["regular-file", "bytesio", "not-a-file"])
 @pytest.mark.parametrize("ask", [b"", b"Range: bytes=70000-79999\r\n"], ids=["whole", "range"])
 def test_wsgi_send_file_goes_out_as_the_span_it_is(
-    monkeypatch: pytest.MonkeyPatch, sendfile_offsets: list[int], kind: str, ask: bytes
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    sendfile_offsets: list[int],
+    kind: str,
+    ask: bytes,
 ) -> None:
     """werkzeug's send_file(), whole or a `Range` of it (its range iterator around the
     wrapped file): a regular file goes out with os.sendfile() from the span's start (and so
@@ -1122,13 +1140,15 @@ def test_wsgi_send_file_goes_out_as_the_span_it_is(
     from werkzeug.utils import send_file
 
     content = os.urandom(100_000)
+    path = tmp_path / "file"
+    path.write_bytes(content)
     opened: list[io.BytesIO] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
         if kind != "regular-file":
             opened.append(io.BytesIO(content) if kind == "bytesio" else _Reads(content))
         # By path, as Flask's send_file(path) does: werkzeug knows the size, so does ranges.
-        what = f.name if kind == "regular-file" else opened[-1]
+        what = path if kind == "regular-file" else opened[-1]
         answer = send_file(what, environ, mimetype="application/octet-stream")
         return answer(environ, start_response)
 
@@ -1142,14 +1162,8 @@ def test_wsgi_send_file_goes_out_as_the_span_it_is(
             real_send(conn, data, last),
         ),
     )
-    with tempfile.NamedTemporaryFile() as f:
-        f.write(content)
-        f.flush()
-        client, thread = run_sync(wsgi.make_handler(app))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n" + ask + b"\r\n")
-        status, headers, body = Client(client).response()
-        client.close()
-        thread.join(10)
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n" + ask + b"\r\n"
+    status, headers, body = one_answer(wsgi.make_handler(app), request)
     start, end = (70000, 80000) if ask else (0, 100_000)
     assert status == (206 if ask else 200) and body == content[start:end]
     assert headers[b"content-length"] == b"%d" % (end - start)
@@ -1166,7 +1180,7 @@ def test_wsgi_send_file_goes_out_as_the_span_it_is(
 
 
 @pytest.mark.parametrize("begun", [False, True], ids=["unbegun", "begun"])
-def test_wsgi_a_range_without_its_length_is_still_its_span(begun: bool) -> None:
+def test_wsgi_a_range_without_its_length_is_still_its_span(tmp_path: Path, begun: bool) -> None:
     """werkzeug's range iterator as the application left it: with its Content-Length
     removed the answer still ends where the range does (the server gives it its length),
     and one the application began to iterate goes on from where it stopped, chunked, not
@@ -1174,44 +1188,39 @@ def test_wsgi_a_range_without_its_length_is_still_its_span(begun: bool) -> None:
     from werkzeug.utils import send_file
 
     content = os.urandom(10240)
+    path = tmp_path / "file"
+    path.write_bytes(content)
     taken: list[bytes] = []
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        answer = send_file(f.name, environ, mimetype="application/octet-stream")
+        answer = send_file(path, environ, mimetype="application/octet-stream")
         del answer.headers["Content-Length"]
         taken.append(next(answer.response) if begun else b"")
         return answer(environ, start_response)
 
-    with tempfile.NamedTemporaryFile() as f:
-        f.write(content)
-        f.flush()
-        client, thread = run_sync(wsgi.make_handler(app))
-        client.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=700-9999\r\n\r\n")
-        status, headers, body = Client(client).response()
-        client.close()
-        thread.join(10)
+    request = b"GET / HTTP/1.1\r\nHost: a\r\nRange: bytes=700-9999\r\n\r\n"
+    status, headers, body = one_answer(wsgi.make_handler(app), request)
     assert status == 206 and headers.get(b"content-length") == (None if begun else b"9300")
     assert body == content[700 + len(taken[0]) : 10000]
 
 
 def test_wsgi_a_file_cut_short_before_its_answer_is_a_500(
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The file shrank between werkzeug's stat, which gave its Content-Length, and the
     send: nothing has gone yet, so the client gets a 500, not a head whose body never
     comes, and the error is the application's."""
     from werkzeug.utils import send_file
 
+    path = tmp_path / "file"
+    path.write_bytes(os.urandom(10240))
+
     def app(environ: dict[str, Any], start_response: Any) -> Any:
-        answer = send_file(f.name, environ, mimetype="application/octet-stream")
-        os.truncate(f.name, 50)
+        answer = send_file(path, environ, mimetype="application/octet-stream")
+        os.truncate(path, 50)
         return answer(environ, start_response)
 
-    with tempfile.NamedTemporaryFile() as f:
-        f.write(os.urandom(10240))
-        f.flush()
-        client, thread = run_sync(wsgi.make_handler(app))
-        a_500_and_its_record(client, thread, caplog)
+    a_500_and_its_record(*run_sync(wsgi.make_handler(app)), caplog)
 
 
 def test_wsgi_a_client_gone_during_a_bytesio_answer_is_a_disconnect() -> None:
