@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import agent, channel, cpuslice, giveback, health, log, pull, records, wire
+from . import agent, channel, cpuslice, giveback, health, log, records, wire
 from . import lifecycle as ev
 from .admission import Admission
 from .config import Config
@@ -92,8 +92,7 @@ class Dispatcher:
                 log.log.debug("the dispatcher keeps the kernel's CPU slice: %s", why)
             while not self.policy.finished or hot.sending(monotonic()):
                 now = monotonic()
-                hot.watch_done()
-                loop.poll(0.0 if hot.has_work(now) else self._idle(now))
+                loop.poll(hot.timeout(now, loop.next_timer()))
                 now = monotonic()
                 hot.turn(now)
                 if timers and timers[0][0] <= now:
@@ -101,19 +100,6 @@ class Dispatcher:
         finally:
             self._close()
         return ExitCode.OK
-
-    def _idle(self, now: float) -> float:
-        hot = self.hot
-        due = min(self.loop.next_timer(), hot.parking.next_deadline(), hot.next_steal)
-        if hot.stopping and hot.parking.unsent:  # answers still being sent: until when
-            due = min(due, hot.send_until)
-        if hot.pull and hot.pending:  # should a loop's wake-up be missed (pull.py)
-            due = min(due, now + pull.RECHECK)
-        if hot.backlogged:  # connections left in a backlog
-            due = min(due, hot.stuck_due(now))  # when they count as waiting
-            if hot.paused_until > now:
-                due = min(due, hot.paused_until)  # accepting resumes then
-        return max(0.0, due - now)
 
     def status(self) -> str:
         policy, hot = self.policy, self.hot

@@ -28,7 +28,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
-from . import channel, giveback, log, proxyproto, wire
+from . import channel, giveback, log, proxyproto, pull, wire
 from .admission import Admission
 from .completions import SENT
 from .config import Config
@@ -252,12 +252,30 @@ class HotPath:
                 free += w.capacity - len(w.handed)
         return free
 
-    def can_accept(self, now: float) -> bool:
-        return bool(self.backlogged) and self.accepting and now >= self.paused_until
-
-    def has_work(self, now: float) -> bool:
-        """Connections wait in a listener's queue and workers have room for them."""
-        return self.can_accept(now) and self.free_capacity() > len(self.pending)
+    def timeout(self, now: float, due: float) -> float:
+        """How long the loop may wait for events before its next turn: not at all while
+        connections wait in a listener's backlog and workers have room for them; else until
+        `due` (the loop's own timers) or the first of the hot path's deadlines. It watches
+        the done pipe or not first (watch_done()). One call before each wait: under churn
+        the loop waits once or twice per connection."""
+        self.watch_done()
+        # accept() would take from a backlog now (and may: not paused, not stopping)
+        takes = bool(self.backlogged) and self.accepting and now >= self.paused_until
+        if takes and self.free_capacity() > len(self.pending):
+            return 0.0
+        due = min(due, self.parking.next_deadline(), self.next_steal)
+        if self.stopping and self.parking.unsent:  # answers still being sent: until when
+            due = min(due, self.send_until)
+        if self.pull and self.pending:  # should a loop's wake-up be missed (pull.py)
+            due = min(due, now + pull.RECHECK)
+        # A backlog left waiting becomes `stuck` (accept() finds out) STUCK_AFTER after the
+        # last accept: not while accept() would return at once (paused after EMFILE, or
+        # stopping), or the loop would spin until it runs again.
+        if takes and not self.stuck:
+            due = min(due, self.accepted_at + STUCK_AFTER)
+        if self.backlogged and self.paused_until > now:
+            due = min(due, self.paused_until)  # accepting resumes then
+        return max(0.0, due - now)
 
     def fd_limit(self) -> int:
         """Connections that may hold a descriptor here at once: every connection in flight
@@ -350,7 +368,7 @@ class HotPath:
         if self.next_id != first_id:
             self.accepted_at = now
         stuck = bool(self.backlogged) and now - self.accepted_at >= STUCK_AFTER
-        if stuck != self.stuck:  # the dispatcher's loop wakes for it: see stuck_due()
+        if stuck != self.stuck:  # the dispatcher's loop wakes for it: see timeout()
             self.stuck = stuck
             self.publish_waiting()
         # "All busy" only once every worker has work: not while some are still starting.
@@ -436,14 +454,6 @@ class HotPath:
         Without that one, workers busy with keep-alive clients that never pause would
         never make room, and the backlog would wait for ever."""
         self.waiting[giveback.WAITING] = len(self.pending) + self.queued() + self.stuck
-
-    def stuck_due(self, now: float) -> float:
-        """When a backlog left waiting becomes `stuck`, for the loop's timeout: accept()
-        finds out. Never while accept() would return at once (paused after EMFILE, or
-        stopping), or the loop would spin until it runs again."""
-        if not self.backlogged or self.stuck or not self.can_accept(now):
-            return _NEVER
-        return self.accepted_at + STUCK_AFTER
 
     def routes_changed(self, routes: list[WorkerProcess]) -> None:
         """The workers that take work changed (the caller caches them). Only a worker that

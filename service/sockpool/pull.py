@@ -15,7 +15,7 @@ writes a DONE record with the connection id WAKE to the done pipe, which wakes t
 dispatcher. The dispatcher publishes WAITING and then reads the words again
 (hotpath.HotPath.dispatch), so one of the two sees the other. Python has no memory fence,
 and x86 may let a store wait behind a later load, so in theory both could miss; the
-dispatcher then looks again after RECHECK (dispatcher.py).
+dispatcher then looks again after RECHECK (hotpath.HotPath.timeout).
 """
 
 from __future__ import annotations

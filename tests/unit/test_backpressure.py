@@ -19,12 +19,13 @@ from sockpool import channel, giveback, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
 from sockpool.eventloop import Loop
-from sockpool.hotpath import HotPath
+from sockpool.hotpath import STUCK_AFTER, HotPath
 from sockpool.listeners import Listener
 from sockpool.process import WorkerProcess
 from sockpool.states import Worker, WorkerState
 
 PID = 1
+LATER = 100.0  # seconds: the loop's own next timer, in tests of how long it waits
 
 
 class Service:
@@ -46,6 +47,7 @@ class Service:
             lambda p: None, self.loop.epoll,
         )  # fmt: skip
         self.hot.mute = self.loop.mute  # as the dispatcher wires it
+        self.hot.routes_changed(routes)  # as its first look at the routes does
         sock.setblocking(False)
         self.loop.watch(sock, self._readable, edge=True)
         self.loop.watch(self.hot.done_r, self.hot.done_readable)
@@ -83,12 +85,13 @@ class Service:
         self.connect()
         assert not self.woken()
 
-    def turn(self, now: float = 1.0) -> None:
+    def turn(self, now: float = 1.0) -> float:
         """One turn of Dispatcher.run's loop without its wait: what woke it, the turn's
-        work, and before the next wait, whether completions are to wake it."""
+        work, and before the next wait, whether completions are to wake it. Returns how
+        long the loop would wait then, with no timer of its own due within LATER."""
         self.loop.poll(0)
         self.hot.turn(now)
-        self.hot.watch_done()
+        return self.hot.timeout(now, now + LATER)
 
     def serve_one(self) -> None:
         """The worker takes its connection and finishes it."""
@@ -348,3 +351,33 @@ def test_one_of_n_dispatchers_at_its_share_defers_while_another_has_room() -> No
     assert a.elsewhere()
     alone = Admission(Config(max_connections=2))
     assert not alone.elsewhere()  # one dispatcher: nobody else to leave them to
+
+
+def test_the_loop_does_not_wait_while_a_backlog_holds_connections_a_worker_has_room_for(
+    service: Service,
+) -> None:
+    service.connect()
+    assert service.woken()  # the backlog has a connection: the next turn takes it
+    assert service.hot.timeout(1.0, 1.0 + LATER) == 0.0
+    service.turn()
+    assert list(service.proc.w.handed) == [1]
+
+
+def test_a_connection_left_in_the_backlog_wakes_the_loop_when_it_counts_as_waiting(
+    service: Service,
+) -> None:
+    """Back-pressure leaves it in the backlog and its coming wakes nobody: the loop wakes
+    once it has waited STUCK_AFTER, to tell the workers a connection waits (giveback.py)."""
+    service.hold_one_back()  # the last turn was at 1.0
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STUCK_AFTER)
+    later = 1.0 + STUCK_AFTER
+    assert service.turn(later) == LATER  # it is waiting now, and said so: no more to wake for
+    assert service.hot.waiting[giveback.WAITING] == 1
+
+
+def test_after_an_accept_error_the_loop_waits_until_accepting_resumes(service: Service) -> None:
+    """Not a turn at once: accept() would do nothing until then, and the loop would spin."""
+    service.connect()
+    assert service.woken()
+    service.hot.paused_until = 1.5  # as _pause() sets it after EMFILE
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(0.5)
