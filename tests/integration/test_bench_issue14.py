@@ -73,6 +73,21 @@ def test_issue14_scenarios(tmp_path: Path) -> None:
 
 
 @needs_activate
+def test_turns_traces_whole_turns_of_churn() -> None:
+    """bench.turns counts the Python of whole turns: each finishes one connection, which it
+    checks itself (exit 1 otherwise), with the hot path's steps in its table."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.turns", "--turns", "50"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.rsplit(None, 1)[-1]: line.split()[:2] for line in proc.stdout.splitlines()[2:]}
+    for step in ("HotPath.timeout", "HotPath.accept", "HotPath._send_one", "HotPath._finished"):
+        assert float(rows[step][0]) == 1.0, step  # once per turn
+    calls, bytecodes = map(float, rows["all"])
+    assert calls > 10 and bytecodes > calls
+
+
 def test_dispatchers_two_is_measured_or_skipped_with_a_note(tmp_path: Path) -> None:
     args = ["--scenarios", "newconn-echo", "--servers", "sockpool,sockpool-d2"]
     bench(tmp_path, *args, "--rounds", "1", "--duration", "1", "--no-container")
