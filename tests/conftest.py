@@ -12,10 +12,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-def editable_checkout() -> str | None:
-    """The checkout that the environment's editable install of sockpool points at (a
-    file:// URL, PEP 610), or None for any other install: a wheel, the Debian or RPM
-    build's package, or none."""
+def editable_checkout() -> Path | None:
+    """The checkout that the environment's editable install of sockpool points at (its
+    file:// URL, PEP 610, as a path with symlinks resolved), or None for any other
+    install: a wheel, the Debian or RPM build's package, or none."""
     try:
         dist = metadata.distribution("sockpool")
     except metadata.PackageNotFoundError:
@@ -24,9 +24,11 @@ def editable_checkout() -> str | None:
         url = json.loads(dist.read_text("direct_url.json") or "{}")
     except ValueError:
         return None
-    if not isinstance(url, dict) or not (url.get("dir_info") or {}).get("editable"):
+    dir_info = url.get("dir_info") if isinstance(url, dict) else None
+    if not isinstance(dir_info, dict) or not dir_info.get("editable"):
         return None
-    return url.get("url")
+    where = urlparse(str(url.get("url", "")))
+    return Path(unquote(where.path)).resolve() if where.scheme == "file" else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -35,9 +37,8 @@ def pytest_configure(config: pytest.Config) -> None:
     second checkout using the first's virtualenv, they would test the first's code and
     pass for this one. Refused in one line instead."""
     found = editable_checkout()
-    if found is not None and found != REPO.as_uri():
-        there = unquote(urlparse(found).path) or found
+    if found is not None and found != REPO:
         raise pytest.UsageError(
-            f"this environment's sockpool is the checkout in {there}, not this one "
+            f"this environment's sockpool is the checkout in {found}, not this one "
             f"({REPO}): these tests would test that code. Run `make venv` here first."
         )
