@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from harness import REPO
 
 
 def editable_checkout() -> Path | None:

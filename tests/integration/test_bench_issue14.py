@@ -72,7 +72,6 @@ def test_issue14_scenarios(tmp_path: Path) -> None:
     assert "0.5 ms of CPU then echo, 2 workers" in text
 
 
-@needs_activate
 def test_turns_traces_whole_turns_of_churn() -> None:
     """bench.turns counts the Python of whole turns: each finishes one connection, which it
     checks itself (exit 1 otherwise), with the hot path's steps in its table."""
@@ -88,6 +87,7 @@ def test_turns_traces_whole_turns_of_churn() -> None:
     assert calls > 10 and bytecodes > calls
 
 
+@needs_activate
 def test_dispatchers_two_is_measured_or_skipped_with_a_note(tmp_path: Path) -> None:
     args = ["--scenarios", "newconn-echo", "--servers", "sockpool,sockpool-d2"]
     bench(tmp_path, *args, "--rounds", "1", "--duration", "1", "--no-container")

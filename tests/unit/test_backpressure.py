@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 from harness import a_file
-from sockpool import channel, giveback, wire
+from sockpool import channel, giveback, pull, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
 from sockpool.eventloop import Loop
-from sockpool.hotpath import STUCK_AFTER, HotPath
+from sockpool.hotpath import STEAL_AFTER, STUCK_AFTER, HotPath
 from sockpool.listeners import Listener
+from sockpool.parking import FIRST_BYTE
 from sockpool.process import WorkerProcess
 from sockpool.states import Worker, WorkerState
 
@@ -106,6 +107,7 @@ class Service:
         for c in self.clients:
             c.close()
         channel.close_all([item[1] for item in self.hot.pending])
+        self.hot.parking.close_all("test")
         self.proc.close()
         self.worker_end.close()
         self.loop.close()
@@ -368,10 +370,11 @@ def test_a_connection_left_in_the_backlog_wakes_the_loop_when_it_counts_as_waiti
 ) -> None:
     """Back-pressure leaves it in the backlog and its coming wakes nobody: the loop wakes
     once it has waited STUCK_AFTER, to tell the workers a connection waits (giveback.py)."""
-    service.hold_one_back()  # the last turn was at 1.0
-    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STUCK_AFTER)
+    service.hold_one_back()  # the last turn, and accept, was at 1.0
+    assert service.hot.timeout(1.004, 1.004 + LATER) == pytest.approx(STUCK_AFTER - 0.004)
     later = 1.0 + STUCK_AFTER
-    assert service.turn(later) == LATER  # it is waiting now, and said so: no more to wake for
+    # It is waiting now, and said so: nothing more to wake for.
+    assert service.turn(later) == pytest.approx(LATER)
     assert service.hot.waiting[giveback.WAITING] == 1
 
 
@@ -381,3 +384,66 @@ def test_after_an_accept_error_the_loop_waits_until_accepting_resumes(service: S
     assert service.woken()
     service.hot.paused_until = 1.5  # as _pause() sets it after EMFILE
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(0.5)
+    service.hot.backlogged.clear()  # with nothing left to accept, nothing to wake for
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(LATER)
+
+
+def test_room_that_connections_held_here_will_take_is_not_room_for_the_backlog(
+    make_service: Callable[[int], Service],
+) -> None:
+    """As accept() counts it: the workers' room less the connections waiting here."""
+    service = make_service(2)
+    one_in_hand(service)  # room for one more, at 1.0
+    came_back(service, 8)  # a held connection spoke: that room is its
+    service.connect()
+    assert service.woken()
+    # Not at once: until a handoff may have been left unread (STEAL_AFTER, the first due).
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
+    service.turn()
+    assert list(service.proc.w.handed) == [1, 8]  # the new one waits in the backlog
+
+
+def test_with_nothing_to_do_the_loop_waits_for_its_own_timers(service: Service) -> None:
+    assert service.turn() == pytest.approx(LATER)  # the backlog found empty, nothing in hand
+    assert service.hot.timeout(1.0, 0.5) == 0.0  # a timer overdue: at once, never for ever
+
+
+def test_a_held_connections_deadline_ends_the_wait(service: Service) -> None:
+    service.turn()  # nothing in the backlog
+    item = (9, connection_fd(service), "main", "peer", b"", 0)
+    service.hot.parking.hold(item, FIRST_BYTE, 1.3)  # closed if silent until then
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(0.3)
+
+
+def test_a_handoff_the_worker_may_leave_unread_ends_the_wait(
+    make_service: Callable[[int], Service],
+) -> None:
+    """A worker with room for one queued behind its current one may leave it unread behind
+    a long request: the loop looks again after STEAL_AFTER (rebalance())."""
+    service = make_service(2)
+    one_in_hand(service)  # sent at 1.0
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
+
+
+def test_at_a_stop_the_wait_ends_when_answers_still_going_out_must_end(
+    service: Service,
+) -> None:
+    service.turn()
+    service.hot.stop_accepting()  # they have graceful_timeout from now
+    service.hot.parking.unsent[-1] = None  # type: ignore[assignment] # one still going out
+    try:
+        now = service.hot.send_until - 2.0
+        assert service.hot.timeout(now, now + LATER) == pytest.approx(2.0)
+    finally:
+        del service.hot.parking.unsent[-1]
+
+
+def test_with_pull_the_loop_looks_again_while_connections_wait_for_a_loop(
+    service: Service,
+) -> None:
+    """Should a loop's wake-up record be missed (pull.py), connections waiting here are
+    looked at again after pull.RECHECK."""
+    service.turn()
+    service.hot.pull = True  # as routes_changed() sets it when every worker pulls
+    came_back(service, 8)
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(pull.RECHECK)
