@@ -256,8 +256,8 @@ class HotPath:
         """How long the loop may wait for events before its next turn: not at all while
         connections wait in a listener's backlog and workers have room for them; else until
         `due` (the loop's own timers) or the first of the hot path's deadlines. It watches
-        the done pipe or not first (watch_done()). One call before each wait: under churn
-        the loop waits once or twice per connection."""
+        the done pipe or not first (watch_done()). One call before each wait, of which
+        churn makes one for every connection or two (bench.turns counts a turn's calls)."""
         self.watch_done()
         # accept() would take from a backlog now (and may: not paused, not stopping)
         takes = bool(self.backlogged) and self.accepting and now >= self.paused_until
