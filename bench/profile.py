@@ -52,7 +52,7 @@ from bench import loadgen, procfs, run
 from bench.report import fmt, table
 
 PY_SPY = run.BIN / "py-spy"
-SERVERS = ("sockpool", "plainloop")
+SERVERS = ("sockpool", "plainloop")  # by default; --servers takes any of the scenario's
 ATTACH_S = 0.5  # for a tool to attach before the load starts
 PERF_EVENTS = "task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
 TOP_LINES = 25
@@ -435,17 +435,24 @@ def main(argv: list[str] | None = None) -> int:
         "--no-native", action="store_true", help="py-spy without --native: see py_spy()"
     )
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--servers", default=",".join(SERVERS), help="sockpool, plainloop")
+    ap.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="sockpool, plainloop (the default), or another of the scenario's in bench.run "
+        "(sockpool-qa0: queue_ahead = 0, sockpool-qa3)",
+    )
     args = ap.parse_args(argv)
-    if not PY_SPY.exists():
-        sys.exit(f"bench.profile: no {PY_SPY} (make bench-deps installs py-spy)")
-    servers = [s for s in args.servers.split(",") if s]
-    if unknown := set(servers) - set(SERVERS):
-        ap.error(f"unknown servers: {', '.join(sorted(unknown))}")
     if args.out is None:
         suffix = "" if args.scenario == "newconn-echo" else f"-{args.scenario}"
         args.out = run.BENCH / "results" / f"profile{suffix}"
     cfg = run.Config(workers=args.workers, duration=args.duration, out=args.out)
+    # Each of the scenario's servers but the pool, which has no dispatcher to profile.
+    specs = {s.server: s for s in run.servers_for(args.scenario, cfg) if s.server != "prefork"}
+    servers = [s for s in args.servers.split(",") if s]
+    if unknown := set(servers) - set(specs):
+        ap.error(f"unknown servers: {', '.join(sorted(unknown))} (from: {', '.join(specs)})")
+    if not PY_SPY.exists():
+        sys.exit(f"bench.profile: no {PY_SPY} (make bench-deps installs py-spy)")
     args.out.mkdir(parents=True, exist_ok=True)
     for old in args.out.glob("*"):
         if old.name != "README.md" and old.is_file():
@@ -455,7 +462,6 @@ def main(argv: list[str] | None = None) -> int:
     stamp = dt.datetime.now(dt.UTC)
     load_start = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     found: dict[str, dict[str, Any]] = {}
-    specs = {s.server: s for s in run.servers_for(args.scenario, cfg)}
     what = SCENARIOS[args.scenario]
     for name in servers:
         found[name] = profile(specs[name], cfg, args.out, log, what, args.no_native)

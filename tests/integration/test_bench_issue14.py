@@ -72,6 +72,17 @@ def test_issue14_scenarios(tmp_path: Path) -> None:
     assert "0.5 ms of CPU then echo, 2 workers" in text
 
 
+def test_profile_takes_any_of_the_scenarios_dispatchers_and_nothing_else() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.profile", "--scenario", "churn-cpu", "--servers", "prefork"],
+        cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1].endswith(
+        "unknown servers: prefork (from: sockpool, sockpool-qa0, sockpool-qa3, plainloop)"
+    )
+
+
 def test_turns_traces_whole_turns_of_churn() -> None:
     """bench.turns counts the Python of whole turns: each finishes one connection, which it
     checks itself (exit 1 otherwise), with the hot path's steps in its table."""
