@@ -438,16 +438,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--servers",
         default=",".join(SERVERS),
-        help="sockpool, plainloop (the default), or another of the scenario's in bench.run "
-        "(sockpool-qa0: queue_ahead = 0, sockpool-qa3)",
+        help="sockpool, plainloop (the default); sockpool-qa0, sockpool-qa3 (queue_ahead = 0, "
+        "3) where the scenario runs them",
     )
     args = ap.parse_args(argv)
     if args.out is None:
         suffix = "" if args.scenario == "newconn-echo" else f"-{args.scenario}"
         args.out = run.BENCH / "results" / f"profile{suffix}"
     cfg = run.Config(workers=args.workers, duration=args.duration, out=args.out)
-    # Each of the scenario's servers but the pool, which has no dispatcher to profile.
-    specs = {s.server: s for s in run.servers_for(args.scenario, cfg) if s.server != "prefork"}
+    # The dispatchers profile() knows how to drive: one Python main process that
+    # dispatches to its workers, under the plain load (so not PROXY's, nor one of N).
+    profiled = (*SERVERS, "sockpool-qa0", "sockpool-qa3")
+    specs = {s.server: s for s in run.servers_for(args.scenario, cfg) if s.server in profiled}
     servers = [s for s in args.servers.split(",") if s]
     if unknown := set(servers) - set(specs):
         ap.error(f"unknown servers: {', '.join(sorted(unknown))} (from: {', '.join(specs)})")
