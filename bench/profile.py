@@ -447,9 +447,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out = run.BENCH / "results" / f"profile{suffix}"
     cfg = run.Config(workers=args.workers, duration=args.duration, out=args.out)
     # The dispatchers profile() knows how to drive: one Python main process that
-    # dispatches to its workers, under the plain load (so not PROXY's, nor one of N).
-    profiled = (*SERVERS, "sockpool-qa0", "sockpool-qa3")
-    specs = {s.server: s for s in run.servers_for(args.scenario, cfg) if s.server in profiled}
+    # dispatches to its workers, under the plain load (so not PROXY's, nor one of N):
+    # SERVERS, and sockpool with another queue_ahead (run.queue_ahead_specs()).
+    specs = {
+        s.server: s
+        for s in run.servers_for(args.scenario, cfg)
+        if s.server in SERVERS or run.FLAG_QUEUE_AHEAD in s.argv
+    }
     servers = [s for s in args.servers.split(",") if s]
     if unknown := set(servers) - set(specs):
         ap.error(f"unknown servers: {', '.join(sorted(unknown))} (from: {', '.join(specs)})")
