@@ -71,6 +71,13 @@ STEAL_AFTER = 0.002
 # Sooner while a sync worker is idle: a connection queued behind a long request need not wait
 # out STEAL_AFTER when a worker could start it now (mixed load: the fast requests' tail).
 IDLE_STEAL_AFTER = 0.0005
+# While no worker has room, reading a handoff back gets it started no sooner: a completion
+# must make room first, and one wakes the loop when it watches for them (watch_done()). So
+# the loop then waits for one, or this long, not for STEAL_AFTER: longer than a kernel tick
+# (4 ms at HZ=250), as a sleep that would end before the next tick has the kernel reprogram
+# the CPU's timer each time, which in a VM cost the dispatcher about 8 us a connection under
+# saturated churn with queue_ahead (bench/results/HISTORY.md).
+FULL_STEAL_AFTER = 0.01
 # A worker found with handoffs unread gets nothing new until it is heard from, or this long:
 # an async worker serving only long-lived connections may have nothing to report for hours,
 # so after a loop blocked for a moment it must not be passed over for good.
@@ -261,9 +268,14 @@ class HotPath:
         self.watch_done()
         # accept() would take from a backlog now (and may: not paused, not stopping)
         takes = bool(self.backlogged) and self.accepting and now >= self.paused_until
-        if takes and self.free_capacity() > len(self.pending):
-            return 0.0
-        due = min(due, self.parking.next_deadline(), self.next_steal)
+        steal = self.next_steal
+        if takes or steal < due:
+            free = self.free_capacity()
+            if takes and free > len(self.pending):
+                return 0.0
+            if not free and self.done_watched:  # see FULL_STEAL_AFTER
+                steal = max(steal, now + FULL_STEAL_AFTER)
+        due = min(due, self.parking.next_deadline(), steal)
         if self.stopping and self.parking.unsent:  # answers still being sent: until when
             due = min(due, self.send_until)
         if self.pull and self.pending:  # should a loop's wake-up be missed (pull.py)

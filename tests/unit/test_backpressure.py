@@ -19,7 +19,7 @@ from sockpool import channel, giveback, pull, wire
 from sockpool.admission import Admission
 from sockpool.config import Config
 from sockpool.eventloop import Loop
-from sockpool.hotpath import STEAL_AFTER, STUCK_AFTER, HotPath
+from sockpool.hotpath import FULL_STEAL_AFTER, STEAL_AFTER, STUCK_AFTER, HotPath
 from sockpool.listeners import Listener
 from sockpool.parking import FIRST_BYTE
 from sockpool.process import WorkerProcess
@@ -422,6 +422,38 @@ def test_a_handoff_the_worker_may_leave_unread_ends_the_wait(
     a long request: the loop looks again after STEAL_AFTER (rebalance())."""
     service = make_service(2)
     one_in_hand(service)  # sent at 1.0
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
+
+
+def test_while_no_worker_has_room_a_handoff_left_unread_waits_for_a_completion(
+    make_service: Callable[[int], Service],
+) -> None:
+    """Read back then, it could go to no worker sooner: the loop waits for the completion
+    that makes room, which wakes it (the test above), or FULL_STEAL_AFTER. Once there is
+    room again, a handoff left unread is looked for STEAL_AFTER after it was sent."""
+    service = make_service(2)
+    service.proc.solo = True  # as a sync worker's READY says
+    one_in_hand(service)  # sent at 1.0
+    came_back(service, 9)
+    service.turn()
+    assert list(service.proc.w.handed) == [1, 9]  # full, 9 queued behind 1
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(FULL_STEAL_AFTER)
+    service.serve_one()
+    service.turn(1.0005)  # reads the completion: room for one again
+    assert list(service.proc.w.handed) == [9]
+    assert service.hot.timeout(1.0005, 1.0005 + LATER) == pytest.approx(STEAL_AFTER - 0.0005)
+
+
+def test_a_full_worker_whose_completions_wake_nobody_is_looked_at_after_steal_after(
+    make_service: Callable[[int], Service],
+) -> None:
+    """An async worker with nothing waiting for it: its completions are read on the next
+    turn, not woken for, so no completion would end the wait: STEAL_AFTER does."""
+    service = make_service(2)
+    one_in_hand(service)  # sent at 1.0
+    came_back(service, 9)
+    service.turn()
+    assert list(service.proc.w.handed) == [1, 9] and not service.hot.done_watched
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
 
 
