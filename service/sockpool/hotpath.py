@@ -72,11 +72,13 @@ STEAL_AFTER = 0.002
 # out STEAL_AFTER when a worker could start it now (mixed load: the fast requests' tail).
 IDLE_STEAL_AFTER = 0.0005
 # While no worker has room, reading a handoff back gets it started no sooner: a completion
-# must make room first, and one wakes the loop when it watches for them (watch_done()). So
-# the loop then waits for one, or this long, not for STEAL_AFTER: longer than a kernel tick
-# (4 ms at HZ=250), as a sleep that would end before the next tick has the kernel reprogram
-# the CPU's timer each time, which in a VM cost the dispatcher about 8 us a connection under
-# saturated churn with queue_ahead (bench/results/HISTORY.md).
+# (reported: completions.py) must make room first, and one wakes the loop when it watches
+# for them (watch_done()). So the loop then waits for one, or this long, not for
+# STEAL_AFTER: longer than a kernel tick (4 ms at HZ=250), as a sleep that would end before
+# the next tick has the kernel reprogram the CPU's timer each time, which in a VM cost the
+# dispatcher about 8 us a connection under saturated churn with queue_ahead (HISTORY.md in
+# bench/results). A stall's end (STALL_FOR), which gives room no completion announces, may
+# come this much late: 10 ms on half a second.
 FULL_STEAL_AFTER = 0.01
 # A worker found with handoffs unread gets nothing new until it is heard from, or this long:
 # an async worker serving only long-lived connections may have nothing to report for hours,
@@ -262,9 +264,11 @@ class HotPath:
     def timeout(self, now: float, due: float) -> float:
         """How long the loop may wait for events before its next turn: not at all while
         connections wait in a listener's backlog and workers have room for them; else until
-        `due` (the loop's own timers) or the first of the hot path's deadlines. It watches
-        the done pipe or not first (watch_done()). One call before each wait, of which
-        churn makes one for every connection or two (bench.turns counts a turn's calls)."""
+        `due` (the loop's own timers) or the first of the hot path's deadlines (rebalance()'s
+        no sooner than FULL_STEAL_AFTER while no worker has room and a completion would wake
+        the loop). It watches the done pipe or not first (watch_done()). One call before each
+        wait, of which churn makes one for every connection or two (bench.turns counts a
+        turn's calls)."""
         self.watch_done()
         # accept() would take from a backlog now (and may: not paused, not stopping)
         takes = bool(self.backlogged) and self.accepting and now >= self.paused_until

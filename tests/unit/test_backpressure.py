@@ -429,19 +429,28 @@ def test_while_no_worker_has_room_a_handoff_left_unread_waits_for_a_completion(
     make_service: Callable[[int], Service],
 ) -> None:
     """Read back then, it could go to no worker sooner: the loop waits for the completion
-    that makes room, which wakes it (the test above), or FULL_STEAL_AFTER. Once there is
-    room again, a handoff left unread is looked for STEAL_AFTER after it was sent."""
+    that makes room, which wakes it (test_a_completion_while_a_connection_is_queued_behind_
+    another_wakes_the_loop), or FULL_STEAL_AFTER."""
     service = make_service(2)
     service.proc.solo = True  # as a sync worker's READY says
     one_in_hand(service)  # sent at 1.0
     came_back(service, 9)
     service.turn()
-    assert list(service.proc.w.handed) == [1, 9]  # full, 9 queued behind 1
+    assert list(service.proc.w.handed) == [1, 9] and service.hot.done_watched  # full
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(FULL_STEAL_AFTER)
-    service.serve_one()
-    service.turn(1.0005)  # reads the completion: room for one again
-    assert list(service.proc.w.handed) == [9]
-    assert service.hot.timeout(1.0005, 1.0005 + LATER) == pytest.approx(STEAL_AFTER - 0.0005)
+
+
+def test_while_a_worker_has_room_a_handoff_left_unread_is_looked_for_after_steal_after(
+    make_service: Callable[[int], Service],
+) -> None:
+    """The same, with room for one more: what is read back could go there now."""
+    service = make_service(3)
+    service.proc.solo = True
+    one_in_hand(service)  # sent at 1.0
+    came_back(service, 9)
+    service.turn()
+    assert list(service.proc.w.handed) == [1, 9] and service.hot.done_watched
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
 
 
 def test_a_full_worker_whose_completions_wake_nobody_is_looked_at_after_steal_after(
