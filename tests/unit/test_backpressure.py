@@ -235,6 +235,15 @@ def one_in_hand(service: Service) -> None:
     assert list(service.proc.w.handed) == [1] and not service.hot.backlogged
 
 
+def one_queued(service: Service) -> None:
+    """Two connections in the worker's hands, both sent at 1.0: a client's (1), and one
+    held here that spoke (9), queued behind it."""
+    one_in_hand(service)
+    came_back(service, 9)
+    service.turn()
+    assert list(service.proc.w.handed) == [1, 9] and not service.hot.pending
+
+
 def connection_fd(service: Service) -> int:
     """The descriptor of a connection that did not come through the listener (one held,
     or a worker's copy); its peer is closed with the service's clients."""
@@ -273,10 +282,7 @@ def test_a_completion_while_a_connection_is_queued_behind_another_wakes_the_loop
     one (rebalance(): test_queue_ahead.py)."""
     service = make_service(2)
     service.proc.solo = True  # as a sync worker's READY says
-    one_in_hand(service)
-    came_back(service, 9)
-    service.turn()
-    assert list(service.proc.w.handed) == [1, 9] and not service.hot.pending
+    one_queued(service)
     service.serve_one()
     assert service.woken_by_completions()
 
@@ -433,10 +439,8 @@ def test_while_no_worker_has_room_a_handoff_left_unread_waits_for_a_completion(
     another_wakes_the_loop), or FULL_STEAL_AFTER."""
     service = make_service(2)
     service.proc.solo = True  # as a sync worker's READY says
-    one_in_hand(service)  # sent at 1.0
-    came_back(service, 9)
-    service.turn()
-    assert list(service.proc.w.handed) == [1, 9] and service.hot.done_watched  # full
+    one_queued(service)  # the worker is full
+    assert service.hot.done_watched
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(FULL_STEAL_AFTER)
 
 
@@ -446,10 +450,8 @@ def test_while_a_worker_has_room_a_handoff_left_unread_is_looked_for_after_steal
     """The same, with room for one more: what is read back could go there now."""
     service = make_service(3)
     service.proc.solo = True
-    one_in_hand(service)  # sent at 1.0
-    came_back(service, 9)
-    service.turn()
-    assert list(service.proc.w.handed) == [1, 9] and service.hot.done_watched
+    one_queued(service)  # room for one more
+    assert service.hot.done_watched
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
 
 
@@ -459,10 +461,8 @@ def test_a_full_worker_whose_completions_wake_nobody_is_looked_at_after_steal_af
     """An async worker with nothing waiting for it: its completions are read on the next
     turn, not woken for, so no completion would end the wait: STEAL_AFTER does."""
     service = make_service(2)
-    one_in_hand(service)  # sent at 1.0
-    came_back(service, 9)
-    service.turn()
-    assert list(service.proc.w.handed) == [1, 9] and not service.hot.done_watched
+    one_queued(service)
+    assert not service.hot.done_watched
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
 
 
