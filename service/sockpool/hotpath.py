@@ -74,11 +74,11 @@ IDLE_STEAL_AFTER = 0.0005
 # While no worker has room, reading a handoff back gets it started no sooner: a completion
 # (reported: completions.py) must make room first, and one wakes the loop when it watches
 # for them (watch_done()). So the loop then waits for one, or this long, not for
-# STEAL_AFTER: longer than a kernel tick (4 ms at HZ=250), as a sleep that would end before
-# the next tick has the kernel reprogram the CPU's timer each time, which in a VM cost the
-# dispatcher about 8 us a connection under saturated churn with queue_ahead (HISTORY.md in
-# bench/results). A stall's end (STALL_FOR), which gives room no completion announces, may
-# come this much late: 10 ms on half a second.
+# STEAL_AFTER: longer than a kernel tick (4 ms at HZ=250). Sleeps that ended before the
+# next tick cost the dispatcher about 8 us a connection in a VM under saturated churn with
+# queue_ahead (HISTORY.md in bench/results; likely the kernel programming the CPU's timer).
+# A stall's end (STALL_FOR), which gives room no completion announces, may come this much
+# late: 10 ms on half a second.
 FULL_STEAL_AFTER = 0.01
 # A worker found with handoffs unread gets nothing new until it is heard from, or this long:
 # an async worker serving only long-lived connections may have nothing to report for hours,
