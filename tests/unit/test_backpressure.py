@@ -431,28 +431,23 @@ def test_a_handoff_the_worker_may_leave_unread_ends_the_wait(
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
 
 
-def test_while_no_worker_has_room_a_handoff_left_unread_waits_for_a_completion(
-    make_service: Callable[[int], Service],
+@pytest.mark.parametrize(
+    ("capacity", "wait"),
+    [(2, FULL_STEAL_AFTER), (3, STEAL_AFTER)],
+    ids=["full: until a completion", "room for one more: until a read-back"],
+)
+def test_a_sync_worker_with_one_queued_is_looked_at_for_it_as_its_room_says(
+    make_service: Callable[[int], Service], capacity: int, wait: float
 ) -> None:
-    """Read back then, it could go to no worker sooner: the loop waits for the completion
-    that makes room, which wakes it (test_a_completion_while_a_connection_is_queued_behind_
-    another_wakes_the_loop), or FULL_STEAL_AFTER."""
-    service = make_service(2)
+    """A worker with no room: a handoff read back could go to no worker sooner, so the loop
+    waits for the completion that makes room, which wakes it (test_a_completion_while_a_
+    connection_is_queued_behind_another_wakes_the_loop), or FULL_STEAL_AFTER. With room
+    for one more, what is read back could go there now: STEAL_AFTER."""
+    service = make_service(capacity)
     service.proc.solo = True  # as a sync worker's READY says
-    one_queued(service)  # the worker is full
+    one_queued(service)
     assert service.hot.done_watched
-    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(FULL_STEAL_AFTER)
-
-
-def test_while_a_worker_has_room_a_handoff_left_unread_is_looked_for_after_steal_after(
-    make_service: Callable[[int], Service],
-) -> None:
-    """The same, with room for one more: what is read back could go there now."""
-    service = make_service(3)
-    service.proc.solo = True
-    one_queued(service)  # room for one more
-    assert service.hot.done_watched
-    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(STEAL_AFTER)
+    assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(wait)
 
 
 def test_a_full_worker_whose_completions_wake_nobody_is_looked_at_after_steal_after(
