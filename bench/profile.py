@@ -52,7 +52,7 @@ from bench import loadgen, procfs, run
 from bench.report import fmt, table
 
 PY_SPY = run.BIN / "py-spy"
-SERVERS = ("sockpool", "plainloop")  # by default; --servers takes any of the scenario's
+SERVERS = ("sockpool", "plainloop")  # by default; --servers also takes queue_ahead variants
 ATTACH_S = 0.5  # for a tool to attach before the load starts
 PERF_EVENTS = "task-clock,context-switches,cpu-migrations,raw_syscalls:sys_enter"
 TOP_LINES = 25
