@@ -43,6 +43,9 @@ _request_timeout = 0.0  # a request's time from its first byte: parked, or read 
 _max_carry = 0  # a request within this many bytes may be parked whole (handlers.py)
 _max_buffered = 0  # max_buffered_body: a body still to come the dispatcher may wait for
 _buffered_total = 0  # max_buffered_body_total: all it waits for at once (0: no limit)
+# Listeners whose new connections a sync worker hands its handler without looking first
+# (worker.py, ready()): there receive() gives back one that ends without a byte too.
+_unlooked: frozenset[str] = frozenset()
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
 # connection (nor keep serving one that is quick to ask again): it parks it, so the
@@ -115,6 +118,19 @@ def client_speaks_first(handler: F) -> F:
 
 def speaks_first(handler: object) -> bool:
     return bool(getattr(handler, "client_speaks_first", False))
+
+
+def reads_first_with_receive(handler: F) -> F:
+    """sockpool's own sync handlers: their first read of a new connection is receive(),
+    which gives it back when nothing comes, as the sync worker's look before the handler
+    would (worker.py, _readable()). The worker skips that look, a system call per
+    connection, and receive() also gives back one that ends without a byte (_unlooked)."""
+    handler.reads_first_with_receive = True  # type: ignore[attr-defined]
+    return handler
+
+
+def first_read_is_receive(handler: object) -> bool:
+    return bool(getattr(handler, "reads_first_with_receive", False))
 
 
 def waits_for_data(handoff: str | None, handler_speaks_first: bool) -> bool:
@@ -252,7 +268,8 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK, want: in
     (`carry` empty) it waits up to `park_after` for the peer; mid-request (`carry` holds the
     request so far) it does not wait. Either way, when nothing comes it parks the connection
     with `carry` and raises Parked. Between requests, while other connections wait for a
-    worker, it parks at once. b"" at end of stream, as recv().
+    worker, it parks at once. b"" at end of stream, as recv(), but for an end before any
+    byte where the worker did not look first (reads_first_with_receive): parked too.
 
     `want`, mid-request: the request is whole once this many more bytes have come (a body
     of known length). The dispatcher then waits for them all (up to max_buffered_body, on
@@ -299,6 +316,9 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK, want: in
             info.has_read, info.turn_began = True, time.monotonic_ns()
         if not carry:
             info.request_started = time.monotonic_ns()  # the first bytes of a new request
+    elif not info.has_read and not carry and info.listener in _unlooked:
+        # It ended without a byte: the dispatcher closes it, unserved, as after the look.
+        return _park_or_recv(conn, info, b"", size, True)
     return data
 
 

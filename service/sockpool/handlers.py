@@ -16,6 +16,7 @@ from .giveback import (
     client_speaks_first,
     read,
     read_within,
+    reads_first_with_receive,
     receive,
     request_left,
 )
@@ -36,6 +37,7 @@ TOO_LARGE = b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection:
 
 
 @client_speaks_first
+@reads_first_with_receive
 def echo(conn: socket.socket, info: ConnectionInfo) -> None:
     """Send back what arrives until the peer closes its side; idle, the connection waits
     in the dispatcher, not here."""
@@ -129,6 +131,7 @@ def _owed(buf: bytes) -> int:
 
 
 @client_speaks_first
+@reads_first_with_receive
 def http_hello(conn: socket.socket, info: ConnectionInfo) -> None:
     """Answer `200 hello` to every request on the connection (HTTP/1.1 keep-alive). Between
     requests, and while a request is incomplete, the connection waits in the dispatcher

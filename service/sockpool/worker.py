@@ -121,7 +121,7 @@ class _Base:
         self.word: LoopWord | None = None  # `pull`: an async loop's waits (pull.py)
         self.ledger: Ledger | None = None  # a sync worker's unreported completions
         self.taken = 0  # handoffs taken: against the ledger's count of those sent
-        self.waits: set[str] = set()  # listeners whose new connections wait for data (ready())
+        self.waits: set[str] = set()  # listeners whose new connections it looks at (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
         giveback._request_timeout, giveback._max_carry = spec.request_timeout, spec.max_carry
         unsent._limit, unsent._total = spec.max_unsent, spec.max_unsent_total
@@ -139,6 +139,11 @@ class _Base:
             for name, handoff in self.spec.handoff.items()
             if giveback.waits_for_data(handoff, giveback.speaks_first(self.handler_for(name)))
         }
+        if solo:  # it calls the handler itself, whose first read may do what the look does
+            handler_for = self.handler_for
+            unlooked = {n for n in self.waits if giveback.first_read_is_receive(handler_for(n))}
+            self.waits -= unlooked
+            giveback._unlooked = frozenset(unlooked)
         channel.send(self.chan, wire.encode_ready(capacity, first, solo))
 
     def give_back(

@@ -22,7 +22,14 @@ from typing import Any
 from . import __version__, log, unsent
 from .connection import ConnectionInfo, current_connection
 from .errors import HANDLER_FAULTS, digits
-from .giveback import began, client_speaks_first, leave_rest, receive, recv_within
+from .giveback import (
+    began,
+    client_speaks_first,
+    leave_rest,
+    reads_first_with_receive,
+    receive,
+    recv_within,
+)
 from .http11 import (
     ClientDisconnected,
     HttpConnection,
@@ -446,6 +453,7 @@ def make_handler(app: Any, limits: HttpLimits | None = None, access_log: bool = 
     limits = limits or HttpLimits()
 
     @client_speaks_first
+    @reads_first_with_receive
     def wsgi_handler(conn: socket.socket, info: ConnectionInfo) -> None:
         if conn.family != socket.AF_UNIX:
             # As asyncio does for its transports: a streamed response's second write must

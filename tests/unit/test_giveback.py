@@ -78,6 +78,7 @@ def make_worker(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Worke
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     monkeypatch.setattr(giveback, "_max_buffered", 0)  # and max_buffered_body's two
     monkeypatch.setattr(giveback, "_buffered_total", 0)
+    monkeypatch.setattr(giveback, "_unlooked", frozenset())  # a sync worker's ready() sets it
     made: list[Worker] = []
 
     def make(
@@ -844,6 +845,59 @@ def test_ready_names_the_listeners_whose_handler_waits_for_the_client(make_worke
 def test_the_built_in_handlers_declare_that_their_clients_speak_first() -> None:
     for name in ("echo", "echo_async", "http_hello", "http_hello_async"):
         assert giveback.speaks_first(getattr(handlers, name)), name
+
+
+# -- a sync worker does not look first where the handler's first read is receive() ------------
+@pytest.mark.parametrize("solo", [True, False])
+def test_a_sync_worker_looks_at_a_new_connection_only_for_a_handler_that_reads_otherwise(
+    make_worker, solo: bool
+) -> None:
+    @giveback.client_speaks_first
+    def own(conn: socket.socket, info: ConnectionInfo) -> None:
+        conn.recv(100)
+
+    w = make_worker()
+    targets = {"echo": "m:echo", "wsgi": "m:app", "own": "m:own"}
+    w.worker.spec = WorkerSpec(1, targets, None, 1, handoff=dict.fromkeys(targets))
+    app = wsgi.make_handler(lambda environ, start_response: [])
+    w.worker.handlers = {"echo": handlers.echo, "wsgi": app, "own": own}
+    w.worker.ready(2, solo=solo)  # solo: a sync worker's READY
+    channel.receive(w.dispatcher)
+    looks = {
+        name for name in targets if w.worker.may_be_silent(wire.Handoff(1, name, "", may_park=True))
+    }
+    # An async worker's look waits without holding a thread: it looks at all of them.
+    assert looks == ({"own"} if solo else set(targets))
+    assert giveback._unlooked == ({"echo", "wsgi"} if solo else frozenset())
+
+
+def test_receive_gives_back_a_connection_that_ends_without_a_byte_where_none_looked(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(giveback, "_unlooked", frozenset({"web"}))
+    w = make_worker()
+    w.client.shutdown(socket.SHUT_WR)
+    with pytest.raises(giveback.Parked):
+        serving(w.info(), giveback.receive, w.conn)
+    message, _ = w.parked()
+    # As the worker's look gives it back: the dispatcher closes it, and nobody served it.
+    assert message == wire.Park(42, 0, b"", silent=True)
+
+
+def test_receive_returns_the_end_where_the_worker_looked_or_after_the_first_bytes(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = make_worker()
+    w.client.shutdown(socket.SHUT_WR)
+    assert serving(w.info(), giveback.receive, w.conn) == b""  # looked at: "web" is not unlooked
+    monkeypatch.setattr(giveback, "_unlooked", frozenset({"web"}))
+    w = make_worker()
+    w.client.sendall(b"ping")
+    w.client.shutdown(socket.SHUT_WR)
+    info = w.info()
+    assert serving(info, giveback.receive, w.conn) == b"ping"
+    assert serving(info, giveback.receive, w.conn) == b""  # an echo connection's end
+    assert w.nothing_parked()
 
 
 # -- handlers.next_request -------------------------------------------------------------------
