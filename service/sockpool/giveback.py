@@ -268,8 +268,9 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK, want: in
     (`carry` empty) it waits up to `park_after` for the peer; mid-request (`carry` holds the
     request so far) it does not wait. Either way, when nothing comes it parks the connection
     with `carry` and raises Parked. Between requests, while other connections wait for a
-    worker, it parks at once. b"" at end of stream, as recv(), but for an end before any
-    byte where the worker did not look first (reads_first_with_receive): parked too.
+    worker, it parks at once. b"" at end of stream, as recv(), but for an end or a reset
+    before the connection's first byte where the worker did not look first
+    (reads_first_with_receive): parked too.
 
     `want`, mid-request: the request is whole once this many more bytes have come (a body
     of known length). The dispatcher then waits for them all (up to max_buffered_body, on
@@ -304,22 +305,42 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK, want: in
         data = os.read(fd, size)  # readable: this does not wait
     else:
         try:
-            data = (
-                os.read(fd, size) if conn.gettimeout() is not None else _recv_dontwait(conn, size)
-            )
-        except BlockingIOError:
-            if carry or not _poller(fd).poll(_park_after * 1000):
-                return _park_or_recv(conn, info, carry, size, not info.has_read, want)
-            data = os.read(fd, size)
+            try:
+                data = (
+                    os.read(fd, size)
+                    if conn.gettimeout() is not None
+                    else _recv_dontwait(conn, size)
+                )
+            except BlockingIOError:
+                if carry or not _poller(fd).poll(_park_after * 1000):
+                    return _park_or_recv(conn, info, carry, size, _unspoken(info), want)
+                data = os.read(fd, size)
+        except ConnectionError:
+            if not _unlooked_first(info):
+                raise
+            data = b""  # reset before its first byte: ended, as below
     if data:
         if not info.has_read:
             info.has_read, info.turn_began = True, time.monotonic_ns()
         if not carry:
             info.request_started = time.monotonic_ns()  # the first bytes of a new request
-    elif not info.has_read and not carry and info.listener in _unlooked:
+    elif not info.has_read and _unlooked_first(info):  # (the usual end: no call)
         # It ended without a byte: the dispatcher closes it, unserved, as after the look.
         return _park_or_recv(conn, info, b"", size, True)
     return data
+
+
+def _unspoken(info: ConnectionInfo) -> bool:
+    """Nothing of it has come to this worker yet: neither read here nor handed over with
+    it (a request the dispatcher read whole, `carried`)."""
+    return not (info.has_read or info.carried)
+
+
+def _unlooked_first(info: ConnectionInfo) -> bool:
+    """The first read of a connection that has sent nothing, on a listener whose sync
+    worker did not look at it first (_unlooked): an end or a reset there is the look's to
+    give back, unserved, not the handler's."""
+    return _unspoken(info) and info.listener in _unlooked  # (any carry: read, or carried)
 
 
 def _turn_over(info: ConnectionInfo) -> bool:

@@ -10,6 +10,7 @@ import os
 import platform
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -882,6 +883,39 @@ def test_receive_gives_back_a_connection_that_ends_without_a_byte_where_none_loo
     message, _ = w.parked()
     # As the worker's look gives it back: the dispatcher closes it, and nobody served it.
     assert message == wire.Park(42, 0, b"", silent=True)
+
+
+def test_receive_gives_back_a_connection_reset_without_a_byte_where_none_looked(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(giveback, "_unlooked", frozenset({"web"}))
+    w = make_worker(tcp=True)
+    w.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.client.close()  # RST: a load balancer's health check, often
+    with pytest.raises(giveback.Parked):
+        serving(w.info(), giveback.receive, w.conn)
+    message, _ = w.parked()
+    assert message == wire.Park(42, 0, b"", silent=True)
+
+
+def test_a_connection_handed_over_with_a_whole_request_has_spoken(
+    make_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its request came with the handoff (`carried`): no end or wait after it is a silent
+    new connection's, whether or not the worker looked."""
+    monkeypatch.setattr(giveback, "_unlooked", frozenset({"web"}))
+    w = make_worker()
+    w.client.shutdown(socket.SHUT_WR)
+    info = w.info()
+    info.carried = b"GET / HTTP/1.1\r\n\r\n"  # served from there, then the next read
+    assert serving(info, giveback.receive, w.conn) == b""  # the handler's end: served
+    w = make_worker(park_after=0.001)
+    info = w.info()
+    info.carried = b"GET / HTTP/1.1\r\n\r\n"
+    with pytest.raises(giveback.Parked):  # nothing more: idle, not a new connection
+        serving(info, giveback.receive, w.conn)
+    message, _ = w.parked()
+    assert message == wire.Park(42, 0, b"", silent=False)
 
 
 def test_receive_returns_the_end_where_the_worker_looked_or_after_the_first_bytes(
