@@ -872,29 +872,21 @@ def test_a_sync_worker_looks_at_a_new_connection_only_for_a_handler_that_reads_o
     assert giveback._unlooked == ({"echo", "wsgi"} if solo else frozenset())
 
 
+@pytest.mark.parametrize("how", ["end", "reset"])
 def test_receive_gives_back_a_connection_that_ends_without_a_byte_where_none_looked(
-    make_worker, monkeypatch: pytest.MonkeyPatch
+    make_worker, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
     monkeypatch.setattr(giveback, "_unlooked", frozenset({"web"}))
-    w = make_worker()
-    w.client.shutdown(socket.SHUT_WR)
+    w = make_worker(tcp=True)
+    if how == "reset":  # RST: a load balancer's health check, often
+        w.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.client.close()
+    else:
+        w.client.shutdown(socket.SHUT_WR)
     with pytest.raises(giveback.Parked):
         serving(w.info(), giveback.receive, w.conn)
     message, _ = w.parked()
     # As the worker's look gives it back: the dispatcher closes it, and nobody served it.
-    assert message == wire.Park(42, 0, b"", silent=True)
-
-
-def test_receive_gives_back_a_connection_reset_without_a_byte_where_none_looked(
-    make_worker, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(giveback, "_unlooked", frozenset({"web"}))
-    w = make_worker(tcp=True)
-    w.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    w.client.close()  # RST: a load balancer's health check, often
-    with pytest.raises(giveback.Parked):
-        serving(w.info(), giveback.receive, w.conn)
-    message, _ = w.parked()
     assert message == wire.Park(42, 0, b"", silent=True)
 
 
