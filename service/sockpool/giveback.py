@@ -44,7 +44,8 @@ _max_carry = 0  # a request within this many bytes may be parked whole (handlers
 _max_buffered = 0  # max_buffered_body: a body still to come the dispatcher may wait for
 _buffered_total = 0  # max_buffered_body_total: all it waits for at once (0: no limit)
 # Listeners whose new connections a sync worker hands its handler without looking first
-# (worker.py, ready()): there receive() gives back one that ends without a byte too.
+# (worker.py, ready()): there receive() gives back one that ends, or is reset, without a
+# byte too (_unlooked_first).
 _unlooked: frozenset[str] = frozenset()
 # One word of memory the dispatcher shares with every worker it forks: how many ready
 # connections wait for a worker. While any wait, a worker does not linger on a keep-alive
