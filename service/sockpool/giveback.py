@@ -125,7 +125,8 @@ def reads_first_with_receive(handler: F) -> F:
     """sockpool's own sync handlers: their first read of a new connection is receive(),
     which gives it back when nothing comes, as the sync worker's look before the handler
     would (worker.py, _readable()). The worker skips that look, a system call per
-    connection, and receive() also gives back one that ends without a byte (_unlooked)."""
+    connection, and receive() also gives back one that ends, or is reset, without a byte
+    (_unlooked)."""
     handler.reads_first_with_receive = True  # type: ignore[attr-defined]
     return handler
 
