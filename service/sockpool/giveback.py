@@ -22,6 +22,7 @@ import os
 import select
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -121,18 +122,24 @@ def speaks_first(handler: object) -> bool:
     return bool(getattr(handler, "client_speaks_first", False))
 
 
+# reads_first_with_receive()'s handlers: weakly, as the WSGI server makes one for each app.
+_RECEIVE_FIRST: weakref.WeakSet[Callable[..., object]] = weakref.WeakSet()
+
+
 def reads_first_with_receive(handler: F) -> F:
     """sockpool's own sync handlers: their first read of a new connection is receive(),
     which gives it back when nothing comes, as the sync worker's look before the handler
     would (worker.py, _readable()). The worker skips that look, a system call per
     connection, and receive() also gives back one that ends, or is reset, without a byte
-    (_unlooked)."""
-    handler.reads_first_with_receive = True  # type: ignore[attr-defined]
+    (_unlooked). Noted in a registry, not on the function: functools.wraps copies a
+    function's attributes to its wrapper, which may read first with a plain recv() and would
+    then wait for a silent client in the worker."""
+    _RECEIVE_FIRST.add(handler)
     return handler
 
 
 def first_read_is_receive(handler: object) -> bool:
-    return bool(getattr(handler, "reads_first_with_receive", False))
+    return handler in _RECEIVE_FIRST
 
 
 def waits_for_data(handoff: str | None, handler_speaks_first: bool) -> bool:

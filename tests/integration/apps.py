@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -12,6 +13,7 @@ import sys
 import time
 
 import sockpool
+import sockpool.handlers
 from sockpool import client_speaks_first, park_async, receive
 from sockpool.connection import ConnectionInfo
 
@@ -240,6 +242,14 @@ def undeclared_echo(conn: socket.socket, info: ConnectionInfo) -> None:
     worker at once, and receive() gives it back if its client has not spoken yet."""
     while data := receive(conn):
         conn.sendall(data)
+
+
+@functools.wraps(sockpool.handlers.echo)
+def token_echo(conn: socket.socket, info: ConnectionInfo) -> None:
+    """sockpool.handlers.echo behind a wrapper of the user's own that reads a token first,
+    with a plain recv(): functools.wraps gives it echo's attributes, not echo's first read."""
+    if conn.recv(6) == b"token\n":
+        sockpool.handlers.echo(conn, info)
 
 
 def child_ignores(conn: socket.socket, info: ConnectionInfo) -> None:

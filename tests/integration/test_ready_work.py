@@ -247,6 +247,19 @@ def test_silent_connections_wait_in_the_dispatcher(serve) -> None:
         sock.close()
 
 
+def test_a_silent_connection_pins_no_worker_behind_a_wrapper_that_reads_first(serve) -> None:
+    """A wrapper of echo made with functools.wraps, reading first with a plain recv(): the
+    worker must look at a new connection before its handler, as for any such handler."""
+    service = launch(serve, ["--workers=1", "apps:token_echo"])
+    silent = connect(service.address)
+    settle(service, busy=0, parked=1)  # given back, not waited for in the only worker
+    with connect(service.address) as client:
+        client.sendall(b"token\nhello\n")
+        client.shutdown(socket.SHUT_WR)
+        assert read_to_eof(client) == b"hello\n"
+    silent.close()
+
+
 def test_silent_connections_are_closed_at_the_first_byte_timeout(serve) -> None:
     service = launch(serve, ["--workers=2", "--first-byte-timeout=1", HELLO])
     before = closed(service, "first-byte")  # 0, unless the activating connection lingered

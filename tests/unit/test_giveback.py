@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import os
 import platform
 import shutil
@@ -857,18 +858,25 @@ def test_a_sync_worker_looks_at_a_new_connection_only_for_a_handler_that_reads_o
     def own(conn: socket.socket, info: ConnectionInfo) -> None:
         conn.recv(100)
 
+    # A user's wrapper of a built-in handler that reads first itself: functools.wraps copies
+    # the function's attributes, and must not carry over what its first read is.
+    @functools.wraps(handlers.echo)
+    def wrapped(conn: socket.socket, info: ConnectionInfo) -> None:
+        if conn.recv(100) == b"token\n":
+            handlers.echo(conn, info)
+
     w = make_worker()
-    targets = {"echo": "m:echo", "wsgi": "m:app", "own": "m:own"}
+    targets = {"echo": "m:echo", "wsgi": "m:app", "own": "m:own", "wrapped": "m:wrapped"}
     w.worker.spec = WorkerSpec(1, targets, None, 1, handoff=dict.fromkeys(targets))
     app = wsgi.make_handler(lambda environ, start_response: [])
-    w.worker.handlers = {"echo": handlers.echo, "wsgi": app, "own": own}
+    w.worker.handlers = {"echo": handlers.echo, "wsgi": app, "own": own, "wrapped": wrapped}
     w.worker.ready(2, solo=solo)  # solo: a sync worker's READY
     channel.receive(w.dispatcher)
     looks = {
         name for name in targets if w.worker.may_be_silent(wire.Handoff(1, name, "", may_park=True))
     }
     # An async worker's look waits without holding a thread: it looks at all of them.
-    assert looks == ({"own"} if solo else set(targets))
+    assert looks == ({"own", "wrapped"} if solo else set(targets))
     assert giveback._unlooked == ({"echo", "wsgi"} if solo else frozenset())
 
 
