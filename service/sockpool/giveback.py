@@ -139,7 +139,10 @@ def reads_first_with_receive(handler: F) -> F:
 
 
 def first_read_is_receive(handler: object) -> bool:
-    return handler in _RECEIVE_FIRST
+    try:
+        return handler in _RECEIVE_FIRST
+    except TypeError:  # a callable object that cannot be hashed (a dataclass's): not ours
+        return False
 
 
 def waits_for_data(handoff: str | None, handler_speaks_first: bool) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import functools
 import os
 import platform
@@ -865,18 +866,27 @@ def test_a_sync_worker_looks_at_a_new_connection_only_for_a_handler_that_reads_o
         if conn.recv(100) == b"token\n":
             handlers.echo(conn, info)
 
+    @dataclasses.dataclass  # eq without frozen: an object that cannot be hashed
+    class Greeter:
+        greeting: bytes
+
+        def __call__(self, conn: socket.socket, info: ConnectionInfo) -> None:
+            conn.sendall(self.greeting + conn.recv(100))
+
     w = make_worker()
     targets = {"echo": "m:echo", "wsgi": "m:app", "own": "m:own", "wrapped": "m:wrapped"}
+    targets["greeter"] = "m:greeter"
     w.worker.spec = WorkerSpec(1, targets, None, 1, handoff=dict.fromkeys(targets))
     app = wsgi.make_handler(lambda environ, start_response: [])
     w.worker.handlers = {"echo": handlers.echo, "wsgi": app, "own": own, "wrapped": wrapped}
+    w.worker.handlers["greeter"] = giveback.client_speaks_first(Greeter(b"hi "))
     w.worker.ready(2, solo=solo)  # solo: a sync worker's READY
     channel.receive(w.dispatcher)
     looks = {
         name for name in targets if w.worker.may_be_silent(wire.Handoff(1, name, "", may_park=True))
     }
     # An async worker's look waits without holding a thread: it looks at all of them.
-    assert looks == ({"own", "wrapped"} if solo else set(targets))
+    assert looks == ({"own", "wrapped", "greeter"} if solo else set(targets))
     assert giveback._unlooked == ({"echo", "wsgi"} if solo else frozenset())
 
 
