@@ -122,7 +122,8 @@ def speaks_first(handler: object) -> bool:
     return bool(getattr(handler, "client_speaks_first", False))
 
 
-# reads_first_with_receive()'s handlers: weakly, as the WSGI server makes one for each app.
+# reads_first_with_receive()'s handlers, held weakly: wsgi.make_handler() makes a new one
+# at each call (the tests make many).
 _RECEIVE_FIRST: weakref.WeakSet[Callable[..., object]] = weakref.WeakSet()
 
 
