@@ -873,13 +873,17 @@ def test_a_sync_worker_looks_at_a_new_connection_only_for_a_handler_that_reads_o
         def __call__(self, conn: socket.socket, info: ConnectionInfo) -> None:
             conn.sendall(self.greeting + conn.recv(100))
 
+    table = {
+        "echo": handlers.echo,
+        "wsgi": wsgi.make_handler(lambda environ, start_response: []),
+        "own": own,
+        "wrapped": wrapped,
+        "greeter": giveback.client_speaks_first(Greeter(b"hi ")),
+    }
+    targets = {name: f"m:{name}" for name in table}
     w = make_worker()
-    targets = {"echo": "m:echo", "wsgi": "m:app", "own": "m:own", "wrapped": "m:wrapped"}
-    targets["greeter"] = "m:greeter"
     w.worker.spec = WorkerSpec(1, targets, None, 1, handoff=dict.fromkeys(targets))
-    app = wsgi.make_handler(lambda environ, start_response: [])
-    w.worker.handlers = {"echo": handlers.echo, "wsgi": app, "own": own, "wrapped": wrapped}
-    w.worker.handlers["greeter"] = giveback.client_speaks_first(Greeter(b"hi "))
+    w.worker.handlers = table
     w.worker.ready(2, solo=solo)  # solo: a sync worker's READY
     channel.receive(w.dispatcher)
     looks = {
