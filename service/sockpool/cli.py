@@ -71,6 +71,14 @@ _LIMITS = [
         "worker",
     ),
     (
+        "accept",
+        "WHO",
+        "who accepts new connections: dispatcher (default), or workers: idle sync workers "
+        "accept for themselves and give the dispatcher what is not ready (faster under "
+        "churn; not with max_connections or max_connections_per_source; PROXY listeners and "
+        "async workers stay with the dispatcher)",
+    ),
+    (
         "max_carry",
         "BYTES",
         "bytes of a partial request the dispatcher holds for a parked connection; a "

@@ -37,6 +37,7 @@ MAX_SECONDS = 100 * 365 * 86400.0
 # worker that waited for it.
 MAX_WAIT = float((2**31 - 1) // 1000)
 HANDOFFS = ("ready", "immediate")
+ACCEPTERS = ("dispatcher", "workers")  # who accepts new connections (direct.py)
 MAX_CARRY = 65536  # wire.MAX_CARRY: what one PARK message can hold
 # Each worker is a process of its own (7 MiB at rest): more than this is a typo, and would
 # fork until the kernel or TasksMax= refused, not a pool.
@@ -124,6 +125,7 @@ class Config:
     park_after: float = 0.002  # a worker waits this long for the next request, then parks
     queue_ahead: int = 1  # connections a sync worker holds queued behind the one it serves
     pull: bool = False  # async workers take a connection only while their loop waits (pull.py)
+    accept: str = "dispatcher"  # or "workers": idle sync workers accept (direct.py)
     max_carry: int = 16384  # bytes of a partial request the dispatcher holds per connection
     max_unsent: int = 1 << 20  # bytes of an answer a sync worker may leave it to send (unsent.py)
     max_unsent_total: int = 64 << 20  # and of all such answers a dispatcher holds at once
@@ -284,6 +286,12 @@ def _handoff(value: Any) -> str:
     return value
 
 
+def _accept(value: Any) -> str:
+    if not isinstance(value, str) or value not in ACCEPTERS:
+        raise ValueError(f"expected one of {', '.join(ACCEPTERS)}, got {quote(value)}")
+    return value
+
+
 def _listener_kind(value: Any) -> str:
     if not isinstance(value, str) or value not in LISTENER_KINDS:
         raise ValueError(f"expected one of {', '.join(LISTENER_KINDS)}, got {quote(value)}")
@@ -423,6 +431,7 @@ _KEYS: dict[str, tuple[type, Validator]] = {
     "park_after": (float, _wait),
     "queue_ahead": (int, _queue_ahead),
     "pull": (bool, _flag),
+    "accept": (str, _accept),
     "max_carry": (int, _carry),
     "max_unsent": (int, _bytes),
     "max_unsent_total": (int, _bytes),
@@ -523,7 +532,21 @@ def build(file_values: Mapping[str, Any], flags: Mapping[str, Any], path: str | 
             "each dispatcher needs a worker of its own"
         )
     _check_carry(cfg, flags, path)
+    _check_accept(cfg, flags, path)
     return cfg
+
+
+def _check_accept(cfg: Config, flags: Mapping[str, Any], path: str | None) -> None:
+    """The connection limits count what the dispatcher accepts; workers that accept for
+    themselves would pass them by."""
+    limits = [k for k in ("max_connections", "max_connections_per_source") if getattr(cfg, k)]
+    if cfg.accept != "workers" or not limits:
+        return
+    where = "--accept" if "accept" in flags else f"{_where(path)}: accept"
+    raise ConfigError(
+        f"{where}: workers cannot enforce {' and '.join(limits)}, which count the "
+        "connections the dispatcher accepts: use accept = dispatcher, or drop the limit"
+    )
 
 
 def _check_carry(cfg: Config, flags: Mapping[str, Any], path: str | None) -> None:

@@ -71,5 +71,5 @@ def current_connection() -> ConnectionInfo | None:
     return _current.get(None)
 
 
-def set_current(info: ConnectionInfo) -> None:
+def set_current(info: ConnectionInfo | None) -> None:
     _current.set(info)

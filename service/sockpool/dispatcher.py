@@ -245,25 +245,29 @@ class Dispatcher:
             procs = self.hot.workers
             routes = [procs[w.pid] for w in pool.serving(self.policy.active) if w.pid in procs]
             self.routes = (pool.version, routes)
-            self.hot.routes_changed(routes)
-            if routes:
+            if routes:  # first: whose connections Linux defers for workers that accept
                 config, first = self.policy.active.config, routes[0].speaks_first
                 self.hot.deferred = {
                     lst for lst in self.hot.listeners if _waits_for_data(config, lst.name, first)
                 }
+            self.hot.routes_changed(routes)
         return routes
 
     def _closed(self, p: WorkerProcess) -> None:
         self._feed(ev.ChannelClosed(p.pid))
 
     # -- descriptors -------------------------------------------------------------------------
-    def _in_child(self) -> None:
-        """A new worker holds nothing of the dispatcher's: no listener, no other worker's
-        channel, no connection not handed to it."""
+    def _in_child(self, keep: frozenset[int]) -> None:
+        """A new worker holds nothing of the dispatcher's: no listener but those it accepts
+        from (`keep`: direct.py), no other worker's channel, no connection not handed to
+        it."""
         self.loop.close()
         os.close(self.hot.done_r)  # the worker keeps done_w
         for listener in self.listeners:
-            listener.sock.close()
+            if listener.sock.fileno() in keep:
+                listener.sock.detach()  # the descriptor stays open, for the worker
+            else:
+                listener.sock.close()
         for p in self.hot.workers.values():
             p.close()
         channel.close_all(self.hot.held_fds())

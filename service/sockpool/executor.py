@@ -11,6 +11,7 @@ import errno
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 
 from . import health, listeners, log, records
 from . import lifecycle as ev
@@ -35,7 +36,7 @@ class Executor:
         feed: Callable[[object], None],
         status: Callable[[], str],
         on_messages: Callable[[WorkerProcess], object],
-        in_child: Callable[[], None],
+        in_child: Callable[[frozenset[int]], None],
     ) -> None:
         self.policy, self.loop, self.hot, self.notifier = policy, loop, hot, notifier
         self.procs = hot.workers  # one table of worker processes, shared with the hot path
@@ -54,14 +55,17 @@ class Executor:
 
     def spawn(self, a: ev.Spawn) -> None:
         gen = a.generation
+        spec = self._spec(gen)
+        keep = frozenset(fd for _, fd, _ in spec.accepts)  # the listeners it accepts from
         try:
-            forked = fork_worker(self._spec(gen), self.hot.done_w, self.in_child)
+            forked = fork_worker(spec, self.hot.done_w, partial(self.in_child, keep))
         except OSError as exc:
             self.feed(ev.SpawnFailed(gen.number, _fork_error(exc), time.monotonic()))
             return
-        pid, chan, inbox, stacks, word, ledger = forked
+        pid, chan, inbox, stacks, word, ledger, seat = forked
         actions = self.policy.handle(ev.Spawned(pid, gen.number, time.monotonic()))
-        p = WorkerProcess(pid, chan, inbox, stacks, self.policy.workers[pid], word, ledger)
+        w = self.policy.workers[pid]
+        p = WorkerProcess(pid, chan, inbox, stacks, w, word, ledger, seat, spec.accepts)
         self.procs[pid] = p
         self.loop.watch(chan, lambda: self.on_messages(p))
         self(actions)
@@ -72,7 +76,10 @@ class Executor:
             self.specs = {n: s for n, s in self.specs.items() if n in live}
             names = list(dict.fromkeys(lst.name for lst in self.hot.listeners))
             sockets = listeners.kinds(self.hot.listeners)
-            self.specs[gen.number] = WorkerSpec.of(gen.number, gen.config, names, sockets)
+            listening = tuple((lst.name, lst.sock.fileno(), lst.kind) for lst in self.hot.listeners)
+            self.specs[gen.number] = WorkerSpec.of(
+                gen.number, gen.config, names, sockets, listening
+            )
         return self.specs[gen.number]
 
     def sendstop(self, a: ev.SendStop) -> None:

@@ -59,6 +59,7 @@ _unlooked: frozenset[str] = frozenset()
 # against max_unsent_total (unsent.py). Its fourth: the bytes of request bodies it waits
 # for (receive()'s `want`), against max_buffered_body_total.
 _waiting: memoryview | None = None
+_backlogs: select.poll | None = None  # `accept = workers`: the listeners it accepts from
 WAITING, STOPPING, UNSENT, BUFFERED = 0, 1, 2, 3  # the words' places
 TURN_NS = 1_000_000  # see _turn_over()
 STOP_FIRST_BYTE = 1.0  # seconds a stop gives a client that has not spoken yet
@@ -73,7 +74,11 @@ def share_waiting() -> memoryview:
 
 
 def others_waiting() -> bool:
-    return _waiting is not None and _waiting[WAITING] > 0
+    """Connections wait for a worker: in the dispatcher, or (`accept = workers`) in a
+    backlog of this worker's listeners that no idle worker took (direct.Acceptor)."""
+    if _waiting is not None and _waiting[WAITING] > 0:
+        return True
+    return _backlogs is not None and bool(_backlogs.poll(0))
 
 
 def stopping() -> bool:
@@ -305,7 +310,8 @@ def receive(conn: socket.socket, carry: bytes = b"", size: int = CHUNK, want: in
         return _park_or_recv(conn, info, carry, size, want=want)  # (pipelined: hotpath.park)
     wait_first = False
     if not carry and info.has_read:  # between requests
-        if others_waiting() and not stopping() and _turn_over(info):
+        # The turn first: with `accept = workers` others_waiting() may be a system call.
+        if _turn_over(info) and others_waiting() and not stopping():
             return _park_or_recv(conn, info, b"", size)  # its turn is over
         # The first time, read first (below): a client that sends one request and ends it
         # (echo; a request with its FIN) has often sent the end along, and one read then
@@ -461,7 +467,7 @@ async def read(
         return data
     assert info is not None
     others = not carry and info.has_read and not reader._buffer and not reader.at_eof()
-    others = others and others_waiting() and not stopping() and _turn_over(info)  # as receive()
+    others = others and _turn_over(info) and others_waiting() and not stopping()  # as receive()
     if others and await _park_async(reader, writer, carry):
         raise Parked
     try:

@@ -15,7 +15,6 @@ the FIONREAD that tells is then the worker's system call, not the dispatcher's.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import logging
 import operator
@@ -32,6 +31,7 @@ from . import channel, giveback, log, proxyproto, pull, wire
 from .admission import Admission
 from .completions import SENT
 from .config import Config
+from .direct import NO_RESOURCES, PAUSE, PEER_GONE, READ_EVERY
 from .events import Event
 from .listeners import Listener
 from .parking import (
@@ -48,7 +48,7 @@ from .parking import (
 from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
-ACCEPT_PAUSE = 0.5  # seconds to wait after EMFILE & co. before accepting again
+ACCEPT_PAUSE = PAUSE  # seconds to wait after EMFILE & co. before accepting again
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
 _LOGGED_CLOSES = {
@@ -57,9 +57,13 @@ _LOGGED_CLOSES = {
 }  # fmt: skip
 FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, logs, reloads
 _NEVER = float("inf")
+_ACCEPTED = (0.0, "", "")  # _served(): a connection given back that its worker accepted
 _BUSY = operator.itemgetter(0)  # (connections in hand, wait, word, worker): _feed_loops()
-_PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
-_NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_PEER_GONE, _NO_RESOURCES = PEER_GONE, NO_RESOURCES  # accept()'s errors, as a worker's
+# `accept = workers`: Linux holds a new connection back from accept() until its first bytes
+# (or about this long) on a listener whose clients speak first, so a worker that accepts
+# one seldom finds it silent and gives it back (direct.py).
+DEFER_SECONDS = 1
 
 # A sync worker (`p.solo`, from its READY) serves one connection at a time and, with
 # `queue_ahead` (spec.py), queues more: each connection goes to it alone, so a queued one
@@ -198,6 +202,12 @@ class HotPath:
         self.muted: set[Listener] = set()
         self.mute: Callable[[socket.socket | int, bool], None] = _unmutable
         self.accepting = True
+        # `accept = workers` (direct.py): the listeners workers accept from now, which this
+        # loop leaves alone; those it set TCP_DEFER_ACCEPT on for them; when it next reads
+        # the workers' seats (while any worker has one).
+        self.direct: set[Listener] = set()
+        self.deferring: set[Listener] = set()
+        self.next_seat_read = _NEVER
         self.next_id = 0  # the last connection's id: they start at 1 (0 is pull.WAKE)
         self.served = 0
         self.paused_until = 0.0
@@ -241,7 +251,7 @@ class HotPath:
     def restore_listeners(self) -> None:
         """At exit: the sockets stay systemd's, with its settings, for the next start (which
         would take what a PROXY listener left for systemd's own)."""
-        for lst in self.proxied:
+        for lst in {*self.proxied, *self.deferring}:
             if lst.defer_accept is not None:
                 proxyproto.restore_accept(lst.sock, lst.defer_accept)
 
@@ -284,6 +294,7 @@ class HotPath:
             due = min(due, self.send_until)
         if self.pull and self.pending:  # should a loop's wake-up be missed (pull.py)
             due = min(due, now + pull.RECHECK)
+        due = min(due, self.next_seat_read)
         # A backlog left waiting becomes `stuck` (accept() finds out) STUCK_AFTER after the
         # last accept: not while accept() would return at once (paused after EMFILE, or
         # stopping), or the loop would spin until it runs again.
@@ -481,10 +492,76 @@ class HotPath:
             for p in self.last_routes:
                 if p not in routes and p.w.capacity > 1 and p.pid in self.workers:
                     self._take_back(p, p.read_back(live=True))
+        self._accepting(routes)
         self.last_routes = list(routes)
         self.ledgered = [p for p in routes if p.ledger is not None]  # completions.py
         self.may_queue = any(p.w.capacity > 1 for p in routes)
         self.pull = bool(routes) and all(p.pulls for p in routes)
+
+    def _accepting(self, routes: list[WorkerProcess]) -> None:
+        """`accept = workers` (direct.py): the workers that take work accept for themselves,
+        told so (ACCEPT), and those that no longer do are told to stop. A listener any of
+        them accepts from is theirs: this loop no longer watches it, and takes it back when
+        none does (an async generation, a stop). Where clients speak first, Linux holds
+        their connections back until they do (DEFER_SECONDS), so few go to a worker silent."""
+        for p in self.last_routes:
+            if p.accepting and p not in routes and p.pid in self.workers:
+                p.tell_accepting(False)
+        for p in routes:
+            if p.accepts and not p.accepting:
+                p.tell_accepting(True)
+        fds = {fd for p in routes if p.accepting for _, fd, _ in p.accepts}
+        direct = {lst for lst in self.listeners if lst.sock.fileno() in fds}
+        for lst in direct - self.direct:  # theirs now
+            self.mute(lst.sock, True)
+            for held in (self.backlogged, self.muted, self.left):
+                held.discard(lst)
+        for lst in self.direct - direct:  # ours again: unmuted, a backlog wakes the loop
+            self.mute(lst.sock, False)
+        self.direct = direct
+        deferring = direct & self.deferred
+        for lst in deferring - self.deferring:
+            if proxyproto.defer_accept(lst.sock, DEFER_SECONDS) is not None:
+                self.deferring.add(lst)
+        for lst in self.deferring - deferring:
+            proxyproto.restore_accept(lst.sock, lst.defer_accept or 0)
+            self.deferring.discard(lst)
+        if any(p.seat is not None for p in self.workers.values()):
+            self.next_seat_read = min(self.next_seat_read, 0.0)  # read at the next turn
+
+    def read_seats(self, now: float) -> None:
+        """What the workers that accept for themselves say in their seats (direct.py): the
+        connection each has in hand counts as handed to it (busy, room, the hang watch,
+        cut if it dies), what each has served as served (STATUS, max_requests). Every turn
+        while any worker has a seat, and at least every READ_EVERY."""
+        due: set[int] = set()
+        seated = False
+        for p in self.workers.values():
+            if p.seat is not None:
+                seated = True
+                self._read_seat(p, now, due)
+        self.next_seat_read = now + READ_EVERY if seated else _NEVER
+        if due:
+            self.recycle(due, now)
+
+    def _read_seat(self, p: WorkerProcess, now: float, due: set[int]) -> None:
+        assert p.seat is not None
+        served, conn, since, index, peer = p.seat.read()
+        w = p.w
+        if served != p.seat_served:
+            more, p.seat_served = served - p.seat_served, served
+            w.served += more
+            self.served += more
+            w.last_heard = now
+            if w.max_served and w.served - more < w.max_served <= w.served:
+                due.add(p.pid)
+        if conn != p.seat_conn:
+            if p.seat_conn:
+                w.handed.pop(p.seat_conn, None)
+            if conn:
+                name = p.accepts[index][0] if 0 <= index < len(p.accepts) else ""
+                w.handed[conn] = (since, name, peer)
+            p.seat_conn = conn
 
     def _take_back(self, p: WorkerProcess, items: list[Pending]) -> None:
         """Handoffs read back from `p` (retired, or dead: recover()) are no longer its,
@@ -671,6 +748,8 @@ class HotPath:
             self.read_done(now)
         if self.ledgered:
             self.read_ledgers(now)
+        if self.next_seat_read < _NEVER:
+            self.read_seats(now)
 
     def done_readable(self) -> None:
         """The loop's callback for the done pipe: turn() reads it after the poll."""
@@ -717,14 +796,23 @@ class HotPath:
             self.recycle(due, now)
 
     def _served(
-        self, p: WorkerProcess, conn_id: int, now: float, due: set[int], served: int = 1
+        self,
+        p: WorkerProcess,
+        conn_id: int,
+        now: float,
+        due: set[int],
+        served: int = 1,
+        accepted: bool = False,
     ) -> tuple | None:
         """A worker is done with a connection (closed or parked): its room is free again;
         adds its pid to `due` when it has served max_requests. What it was handed, or None
         for a connection it did not hold (ignored). `served` 0: it gave back a connection
-        that had sent nothing, which it did not serve."""
+        that had sent nothing, which it did not serve. `accepted`: one it accepted itself
+        and gave back (direct.py), held by it whether or not its seat was read since."""
         w = p.w
         handed = w.handed.pop(conn_id, None)
+        if handed is None and accepted:
+            handed = _ACCEPTED
         if handed is not None:
             w.last_heard = now
             w.served += served
@@ -740,12 +828,13 @@ class HotPath:
         unpark() settles it). A worker it finds due for recycling goes to `recycle`, as
         read_done() sends one."""
         due: set[int] = set()
-        handed = self._served(p, msg.conn_id, now, due, served=not msg.silent)
+        handed = self._served(p, msg.conn_id, now, due, not msg.silent, bool(msg.listener))
         if handed is None:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
             channel.close_all([fd, unsent] if unsent >= 0 else [fd])
             return
-        item = (msg.conn_id, fd, handed[1], handed[2], msg.carry, msg.started)
+        listener, peer = (msg.listener, msg.peer) if msg.listener else handed[1:]
+        item = (msg.conn_id, fd, listener, peer, msg.carry, msg.started)
         if unsent >= 0:  # a request comes after it (begun, or pipelined): a stop waits for it
             work = not msg.close and bool(msg.ready or msg.carry or waiting_bytes(fd))
             self.parking.send(item, unsent, msg.span, msg.file, msg, self.timeouts[1], work)
@@ -870,6 +959,8 @@ class HotPath:
         """A worker died: take back the handoffs it never read (they go first to the next
         worker) and let go of the connections it held. Returns how many it held."""
         self._take_back(p, p.read_back())
+        if p.seat is not None:  # what it had accepted itself is listed, and so cut
+            self._read_seat(p, time.monotonic(), set())
         if p.ledger is not None:  # finished and never reported: served, not cut
             now = time.monotonic()
             for conn_id in p.ledger.pending():

@@ -19,6 +19,7 @@ from . import channel, cpuslice, health, log, wire
 from . import lifecycle as ev
 from . import worker as worker_mod
 from .completions import SENT, Ledger
+from .direct import Accepts, Seat
 from .pull import LoopWord
 from .spec import WorkerSpec
 from .states import ExitReason, Worker
@@ -64,17 +65,19 @@ def describe_status(code: int) -> str:
 
 def fork_worker(
     spec: WorkerSpec, done: int, close_in_child: Callable[[], None]
-) -> tuple[int, socket.socket, socket.socket, int, LoopWord | None, Ledger | None]:
+) -> tuple[int, socket.socket, socket.socket, int, LoopWord | None, Ledger | None, Seat | None]:
     """Fork a worker: (pid, our channel end, its end, its stack file, the word its loop
     says it waits in with `pull`, the ledger of its unreported completions with a
-    `queue_ahead` of 2 or more). Raises OSError when it cannot (out of processes or
-    descriptors), having closed what it made.
+    `queue_ahead` of 2 or more, the seat it says what it accepted in with `accept =
+    workers`). Raises OSError when it cannot (out of processes or descriptors), having
+    closed what it made.
 
     `close_in_child` drops everything of the dispatcher's in the child: a worker holds no
-    listener, no other worker's channel, no connection not handed to it."""
+    listener (but those it accepts from), no other worker's channel, no connection not
+    handed to it."""
     ours, theirs = channel.pair()
-    made: list[socket.socket | int | LoopWord | Ledger] = [ours, theirs]
-    word = ledger = None
+    made: list[socket.socket | int | LoopWord | Ledger | Seat] = [ours, theirs]
+    word = ledger = seat = None
     try:
         stacks = health.new_stack_file(spec.generation)
         made.append(stacks)
@@ -84,6 +87,9 @@ def fork_worker(
         if spec.queue_ahead > 1:
             ledger = Ledger()
             made.append(ledger)
+        if spec.accepts:
+            seat = Seat()
+            made.append(seat)
         pid = os.fork()
     except OSError:
         for thing in made:
@@ -97,14 +103,14 @@ def fork_worker(
             cpuslice.reset_in_child()
             ours.close()
             close_in_child()
-            worker_mod.run(theirs, spec, stacks, done, word, ledger)
+            worker_mod.run(theirs, spec, stacks, done, word, ledger, seat)
         finally:
             os._exit(1)
     # We keep `theirs` open (never reading it while the worker lives): when the worker dies,
     # the handoffs it had not yet read stay queued there instead of being thrown away with
     # their descriptors, and we hand them to another worker.
     ours.setblocking(False)
-    return pid, ours, theirs, stacks, word, ledger
+    return pid, ours, theirs, stacks, word, ledger, seat
 
 
 class WorkerProcess:
@@ -117,6 +123,8 @@ class WorkerProcess:
         w: Worker,
         word: LoopWord | None = None,
         ledger: Ledger | None = None,
+        seat: Seat | None = None,
+        accepts: Accepts = (),
     ) -> None:
         self.pid = pid
         self.chan = chan  # our end of the channel
@@ -132,6 +140,14 @@ class WorkerProcess:
         # until it is heard from again.
         self.unheard_since = 0.0
         self.stalled_at = 0.0
+        # `accept = workers` (direct.py): what it says it accepted, the listeners it may
+        # accept from (none once an async worker's READY says it closed them), whether it
+        # was told to, and what of its seat the dispatcher has counted.
+        self.seat = seat
+        self.accepts = accepts
+        self.accepting = False
+        self.seat_served = 0
+        self.seat_conn = 0
 
     def next_event(self, now: float) -> object | None:
         """Its next message: a lifecycle event, or GivenBack for a connection
@@ -159,6 +175,8 @@ class WorkerProcess:
             if self.ledger is not None and not message.solo:  # only a sync worker notes
                 self.ledger.close()  # completions: nothing for the hot path to count or read
                 self.ledger = None
+            if not message.solo:  # nor accepts (worker.run closed the listeners)
+                self.accepts = ()
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
             return ev.Failed(self.pid, message.reason)
@@ -170,6 +188,15 @@ class WorkerProcess:
     def pulls(self) -> bool:
         """An async worker with a word (pull.py): `solo` from its READY says which it is."""
         return self.word is not None and not self.solo
+
+    def tell_accepting(self, on: bool) -> bool:
+        """ACCEPT: whether it may accept for itself; False if it could not be told."""
+        try:
+            channel.send(self.chan, wire.encode_accept(on))
+        except OSError:
+            return False
+        self.accepting = on
+        return True
 
     def stop(self) -> None:
         try:
@@ -205,25 +232,32 @@ class WorkerProcess:
 
     def read_back(self, live: bool = False) -> list[Pending]:
         """The handoffs it never took, descriptors and all: once it has exited, or (`live`)
-        while it lives, to move them elsewhere (a STOP is never ours to take: it goes back)."""
+        while it lives, to move them elsewhere (a STOP or an ACCEPT is never ours to take:
+        it goes back)."""
         recovered: list[Pending] = []
+        said = None  # an ACCEPT read with them: it goes back after them
         while True:
             try:
                 message = channel.receive(self.inbox, channel.DONTWAIT)
             except BlockingIOError:
-                return recovered
+                break
             except wire.WireError as exc:  # descriptors dropped at our own limit (EMFILE)
                 log.log.error("could not read back a handoff from worker %d: %s", self.pid, exc)
                 if live:  # a live worker: try no further now
-                    return recovered
+                    break
                 continue
             if message is None:
-                return recovered
+                break
             data, fds = message
             decoded = wire.decode_to_worker(data, len(fds))
+            if isinstance(decoded, wire.Accept):
+                said = data
+                continue
             if isinstance(decoded, wire.Stop):
                 if live:  # put it back: it is the last thing the worker is sent
-                    channel.send(self.chan, data)
+                    for back in (said, data):
+                        if back:
+                            channel.send(self.chan, back)
                     return recovered
                 continue
             for h, fd in zip(decoded, fds, strict=True):
@@ -232,6 +266,9 @@ class WorkerProcess:
                 self.ledger.words[SENT] -= len(fds)
             if self.word is not None:  # pull: the wait it was fed in took nothing after all.
                 self.word.fed = -1  # Its loop may still be in it (epoll found nothing, slept on)
+        if said and live:
+            channel.send(self.chan, said)
+        return recovered
 
     def ended(self, status: int, oom_before: int | None) -> tuple[str, ExitReason, str, int | None]:
         """How it ended: in words, as a reason by the status alone, its stacks if it crashed,
@@ -255,3 +292,5 @@ class WorkerProcess:
             self.word.close()
         if self.ledger is not None:
             self.ledger.close()
+        if self.seat is not None:
+            self.seat.close()

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from .config import Config, Target
+from .direct import Accepts
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class WorkerSpec:
     # each: CPython still checks every descriptor with getsockname).
     sockets: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
     log_level: str = "info"  # its generation's: a reload's workers log at the new one
+    # `accept = workers`: the listening sockets a sync worker accepts from (direct.py):
+    # all but PROXY listeners', whose headers the dispatcher reads and checks.
+    accepts: Accepts = ()
 
     @classmethod
     def of(
@@ -50,8 +54,11 @@ class WorkerSpec:
         config: Config,
         listeners: Iterable[str],
         sockets: Mapping[str, tuple[int, int, int]] | None = None,
+        listening: Accepts = (),
     ) -> WorkerSpec:
+        """`listening`: every listening socket the workers serve, as `accepts` lists them."""
         listeners = list(listeners)
+        workers_accept = config.accept == "workers"
         handlers = {name: t for name in listeners if (t := config.target_for(name))}
         return cls(
             generation=generation,
@@ -77,4 +84,7 @@ class WorkerSpec:
             pull=config.pull,
             sockets=sockets or {},
             log_level=config.log_level,
+            accepts=tuple(
+                one for one in listening if workers_accept and not config.proxy_protocol_for(one[0])
+            ),
         )  # fmt: skip

@@ -8,6 +8,8 @@ Dispatcher -> worker
     HANDOFF  b"H" flags:u8 count:u16 then count x
              (conn_id:u64 name_len:u8 peer_len:u16 carry_len:u32 started:u64 name peer carry)
     STOP     b"S"                        finish what you hold, then exit
+    ACCEPT   b"A" on:u8                  `accept = workers`: accept from the listeners
+                                         you were given (1), or no longer (0) (direct.py)
 Worker -> dispatcher
     READY    b"R" capacity:u32 names     handler imported, can take `capacity` at once; names
                                          (NUL-separated) are the listeners whose handler
@@ -32,7 +34,10 @@ Worker -> dispatcher
                                          dispatcher to send first (unsent.py); with flag
                                          FILE, the application's own file instead, whose
                                          bytes hold none of our memory; flag CLOSE: then
-                                         close it
+                                         close it; flag ACCEPTED: a connection the worker
+                                         accepted itself (direct.py), which the dispatcher
+                                         never saw: name_len:u8 peer_len:u16 name peer
+                                         come before the carry
 Workers -> dispatcher, on one pipe all workers share
     DONE     pid:u32 conn_id:u64         a finished connection: capacity is free again;
                                          conn_id 0 (pull.WAKE) names none: with `pull`,
@@ -74,10 +79,12 @@ SILENT = 2
 UNSENT = 4
 CLOSE = 8
 FILE = 16
+ACCEPTED = 32
 
 _HEAD = struct.Struct("!BH")
 _ENTRY_HEAD = struct.Struct("!QBHIQ")
 _PARK = struct.Struct("!BQQIQQ")
+_NAMED = struct.Struct("!BH")  # an ACCEPTED PARK's listener and peer lengths
 _ENTRY_MAX = _ENTRY_HEAD.size + MAX_NAME + MAX_PEER
 # The receive buffer holds the largest message there can be: a full batch with the longest
 # names and peers, one of them carrying MAX_CARRY bytes (the hot path sends at most one
@@ -131,6 +138,15 @@ class Park:
     want: int = 0  # the carried request is whole once this many more bytes have come
     span: tuple[int, int] = (0, 0)  # with unsent: the bytes to send, from and to
     file: bool = False  # with unsent: the application's file, not a memfd of the worker's
+    listener: str = ""  # ACCEPTED: where the worker accepted it, and from whom
+    peer: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """`accept = workers`: take connections from the listeners (on), or stop (direct.py)."""
+
+    on: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +166,7 @@ class Retire:
     reason: str
 
 
-ToWorker = list[Handoff] | Stop
+ToWorker = list[Handoff] | Stop | Accept
 ToDispatcher = Ready | Failed | Beat | Park | Retire
 
 
@@ -217,12 +233,16 @@ def encode_stop() -> bytes:
     return b"S"
 
 
+def encode_accept(on: bool) -> bytes:
+    return b"A\x01" if on else b"A\x00"
+
+
 FIRST_ID_SIZE = 1 + _HEAD.size + 8  # a handoff's head up to its first conn_id
 
 
 def first_conn_id(head: bytes) -> int | None:
     """The first conn_id of a handoff from its first FIRST_ID_SIZE bytes (a peek at a
-    channel); None for anything else (a STOP)."""
+    channel); None for anything else (a STOP, an ACCEPT)."""
     if len(head) < FIRST_ID_SIZE or head[:1] != b"H":
         return None
     return int.from_bytes(head[1 + _HEAD.size : FIRST_ID_SIZE], "big")
@@ -234,6 +254,10 @@ def decode_to_worker(data: bytes, nfds: int) -> ToWorker:
         if nfds:
             raise WireError(f"STOP came with {nfds} descriptors")
         return Stop()
+    if data[:1] == b"A":
+        if nfds or len(data) != 2 or data[1] > 1:
+            raise WireError(f"malformed ACCEPT of {len(data)} bytes with {nfds} descriptors")
+        return Accept(data[1] == 1)
     if data[:1] != b"H" or len(data) < 1 + _HEAD.size:
         raise WireError(f"unknown message type {data[:1]!r}")
     flags, count = _HEAD.unpack_from(data, 1)
@@ -286,10 +310,11 @@ def encode_park(
     want: int = 0,
     span: tuple[int, int] = (0, 0),
     file: bool = False,
+    accepted: tuple[str, str] | None = None,
 ) -> bytes:
     """Give a connection back (its descriptor goes beside, and with `unsent` the memfd, or
     the `file`, whose bytes `span` are to send, after it): raises WireError past
-    MAX_CARRY."""
+    MAX_CARRY. `accepted`: (listener, peer) of one the worker accepted itself."""
     if len(carry) > MAX_CARRY:
         raise WireError(f"{len(carry)} bytes to carry, at most {MAX_CARRY}")
     _check_span(unsent, span, file)
@@ -301,7 +326,12 @@ def encode_park(
         raise WireError("SILENT with UNSENT: a connection sent an answer has had its turn")
     flags = (READY_NOW if ready else 0) | (SILENT if silent else 0)
     flags |= (UNSENT if unsent else 0) | (CLOSE if close else 0) | (FILE if file else 0)
-    return b"P" + _PARK.pack(flags, conn_id, started, want, *span) + carry
+    if accepted is None:
+        return b"P" + _PARK.pack(flags, conn_id, started, want, *span) + carry
+    name = _names.get(accepted[0]) or _name_bytes(accepted[0])
+    peer = accepted[1].encode(errors="surrogateescape")[:MAX_PEER]
+    head = _PARK.pack(flags | ACCEPTED, conn_id, started, want, *span)
+    return b"P" + head + _NAMED.pack(len(name), len(peer)) + name + peer + carry
 
 
 def _check_span(unsent: bool, span: tuple[int, int], file: bool) -> None:
@@ -359,7 +389,17 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             return Beat()
         if kind == b"P":
             flags, conn_id, started, want, start, end = _PARK.unpack_from(body)
-            carry = body[_PARK.size :]
+            listener = peer = ""
+            at = _PARK.size
+            if flags & ACCEPTED:
+                name_len, peer_len = _NAMED.unpack_from(body, at)
+                at += _NAMED.size + name_len + peer_len
+                if not name_len or peer_len > MAX_PEER or at > len(body):
+                    raise WireError(f"PARK naming a listener of {name_len} bytes, peer {peer_len}")
+                named = body[at - name_len - peer_len : at]
+                listener = named[:name_len].decode(errors="surrogateescape")
+                peer = named[name_len:].decode(errors="surrogateescape")
+            carry = body[at:]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")
             unsent, close = bool(flags & UNSENT), bool(flags & CLOSE)
@@ -371,8 +411,9 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             file = bool(flags & FILE)
             _check_span(unsent, (start, end), file)
             return Park(
-                conn_id, started, carry, ready, silent, unsent, close, want, (start, end), file
-            )
+                conn_id, started, carry, ready, silent, unsent, close, want, (start, end), file,
+                listener, peer,
+            )  # fmt: skip
     except struct.error as exc:
         raise WireError(f"malformed {kind!r} message of {len(data)} bytes") from exc
     if kind == b"F":

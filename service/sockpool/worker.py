@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from . import channel, giveback, health, log, notify, unsent, wire
 from .completions import Ledger, report_now
 from .connection import ConnectionInfo, describe, set_current
+from .direct import Acceptor, Seat, close_all
 from .errors import HANDLER_FAULTS, cancelled_from_outside, cut
 from .events import Event
 from .flushing import taken
@@ -50,6 +51,7 @@ def run(
     done: int,
     word: LoopWord | None = None,
     ledger: Ledger | None = None,
+    seat: Seat | None = None,
 ) -> NoReturn:
     """The forked child's whole life; never returns into the dispatcher's stack."""
     code = 0
@@ -81,6 +83,10 @@ def run(
             worker.word = word
             if worker_type is SyncWorker:
                 worker.ledger = ledger
+                if seat is not None:  # accept = workers (direct.py)
+                    worker.acceptor = Acceptor(chan, spec.accepts, seat)
+            else:  # an async worker's connections all come from the dispatcher
+                close_all(spec.accepts)
             worker.run()
         except HandlerError as exc:  # could not import, or an app's startup failed
             _only_the_forked_one(forked)
@@ -120,6 +126,8 @@ class _Base:
         self.lifespans: list[Any] = []  # ASGI apps' (asgi.Lifespan): startup before READY
         self.word: LoopWord | None = None  # `pull`: an async loop's waits (pull.py)
         self.ledger: Ledger | None = None  # a sync worker's unreported completions
+        self.acceptor: Acceptor | None = None  # a sync worker's own accepts (direct.py)
+        self.accepted: wire.Handoff | None = None  # the one in hand it accepted itself
         self.taken = 0  # handoffs taken: against the ledger's count of those sent
         self.waits: set[str] = set()  # listeners whose new connections it looks at (ready())
         giveback._send, giveback._park_after = self.give_back, spec.park_after
@@ -161,9 +169,16 @@ class _Base:
         """PARK: the connection goes back to the dispatcher (giveback.py), with an
         answer's `rest` its client has not taken (unsent.py): a memfd, or a file."""
         span, file = ((0, 0), False) if rest is None else ((rest.sent, rest.size), rest.file)
+        accepted = None
+        if self.accepted is not None and conn_id == self.accepted.conn_id:
+            accepted = (self.accepted.listener, self.accepted.peer)  # news to the dispatcher
+            assert self.acceptor is not None
+            self.acceptor.seat.done(served=False)  # the PARK counts it
+            self.accepted = None
         message = wire.encode_park(
-            conn_id, started, carry, ready, silent, rest is not None, close, want, span, file
-        )
+            conn_id, started, carry, ready, silent, rest is not None, close, want, span, file,
+            accepted,
+        )  # fmt: skip
         channel.send(self.chan, message, [fd] if rest is None else [fd, rest.fd])
 
     def may_be_silent(self, handoff: wire.Handoff) -> bool:
@@ -182,12 +197,14 @@ class _Base:
         self.give_back(sock.fileno(), handoff.conn_id, 0, b"", silent=True)
         sock.close()  # only our copy: the dispatcher holds it now
 
-    def end_silent(self, handoff: wire.Handoff, sock: socket.socket) -> None:
+    def end_silent(
+        self, handoff: wire.Handoff, sock: socket.socket, done: Callable[[int], None] | None = None
+    ) -> None:
         """While the service stops, a new connection is not given back (the stop may have
         retired every other worker once this one held it): it had STOP_FIRST_BYTE here to
         speak, as in the dispatcher, and is closed as the dispatcher would close it."""
         finish(sock, ConnectionInfo(handoff.conn_id, handoff.listener, handoff.peer))
-        self.report_one(handoff.conn_id)
+        (done or self.report_one)(handoff.conn_id)
 
     def describe(self, sock: socket.socket, handoff: wire.Handoff) -> ConnectionInfo:
         h = handoff
@@ -226,6 +243,10 @@ class _Base:
                 continue
             if isinstance(decoded, wire.Stop):
                 return None
+            if isinstance(decoded, wire.Accept):
+                if self.acceptor is not None:
+                    self.acceptor.turn(decoded.on)
+                continue
             kinds = self.spec.sockets  # known: socket() need not ask the kernel
             return [
                 (h, socket.socket(*kinds.get(h.listener, _ASK), fileno=fd))
@@ -320,7 +341,8 @@ class SyncWorker(_Base):
                 if batch is None:
                     return
                 idle = False
-                self.taken += len(batch)
+                if batch[0][0] is not self.accepted:  # (not one it accepted itself)
+                    self.taken += len(batch)
                 self._serve(batch, completed)
                 idle = True
         finally:
@@ -331,21 +353,49 @@ class SyncWorker(_Base):
         self, batch: list[tuple[wire.Handoff, socket.socket]], completed: Callable[[int], None]
     ) -> None:
         for handoff, sock in batch:
+            done = completed if handoff is not self.accepted else self._served_direct
             if self.may_be_silent(handoff) and not _readable(sock, self.spec.park_after):
                 if not giveback.stopping():
                     self.return_silent(handoff, sock)
                     continue
                 if not _readable(sock, giveback.STOP_FIRST_BYTE):
-                    self.end_silent(handoff, sock)
+                    self.end_silent(handoff, sock, done)
                     continue
             info = self.describe(sock, handoff)
-            self.serve_sync(self.handler_for(handoff.listener), sock, info, completed)
+            self.serve_sync(self.handler_for(handoff.listener), sock, info, done)
+
+    def _served_direct(self, conn_id: int) -> None:
+        """serve_sync()'s `done` for a connection it accepted itself: counted in its seat
+        (direct.py), with no report: the dispatcher never handed it over."""
+        assert self.acceptor is not None
+        self.acceptor.seat.done(served=True)
+        self.accepted = None
+
+    def _next_direct(self, acceptor: Acceptor) -> list[tuple[wire.Handoff, socket.socket]] | None:
+        """_next() with `accept = workers`: what the dispatcher sent first (a connection
+        coming back once it spoke), else a new one from a listener, else it waits for
+        either; what it finished and has not reported goes out before it waits."""
+        ledger = self.ledger
+        while True:
+            try:
+                return self.receive(channel.DONTWAIT)
+            except BlockingIOError:
+                pass
+            taken = acceptor.take()
+            if taken is not None:
+                self.accepted = taken[0]
+                return [taken]
+            if ledger is not None and ledger.waiting():
+                self._report()
+            acceptor.wait()
 
     def _next(self) -> list[tuple[wire.Handoff, socket.socket]] | None:
         """The next handoff. With completions not yet reported, one already queued is taken
         without a word (completions.py: _completed() reported before the last one); an
         empty channel means this worker is about to be idle, so first they go out, and
         then it waits."""
+        if self.acceptor is not None:
+            return self._next_direct(self.acceptor)
         ledger = self.ledger
         if ledger is not None and ledger.waiting():
             try:

@@ -72,3 +72,16 @@ def serve() -> Iterator[Callable[..., Service]]:
 def serve_module() -> Iterator[Callable[..., Service]]:
     """serve, for services a module's tests share."""
     yield from _serving()
+
+
+@pytest.fixture(params=["dispatcher", "workers"], ids=["accept=dispatcher", "accept=workers"])
+def either(request: pytest.FixtureRequest, serve) -> Callable[..., Service]:
+    """serve, once as each `accept` setting has it: the dispatcher accepts, or idle sync
+    workers do (direct.py). What a test of it asserts holds either way; `either.accept`
+    says which it is."""
+
+    def start(args: list[str], *more, **kw) -> Service:
+        return serve([*args, f"--accept={request.param}"], *more, **kw)
+
+    start.accept = request.param  # type: ignore[attr-defined]  # for a test that asks
+    return start

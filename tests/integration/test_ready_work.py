@@ -150,8 +150,8 @@ def launch(serve, args: list[str], **kw):
 # -- 1. idle keep-alive ------------------------------------------------------------------------
 
 
-def test_idle_keep_alive_connections_do_not_pin_workers(serve) -> None:
-    service = launch(serve, ["--workers=2", "--idle-timeout=60", HELLO])
+def test_idle_keep_alive_connections_do_not_pin_workers(either) -> None:
+    service = launch(either, ["--workers=2", "--idle-timeout=60", HELLO])
     kept = [HttpClient(service.address) for _ in range(3)]
     for client in kept:
         assert [hello(a) for a in ask(client, GET)] == [True]
@@ -193,12 +193,12 @@ def test_a_client_that_sends_and_never_reads_holds_no_echo_worker(serve) -> None
     flood.close()
 
 
-def test_busy_keep_alive_clients_make_room_for_one_in_the_backlog(serve) -> None:
+def test_busy_keep_alive_clients_make_room_for_one_in_the_backlog(either) -> None:
     # Two clients that ask again the moment they are answered hold both sync workers, and
     # park_after is too long for either worker ever to park one for idling: only the turn
     # a keep-alive client takes while others wait can make room. The third client waits in
     # the kernel's backlog, where back-pressure leaves it: it must count as waiting too.
-    service = launch(serve, ["--workers=2", "--park-after=30", "sockpool.handlers:echo"])
+    service = launch(either, ["--workers=2", "--park-after=30", "sockpool.handlers:echo"])
     stop = threading.Event()
     answered = [0, 0]
     failures: list[str] = []  # a thread's failed assertion would only be a warning
@@ -238,8 +238,8 @@ def test_busy_keep_alive_clients_make_room_for_one_in_the_backlog(serve) -> None
 # -- 2. silent connections -----------------------------------------------------------------------
 
 
-def test_silent_connections_wait_in_the_dispatcher(serve) -> None:
-    service = launch(serve, ["--workers=2", HELLO])
+def test_silent_connections_wait_in_the_dispatcher(either) -> None:
+    service = launch(either, ["--workers=2", HELLO])
     silent = [connect(service.address) for _ in range(20)]
     settle(service, busy=0, parked=20)
     assert hello(fetch(service.address))
@@ -247,10 +247,10 @@ def test_silent_connections_wait_in_the_dispatcher(serve) -> None:
         sock.close()
 
 
-def test_a_silent_connection_pins_no_worker_behind_a_wrapper_that_reads_first(serve) -> None:
+def test_a_silent_connection_pins_no_worker_behind_a_wrapper_that_reads_first(either) -> None:
     """A wrapper of echo made with functools.wraps, reading first with a plain recv(): the
     worker must look at a new connection before its handler, as for any such handler."""
-    service = launch(serve, ["--workers=1", "apps:token_echo"])
+    service = launch(either, ["--workers=1", "apps:token_echo"])
     silent = connect(service.address)
     settle(service, busy=0, parked=1)  # given back, not waited for in the only worker
     with connect(service.address) as client:
@@ -427,8 +427,8 @@ def pin(service, worker: int) -> Lines:
     return second
 
 
-def test_connection_id_follows_the_connection_from_worker_to_worker(serve) -> None:
-    service = launch(serve, ["--workers=2", "apps:ids"])
+def test_connection_id_follows_the_connection_from_worker_to_worker(either) -> None:
+    service = launch(either, ["--workers=2", "apps:ids"])
     client = Lines(service.address)
     since = mark(service)
     conn_id, pid = client.ask(b"id")
@@ -455,8 +455,8 @@ def parked_clients(service, count: int) -> tuple[list[Lines], list[str]]:
     return clients, ids
 
 
-def test_parked_connections_go_to_the_new_generation_on_reload(serve) -> None:
-    service = launch(serve, ["--workers=2", "apps:ids"])
+def test_parked_connections_go_to_the_new_generation_on_reload(either) -> None:
+    service = launch(either, ["--workers=2", "apps:ids"])
     clients, ids = parked_clients(service, 3)
     old = set(service.workers())
     service.signal(signal.SIGHUP)
@@ -472,8 +472,8 @@ def test_parked_connections_go_to_the_new_generation_on_reload(serve) -> None:
         client.close()
 
 
-def test_a_killed_worker_loses_no_parked_connection(serve) -> None:
-    service = launch(serve, ["--workers=2", "apps:ids"])
+def test_a_killed_worker_loses_no_parked_connection(either) -> None:
+    service = launch(either, ["--workers=2", "apps:ids"])
     clients, ids = parked_clients(service, 4)
     victim = service.workers()[0]
     os.kill(victim, signal.SIGKILL)
@@ -489,8 +489,8 @@ def test_a_killed_worker_loses_no_parked_connection(serve) -> None:
 # -- 8. stop -------------------------------------------------------------------------------------
 
 
-def test_stop_closes_parked_connections_and_finishes_the_request_in_flight(serve) -> None:
-    service = launch(serve, ["--workers=2", "apps:ids"])
+def test_stop_closes_parked_connections_and_finishes_the_request_in_flight(either) -> None:
+    service = launch(either, ["--workers=2", "apps:ids"])
     idle, _ = parked_clients(service, 3)
     busy = Lines(service.address)
     assert busy.ask(b"hold")[0] == "holding"  # in a worker's hands until it sends "go"
@@ -506,8 +506,8 @@ def test_stop_closes_parked_connections_and_finishes_the_request_in_flight(serve
     assert "STOPPING=1" in service.read_notifications()
 
 
-def test_a_request_begun_before_stop_is_served_when_it_completes(serve) -> None:
-    service = launch(serve, ["--workers=2", HELLO])
+def test_a_request_begun_before_stop_is_served_when_it_completes(either) -> None:
+    service = launch(either, ["--workers=2", HELLO])
     client = HttpClient(service.address)
     since = mark(service)
     client.sock.sendall(b"GET / HTTP/1.1\r\n")
@@ -533,12 +533,12 @@ def test_stop_does_not_wait_for_a_connection_that_never_spoke(serve) -> None:
         silent.close()  # lets the stop go on either way
 
 
-def test_a_client_about_to_speak_when_the_stop_comes_is_served(serve) -> None:
+def test_a_client_about_to_speak_when_the_stop_comes_is_served(either) -> None:
     # The handler declares nothing: a new connection goes to a worker, whose first read
     # waits park_after and then gives it back. Its client has not spoken yet, so at a stop
     # it gets the moment a connection held since its accept gets, not closed as one idle
     # between requests.
-    service = launch(serve, ["--workers=2", "apps:undeclared_echo"])
+    service = launch(either, ["--workers=2", "apps:undeclared_echo"])
     client = connect(service.address)
     wait_until(lambda: service.connections_held() == 1, "the worker to give it back")
     service.signal(signal.SIGTERM)
@@ -550,14 +550,16 @@ def test_a_client_about_to_speak_when_the_stop_comes_is_served(serve) -> None:
     assert service.wait() == 0
 
 
-def test_a_client_that_speaks_while_its_worker_stops_is_served(serve) -> None:
+def test_a_client_that_speaks_while_its_worker_stops_is_served(either) -> None:
     # A worker holds a new connection, waiting park_after for its first byte, when the
     # stop comes: every worker is retired at once, since nothing waits in the dispatcher.
     # It must not give the connection back then (no worker would be left to take it), but
     # wait STOP_FIRST_BYTE for the request, as the dispatcher would: the chaos test's
     # restarts lost connections so.
     park_after = 2.0  # the stop comes well within it
-    service = launch(serve, ["--workers=1", f"--park-after={park_after}", "sockpool.handlers:echo"])
+    service = launch(
+        either, ["--workers=1", f"--park-after={park_after}", "sockpool.handlers:echo"]
+    )
     [worker] = service.workers()
     client = connect(service.address)
     wait_until(lambda: service.connections_held(worker) == 1, "the worker to hold it")
@@ -725,7 +727,7 @@ def test_lines_a_worker_carried_back_are_answered(serve, half_close: bool) -> No
     [("apps:gate_echo", 1), ("apps:gate_echo", 3), ("apps:async_gate_echo", 1)],
 )
 def test_a_worker_held_up_by_one_request_keeps_no_other_client_waiting(
-    serve, tmp_path: Path, handler: str, queue_ahead: int
+    either, tmp_path: Path, handler: str, queue_ahead: int
 ) -> None:
     # One request holds its worker (sync), or blocks its worker's whole loop (async), as a
     # long computation would. Connections sent to that worker meanwhile (a sync worker's
@@ -736,7 +738,7 @@ def test_a_worker_held_up_by_one_request_keeps_no_other_client_waiting(
     gate = tmp_path / "gate"
     os.mkfifo(gate)
     flags = ["--workers=2", "--capacity=2", f"--queue-ahead={queue_ahead}", handler]
-    service = launch(serve, flags)
+    service = launch(either, flags)
     held = connect(service.address)
     held.sendall(f"gate {gate}\n".encode())
     assert held.recv(6) == b"gated\n"  # its worker is held from now on

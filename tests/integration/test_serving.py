@@ -180,8 +180,8 @@ def test_async_handler_sees_its_connection(serve) -> None:
     assert words[:2] == ["async", "api"] and int(words[2]) in service.workers()
 
 
-def test_thousand_concurrent_connections_all_answered(serve) -> None:
-    service = serve(["--workers=2", "sockpool.handlers:echo_async"], listen=[tcp()])
+def test_thousand_concurrent_connections_all_answered(either) -> None:
+    service = either(["--workers=2", "sockpool.handlers:echo_async"], listen=[tcp()])
     host, port = service.address
 
     async def one(i: int) -> bool:
@@ -239,8 +239,8 @@ def test_a_handler_that_calls_sys_exit_ends_its_connection_not_the_worker(
     assert service.workers() == worker
 
 
-def test_killed_worker_is_replaced_and_other_connections_succeed(serve) -> None:
-    service = serve(["--workers=3", ECHO], listen=[tcp()])
+def test_killed_worker_is_replaced_and_other_connections_succeed(either) -> None:
+    service = either(["--workers=3", ECHO], listen=[tcp()])
     with Load(service.address, clients=6) as load:
         load.progress(200)
         victim = service.workers()[0]
@@ -309,8 +309,8 @@ def test_sigterm_drains_connections_in_flight(serve, pull: list[str]) -> None:
 @pytest.mark.parametrize(
     "args", [[ECHO], ["--pull", "sockpool.handlers:echo_async"]], ids=["sync", "async-pull"]
 )
-def test_sighup_swaps_generations_under_load(serve, args: list[str]) -> None:
-    service = serve(["--workers=2", *args], listen=[tcp()])
+def test_sighup_swaps_generations_under_load(either, args: list[str]) -> None:
+    service = either(["--workers=2", *args], listen=[tcp()])
     first = set(service.workers())
     with Load(service.address, clients=6) as load:
         load.progress(100)

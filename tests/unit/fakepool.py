@@ -10,7 +10,9 @@ from sockpool import channel, giveback, wire
 from sockpool.admission import Admission
 from sockpool.completions import Ledger
 from sockpool.config import Config
+from sockpool.direct import Seat
 from sockpool.hotpath import HotPath
+from sockpool.listeners import Listener
 from sockpool.process import WorkerProcess
 from sockpool.pull import LoopWord
 from sockpool.states import Worker, WorkerState
@@ -22,8 +24,15 @@ class Pool:
     """HotPath over fake workers: each a real channel whose far end the test reads."""
 
     def __init__(
-        self, capacities: list[int], solo: bool = True, pull: bool = False, ledger: bool = False
+        self,
+        capacities: list[int],
+        solo: bool = True,
+        pull: bool = False,
+        ledger: bool = False,
+        listeners: list[Listener] | None = None,
     ) -> None:
+        """`listeners`: the workers accept from them themselves (accept = workers)."""
+        accepts = tuple((lst.name, lst.sock.fileno(), lst.kind) for lst in listeners or [])
         self.procs: dict[int, WorkerProcess] = {}
         self.ends: dict[int, socket.socket] = {}
         for pid, capacity in enumerate(capacities, start=1):
@@ -32,13 +41,16 @@ class Pool:
             w = Worker(pid, 1, WorkerState.READY, capacity)
             word = LoopWord() if pull else None
             book = Ledger() if ledger else None  # queue_ahead >= 2: completions.py
+            seat = Seat() if accepts else None
             self.procs[pid] = WorkerProcess(
-                pid, ours, theirs, os.memfd_create("stacks"), w, word, book
+                pid, ours, theirs, os.memfd_create("stacks"), w, word, book, seat, accepts
             )
             self.procs[pid].solo = solo  # as its READY says
             self.ends[pid] = theirs
         routes = list(self.procs.values())
-        self.hot = HotPath([], Admission(Config()), self.procs, lambda: routes, self.broken)
+        self.hot = HotPath(
+            listeners or [], Admission(Config()), self.procs, lambda: routes, self.broken
+        )
         self.hot.routes_changed(routes)  # as the dispatcher does when it rebuilds the routes
         self.broken_ones: list[int] = []
 

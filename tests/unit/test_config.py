@@ -381,6 +381,28 @@ def test_pull_is_off_unless_set_and_reaches_the_workers_spec(tmp_path: Path) -> 
         config.load(str(path), {})
 
 
+def test_accept_is_the_dispatchers_unless_set_and_reaches_the_workers_spec(
+    tmp_path: Path,
+) -> None:
+    listening = (("main", 3, (2, 1, 6)), ("edge", 4, (2, 1, 6)))
+    assert config.load(None, {}).accept == "dispatcher"
+    assert not WorkerSpec.of(1, config.load(None, {}), ["main"], listening=listening).accepts
+    path = tmp_path / "c.toml"
+    path.write_text('accept = "workers"\n[listeners.edge]\nproxy_protocol = "v1"\n')
+    spec = WorkerSpec.of(1, config.load(str(path), {}), ["main", "edge"], listening=listening)
+    assert spec.accepts == listening[:1]  # a PROXY listener's headers are the dispatcher's
+    path.write_text('accept = "worker"\n')
+    with pytest.raises(ConfigError, match=r"accept: expected one of dispatcher, workers"):
+        config.load(str(path), {})
+
+
+@pytest.mark.parametrize("limit", ["max_connections", "max_connections_per_source"])
+def test_workers_that_accept_cannot_enforce_the_connection_limits(limit: str) -> None:
+    with pytest.raises(ConfigError, match=f"^--accept: workers cannot enforce {limit}, "):
+        config.load(None, {"accept": "workers", limit: "10"})
+    assert config.load(None, {"accept": "dispatcher", limit: "10"})
+
+
 def test_dispatcher_count() -> None:
     assert config.dispatcher_count(config.build({"workers": 8, "dispatchers": 3}, {}, None)) == 3
     auto = config.build({"workers": 8, "dispatchers": "auto"}, {}, None)

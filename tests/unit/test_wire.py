@@ -100,6 +100,21 @@ def test_stop() -> None:
         wire.decode_to_worker(wire.encode_stop(), nfds=1)
 
 
+@pytest.mark.parametrize("on", [False, True])
+def test_accept_round_trips_and_names_no_connection(on: bool) -> None:
+    data = wire.encode_accept(on)
+    assert wire.decode_to_worker(data, nfds=0) == wire.Accept(on)
+    assert wire.first_conn_id(data) is None
+    with pytest.raises(wire.WireError, match="malformed ACCEPT"):
+        wire.decode_to_worker(data, nfds=1)
+
+
+@pytest.mark.parametrize("data", [b"A", b"A\x02", b"A\x01\x00"])
+def test_a_malformed_accept_is_refused(data: bytes) -> None:
+    with pytest.raises(wire.WireError, match="malformed ACCEPT"):
+        wire.decode_to_worker(data, nfds=0)
+
+
 @pytest.mark.parametrize("conn_id", [1, 2**64 - 1])
 def test_a_peek_at_a_handoffs_head_names_its_first_connection(conn_id: int) -> None:
     for data in (
@@ -144,6 +159,25 @@ def test_ready_names_the_listeners_whose_clients_speak_first(names: set[str]) ->
 def test_park_round_trip(carry: bytes) -> None:
     data = wire.encode_park(2**64 - 1, 123456789, carry)
     assert wire.decode_to_dispatcher(data, nfds=1) == wire.Park(2**64 - 1, 123456789, carry)
+
+
+@pytest.mark.parametrize("carry", [b"", b"GET / HTTP/1.1\r\n", b"\0" * wire.MAX_CARRY])
+@pytest.mark.parametrize("named", [("web", "10.0.0.1:5"), (LONGEST_NAME, "p" * wire.MAX_PEER)])
+def test_a_park_of_a_connection_the_worker_accepted_names_where_from(
+    carry: bytes, named: tuple[str, str]
+) -> None:
+    data = wire.encode_park(2**62 + 9, 0, carry, silent=not carry, accepted=named)
+    park = wire.decode_to_dispatcher(data, nfds=1)
+    assert park == wire.Park(
+        2**62 + 9, 0, carry, silent=not carry, listener=named[0], peer=named[1]
+    )
+
+
+@pytest.mark.parametrize("cut", range(1, 12))
+def test_a_park_whose_listener_and_peer_are_cut_short_is_refused(cut: int) -> None:
+    data = wire.encode_park(5, 0, b"", accepted=("web", "peer"))
+    with pytest.raises(wire.WireError, match=r"PARK naming|malformed"):
+        wire.decode_to_dispatcher(data[:-cut], nfds=1)
 
 
 @pytest.mark.parametrize("ready", [False, True])

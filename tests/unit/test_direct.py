@@ -1,0 +1,233 @@
+"""`accept = workers` (direct.py): a sync worker's own accepts, its seat, and what the
+dispatcher makes of them. Real listening sockets, real channels; no processes: the
+"worker" is an Acceptor in this process, or the far end of a fake worker's channel."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+from fakepool import T0, Pool
+
+from sockpool import channel, direct, giveback, wire
+from sockpool.direct import DIRECT, Acceptor, Seat
+from sockpool.listeners import Listener
+
+
+@pytest.fixture
+def listener() -> Iterator[Listener]:
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setblocking(False)  # as the dispatcher makes it, for every process that shares it
+    lst = Listener("main", sock, "127.0.0.1")
+    yield lst
+    sock.close()
+
+
+@pytest.fixture
+def acceptor(listener: Listener) -> Iterator[Acceptor]:
+    ours, theirs = channel.pair()
+    seat = Seat()
+    fd = os.dup(listener.sock.fileno())  # the worker's copy, as a fork leaves it
+    made = Acceptor(theirs, (("main", fd, listener.kind),), seat)
+    yield made
+    made.turn(False)
+    made.epoll.close()
+    for _, sock, _, _ in made.listeners:
+        sock.close()
+    seat.close()
+    ours.close()
+    theirs.close()
+
+
+def client(listener: Listener) -> socket.socket:
+    return socket.create_connection(listener.sock.getsockname())
+
+
+def test_a_seat_says_what_its_worker_holds_and_has_served() -> None:
+    seat = Seat()
+    try:
+        assert seat.read() == (0, 0, 0.0, 0, "")
+        before = time.monotonic()
+        seat.took(DIRECT + 7, 1, "10.0.0.1:5")
+        served, conn, since, listener, peer = seat.read()
+        assert (served, conn, listener, peer) == (0, DIRECT + 7, 1, "10.0.0.1:5")
+        assert before <= since <= time.monotonic()  # one clock for every process
+        seat.done(served=False)  # given back: the PARK counts it
+        assert seat.read() == (0, 0, 0.0, 0, "")
+        seat.took(DIRECT + 8, 0, "x" * 1000)
+        assert seat.read()[4] == "x" * 256  # a peer is cut, never overruns the page
+        seat.done(served=True)
+        assert seat.read() == (1, 0, 0.0, 0, "")
+    finally:
+        seat.close()
+
+
+def test_a_worker_accepts_only_while_told_to_and_not_once_the_service_stops(
+    acceptor: Acceptor, listener: Listener
+) -> None:
+    with client(listener) as c:
+        assert acceptor.take() is None  # until the dispatcher's ACCEPT
+        acceptor.turn(True)
+        words = giveback.share_waiting()
+        words[giveback.STOPPING] = 1
+        try:
+            assert acceptor.take() is None  # a stop leaves the backlog to systemd
+        finally:
+            words[giveback.STOPPING] = 0
+        taken = acceptor.take()
+        assert taken is not None
+        handoff, conn = taken
+        with conn:
+            assert handoff.conn_id > DIRECT and handoff.listener == "main" and handoff.may_park
+            assert handoff.peer == "{}:{}".format(*c.getsockname())
+            assert acceptor.seat.read()[1] == handoff.conn_id
+            conn.sendall(b"hi")
+            assert c.recv(2) == b"hi"
+        assert acceptor.take() is None  # nothing more waits
+
+
+def test_an_idle_worker_waits_on_its_listeners_only_while_it_may_take_from_them(
+    acceptor: Acceptor, listener: Listener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(direct, "RECHECK", 0.01)
+    with client(listener):
+        acceptor.wait()  # off: the backlog it may not take must not wake it in a loop
+        assert not acceptor.armed
+        acceptor.turn(True)
+        acceptor.wait()
+        assert acceptor.armed
+        taken = acceptor.take()
+        assert taken is not None
+        taken[1].close()
+        acceptor.turn(False)
+        acceptor.wait()
+        assert not acceptor.armed
+
+
+def test_out_of_descriptors_a_worker_pauses_and_the_connection_waits_for_it(
+    acceptor: Acceptor, listener: Listener
+) -> None:
+    acceptor.turn(True)
+    with client(listener):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+        filling: list[int] = []
+        try:
+            with contextlib.suppress(OSError):  # every free descriptor below the limit, taken
+                while True:
+                    filling.append(os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC))
+            assert acceptor.take() is None
+        finally:
+            channel.close_all(filling)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert acceptor.paused_until > time.monotonic()
+        assert acceptor.take() is None  # paused, not retrying in a loop
+        acceptor.paused_until = 0.0
+        taken = acceptor.take()
+        assert taken is not None  # it waited in the backlog: nothing lost
+        taken[1].close()
+
+
+def test_a_backlog_no_idle_worker_took_ends_a_keep_alive_clients_turn(
+    acceptor: Acceptor, listener: Listener
+) -> None:
+    acceptor.turn(True)
+    assert not giveback.others_waiting()
+    with client(listener):
+        assert giveback.others_waiting()
+        acceptor.turn(False)  # not accepting: that backlog is not its to make room for
+        assert not giveback.others_waiting()
+
+
+@pytest.fixture
+def pool(listener: Listener) -> Iterator[Pool]:
+    made = Pool([2, 2], listeners=[listener])
+    yield made
+    made.close()
+
+
+def told(pool: Pool, pid: int) -> list[wire.Accept]:
+    """The ACCEPTs in a worker's channel, read."""
+    said = []
+    while True:
+        try:
+            message = channel.receive(pool.ends[pid], channel.DONTWAIT)
+        except BlockingIOError:
+            return said
+        assert message is not None
+        said.append(wire.decode_to_worker(*message[:1], 0))
+
+
+def test_workers_that_take_work_are_told_to_accept_and_the_listener_is_theirs(
+    pool: Pool, listener: Listener
+) -> None:
+    assert told(pool, 1) == [wire.Accept(True)] and told(pool, 2) == [wire.Accept(True)]
+    assert pool.hot.direct == {listener} and listener not in pool.hot.backlogged
+    pool.hot.routes_changed([pool.procs[2]])  # worker 1 retired or recycled
+    assert told(pool, 1) == [wire.Accept(False)] and told(pool, 2) == []
+    pool.hot.routes_changed([])  # a stop: none accepts, the listener is the dispatcher's
+    assert told(pool, 2) == [wire.Accept(False)] and pool.hot.direct == set()
+
+
+def test_what_a_worker_accepted_counts_as_in_its_hands_until_its_seat_says_done(
+    pool: Pool,
+) -> None:
+    p = pool.procs[1]
+    assert p.seat is not None
+    p.seat.took(DIRECT + 1, 0, "10.0.0.1:5")
+    pool.hot.catch_up(T0)
+    sent, name, peer = p.w.handed[DIRECT + 1]
+    assert (name, peer) == ("main", "10.0.0.1:5") and sent <= time.monotonic()
+    assert pool.hot.busy() == 1  # STATUS, room, the hang watch
+    p.seat.done(served=True)
+    pool.hot.catch_up(T0 + 0.01)
+    assert p.w.handed == {} and (p.w.served, pool.hot.served) == (1, 1)
+
+
+def test_a_worker_that_accepted_its_max_requests_is_recycled(pool: Pool) -> None:
+    recycled: list[set[int]] = []
+    pool.hot.recycle = lambda due, now: recycled.append(set(due))
+    p = pool.procs[2]
+    assert p.seat is not None
+    p.w.max_served = 2
+    for n in range(3):  # three between two reads: past the limit, not on it
+        p.seat.took(DIRECT + n, 0, "peer")
+        p.seat.done(served=True)
+    pool.hot.read_seats(T0)
+    assert recycled == [{2}]
+    pool.hot.read_seats(T0 + 0.1)
+    assert recycled == [{2}]  # once
+
+
+@pytest.mark.parametrize("seen", [False, True])
+@pytest.mark.parametrize("silent", [False, True])
+def test_a_connection_a_worker_accepted_and_gave_back_is_held_under_its_own_id(
+    pool: Pool, seen: bool, silent: bool
+) -> None:
+    p = pool.procs[1]
+    assert p.seat is not None
+    p.seat.took(DIRECT + 5, 0, "10.0.0.1:5")
+    if seen:  # a read of its seat came between its accept and its PARK
+        pool.hot.catch_up(T0)
+    p.seat.done(served=False)
+    a, b = socket.socketpair()
+    with a:
+        park = wire.Park(DIRECT + 5, 0, b"", silent=silent, listener="main", peer="10.0.0.1:5")
+        pool.hot.park(p, park, b.detach(), T0 + 0.01)
+        pool.hot.catch_up(T0 + 0.02)
+        assert p.w.handed == {} and p.w.served == (not silent)
+        [(held, _, _)] = pool.hot.parking.held.values()
+        assert held[0] == DIRECT + 5 and held[2:4] == ("main", "10.0.0.1:5")
+
+
+def test_a_worker_that_dies_with_a_connection_it_accepted_cut_it(pool: Pool) -> None:
+    p = pool.procs[2]
+    assert p.seat is not None
+    p.seat.took(DIRECT + 3, 0, "peer")  # not yet read: it dies between two turns
+    assert pool.hot.recover(p) == 1
