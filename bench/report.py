@@ -531,6 +531,7 @@ SERVERS = {
     "sockpool-qa3": "sockpool with queue_ahead = 3",
     "sockpool-pull": "sockpool (async) with pull = true",
     "sockpool-proxy": "sockpool behind PROXY protocol v2",
+    "sockpool-aw": "sockpool with accept = workers",
     "prefork": "shared-accept pool",
     "prefork-async": "shared-accept pool (async)",
     "plainloop": "plain accept/send_fds/close loop",
@@ -680,6 +681,28 @@ ISSUE14_TARGETS = (
             ("newconn-echo-2w", "rps", "plainloop"),
             ("churn-cpu", "main_cpu_us_per_conn", "plainloop"),
             ("churn-cpu", "rps", "prefork"),
+        )
+    ),
+    # The same churn targets with `accept = workers`: idle sync workers accept for
+    # themselves (direct.py), and the dispatcher has only what is not ready.
+    *(
+        Target(scenario, metric, relation, bound, peer, server="sockpool-aw")
+        for scenario, metric, relation, bound, peer in (
+            ("newconn-echo", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+            ("newconn-echo-2w", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+            ("churn-cpu", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+            ("newconn-http", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+            ("newconn-http-wrk", "main_cpu_us_per_conn", "≤", 1, "plainloop"),
+            ("newconn-echo-2w", "rps", "≥", 0.95, "plainloop"),
+            ("newconn-echo-2w", "rps", "", 1, "prefork"),
+            ("newconn-echo", "rps", "≥", 0.95, "plainloop"),
+            ("newconn-echo", "rps", "", 1, "prefork"),
+            ("churn-cpu", "rps", "≥", 0.95, "prefork"),
+            ("newconn-http", "rps", "≥", 0.95, "plainloop"),
+            ("newconn-http", "rps", "", 1, "prefork"),
+            ("newconn-http-wrk", "rps", "≥", 0.95, "plainloop"),
+            ("newconn-http-wrk", "rps", "", 1, "prefork"),
+            ("mixed", "fast_p99_ms", "≤", 1, "prefork"),
         )
     ),
     # Other figures.

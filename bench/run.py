@@ -242,6 +242,8 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             specs.insert(1, Spec("sockpool-d2", "sockpool, dispatchers = 2", argv))
         if scenario == "newconn-echo" and sockpool_has(FLAG_QUEUE_AHEAD):
             specs[1:1] = queue_ahead_specs(specs[0])
+        if scenario == "newconn-echo":
+            specs = workers_accept(specs)
         if scenario == "newconn-echo" and sockpool_has(FLAG_CONFIG):
             # PROXY protocol v2 on the same listener (issue 15): its cost beside none.
             argv = sockpool_argv(cfg, ECHO, flags=(FLAG_CONFIG, str(BENCH / "proxy.toml")))
@@ -258,6 +260,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
         specs = handoff_trio(cfg, handler, what, W14)
         if sockpool_has(FLAG_QUEUE_AHEAD):
             specs[1:1] = queue_ahead_specs(specs[0])
+        specs = workers_accept(specs)
     elif scenario == "ceiling":
         specs = [s for s in handoff_trio(cfg, ANSWER_ONCE, "answer_once") if s.dispatcher]
     elif scenario in ("newconn-http", "newconn-http-wrk"):
@@ -267,6 +270,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
             Spec("gunicorn", "gunicorn sync", gunicorn_argv(cfg)),
             Spec("node", "Node.js cluster", node_argv(cfg, "http"), dispatcher=True),
         ]
+        specs = workers_accept(specs)
     elif scenario == "keepalive":
         specs = [
             Spec("sockpool", "sockpool (http_hello)", sockpool_argv(cfg, HTTP)),
@@ -294,6 +298,7 @@ def servers_for(scenario: str, cfg: Config) -> list[Spec]:
         ]
         if sockpool_has(FLAG_QUEUE_AHEAD):  # where a queued connection could wait out a slow one
             specs[1:1] = queue_ahead_specs(specs[0])
+        specs = workers_accept(specs)
     elif scenario in ("mixed-cpu", "mixed-cpu-paced"):
         specs = [
             Spec(
@@ -369,6 +374,24 @@ def queue_ahead_specs(sockpool: Spec) -> list[Spec]:
 
 
 FLAG_DISPATCHERS = "--dispatchers"
+FLAG_ACCEPT = "--accept"
+
+
+def workers_accept(specs: list[Spec]) -> list[Spec]:
+    """`specs` with, after sockpool's row, the same sockpool with `accept = workers`: idle
+    sync workers accept for themselves (direct.py), so the dispatcher relays nothing new.
+    Where this sockpool has no such setting, `specs` as they are."""
+    if not sockpool_has(FLAG_ACCEPT):
+        return specs
+    sockpool = specs[0]
+    accepting = dataclasses.replace(
+        sockpool,
+        server="sockpool-aw",
+        label=sockpool.label + ", accept = workers",
+        argv=[*sockpool.argv[:-1], FLAG_ACCEPT, "workers", sockpool.argv[-1]],
+    )
+    return [sockpool, accepting, *specs[1:]]
+
 
 SCENARIOS = (
     "newconn-echo",
