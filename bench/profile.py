@@ -439,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         "--servers",
         default=",".join(SERVERS),
         help="sockpool, plainloop (the default); sockpool-qa0, sockpool-qa3 (queue_ahead = 0, "
-        "3) where the scenario runs them",
+        "3), sockpool-aw (accept = workers) where the scenario runs them",
     )
     args = ap.parse_args(argv)
     if args.out is None:
@@ -448,11 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = run.Config(workers=args.workers, duration=args.duration, out=args.out)
     # The dispatchers profile() knows how to drive: one Python main process that
     # dispatches to its workers, under the plain load (so not PROXY's, nor one of N):
-    # SERVERS, and sockpool with another queue_ahead (run.queue_ahead_specs()).
+    # SERVERS, and sockpool with another queue_ahead (run.queue_ahead_specs()) or with
+    # accept = workers (run.workers_accept(): its workers' half is the one to look at).
     specs = {
         s.server: s
         for s in run.servers_for(args.scenario, cfg)
-        if s.server in SERVERS or run.FLAG_QUEUE_AHEAD in s.argv
+        if s.server in SERVERS or {run.FLAG_QUEUE_AHEAD, run.FLAG_ACCEPT} & set(s.argv)
     }
     servers = [s for s in args.servers.split(",") if s]
     if unknown := set(servers) - set(specs):

@@ -14,14 +14,14 @@ from the process that knows the pool, and must come while every worker is busy).
 from __future__ import annotations
 
 import contextlib
-import errno
 import socket
 from collections.abc import Callable
+
+from .listeners import PEER_GONE
 
 KIND = "haproxy-agent"  # [listeners.NAME] kind = "haproxy-agent"
 MIN_WEIGHT = 10  # percent: a busy but healthy instance still gets some new connections
 BATCH = 16  # connections answered per wake-up, so a flood of checks cannot hold the loop
-_PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
 _FLAGS = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 
 
@@ -75,7 +75,7 @@ def answer(listener: socket.socket, text: Callable[[], bytes]) -> bool:
         except BlockingIOError:
             return True
         except OSError as exc:
-            if exc.errno in _PEER_GONE:
+            if exc.errno in PEER_GONE:
                 continue
             return False
         with conn, contextlib.suppress(OSError):

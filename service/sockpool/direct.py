@@ -10,7 +10,10 @@ busy there is. What only the dispatcher can do stays there:
 - a connection a worker accepted and finds silent, or a keep-alive client between
   requests, is given back (PARK names its listener and peer), and comes back through the
   channel once it speaks: ready work only, nothing pinned;
-- the channel comes first: a connection coming back is taken before a new one;
+- the channel comes first: a connection coming back is taken before a new one. The
+  kernel woke this worker alone for the new one, so a worker woken for a listener that
+  takes a handoff first passes the new connection on to the dispatcher at once (a PARK
+  that says so), for another idle worker: it waits behind nothing;
 - PROXY listeners, agent-checks and async workers are the dispatcher's, as before.
 
 A worker accepts only between the dispatcher's ACCEPT on and off: from when it takes
@@ -19,32 +22,26 @@ take nothing before the reload is whole, and a stop's backlog stays with systemd
 
 The dispatcher never sees these connections start or end. Each worker's `Seat`, a page it
 shares with the dispatcher, says what it serves now and how many it has served; the
-dispatcher reads it on its turns and at least every READ_EVERY, for STATUS, the hang
-watch, max_requests and what a dead worker cut. No system call is spent on it.
+dispatcher reads it on every turn (with `max_requests`, at least every READ_EVERY), for
+STATUS, the hang watch, max_requests and what a dead worker cut. No system call is spent
+on it.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
 import mmap
 import os
 import select
 import socket
 import time
 
-from . import giveback, log, wire
+from . import giveback, wire
 from .connection import set_current
-from .events import Event
-from .listeners import PEER_FORMAT
+from .listeners import NO_RESOURCES, PEER_FORMAT, PEER_GONE, AcceptPause
 
 DIRECT = 1 << 62  # the ids of connections a worker accepted: DIRECT | pid << 32 | n
 READ_EVERY = 0.1  # seconds between the dispatcher's reads of the seats, at most
-RECHECK = 1.0  # an idle worker looks at its listeners at least this often (Acceptor.wait)
-PAUSE = 0.5  # seconds without accepting after EMFILE & co. (the dispatcher's too: hotpath.py)
-ERROR_LOG_INTERVAL = 10.0  # accept errors: counted, logged at most this often
-PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
-NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+RECHECK = 0.25  # an idle worker looks at its listeners at least this often (Acceptor.wait)
 # The seat's words, then the peer's bytes: served, the connection in hand (0: none), when it
 # began (CLOCK_MONOTONIC ns), which of the worker's listeners, the peer's length.
 _SERVED, _CONN, _SINCE, _LISTENER, _PEER_LEN = range(5)
@@ -105,8 +102,9 @@ class Acceptor:
 
     def __init__(self, chan: socket.socket, accepts: Accepts, seat: Seat) -> None:
         self.seat = seat
+        self.chan = chan.fileno()
         self.epoll = select.epoll()
-        self.epoll.register(chan.fileno(), select.EPOLLIN)
+        self.epoll.register(self.chan, select.EPOLLIN)
         self.listeners = [
             (name, socket.socket(*kind, fileno=fd), PEER_FORMAT[kind[0]], kind)
             for name, fd, kind in accepts
@@ -116,10 +114,11 @@ class Acceptor:
             self.backlogs.register(sock.fileno(), select.POLLIN)
         self.on = False  # the dispatcher's ACCEPT says
         self.armed = False  # the listeners are in the epoll
-        self.paused_until = 0.0
-        self.errors = 0
-        self.next_error_log = 0.0
+        self.woken = False  # the last wait ended for a listener: see wait()
+        self.first = 0  # the listener to try first: each in turn, so none starves another
+        self.pause = AcceptPause("worker accept")
         self.next_id = DIRECT | os.getpid() << 32
+        self.held = (0, 0, "")  # the seat's last took(): given back in vain, it is again
 
     def turn(self, on: bool) -> None:
         """ACCEPT: while on, a keep-alive client's turn also ends for a connection waiting
@@ -129,9 +128,12 @@ class Acceptor:
 
     def take(self) -> tuple[wire.Handoff, socket.socket] | None:
         """A new connection, if one waits and this worker may take it."""
-        if not self.on or giveback.stopping() or time.monotonic() < self.paused_until:
+        if not self.on or giveback.stopping() or time.monotonic() < self.pause.until:
             return None
-        for index, (name, sock, format_peer, kind) in enumerate(self.listeners):
+        count = len(self.listeners)
+        for turn in range(count):
+            index = (self.first + turn) % count
+            name, sock, format_peer, kind = self.listeners[index]
             try:
                 fd, addr = sock._accept()  # type: ignore[attr-defined]
             except BlockingIOError:
@@ -141,22 +143,27 @@ class Acceptor:
                     continue
                 if exc.errno not in NO_RESOURCES:
                     raise
-                self._pause(exc)
+                set_current(None)  # its record is not about the last connection served
+                self.pause(time.monotonic(), exc)
                 return None
+            self.first = (index + 1) % count
+            self.woken = False
             self.next_id += 1
             peer = format_peer(addr)
-            self.seat.took(self.next_id, index, peer)
+            self.held = (self.next_id, index, peer)
+            self.seat.took(*self.held)
             conn = socket.socket(*kind, fileno=fd)
             return wire.Handoff(self.next_id, name, peer, may_park=True), conn
         return None
 
     def wait(self) -> None:
-        """Until the channel or (while it may accept) a listener is readable. Never longer
-        than RECHECK: an exclusive wake-up that another waiter took and left (it took a
-        handoff first, or exited) would otherwise leave a connection in the backlog until
-        the next one came."""
+        """Until the channel or (while it may accept) a listener is readable; `woken` says
+        whether a listener was. Never longer than RECHECK: an exclusive wake-up that its
+        worker left (it was retired meanwhile, or exited) would otherwise leave a connection
+        in the backlog until the next one came."""
         now = time.monotonic()
-        wanted = self.on and not giveback.stopping() and now >= self.paused_until
+        until = self.pause.until
+        wanted = self.on and not giveback.stopping() and now >= until
         if wanted != self.armed:  # level-triggered: a backlog it may not take would spin
             for _, sock, _, _ in self.listeners:
                 if wanted:
@@ -164,30 +171,9 @@ class Acceptor:
                 else:
                     self.epoll.unregister(sock.fileno())
             self.armed = wanted
-        timeout = RECHECK
-        if self.on and self.paused_until > now:
-            timeout = min(timeout, self.paused_until - now)
-        self.epoll.poll(timeout)
-
-    def _pause(self, exc: OSError) -> None:
-        """Out of descriptors or memory: no accepting for PAUSE (the backlog waits); said
-        once, then as a count at most every ERROR_LOG_INTERVAL."""
-        now = time.monotonic()
-        self.paused_until = now + PAUSE
-        self.errors += 1
-        if now >= self.next_error_log:
-            self.next_error_log = now + ERROR_LOG_INTERVAL
-            set_current(None)  # the record is not about the last connection it served
-            log.event(
-                Event.ACCEPT_ERROR,
-                "worker accept failed %d times: %s; retrying every %gs (logged at most every %gs)",
-                self.errors,
-                exc.strerror,
-                PAUSE,
-                ERROR_LOG_INTERVAL,
-                level=logging.WARNING,
-            )
-            self.errors = 0
+        timeout = min(RECHECK, until - now) if self.on and until > now else RECHECK
+        events = self.epoll.poll(timeout)
+        self.woken = any(fd != self.chan for fd, _ in events)
 
 
 def close_all(accepts: Accepts) -> None:

@@ -24,8 +24,8 @@ from .errors import ExitCode, Fatal
 from .eventloop import SIGNALS, Loop
 from .events import Event
 from .executor import Executor
-from .hotpath import ACCEPT_PAUSE, HotPath, serving_capacity
-from .listeners import Listener
+from .hotpath import HotPath, serving_capacity
+from .listeners import ACCEPT_PAUSE, Listener
 from .notify import Notifier
 from .policy import Lifecycle
 from .process import GivenBack, WorkerProcess, reaped

@@ -31,9 +31,9 @@ from . import channel, giveback, log, proxyproto, pull, wire
 from .admission import Admission
 from .completions import SENT
 from .config import Config
-from .direct import NO_RESOURCES, PAUSE, PEER_GONE, READ_EVERY
+from .direct import READ_EVERY
 from .events import Event
-from .listeners import Listener
+from .listeners import NO_RESOURCES, PEER_GONE, AcceptPause, Listener
 from .parking import (
     FIRST_BYTE,
     IDLE,
@@ -48,7 +48,6 @@ from .parking import (
 from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
-ACCEPT_PAUSE = PAUSE  # seconds to wait after EMFILE & co. before accepting again
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
 REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
 _LOGGED_CLOSES = {
@@ -59,7 +58,6 @@ FD_RESERVE = 128  # descriptors kept free of connections: workers' channels, log
 _NEVER = float("inf")
 _ACCEPTED = (0.0, "", "")  # _served(): a connection given back that its worker accepted
 _BUSY = operator.itemgetter(0)  # (connections in hand, wait, word, worker): _feed_loops()
-_PEER_GONE, _NO_RESOURCES = PEER_GONE, NO_RESOURCES  # accept()'s errors, as a worker's
 # `accept = workers`: Linux holds a new connection back from accept() until its first bytes
 # (or about this long) on a listener whose clients speak first, so a worker that accepts
 # one seldom finds it silent and gives it back (direct.py).
@@ -203,16 +201,15 @@ class HotPath:
         self.mute: Callable[[socket.socket | int, bool], None] = _unmutable
         self.accepting = True
         # `accept = workers` (direct.py): the listeners workers accept from now, which this
-        # loop leaves alone; those it set TCP_DEFER_ACCEPT on for them; when it next reads
-        # the workers' seats (while any worker has one).
+        # loop leaves alone; whether any worker has a seat to read (every turn), and when
+        # it reads them next without one (with max_requests: READ_EVERY).
         self.direct: set[Listener] = set()
-        self.deferring: set[Listener] = set()
+        self.seated = False
         self.next_seat_read = _NEVER
+        self.max_requests = 0  # (configure())
         self.next_id = 0  # the last connection's id: they start at 1 (0 is pull.WAKE)
         self.served = 0
-        self.paused_until = 0.0
-        self.accept_errors = 0
-        self.next_accept_error_log = 0.0
+        self.pause = AcceptPause("accept")  # after EMFILE & co.
         self.next_busy_log = 0.0
         self.next_refused_log = 0.0
         # Every worker writes its finished connections to this one pipe (wire.DONE).
@@ -239,20 +236,32 @@ class HotPath:
         self.max_carry = config.max_carry
         self.graceful = config.graceful_timeout
         self.proxy_timeout = config.proxy_timeout
+        self.max_requests = config.max_requests
         self.proxied = {}
         for lst in self.listeners:
             if version := config.proxy_protocol_for(lst.name):
                 trusted = proxyproto.Trusted(config.proxy_allow_for(lst.name))
                 self.proxied[lst] = (version, trusted, lst.format_peer)
-                proxyproto.defer_accept(lst.sock, config.proxy_timeout)
-            elif lst.defer_accept is not None:  # a reload may have turned PROXY off, here
-                proxyproto.restore_accept(lst.sock, lst.defer_accept)  # or in another of N
+        self.defer_accept()  # a reload may have turned PROXY on or off, here or in another of N
+
+    def defer_accept(self) -> None:
+        """TCP_DEFER_ACCEPT on each listener, as who reads a new connection first wants it:
+        the PROXY header's reader (proxy_timeout), a worker that accepts for a client that
+        speaks first (DEFER_SECONDS: direct.py), or else systemd's own setting. At every
+        reload and change of who accepts."""
+        for lst in self.listeners:
+            if lst in self.proxied:
+                proxyproto.defer_accept(lst.sock, self.proxy_timeout)
+            elif lst in self.direct and lst in self.deferred:
+                proxyproto.defer_accept(lst.sock, DEFER_SECONDS)
+            elif lst.defer_accept is not None:
+                proxyproto.restore_accept(lst.sock, lst.defer_accept)
 
     def restore_listeners(self) -> None:
         """At exit: the sockets stay systemd's, with its settings, for the next start (which
-        would take what a PROXY listener left for systemd's own)."""
-        for lst in {*self.proxied, *self.deferring}:
-            if lst.defer_accept is not None:
+        would take what a PROXY listener, or workers that accept, left for systemd's own)."""
+        for lst in self.listeners:
+            if lst.defer_accept is not None and (lst in self.proxied or lst in self.direct):
                 proxyproto.restore_accept(lst.sock, lst.defer_accept)
 
     def free_capacity(self) -> int:
@@ -281,7 +290,7 @@ class HotPath:
         turn's calls)."""
         self.watch_done()
         # accept() would take from a backlog now (and may: not paused, not stopping)
-        takes = bool(self.backlogged) and self.accepting and now >= self.paused_until
+        takes = bool(self.backlogged) and self.accepting and now >= self.pause.until
         steal = self.next_steal
         if takes or steal < due:
             free = self.free_capacity()
@@ -300,8 +309,8 @@ class HotPath:
         # stopping), or the loop would spin until it runs again.
         if takes and not self.stuck:
             due = min(due, self.accepted_at + STUCK_AFTER)
-        if self.backlogged and self.paused_until > now:
-            due = min(due, self.paused_until)  # accepting resumes then
+        if self.backlogged and self.pause.until > now:
+            due = min(due, self.pause.until)  # accepting resumes then
         return max(0.0, due - now)
 
     def fd_limit(self) -> int:
@@ -319,7 +328,7 @@ class HotPath:
         backlog, nothing queues up in here); over the limits, accept only to refuse. On a
         listener whose connections are held until they speak, a silent one takes no room:
         accepting goes on until enough have spoken to fill the workers."""
-        if not (self.accepting and now >= self.paused_until):
+        if not (self.accepting and now >= self.pause.until):
             return
         room = self.free_capacity() - len(self.pending)
         # Connections the workers gave back queue up here once they speak again, and could
@@ -364,11 +373,11 @@ class HotPath:
                         self.mute(listener.sock, False)
                     break
                 except OSError as exc:
-                    if exc.errno in _PEER_GONE:
+                    if exc.errno in PEER_GONE:
                         continue
-                    if exc.errno not in _NO_RESOURCES:
+                    if exc.errno not in NO_RESOURCES:
                         raise
-                    self._pause(now, exc)
+                    self.pause(now, exc)
                     return
                 self.next_id += 1
                 if proxied and allowed > 0:  # its client is known once its header is read
@@ -519,28 +528,25 @@ class HotPath:
         for lst in self.direct - direct:  # ours again: unmuted, a backlog wakes the loop
             self.mute(lst.sock, False)
         self.direct = direct
-        deferring = direct & self.deferred
-        for lst in deferring - self.deferring:
-            if proxyproto.defer_accept(lst.sock, DEFER_SECONDS) is not None:
-                self.deferring.add(lst)
-        for lst in self.deferring - deferring:
-            proxyproto.restore_accept(lst.sock, lst.defer_accept or 0)
-            self.deferring.discard(lst)
-        if any(p.seat is not None for p in self.workers.values()):
-            self.next_seat_read = min(self.next_seat_read, 0.0)  # read at the next turn
+        self.defer_accept()  # (which clients speak first may have changed too: a reload)
+        self.seated = any(p.seat is not None for p in self.workers.values())
+        if self.stuck and not self.backlogged:  # a backlog no longer this loop's to wait on
+            self.stuck = False
+            self.publish_waiting()
 
     def read_seats(self, now: float) -> None:
         """What the workers that accept for themselves say in their seats (direct.py): the
         connection each has in hand counts as handed to it (busy, room, the hang watch,
         cut if it dies), what each has served as served (STATUS, max_requests). Every turn
-        while any worker has a seat, and at least every READ_EVERY."""
+        while any worker has a seat, and with max_requests at least every READ_EVERY."""
         due: set[int] = set()
         seated = False
         for p in self.workers.values():
             if p.seat is not None:
                 seated = True
                 self._read_seat(p, now, due)
-        self.next_seat_read = now + READ_EVERY if seated else _NEVER
+        self.seated = seated
+        self.next_seat_read = now + READ_EVERY if seated and self.max_requests else _NEVER
         if due:
             self.recycle(due, now)
 
@@ -748,7 +754,7 @@ class HotPath:
             self.read_done(now)
         if self.ledgered:
             self.read_ledgers(now)
-        if self.next_seat_read < _NEVER:
+        if self.seated:
             self.read_seats(now)
 
     def done_readable(self) -> None:
@@ -833,6 +839,8 @@ class HotPath:
             log.log.error("worker %d parked connection %d it did not hold", p.pid, msg.conn_id)
             channel.close_all([fd, unsent] if unsent >= 0 else [fd])
             return
+        if msg.listener and p.seat_conn == msg.conn_id:  # the seat no longer shows it
+            p.seat_conn = 0
         listener, peer = (msg.listener, msg.peer) if msg.listener else handed[1:]
         item = (msg.conn_id, fd, listener, peer, msg.carry, msg.started)
         if unsent >= 0:  # a request comes after it (begun, or pipelined): a stop waits for it
@@ -1094,21 +1102,3 @@ class HotPath:
                 REFUSED_LOG_INTERVAL,
                 **fields,
             )
-
-    def _pause(self, now: float, exc: OSError) -> None:
-        """Out of descriptors or memory: retrying at once would spin, so pause; log the
-        first failure and then a count at most every REFUSED_LOG_INTERVAL."""
-        self.paused_until = now + ACCEPT_PAUSE
-        self.accept_errors += 1
-        if now >= self.next_accept_error_log:
-            self.next_accept_error_log = now + REFUSED_LOG_INTERVAL
-            log.event(
-                Event.ACCEPT_ERROR,
-                "accept failed %d times: %s; retrying every %gs (logged at most every %gs)",
-                self.accept_errors,
-                exc.strerror,
-                ACCEPT_PAUSE,
-                REFUSED_LOG_INTERVAL,
-                level=logging.WARNING,
-            )
-            self.accept_errors = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import logging
 import os
 import re
 import socket
@@ -17,7 +18,9 @@ from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from . import log
 from .errors import ExitCode, Fatal, quote, utf8_text, whole_number
+from .events import Event
 
 LISTEN_FDS_START = 3
 MAX_LISTEN_FDS = 1024
@@ -29,6 +32,40 @@ _NAME_PREFIX = re.compile(r"([\w.@-]+)=(.+)", re.DOTALL)  # fullmatch: `$` passe
 # would forge a log line. (A NUL is refused by what it is in: no host, path or name has one.)
 _CONTROL = re.compile(r"[\x01-\x1f\x7f]")
 _FAMILIES = {socket.AF_INET: "IPv4", socket.AF_INET6: "IPv6", socket.AF_UNIX: "UNIX"}
+# accept()'s errors: a peer gone before it was accepted (skip it), and no descriptor or
+# memory for it (pause: retrying at once would spin), whoever accepts (hotpath, direct).
+PEER_GONE = {errno.ECONNABORTED, errno.EPROTO, errno.ECONNRESET, errno.EINTR}
+NO_RESOURCES = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+ACCEPT_PAUSE = 0.5  # seconds
+ACCEPT_ERROR_LOG_INTERVAL = 10.0
+
+
+class AcceptPause:
+    """After EMFILE & co.: no accepting until `until` (ACCEPT_PAUSE on), the backlog waits.
+    The first failure is said, then a count at most every ACCEPT_ERROR_LOG_INTERVAL."""
+
+    def __init__(self, who: str) -> None:
+        self.who = who  # "accept" (the dispatcher), "worker accept"
+        self.until = 0.0
+        self.errors = 0
+        self.next_log = 0.0
+
+    def __call__(self, now: float, exc: OSError) -> None:
+        self.until = now + ACCEPT_PAUSE
+        self.errors += 1
+        if now >= self.next_log:
+            self.next_log = now + ACCEPT_ERROR_LOG_INTERVAL
+            log.event(
+                Event.ACCEPT_ERROR,
+                "%s failed %d times: %s; retrying every %gs (logged at most every %gs)",
+                self.who,
+                self.errors,
+                exc.strerror,
+                ACCEPT_PAUSE,
+                ACCEPT_ERROR_LOG_INTERVAL,
+                level=logging.WARNING,
+            )
+            self.errors = 0
 
 
 def _format_inet(addr: Any) -> str:

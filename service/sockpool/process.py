@@ -175,7 +175,9 @@ class WorkerProcess:
             if self.ledger is not None and not message.solo:  # only a sync worker notes
                 self.ledger.close()  # completions: nothing for the hot path to count or read
                 self.ledger = None
-            if not message.solo:  # nor accepts (worker.run closed the listeners)
+            if self.seat is not None and not message.solo:  # nor accepts (worker.run
+                self.seat.close()  # closed the listeners)
+                self.seat = None
                 self.accepts = ()
             return ev.Ready(self.pid, message.capacity, now)
         if isinstance(message, wire.Failed):
@@ -228,7 +230,8 @@ class WorkerProcess:
             head = self.inbox.recv(wire.FIRST_ID_SIZE, channel.PEEK)
         except OSError:
             head = b""
-        return wire.first_conn_id(head) == next(iter(self.w.handed), None)
+        oldest = next((cid for cid in self.w.handed if cid != self.seat_conn), None)
+        return wire.first_conn_id(head) == oldest  # (not one it accepted itself)
 
     def read_back(self, live: bool = False) -> list[Pending]:
         """The handoffs it never took, descriptors and all: once it has exited, or (`live`)

@@ -204,10 +204,7 @@ def encode_one(
 
 def _entry(conn_id: int, listener: str, peer: str, carry: bytes, started: int) -> bytes:
     name = _names.get(listener) or _name_bytes(listener)
-    try:
-        addr = peer.encode(errors="surrogateescape")[:MAX_PEER]
-    except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
-        addr = peer.encode(errors="backslashreplace")[:MAX_PEER]
+    addr = _peer_bytes(peer)
     return (
         _ENTRY_HEAD.pack(conn_id, len(name), len(addr), len(carry), started) + name + addr + carry
     )
@@ -215,6 +212,13 @@ def _entry(conn_id: int, listener: str, peer: str, carry: bytes, started: int) -
 
 _ONE_HEAD = {flag: b"H" + _HEAD.pack(MAY_PARK if flag else 0, 1) for flag in (False, True)}
 _names: dict[str, bytes] = {}  # listener names, encoded once: a handful per process
+
+
+def _peer_bytes(peer: str) -> bytes:
+    try:
+        return peer.encode(errors="surrogateescape")[:MAX_PEER]
+    except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
+        return peer.encode(errors="backslashreplace")[:MAX_PEER]
 
 
 def _name_bytes(listener: str) -> bytes:
@@ -329,7 +333,7 @@ def encode_park(
     if accepted is None:
         return b"P" + _PARK.pack(flags, conn_id, started, want, *span) + carry
     name = _names.get(accepted[0]) or _name_bytes(accepted[0])
-    peer = accepted[1].encode(errors="surrogateescape")[:MAX_PEER]
+    peer = _peer_bytes(accepted[1])
     head = _PARK.pack(flags | ACCEPTED, conn_id, started, want, *span)
     return b"P" + head + _NAMED.pack(len(name), len(peer)) + name + peer + carry
 
@@ -393,12 +397,13 @@ def decode_to_dispatcher(data: bytes, nfds: int = 0) -> ToDispatcher:
             at = _PARK.size
             if flags & ACCEPTED:
                 name_len, peer_len = _NAMED.unpack_from(body, at)
-                at += _NAMED.size + name_len + peer_len
+                name_at = at + _NAMED.size
+                peer_at = name_at + name_len
+                at = peer_at + peer_len
                 if not name_len or peer_len > MAX_PEER or at > len(body):
                     raise WireError(f"PARK naming a listener of {name_len} bytes, peer {peer_len}")
-                named = body[at - name_len - peer_len : at]
-                listener = named[:name_len].decode(errors="surrogateescape")
-                peer = named[name_len:].decode(errors="surrogateescape")
+                listener = body[name_at:peer_at].decode(errors="surrogateescape")
+                peer = body[peer_at:at].decode(errors="surrogateescape")
             carry = body[at:]
             if len(carry) > MAX_CARRY:
                 raise WireError(f"PARK carrying {len(carry)} bytes, at most {MAX_CARRY}")

@@ -169,17 +169,23 @@ class _Base:
         """PARK: the connection goes back to the dispatcher (giveback.py), with an
         answer's `rest` its client has not taken (unsent.py): a memfd, or a file."""
         span, file = ((0, 0), False) if rest is None else ((rest.sent, rest.size), rest.file)
-        accepted = None
-        if self.accepted is not None and conn_id == self.accepted.conn_id:
-            accepted = (self.accepted.listener, self.accepted.peer)  # news to the dispatcher
-            assert self.acceptor is not None
-            self.acceptor.seat.done(served=False)  # the PARK counts it
-            self.accepted = None
+        mine = self.accepted if self.accepted and conn_id == self.accepted.conn_id else None
+        accepted = None if mine is None else (mine.listener, mine.peer)  # news to it
         message = wire.encode_park(
             conn_id, started, carry, ready, silent, rest is not None, close, want, span, file,
             accepted,
         )  # fmt: skip
-        channel.send(self.chan, message, [fd] if rest is None else [fd, rest.fd])
+        if mine is not None:  # the PARK counts it, so the seat no longer does
+            assert self.acceptor is not None
+            self.acceptor.seat.done(served=False)
+        try:
+            channel.send(self.chan, message, [fd] if rest is None else [fd, rest.fd])
+        except BaseException:
+            if mine is not None:  # still its own (giveback.park() returns False)
+                self.acceptor.seat.took(*self.acceptor.held)  # type: ignore[union-attr]
+            raise
+        if mine is not None:
+            self.accepted = None
 
     def may_be_silent(self, handoff: wire.Handoff) -> bool:
         """A new connection on a listener whose clients speak first, which the dispatcher
@@ -341,8 +347,6 @@ class SyncWorker(_Base):
                 if batch is None:
                     return
                 idle = False
-                if batch[0][0] is not self.accepted:  # (not one it accepted itself)
-                    self.taken += len(batch)
                 self._serve(batch, completed)
                 idle = True
         finally:
@@ -378,9 +382,16 @@ class SyncWorker(_Base):
         ledger = self.ledger
         while True:
             try:
-                return self.receive(channel.DONTWAIT)
+                batch = self.receive(channel.DONTWAIT)
             except BlockingIOError:
                 pass
+            else:
+                if batch is None:
+                    return None
+                self.taken += len(batch)
+                if acceptor.woken:
+                    return self._pass_on(acceptor, batch)
+                return batch
             taken = acceptor.take()
             if taken is not None:
                 self.accepted = taken[0]
@@ -388,6 +399,26 @@ class SyncWorker(_Base):
             if ledger is not None and ledger.waiting():
                 self._report()
             acceptor.wait()
+
+    def _pass_on(
+        self, acceptor: Acceptor, batch: list[tuple[wire.Handoff, socket.socket]]
+    ) -> list[tuple[wire.Handoff, socket.socket]]:
+        """It was woken for a new connection, and takes `batch` from its channel first.
+        The kernel woke no other idle worker for that connection, so it goes to the
+        dispatcher now (unserved, to hand on at once) rather than wait behind `batch`;
+        if it cannot, it is served after it."""
+        acceptor.woken = False
+        taken = acceptor.take()
+        if taken is None:
+            return batch
+        handoff, sock = taken
+        self.accepted = handoff
+        try:
+            self.give_back(sock.fileno(), handoff.conn_id, 0, b"", ready=True, silent=True)
+        except (OSError, wire.WireError):
+            return [*batch, taken]
+        sock.close()  # only our copy: the dispatcher holds it now
+        return batch
 
     def _next(self) -> list[tuple[wire.Handoff, socket.socket]] | None:
         """The next handoff. With completions not yet reported, one already queued is taken
@@ -399,10 +430,14 @@ class SyncWorker(_Base):
         ledger = self.ledger
         if ledger is not None and ledger.waiting():
             try:
-                return self.receive(channel.DONTWAIT)
+                batch = self.receive(channel.DONTWAIT)
             except BlockingIOError:
                 self._report()
-        return self.receive()
+                batch = self.receive()
+        else:
+            batch = self.receive()
+        self.taken += len(batch or ())
+        return batch
 
     def _completed(self, conn_id: int) -> None:
         """serve_sync()'s `done` with a ledger: noted, and reported with the others when it

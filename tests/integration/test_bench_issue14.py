@@ -79,7 +79,8 @@ def test_profile_takes_only_the_dispatchers_it_can_drive() -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.splitlines()[-1].endswith(
-        "unknown servers: prefork (from: sockpool, sockpool-qa0, sockpool-qa3, plainloop)"
+        "unknown servers: prefork "
+        "(from: sockpool, sockpool-aw, sockpool-qa0, sockpool-qa3, plainloop)"
     )
 
 

@@ -388,7 +388,7 @@ def test_after_an_accept_error_the_loop_waits_until_accepting_resumes(service: S
     """Not a turn at once: accept() would do nothing until then, and the loop would spin."""
     service.connect()
     assert service.woken()
-    service.hot.paused_until = 1.5  # as _pause() sets it after EMFILE
+    service.hot.pause.until = 1.5  # as AcceptPause sets it after EMFILE
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(0.5)
     service.hot.backlogged.clear()  # with nothing left to accept, nothing to wake for
     assert service.hot.timeout(1.0, 1.0 + LATER) == pytest.approx(LATER)

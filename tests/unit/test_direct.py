@@ -14,9 +14,11 @@ from collections.abc import Iterator
 import pytest
 from fakepool import T0, Pool
 
-from sockpool import channel, direct, giveback, wire
+from sockpool import channel, direct, giveback, handlers, wire, worker
+from sockpool.config import Config
 from sockpool.direct import DIRECT, Acceptor, Seat
 from sockpool.listeners import Listener
+from sockpool.spec import WorkerSpec
 
 
 @pytest.fixture
@@ -29,8 +31,17 @@ def listener() -> Iterator[Listener]:
 
 
 @pytest.fixture
-def acceptor(listener: Listener) -> Iterator[Acceptor]:
+def chan() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A worker's channel: (the dispatcher's end, the worker's)."""
     ours, theirs = channel.pair()
+    yield ours, theirs
+    ours.close()
+    theirs.close()
+
+
+@pytest.fixture
+def acceptor(listener: Listener, chan: tuple[socket.socket, socket.socket]) -> Iterator[Acceptor]:
+    theirs = chan[1]
     seat = Seat()
     fd = os.dup(listener.sock.fileno())  # the worker's copy, as a fork leaves it
     made = Acceptor(theirs, (("main", fd, listener.kind),), seat)
@@ -40,8 +51,6 @@ def acceptor(listener: Listener) -> Iterator[Acceptor]:
     for _, sock, _, _ in made.listeners:
         sock.close()
     seat.close()
-    ours.close()
-    theirs.close()
 
 
 def client(listener: Listener) -> socket.socket:
@@ -126,9 +135,9 @@ def test_out_of_descriptors_a_worker_pauses_and_the_connection_waits_for_it(
         finally:
             channel.close_all(filling)
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-        assert acceptor.paused_until > time.monotonic()
+        assert acceptor.pause.until > time.monotonic()
         assert acceptor.take() is None  # paused, not retrying in a loop
-        acceptor.paused_until = 0.0
+        acceptor.pause.until = 0.0
         taken = acceptor.take()
         assert taken is not None  # it waited in the backlog: nothing lost
         taken[1].close()
@@ -231,3 +240,124 @@ def test_a_worker_that_dies_with_a_connection_it_accepted_cut_it(pool: Pool) -> 
     assert p.seat is not None
     p.seat.took(DIRECT + 3, 0, "peer")  # not yet read: it dies between two turns
     assert pool.hot.recover(p) == 1
+
+
+def test_each_listener_is_tried_first_in_turn_so_none_starves_another(
+    acceptor: Acceptor, listener: Listener
+) -> None:
+    other = socket.create_server(("127.0.0.1", 0))
+    other.setblocking(False)
+    second = Listener("admin", other, "127.0.0.1")
+    fd = os.dup(other.fileno())
+    acceptor.listeners.append(("admin", socket.socket(*second.kind, fileno=fd), str, second.kind))
+    clients = [client(listener) for _ in range(3)] + [client(second) for _ in range(3)]
+    try:
+        acceptor.turn(True)
+        names = []
+        for _ in range(4):  # both backlogs hold three: a busy one must not go first each time
+            taken = acceptor.take()
+            assert taken is not None
+            names.append(taken[0].listener)
+            taken[1].close()
+        assert names == ["main", "admin", "main", "admin"]
+    finally:
+        for c in clients:
+            c.close()
+        other.close()
+
+
+# -- the worker's side, in this process: a SyncWorker over a real channel ------------------
+
+
+@pytest.fixture
+def sync_worker(
+    acceptor: Acceptor, chan: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> tuple[worker.SyncWorker, socket.socket]:
+    """(the worker, the dispatcher's end of its channel)."""
+    monkeypatch.setattr(giveback, "_send", None)  # _Base sets them for its process
+    monkeypatch.setattr(giveback, "_park_after", 0.0)
+    made = worker.SyncWorker(chan[1], {None: handlers.echo}, WorkerSpec(1, {}, None, 1), -1)
+    made.acceptor = acceptor
+    return made, chan[0]
+
+
+def test_a_worker_woken_for_a_new_connection_that_takes_a_handoff_first_passes_it_on(
+    sync_worker: tuple[worker.SyncWorker, socket.socket], listener: Listener
+) -> None:
+    w, dispatcher = sync_worker
+    acceptor = w.acceptor
+    assert acceptor is not None
+    acceptor.turn(True)
+    a, b = socket.socketpair()
+    with client(listener) as new, a:
+        new.sendall(b"new")
+        channel.send_fd(dispatcher, wire.encode_one(7, "main", "peer", b"", 0, True), b.fileno())
+        b.close()
+        acceptor.wait()  # both are there: the channel, and the listener it was woken for
+        assert acceptor.woken
+        [(handoff, conn)] = w._next_direct(acceptor)
+        conn.close()
+        assert handoff.conn_id == 7  # the handoff first, as ever
+        data, fds = channel.receive(dispatcher)
+        channel.close_all(fds)
+        park = wire.decode_to_dispatcher(data, len(fds))
+        # and the new one went to the dispatcher at once, unserved, for another worker
+        assert isinstance(park, wire.Park) and park.listener == "main"
+        assert park.ready and park.silent and park.conn_id > DIRECT
+        assert acceptor.seat.read()[1] == 0 and w.accepted is None
+
+
+def test_a_park_that_fails_leaves_the_connection_with_the_worker_that_accepted_it(
+    sync_worker: tuple[worker.SyncWorker, socket.socket], listener: Listener
+) -> None:
+    w, _ = sync_worker
+    acceptor = w.acceptor
+    assert acceptor is not None
+    acceptor.turn(True)
+    with client(listener):
+        taken = acceptor.take()
+        assert taken is not None
+        handoff, conn = taken
+        w.accepted = handoff
+        with conn, pytest.raises(wire.WireError):  # over MAX_CARRY: giveback.park() says False
+            w.give_back(conn.fileno(), handoff.conn_id, 0, b"x" * (wire.MAX_CARRY + 1))
+        # still its own, to serve and to count, and its next PARK names it
+        assert acceptor.seat.read()[1] == handoff.conn_id and w.accepted is handoff
+
+
+def test_after_a_reload_workers_that_accept_keep_linux_deferring_silent_clients(
+    pool: Pool, listener: Listener
+) -> None:
+    def deferred() -> int:
+        return listener.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT)
+
+    routes = list(pool.procs.values())
+    pool.hot.deferred = {listener}  # its clients speak first
+    pool.hot.routes_changed(routes[:1])
+    assert deferred() > 0
+    pool.hot.configure(Config())  # a reload's
+    assert deferred() > 0
+    pool.hot.routes_changed([])  # none accepts: systemd's setting again
+    assert deferred() == 0
+
+
+def test_a_backlog_the_workers_took_over_is_no_longer_waited_on(
+    listener: Listener,
+) -> None:
+    made = Pool([2, 2])  # routes are set before the listener is theirs, as at a start
+    try:
+        made.hot.listeners.append(listener)
+        made.hot.backlogged.add(listener)
+        made.hot.accept(T0)  # nothing to accept: no room either, at first
+        made.hot.stuck = True  # as accept() finds once STUCK_AFTER passed
+        made.hot.publish_waiting()
+        assert made.hot.waiting[giveback.WAITING] == 1
+        seated = Pool([2, 2], listeners=[listener])
+        try:
+            made.hot.routes_changed(list(seated.procs.values()))  # they accept now
+            assert made.hot.direct == {listener}
+            assert made.hot.waiting[giveback.WAITING] == 0  # keep-alive turns go on
+        finally:
+            seated.close()
+    finally:
+        made.close()
