@@ -272,22 +272,20 @@ def test_each_listener_is_tried_first_in_turn_so_none_starves_another(
 @pytest.fixture
 def sync_worker(
     acceptor: Acceptor, chan: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
-) -> tuple[worker.SyncWorker, socket.socket]:
-    """(the worker, the dispatcher's end of its channel)."""
+) -> tuple[worker.SyncWorker, socket.socket, Acceptor]:
+    """(the worker, the dispatcher's end of its channel, its acceptor): told to accept."""
     monkeypatch.setattr(giveback, "_send", None)  # _Base sets them for its process
     monkeypatch.setattr(giveback, "_park_after", 0.0)
     made = worker.SyncWorker(chan[1], {None: handlers.echo}, WorkerSpec(1, {}, None, 1), -1)
     made.acceptor = acceptor
-    return made, chan[0]
+    acceptor.turn(True)
+    return made, chan[0], acceptor
 
 
 def test_a_worker_woken_for_a_new_connection_that_takes_a_handoff_first_passes_it_on(
-    sync_worker: tuple[worker.SyncWorker, socket.socket], listener: Listener
+    sync_worker: tuple[worker.SyncWorker, socket.socket, Acceptor], listener: Listener
 ) -> None:
-    w, dispatcher = sync_worker
-    acceptor = w.acceptor
-    assert acceptor is not None
-    acceptor.turn(True)
+    w, dispatcher, acceptor = sync_worker
     a, b = socket.socketpair()
     with client(listener) as new, a:
         new.sendall(b"new")
@@ -308,12 +306,9 @@ def test_a_worker_woken_for_a_new_connection_that_takes_a_handoff_first_passes_i
 
 
 def test_a_park_that_fails_leaves_the_connection_with_the_worker_that_accepted_it(
-    sync_worker: tuple[worker.SyncWorker, socket.socket], listener: Listener
+    sync_worker: tuple[worker.SyncWorker, socket.socket, Acceptor], listener: Listener
 ) -> None:
-    w, _ = sync_worker
-    acceptor = w.acceptor
-    assert acceptor is not None
-    acceptor.turn(True)
+    w, _, acceptor = sync_worker
     with client(listener):
         taken = acceptor.take()
         assert taken is not None
