@@ -49,7 +49,7 @@ from .process import Pending, WorkerProcess
 
 ACCEPT_BATCH = 64  # per listener per loop turn, so one busy listener cannot starve another
 BUSY_LOG_INTERVAL = 60.0  # "all workers busy" (back-pressure, nothing lost)
-REFUSED_LOG_INTERVAL = 10.0  # refusals and accept errors: counted, logged at most this often
+REFUSED_LOG_INTERVAL = 10.0  # refusals and closes: counted, logged at most this often
 _LOGGED_CLOSES = {
     "first-byte", "idle", "request", "too-large", PROXY, "proxy-invalid", "proxy-untrusted",
     UNREAD, SHORT_FILE,
