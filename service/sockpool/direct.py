@@ -78,6 +78,11 @@ class Seat:
         if served:
             words[_SERVED] += 1
 
+    def undo(self, conn_id: int) -> None:
+        """In hand again, as took() left it: a PARK that was not sent (done() left the rest
+        of the page alone, its time too, so the hang clock runs on)."""
+        self.words[_CONN] = conn_id
+
     # -- the dispatcher's side --------------------------------------------------------------
     def read(self) -> tuple[int, int, float, int, str]:
         """(served, connection in hand or 0, since (monotonic seconds), listener, peer).
@@ -118,7 +123,6 @@ class Acceptor:
         self.first = 0  # the listener to try first: each in turn, so none starves another
         self.pause = AcceptPause("worker accept")
         self.next_id = DIRECT | os.getpid() << 32
-        self.held = (0, 0, "")  # the seat's last took(): given back in vain, it is again
 
     def turn(self, on: bool) -> None:
         """ACCEPT: while on, a keep-alive client's turn also ends for a connection waiting
@@ -150,10 +154,9 @@ class Acceptor:
             self.woken = False
             self.next_id += 1
             peer = format_peer(addr)
-            self.held = (self.next_id, index, peer)
-            self.seat.took(*self.held)
+            self.seat.took(self.next_id, index, peer)
             conn = socket.socket(*kind, fileno=fd)
-            return wire.Handoff(self.next_id, name, peer, may_park=True), conn
+            return wire.Handoff(self.next_id, name, peer, may_park=giveback.parking()), conn
         return None
 
     def wait(self) -> None:

@@ -233,6 +233,10 @@ class Dispatcher:
         self.hot.log_refused(now)
         self.hot.log_closed(now)
         self.hot.forget_headers(now)
+        # One of N: a sibling's start, stop or exit sets the shared sockets' TCP_DEFER_ACCEPT
+        # as it sees fit. Where ours defers (workers accept, or PROXY), it does so again.
+        if self.shares and (self.hot.direct or self.hot.proxied):
+            self.hot.defer_accept()
         self.loop.call_at(now + self.notifier.next_due(now), self._periodic)
 
     # -- the hot path's view of the pool ----------------------------------------------------

@@ -57,10 +57,12 @@ _unlooked: frozenset[str] = frozenset()
 # and no keep-alive client's turn ends (its next request may be on its way already).
 # Its third: the bytes of answers the dispatcher holds to send for workers (parking.py),
 # against max_unsent_total (unsent.py). Its fourth: the bytes of request bodies it waits
-# for (receive()'s `want`), against max_buffered_body_total.
+# for (receive()'s `want`), against max_buffered_body_total. Its fifth: set while the
+# dispatcher is near its descriptor limit: what a worker accepted itself (direct.py) it
+# then keeps, as a HANDOFF without MAY_PARK says for the rest.
 _waiting: memoryview | None = None
 _backlogs: select.poll | None = None  # `accept = workers`: the listeners it accepts from
-WAITING, STOPPING, UNSENT, BUFFERED = 0, 1, 2, 3  # the words' places
+WAITING, STOPPING, UNSENT, BUFFERED, NO_PARKING = 0, 1, 2, 3, 4  # the words' places
 TURN_NS = 1_000_000  # see _turn_over()
 STOP_FIRST_BYTE = 1.0  # seconds a stop gives a client that has not spoken yet
 
@@ -83,6 +85,11 @@ def others_waiting() -> bool:
 
 def stopping() -> bool:
     return _waiting is not None and _waiting[STOPPING] > 0
+
+
+def parking() -> bool:
+    """Whether a connection a worker accepted itself may be given back (NO_PARKING)."""
+    return _waiting is None or not _waiting[NO_PARKING]
 
 
 def room_for(word: int, size: int, limit: int, total: int) -> bool:

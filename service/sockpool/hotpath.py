@@ -345,11 +345,7 @@ class HotPath:
         admit = admission.admit if admission.max_per_source else None
         pending, parking, deferred = self.pending, self.parking, self.deferred
         first_id = self.next_id
-        fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd or file too
-        if fd_room <= held:  # near the limit: a connection a sync handler serves may come
-            fd_room -= self.busy(sync=True)  # back with a memfd or file (unsent.py)
-        if (fd_room > 0) != self.may_park:
-            self._parking_allowed(fd_room > 0, now)
+        fd_room = self.fd_room(held, now)
         for listener in list(self.backlogged):
             accept, name, format_peer = listener.sock._accept, listener.name, listener.format_peer
             proxied = self.proxied.get(listener)
@@ -529,7 +525,8 @@ class HotPath:
             self.mute(lst.sock, False)
         self.direct = direct
         self.defer_accept()  # (which clients speak first may have changed too: a reload)
-        self.seated = any(p.seat is not None for p in self.workers.values())
+        # Raised here, cleared only by read_seats(), which also ends its timer.
+        self.seated = self.seated or any(p.seat is not None for p in self.workers.values())
         if self.stuck and not self.backlogged:  # a backlog no longer this loop's to wait on
             self.stuck = False
             self.publish_waiting()
@@ -735,6 +732,8 @@ class HotPath:
             self.unpark()
         if self.backlogged:
             self.accept(now)
+        elif self.direct:
+            self.fd_room(self.held(), now)
         if self.pending:
             self.dispatch(now)
         if parking.deadlines and parking.deadlines[0][0] <= now:
@@ -858,7 +857,7 @@ class HotPath:
             self.parking.drop(item, None)
         elif msg.ready:  # bytes nobody has looked at: work for a worker now
             self.pending.append(item)
-            self.came_back += 1
+            self.came_back += not msg.silent  # (silent: a new one a worker passed on)
             self.publish_waiting()
         elif msg.silent:  # new, and not a byte yet: as accept() holds one
             deadline = deadline_for(FIRST_BYTE, now, 0, self.timeouts)
@@ -1031,6 +1030,17 @@ class HotPath:
     def held_fds(self) -> list[int]:
         return [item[1] for item in self.pending] + self.parking.fds()
 
+    def fd_room(self, held: int, now: float) -> int:
+        """Descriptors left for connections; near the limit, parking stops (and starts
+        again once there is room). accept() asks on every turn it runs; with workers
+        accepting for themselves, turn() does, as their connections come back here."""
+        fd_room = self.fd_limit() - held - len(self.parking.unsent)  # each a memfd or file too
+        if fd_room <= held:  # near the limit: a connection a sync handler serves may come
+            fd_room -= self.busy(sync=True)  # back with a memfd or file (unsent.py)
+        if (fd_room > 0) != self.may_park:
+            self._parking_allowed(fd_room > 0, now)
+        return fd_room
+
     def _parking_allowed(self, allowed: bool, now: float) -> None:
         """Near the descriptor limit, workers keep what they hold and new connections go to
         them at once (or wait in the backlog): said once, then at most once a minute. That
@@ -1038,6 +1048,7 @@ class HotPath:
         if allowed == self.may_park:
             return
         self.may_park = allowed
+        self.waiting[giveback.NO_PARKING] = not allowed  # for what workers accept (direct.py)
         if allowed:
             self.next_steal = now  # look for what was left unread meanwhile
         if not allowed and now >= self.next_fd_log:

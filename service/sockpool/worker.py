@@ -180,9 +180,9 @@ class _Base:
             self.acceptor.seat.done(served=False)
         try:
             channel.send(self.chan, message, [fd] if rest is None else [fd, rest.fd])
-        except BaseException:
-            if mine is not None:  # still its own (giveback.park() returns False)
-                self.acceptor.seat.took(*self.acceptor.held)  # type: ignore[union-attr]
+        except (OSError, ValueError):  # not sent: still its own (giveback.park() says False)
+            if mine is not None:
+                self.acceptor.seat.undo(conn_id)  # type: ignore[union-attr]
             raise
         if mine is not None:
             self.accepted = None

@@ -96,3 +96,4 @@ class Pool:
         # The word is this process's (giveback.share_waiting), as in a dispatcher: what was
         # queued here must not have the next test's receive() park for others.
         self.hot.waiting[giveback.WAITING] = 0
+        self.hot.waiting[giveback.NO_PARKING] = 0

@@ -314,10 +314,16 @@ def test_a_park_that_fails_leaves_the_connection_with_the_worker_that_accepted_i
         assert taken is not None
         handoff, conn = taken
         w.accepted = handoff
+        since = acceptor.seat.read()[2]
         with conn, pytest.raises(wire.WireError):  # over MAX_CARRY: giveback.park() says False
             w.give_back(conn.fileno(), handoff.conn_id, 0, b"x" * (wire.MAX_CARRY + 1))
         # still its own, to serve and to count, and its next PARK names it
         assert acceptor.seat.read()[1] == handoff.conn_id and w.accepted is handoff
+        with conn, pytest.raises(OSError):  # a channel that is gone (EBADF here)
+            w.chan.close()
+            w.give_back(conn.fileno(), handoff.conn_id, 0, b"")
+        served, held, again, _, _ = acceptor.seat.read()
+        assert (served, held, again) == (0, handoff.conn_id, since)  # its hang clock runs on
 
 
 def test_after_a_reload_workers_that_accept_keep_linux_deferring_silent_clients(
@@ -356,3 +362,34 @@ def test_a_backlog_the_workers_took_over_is_no_longer_waited_on(
             seated.close()
     finally:
         made.close()
+
+
+def test_once_the_last_seat_is_gone_the_loop_waits_for_no_seat(pool: Pool) -> None:
+    """With max_requests the seats are read on a timer: when the last seat goes (an async
+    READY closes it) between a read and the next, the timer must go with it."""
+    pool.hot.max_requests = 100
+    pool.hot.catch_up(T0)  # a read: the next is due READ_EVERY on
+    for p in pool.procs.values():
+        assert p.seat is not None
+        p.seat.close()
+        p.seat = None
+    pool.hot.routes_changed(list(pool.procs.values()))  # before the next turn's read
+    pool.hot.catch_up(T0 + 1)
+    assert pool.hot.timeout(T0 + 60, T0 + 120) == pytest.approx(60)  # no spin
+
+
+def test_near_the_descriptor_limit_what_a_worker_accepts_it_keeps(
+    acceptor: Acceptor, listener: Listener, pool: Pool
+) -> None:
+    acceptor.turn(True)
+    pool.hot.nofile = 0  # RLIMIT_NOFILE as read: no room for one more
+    pool.hot.turn(T0)  # no backlog of the dispatcher's: its turn looks all the same
+    assert not pool.hot.may_park
+    with client(listener):
+        taken = acceptor.take()
+        assert taken is not None
+        taken[1].close()
+        assert not taken[0].may_park  # as a HANDOFF without MAY_PARK says
+    pool.hot.nofile = 1 << 20
+    pool.hot.turn(T0 + 1)
+    assert pool.hot.may_park and giveback.parking()
