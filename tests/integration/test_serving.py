@@ -414,15 +414,6 @@ def test_descriptors_do_not_leak_over_10000_connections(serve) -> None:
     )
 
 
-def test_workers_hold_no_listening_socket(serve) -> None:
-    service = serve(["--workers=2", ECHO], listen=[tcp()])
-    listener = os.readlink(f"/proc/{service.pid}/fd/3")  # the socket systemd passed
-    assert listener.startswith("socket:")
-    for worker in service.workers():
-        held = {os.readlink(f"/proc/{worker}/fd/{fd}") for fd in os.listdir(f"/proc/{worker}/fd")}
-        assert listener not in held, f"worker {worker} holds the listening socket"
-
-
 def slice_ns(pid: int) -> int | None:
     return sched_slice_ns(Path(f"/proc/{pid}/sched").read_text())
 

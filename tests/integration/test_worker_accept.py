@@ -14,7 +14,7 @@ import pytest
 
 from harness import Load, connect, free_port, read_to_eof, request, wait_until
 from sockpool.direct import DIRECT
-from test_ready_work import FIGURES, Lines, launch, mark, settle
+from test_ready_work import Lines, figures, launch, mark, settle
 
 ECHO = "sockpool.handlers:echo"
 WORKERS = "--accept=workers"
@@ -51,16 +51,9 @@ def test_idle_workers_accept_for_themselves_and_status_counts_what_they_served(
     settle(service, busy=0, parked=0, since=since)
     # Each was served and, once its client closed, given back between lines and closed
     # there, or finished in the worker: served counts each connection, however it ended.
-    wait_until(lambda: _served(service) >= 5, "STATUS served 5")
+    wait_until(lambda: figures(service)[2] >= 5, "STATUS served 5")
     listener = listening_socket(service.pid)
     assert all(holds(w, listener) == (accept == "workers") for w in service.workers())
-
-
-def _served(service) -> int:
-    for status in reversed(service.statuses()):
-        if m := FIGURES.search(status):
-            return int(m[3])
-    return -1
 
 
 def test_async_workers_leave_accepting_to_the_dispatcher(serve) -> None:
