@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import Iterator
 
 import pytest
 
 from harness import disk_path, open_fds  # noqa: F401 (a fixture)
+from sockpool import channel
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A real channel (SOCK_SEQPACKET socketpair): a dispatcher's end and a worker's."""
+    a, b = channel.pair()
+    yield a, b
+    a.close()
+    b.close()
 
 
 @pytest.fixture

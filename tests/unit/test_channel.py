@@ -5,20 +5,11 @@ from __future__ import annotations
 import os
 import resource
 import socket
-from collections.abc import Iterator
 
 import pytest
 
 from harness import open_fds
 from sockpool import channel, wire
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = channel.pair()
-    yield a, b
-    a.close()
-    b.close()
 
 
 def test_descriptors_arrive_with_their_message_and_close_on_exec(pair) -> None:

@@ -31,17 +31,8 @@ def listener() -> Iterator[Listener]:
 
 
 @pytest.fixture
-def chan() -> Iterator[tuple[socket.socket, socket.socket]]:
-    """A worker's channel: (the dispatcher's end, the worker's)."""
-    ours, theirs = channel.pair()
-    yield ours, theirs
-    ours.close()
-    theirs.close()
-
-
-@pytest.fixture
-def acceptor(listener: Listener, chan: tuple[socket.socket, socket.socket]) -> Iterator[Acceptor]:
-    theirs = chan[1]
+def acceptor(listener: Listener, pair: tuple[socket.socket, socket.socket]) -> Iterator[Acceptor]:
+    theirs = pair[1]  # the worker's end of its channel (conftest.py)
     seat = Seat()
     fd = os.dup(listener.sock.fileno())  # the worker's copy, as a fork leaves it
     made = Acceptor(theirs, (("main", fd, listener.kind),), seat)
@@ -271,15 +262,15 @@ def test_each_listener_is_tried_first_in_turn_so_none_starves_another(
 
 @pytest.fixture
 def sync_worker(
-    acceptor: Acceptor, chan: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
+    acceptor: Acceptor, pair: tuple[socket.socket, socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[worker.SyncWorker, socket.socket, Acceptor]:
     """(the worker, the dispatcher's end of its channel, its acceptor): told to accept."""
     monkeypatch.setattr(giveback, "_send", None)  # _Base sets them for its process
     monkeypatch.setattr(giveback, "_park_after", 0.0)
-    made = worker.SyncWorker(chan[1], {None: handlers.echo}, WorkerSpec(1, {}, None, 1), -1)
+    made = worker.SyncWorker(pair[1], {None: handlers.echo}, WorkerSpec(1, {}, None, 1), -1)
     made.acceptor = acceptor
     acceptor.turn(True)
-    return made, chan[0], acceptor
+    return made, pair[0], acceptor
 
 
 def test_a_worker_woken_for_a_new_connection_that_takes_a_handoff_first_passes_it_on(
