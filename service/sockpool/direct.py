@@ -34,10 +34,11 @@ import os
 import select
 import socket
 import time
+from collections.abc import Iterable
 
 from . import giveback, wire
 from .connection import set_current
-from .listeners import NO_RESOURCES, PEER_FORMAT, PEER_GONE, AcceptPause
+from .listeners import NO_RESOURCES, PEER_FORMAT, PEER_GONE, AcceptPause, Listener
 
 DIRECT = 1 << 62  # the ids of connections a worker accepted: DIRECT | pid << 32 | n
 READ_EVERY = 0.1  # seconds between the dispatcher's reads of the seats, at most
@@ -64,7 +65,7 @@ class Seat:
     def took(self, conn_id: int, listener: int, peer: str) -> None:
         """A connection in hand: its id last, so a read that sees it sees the rest."""
         words = self.words
-        data = peer.encode(errors="surrogateescape")[:_PEER_MAX]
+        data = wire.peer_bytes(peer)[:_PEER_MAX]
         self._map[_PEER_AT : _PEER_AT + len(data)] = data
         words[_PEER_LEN] = len(data)
         words[_LISTENER] = listener
@@ -130,9 +131,13 @@ class Acceptor:
         self.on = on
         giveback._backlogs = self.backlogs if on else None
 
+    def _may_take(self, now: float) -> bool:
+        """Told to accept, no stop begun, no pause after EMFILE."""
+        return self.on and not giveback.stopping() and now >= self.pause.until
+
     def take(self) -> tuple[wire.Handoff, socket.socket] | None:
         """A new connection, if one waits and this worker may take it."""
-        if not self.on or giveback.stopping() or time.monotonic() < self.pause.until:
+        if not self._may_take(time.monotonic()):
             return None
         count = len(self.listeners)
         for turn in range(count):
@@ -166,7 +171,7 @@ class Acceptor:
         in the backlog until the next one came."""
         now = time.monotonic()
         until = self.pause.until
-        wanted = self.on and not giveback.stopping() and now >= until
+        wanted = self._may_take(now)
         if wanted != self.armed:  # level-triggered: a backlog it may not take would spin
             for _, sock, _, _ in self.listeners:
                 if wanted:
@@ -177,6 +182,11 @@ class Acceptor:
         timeout = min(RECHECK, until - now) if self.on and until > now else RECHECK
         events = self.epoll.poll(timeout)
         self.woken = any(fd != self.chan for fd, _ in events)
+
+
+def listening(listeners: Iterable[Listener]) -> Accepts:
+    """The listening sockets as a spec lists what a worker may accept from."""
+    return tuple((lst.name, lst.sock.fileno(), lst.kind) for lst in listeners)
 
 
 def close_all(accepts: Accepts) -> None:

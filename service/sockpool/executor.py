@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from functools import partial
 
-from . import health, listeners, log, records
+from . import direct, health, listeners, log, records
 from . import lifecycle as ev
 from .errors import Fatal
 from .eventloop import Loop, Timer
@@ -76,7 +76,7 @@ class Executor:
             self.specs = {n: s for n, s in self.specs.items() if n in live}
             names = list(dict.fromkeys(lst.name for lst in self.hot.listeners))
             sockets = listeners.kinds(self.hot.listeners)
-            listening = tuple((lst.name, lst.sock.fileno(), lst.kind) for lst in self.hot.listeners)
+            listening = direct.listening(self.hot.listeners)
             self.specs[gen.number] = WorkerSpec.of(
                 gen.number, gen.config, names, sockets, listening
             )

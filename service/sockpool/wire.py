@@ -204,7 +204,7 @@ def encode_one(
 
 def _entry(conn_id: int, listener: str, peer: str, carry: bytes, started: int) -> bytes:
     name = _names.get(listener) or _name_bytes(listener)
-    addr = _peer_bytes(peer)
+    addr = peer_bytes(peer)
     return (
         _ENTRY_HEAD.pack(conn_id, len(name), len(addr), len(carry), started) + name + addr + carry
     )
@@ -214,7 +214,8 @@ _ONE_HEAD = {flag: b"H" + _HEAD.pack(MAY_PARK if flag else 0, 1) for flag in (Fa
 _names: dict[str, bytes] = {}  # listener names, encoded once: a handful per process
 
 
-def _peer_bytes(peer: str) -> bytes:
+def peer_bytes(peer: str) -> bytes:
+    """A peer's text as the wire and the seats (direct.py) carry it: at most MAX_PEER."""
     try:
         return peer.encode(errors="surrogateescape")[:MAX_PEER]
     except UnicodeEncodeError:  # a surrogate no decoder made: escape it, never fail
@@ -333,7 +334,7 @@ def encode_park(
     if accepted is None:
         return b"P" + _PARK.pack(flags, conn_id, started, want, *span) + carry
     name = _names.get(accepted[0]) or _name_bytes(accepted[0])
-    peer = _peer_bytes(accepted[1])
+    peer = peer_bytes(accepted[1])
     head = _PARK.pack(flags | ACCEPTED, conn_id, started, want, *span)
     return b"P" + head + _NAMED.pack(len(name), len(peer)) + name + peer + carry
 

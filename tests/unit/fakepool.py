@@ -10,7 +10,7 @@ from sockpool import channel, giveback, wire
 from sockpool.admission import Admission
 from sockpool.completions import Ledger
 from sockpool.config import Config
-from sockpool.direct import Seat
+from sockpool.direct import Seat, listening
 from sockpool.hotpath import HotPath
 from sockpool.listeners import Listener
 from sockpool.process import WorkerProcess
@@ -32,7 +32,7 @@ class Pool:
         listeners: list[Listener] | None = None,
     ) -> None:
         """`listeners`: the workers accept from them themselves (accept = workers)."""
-        accepts = tuple((lst.name, lst.sock.fileno(), lst.kind) for lst in listeners or [])
+        accepts = listening(listeners or [])
         self.procs: dict[int, WorkerProcess] = {}
         self.ends: dict[int, socket.socket] = {}
         for pid, capacity in enumerate(capacities, start=1):
